@@ -1,0 +1,155 @@
+"""Operating points of a unit: offline max throughput, fixed concurrency, static batch,
+or the highest throughput that meets latency SLOs — over every layout of the chips."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from tokenfleet.catalog.schema import Accelerator, ModelSpec
+from tokenfleet.perf.precision import Precision
+from tokenfleet.perf.unit import Efficiency, Layout, MemoryFit, UnitModel, layouts_for
+
+MODES = ("offline", "concurrency", "static", "slo")
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Result for one layout (or the best one). Times in seconds, rates per second."""
+
+    layout: Layout
+    fits: bool
+    reason: str
+    concurrency: float
+    ttft_s: float
+    tpot_s: float
+    output_tokens_per_s: float
+    memory: MemoryFit
+    violation: float = 0.0  # failed SLO: worst ratio of predicted to bound at concurrency 1
+
+
+@lru_cache(maxsize=64)
+def _grid(limit: int) -> np.ndarray:
+    dense = np.arange(1, min(limit, 64) + 1, dtype=float)
+    if limit <= 64:
+        return dense
+    # above 64 sequences, 2% steps: the SLO boundary is found to within 2% of the rate
+    sparse = np.unique(np.round(np.geomspace(64, limit, int(np.log(limit / 64) / 0.02) + 2)))
+    return np.unique(np.concatenate([dense, sparse]))
+
+
+def slo_grid(limit: int) -> np.ndarray:
+    """Per-replica concurrencies to try in SLO mode: every value up to 64, then 2% apart,
+    always including ``limit`` (read-only array)."""
+    return _grid(max(int(limit), 1))
+
+
+def _fail(layout: Layout, mem: MemoryFit, reason: str, violation: float = float("inf")
+          ) -> OperatingPoint:
+    return OperatingPoint(layout, False, reason, 0.0, float("nan"), float("nan"), 0.0, mem,
+                          violation)
+
+
+def evaluate_layout(
+    unit: UnitModel,
+    input_len: int,
+    output_len: int,
+    mode: str,
+    concurrency: int | None = None,
+    slo_ttft: float | None = None,
+    slo_tpot: float | None = None,
+    reserve_full: bool = False,
+) -> OperatingPoint:
+    lo = unit.layout
+    mem = unit.memory(input_len, output_len, reserve_full)
+    if not mem.fits:
+        return _fail(lo, mem, mem.reason)
+    if unit.peak_flops <= 0:
+        return _fail(lo, mem, f"{unit.accel.id} has no {unit.precision.compute} peak")
+    if mode == "static":
+        batch = max(int(concurrency or 1) // lo.dp, 1)
+        r = unit.static(batch, input_len, output_len)
+        return OperatingPoint(lo, True, "", r["concurrency"], r["ttft_s"], r["tpot_s"],
+                              r["output_tokens_per_s"], mem)
+    if mode == "offline":
+        c = np.asarray([mem.max_concurrency], dtype=float)
+    elif mode == "concurrency":
+        c = np.asarray([min(int(concurrency or 1), mem.max_concurrency)], dtype=float)
+    elif mode == "slo":
+        c = slo_grid(mem.max_concurrency // lo.dp) * lo.dp
+    else:
+        raise ValueError(f"mode must be one of {MODES}")
+    r = unit.continuous(c, input_len, output_len)
+    if mode == "slo":
+        ok = np.ones(len(c), dtype=bool)
+        if slo_ttft is not None:
+            ok &= r["ttft_s"] <= slo_ttft
+        if slo_tpot is not None:
+            ok &= r["tpot_s"] <= slo_tpot
+        if not ok.any():
+            bits = []
+            if slo_ttft is not None:
+                bits.append(f"TTFT {r['ttft_s'][0]:.3g} s vs SLO {slo_ttft:g} s")
+            if slo_tpot is not None:
+                bits.append(f"TPOT {r['tpot_s'][0] * 1e3:.3g} ms vs SLO {slo_tpot * 1e3:.3g} ms")
+            ratios = [r["ttft_s"][0] / slo_ttft if slo_ttft else 0.0,
+                      r["tpot_s"][0] / slo_tpot if slo_tpot else 0.0]
+            return _fail(lo, mem, f"misses the SLO even at concurrency {lo.dp} ({lo}): "
+                                  + ", ".join(bits), max(ratios))
+        tput = np.where(ok, r["output_tokens_per_s"], -1.0)
+        i = int(np.argmax(tput))
+    else:
+        i = 0
+    return OperatingPoint(lo, True, "", float(r["concurrency"][i]), float(r["ttft_s"][i]),
+                          float(r["tpot_s"][i]), float(r["output_tokens_per_s"][i]), mem)
+
+
+def best_operating_point(
+    model: ModelSpec,
+    accel: Accelerator,
+    precision: Precision,
+    kv_precision: str,
+    count: int,
+    eff: Efficiency,
+    input_len: int,
+    output_len: int,
+    mode: str,
+    concurrency: int | None = None,
+    slo_ttft: float | None = None,
+    slo_tpot: float | None = None,
+    layouts: list[Layout] | None = None,
+    reserve_full: bool = False,
+    data_parallel: bool = True,
+) -> OperatingPoint:
+    """The layout with the highest throughput at the requested operating point.
+
+    ``data_parallel=False`` skips layouts that are just copies of a smaller unit
+    (dp > 1 without expert parallelism), for callers that choose replica counts
+    themselves. When no layout works, the returned point has ``fits=False`` and the reason of the
+    layout that came closest (nearest to the SLO, else least memory per chip).
+    """
+    best: OperatingPoint | None = None
+    closest: OperatingPoint | None = None
+    candidates = layouts or layouts_for(model, count)
+    if not data_parallel:  # plain replicas are the caller's business (the planner's)
+        candidates = [lo for lo in candidates if lo.dp == 1 or lo.ep > 1] or candidates
+    for lo in candidates:
+        unit = UnitModel(model, accel, precision, kv_precision, lo, eff)
+        op = evaluate_layout(unit, input_len, output_len, mode, concurrency, slo_ttft, slo_tpot,
+                             reserve_full)
+        if op.fits:
+            if best is None or op.output_tokens_per_s > best.output_tokens_per_s * (1 + 1e-9):
+                best = op
+        elif closest is None or (
+            # prefer a reason about the SLO (it fit in memory) over one about memory, and
+            # among those the layout that came closest to the SLO
+            (op.memory.fits, -op.violation, -op.memory.weights_per_chip)
+            > (closest.memory.fits, -closest.violation, -closest.memory.weights_per_chip)
+        ):
+            closest = op
+    if best is not None:
+        return best
+    assert closest is not None, "layouts_for always yields tp=1, pp=1"
+    return closest

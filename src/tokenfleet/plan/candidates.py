@@ -1,0 +1,241 @@
+"""Demand per (tier, size bucket) and candidate pools with their SLO capacity.
+
+A candidate is one way to build a pool: tier x supply entry (chip, cloud, region) x
+precision x chips per unit. Its capacity per bucket comes from the performance model
+in SLO mode (the highest throughput that meets the tier's SLO), derated by the
+estimate's uncertainty band so the plan holds at the pessimistic end of the band.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from tokenfleet.catalog.loader import Catalog
+from tokenfleet.catalog.schema import Accelerator
+from tokenfleet.errors import TokenfleetError
+from tokenfleet.perf.calibration import Calibration
+from tokenfleet.perf.estimate import Estimate, Query, estimate
+from tokenfleet.perf.precision import get_precision
+from tokenfleet.plan.scenario import Scenario, Supply, Tier
+from tokenfleet.workload import SizeBuckets, read_trace
+
+MAX_COUNT = 64
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Peak demand of one size bucket of one tier (before headroom)."""
+
+    tier: str
+    bucket: str
+    input_len: int
+    output_len: int
+    rate_per_s: float
+
+
+@dataclass
+class Candidate:
+    """One pool option. Capacities are per replica, requests/s, per bucket label."""
+
+    id: str
+    tier: str
+    supply_index: int
+    accelerator: Accelerator
+    cloud: str
+    region: str
+    precision: str
+    count: int
+    usd_per_chip_hour: float
+    price_kind: str
+    capacity: dict[str, float]  # derated
+    estimates: dict[str, Estimate]
+    uncertainty: float
+
+    @property
+    def vendor(self) -> str:
+        return self.accelerator.vendor
+
+    @property
+    def usd_per_hour(self) -> float:
+        return self.usd_per_chip_hour * self.count
+
+    @property
+    def watts(self) -> float:
+        return self.accelerator.tdp_w * self.count
+
+
+@dataclass
+class CandidateSet:
+    demands: list[Demand]
+    candidates: list[Candidate]
+    # why options were left out: (tier, bucket or '*', accelerator, precision) -> reason
+    # (for a bucket: the reason at the largest unit size tried)
+    rejected: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
+    precision_notes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def tier_demand(tier: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
+    t = tier.traffic
+    out: list[Demand] = []
+    if t.trace:
+        path = Path(t.trace)
+        if not path.is_absolute():
+            path = base / path
+        trace = read_trace(path, format=t.format)
+        for d in buckets.demand(trace, peak_window_s=t.peak_window_s):
+            if d.count == 0 or d.rate_at_peak_per_s <= 0:
+                continue
+            out.append(Demand(tier.name, d.bucket.label, max(int(round(d.mean_input_tokens)), 1),
+                              max(int(round(d.mean_output_tokens)), 1),
+                              d.rate_at_peak_per_s * t.scale * t.growth))
+        return out
+    assert t.rate_per_s is not None and t.mix
+    total = sum(m.share for m in t.mix)
+    merged: dict[str, list[float]] = {}
+    for m in t.mix:
+        label = buckets.buckets[int(buckets.assign_lengths([m.input_len], [m.output_len])[0])].label
+        acc = merged.setdefault(label, [0.0, 0.0, 0.0])
+        w = m.share / total
+        acc[0] += w
+        acc[1] += w * m.input_len
+        acc[2] += w * m.output_len
+    for label, (w, i_sum, o_sum) in merged.items():
+        out.append(Demand(tier.name, label, int(round(i_sum / w)), int(round(o_sum / w)),
+                          t.rate_per_s * w * t.growth))
+    return out
+
+
+def _price(s: Supply, accel: Accelerator) -> tuple[float, str]:
+    if s.usd_per_chip_hour:
+        return s.usd_per_chip_hour, s.price_kind
+    p = accel.price(s.cloud, s.price_kind) or accel.price(None, s.price_kind) or accel.price()
+    if p is None:
+        raise TokenfleetError(f"supply {accel.id} in {s.cloud}: no price in the catalog; "
+                              "give usd_per_chip_hour")
+    return p.usd_per_hour, s.price_kind
+
+
+def default_counts(accel: Accelerator) -> list[int]:
+    counts = {1, 2, 4, 8, 16, 32}
+    if accel.scaleup_domain <= MAX_COUNT:
+        counts.add(accel.scaleup_domain)
+    return sorted(counts)
+
+
+def build_candidates(
+    sc: Scenario,
+    base: Path,
+    catalog: Catalog,
+    cal: Calibration,
+    precision_gate: Callable[[Tier, str], tuple[bool, str]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CandidateSet:
+    """Demand and every feasible candidate pool of the scenario."""
+    buckets = SizeBuckets(input_edges=tuple(sc.buckets.input_edges),
+                          output_edges=tuple(sc.buckets.output_edges))
+    demands: list[Demand] = []
+    for t in sc.tiers:
+        d = tier_demand(t, buckets, base)
+        if not d:
+            raise TokenfleetError(f"tier '{t.name}': traffic has no requests")
+        demands.extend(d)
+
+    @lru_cache(maxsize=None)
+    def est(model: str, accel: str, count: int, precision: str, engine: str | None,
+            inp: int, out: int, ttft: float | None, tpot: float | None) -> Estimate:
+        return estimate(Query(model=model, accelerator=accel, count=count, precision=precision,
+                              engine=engine, input_len=inp, output_len=out, slo_ttft=ttft,
+                              slo_tpot=tpot, usd_per_hour=1.0, data_parallel=False),
+                        catalog, cal)
+
+    cs = CandidateSet(demands, [])
+    jobs = [(t, i, s) for t in sc.tiers for i, s in enumerate(sc.supply)]
+    for j, (t, i, s) in enumerate(jobs):
+        if progress:
+            progress(j, len(jobs))
+        if t.regions is not None and s.region not in t.regions:
+            continue
+        accel = catalog.accelerator(s.accelerator)
+        price, kind = _price(s, accel)
+        mine = [d for d in demands if d.tier == t.name]
+        for prec in t.precisions:
+            if not accel.peak_tflops(get_precision(prec).compute):
+                cs.rejected[(t.name, "*", accel.id, prec)] = f"{accel.id} cannot run {prec}"
+                continue
+            if precision_gate is not None:
+                ok, why = precision_gate(t, prec)
+                notes = cs.precision_notes.setdefault(t.name, [])
+                if why and why not in notes:
+                    notes.append(why)
+                if not ok:
+                    cs.rejected[(t.name, "*", accel.id, prec)] = why
+                    continue
+            smallest_fit: int | None = None
+            for n in s.counts or default_counts(accel):
+                if n > s.max_chips:
+                    continue
+                # Units far larger than the smallest that holds the model only add
+                # replicas' worth of capacity, which the MILP gets from replica counts.
+                if s.counts is None and smallest_fit is not None and n > 4 * smallest_fit:
+                    break
+                caps: dict[str, float] = {}
+                ests: dict[str, Estimate] = {}
+                band = 0.0
+                for d in mine:
+                    e = est(t.model, accel.id, n, prec, t.engine, d.input_len, d.output_len,
+                            t.slo.ttft_s, t.slo.tpot_s)
+                    if not e.fits or not e.requests_per_s:
+                        cs.rejected[(t.name, d.bucket, accel.id, prec)] = (
+                            f"x{n}: {e.reason or 'does not fit'}")
+                        continue
+                    u = e.uncertainty.relative if e.uncertainty else 0.0
+                    band = max(band, u)
+                    cap = e.requests_per_s * max(1.0 - sc.derate * u, 0.05)
+                    caps[d.bucket] = cap
+                    ests[d.bucket] = e
+                if not caps:
+                    continue
+                smallest_fit = smallest_fit or n
+                cid = f"{t.name}/{accel.id}/{s.cloud}/{s.region}/{prec}/x{n}"
+                cs.candidates.append(Candidate(
+                    id=cid, tier=t.name, supply_index=i, accelerator=accel, cloud=s.cloud,
+                    region=s.region, precision=prec, count=n, usd_per_chip_hour=price,
+                    price_kind=kind, capacity=caps, estimates=ests, uncertainty=band))
+    if progress:
+        progress(len(jobs), len(jobs))
+    _prune_dominated(cs)
+    return cs
+
+
+def _prune_dominated(cs: CandidateSet, keep_per_group: int = 2) -> None:
+    """Keep the MILP small: per (tier, supply entry), keep the unit options (precision x
+    size) that are cheapest for the tier's demand mix, plus the smallest one that
+    serves every bucket it can (fine-grained sizing matters for small demand)."""
+    demand = defaultdict(float)
+    for d in cs.demands:
+        demand[(d.tier, d.bucket)] += d.rate_per_s
+    groups: dict[tuple[str, int], list[Candidate]] = defaultdict(list)
+    for c in cs.candidates:
+        groups[(c.tier, c.supply_index)].append(c)
+    keep: list[Candidate] = []
+    for (tier, _), group in groups.items():
+        buckets = {b for c in group for b in c.capacity}
+
+        def score(c: Candidate) -> tuple[int, float]:
+            # $ per hour to serve this group's share of each bucket alone; buckets the
+            # option cannot serve count against it first
+            missing = sum(1 for b in buckets if b not in c.capacity)
+            cost = sum(demand[(tier, b)] / cap for b, cap in c.capacity.items())
+            return missing, cost * c.usd_per_hour
+
+        ranked = sorted(group, key=score)
+        chosen = ranked[:keep_per_group]
+        smallest = min(ranked, key=lambda c: (score(c)[0], c.count, score(c)[1]))
+        if smallest not in chosen:
+            chosen.append(smallest)
+        keep.extend(chosen)
+    cs.candidates = keep

@@ -1,0 +1,321 @@
+"""Plan a fleet: candidates -> MILP -> Plan, with baselines, the price of each policy
+constraint, and an explanation when the scenario is infeasible."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tokenfleet.catalog.loader import Catalog, load_catalog
+from tokenfleet.errors import TokenfleetError
+from tokenfleet.perf.calibration import Calibration, load_fit
+from tokenfleet.plan.candidates import Candidate, CandidateSet, build_candidates
+from tokenfleet.plan.milp import POLICY_FAMILIES, Formulation, Solution, formulate
+from tokenfleet.plan.scenario import Scenario, Tier
+from tokenfleet.plan.schema import (
+    Baseline,
+    BucketCapacity,
+    BucketSplit,
+    ConstraintReport,
+    Cost,
+    Plan,
+    PlanUnit,
+    TierSummary,
+)
+
+ACTIVE = 1e-6  # relative slack under which a ≤ row counts as binding
+
+
+class Infeasible(TokenfleetError):
+    """No plan meets every constraint; the message says which ones conflict, by how much."""
+
+
+def _solve(sc: Scenario, cs: CandidateSet, **kw) -> tuple[Formulation, Solution]:
+    f = formulate(sc, cs, **kw)
+    return f, f.program.solve(sc.mip_gap, sc.time_limit_s)
+
+
+def bill(sc: Scenario, f: Formulation, sol: Solution) -> float:
+    """Monthly bill of a solution: commitments (paid anyway) plus on-demand spend."""
+    assert sol.x is not None
+    hours = sc.hours_per_month
+    usage: dict[str, float] = defaultdict(float)
+    for c in f.cands:
+        usage[c.cloud] += round(sol.x[f.n[c.id]]) * c.usd_per_hour * hours
+    total = 0.0
+    committed = {k.cloud: 0.0 for k in sc.contracts}
+    for k in sc.contracts:
+        committed[k.cloud] += k.committed_usd_per_month
+    for cloud, used in usage.items():
+        total += max(used - committed.get(cloud, 0.0), 0.0)
+    return total + sum(committed.values())
+
+
+def explain_infeasible(sc: Scenario, cs: CandidateSet) -> str:
+    """Solve the elastic program and describe every constraint that had to give."""
+    missing = []
+    for d in cs.demands:
+        if not any(c.tier == d.tier and d.bucket in c.capacity for c in cs.candidates):
+            why = sorted({f"{a} {p}: {r}" for (t, b, a, p), r in cs.rejected.items()
+                          if t == d.tier and b in (d.bucket, "*")})
+            missing.append(f"tier '{d.tier}' bucket {d.bucket} ({d.input_len} in / "
+                           f"{d.output_len} out): no supplied chip meets the SLO "
+                           f"(ttft ≤ {_slo(sc, d.tier, 'ttft_s')}, "
+                           f"tpot ≤ {_slo(sc, d.tier, 'tpot_s')}). Options tried:\n    "
+                           + "\n    ".join(why[:12]))
+    if missing:
+        return "\n".join(missing)
+    f, sol = _solve(sc, cs, elastic=True)
+    if not sol.ok:
+        return f"the elastic program failed too ({sol.message})"
+    assert sol.x is not None and sol.activity is not None
+    lines = []
+    for i, r in enumerate(f.program.rows):
+        if r.slack is None:
+            continue
+        s = float(sol.x[r.slack])
+        if s <= 1e-6 * max(r.scale, 1.0):
+            continue
+        act = float(sol.activity[i]) + s  # activity without the slack's contribution
+        if r.family == "power":
+            lines.append(f"{r.name}: cap is {r.ub / 1e6:.3g} MW; serving the demand needs at "
+                         f"least {(r.ub + s) / 1e6:.3g} MW")
+        elif r.family == "supply":
+            lines.append(f"{r.name}: {r.detail}; the plan needs {r.ub + s:.0f}")
+        elif r.family in ("demand", "n-1"):
+            lines.append(f"{r.name}: needs {r.lb:.3g} req/s; at most "
+                         f"{r.lb - s:.3g} can be served within the other limits")
+        elif r.family == "vendor-share":
+            lines.append(f"{r.name}: {r.detail} cannot hold with the supply available")
+        del act
+    if not lines:
+        return "no constraint could be identified (solver: " + sol.message + ")"
+    return "\n".join(lines)
+
+
+def _slo(sc: Scenario, tier: str, key: str) -> str:
+    t = next(t for t in sc.tiers if t.name == tier)
+    v = getattr(t.slo, key)
+    return "—" if v is None else f"{v:g}s"
+
+
+def plan_scenario(
+    sc: Scenario,
+    base: Path,
+    name: str = "scenario",
+    catalog: Catalog | None = None,
+    cal: Calibration | None = None,
+    precision_gate: Callable[[Tier, str], tuple[bool, str]] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    compare_policies: bool = True,
+) -> Plan:
+    catalog = catalog or load_catalog()
+    cal = cal or load_fit()
+    step = (lambda label: (lambda i, n: progress(label, i, n))) if progress else (
+        lambda label: None)
+    cs = build_candidates(sc, base, catalog, cal, precision_gate, step("candidates"))
+    f, sol = _solve(sc, cs)
+    if not sol.ok:
+        raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
+    total = bill(sc, f, sol)
+
+    constraints = _constraint_reports(sc, cs, f, sol, total, compare_policies, progress)
+    baselines = _baselines(sc, cs, total) if compare_policies else []
+    return _assemble(sc, cs, f, sol, name, constraints, baselines, catalog)
+
+
+def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution,
+                        total: float, price_them: bool,
+                        progress: Callable[[str, int, int], None] | None
+                        ) -> list[ConstraintReport]:
+    """Binding status of every cap and policy, and what dropping it would save."""
+    assert sol.activity is not None
+    out: list[ConstraintReport] = []
+    families = ("supply", "power", "contract")
+    todo = []
+    for i, r in enumerate(f.program.rows):
+        if r.family not in families:
+            continue
+        act = float(sol.activity[i])
+        binding = r.ub < float("inf") and act >= r.ub * (1 - ACTIVE) - 1e-9
+        if r.family == "contract":
+            used = act + float(sol.x[next(v for k, v in f.od.items()
+                                          if r.name == f"contract {k}")]) if sol.x is not None else 0
+            binding = used < r.ub * (1 - ACTIVE)  # commitment not used up: money wasted
+            out.append(ConstraintReport(
+                name=r.name, binding=binding, marginal_usd_per_month=None,
+                detail=f"{r.detail}; used {min(used, r.ub):,.0f}"
+                       + (" (part of the commitment is wasted)" if binding else "")))
+            continue
+        todo.append((r, act, binding))
+    policy_rows = [r.family for r in f.program.rows if r.family in POLICY_FAMILIES]
+    fams = sorted(set(policy_rows))
+    steps = len([t for t in todo if t[2]]) + len(fams)
+    k = 0
+    def saving(s2: Solution, g: Formulation) -> float | None:
+        # Differences inside the solvers' optimality gaps are noise: report them as 0.
+        if not s2.ok:
+            return None
+        diff = total - bill(sc, g, s2)
+        return diff if abs(diff) > (sol.gap + s2.gap) * total else 0.0
+
+    for r, act, binding in todo:
+        marginal: float | None = 0.0
+        if binding and price_them:
+            g, s2 = _solve(sc, cs, drop=frozenset({r.name}))
+            marginal = saving(s2, g)
+            k += 1
+            if progress:
+                progress("pricing constraints", k, steps)
+        unit = "MW" if r.family == "power" else "chips"
+        scale = 1e6 if r.family == "power" else 1.0
+        out.append(ConstraintReport(name=r.name, binding=binding,
+                                    marginal_usd_per_month=marginal,
+                                    detail=f"{r.detail}; uses {act / scale:,.3g} {unit}"))
+    for fam in fams:
+        marginal = None
+        if price_them:
+            g, s2 = _solve(sc, cs, drop=frozenset({fam}))
+            marginal = saving(s2, g)
+            k += 1
+            if progress:
+                progress("pricing constraints", k, steps)
+        pol = sc.policy
+        detail = (f"max {pol.max_vendor_share:.0%} per vendor ({pol.vendor_share_basis})"
+                  if fam == "vendor-share" and pol.max_vendor_share else
+                  f"without any one {pol.n_minus_1.by}, ≥ {pol.n_minus_1.min_fraction:.0%} "
+                  "of peak at SLO" if pol.n_minus_1 else "")
+        out.append(ConstraintReport(name=fam, binding=bool(marginal and marginal > 0.5),
+                                    marginal_usd_per_month=marginal, detail=detail))
+    return out
+
+
+def _baselines(sc: Scenario, cs: CandidateSet, total: float) -> list[Baseline]:
+    """Reference fleets without the policy constraints (vendor cap, N-1)."""
+    drop = frozenset(POLICY_FAMILIES)
+    out = []
+    g, s = _solve(sc, cs, drop=drop)
+    out.append(Baseline(name="cheapest mix, no policy constraints",
+                        usd_per_month=bill(sc, g, s) if s.ok else None, feasible=s.ok,
+                        note="supply, power and SLOs only"))
+    nv = [c for c in cs.candidates if c.vendor.upper().startswith("NVIDIA")]
+    if nv:
+        g, s = _solve(sc, cs, candidates=nv, drop=drop)
+        out.append(Baseline(name="NVIDIA only", usd_per_month=bill(sc, g, s) if s.ok else None,
+                            feasible=s.ok, note="" if s.ok else "NVIDIA supply cannot serve it"))
+    best: tuple[float, str] | None = None
+    for accel in sorted({c.accelerator.id for c in cs.candidates}):
+        one = [c for c in cs.candidates if c.accelerator.id == accel]
+        g, s = _solve(sc, cs, candidates=one, drop=drop)
+        if s.ok:
+            cost = bill(sc, g, s)
+            if best is None or cost < best[0]:
+                best = (cost, accel)
+    out.append(Baseline(name=f"best single chip type ({best[1]})" if best else
+                        "best single chip type", usd_per_month=best[0] if best else None,
+                        feasible=best is not None,
+                        note="" if best else "no single chip type can serve every tier"))
+    return out
+
+
+def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, name: str,
+              constraints: list[ConstraintReport], baselines: list[Baseline],
+              catalog: Catalog) -> Plan:
+    assert sol.x is not None
+    hours = sc.hours_per_month
+    x = sol.x
+    chosen: list[tuple[Candidate, int]] = [(c, int(round(x[f.n[c.id]]))) for c in f.cands
+                                           if round(x[f.n[c.id]]) > 0]
+    units = []
+    for c, reps in chosen:
+        any_est = next(iter(c.estimates.values()))
+        units.append(PlanUnit(
+            pool=c.id, tier=c.tier, model=any_est.model, accelerator=c.accelerator.id,
+            vendor=c.vendor, cloud=c.cloud, region=c.region, precision=c.precision,
+            kv_precision=any_est.kv_precision, engine=any_est.engine,
+            layout=any_est.layout or {}, chips_per_replica=c.count, replicas=reps,
+            chips=reps * c.count, price_kind=c.price_kind, usd_per_chip_hour=c.usd_per_chip_hour,
+            usd_per_hour=c.usd_per_hour * reps, watts=c.watts * reps,
+            capacity=[BucketCapacity(bucket=b, requests_per_s=cap,
+                                     requests_per_s_point=e.requests_per_s or 0.0,
+                                     output_tokens_per_s=e.output_tokens_per_s or 0.0,
+                                     concurrency=e.concurrency or 0.0,
+                                     ttft_s=e.ttft_s or 0.0, tpot_s=e.tpot_s or 0.0)
+                      for b, cap in c.capacity.items() for e in [c.estimates[b]]],
+            provenance=any_est.provenance, uncertainty=c.uncertainty))
+    splits = []
+    tokens_by_vendor: dict[str, float] = defaultdict(float)
+    tier_tokens: dict[str, float] = defaultdict(float)
+    for d in cs.demands:
+        served = {c.id: float(x[f.x[(c.id, d.bucket)]]) for c, _ in chosen
+                  if (c.id, d.bucket) in f.x}
+        tot = sum(served.values())
+        shares = {k: v / tot for k, v in served.items() if v > 1e-9 * max(tot, 1)}
+        splits.append(BucketSplit(tier=d.tier, bucket=d.bucket, input_len=d.input_len,
+                                  output_len=d.output_len,
+                                  peak_requests_per_s=d.rate_per_s * (1 + sc.headroom),
+                                  shares=shares))
+        for c, _ in chosen:
+            v = served.get(c.id, 0.0)
+            tokens_by_vendor[c.vendor] += v * d.output_len
+        tier_tokens[d.tier] += d.rate_per_s * d.output_len
+    all_tokens = sum(tokens_by_vendor.values()) or 1.0
+
+    usage: dict[str, float] = defaultdict(float)
+    for c, reps in chosen:
+        usage[c.cloud] += c.usd_per_hour * reps * hours
+    committed = sum(k.committed_usd_per_month for k in sc.contracts)
+    committed_by_cloud: dict[str, float] = defaultdict(float)
+    for k in sc.contracts:
+        committed_by_cloud[k.cloud] += k.committed_usd_per_month
+    used_commit = sum(min(usage.get(cl, 0.0), v) for cl, v in committed_by_cloud.items())
+    on_demand = sum(max(u - committed_by_cloud.get(cl, 0.0), 0.0) for cl, u in usage.items())
+    fleet = sum(usage.values())
+    cost = Cost(usd_per_month=committed + on_demand, fleet_usd_per_month=fleet,
+                committed_usd_per_month=committed, committed_used_usd_per_month=used_commit,
+                on_demand_usd_per_month=on_demand)
+
+    tiers = []
+    for t in sc.tiers:
+        spend_h = sum(c.usd_per_hour * reps for c, reps in chosen if c.tier == t.name)
+        toks = tier_tokens[t.name]
+        tiers.append(TierSummary(
+            name=t.name, model=catalog.model(t.model).id, slo_ttft_s=t.slo.ttft_s,
+            slo_tpot_s=t.slo.tpot_s,
+            peak_requests_per_s=sum(d.rate_per_s for d in cs.demands if d.tier == t.name),
+            output_tokens_per_s=toks,
+            usd_per_million_output_tokens=spend_h / 3600 / toks * 1e6 if toks else 0.0,
+            precisions=sorted({c.precision for c, _ in chosen if c.tier == t.name}),
+            precision_notes=cs.precision_notes.get(t.name, [])))
+    power: dict[str, float] = defaultdict(float)
+    for c, reps in chosen:
+        power[c.region] += c.watts * reps / 1e6
+    pol = sc.policy
+    limits = {
+        "headroom": sc.headroom,
+        "derate": sc.derate,
+        "max_vendor_share": pol.max_vendor_share,
+        "vendor_share_basis": pol.vendor_share_basis,
+        "n_minus_1": pol.n_minus_1.model_dump() if pol.n_minus_1 else None,
+        "power_mw": {r.name: r.power_mw for r in sc.regions if r.power_mw is not None},
+        "supply_max_chips": {f"{s.accelerator}@{s.cloud}/{s.region}": s.max_chips
+                             for s in sc.supply},
+        "contracts": {k.name: {"cloud": k.cloud,
+                               "committed_usd_per_month": k.committed_usd_per_month}
+                      for k in sc.contracts},
+        "residency": {t.name: t.regions for t in sc.tiers if t.regions},
+    }
+    return Plan(
+        scenario=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
+        objective=sc.objective, tiers=tiers, units=units, traffic_split=splits, cost=cost,
+        vendor_share={v: tok / all_tokens for v, tok in sorted(tokens_by_vendor.items())
+                      if tok > 0},
+        power_mw=dict(sorted(power.items())), limits=limits, baselines=baselines,
+        constraints=constraints,
+        solver={"name": "HiGHS (scipy.optimize.milp)", "status": sol.message,
+                "mip_gap": sol.gap, "seconds": round(sol.seconds, 3),
+                "candidates": len(cs.candidates), "variables": len(f.program.cost),
+                "rows": len(f.program.rows)},
+    )

@@ -1,0 +1,241 @@
+"""The scenario file: tiers and their traffic, supply, regions, contracts and policy.
+
+One YAML file, validated here; errors name the file, line and field. Every field is
+documented by its description (``tokenfleet plan --explain-schema`` prints them).
+Units: rates in requests/s, times in seconds, money in USD, power in MW.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tokenfleet.errors import TokenfleetError
+from tokenfleet.yamlio import read_yaml, validate
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LengthMix(_M):
+    """One kind of request in a synthetic traffic mix."""
+
+    input_len: int = Field(gt=0, description="prompt tokens")
+    output_len: int = Field(gt=0, description="generated tokens")
+    share: float = Field(gt=0, description="fraction of the tier's requests (normalised)")
+
+
+class Traffic(_M):
+    """Either a real trace (scaled) or a peak rate with a length mix."""
+
+    trace: str | None = Field(None, description="trace file (relative to the scenario file)")
+    format: str | None = Field(None, description="trace format if not auto-detected")
+    scale: float = Field(1.0, gt=0, description="multiply the trace's request rate by this")
+    peak_window_s: float = Field(60.0, gt=0, description="window that defines the peak rate")
+    rate_per_s: float | None = Field(None, gt=0, description="peak request rate (no trace)")
+    mix: list[LengthMix] | None = Field(None, description="length mix (no trace)")
+    growth: float = Field(1.0, gt=0, description="traffic growth factor applied on top")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Traffic:
+        if self.trace is None and (self.rate_per_s is None or not self.mix):
+            raise ValueError("give either 'trace' or both 'rate_per_s' and 'mix'")
+        if self.trace is not None and (self.rate_per_s is not None or self.mix):
+            raise ValueError("give 'trace' or 'rate_per_s'+'mix', not both")
+        return self
+
+
+class Slo(_M):
+    ttft_s: float | None = Field(None, gt=0, description="time to first token bound, seconds")
+    tpot_s: float | None = Field(None, gt=0, description="time per output token bound, seconds")
+    percentile: float = Field(
+        50, gt=0, le=100,
+        description="percentile the SLO applies to; the model predicts means, so the "
+                    "planner's uncertainty derating is the margin for tails")
+
+
+class Tier(_M):
+    name: str
+    model: str = Field(description="catalog model id, or a Hugging Face config.json path")
+    traffic: Traffic
+    slo: Slo
+    precisions: list[Literal["bf16", "fp8", "fp4", "int8"]] = Field(
+        default_factory=lambda: ["bf16", "fp8"], description="precisions this tier may run")
+    precision_rules: dict[Literal["bf16", "fp8", "fp4", "int8"], dict[str, Any]] = Field(
+        default_factory=dict,
+        description="precision -> quality gate: {report: quality.json, max_kl: 0.05, "
+                    "min_cosine: 0.99, format: nvfp4, ...} (see validate-precision)")
+    regions: list[str] | None = Field(None, description="residency: allowed regions only")
+    engine: str | None = Field(None, description="calibration engine (trtllm, vllm, ...)")
+
+
+class Supply(_M):
+    """Chips available in one cloud and region."""
+
+    accelerator: str
+    cloud: str
+    region: str
+    max_chips: int = Field(gt=0)
+    usd_per_chip_hour: float | None = Field(
+        None, gt=0, description="price; default: the catalog's price for this cloud")
+    price_kind: Literal["on_demand", "reserved"] = "on_demand"
+    counts: list[int] | None = Field(
+        None, description="chips per serving unit to consider (default: 1,2,4,8 and the "
+                          "scale-up domain, up to 64)")
+
+
+class Region(_M):
+    name: str
+    power_mw: float | None = Field(None, gt=0, description="power cap for this fleet, MW")
+
+
+class Contract(_M):
+    """Committed spend: paid whether used or not; usage in that cloud draws it down."""
+
+    name: str
+    cloud: str
+    committed_usd_per_month: float = Field(gt=0)
+
+
+class NMinusOne(_M):
+    by: Literal["vendor", "region", "cloud"] = "vendor"
+    min_fraction: float = Field(gt=0, le=1, description="share of peak still served at SLO")
+
+
+class Policy(_M):
+    max_vendor_share: float | None = Field(None, gt=0, le=1)
+    vendor_share_basis: Literal["traffic", "spend"] = Field(
+        "traffic", description="traffic = share of output tokens served at peak")
+    n_minus_1: NMinusOne | None = None
+
+
+class Buckets(_M):
+    input_edges: list[float] = Field(default_factory=lambda: [0, 512, 2048, 8192, math.inf])
+    output_edges: list[float] = Field(default_factory=lambda: [0, 128, 512, math.inf])
+
+
+class Scenario(_M):
+    name: str
+    description: str = ""
+    objective: Literal["cost", "energy"] = "cost"
+    hours_per_month: float = 730.0
+    headroom: float = Field(0.2, ge=0, description="capacity over peak demand, fraction")
+    derate: float = Field(
+        1.0, ge=0, le=3,
+        description="multiple of each estimate's uncertainty band taken off its capacity")
+    buckets: Buckets = Field(default_factory=Buckets)
+    tiers: list[Tier] = Field(min_length=1)
+    supply: list[Supply] = Field(min_length=1)
+    regions: list[Region] = []
+    contracts: list[Contract] = []
+    policy: Policy = Field(default_factory=Policy)
+    mip_gap: float = Field(
+        0.01, gt=0, description="relative optimality gap (of the monthly bill) to stop at")
+    time_limit_s: float = Field(30.0, gt=0, description="solver time limit per solve, s")
+
+    @model_validator(mode="after")
+    def _names(self) -> Scenario:
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique: {names}")
+        known = {r.name for r in self.regions}
+        for i, s in enumerate(self.supply):
+            if known and s.region not in known:
+                raise ValueError(f"supply[{i}].region '{s.region}' is not in regions: "
+                                 f"{sorted(known)}")
+        for t in self.tiers:
+            for r in t.regions or []:
+                if known and r not in known:
+                    raise ValueError(f"tier '{t.name}' residency region '{r}' is not in "
+                                     f"regions: {sorted(known)}")
+        return self
+
+
+def _set_path(data: Any, path: list[str], value: Any, full: str) -> None:
+    """Assign ``value`` at a dotted path. A list segment matches an item by index,
+    ``name``, ``accelerator`` (all matching items) or ``accelerator@region``."""
+    if not path:
+        raise TokenfleetError(f"--set {full}: empty path")
+    key, rest = path[0], path[1:]
+    if isinstance(data, list):
+        if key.isdigit():
+            targets = [data[int(key)]] if int(key) < len(data) else []
+        else:
+            acc, _, region = key.partition("@")
+            targets = [d for d in data if isinstance(d, dict) and (
+                d.get("name") == key
+                or (d.get("accelerator") == acc and (not region or d.get("region") == region)))]
+        if not targets:
+            raise TokenfleetError(f"--set {full}: no list item matches '{key}'")
+        if not rest:
+            raise TokenfleetError(f"--set {full}: cannot replace a whole list item")
+        for t in targets:
+            _set_path(t, rest, value, full)
+        return
+    if not isinstance(data, dict):
+        raise TokenfleetError(f"--set {full}: '{key}' is not inside a mapping")
+    aliases = {"price": "usd_per_chip_hour"}
+    key = aliases.get(key, key) if "accelerator" in data else key
+    if rest:
+        if key not in data:
+            raise TokenfleetError(f"--set {full}: no field '{key}'")
+        _set_path(data[key], rest, value, full)
+    else:
+        data[key] = value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``--set a.b.c=value`` edits (value parsed as YAML), applied to a copy."""
+    out = copy.deepcopy(data)
+    for o in overrides:
+        path, sep, raw = o.partition("=")
+        if not sep:
+            raise TokenfleetError(f"--set {o}: expected PATH=VALUE, e.g. "
+                                  "supply.maia-200.price=4.5")
+        _set_path(out, path.strip().split("."), yaml.safe_load(raw), o)
+    return out
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> tuple[Scenario, Path]:
+    """Read and validate a scenario; returns it and its directory (for relative paths)."""
+    p = Path(path)
+    data, node = read_yaml(p)
+    if not isinstance(data, dict):
+        raise TokenfleetError(f"{p}: a scenario is a mapping (name, tiers, supply, ...)")
+    if overrides:
+        data = apply_overrides(data, overrides)
+        node = None  # line numbers no longer match after edits
+    return validate(Scenario, data, str(p), node), p.parent
+
+
+def explain_schema() -> str:
+    """Every scenario field with its type and description, for --explain-schema."""
+    lines: list[str] = []
+
+    def walk(model: type[BaseModel], indent: str) -> None:
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            desc = f.description or ""
+            default = "" if f.is_required() else f" (default {f.get_default(call_default_factory=True)!r})"
+            typ = getattr(ann, "__name__", str(ann)).replace("typing.", "")
+            lines.append(f"{indent}{name}: {typ}{default}  {desc}".rstrip())
+            for sub in _submodels(ann):
+                walk(sub, indent + "  ")
+
+    walk(Scenario, "")
+    return "\n".join(lines)
+
+
+def _submodels(ann: Any) -> list[type[BaseModel]]:
+    out = []
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    for a in getattr(ann, "__args__", ()) or ():
+        out.extend(_submodels(a))
+    return out

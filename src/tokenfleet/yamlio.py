@@ -1,0 +1,76 @@
+"""Load YAML into pydantic models with errors that name the file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tokenfleet.errors import TokenfleetError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """Parse ``path``; return the data and the node tree (for line numbers)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise TokenfleetError(f"{path}: cannot read file ({e.strerror})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise TokenfleetError(f"{where}: malformed YAML: {problem}") from None
+    return data, node
+
+
+def line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the value at ``loc`` (a pydantic error location) in a node tree."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == str(key):
+                    nxt = v
+                    line = k.start_mark.line + 1
+                    break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def format_validation_error(
+    err: ValidationError, source: str, node: yaml.Node | None = None, prefix: tuple = ()
+) -> str:
+    lines = []
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        ln = line_of(node, loc)
+        where = f"{source}:{ln}" if ln else source
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}"
+        lines.append(f"{where}: field '{field}': {msg}")
+    return "\n".join(lines)
+
+
+def validate(model: type[M], data: Any, source: str, node: yaml.Node | None = None,
+             prefix: tuple = ()) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise TokenfleetError(format_validation_error(e, source, node, prefix)) from None
