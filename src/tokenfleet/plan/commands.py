@@ -64,6 +64,8 @@ def print_plan(plan: Plan, console: Console) -> None:
         t.add_row(r.name, "yes" if r.binding else "", _money(r.marginal_usd_per_month),
                   r.detail)
     console.print(t)
+    for n in plan.notes:
+        console.print(f"  note: {n}")
     if plan.baselines:
         t = Table(title="Side by side")
         for col in ("fleet", "$/month", "vs plan"):
@@ -129,7 +131,7 @@ def plan_cmd(
     if json_out:
         print(plan.model_dump_json(indent=2))
         return
-    print_plan(plan, Console())
+    print_plan(plan, Console(width=None if Console().is_terminal else 150))
     err.print(f"wrote {out}" + (f" and {html_path}" if html_path else ""))
 
 

@@ -12,6 +12,7 @@ from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.plan.candidates import Candidate, CandidateSet, build_candidates
+from tokenfleet.plan.check import check_plan
 from tokenfleet.plan.milp import POLICY_FAMILIES, Formulation, Solution, formulate
 from tokenfleet.plan.scenario import Scenario, Tier
 from tokenfleet.plan.schema import (
@@ -116,6 +117,10 @@ def plan_scenario(
     step = (lambda label: (lambda i, n: progress(label, i, n))) if progress else (
         lambda label: None)
     cs = build_candidates(sc, base, catalog, cal, precision_gate, step("candidates"))
+    uncovered = [d for d in cs.demands
+                 if not any(c.tier == d.tier and d.bucket in c.capacity for c in cs.candidates)]
+    if uncovered:
+        raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
     f, sol = _solve(sc, cs)
     if not sol.ok:
         raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
@@ -123,7 +128,15 @@ def plan_scenario(
 
     constraints = _constraint_reports(sc, cs, f, sol, total, compare_policies, progress)
     baselines = _baselines(sc, cs, total) if compare_policies else []
-    return _assemble(sc, cs, f, sol, name, constraints, baselines, catalog)
+    plan = _assemble(sc, cs, f, sol, name, constraints, baselines, catalog)
+    # Verify with code that shares nothing with the MILP (tokenfleet.plan.check).
+    violations = check_plan(plan, sc, catalog)
+    if violations:
+        plan.notes.extend(f"CHECK FAILED {v.check}: {v.detail}" for v in violations)
+    else:
+        plan.notes.append("independent check passed: demand split, pool capacity, supply, "
+                          "power, vendor share and N-1 (re-solved as a separate LP) all hold")
+    return plan
 
 
 def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution,
@@ -250,7 +263,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
     tier_tokens: dict[str, float] = defaultdict(float)
     for d in cs.demands:
         served = {c.id: float(x[f.x[(c.id, d.bucket)]]) for c, _ in chosen
-                  if (c.id, d.bucket) in f.x}
+                  if c.tier == d.tier and (c.id, d.bucket) in f.x}
         tot = sum(served.values())
         shares = {k: v / tot for k, v in served.items() if v > 1e-9 * max(tot, 1)}
         splits.append(BucketSplit(tier=d.tier, bucket=d.bucket, input_len=d.input_len,
