@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 from pydantic import BaseModel
-from rich.console import Console
 from rich.table import Table
 
 from tokenfleet.catalog.loader import load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.architecture import param_counts
+from tokenfleet.report.terminal import console
 
 catalog_app = typer.Typer(
     help="What the catalogs hold: accelerators (specs, prices, sources) and models.",
@@ -44,7 +44,7 @@ def list_(
 ) -> None:
     """List catalog entries. Figures marked * are assumptions (no public source)."""
     cat = load_catalog(catalog or [])
-    console = Console()
+    out = console()
     if kind is Kind.accelerators:
         if json_out:
             print(json.dumps([a.model_dump() for a in cat.accelerators], indent=1))
@@ -61,8 +61,8 @@ def list_(
                       f"{a.scaleup_gbps:g}{'*' if 'scaleup_gbps' in a.assumptions else ''}",
                       str(a.scaleup_domain),
                       f"{a.tdp_w:g}{'*' if 'tdp_w' in a.assumptions else ''}", price, a.family)
-        console.print(t)
-        console.print("* assumption: no public figure; see `tokenfleet catalog show ID`")
+        out.print(t)
+        out.print("* assumption: no public figure; see `tokenfleet catalog show ID`")
         return
     if json_out:
         print(json.dumps([m.model_dump() for m in cat.models], indent=1))
@@ -80,7 +80,7 @@ def list_(
         experts = f"{m.experts_per_token}/{m.num_experts}" if m.is_moe else "—"
         t.add_row(m.id, f"{pc.total / 1e9:.1f}", f"{pc.active / 1e9:.1f}", str(m.num_layers),
                   str(m.hidden_size), f"{m.num_attention_heads}/{m.num_kv_heads}", attn, experts)
-    console.print(t)
+    out.print(t)
 
 
 @catalog_app.command("show")

@@ -17,6 +17,7 @@ from tokenfleet.catalog.loader import load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.estimate import Estimate, Query, breakeven, compare, estimate
 from tokenfleet.perf.measurements import ENGINES
+from tokenfleet.report.terminal import console
 from tokenfleet.yamlio import format_validation_error
 
 Model = Annotated[str, typer.Option("--model", "-m",
@@ -70,7 +71,8 @@ def _print_estimate(e: Estimate, console: Console) -> None:
         price = "" if not e.price_is_assumption else "  [yellow](price is an assumption)[/yellow]"
         t.add_row("$/hour (unit)", _num(e.usd_per_hour, ",.2f") + price)
         t.add_row("$/M output tokens", _num(e.usd_per_million_output_tokens, ",.3f"))
-        t.add_row("watts / J per token", f"{e.watts:,.0f} / {_num(e.joules_per_output_token, '.3f')}")
+        t.add_row("watts / J per token",
+                  f"{e.watts:,.0f} / {_num(e.joules_per_output_token, '.3f')}")
     if e.memory:
         m = e.memory
         t.add_row("memory / chip", f"weights {m.weights_gb:.1f} GB, KV budget "
@@ -128,7 +130,7 @@ def estimate_cmd(
     if json_out:
         print(e.model_dump_json(indent=2))
     else:
-        _print_estimate(e, Console())
+        _print_estimate(e, console())
     if not e.fits:
         raise typer.Exit(1)
 
@@ -216,8 +218,8 @@ def compare_cmd(
         else:
             t.add_row(str(i), e.accelerator, e.precision, "—", "—", "—", "—", "—", "—", "—",
                       e.provenance, e.reason or "")
-    Console().print(t)
-    Console().print("* price is an assumption (no public price); override with --catalog")
+    console().print(t)
+    console().print("* price is an assumption (no public price); override with --catalog")
 
 
 def breakeven_cmd(
@@ -249,7 +251,7 @@ def breakeven_cmd(
         print(b.model_dump_json(indent=2))
         return
     a, v = b.accelerator_estimate, b.versus_estimate
-    c = Console()
+    c = console()
     c.print(f"[bold]{b.model}[/bold], {input_len} in / {output_len} out")
     for e in (a, v):
         c.print(f"  {e.accelerator:>10}: {e.count}× {e.precision}, "
@@ -291,7 +293,7 @@ def calibrate_cmd(
         cal, ev = run_fit(loo=loo, progress=step)
     if write:
         path = write_fit(cal)
-        Console(stderr=True).print(f"wrote {path}")
+        console(stderr=True).print(f"wrote {path}")
     if out:
         out.write_text(json.dumps(ev.rows, indent=1))
     if json_out:
@@ -308,9 +310,9 @@ def calibrate_cmd(
                   f"{e.overhead_us_per_layer:.0f}",
                   f"{g.loo_throughput.get('median', float('nan')):.1%}",
                   f"{g.loo_throughput.get('p90', float('nan')):.1%}")
-    Console().print(t)
+    console().print(t)
     if cal.cross_family:
-        Console().print(f"leave-one-family-out throughput error: median "
+        console().print(f"leave-one-family-out throughput error: median "
                         f"{cal.cross_family['median']:.1%}, p90 {cal.cross_family['p90']:.1%}")
 
 

@@ -8,10 +8,10 @@ estimate's uncertainty band so the plan holds at the pessimistic end of the band
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from tokenfleet.catalog.loader import Catalog
@@ -144,7 +144,7 @@ def build_candidates(
             raise TokenfleetError(f"tier '{t.name}': traffic has no requests")
         demands.extend(d)
 
-    @lru_cache(maxsize=None)
+    @cache
     def est(model: str, accel: str, count: int, precision: str, engine: str | None,
             inp: int, out: int, ttft: float | None, tpot: float | None) -> Estimate:
         return estimate(Query(model=model, accelerator=accel, count=count, precision=precision,
@@ -225,7 +225,8 @@ def _prune_dominated(cs: CandidateSet, keep_per_group: int = 2) -> None:
     for (tier, _), group in groups.items():
         buckets = {b for c in group for b in c.capacity}
 
-        def score(c: Candidate) -> tuple[int, float]:
+        def score(c: Candidate, tier: str = tier, buckets: set[str] = buckets
+                  ) -> tuple[int, float]:
             # $ per hour to serve this group's share of each bucket alone; buckets the
             # option cannot serve count against it first
             missing = sum(1 for b in buckets if b not in c.capacity)

@@ -16,6 +16,7 @@ from tokenfleet.plan.gates import precision_gate
 from tokenfleet.plan.planner import plan_scenario
 from tokenfleet.plan.scenario import explain_schema, load_scenario
 from tokenfleet.plan.schema import Plan
+from tokenfleet.report.terminal import console
 
 
 def _money(x: float | None) -> str:
@@ -28,7 +29,8 @@ def print_plan(plan: Plan, console: Console) -> None:
                   f"solver {plan.solver['status']} in {plan.solver['seconds']:.2f} s "
                   f"(gap {plan.solver['mip_gap']:.2g})")
     console.print(f"  monthly bill {_money(c.usd_per_month)} = committed "
-                  f"{_money(c.committed_usd_per_month)} (used {_money(c.committed_used_usd_per_month)})"
+                  f"{_money(c.committed_usd_per_month)} "
+                  f"(used {_money(c.committed_used_usd_per_month)})"
                   f" + on-demand {_money(c.on_demand_usd_per_month)}; fleet at list "
                   f"{_money(c.fleet_usd_per_month)}")
     t = Table(title="Pools")
@@ -112,7 +114,7 @@ def plan_cmd(
     sc, base = load_scenario(scenario, set_ or [])
     cat = load_catalog(catalog or [])
     gate = precision_gate(sc, base, str(scenario))
-    err = Console(stderr=True)
+    err = console(stderr=True)
     with Progress(console=err, transient=True) as prog:
         task = prog.add_task("planning", total=None)
 
@@ -131,7 +133,7 @@ def plan_cmd(
     if json_out:
         print(plan.model_dump_json(indent=2))
         return
-    print_plan(plan, Console(width=None if Console().is_terminal else 150))
+    print_plan(plan, console())
     err.print(f"wrote {out}" + (f" and {html_path}" if html_path else ""))
 
 

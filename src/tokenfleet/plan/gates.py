@@ -9,8 +9,10 @@ from pathlib import Path
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.scenario import Scenario, Tier
 
+Gate = Callable[[Tier, str], tuple[bool, str]]
 
-def precision_gate(sc: Scenario, base: Path, source: str) -> Callable[[Tier, str], tuple[bool, str]]:
+
+def precision_gate(sc: Scenario, base: Path, source: str) -> Gate:
     """A function (tier, precision) -> (allowed, why) for the planner."""
     from tokenfleet.quality.report import check_precision, load_report, parse_rule
 

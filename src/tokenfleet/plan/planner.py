@@ -154,8 +154,10 @@ def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Sol
         act = float(sol.activity[i])
         binding = r.ub < float("inf") and act >= r.ub * (1 - ACTIVE) - 1e-9
         if r.family == "contract":
-            used = act + float(sol.x[next(v for k, v in f.od.items()
-                                          if r.name == f"contract {k}")]) if sol.x is not None else 0
+            # row = usage - od <= commitment, so usage = activity + od
+            assert sol.x is not None
+            name = r.name.removeprefix("contract ")
+            used = act + float(sol.x[f.od[name]])
             binding = used < r.ub * (1 - ACTIVE)  # commitment not used up: money wasted
             out.append(ConstraintReport(
                 name=r.name, binding=binding, marginal_usd_per_month=None,

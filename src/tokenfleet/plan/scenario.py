@@ -222,7 +222,8 @@ def explain_schema() -> str:
         for name, f in model.model_fields.items():
             ann = f.annotation
             desc = f.description or ""
-            default = "" if f.is_required() else f" (default {f.get_default(call_default_factory=True)!r})"
+            default = ("" if f.is_required() else
+                       f" (default {f.get_default(call_default_factory=True)!r})")
             typ = getattr(ann, "__name__", str(ann)).replace("typing.", "")
             lines.append(f"{indent}{name}: {typ}{default}  {desc}".rstrip())
             for sub in _submodels(ann):
