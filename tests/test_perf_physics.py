@@ -173,3 +173,26 @@ def test_static_batch_matches_definitions():
     assert r["output_tokens_per_s"] == pytest.approx(
         8 * 101 / (r["ttft_s"] + 100 * r["tpot_s"]))
     assert math.isfinite(r["ttft_s"]) and r["ttft_s"] > 0
+
+
+def test_metric_definitions():
+    from tokenfleet.perf import metrics
+
+    # arrival 1.0, first token 1.5, last token 3.5 after 5 tokens: TPOT = 2.0 / 4
+    assert metrics.ttft(1.0, 1.5) == pytest.approx(0.5)
+    assert metrics.tpot(1.5, 3.5, 5) == pytest.approx(0.5)
+    assert math.isnan(metrics.tpot(1.5, 1.5, 1))
+    assert metrics.e2e(1.0, 3.5) == pytest.approx(metrics.ttft(1.0, 1.5) + 4 * 0.5)
+    ok = metrics.meets_slo(np.array([0.4, 0.6, 0.4]), np.array([0.01, 0.01, np.nan]), 0.5, 0.02)
+    assert ok.tolist() == [True, False, True]
+
+
+def test_estimate_from_hf_config_path():
+    from pathlib import Path
+
+    from tokenfleet.perf.estimate import Query, estimate
+
+    cfg = sorted((Path(__file__).parent / "data" / "hf_configs").glob("*.json"))
+    assert cfg, "fixture configs missing"
+    e = estimate(Query(model=str(cfg[0]), accelerator="h200", count=8, precision="fp8"))
+    assert e.memory is not None and e.memory.weights_gb > 0

@@ -1,0 +1,54 @@
+"""Serving metrics, defined once for the whole of tokenfleet.
+
+Every number tokenfleet prints, predicts, simulates or measures uses these definitions
+(the performance model, the simulator, the load generator and the reports):
+
+* **TTFT** (time to first token): seconds from the request's *arrival* (when it reaches
+  the system, queueing included) to its first output token.
+* **TPOT** (time per output token): mean seconds between output tokens *after the
+  first*: ``(t_last - t_first) / (n_output - 1)``; undefined (None) for one token.
+* **End-to-end latency**: arrival to last token, = TTFT + (n - 1) * TPOT.
+* **Throughput**: output tokens per second of the whole unit or fleet, unless a name
+  says otherwise (``total_tokens_per_s`` counts prompt tokens too).
+* **Goodput**: requests per second that met every SLO of their tier.
+* **SLO attainment**: fraction of completed requests that met every SLO of their tier.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def ttft(arrival_s: np.ndarray | float, first_token_s: np.ndarray | float
+         ) -> np.ndarray | float:
+    """Time to first token, seconds."""
+    return np.subtract(first_token_s, arrival_s)
+
+
+def tpot(first_token_s: np.ndarray | float, last_token_s: np.ndarray | float,
+         output_tokens: np.ndarray | int) -> np.ndarray | float:
+    """Mean time per output token after the first, seconds (NaN where only one token)."""
+    n = np.asarray(output_tokens, dtype=float)
+    gap = np.subtract(last_token_s, first_token_s)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(n > 1, gap / np.maximum(n - 1, 1), np.nan)
+    return out if out.ndim else float(out)
+
+
+def e2e(arrival_s: np.ndarray | float, last_token_s: np.ndarray | float
+        ) -> np.ndarray | float:
+    """End-to-end latency, seconds."""
+    return np.subtract(last_token_s, arrival_s)
+
+
+def meets_slo(ttft_s: np.ndarray, tpot_s: np.ndarray, slo_ttft: float | None,
+              slo_tpot: float | None) -> np.ndarray:
+    """Per request: True where every given SLO holds (a one-token request has no TPOT
+    and so cannot miss a TPOT SLO)."""
+    ok = np.ones(np.shape(ttft_s), dtype=bool)
+    if slo_ttft is not None:
+        ok &= np.asarray(ttft_s) <= slo_ttft
+    if slo_tpot is not None:
+        t = np.asarray(tpot_s, dtype=float)
+        ok &= np.isnan(t) | (t <= slo_tpot)
+    return ok
