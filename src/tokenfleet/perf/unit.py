@@ -211,6 +211,7 @@ class UnitModel:
         self.ep_bw = uni(lo.ep)
         self.pp_bw = uni(lo.tp * lo.pp)
         self.layers_per_stage = m.num_layers / lo.pp
+        self._precompute_step()
 
     # ---- memory -------------------------------------------------------------------
 
@@ -270,44 +271,54 @@ class UnitModel:
         The step carries ``decode_tokens`` decode tokens at mean ``context`` and
         ``prefill_tokens`` prompt tokens of prompts ``prompt_len`` long (chunked
         prefill mixes both; the weights are streamed once for the whole step).
+        Every term is linear in the token counts except the MoE expert reads, so the
+        per-token coefficients are scalars and the arrays see a handful of operations.
         """
-        lo, m = self.layout, self.model
+        lo, m, eff = self.layout, self.model, self.eff
         dec = np.asarray(decode_tokens, dtype=float)
         pre = np.asarray(prefill_tokens, dtype=float)
         tokens = dec + pre
-        tp_pp = lo.tp * lo.pp
-        # Expert GEMMs are grouped and routed: they get their own relative efficiency.
-        matmul = 2.0 * (self.p_dense_active + self.p_expert_active / self.eff.moe) / tp_pp
-        attn_dec = arch.attention_flops_per_token(m, context) * self.head_pad / tp_pp
-        attn_pre = (arch.prefill_attention_flops(m, prompt_len) / max(prompt_len, 1)
-                    * self.head_pad / tp_pp)
         # Decode attention is a KV-cache read (costed below); its few FLOPs run with the
         # GEMMs. Prefill attention is compute-bound flash attention with its own factor.
-        t_compute = ((tokens * matmul + dec * attn_dec) / self.eff.compute
-                     + pre * attn_pre / self.eff.attention) / self.peak_flops
-        bytes_ = self.non_expert_bytes_per_chip
+        attn_dec = arch.attention_flops_per_token(m, context) * self.attn_scale
+        attn_pre = (arch.prefill_attention_flops(m, prompt_len) / max(prompt_len, 1)
+                    * self.attn_scale)
+        sec_per_flop = 1.0 / self.peak_flops
+        t_compute = (tokens * (self.matmul_flops * sec_per_flop / eff.compute)
+                     + dec * (attn_dec * sec_per_flop / eff.compute)
+                     + pre * (attn_pre * sec_per_flop / eff.attention))
+        kv_per_dec = self.kv_seq_bytes_per_chip(context) / (eff.kv_bandwidth * self.hbm_bw)
+        t_memory = self.weights_s + dec * kv_per_dec
         if self.n_moe_layers:
             e, k = m.num_experts, m.experts_per_token
             routed = tokens * (lo.dp if lo.ep > 1 else 1)
             # Distinct experts the step's tokens touch per layer, with uniform routing.
             touched = e * (1.0 - (1.0 - k / e) ** routed)
-            bytes_ = bytes_ + (
-                touched * self.one_expert_params * self.precision.weight_bytes
-                * self.n_moe_layers / lo.pp / self.expert_split
-            )
-        t_memory = (bytes_ / self.eff.bandwidth
-                    + dec * self.kv_seq_bytes_per_chip(context) / self.eff.kv_bandwidth
-                    ) / self.hbm_bw
-        t = np.maximum(t_compute, t_memory)
-        act = tokens * m.hidden_size * ACTIVATION_BYTES
+            t_memory = t_memory + touched * self.expert_s
+        return np.maximum(t_compute, t_memory) + tokens * self.comm_s_per_token + self.fixed_s
+
+    def _precompute_step(self) -> None:
+        """Batch-independent coefficients of :meth:`step_s` (seconds, FLOPs per token)."""
+        lo, m, eff = self.layout, self.model, self.eff
+        tp_pp = lo.tp * lo.pp
+        # Expert GEMMs are grouped and routed: they get their own relative efficiency.
+        self.matmul_flops = 2.0 * (self.p_dense_active + self.p_expert_active / eff.moe) / tp_pp
+        self.attn_scale = self.head_pad / tp_pp
+        self.weights_s = self.non_expert_bytes_per_chip / (eff.bandwidth * self.hbm_bw)
+        self.expert_s = (self.one_expert_params * self.precision.weight_bytes
+                         * self.n_moe_layers / lo.pp / self.expert_split
+                         / (eff.bandwidth * self.hbm_bw))
+        act = m.hidden_size * ACTIVATION_BYTES  # bytes per token crossing a link
+        comm = 0.0
         if lo.tp > 1:  # two all-reduces per layer (attention out, MLP out), ring algorithm
-            t = t + 2 * self.layers_per_stage * 2 * (lo.tp - 1) / lo.tp * act / self.tp_bw
+            comm += 2 * self.layers_per_stage * 2 * (lo.tp - 1) / lo.tp * act / self.tp_bw
         if lo.ep > 1 and self.n_moe_layers:  # dispatch + combine all-to-all per MoE layer
             sent = act / lo.tp * m.experts_per_token * 2 * (lo.ep - 1) / lo.ep
-            t = t + self.n_moe_layers / lo.pp * sent / self.ep_bw
+            comm += self.n_moe_layers / lo.pp * sent / self.ep_bw
         if lo.pp > 1:
-            t = t + act / self.pp_bw
-        return t + self.eff.overhead_us_per_layer * 1e-6 * self.layers_per_stage
+            comm += act / self.pp_bw
+        self.comm_s_per_token = comm
+        self.fixed_s = eff.overhead_us_per_layer * 1e-6 * self.layers_per_stage
 
     # ---- operating points -----------------------------------------------------------
 

@@ -211,7 +211,7 @@ def build_candidates(
     return cs
 
 
-def _prune_dominated(cs: CandidateSet, keep_per_group: int = 2) -> None:
+def _prune_dominated(cs: CandidateSet, keep_per_group: int = 1) -> None:
     """Keep the MILP small: per (tier, supply entry), keep the unit options (precision x
     size) that are cheapest for the tier's demand mix, plus the smallest one that
     serves every bucket it can (fine-grained sizing matters for small demand)."""

@@ -146,7 +146,12 @@ def formulate(
             obj = c.watts / 1e6 + eps * monthly
         else:
             obj = (0.0 if c.cloud in contract_clouds else monthly) + eps * monthly
-        n[c.id] = p.var(f"n[{c.id}]", obj, 0, s.max_chips // c.count, integer=True)
+        # Never more replicas than serving the tier's whole demand alone would take: a
+        # valid bound that keeps branch-and-bound small.
+        alone = sum(d.rate_per_s * (1 + sc.headroom) / c.capacity[d.bucket]
+                    for d in cs.demands if d.tier == c.tier and d.bucket in c.capacity)
+        ub = min(s.max_chips // c.count, int(np.ceil(alone)) + 1)
+        n[c.id] = p.var(f"n[{c.id}]", obj, 0, ub, integer=True)
         for b in c.capacity:
             x[(c.id, b)] = p.var(f"x[{c.id},{b}]")
     od: dict[str, int] = {}
