@@ -70,10 +70,12 @@ def _brute_force(sc: Scenario, cs: CandidateSet) -> float | None:
             continue
         usage: dict[str, float] = {}
         for c, k in zip(cs.candidates, n, strict=True):
-            usage[c.cloud] = usage.get(c.cloud, 0.0) + k * c.usd_per_hour * hours
+            if not sc.supply[c.supply_index].prepaid:
+                usage[c.cloud] = usage.get(c.cloud, 0.0) + k * c.usd_per_hour * hours
         commit = {k.cloud: k.committed_usd_per_month for k in sc.contracts}
         cost = sum(max(u - commit.get(cl, 0.0), 0.0) for cl, u in usage.items())
         cost += sum(commit.values())
+        cost += sum(s.max_chips * s.usd_per_chip_hour * hours for s in sc.supply if s.prepaid)
         if pol.max_vendor_share is not None and pol.vendor_share_basis == "spend":
             tot = sum(k * c.usd_per_hour for c, k in zip(cs.candidates, n, strict=True))
             by_v: dict[str, float] = {}
@@ -196,3 +198,18 @@ def test_example_plan_is_verified(tmp_path):
     plan = plan_scenario(sc, base, name=sc.name, compare_policies=False)
     assert check_plan(plan, sc) == []
     assert plan.units and plan.cost.usd_per_month > 0
+
+
+def test_prepaid_block_is_a_fixed_cost():
+    sc = _scenario()
+    data = sc.model_dump()
+    # a prepaid block of 2 MI300X at a high nominal price: a sunk cost, free to use
+    data["supply"][2].update(prepaid=True, usd_per_chip_hour=10.0, max_chips=2)
+    sc = Scenario.model_validate(data)
+    cs = _cands(CAPS, [2.0, 4.0, 10.0])
+    f = formulate(sc, cs)
+    sol = f.program.solve(1e-9, 30)
+    expected = _brute_force(sc, cs)
+    assert sol.ok and expected is not None
+    assert bill(sc, f, sol) == pytest.approx(expected, rel=1e-6)
+    assert bill(sc, f, sol) >= 2 * 10.0 * sc.hours_per_month + 2000  # block + commitment

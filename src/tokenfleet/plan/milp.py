@@ -114,6 +114,13 @@ class Formulation:
     groups: dict[str, list[str]] = field(default_factory=dict)  # n-1 group -> members
 
 
+def fixed_monthly_cost(sc: Scenario) -> float:
+    """USD per month paid whatever the plan: commitments and prepaid capacity blocks."""
+    prepaid = sum(s.max_chips * (s.usd_per_chip_hour or 0.0) * sc.hours_per_month
+                  for s in sc.supply if s.prepaid)
+    return sum(k.committed_usd_per_month for k in sc.contracts) + prepaid
+
+
 def group_of(c: Candidate, by: str) -> str:
     return {"vendor": c.vendor, "region": c.region, "cloud": c.cloud}[by]
 
@@ -144,6 +151,8 @@ def formulate(
         monthly = c.usd_per_hour * hours
         if sc.objective == "energy":
             obj = c.watts / 1e6 + eps * monthly
+        elif s.prepaid:  # paid for already (a constant below)
+            obj = eps * monthly
         else:
             obj = (0.0 if c.cloud in contract_clouds else monthly) + eps * monthly
         # Never more replicas than serving the tier's whole demand alone would take: a
@@ -157,10 +166,10 @@ def formulate(
     od: dict[str, int] = {}
     for k in sc.contracts:
         od[k.name] = p.var(f"od[{k.name}]", 1.0 if sc.objective == "cost" else 0.0)
-    if sc.objective == "cost" and sc.contracts:
-        # Commitments are paid anyway: a constant in the bill. Carrying it as a fixed
-        # variable makes the solver's relative gap relative to the whole monthly bill.
-        committed = sum(k.committed_usd_per_month for k in sc.contracts)
+    committed = fixed_monthly_cost(sc)
+    if sc.objective == "cost" and committed:
+        # Commitments and prepaid blocks are paid anyway: a constant in the bill. Carrying
+        # it as a fixed variable makes the solver's relative gap relative to the whole bill.
         p.var("committed", committed, 1.0, 1.0)
 
     # demand: served exactly the peak plus headroom (equality keeps shares meaningful)
@@ -196,7 +205,8 @@ def formulate(
                   detail=f"cap {r.power_mw:g} MW")
     # committed spend: usage in the contract's cloud beyond the commitment is on-demand
     for k in sc.contracts:
-        members = [c for c in cands if c.cloud == k.cloud]
+        members = [c for c in cands if c.cloud == k.cloud
+                   and not sc.supply[c.supply_index].prepaid]
         coefs = {n[c.id]: c.usd_per_hour * hours for c in members}
         coefs[od[k.name]] = -1.0
         p.row(f"contract {k.name}", "contract", coefs, ub=k.committed_usd_per_month,

@@ -13,7 +13,13 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.plan.candidates import Candidate, CandidateSet, build_candidates
 from tokenfleet.plan.check import check_plan
-from tokenfleet.plan.milp import POLICY_FAMILIES, Formulation, Solution, formulate
+from tokenfleet.plan.milp import (
+    POLICY_FAMILIES,
+    Formulation,
+    Solution,
+    fixed_monthly_cost,
+    formulate,
+)
 from tokenfleet.plan.scenario import Scenario, Tier
 from tokenfleet.plan.schema import (
     Baseline,
@@ -38,20 +44,37 @@ def _solve(sc: Scenario, cs: CandidateSet, **kw) -> tuple[Formulation, Solution]
     return f, f.program.solve(sc.mip_gap, sc.time_limit_s)
 
 
-def bill(sc: Scenario, f: Formulation, sol: Solution) -> float:
-    """Monthly bill of a solution: commitments (paid anyway) plus on-demand spend."""
-    assert sol.x is not None
+def cost_breakdown(sc: Scenario, chosen: list[tuple[Candidate, int]]) -> Cost:
+    """The monthly bill of a fleet: commitments and prepaid blocks (paid whatever is
+    used) plus on-demand spend beyond the commitments."""
     hours = sc.hours_per_month
-    usage: dict[str, float] = defaultdict(float)
-    for c in f.cands:
-        usage[c.cloud] += round(sol.x[f.n[c.id]]) * c.usd_per_hour * hours
-    total = 0.0
-    committed = {k.cloud: 0.0 for k in sc.contracts}
+    usage: dict[str, float] = defaultdict(float)  # metered spend per cloud
+    fleet = 0.0
+    for c, reps in chosen:
+        fleet += c.usd_per_hour * reps * hours
+        if not sc.supply[c.supply_index].prepaid:
+            usage[c.cloud] += c.usd_per_hour * reps * hours
+    commit: dict[str, float] = defaultdict(float)
     for k in sc.contracts:
-        committed[k.cloud] += k.committed_usd_per_month
-    for cloud, used in usage.items():
-        total += max(used - committed.get(cloud, 0.0), 0.0)
-    return total + sum(committed.values())
+        commit[k.cloud] += k.committed_usd_per_month
+    fixed = fixed_monthly_cost(sc)
+    on_demand = sum(max(u - commit.get(cl, 0.0), 0.0) for cl, u in usage.items())
+    used = sum(min(usage.get(cl, 0.0), v) for cl, v in commit.items())
+    used += sum(c.usd_per_hour * reps * hours for c, reps in chosen
+                if sc.supply[c.supply_index].prepaid)
+    return Cost(usd_per_month=fixed + on_demand, fleet_usd_per_month=fleet,
+                committed_usd_per_month=fixed, committed_used_usd_per_month=used,
+                on_demand_usd_per_month=on_demand)
+
+
+def chosen_units(f: Formulation, sol: Solution) -> list[tuple[Candidate, int]]:
+    assert sol.x is not None
+    return [(c, int(round(sol.x[f.n[c.id]]))) for c in f.cands if round(sol.x[f.n[c.id]]) > 0]
+
+
+def bill(sc: Scenario, f: Formulation, sol: Solution) -> float:
+    """Monthly bill of a solution, USD."""
+    return cost_breakdown(sc, chosen_units(f, sol)).usd_per_month
 
 
 def explain_infeasible(sc: Scenario, cs: CandidateSet) -> str:
@@ -239,10 +262,8 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
               constraints: list[ConstraintReport], baselines: list[Baseline],
               catalog: Catalog) -> Plan:
     assert sol.x is not None
-    hours = sc.hours_per_month
     x = sol.x
-    chosen: list[tuple[Candidate, int]] = [(c, int(round(x[f.n[c.id]]))) for c in f.cands
-                                           if round(x[f.n[c.id]]) > 0]
+    chosen = chosen_units(f, sol)
     units = []
     for c, reps in chosen:
         any_est = next(iter(c.estimates.values()))
@@ -278,19 +299,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
         tier_tokens[d.tier] += d.rate_per_s * d.output_len
     all_tokens = sum(tokens_by_vendor.values()) or 1.0
 
-    usage: dict[str, float] = defaultdict(float)
-    for c, reps in chosen:
-        usage[c.cloud] += c.usd_per_hour * reps * hours
-    committed = sum(k.committed_usd_per_month for k in sc.contracts)
-    committed_by_cloud: dict[str, float] = defaultdict(float)
-    for k in sc.contracts:
-        committed_by_cloud[k.cloud] += k.committed_usd_per_month
-    used_commit = sum(min(usage.get(cl, 0.0), v) for cl, v in committed_by_cloud.items())
-    on_demand = sum(max(u - committed_by_cloud.get(cl, 0.0), 0.0) for cl, u in usage.items())
-    fleet = sum(usage.values())
-    cost = Cost(usd_per_month=committed + on_demand, fleet_usd_per_month=fleet,
-                committed_usd_per_month=committed, committed_used_usd_per_month=used_commit,
-                on_demand_usd_per_month=on_demand)
+    cost = cost_breakdown(sc, chosen)
 
     tiers = []
     for t in sc.tiers:

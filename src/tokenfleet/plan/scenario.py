@@ -85,6 +85,9 @@ class Supply(_M):
     usd_per_chip_hour: float | None = Field(
         None, gt=0, description="price; default: the catalog's price for this cloud")
     price_kind: Literal["on_demand", "reserved"] = "on_demand"
+    prepaid: bool = Field(
+        False, description="reserved capacity block: all max_chips are paid for, used or "
+                           "not (a fixed cost; using them adds nothing)")
     counts: list[int] | None = Field(
         None, description="chips per serving unit to consider (default: 1,2,4,8 and the "
                           "scale-up domain, up to 64)")
@@ -101,6 +104,7 @@ class Contract(_M):
     name: str
     cloud: str
     committed_usd_per_month: float = Field(gt=0)
+    term_months: int = Field(12, gt=0, description="length of the commitment (reported)")
 
 
 class NMinusOne(_M):
@@ -146,6 +150,8 @@ class Scenario(_M):
             raise ValueError(f"tier names must be unique: {names}")
         known = {r.name for r in self.regions}
         for i, s in enumerate(self.supply):
+            if s.prepaid and s.usd_per_chip_hour is None:
+                raise ValueError(f"supply[{i}] is prepaid: give its usd_per_chip_hour")
             if known and s.region not in known:
                 raise ValueError(f"supply[{i}].region '{s.region}' is not in regions: "
                                  f"{sorted(known)}")
