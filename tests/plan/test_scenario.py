@@ -121,3 +121,15 @@ def test_cli_plan_writes_plan_json(tmp_path):
     for key in ("tier", "accelerator", "vendor", "cloud", "region", "precision", "layout",
                 "replicas", "chips", "capacity", "usd_per_hour", "watts"):
         assert key in u
+
+
+def test_energy_objective_uses_no_more_power_than_cost_objective(tmp_path):
+    cost_sc, base = load_scenario(_write(tmp_path, SMALL))
+    energy = json.loads(json.dumps(SMALL))
+    energy["objective"] = "energy"
+    energy_sc, _ = load_scenario(_write(tmp_path, energy, "e.yaml"))
+    by_cost = plan_scenario(cost_sc, base, compare_policies=False)
+    by_energy = plan_scenario(energy_sc, base, compare_policies=False)
+    watts = lambda p: sum(u.watts for u in p.units)  # noqa: E731
+    assert watts(by_energy) <= watts(by_cost) * (1 + 1e-6)
+    assert by_energy.cost.usd_per_month >= by_cost.cost.usd_per_month * (1 - 0.02)
