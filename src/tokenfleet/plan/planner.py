@@ -166,66 +166,56 @@ def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Sol
                         total: float, price_them: bool,
                         progress: Callable[[str, int, int], None] | None
                         ) -> list[ConstraintReport]:
-    """Binding status of every cap and policy, and what dropping it would save."""
-    assert sol.activity is not None
-    out: list[ConstraintReport] = []
-    families = ("supply", "power", "contract")
-    todo = []
-    for i, r in enumerate(f.program.rows):
-        if r.family not in families:
-            continue
-        act = float(sol.activity[i])
-        binding = r.ub < float("inf") and act >= r.ub * (1 - ACTIVE) - 1e-9
-        if r.family == "contract":
-            # row = usage - od <= commitment, so usage = activity + od
-            assert sol.x is not None
-            name = r.name.removeprefix("contract ")
-            used = act + float(sol.x[f.od[name]])
-            binding = used < r.ub * (1 - ACTIVE)  # commitment not used up: money wasted
-            out.append(ConstraintReport(
-                name=r.name, binding=binding, marginal_usd_per_month=None,
-                detail=f"{r.detail}; used {min(used, r.ub):,.0f}"
-                       + (" (part of the commitment is wasted)" if binding else "")))
-            continue
-        todo.append((r, act, binding))
-    policy_rows = [r.family for r in f.program.rows if r.family in POLICY_FAMILIES]
-    fams = sorted(set(policy_rows))
-    steps = len([t for t in todo if t[2]]) + len(fams)
-    k = 0
-    def saving(s2: Solution, g: Formulation) -> float | None:
-        # Differences inside the solvers' optimality gaps are noise: report them as 0.
+    """Binding status of every cap, commitment and policy, and what dropping it would
+    save per month (a re-solve without it; differences inside the optimality gaps of
+    the two solves are reported as 0)."""
+    assert sol.activity is not None and sol.x is not None
+    rows = [(r, float(sol.activity[i])) for i, r in enumerate(f.program.rows)
+            if r.family in ("supply", "power", "contract")]
+    policies = sorted({r.family for r in f.program.rows if r.family in POLICY_FAMILIES})
+    binding_caps = [r for r, act in rows
+                    if r.family != "contract" and act >= r.ub * (1 - ACTIVE) - 1e-9]
+    todo = len(binding_caps) + len(policies)
+    done = 0
+
+    def saving(drop: str) -> float | None:
+        nonlocal done
+        g, s2 = _solve(sc, cs, drop=frozenset({drop}))
+        done += 1
+        if progress:
+            progress("pricing constraints", done, todo)
         if not s2.ok:
             return None
         diff = total - bill(sc, g, s2)
         return diff if abs(diff) > (sol.gap + s2.gap) * total else 0.0
 
-    for r, act, binding in todo:
-        marginal: float | None = 0.0
-        if binding and price_them:
-            g, s2 = _solve(sc, cs, drop=frozenset({r.name}))
-            marginal = saving(s2, g)
-            k += 1
-            if progress:
-                progress("pricing constraints", k, steps)
-        unit = "MW" if r.family == "power" else "chips"
-        scale = 1e6 if r.family == "power" else 1.0
+    out: list[ConstraintReport] = []
+    for r, act in rows:
+        if r.family == "contract":
+            # row: usage - od <= commitment, so usage = activity + od
+            used = act + float(sol.x[f.od[r.name.removeprefix("contract ")]])
+            wasted = max(r.ub - used, 0.0)
+            out.append(ConstraintReport(
+                name=r.name, binding=wasted == 0.0, marginal_usd_per_month=None,
+                detail=f"{r.detail}; used {min(used, r.ub):,.0f}"
+                       + (f", {wasted:,.0f} wasted" if wasted else "")))
+            continue
+        binding = r in binding_caps
+        marginal = saving(r.name) if binding and price_them else 0.0
+        unit, scale = ("MW", 1e6) if r.family == "power" else ("chips", 1.0)
         out.append(ConstraintReport(name=r.name, binding=binding,
                                     marginal_usd_per_month=marginal,
                                     detail=f"{r.detail}; uses {act / scale:,.3g} {unit}"))
-    for fam in fams:
-        marginal = None
-        if price_them:
-            g, s2 = _solve(sc, cs, drop=frozenset({fam}))
-            marginal = saving(s2, g)
-            k += 1
-            if progress:
-                progress("pricing constraints", k, steps)
-        pol = sc.policy
-        detail = (f"max {pol.max_vendor_share:.0%} per vendor ({pol.vendor_share_basis})"
-                  if fam == "vendor-share" and pol.max_vendor_share else
-                  f"without any one {pol.n_minus_1.by}, ≥ {pol.n_minus_1.min_fraction:.0%} "
-                  "of peak at SLO" if pol.n_minus_1 else "")
-        out.append(ConstraintReport(name=fam, binding=bool(marginal and marginal > 0.5),
+    pol = sc.policy
+    for fam in policies:
+        marginal = saving(fam) if price_them else None
+        if fam == "vendor-share":
+            detail = f"max {pol.max_vendor_share:.0%} per vendor ({pol.vendor_share_basis})"
+        else:
+            assert pol.n_minus_1 is not None
+            detail = (f"without any one {pol.n_minus_1.by}, ≥ "
+                      f"{pol.n_minus_1.min_fraction:.0%} of peak at SLO")
+        out.append(ConstraintReport(name=fam, binding=bool(marginal and marginal > 0),
                                     marginal_usd_per_month=marginal, detail=detail))
     return out
 
