@@ -20,6 +20,7 @@ from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.measurements import ENGINES, FULL_KV_RESERVATION
 from tokenfleet.perf.operating import OperatingPoint, best_operating_point
 from tokenfleet.perf.precision import PRECISIONS, get_precision, kv_bytes
+from tokenfleet.perf.unit import Layout
 
 Provenance = Literal["calibrated", "extrapolated", "spec-sheet"]
 
@@ -49,6 +50,8 @@ class Query(BaseModel):
     usd_per_hour: float | None = Field(None, gt=0, description="override $/chip-hour")
     data_parallel: bool = Field(
         True, description="consider layouts that replicate the model (dp > 1) inside the unit")
+    layout: dict[str, int] | None = Field(
+        None, description="fix the layout {tp, pp, dp, ep} instead of searching for the best")
 
     @model_validator(mode="after")
     def _check(self) -> Query:
@@ -106,6 +109,13 @@ class Estimate(BaseModel):
     calibration_group: str | None
     uncertainty: Uncertainty | None = None
     notes: list[str] = []
+
+
+def _layout(d: dict[str, int], count: int) -> Layout:
+    lo = Layout(tp=d.get("tp", 1), pp=d.get("pp", 1), dp=d.get("dp", 1), ep=d.get("ep", 1))
+    if lo.chips != count:
+        raise TokenfleetError(f"layout {d} uses {lo.chips} chips, not count={count}")
+    return lo
 
 
 def resolve_precision(accel: Accelerator, precision: str) -> str:
@@ -199,7 +209,8 @@ def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None =
     op = best_operating_point(model, accel, get_precision(precision), kv_prec, q.count, eff,
                               q.input_len, q.output_len, mode, q.concurrency, q.slo_ttft,
                               q.slo_tpot, reserve_full=engine in FULL_KV_RESERVATION,
-                              data_parallel=q.data_parallel)
+                              data_parallel=q.data_parallel,
+                              layouts=[_layout(q.layout, q.count)] if q.layout else None)
     return _from_op(base, op, prov, band, basis, notes, q, accel)
 
 

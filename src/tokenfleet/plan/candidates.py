@@ -20,6 +20,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration
 from tokenfleet.perf.estimate import Estimate, Query, estimate
 from tokenfleet.perf.precision import get_precision
+from tokenfleet.perf.unit import Layout, layouts_for
 from tokenfleet.plan.scenario import Scenario, Supply, Tier
 from tokenfleet.workload import SizeBuckets, read_trace
 
@@ -145,12 +146,12 @@ def build_candidates(
         demands.extend(d)
 
     @cache
-    def est(model: str, accel: str, count: int, precision: str, engine: str | None,
+    def est(model: str, accel: str, layout: Layout, precision: str, engine: str | None,
             inp: int, out: int, ttft: float | None, tpot: float | None) -> Estimate:
-        return estimate(Query(model=model, accelerator=accel, count=count, precision=precision,
-                              engine=engine, input_len=inp, output_len=out, slo_ttft=ttft,
-                              slo_tpot=tpot, usd_per_hour=1.0, data_parallel=False),
-                        catalog, cal)
+        return estimate(Query(model=model, accelerator=accel, count=layout.chips,
+                              precision=precision, engine=engine, input_len=inp,
+                              output_len=out, slo_ttft=ttft, slo_tpot=tpot, usd_per_hour=1.0,
+                              layout=layout.as_dict()), catalog, cal)
 
     cs = CandidateSet(demands, [])
     jobs = [(t, i, s) for t in sc.tiers for i, s in enumerate(sc.supply)]
@@ -160,6 +161,7 @@ def build_candidates(
         if t.regions is not None and s.region not in t.regions:
             continue
         accel = catalog.accelerator(s.accelerator)
+        model = catalog.model(t.model)
         price, kind = _price(s, accel)
         mine = [d for d in demands if d.tier == t.name]
         for prec in t.precisions:
@@ -182,23 +184,33 @@ def build_candidates(
                 # replicas' worth of capacity, which the MILP gets from replica counts.
                 if s.counts is None and smallest_fit is not None and n > 4 * smallest_fit:
                     break
-                caps: dict[str, float] = {}
-                ests: dict[str, Estimate] = {}
-                band = 0.0
-                for d in mine:
-                    e = est(t.model, accel.id, n, prec, t.engine, d.input_len, d.output_len,
-                            t.slo.ttft_s, t.slo.tpot_s)
-                    if not e.fits or not e.requests_per_s:
-                        cs.rejected[(t.name, d.bucket, accel.id, prec)] = (
-                            f"x{n}: {e.reason or 'does not fit'}")
+                # A pool runs one layout for all its traffic: pick the layout that serves
+                # the tier's mix (most buckets, then least replica-time) best.
+                best: tuple[tuple[int, float], dict[str, float], dict[str, Estimate]] | None
+                best = None
+                for lo in layouts_for(model, n):
+                    if lo.dp > 1 and lo.ep == 1:  # plain replicas: the MILP's job
                         continue
-                    u = e.uncertainty.relative if e.uncertainty else 0.0
-                    band = max(band, u)
-                    cap = e.requests_per_s * max(1.0 - sc.derate * u, 0.05)
-                    caps[d.bucket] = cap
-                    ests[d.bucket] = e
-                if not caps:
+                    caps, ests = {}, {}
+                    for d in mine:
+                        e = est(t.model, accel.id, lo, prec, t.engine, d.input_len,
+                                d.output_len, t.slo.ttft_s, t.slo.tpot_s)
+                        if not e.fits or not e.requests_per_s:
+                            cs.rejected[(t.name, d.bucket, accel.id, prec)] = (
+                                f"x{n}: {e.reason or 'does not fit'}")
+                            continue
+                        u = e.uncertainty.relative if e.uncertainty else 0.0
+                        caps[d.bucket] = e.requests_per_s * max(1.0 - sc.derate * u, 0.05)
+                        ests[d.bucket] = e
+                    score = (-len(caps), sum(d.rate_per_s / caps[d.bucket] for d in mine
+                                              if d.bucket in caps))
+                    if caps and (best is None or score < best[0]):
+                        best = (score, caps, ests)
+                if best is None:
                     continue
+                _, caps, ests = best
+                band = max((e.uncertainty.relative if e.uncertainty else 0.0)
+                           for e in ests.values())
                 smallest_fit = smallest_fit or n
                 cid = f"{t.name}/{accel.id}/{s.cloud}/{s.region}/{prec}/x{n}"
                 cs.candidates.append(Candidate(

@@ -207,15 +207,26 @@ def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Sol
                                     marginal_usd_per_month=marginal,
                                     detail=f"{r.detail}; uses {act / scale:,.3g} {unit}"))
     pol = sc.policy
+
+    def tight(r, act: float) -> bool:  # noqa: ANN001 - a milp.Row
+        scale = max(abs(r.lb) if r.lb > -float("inf") else 0.0,
+                    abs(r.ub) if r.ub < float("inf") else 0.0,
+                    max((abs(v) for v in r.coefs.values()), default=1.0))
+        return (r.ub < float("inf") and act >= r.ub - ACTIVE * scale) or (
+            r.lb > -float("inf") and act <= r.lb + ACTIVE * scale)
+
     for fam in policies:
         marginal = saving(fam) if price_them else None
+        # binding: some row of the policy is at its limit (it may still cost nothing)
+        active = any(tight(r, float(sol.activity[i])) for i, r in enumerate(f.program.rows)
+                     if r.family == fam)
         if fam == "vendor-share":
             detail = f"max {pol.max_vendor_share:.0%} per vendor ({pol.vendor_share_basis})"
         else:
             assert pol.n_minus_1 is not None
             detail = (f"without any one {pol.n_minus_1.by}, ≥ "
                       f"{pol.n_minus_1.min_fraction:.0%} of peak at SLO")
-        out.append(ConstraintReport(name=fam, binding=bool(marginal and marginal > 0),
+        out.append(ConstraintReport(name=fam, binding=active or bool(marginal),
                                     marginal_usd_per_month=marginal, detail=detail))
     return out
 
@@ -261,7 +272,8 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
             pool=c.id, tier=c.tier, model=any_est.model, accelerator=c.accelerator.id,
             vendor=c.vendor, cloud=c.cloud, region=c.region, precision=c.precision,
             kv_precision=any_est.kv_precision, engine=any_est.engine,
-            layout=any_est.layout or {}, chips_per_replica=c.count, replicas=reps,
+            layout=any_est.layout or {}, chips_per_replica=c.count, replicas=reps,  # one
+            # layout per pool: the candidate's estimates all share it
             chips=reps * c.count, price_kind=c.price_kind, usd_per_chip_hour=c.usd_per_chip_hour,
             usd_per_hour=c.usd_per_hour * reps, watts=c.watts * reps,
             capacity=[BucketCapacity(bucket=b, requests_per_s=cap,
@@ -308,6 +320,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
         power[c.region] += c.watts * reps / 1e6
     pol = sc.policy
     limits = {
+        "hours_per_month": sc.hours_per_month,
         "headroom": sc.headroom,
         "derate": sc.derate,
         "max_vendor_share": pol.max_vendor_share,

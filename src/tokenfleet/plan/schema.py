@@ -27,7 +27,7 @@ class BucketCapacity(_Model):
     bucket: str
     requests_per_s: float = Field(description="derated by the estimate's uncertainty band")
     requests_per_s_point: float = Field(description="point estimate, before derating")
-    output_tokens_per_s: float
+    output_tokens_per_s: float = Field(description="point estimate (not derated)")
     concurrency: float = Field(description="sequences in flight per replica at that rate")
     ttft_s: float
     tpot_s: float
