@@ -1,0 +1,349 @@
+"""`tokenfleet simulate` and `tokenfleet sweep` — presentation only; the numbers come
+from ``tokenfleet.sim.run`` and ``tokenfleet.sim.sweep``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from tokenfleet.errors import TokenfleetError
+from tokenfleet.plan.schema import Plan, load_plan
+from tokenfleet.sim.engine import DEFAULT_SYNC_S, SimOptions
+from tokenfleet.sim.fleet import EngineConfig
+from tokenfleet.sim.policies import POLICIES
+from tokenfleet.sim.results import SimSummary
+from tokenfleet.sim.run import SimResult, prepare_workload, simulate
+from tokenfleet.sim.shocks import parse_failure, parse_price, parse_surge
+from tokenfleet.sim.traffic import Workload, planned_traffic, scenario_traffic, tier_traces
+
+TRACE_HELP = (
+    "Requests to replay: a trace file (CSV/JSONL/Parquet, Azure, BurstGPT, Mooncake; "
+    ".gz/.xz fine) or sample:NAME (bundled: azure_conv, azure_code, mooncake_conversation, "
+    "...). One trace is spread over the tiers by their planned peak rates (or all to "
+    "--tier). TIER=FILE gives a tier its own trace (repeat for each tier).")
+FAIL_HELP = (
+    "Take capacity out (repeatable): vendor=NAME, cloud=NAME, region=NAME, "
+    "accelerator=ID, pool=POOL_ID or replicas=POOL_ID:N, optionally @t=START[..END] "
+    "seconds, e.g. --fail vendor=NVIDIA@t=600..1200 (down from 600 s, back at 1200 s). "
+    "Requests on failed replicas are re-queued elsewhere.")
+SURGE_HELP = "Traffic surge (repeatable): FACTORx[@t=START[..END]], e.g. 2x@t=600..900."
+PRICE_HELP = ("Price change (repeatable): ACCELERATOR_OR_POOL=USD_PER_CHIP_HOUR[@t=START], "
+              "e.g. maia-200=3.5 or maia-200=3.5@t=1800.")
+
+
+def _load_trace(spec: str, fmt: str | None, mapping: str | None):
+    from tokenfleet.workload import read_trace, sample_path
+
+    path = sample_path(spec.removeprefix("sample:")) if spec.startswith("sample:") else Path(
+        spec)
+    return read_trace(path, format=fmt, mapping=mapping)
+
+
+def build_traffic(plan: Plan, traces: list[str], fmt: str | None, mapping: str | None,
+                  scenario: Path | None, tier: str | None, rate: float | None,
+                  duration: float | None, seed: int) -> Workload:
+    """The workload the flags describe (see ``simulate --help``)."""
+    if scenario is not None:
+        if traces or rate is not None:
+            raise TokenfleetError("--scenario takes each tier's traffic from the scenario; "
+                                  "do not combine it with --trace or --rate")
+        return _first(scenario_traffic(plan, str(scenario), duration, seed), duration)
+    if traces:
+        if rate is not None:
+            raise TokenfleetError("give --trace or --rate, not both")
+        return _first(_from_traces(plan, traces, fmt, mapping, tier, seed), duration)
+    if duration is None:
+        raise TokenfleetError("give --trace FILE, --scenario FILE, or --duration SECONDS "
+                              "(with optional --rate) to generate traffic")
+    w = planned_traffic(plan, duration, rate, seed)
+    if tier is not None:
+        keep = [i for i, k in enumerate(w.keys) if k.tier == tier]
+        if not keep:
+            raise TokenfleetError(f"--tier '{tier}' has no planned traffic")
+        w = w.subset(np.isin(w.key, keep))
+    return w
+
+
+def _first(w: Workload, duration: float | None) -> Workload:
+    """Only the first ``duration`` seconds of a replayed trace."""
+    if duration is None:
+        return w
+    if not duration > 0:
+        raise TokenfleetError(f"--duration must be > 0 seconds, got {duration}")
+    cut = w.subset(w.arrival_s < duration, f"{w.source} [0, {duration:g} s)")
+    if len(cut) == 0:
+        raise TokenfleetError(f"no requests arrive in the first {duration:g} s of "
+                              f"{w.source}")
+    return cut
+
+
+def _from_traces(plan: Plan, traces: list[str], fmt: str | None, mapping: str | None,
+                 tier: str | None, seed: int) -> Workload:
+    per_tier = [t for t in traces if "=" in t and not Path(t).exists()]
+    if per_tier and len(per_tier) != len(traces):
+        raise TokenfleetError("--trace: either one trace for all tiers, or TIER=FILE "
+                              "for every trace")
+    if per_tier:
+        tiers = {t.name for t in plan.tiers}
+        loaded = {}
+        for spec in per_tier:
+            name, _, file = spec.partition("=")
+            if name not in tiers:
+                raise TokenfleetError(f"--trace {spec}: '{name}' is not a tier of the "
+                                      f"plan; tiers: {', '.join(sorted(tiers))}")
+            loaded[name] = _load_trace(file, fmt, mapping)
+        return tier_traces(plan, loaded, seed=seed)
+    if len(traces) > 1:
+        raise TokenfleetError("give one --trace for all tiers, or TIER=FILE per tier")
+    return prepare_workload(plan, _load_trace(traces[0], fmt, mapping), tier=tier,
+                            seed=seed)
+
+
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x * 1e3:,.0f}" if x >= 0.1 else f"{x * 1e3:.1f}"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1%}"
+
+
+def print_summary(s: SimSummary, console: Console) -> None:
+    head = Table(title=f"Simulation of {s.source}", show_header=False)
+    head.add_column(style="bold")
+    head.add_column()
+    reasons = ", ".join(f"{k}: {v}" for k, v in s.rejected_by_reason.items()) or "none"
+    for k, v in (
+        ("requests", f"{s.requests:,}"), ("completed", f"{s.completed:,}"),
+        ("retried after failure", f"{s.retried:,}"), ("rejected", f"{s.rejected:,} ({reasons})"),
+        ("preemptions", f"{s.preemptions:,}"),
+        ("simulated span", f"{s.sim_duration_s:,.1f} s"),
+        ("cost", f"${s.cost_usd:,.2f}"
+         + (f" (${s.usd_per_million_output_tokens:.2f} per M output tokens)"
+            if s.usd_per_million_output_tokens else "")),
+        ("energy", f"{s.energy_kwh:,.1f} kWh at TDP ({s.energy_busy_kwh:,.1f} while busy)"),
+        ("shocks", ", ".join(s.shocks) or "none"),
+        ("speed", f"{s.simulated_requests_per_s:,.0f} requests per wall second "
+                  f"({s.wall_s:.1f} s)"),
+        ("checks", ("conservation ok" if s.checks.conservation_ok else "CONSERVATION FAILED")
+         + f"; Little's law L={s.checks.littles_law.in_system_mean:.2f} vs λW="
+           f"{s.checks.littles_law.arrival_rate_per_s * s.checks.littles_law.sojourn_mean_s:.2f}"
+           f" ({s.checks.littles_law.relative_error:.1%})"),
+    ):
+        head.add_row(k, v)
+    console.print(head)
+    t = Table(title="Per tier (latencies in ms)")
+    for c in ("tier", "requests", "done", "rejected", "TTFT p50/p90/p99", "TPOT p50/p90/p99",
+              "SLO ttft/tpot", "SLO met", "goodput req/s"):
+        t.add_column(c, justify="left" if c == "tier" else "right")
+    for name, r in s.tiers.items():
+        t.add_row(
+            name, f"{r.requests:,}", f"{r.completed:,}", f"{r.rejected:,}",
+            "/".join(_ms(x) for x in (r.ttft_s.p50, r.ttft_s.p90, r.ttft_s.p99)),
+            "/".join(_ms(x) for x in (r.tpot_s.p50, r.tpot_s.p90, r.tpot_s.p99)),
+            f"{_ms(r.slo_ttft_s)}/{_ms(r.slo_tpot_s)}", _pct(r.slo_attainment),
+            f"{r.goodput_requests_per_s:,.1f}")
+    console.print(t)
+    p = Table(title="Per pool")
+    for c in ("pool", "replicas", "requests", "moved away", "TTFT p99 ms", "TPOT p99 ms",
+              "util", "KV mean/max", "queue max", "preempt", "cost $"):
+        p.add_column(c, justify="left" if c == "pool" else "right")
+    for name, r in s.pools.items():
+        p.add_row(name, str(r.replicas), f"{r.requests:,}", f"{r.moved_away:,}",
+                  _ms(r.ttft_s.p99), _ms(r.tpot_s.p99), _pct(r.utilization),
+                  f"{_pct(r.kv_occupancy_mean)}/{_pct(r.kv_occupancy_max)}",
+                  f"{r.queue_max:,.0f}", f"{r.preemptions:,}", f"{r.cost_usd:,.2f}")
+    console.print(p)
+
+
+def _run_with_progress(plan: Plan, w: Workload, show: bool, **kw) -> SimResult:
+    if not show:
+        return simulate(plan, w, **kw)
+    cols = (*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, console=Console(stderr=True), transient=True) as prog:
+        task = prog.add_task("simulating", total=len(w))
+        opt = kw.pop("options")
+        opt.progress = lambda done, total: prog.update(task, completed=done)
+        return simulate(plan, w, options=opt, **kw)
+
+
+def simulate_cmd(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN.json",
+                                              help="plan written by `tokenfleet plan`")],
+    trace: Annotated[list[str] | None, typer.Option("--trace", "-t", help=TRACE_HELP)] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="trace format if not detected "
+                                                           "(see `trace stats --help`)")] = None,
+    mapping: Annotated[str | None, typer.Option(
+        "--map", help="trace column mapping, e.g. arrival=ts,input=p,output=c,unit=ms")] = None,
+    scenario: Annotated[Path | None, typer.Option(
+        help="take each tier's traffic from this planner scenario (its traces x scale x "
+             "growth): replays what the plan was sized for")] = None,
+    tier: Annotated[str | None, typer.Option(help="send every request to this tier")] = None,
+    rate: Annotated[float | None, typer.Option(
+        help="generated traffic: total requests/s (default: the plan's peak), shaped like "
+             "the plan's split, Poisson")] = None,
+    duration: Annotated[float | None, typer.Option(
+        help="seconds of traffic: generated traffic lasts this long; a replayed trace "
+             "(--trace, --scenario) is cut to its first DURATION seconds")] = None,
+    growth: Annotated[float, typer.Option(help="multiply the request rate, e.g. 1.5")] = 1.0,
+    policy: Annotated[str, typer.Option(
+        help=f"routing policy: {', '.join(POLICIES)} (plan = follow the plan's split, "
+             "spill over when full)")] = "plan",
+    fail: Annotated[list[str] | None, typer.Option("--fail", help=FAIL_HELP)] = None,
+    fail_each: Annotated[str | None, typer.Option(
+        "--fail-each", help="N-1 check: one extra run per value of vendor|cloud|region, "
+                            "with all of that capacity down for the whole run")] = None,
+    surge: Annotated[list[str] | None, typer.Option("--surge", help=SURGE_HELP)] = None,
+    price: Annotated[list[str] | None, typer.Option("--price", help=PRICE_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    out: Annotated[Path | None, typer.Option(
+        help="write summary.json, timeseries.parquet and report.html here")] = None,
+    seed: Annotated[int, typer.Option(help="random seed (tier assignment, routing, "
+                                           "generated traffic)")] = 0,
+    workers: Annotated[int, typer.Option(
+        help="split independent tiers over this many Ray workers (1 = this process)")] = 1,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join (host:port or auto) instead of a local one")] = None,
+    sync_s: Annotated[float, typer.Option(
+        help="routing window, s: the router sees pool states this fresh")] = DEFAULT_SYNC_S,
+    sample_s: Annotated[float | None, typer.Option(
+        help="time-series interval, s (default ~1/500 of the traffic span)")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(
+        help="engine: max running sequences per replica (default 1024)")] = None,
+    max_batched_tokens: Annotated[int | None, typer.Option(
+        help="engine: token budget per iteration (default 8192)")] = None,
+) -> None:
+    """Replay traffic through a plan's fleet, with failures, surges and price changes.
+
+    Every replica runs continuous batching (token budget per iteration, chunked
+    prefill, KV-cache blocks, preemption with recompute) with step times from the
+    performance model; requests are routed by the same policies as `tokenfleet serve`.
+
+    Examples:
+
+      tokenfleet simulate plan.json --scenario examples/frontier-lab.yaml --out sim/
+
+      tokenfleet simulate plan.json --trace sample:azure_conv --growth 20 --policy jsq
+
+      tokenfleet simulate plan.json --duration 900 --fail vendor=NVIDIA@t=300..600 --json
+
+      tokenfleet simulate plan.json --scenario examples/frontier-lab.yaml --fail-each vendor
+    """
+    plan = load_plan(plan_file)
+    failures = [parse_failure(f) for f in fail or []]
+    surges = [parse_surge(s) for s in surge or []]
+    prices = [parse_price(p) for p in price or []]
+    if policy not in POLICIES:
+        raise TokenfleetError(f"--policy '{policy}': allowed: {', '.join(POLICIES)}")
+    if workers < 1:
+        raise TokenfleetError(f"--workers must be >= 1, got {workers}")
+    w = build_traffic(plan, trace or [], fmt, mapping, scenario, tier, rate, duration, seed)
+    w = prepare_workload(plan, w, growth=growth, surges=surges, seed=seed)
+    engine = EngineConfig(max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens)
+    show = sys.stderr.isatty() and not as_json
+
+    def one(extra: list) -> SimResult:
+        opt = SimOptions(policy=policy, seed=seed, sync_s=sync_s, sample_s=sample_s)
+        return _run_with_progress(plan, w, show, failures=failures + extra, prices=prices,
+                                  options=opt, engine=engine, workers=workers,
+                                  address=address)
+
+    result = one([])
+    console = Console(width=None if Console().is_terminal else 160)
+    if fail_each:
+        if fail_each not in ("vendor", "cloud", "region"):
+            raise TokenfleetError(f"--fail-each {fail_each}: allowed: vendor, cloud, region")
+        values = sorted({str(getattr(u, fail_each)) for u in plan.units if u.replicas})
+        runs = {v: one([parse_failure(f"{fail_each}={v}")]) for v in values}
+        if as_json:
+            import json
+
+            typer.echo(json.dumps({"baseline": result.summary.model_dump(), "without": {
+                v: r.summary.model_dump() for v, r in runs.items()}}, indent=2))
+        else:
+            _print_n_minus_1(plan, fail_each, result, runs, console)
+    elif as_json:
+        typer.echo(result.summary.model_dump_json(indent=2))
+    else:
+        print_summary(result.summary, console)
+    if out is not None:
+        paths = result.write(out)
+        Console(stderr=True).print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _print_n_minus_1(plan: Plan, by: str, base: SimResult, runs: dict[str, SimResult],
+                     console: Console) -> None:
+    t = Table(title=f"N-1 by {by}: SLO attainment and p99 TTFT per tier with each {by} down")
+    t.add_column(f"{by} down")
+    tiers = [x.name for x in plan.tiers]
+    for name in tiers:
+        t.add_column(f"{name} SLO met", justify="right")
+        t.add_column(f"{name} p99 TTFT s", justify="right")
+    t.add_column("rejected", justify="right")
+    for label, r in [("(none)", base), *runs.items()]:
+        row = [label]
+        for name in tiers:
+            tr = r.summary.tiers[name]
+            row += [_pct(tr.slo_attainment),
+                    "—" if tr.ttft_s.p99 is None else f"{tr.ttft_s.p99:.2f}"]
+        row.append(f"{r.summary.rejected:,}")
+        t.add_row(*row)
+    console.print(t)
+    lim = plan.limits.get("n_minus_1") if isinstance(plan.limits, dict) else None
+    if lim:
+        console.print(f"plan promise: {lim}")
+
+
+def sweep_cmd(
+    grid: Annotated[Path, typer.Argument(metavar="GRID.yaml",
+                                         help="what-if grid (see below)")],
+    out: Annotated[Path, typer.Option(help="results table")] = Path("sweep.parquet"),
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join (host:port or auto); default: a local Ray")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="local Ray CPUs (default: all cores)")] = None,
+) -> None:
+    """Run a grid of what-ifs (plan + simulate per point) in parallel on Ray.
+
+    GRID.yaml names a plan (or a scenario to re-plan per point), the traffic, and
+    axes whose every combination is one point:
+
+    \b
+      scenario: ../examples/frontier-lab.yaml   # or  plan: plan.json
+      traffic: {scenario: true}                 # or  {trace: FILE} / {duration: 600}
+      grid:
+        set:supply.maia-200.price: [3.0, 4.0, 5.0]   # scenario overrides (re-plan)
+        growth: [1.0, 1.5]                           # traffic growth
+        fail: [none, vendor=NVIDIA, vendor=AMD]      # as simulate --fail
+        policy: [plan, jsq]
+
+    Writes one row per point (failed points too, with the error) to --out, a summary
+    plot next to it (.html), and prints a table.
+    """
+    from tokenfleet.sim.sweep import load_grid, run_sweep, write_sweep
+
+    spec = load_grid(grid)
+    points = spec.points()
+    err = Console(stderr=True)
+    with Progress(*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=False,
+                  disable=not err.is_terminal) as prog:
+        task = prog.add_task("sweep", total=len(points))
+        rows = run_sweep(spec, workers=workers, address=address,
+                         on_point=lambda i, row: prog.advance(task))
+    paths = write_sweep(rows, spec, out)
+    from tokenfleet.sim.sweep import print_sweep
+
+    print_sweep(rows, Console(width=None if Console().is_terminal else 160))
+    err.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate_cmd)
+    app.command("sweep")(sweep_cmd)

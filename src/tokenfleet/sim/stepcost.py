@@ -1,0 +1,167 @@
+"""Engine-step times for many replicas at once, from the performance model.
+
+:meth:`tokenfleet.perf.unit.UnitModel.step_s` prices one engine step of one pipeline
+stage for a scalar context and prompt length. The simulator needs the time of the next
+step of hundreds of replicas per event round, each with its own batch, so this module
+takes the per-token coefficients ``UnitModel`` precomputes for ``step_s`` and lays them
+out as per-replica arrays; only the combination (max of compute and memory, plus
+communication and overhead) is written again, vectorised over replicas.
+``tests/sim/test_stepcost.py`` checks equality with ``step_s`` (to 1e-9, over dense,
+MoE, MLA, sliding-window and pipelined units) so the two cannot drift apart.
+
+Two generalisations a batch of real requests needs, both reducing to ``step_s`` when
+the batch is the one ``step_s`` describes:
+
+* decode context: ``step_s`` takes the mean context of the decoding sequences; the
+  attention FLOPs and KV bytes are linear in context (sliding-window layers cap it), so
+  the mean over the batch is what the simulator passes;
+* prefill of several prompts in one step: each prompt's chunk contributes
+  ``chunk * prefill_attention_flops(L) / L`` (the per-token attention cost ``step_s``
+  uses for one prompt of length ``L``); the sum over chunks is passed in as
+  ``prefill_attention`` (FLOPs before the per-chip split).
+
+Units: seconds, tokens, FLOPs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tokenfleet.perf import architecture as arch
+from tokenfleet.perf.unit import UnitModel
+
+COEFFS = (
+    "c_tok", "c_att", "c_pre", "m_weights", "m_expert", "moe_e", "moe_keep", "moe_routed",
+    "c_kv", "att_full", "att_sliding", "att_window", "c_comm", "overhead", "pp",
+)
+
+
+@dataclass(frozen=True)
+class StageCoefficients:
+    """Batch-independent factors of one unit's stage step (see module docstring).
+
+    * ``c_tok`` — s of GEMM compute per token;
+    * ``c_att`` — s of attention compute per decode token per attended token-layer;
+    * ``c_pre`` — s per prefill-attention FLOP (model FLOPs, before the per-chip split);
+    * ``m_weights`` — s to stream the non-expert weights once;
+    * ``m_expert`` — s to stream one expert of every MoE layer of the stage;
+    * ``moe_e``, ``moe_keep`` (1 - k/e), ``moe_routed`` (dp when ep > 1, else 1);
+    * ``c_kv`` — s of KV read per decode token per attended token-layer;
+    * ``att_full``, ``att_sliding``, ``att_window`` — layers of each attention kind and
+      the window (tokens; inf without sliding layers);
+    * ``c_comm`` — s of collectives per token; ``overhead`` — s per step; ``pp`` stages.
+    """
+
+    c_tok: float
+    c_att: float
+    c_pre: float
+    m_weights: float
+    m_expert: float
+    moe_e: float
+    moe_keep: float
+    moe_routed: float
+    c_kv: float
+    att_full: float
+    att_sliding: float
+    att_window: float
+    c_comm: float
+    overhead: float
+    pp: float
+
+    @classmethod
+    def of(cls, u: UnitModel) -> StageCoefficients:
+        """Read a unit's per-token coefficients (``UnitModel._precompute_step``) and
+        split the context-dependent ones into per-attended-token factors."""
+        m, lo, eff = u.model, u.layout, u.eff
+        peak, bw = u.peak_flops, u.hbm_bw
+        dk, dv = arch.attention_dims(m)
+        full, sliding = arch.attention_layer_counts(m)
+        attn_per_attended = 2.0 * m.num_attention_heads * (dk + dv) * u.attn_scale
+        if u.n_moe_layers:
+            e, k = m.num_experts, m.experts_per_token
+            moe_e, moe_keep = float(e), 1.0 - k / e
+            routed = float(lo.dp if lo.ep > 1 else 1)
+        else:
+            moe_e, moe_keep, routed = 0.0, 1.0, 1.0
+        window = float(m.sliding_window) if (sliding and m.sliding_window) else float("inf")
+        return cls(
+            c_tok=u.matmul_flops / eff.compute / peak,
+            # decode attention runs with the GEMMs (step_s divides it by eff.compute)
+            c_att=attn_per_attended / eff.compute / peak,
+            c_pre=u.attn_scale / eff.attention / peak,
+            m_weights=u.weights_s,
+            m_expert=u.expert_s if u.n_moe_layers else 0.0,
+            moe_e=moe_e,
+            moe_keep=moe_keep,
+            moe_routed=routed,
+            c_kv=u.kv_tok_layer_chip / lo.pp / eff.kv_bandwidth / bw,
+            att_full=float(full),
+            att_sliding=float(sliding),
+            att_window=window,
+            c_comm=u.comm_s_per_token,
+            overhead=u.fixed_s,
+            pp=float(lo.pp),
+        )
+
+
+def stage_time(c: StageCoefficients | dict[str, np.ndarray], decode_tokens: np.ndarray,
+               context: np.ndarray, prefill_tokens: np.ndarray,
+               prefill_attention: np.ndarray) -> np.ndarray:
+    """Seconds of one stage step: ``UnitModel.step_s`` over arrays (all broadcast).
+
+    ``context`` is the mean context of the decoding sequences (tokens) and
+    ``prefill_attention`` the prefill-attention FLOPs of the step's prompt chunks.
+    """
+    g = c.__dict__ if isinstance(c, StageCoefficients) else c
+    dec, pre = decode_tokens, prefill_tokens
+    tokens = dec + pre
+    attended = g["att_full"] * context + g["att_sliding"] * np.minimum(context, g["att_window"])
+    t_compute = tokens * g["c_tok"] + dec * attended * g["c_att"] + prefill_attention * g["c_pre"]
+    touched = g["moe_e"] * (1.0 - g["moe_keep"] ** (tokens * g["moe_routed"]))
+    t_memory = g["m_weights"] + touched * g["m_expert"] + dec * attended * g["c_kv"]
+    return np.maximum(t_compute, t_memory) + tokens * g["c_comm"] + g["overhead"]
+
+
+class FleetStepCost:
+    """Per-replica coefficient arrays: the time of one replica *iteration* (all pp
+    stages, micro-batches of ``1/pp`` of the batch, as ``UnitModel.continuous``) for
+    any subset of replicas in one vectorised call."""
+
+    def __init__(self, per_pool: list[StageCoefficients], pool_of_replica: np.ndarray) -> None:
+        table = np.array([[getattr(c, name) for name in COEFFS] for c in per_pool],
+                         dtype=np.float64).reshape(len(per_pool), len(COEFFS))
+        # One row per coefficient, one column per replica: a single gather per call.
+        self.table = np.ascontiguousarray(table[pool_of_replica].T)
+        self.moe = bool(per_pool) and any(c.m_expert > 0 for c in per_pool)
+        self.sliding = bool(per_pool) and any(np.isfinite(c.att_window) for c in per_pool)
+
+    def iteration_s(self, idx: np.ndarray, decode: np.ndarray, context: np.ndarray,
+                    prefill: np.ndarray, prefill_attention: np.ndarray) -> np.ndarray:
+        """Seconds of the next iteration of replicas ``idx`` carrying ``decode`` decode
+        tokens at mean ``context``, ``prefill`` prompt tokens and ``prefill_attention``
+        prompt-attention FLOPs (whole replica, split over stages here)."""
+        (c_tok, c_att, c_pre, m_weights, m_expert, moe_e, moe_keep, moe_routed, c_kv,
+         att_full, att_sliding, att_window, c_comm, overhead, pp) = self.table[:, idx]
+        # A single sequence cannot be split into micro-batches: at least one token per
+        # stage step when anything decodes (UnitModel.continuous floors c/pp at 1 too).
+        dec = np.where(decode > 0, np.maximum(decode / pp, np.minimum(decode, 1.0)), 0.0)
+        pre = prefill / pp
+        tokens = dec + pre
+        # stage_time(), unrolled so fleets without MoE or sliding windows skip those terms
+        attended = att_full * context
+        if self.sliding:
+            attended += att_sliding * np.minimum(context, att_window)
+        dec_att = dec * attended
+        t_compute = tokens * c_tok + dec_att * c_att + (prefill_attention / pp) * c_pre
+        t_memory = m_weights + dec_att * c_kv
+        if self.moe:
+            t_memory += moe_e * (1.0 - moe_keep ** (tokens * moe_routed)) * m_expert
+        return pp * (np.maximum(t_compute, t_memory) + tokens * c_comm + overhead)
+
+
+def prefill_attention_per_token(unit: UnitModel, prompt_len: int) -> float:
+    """Prompt-attention FLOPs per prefill token for a prompt of ``prompt_len`` tokens
+    (model FLOPs; the per-chip split is in ``c_pre``)."""
+    return arch.prefill_attention_flops(unit.model, prompt_len) / max(prompt_len, 1)
