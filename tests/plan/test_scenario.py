@@ -133,3 +133,31 @@ def test_energy_objective_uses_no_more_power_than_cost_objective(tmp_path):
     watts = lambda p: sum(u.watts for u in p.units)  # noqa: E731
     assert watts(by_energy) <= watts(by_cost) * (1 + 1e-6)
     assert by_energy.cost.usd_per_month >= by_cost.cost.usd_per_month * (1 - 0.02)
+
+
+def test_quality_gate_forbids_a_precision_and_says_why(tmp_path):
+    from tokenfleet.quality.report import DataInfo, FormatResult, QualityReport
+
+    report = QualityReport(
+        model="llama-3.1-8b", kind="causal-lm", data=DataInfo(path="x.txt", texts=10, tokens=900),
+        results=[FormatResult(format="fp8-e4m3", activations=True, kl_mean=0.004,
+                              ppl_ref=10.0, ppl=10.05, ppl_delta_pct=0.5, top1_agreement=0.97),
+                 FormatResult(format="nvfp4", activations=True, kl_mean=0.09,
+                              ppl_ref=10.0, ppl=11.2, ppl_delta_pct=12.0, top1_agreement=0.85)])
+    (tmp_path / "q.json").write_text(report.to_json())
+    data = json.loads(json.dumps(SMALL))
+    data["supply"].append({"accelerator": "b200", "cloud": "x", "region": "east",
+                           "max_chips": 16, "usd_per_chip_hour": 1.0})
+    data["tiers"][0]["precisions"] = ["fp8", "fp4"]
+    data["tiers"][0]["precision_rules"] = {
+        "fp4": {"report": "q.json", "max_kl": 0.05},
+        "fp8": {"report": "q.json", "max_kl": 0.05}}
+    path = _write(tmp_path, data)
+    out = tmp_path / "plan.json"
+    r = CliRunner().invoke(app, ["plan", str(path), "--out", str(out), "--report", "-",
+                                 "--no-baselines"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(out.read_text())
+    assert {u["precision"] for u in plan["units"]} == {"fp8"}
+    notes = " ".join(plan["tiers"][0]["precision_notes"])
+    assert "fp4: forbidden" in notes and "0.09" in notes and "fp8: allowed" in notes
