@@ -70,11 +70,10 @@ def main() -> None:
         if not sel:
             continue
         print(f"{metric}:")
-        print(f"  uncalibrated prior             {_stats([ape(r['prior'], r['measured']) for r in sel])}")
-        print(f"  calibrated, in-sample          {_stats([ape(r['fitted'], r['measured']) for r in sel])}")
-        print(f"  leave-one-out                  {_stats([ape(r['loo'], r['measured']) for r in sel])}")
-        print(f"  leave-one-family-out           "
-              f"{_stats([ape(r['cross_family'], r['measured']) for r in sel])}")
+        for label, key in (("uncalibrated prior", "prior"), ("calibrated, in-sample", "fitted"),
+                           ("leave-one-out", "loo"), ("leave-one-family-out", "cross_family")):
+            errs = [ape(r[key], r["measured"]) for r in sel]
+            print(f"  {label:<30} {_stats(errs)}")
     print("\nThroughput, leave-one-out, per chip family:")
     fam: dict[str, list[float]] = defaultdict(list)
     for r in rows:

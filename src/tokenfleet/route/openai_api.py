@@ -1,0 +1,154 @@
+"""The slice of the OpenAI HTTP API that tokenfleet speaks: request parsing and
+validation, prompt-length estimation, and the error format.
+
+Shared by the gateway (which must size and route a request before forwarding it)
+and the emulator (which must know how long a prompt is to pace its prefill).
+
+Token counting is approximate on purpose: the gateway cannot know each backend's
+tokenizer. We use **ceil(characters / 4)** — OpenAI's rule of thumb for English
+text with BPE tokenizers — over all text of the prompt. The load generator builds
+prompts of exactly ``4 * n`` characters, so a trace's ``input_tokens`` round-trips.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+CHARS_PER_TOKEN = 4
+# Output length assumed for bucketing when a request gives no max_tokens (tokens);
+# also what the emulator generates then.
+DEFAULT_MAX_TOKENS = 256
+
+Kind = Literal["chat", "completion"]
+
+
+class ApiError(Exception):
+    """An error answered to the client in OpenAI's format:
+    ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+def error_body(message: str, type_: str, code: str | None = None,
+               param: str | None = None) -> dict[str, Any]:
+    """The JSON object OpenAI returns for errors (also used as an SSE error event)."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def approx_tokens(text: str) -> int:
+    """Approximate token count of ``text``: ceil(chars / 4) (see module docstring)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def prompt_of_tokens(n: int) -> str:
+    """A prompt that :func:`approx_tokens` counts as exactly ``n`` tokens."""
+    # Repeat a 16-character phrase and cut it to exactly 4n characters.
+    chars = n * CHARS_PER_TOKEN
+    return ("tokenfleet load " * (chars // 16 + 1))[:chars]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """What routing and pacing need from a request body; ``body`` is the parsed JSON."""
+
+    kind: Kind
+    model: str
+    stream: bool
+    max_tokens: int | None  # as the client gave it (None: not given)
+    prompt_tokens: int  # approximate, see module docstring
+    include_usage: bool  # stream_options.include_usage
+    body: dict[str, Any]
+
+    @property
+    def output_tokens(self) -> int:
+        """Output length used for bucketing and pacing: ``max_tokens`` or the default."""
+        return self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
+
+
+def _text_of_content(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # multi-part content: count the text parts
+        parts = []
+        for i, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise ApiError(400, f"{where}[{i}] must be an object", param=where)
+            text = part.get("text")
+            if isinstance(text, str):
+                parts.append(text)
+        return "".join(parts)
+    raise ApiError(400, f"{where} must be a string, a list of parts or null", param=where)
+
+
+def _prompt_tokens(kind: Kind, body: dict[str, Any]) -> int:
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' is required and must be a non-empty list",
+                           param="messages")
+        total = 0
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise ApiError(400, f"messages[{i}] must be an object", param="messages")
+            if not isinstance(m.get("role"), str):
+                raise ApiError(400, f"messages[{i}].role must be a string", param="messages")
+            total += approx_tokens(_text_of_content(m.get("content"), f"messages[{i}].content"))
+        return total
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return approx_tokens(prompt)
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return sum(approx_tokens(p) for p in prompt)
+        if all(isinstance(p, int) for p in prompt):  # already token ids
+            return len(prompt)
+        if all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompt):
+            return sum(len(p) for p in prompt)
+    raise ApiError(400, "'prompt' is required: a string, a list of strings or token ids",
+                   param="prompt")
+
+
+def parse_request(raw: bytes, kind: Kind) -> ParsedRequest:
+    """Parse and validate a completions (``kind='completion'``) or chat-completions
+    body. Raises :class:`ApiError` (HTTP 400) with a message naming the field."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "'model' is required and must be a non-empty string",
+                       param="model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be true or false", param="stream")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 1):
+        raise ApiError(400, "'max_tokens' must be an integer >= 1", param="max_tokens")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise ApiError(400, "'stream_options' must be an object", param="stream_options")
+    include_usage = bool(opts.get("include_usage")) if opts else False
+    return ParsedRequest(kind=kind, model=model, stream=stream, max_tokens=max_tokens,
+                         prompt_tokens=_prompt_tokens(kind, body), include_usage=include_usage,
+                         body=body)

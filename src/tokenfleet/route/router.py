@@ -1,0 +1,286 @@
+"""Routing state of the gateway: which tier a model name means, which size bucket a
+request falls in, and which pool and backend serve it.
+
+A decision is *filter -> score -> pick* (STYLE.md): pools with no available backend
+or no headroom are dropped, then the plan's policy from :mod:`tokenfleet.sim.policies`
+(the same code the simulator runs) picks among the rest from :class:`PoolState`
+snapshots. Inside a pool the least-loaded available backend is used. After a failure
+the request goes to another backend of the same pool, else to the next-cheapest pool
+with headroom (the ``cost-spill`` policy).
+
+Nothing here does I/O: the gateway feeds in health and in-flight counts, so the
+logic is tested without sockets. Times are seconds on ``time.monotonic``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from tokenfleet.errors import TokenfleetError
+from tokenfleet.plan.schema import Plan, PlanUnit
+from tokenfleet.route.breaker import CircuitBreaker
+from tokenfleet.route.config import BackendsFile
+from tokenfleet.sim.policies import PoolState, RoutingPolicy, get_policy
+from tokenfleet.workload.buckets import SizeBuckets
+
+_LABEL = re.compile(r"^in(\d+)-(\d+|inf)_out(\d+)-(\d+|inf)$")
+
+
+def buckets_from_plan(plan: Plan) -> SizeBuckets:
+    """Rebuild the size-bucket edges the planner used from the labels in the plan's
+    traffic split (``in512-2048_out128-512`` ...). A plan with no split uses the
+    default buckets."""
+    ins: set[float] = set()
+    outs: set[float] = set()
+    for s in plan.traffic_split:
+        m = _LABEL.match(s.bucket)
+        if not m:
+            raise TokenfleetError(f"plan traffic_split: bucket label '{s.bucket}' is not of the "
+                                  f"form in<lo>-<hi>_out<lo>-<hi>")
+        a, b, c, d = (math.inf if x == "inf" else float(x) for x in m.groups())
+        ins.update((a, b))
+        outs.update((c, d))
+    if not ins:
+        return SizeBuckets()
+    ins.update((0.0, math.inf))
+    outs.update((0.0, math.inf))
+    try:
+        return SizeBuckets(input_edges=tuple(sorted(ins)), output_edges=tuple(sorted(outs)))
+    except ValueError as e:
+        raise TokenfleetError(f"plan traffic_split: bucket labels give invalid edges: {e}"
+                              ) from None
+
+
+class Backend:
+    """One OpenAI-compatible server behind a pool, with its live state."""
+
+    __slots__ = ("url", "pool", "max_in_flight", "breaker", "healthy", "in_flight",
+                 "_good_checks", "_bad_checks")
+
+    def __init__(self, url: str, pool: str, max_in_flight: int, breaker: CircuitBreaker
+                 ) -> None:
+        self.url = url
+        self.pool = pool
+        self.max_in_flight = max_in_flight
+        self.breaker = breaker
+        self.healthy = True  # optimistic until the first failed check or request
+        self.in_flight = 0
+        self._good_checks = 0
+        self._bad_checks = 0
+
+    def available(self, now: float) -> bool:
+        """Health checks pass and the circuit lets traffic through."""
+        return self.healthy and self.breaker.allows(now)
+
+    @property
+    def has_room(self) -> bool:
+        return self.in_flight < self.max_in_flight
+
+    def record_check(self, ok: bool, unhealthy_after: int, healthy_after: int) -> bool:
+        """Apply one health-check result; return True when ``healthy`` changed."""
+        if ok:
+            self._good_checks += 1
+            self._bad_checks = 0
+            if not self.healthy and self._good_checks >= healthy_after:
+                self.healthy = True
+                return True
+        else:
+            self._bad_checks += 1
+            self._good_checks = 0
+            if self.healthy and self._bad_checks >= unhealthy_after:
+                self.healthy = False
+                return True
+        return False
+
+
+@dataclass
+class Pool:
+    """A plan unit and the backends that serve it."""
+
+    unit: PlanUnit
+    backends: list[Backend]
+    upstream_model: str  # the model name the backends serve
+    api_key: str | None = field(default=None, repr=False)  # sent upstream; never logged
+    health_path: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.unit.pool
+
+    @property
+    def usd_per_replica_hour(self) -> float:
+        return self.unit.usd_per_hour / max(self.unit.replicas, 1)
+
+    def state(self, share: float, now: float, exclude: frozenset[Backend] | set[Backend]
+              ) -> PoolState:
+        """Snapshot for the routing policies over the backends usable now."""
+        usable = [b for b in self.backends if b not in exclude and b.available(now)]
+        return PoolState(
+            pool=self.name, share=share, usd_per_replica_hour=self.usd_per_replica_hour,
+            replicas=len(self.backends), healthy_replicas=len(usable),
+            in_flight=sum(b.in_flight for b in usable), queued=0,
+            max_in_flight=sum(b.max_in_flight for b in usable))
+
+    def pick_backend(self, now: float, exclude: frozenset[Backend] | set[Backend]
+                     ) -> Backend | None:
+        """Least loaded (by in-flight fraction) available backend with room."""
+        best: Backend | None = None
+        best_load = math.inf
+        for b in self.backends:
+            if b in exclude or not b.has_room or not b.available(now):
+                continue
+            load = b.in_flight / b.max_in_flight
+            if load < best_load:
+                best, best_load = b, load
+        return best
+
+
+@dataclass
+class Tier:
+    """A tier's routable pools and the plan's split of its traffic per size bucket."""
+
+    name: str
+    model: str
+    slo_ttft_s: float | None
+    slo_tpot_s: float | None
+    pools: list[Pool]
+    shares: dict[str, dict[str, float]]  # bucket label -> pool -> fraction
+    default_shares: dict[str, float]  # for buckets the plan did not size
+    policy: RoutingPolicy
+
+    def shares_for(self, bucket: str) -> dict[str, float]:
+        return self.shares.get(bucket, self.default_shares)
+
+
+class Verdict(str, Enum):
+    """Why no backend was chosen."""
+
+    saturated = "saturated"  # healthy pools exist but none has headroom: HTTP 429
+    unavailable = "unavailable"  # no healthy backend at all: HTTP 503
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    pool: Pool
+    backend: Backend
+    failover: bool  # True when a pool other than the policy's first choice was used
+
+
+class Router:
+    """Maps requests to (pool, backend) by the plan; see the module docstring."""
+
+    def __init__(self, plan: Plan, backends: BackendsFile, policy: str | None = None,
+                 seed: int = 0) -> None:
+        settings = backends.gateway
+        self.policy_name = policy or settings.policy
+        get_policy(self.policy_name)  # validates the name with a clear error
+        self.buckets = buckets_from_plan(plan)
+        self._labels = [b.label for b in self.buckets.buckets]
+        self._in_edges = list(self.buckets.input_edges)
+        self._out_edges = list(self.buckets.output_edges)
+        self.rng = random.Random(seed)
+        self._failover_policy = get_policy("cost-spill")
+        units = {u.pool: u for u in plan.units}
+        self.pools: dict[str, Pool] = {}
+        for name, spec in backends.pools.items():
+            unit = units[name]
+            per_backend = spec.max_in_flight or settings.default_max_in_flight
+            pool_backends = [
+                Backend(b.url, name, b.max_in_flight or per_backend,
+                        CircuitBreaker(settings.breaker.failures, settings.breaker.cooldown_s))
+                for b in spec.backends]
+            key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+            self.pools[name] = Pool(unit, pool_backends, spec.model or unit.model, key,
+                                    spec.health_path or settings.health.path)
+        self.tiers: dict[str, Tier] = {}
+        for t in plan.tiers:
+            pools = [self.pools[u.pool] for u in plan.pools_for(t.name) if u.pool in self.pools]
+            shares: dict[str, dict[str, float]] = {}
+            weighted: dict[str, float] = {}
+            for s in plan.traffic_split:
+                if s.tier != t.name:
+                    continue
+                shares[s.bucket] = dict(s.shares)
+                for p, f in s.shares.items():
+                    weighted[p] = weighted.get(p, 0.0) + f * max(s.peak_requests_per_s, 1e-9)
+            if not weighted:  # no split for the tier: spread evenly
+                weighted = {p.name: 1.0 for p in pools}
+            total = sum(weighted.values()) or 1.0
+            self.tiers[t.name] = Tier(
+                t.name, t.model, t.slo_ttft_s, t.slo_tpot_s, pools, shares,
+                {p: f / total for p, f in weighted.items()}, get_policy(self.policy_name))
+        # A request may name the tier or the tier's model id (when only one tier has it).
+        self._by_model: dict[str, Tier] = {}
+        by_model_id: dict[str, list[Tier]] = {}
+        for tier in self.tiers.values():
+            by_model_id.setdefault(tier.model.lower(), []).append(tier)
+        for mid, tiers in by_model_id.items():
+            if len(tiers) == 1:
+                self._by_model[mid] = tiers[0]
+        for tier in self.tiers.values():
+            self._by_model[tier.name.lower()] = tier
+
+    # ---- lookups ------------------------------------------------------------------
+
+    def tier_for(self, model: str) -> Tier | None:
+        """The tier a request's ``model`` names (tier name or unique model id)."""
+        return self._by_model.get(model.lower())
+
+    def bucket_label(self, prompt_tokens: int, output_tokens: int) -> str:
+        """Label of the size bucket of one request (the rule of
+        ``SizeBuckets.assign_lengths``: lower edge inclusive), with ``bisect`` — NumPy's
+        per-call overhead is ~20 µs, too much on the gateway's per-request path."""
+        i = bisect.bisect_right(self._in_edges, prompt_tokens) - 1
+        j = bisect.bisect_right(self._out_edges, output_tokens) - 1
+        return self._labels[i * self.buckets.n_output + j]
+
+    def all_backends(self) -> Iterable[Backend]:
+        for p in self.pools.values():
+            yield from p.backends
+
+    # ---- decisions ----------------------------------------------------------------
+
+    def choose(self, tier: Tier, bucket: str, now: float,
+               exclude: frozenset[Backend] | set[Backend] = frozenset(),
+               after_failure_in: Pool | None = None) -> Choice | Verdict:
+        """Pick a pool and a backend for one attempt.
+
+        First attempt (``after_failure_in`` None): the tier's policy over pools with
+        headroom. Retry: another backend of the failed pool, else the next-cheapest
+        pool with headroom. Backends in ``exclude`` (already tried) are skipped.
+        """
+        if after_failure_in is not None:
+            b = after_failure_in.pick_backend(now, exclude)
+            if b is not None:
+                return Choice(after_failure_in, b, failover=False)
+            policy = self._failover_policy
+        else:
+            policy = tier.policy
+        shares = tier.shares_for(bucket)
+        states = [p.state(shares.get(p.name, 0.0), now, exclude) for p in tier.pools]
+        cand = [i for i, s in enumerate(states) if s.has_headroom]
+        if not cand:
+            return (Verdict.saturated if any(s.healthy for s in states)
+                    else Verdict.unavailable)
+        first_choice = None
+        while cand:
+            pick = policy.choose([states[i] for i in cand], self.rng)
+            if pick is None:
+                break
+            i = cand[pick]
+            if first_choice is None:
+                first_choice = i
+            b = tier.pools[i].pick_backend(now, exclude)
+            if b is not None:
+                return Choice(tier.pools[i], b, failover=after_failure_in is not None
+                              or i != first_choice)
+            # Pool-level headroom but every backend individually full: drop it, re-pick.
+            cand.remove(i)
+        return Verdict.saturated

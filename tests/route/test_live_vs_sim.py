@@ -1,0 +1,73 @@
+"""A plan's live behaviour matches its simulation: the same trace through `tokenfleet
+simulate` and through `tokenfleet serve` + `tokenfleet emulate` (one emulator per pool
+of the plan, paced by the same performance model) + `tokenfleet loadtest` gives the
+same latencies within 10 % at moderate load. Slow: one minute of real time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tokenfleet.workload.readers import write_trace
+from tokenfleet.workload.trace import Trace
+
+from .conftest import make_plan, unit
+from .test_cli import TOKENFLEET, _Proc
+
+MODEL = "llama-3.1-70b"
+SPLIT = {"chat/maia-200": 0.6, "chat/mi300x": 0.4}
+
+
+def _inputs(tmp: Path, rate_per_s: float, duration_s: float) -> None:
+    units = [unit("chat/maia-200", accelerator="maia-200", usd_per_hour=10.0, replicas=2,
+                  model=MODEL),
+             unit("chat/mi300x", accelerator="mi300x", usd_per_hour=6.0, model=MODEL)]
+    plan = make_plan(units, {("chat", b): SPLIT for b in ("in0-512_out0-128",
+                                                          "in512-2048_out0-128")},
+                     slo_ttft_s=0.5, slo_tpot_s=0.05)
+    (tmp / "plan.json").write_text(plan.model_dump_json())
+    rng = np.random.default_rng(0)
+    n = int(rng.poisson(rate_per_s * duration_s))
+    write_trace(Trace(np.sort(rng.uniform(0, duration_s, n)), rng.integers(200, 1200, n),
+                      rng.integers(20, 100, n)), tmp / "trace.csv")
+
+
+@pytest.mark.slow
+def test_loadtest_agrees_with_simulate_within_ten_percent(tmp_path):
+    _inputs(tmp_path, rate_per_s=6.0, duration_s=60.0)
+    sim = json.loads(subprocess.run(
+        [*TOKENFLEET, "simulate", str(tmp_path / "plan.json"), "--trace",
+         str(tmp_path / "trace.csv"), "--tier", "chat", "--json"],
+        capture_output=True, text=True, timeout=300, check=True).stdout)
+    procs: list[_Proc] = []
+    try:
+        urls = {}
+        for pool in SPLIT:
+            procs.append(_Proc([*TOKENFLEET, "emulate", "--plan", str(tmp_path / "plan.json"),
+                                "--pool", pool, "--port", "0", "--json"]))
+            urls[pool] = json.loads(procs[-1].wait_for(r"^\{.*\"url\".*\}$").group(0))["url"]
+        (tmp_path / "backends.yaml").write_text("pools:\n" + "".join(
+            f"  {p}: {{backends: [{u}]}}\n" for p, u in urls.items()))
+        procs.append(_Proc([*TOKENFLEET, "serve", "--plan", str(tmp_path / "plan.json"),
+                            "--backends", str(tmp_path / "backends.yaml"), "--port", "0"]))
+        target = procs[-1].wait_for(r"gateway on (http://127\.0\.0\.1:\d+)").group(1)
+        live = json.loads(subprocess.run(
+            [*TOKENFLEET, "loadtest", "--trace", str(tmp_path / "trace.csv"), "--target",
+             target, "--model", "chat", "--json"],
+            capture_output=True, text=True, timeout=300, check=True).stdout)
+    finally:
+        for p in procs:
+            p.stop()
+    assert live["requests"] == sim["requests"] == live["completed"]
+    s, v = sim["tiers"]["chat"], live["tiers"]["chat"]
+    for metric in ("ttft_s", "tpot_s", "e2e_s"):
+        assert v[metric]["mean"] == pytest.approx(s[metric]["mean"], rel=0.10), metric
+    for metric in ("tpot_s", "e2e_s"):
+        assert v[metric]["p50"] == pytest.approx(s[metric]["p50"], rel=0.10), metric
+    # Median TTFT is ~0.1 s: a few ms of HTTP hops and which requests drew the slower
+    # pool (routing is random by the plan's shares) move it more than the means.
+    assert v["ttft_s"]["p50"] == pytest.approx(s["ttft_s"]["p50"], rel=0.2)
