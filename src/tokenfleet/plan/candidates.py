@@ -140,10 +140,10 @@ def build_candidates(
                           output_edges=tuple(sc.buckets.output_edges))
     demands: list[Demand] = []
     for t in sc.tiers:
-        d = tier_demand(t, buckets, base)
-        if not d:
+        tier_d = tier_demand(t, buckets, base)
+        if not tier_d:
             raise TokenfleetError(f"tier '{t.name}': traffic has no requests")
-        demands.extend(d)
+        demands.extend(tier_d)
 
     @cache
     def est(model: str, accel: str, layout: Layout, precision: str, engine: str | None,
@@ -227,7 +227,7 @@ def _prune_dominated(cs: CandidateSet, keep_per_group: int = 1) -> None:
     """Keep the MILP small: per (tier, supply entry), keep the unit options (precision x
     size) that are cheapest for the tier's demand mix, plus the smallest one that
     serves every bucket it can (fine-grained sizing matters for small demand)."""
-    demand = defaultdict(float)
+    demand: dict[tuple[str, str], float] = defaultdict(float)
     for d in cs.demands:
         demand[(d.tier, d.bucket)] += d.rate_per_s
     groups: dict[tuple[str, int], list[Candidate]] = defaultdict(list)
