@@ -255,6 +255,13 @@ def compare_counts(accel: Accelerator) -> list[int]:
     return sorted(counts)
 
 
+def _cost_key(e: Estimate) -> float:
+    """$ per output token; chips without a price rank by joules per token instead."""
+    if e.usd_per_million_output_tokens is not None:
+        return e.usd_per_million_output_tokens
+    return (e.joules_per_output_token or math.inf) * 1e6
+
+
 def best_count(q: Query, catalog: Catalog | None = None, cal: Calibration | None = None,
                max_count: int = 64) -> Estimate:
     """The count (and layout) with the lowest $ per output token that meets the query;
@@ -271,18 +278,9 @@ def best_count(q: Query, catalog: Catalog | None = None, cal: Calibration | None
         last = e
         if not e.fits:
             if e.reason and "cannot run" in e.reason:
-                return e
+                return e  # no count helps a missing precision
             continue
-        key = e.usd_per_million_output_tokens
-        if key is None:  # no price: rank by tokens per joule instead
-            key = (e.joules_per_output_token or math.inf) * 1e6
-        if best is None:
-            best = e
-            continue
-        best_key = best.usd_per_million_output_tokens
-        if best_key is None:
-            best_key = (best.joules_per_output_token or math.inf) * 1e6
-        if key < best_key * (1 - 1e-6):
+        if best is None or _cost_key(e) < _cost_key(best) * (1 - 1e-6):
             best = e
     assert last is not None
     return best or last
@@ -300,9 +298,7 @@ def compare(q: Query, catalog: Catalog | None = None, cal: Calibration | None = 
     def key(e: Estimate) -> tuple[int, float]:
         if not e.fits:
             return (2, 0.0)
-        if e.usd_per_million_output_tokens is None:
-            return (1, e.joules_per_output_token or math.inf)
-        return (0, e.usd_per_million_output_tokens)
+        return (1 if e.usd_per_million_output_tokens is None else 0, _cost_key(e))
 
     return sorted(out, key=key)
 
