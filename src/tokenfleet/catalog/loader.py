@@ -78,8 +78,10 @@ class Catalog:
 
     def model(self, name: str) -> ModelSpec:
         """A catalog model, or a Hugging Face ``config.json`` (file or directory) path."""
+        # Only strings that look like paths touch the filesystem (this is a hot path).
+        looks_like_path = name.endswith(".json") or "/" in name or name.startswith(".")
         path = Path(name)
-        if name.endswith(".json") or (path.is_dir() and (path / "config.json").exists()):
+        if looks_like_path and (name.endswith(".json") or (path / "config.json").exists()):
             from tokenfleet.catalog.hf_config import model_from_hf_config
 
             return model_from_hf_config(path)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.perf import architecture as arch
@@ -94,6 +93,8 @@ def fit_group(points: Sequence[Point], prior: Efficiency, catalog: Catalog,
               ridge: float = RIDGE, start: Efficiency | None = None,
               max_nfev: int = 200) -> Efficiency:
     """Least squares in log error, pulled towards ``prior`` (started at ``start``)."""
+    from scipy.optimize import least_squares  # only fitting needs it (slow to import)
+
     t0 = _to_theta(prior)
 
     def f(t: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from held-out calibration error (see ``tokenfleet.perf.calibration``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -20,7 +21,7 @@ from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.measurements import ENGINES, FULL_KV_RESERVATION
 from tokenfleet.perf.operating import OperatingPoint, best_operating_point
 from tokenfleet.perf.precision import PRECISIONS, get_precision, kv_bytes
-from tokenfleet.perf.unit import Layout
+from tokenfleet.perf.unit import Efficiency, Layout
 
 Provenance = Literal["calibrated", "extrapolated", "spec-sheet"]
 
@@ -165,24 +166,64 @@ def _provenance(cal: Calibration, accel: Accelerator, group: str | None, model: 
             f"{g.params_b[0]:g}-{g.params_b[1]:g}B params): band widened")
 
 
+@dataclass(frozen=True)
+class _Resolved:
+    """A query with its names looked up and its defaults chosen."""
+
+    model: ModelSpec
+    accel: Accelerator
+    precision: str
+    kv_precision: str
+    eff: Efficiency
+    group: str | None
+    engine: str | None
+    mode: str
+
+
+def _resolve(q: Query, catalog: Catalog, cal: Calibration) -> _Resolved:
+    accel = catalog.accelerator(q.accelerator)
+    precision = resolve_precision(accel, q.precision)
+    kv_prec = q.kv_precision or get_precision(precision).default_kv
+    kv_bytes(kv_prec)  # validates the name
+    eff, group = cal.efficiency(accel.family, q.engine)
+    mode = ("slo" if (q.slo_ttft or q.slo_tpot) else
+            "concurrency" if q.concurrency else "offline")
+    engine = q.engine or (group.split("/")[1] if group else None)
+    return _Resolved(catalog.model(q.model), accel, precision, kv_prec, eff, group, engine,
+                     mode)
+
+
+def _operating_point(q: Query, r: _Resolved) -> OperatingPoint:
+    return best_operating_point(
+        r.model, r.accel, get_precision(r.precision), r.kv_precision, q.count, r.eff,
+        q.input_len, q.output_len, r.mode, q.concurrency, q.slo_ttft, q.slo_tpot,
+        reserve_full=r.engine in FULL_KV_RESERVATION, data_parallel=q.data_parallel,
+        layouts=[_layout(q.layout, q.count)] if q.layout else None)
+
+
+def operating_point(q: Query, catalog: Catalog | None = None, cal: Calibration | None = None
+                    ) -> OperatingPoint | None:
+    """The unit's best operating point alone (no price, provenance or band): the fast
+    path for callers that screen thousands of options. None when the chip has no peak
+    for the precision."""
+    r = _resolve(q, catalog or load_catalog(), cal or load_fit())
+    if _check_supported(r.accel, r.precision):
+        return None
+    return _operating_point(q, r)
+
+
 def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None = None
              ) -> Estimate:
     """Estimate one unit. Raises TokenfleetError for unknown names; an impossible
     combination (no FP4 on the chip, does not fit) is a result with ``fits=False``."""
     catalog = catalog or load_catalog()
     cal = cal or load_fit()
-    model = catalog.model(q.model)
-    accel = catalog.accelerator(q.accelerator)
-    precision = resolve_precision(accel, q.precision)
-    kv_prec = q.kv_precision or get_precision(precision).default_kv
-    kv_bytes(kv_prec)  # validates the name
-    eff, group = cal.efficiency(accel.family, q.engine)
+    r = _resolve(q, catalog, cal)
+    accel, group = r.accel, r.group
     notes = []
     if q.engine and (group is None or not group.endswith("/" + q.engine)):
         notes.append(f"no {q.engine} measurements for {accel.family}; used "
                      f"{group or 'the global fit'}")
-    mode = ("slo" if (q.slo_ttft or q.slo_tpot) else
-            "concurrency" if q.concurrency else "offline")
     price = None
     if q.usd_per_hour:
         usd_h, price_src, assumed = q.usd_per_hour * q.count, "user override", False
@@ -196,21 +237,17 @@ def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None =
         price_src = price.source if price else None
         assumed = bool(price and price.assumption)
     watts = accel.tdp_w * q.count
-    base = dict(model=model.id, accelerator=accel.id, count=q.count, precision=precision,
-                kv_precision=kv_prec, engine=q.engine, input_len=q.input_len,
-                output_len=q.output_len, mode=mode, usd_per_hour=usd_h, price_source=price_src,
-                price_is_assumption=assumed, watts=watts, calibration_group=group)
-    unsupported = _check_supported(accel, precision)
-    prov, band, basis = _provenance(cal, accel, group, model, q, precision)
+    base = dict(model=r.model.id, accelerator=accel.id, count=q.count, precision=r.precision,
+                kv_precision=r.kv_precision, engine=q.engine, input_len=q.input_len,
+                output_len=q.output_len, mode=r.mode, usd_per_hour=usd_h,
+                price_source=price_src, price_is_assumption=assumed, watts=watts,
+                calibration_group=group)
+    unsupported = _check_supported(accel, r.precision)
+    prov, band, basis = _provenance(cal, accel, group, r.model, q, r.precision)
     if unsupported:
         return Estimate(**base, layout=None, fits=False, reason=unsupported, provenance=prov,
                         notes=notes)
-    engine = q.engine or (group.split("/")[1] if group else None)
-    op = best_operating_point(model, accel, get_precision(precision), kv_prec, q.count, eff,
-                              q.input_len, q.output_len, mode, q.concurrency, q.slo_ttft,
-                              q.slo_tpot, reserve_full=engine in FULL_KV_RESERVATION,
-                              data_parallel=q.data_parallel,
-                              layouts=[_layout(q.layout, q.count)] if q.layout else None)
+    op = _operating_point(q, r)
     return _from_op(base, op, prov, band, basis, notes, q, accel)
 
 

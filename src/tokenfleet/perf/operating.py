@@ -30,7 +30,7 @@ class OperatingPoint:
     violation: float = 0.0  # failed SLO: worst ratio of predicted to bound at concurrency 1
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=8192)
 def _grid(limit: int) -> np.ndarray:
     dense = np.arange(1, min(limit, 64) + 1, dtype=float)
     if limit <= 64:

@@ -18,7 +18,7 @@ from tokenfleet.catalog.loader import Catalog
 from tokenfleet.catalog.schema import Accelerator
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration
-from tokenfleet.perf.estimate import Estimate, Query, estimate
+from tokenfleet.perf.estimate import Estimate, Query, estimate, operating_point
 from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.unit import Layout, layouts_for
 from tokenfleet.plan.scenario import Scenario, Supply, Tier
@@ -145,13 +145,25 @@ def build_candidates(
             raise TokenfleetError(f"tier '{t.name}': traffic has no requests")
         demands.extend(tier_d)
 
+    tiers = {t.name: t for t in sc.tiers}
+
+    def query(accel: str, layout: Layout, precision: str, d: Demand) -> Query:
+        t = tiers[d.tier]
+        # Fields were validated with the scenario; skip re-validating thousands of
+        # queries (model_construct still fills the defaults).
+        return Query.model_construct(
+            model=t.model, accelerator=accel, count=layout.chips, precision=precision,
+            engine=t.engine, input_len=d.input_len, output_len=d.output_len,
+            slo_ttft=t.slo.ttft_s, slo_tpot=t.slo.tpot_s, usd_per_hour=1.0,
+            layout=layout.as_dict())
+
+    @cache  # the same chip in several clouds or regions performs the same
+    def screen(accel: str, layout: Layout, precision: str, d: Demand):  # noqa: ANN202
+        return operating_point(query(accel, layout, precision, d), catalog, cal)
+
     @cache
-    def est(model: str, accel: str, layout: Layout, precision: str, engine: str | None,
-            inp: int, out: int, ttft: float | None, tpot: float | None) -> Estimate:
-        return estimate(Query(model=model, accelerator=accel, count=layout.chips,
-                              precision=precision, engine=engine, input_len=inp,
-                              output_len=out, slo_ttft=ttft, slo_tpot=tpot, usd_per_hour=1.0,
-                              layout=layout.as_dict()), catalog, cal)
+    def est(accel: str, layout: Layout, precision: str, d: Demand) -> Estimate:
+        return estimate(query(accel, layout, precision, d), catalog, cal)
 
     cs = CandidateSet(demands, [])
     jobs = [(t, i, s) for t in sc.tiers for i, s in enumerate(sc.supply)]
@@ -177,41 +189,49 @@ def build_candidates(
                     cs.rejected[(t.name, "*", accel.id, prec)] = why
                     continue
             smallest_fit: int | None = None
+            all_served = False
             for n in s.counts or default_counts(accel):
                 if n > s.max_chips:
                     continue
                 # Units far larger than the smallest that holds the model only add
-                # replicas' worth of capacity, which the MILP gets from replica counts.
-                if s.counts is None and smallest_fit is not None and n > 4 * smallest_fit:
+                # replicas' worth of capacity, which the MILP gets from replica counts;
+                # keep growing only while some bucket still misses its SLO (latency can
+                # need more chips per replica).
+                if (s.counts is None and smallest_fit is not None
+                        and (n > 4 * smallest_fit or (n > 2 * smallest_fit and all_served))):
                     break
                 # A pool runs one layout for all its traffic: pick the layout that serves
                 # the tier's mix (most buckets, then least replica-time) best.
-                best: tuple[tuple[int, float], dict[str, float], dict[str, Estimate]] | None
-                best = None
+                best: tuple[tuple[int, float], Layout] | None = None
                 for lo in layouts_for(model, n):
                     if lo.dp > 1 and lo.ep == 1:  # plain replicas: the MILP's job
                         continue
-                    caps, ests = {}, {}
+                    served, replica_time = 0, 0.0
                     for d in mine:
-                        e = est(t.model, accel.id, lo, prec, t.engine, d.input_len,
-                                d.output_len, t.slo.ttft_s, t.slo.tpot_s)
-                        if not e.fits or not e.requests_per_s:
+                        op = screen(accel.id, lo, prec, d)
+                        if op is None or not op.fits or op.output_tokens_per_s <= 0:
                             cs.rejected[(t.name, d.bucket, accel.id, prec)] = (
-                                f"x{n}: {e.reason or 'does not fit'}")
+                                f"x{n}: {op.reason if op else 'unsupported'}")
                             continue
+                        served += 1
+                        replica_time += d.rate_per_s * d.output_len / op.output_tokens_per_s
+                    if served and (best is None or (-served, replica_time) < best[0]):
+                        best = ((-served, replica_time), lo)
+                if best is None:
+                    continue
+                layout = best[1]
+                caps: dict[str, float] = {}
+                ests: dict[str, Estimate] = {}
+                for d in mine:
+                    e = est(accel.id, layout, prec, d)
+                    if e.fits and e.requests_per_s:
                         u = e.uncertainty.relative if e.uncertainty else 0.0
                         caps[d.bucket] = e.requests_per_s * max(1.0 - sc.derate * u, 0.05)
                         ests[d.bucket] = e
-                    score = (-len(caps), sum(d.rate_per_s / caps[d.bucket] for d in mine
-                                              if d.bucket in caps))
-                    if caps and (best is None or score < best[0]):
-                        best = (score, caps, ests)
-                if best is None:
-                    continue
-                _, caps, ests = best
                 band = max((e.uncertainty.relative if e.uncertainty else 0.0)
                            for e in ests.values())
                 smallest_fit = smallest_fit or n
+                all_served = len(caps) == len(mine)
                 cid = f"{t.name}/{accel.id}/{s.cloud}/{s.region}/{prec}/x{n}"
                 cs.candidates.append(Candidate(
                     id=cid, tier=t.name, supply_index=i, accelerator=accel, cloud=s.cloud,
