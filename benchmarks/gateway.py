@@ -36,13 +36,9 @@ import contextlib
 import datetime as dt
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import aiohttp
@@ -56,65 +52,18 @@ from tokenfleet.plan.schema import (
     PlanUnit,
     TierSummary,
 )
+from tokenfleet.route.child import TOKENFLEET, ChildProcess
 from tokenfleet.route.loadgen import LoadGenerator, LoadRequest, schedule
 from tokenfleet.route.server import install_uvloop, raise_fd_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Gateway overhead (issue 5)"
-TOKENFLEET = [sys.executable, "-m", "tokenfleet.cli"]
 MODEL = "llama-3.1-8b"
 BUCKET = "in0-512_out0-128"
 
 
 # ---- processes -----------------------------------------------------------------------
-
-class Proc:
-    """A child process; its output lines are collected by threads."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.lines: list[str] = []
-        for s in (self.p.stdout, self.p.stderr):
-            threading.Thread(target=self._read, args=(s,), daemon=True).start()
-
-    def _read(self, stream) -> None:  # noqa: ANN001
-        for line in stream:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout_s: float = 60.0) -> re.Match[str]:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            for line in list(self.lines):
-                m = re.search(pattern, line)
-                if m:
-                    return m
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"no line matching {pattern!r}:\n{''.join(self.lines)}")
-
-    def cpu_s(self) -> float:
-        """User + system CPU seconds the process has used (Linux /proc)."""
-        fields = Path(f"/proc/{self.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(10)
-
 
 def _plan() -> Plan:
     unit = PlanUnit(
@@ -140,8 +89,9 @@ def _plan() -> Plan:
         vendor_share={}, power_mw={}, limits={}, baselines=[], constraints=[], solver={})
 
 
-def start_stack(workdir: Path, ttft_s: float, tpot_s: float) -> tuple[Proc, Proc, str, str]:
-    backend = Proc([*TOKENFLEET, "emulate", "--model", MODEL, "--port", "0", "--json",
+def start_stack(workdir: Path, ttft_s: float, tpot_s: float
+                ) -> tuple[ChildProcess, ChildProcess, str, str]:
+    backend = ChildProcess([*TOKENFLEET, "emulate", "--model", MODEL, "--port", "0", "--json",
                     "--fixed-ttft", str(ttft_s), "--fixed-tpot", str(tpot_s)])
     info = json.loads(backend.wait_for(r"^\{.*\"url\".*\}$").group(0))
     (workdir / "plan.json").write_text(_plan().model_dump_json())
@@ -149,8 +99,9 @@ def start_stack(workdir: Path, ttft_s: float, tpot_s: float) -> tuple[Proc, Proc
     (workdir / "backends.yaml").write_text(
         f"gateway:\n  default_max_in_flight: 10000\npools:\n"
         f"  chat/bench: {{model: {MODEL}, backends: [{info['url']}]}}\n")
-    gateway = Proc([*TOKENFLEET, "serve", "--plan", str(workdir / "plan.json"), "--backends",
-                    str(workdir / "backends.yaml"), "--port", "0", "--log-level", "warning"])
+    gateway = ChildProcess([*TOKENFLEET, "serve", "--plan", str(workdir / "plan.json"),
+                            "--backends", str(workdir / "backends.yaml"), "--port", "0",
+                            "--log-level", "warning"])
     url = gateway.wait_for(r"gateway on (http://127\.0\.0\.1:\d+)").group(1)
     return backend, gateway, info["url"], url
 
@@ -187,8 +138,8 @@ def null_proxy_main(backend: str, port: int) -> None:
     asyncio.run(run())
 
 
-def start_null_proxy(backend: str) -> tuple[Proc, str]:
-    p = Proc([sys.executable, __file__, "--null-proxy", backend])
+def start_null_proxy(backend: str) -> tuple[ChildProcess, str]:
+    p = ChildProcess([sys.executable, __file__, "--null-proxy", backend])
     return p, p.wait_for(r"null proxy on (http://127\.0\.0\.1:\d+)").group(1)
 
 
@@ -215,7 +166,7 @@ async def _run(target: str, model: str, reqs: list[LoadRequest]) -> dict:
 
 
 async def measure_rate(rate: float, duration_s: float, tokens: int, backend: str,
-                       gateway_url: str, gateway: Proc, probe_share: float,
+                       gateway_url: str, gateway: ChildProcess, probe_share: float,
                        null_url: str | None = None) -> dict:
     """Gateway traffic at ``rate`` and, at the same time, a direct probe stream to the
     backend at ``probe_share * rate`` (at least 20/s): both see the same machine load,
@@ -276,7 +227,7 @@ async def concurrency_round(n: int, gateway_url: str, tokens: int) -> dict:
             "errors": errors, "peak_in_flight": peak, "wall_s": res.wall_s}
 
 
-async def soak(gateway_url: str, gateway: Proc, rate: float, duration_s: float,
+async def soak(gateway_url: str, gateway: ChildProcess, rate: float, duration_s: float,
                tokens: int) -> dict:
     """Steady load for ``duration_s``; the gateway's RSS sampled every 5 s."""
     reqs = schedule(None, {"chat": 1.0}, rate_per_s=rate, duration_s=duration_s,
@@ -324,16 +275,17 @@ def vs_sim(workdir: Path, rate: float, duration_s: float) -> dict:
         [*TOKENFLEET, "simulate", str(workdir / "vs_plan.json"), "--trace",
          str(workdir / "vs_trace.csv"), "--tier", "chat", "--json"],
         capture_output=True, text=True, timeout=600, check=True).stdout)
-    procs: list[Proc] = []
+    procs: list[ChildProcess] = []
     try:
         urls = {}
         for u in plan.units:
-            procs.append(Proc([*TOKENFLEET, "emulate", "--plan", str(workdir / "vs_plan.json"),
-                               "--pool", u.pool, "--port", "0", "--json"]))
+            procs.append(ChildProcess([*TOKENFLEET, "emulate", "--plan",
+                                       str(workdir / "vs_plan.json"), "--pool", u.pool,
+                                       "--port", "0", "--json"]))
             urls[u.pool] = json.loads(procs[-1].wait_for(r"^\{.*\"url\".*\}$").group(0))["url"]
         (workdir / "vs_backends.yaml").write_text("pools:\n" + "".join(
             f"  {p}: {{backends: [{url}]}}\n" for p, url in urls.items()))
-        procs.append(Proc([*TOKENFLEET, "serve", "--plan", str(workdir / "vs_plan.json"),
+        procs.append(ChildProcess([*TOKENFLEET, "serve", "--plan", str(workdir / "vs_plan.json"),
                            "--backends", str(workdir / "vs_backends.yaml"), "--port", "0",
                            "--log-level", "warning"]))
         target = procs[-1].wait_for(r"gateway on (http://127\.0\.0\.1:\d+)").group(1)

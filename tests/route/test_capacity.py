@@ -91,20 +91,20 @@ def test_two_thousand_concurrent_streams(tmp_path):
     import time
     from pathlib import Path
 
-    from .test_cli import TOKENFLEET, _Proc
+    from tokenfleet.route.child import TOKENFLEET, ChildProcess
 
     raise_fd_limit()
     n = 2000
     plan = make_plan([unit("chat/a")], {("chat", BUCKET): {"chat/a": 1.0}})
     (tmp_path / "plan.json").write_text(plan.model_dump_json())
-    procs: list[_Proc] = []
+    procs: list[ChildProcess] = []
     try:
-        procs.append(_Proc([*TOKENFLEET, "emulate", "--model", "llama-3.1-8b", "--port", "0",
+        procs.append(ChildProcess([*TOKENFLEET, "emulate", "--model", "llama-3.1-8b", "--port", "0",
                             "--json", "--fixed-ttft", "2.0", "--fixed-tpot", "0.5"]))
         url = json.loads(procs[0].wait_for(r"^\{.*\"url\".*\}$").group(0))["url"]
         (tmp_path / "backends.yaml").write_text(
             f"gateway: {{default_max_in_flight: {n}}}\npools:\n  chat/a: {{backends: [{url}]}}\n")
-        procs.append(_Proc([*TOKENFLEET, "serve", "--plan", str(tmp_path / "plan.json"),
+        procs.append(ChildProcess([*TOKENFLEET, "serve", "--plan", str(tmp_path / "plan.json"),
                             "--backends", str(tmp_path / "backends.yaml"), "--port", "0"]))
         gw = procs[1]
         target = gw.wait_for(r"gateway on (http://127\.0\.0\.1:\d+)").group(1)

@@ -5,12 +5,8 @@ every request."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -19,10 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tokenfleet.cli import app
+from tokenfleet.route.child import TOKENFLEET, ChildProcess
 
 from .conftest import BUCKET, make_plan, unit
 
-TOKENFLEET = [sys.executable, "-m", "tokenfleet.cli"]
 MODEL = "llama-3.1-70b"
 
 
@@ -53,42 +49,6 @@ def _stats(url: str) -> dict:
         return json.loads(r.read())
 
 
-class _Proc:
-    """A child process whose output lines are collected by a thread."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.lines: list[str] = []
-        for stream in (self.p.stdout, self.p.stderr):
-            threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream) -> None:  # noqa: ANN001
-        for line in stream:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout_s: float = 30.0) -> re.Match[str]:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            for line in list(self.lines):
-                m = re.search(pattern, line)
-                if m:
-                    return m
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.lines)}")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(5)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
-
-
 def test_serve_emulate_loadtest_with_a_pool_killed(tmp_path: Path):
     plan = make_plan([unit("chat/maia-200", accelerator="maia-200", usd_per_hour=8.0,
                            model=MODEL),
@@ -96,11 +56,11 @@ def test_serve_emulate_loadtest_with_a_pool_killed(tmp_path: Path):
                            model=MODEL)],
                      {("chat", BUCKET): {"chat/maia-200": 0.6, "chat/mi300x": 0.4}})
     (tmp_path / "plan.json").write_text(plan.model_dump_json())
-    procs: list[_Proc] = []
+    procs: list[ChildProcess] = []
     try:
         emus = {}
         for pool, accel in (("chat/maia-200", "maia-200"), ("chat/mi300x", "mi300x")):
-            procs.append(_Proc([*TOKENFLEET, "emulate", "--accelerator", accel, "--model",
+            procs.append(ChildProcess([*TOKENFLEET, "emulate", "--accelerator", accel, "--model",
                                 MODEL, "--port", "0", "--json"]))
             emus[pool] = procs[-1]
         urls = {pool: json.loads(p.wait_for(r"^\{.*\"url\".*\}$").group(0))["url"]
@@ -108,12 +68,12 @@ def test_serve_emulate_loadtest_with_a_pool_killed(tmp_path: Path):
         (tmp_path / "backends.yaml").write_text(
             "gateway:\n  health: {interval_s: 0.25}\npools:\n" + "".join(
                 f"  {pool}: {{backends: [{url}]}}\n" for pool, url in urls.items()))
-        gw = _Proc([*TOKENFLEET, "serve", "--plan", str(tmp_path / "plan.json"),
+        gw = ChildProcess([*TOKENFLEET, "serve", "--plan", str(tmp_path / "plan.json"),
                     "--backends", str(tmp_path / "backends.yaml"), "--port", "0"])
         procs.append(gw)
         target = gw.wait_for(r"gateway on (http://127\.0\.0\.1:\d+)").group(1)
 
-        load = _Proc([*TOKENFLEET, "loadtest", "--target", target, "--rate", "25",
+        load = ChildProcess([*TOKENFLEET, "loadtest", "--target", target, "--rate", "25",
                       "--duration", "3", "--input-tokens", "200", "--output-tokens", "10",
                       "--json", "--out", str(tmp_path / "summary.json")])
         procs.append(load)
