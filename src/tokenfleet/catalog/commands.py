@@ -42,7 +42,9 @@ def list_(
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List catalog entries. Figures marked * are assumptions (no public source)."""
+    """List catalog entries. Figures marked * are assumptions (no public
+    source).
+    """
     cat = load_catalog(catalog or [])
     out = console()
     if kind is Kind.accelerators:
@@ -88,7 +90,9 @@ def show(
     name: Annotated[str, typer.Argument(help="accelerator or model id / alias")],
     catalog: CatalogOpt = None,
 ) -> None:
-    """Every field of one accelerator or model, with its sources and assumptions."""
+    """Every field of one accelerator or model, with its sources and
+    assumptions.
+    """
     cat = load_catalog(catalog or [])
     rec: BaseModel
     try:

@@ -110,13 +110,14 @@ def estimate_cmd(
 ) -> None:
     """What one serving unit does: throughput, latency, memory, $ and watts.
 
-    Without --concurrency or SLOs: the highest throughput that fits in memory
-    (offline). With --concurrency C: that operating point. With --slo-ttft/--slo-tpot:
-    the highest throughput that still meets them. The best parallelism layout of the
-    COUNT chips is chosen for you.
+    Without --concurrency or SLOs: the highest throughput that fits in
+    memory (offline). With --concurrency C: that operating point. With
+    --slo-ttft/--slo-tpot: the highest throughput that still meets them. The
+    best parallelism layout of the COUNT chips is chosen for you.
 
-    Example: tokenfleet estimate -m llama-3.1-70b -a maia-200 --count 4 --precision fp8
-    --input-len 2048 --output-len 256 --slo-ttft 1.0 --slo-tpot 0.05
+    Example: tokenfleet estimate -m llama-3.1-70b -a maia-200 --count 4
+    --precision fp8 --input-len 2048 --output-len 256 --slo-ttft 1.0
+    --slo-tpot 0.05
     """
     cat = load_catalog(catalog or [])
     if batch is not None:
@@ -173,12 +174,14 @@ def compare_cmd(
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Rank every chip by $ per million output tokens for one model and traffic shape.
+    """Rank every chip by $ per million output tokens for one model and traffic
+    shape.
 
-    Each chip gets its cheapest count (1–64 chips, plus its scale-up domain) and layout
-    that meets the SLOs. Chips that cannot serve it are listed last with the reason.
-    Equal-cost comparison: every row is the same work (one output token), priced at the
-    chip's catalog price (* = assumed price).
+    Each chip gets its cheapest count (1–64 chips, plus its scale-up domain)
+    and layout that meets the SLOs. Chips that cannot serve it are listed
+    last with the reason. Equal-cost comparison: every row is the same work
+    (one output token), priced at the chip's catalog price (* = assumed
+    price).
     """
     cat = load_catalog(catalog or [])
     q = _query(model=model, accelerator="h100-sxm", precision=precision, engine=engine,
@@ -237,10 +240,11 @@ def breakeven_cmd(
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """The $/chip-hour at which ACCELERATOR matches VERSUS in $ per token, and the
-    price at which it beats it by --advantage (e.g. is "+30% tokens per dollar" true?).
+    """The $/chip-hour at which one chip matches another in $ per token.
 
-    Both chips use their cheapest count and layout for this model and traffic.
+    Also the price at which ACCELERATOR beats VERSUS by --advantage (is "+30%
+    tokens per dollar" true, and at what price?). Both chips use their
+    cheapest count and layout for this model and traffic.
     """
     cat = load_catalog(catalog or [])
     q = _query(model=model, accelerator=accelerator, precision=precision, engine=engine,
@@ -278,8 +282,12 @@ def calibrate_cmd(
     out: Annotated[Path | None, typer.Option(help="write per-row predictions (JSON)")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Fit efficiency factors to the published measurements shipped with tokenfleet
-    (perf/data/published_measurements.csv) and report held-out error per group."""
+    """Refit the model's efficiency factors to the shipped measurements.
+
+    Fits perf/data/published_measurements.csv per chip family and engine,
+    reports leave-one-out throughput error per group, and with --write
+    saves the fit as package data (perf/data/efficiency.json).
+    """
     from rich.progress import Progress
 
     from tokenfleet.perf.calibration import run_fit, write_fit

@@ -96,14 +96,16 @@ def plan_cmd(
         "--explain-schema", help="print every scenario field and exit")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print plan JSON on stdout")] = False,
 ) -> None:
-    """The cheapest multi-vendor fleet that meets every SLO, contract and policy.
+    """The cheapest multi-vendor fleet that meets every SLO and policy.
 
-    Reads a scenario (tiers with traffic and SLOs; supply by chip, cloud and region;
-    power caps; committed spend; vendor-share cap and N-1 resilience), builds candidate
-    pools from the performance model, and solves a mixed-integer program with HiGHS.
-    Writes plan.json (input of `simulate` and `serve`) and an HTML report.
+    Reads a scenario (tiers with traffic and SLOs; supply by chip, cloud and
+    region; power caps; committed spend; vendor-share cap and N-1
+    resilience), builds candidate pools from the performance model, and
+    solves a mixed-integer program with HiGHS. Writes plan.json (input of
+    `simulate` and `serve`) and an HTML report.
 
-    Example: tokenfleet plan examples/frontier-lab.yaml --set supply.maia-200.price=4
+    Example: tokenfleet plan examples/frontier-lab.yaml --set
+    supply.maia-200.price=4
     """
     if explain_schema_:
         print(explain_schema())
