@@ -213,27 +213,3 @@ def test_prepaid_block_is_a_fixed_cost():
     assert sol.ok and expected is not None
     assert bill(sc, f, sol) == pytest.approx(expected, rel=1e-6)
     assert bill(sc, f, sol) >= 2 * 10.0 * sc.hours_per_month + 2000  # block + commitment
-
-
-def test_aggregate_n_minus_1_is_sufficient():
-    """The aggregate N-1 rows are a sufficient condition: never cheaper than the exact
-    optimum, and the plan passes the exact re-routing check."""
-    from tokenfleet.perf.estimate import Query, estimate
-
-    policy = {"n_minus_1": {"by": "vendor", "min_fraction": 0.5}}
-    exact = _scenario(**{"n_minus_1": {**policy["n_minus_1"], "formulation": "exact"}})
-    agg = _scenario(**{"n_minus_1": {**policy["n_minus_1"], "formulation": "aggregate"}})
-    caps = [{"b1": 2.0, "b2": 0.5}, {"b1": 3.0, "b2": 1.2}, {"b1": 1.5, "b2": 0.4}]
-    cs = _cands(caps, PRICES)
-    for c in cs.candidates:
-        e = estimate(Query(model="llama-3.1-8b", accelerator=c.accelerator.id,
-                           precision="fp8", input_len=100, output_len=50))
-        c.estimates = {b: e for b in c.capacity}
-    fe, fa = formulate(exact, cs), formulate(agg, cs)
-    se, sa = fe.program.solve(1e-9, 30), fa.program.solve(1e-9, 30)
-    assert se.ok and sa.ok
-    assert bill(agg, fa, sa) >= bill(exact, fe, se) - 1e-6
-    assert len(fa.program.cost) < len(fe.program.cost)  # no re-routing variables
-    plan = _assemble(agg, cs, fa, sa, "tiny", [], [], CAT)
-    assert plan.limits["n_minus_1"]["formulation_used"] == "aggregate"
-    assert check_plan(plan, agg) == []

@@ -234,79 +234,24 @@ def formulate(
     groups: dict[str, list[str]] = {}
     if pol.n_minus_1 is not None and not dropped("n-1", "n-1"):
         by = pol.n_minus_1.by
-        names = sorted({group_of(c, by) for c in cands})
-        for g in names:
+        for g in sorted({group_of(c, by) for c in cands}):
             groups[g] = [c.id for c in cands if group_of(c, by) == g]
-        if n1_exact(sc, len(names), len(x)):
-            _n_minus_1_exact(p, sc, cs, cands, n, groups, by)
-        else:
-            _n_minus_1_aggregate(p, sc, cs, cands, n, groups, by)
+            rest = [c for c in cands if group_of(c, by) != g]
+            y = {(c.id, b): p.var(f"y[{g}][{c.id},{b}]") for c in rest for b in c.capacity}
+            for d in cs.demands:
+                need = d.rate_per_s * pol.n_minus_1.min_fraction
+                coefs = {y[(c.id, d.bucket)]: 1.0 for c in rest
+                         if c.tier == d.tier and (c.id, d.bucket) in y}
+                p.row(f"n-1 without {by} {g}: {d.tier}/{d.bucket}", "n-1", coefs, lb=need,
+                      detail=f"{pol.n_minus_1.min_fraction:.0%} of peak without {g}")
+            for c in rest:
+                coefs = {y[(c.id, b)]: 1.0 / cap for b, cap in c.capacity.items()}
+                coefs[n[c.id]] = -1.0
+                p.row(f"n-1 capacity without {g}: {c.id}", "n-1-capacity", coefs, ub=0.0)
 
     if elastic:
         _make_elastic(p)
     return Formulation(p, n, x, od, cands, groups)
-
-
-# Above this many re-routing variables (groups x routing variables) the exact N-1
-# formulation is replaced by the aggregate one (see plan_scale in benchmarks/RESULTS.md).
-N1_EXACT_MAX_VARS = 20_000
-
-
-def n1_exact(sc: Scenario, n_groups: int, n_routing_vars: int) -> bool:
-    """Whether N-1 is formulated exactly (re-routing per bucket) or aggregated."""
-    assert sc.policy.n_minus_1 is not None
-    mode = sc.policy.n_minus_1.formulation
-    return mode == "exact" or (mode == "auto" and
-                               n_groups * n_routing_vars <= N1_EXACT_MAX_VARS)
-
-
-def _n_minus_1_exact(p: Program, sc: Scenario, cs: CandidateSet, cands: list[Candidate],
-                     n: dict[str, int], groups: dict[str, list[str]], by: str) -> None:
-    """Without group g, traffic may be re-routed freely, bucket by bucket, within the
-    remaining pools' capacity: a copy of the routing variables per group (exact)."""
-    assert sc.policy.n_minus_1 is not None
-    f = sc.policy.n_minus_1.min_fraction
-    for g in groups:
-        rest = [c for c in cands if group_of(c, by) != g]
-        y = {(c.id, b): p.var(f"y[{g}][{c.id},{b}]") for c in rest for b in c.capacity}
-        for d in cs.demands:
-            coefs = {y[(c.id, d.bucket)]: 1.0 for c in rest
-                     if c.tier == d.tier and (c.id, d.bucket) in y}
-            p.row(f"n-1 without {by} {g}: {d.tier}/{d.bucket}", "n-1", coefs,
-                  lb=d.rate_per_s * f, detail=f"{f:.0%} of peak without {g}")
-        for c in rest:
-            coefs = {y[(c.id, b)]: 1.0 / cap for b, cap in c.capacity.items()}
-            coefs[n[c.id]] = -1.0
-            p.row(f"n-1 capacity without {g}: {c.id}", "n-1-capacity", coefs, ub=0.0)
-
-
-def _n_minus_1_aggregate(p: Program, sc: Scenario, cs: CandidateSet, cands: list[Candidate],
-                         n: dict[str, int], groups: dict[str, list[str]], by: str) -> None:
-    """A sufficient condition with one row per (group, tier) and no new variables.
-
-    A pool that serves every bucket of its tier can serve the tier's request *mix* at
-    ``1 / sum_b(share_b / cap_b)`` requests/s per replica; if the pools left without g
-    can do ``min_fraction`` of the tier's peak that way, routing each bucket in
-    proportion is a feasible re-routing, so the exact condition holds too. Pools that
-    cannot serve every bucket are left out, which makes it conservative.
-    """
-    assert sc.policy.n_minus_1 is not None
-    f = sc.policy.n_minus_1.min_fraction
-    tiers: dict[str, list] = defaultdict(list)
-    for d in cs.demands:
-        tiers[d.tier].append(d)
-    for g in groups:
-        for tier, dem in tiers.items():
-            total = sum(d.rate_per_s for d in dem)
-            coefs: dict[int, float] = {}
-            for c in cands:
-                if c.tier != tier or group_of(c, by) == g:
-                    continue
-                if all(d.bucket in c.capacity for d in dem):
-                    per_request = sum(d.rate_per_s / total / c.capacity[d.bucket] for d in dem)
-                    coefs[n[c.id]] = 1.0 / per_request
-            p.row(f"n-1 without {by} {g}: {tier}", "n-1", coefs, lb=total * f,
-                  detail=f"{f:.0%} of the tier's peak mix without {g} (aggregate)")
 
 
 def _make_elastic(p: Program) -> None:

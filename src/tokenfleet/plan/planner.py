@@ -19,7 +19,6 @@ from tokenfleet.plan.milp import (
     Solution,
     fixed_monthly_cost,
     formulate,
-    n1_exact,
 )
 from tokenfleet.plan.scenario import Scenario, Tier
 from tokenfleet.plan.schema import (
@@ -326,9 +325,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
         "derate": sc.derate,
         "max_vendor_share": pol.max_vendor_share,
         "vendor_share_basis": pol.vendor_share_basis,
-        "n_minus_1": ({**pol.n_minus_1.model_dump(),
-                       "formulation_used": "exact" if n1_exact(sc, len(f.groups), len(f.x))
-                       else "aggregate"} if pol.n_minus_1 else None),
+        "n_minus_1": pol.n_minus_1.model_dump() if pol.n_minus_1 else None,
         "power_mw": {r.name: r.power_mw for r in sc.regions if r.power_mw is not None},
         "supply_max_chips": {f"{s.accelerator}@{s.cloud}/{s.region}": s.max_chips
                              for s in sc.supply},

@@ -110,10 +110,6 @@ class Contract(_M):
 class NMinusOne(_M):
     by: Literal["vendor", "region", "cloud"] = "vendor"
     min_fraction: float = Field(gt=0, le=1, description="share of peak still served at SLO")
-    formulation: Literal["auto", "exact", "aggregate"] = Field(
-        "auto", description="exact: re-route bucket by bucket (a copy of the routing per "
-                            "group); aggregate: one row per group and tier, sufficient but "
-                            "conservative, for large fleets; auto picks by size")
 
 
 class Policy(_M):
