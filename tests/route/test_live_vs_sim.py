@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tokenfleet.route.child import TOKENFLEET, ChildProcess
 from tokenfleet.workload.readers import write_trace
 from tokenfleet.workload.trace import Trace
 
 from .conftest import make_plan, unit
-from .test_cli import TOKENFLEET, _Proc
 
 MODEL = "llama-3.1-70b"
 SPLIT = {"chat/maia-200": 0.6, "chat/mi300x": 0.4}
@@ -43,16 +43,17 @@ def test_loadtest_agrees_with_simulate_within_ten_percent(tmp_path):
         [*TOKENFLEET, "simulate", str(tmp_path / "plan.json"), "--trace",
          str(tmp_path / "trace.csv"), "--tier", "chat", "--json"],
         capture_output=True, text=True, timeout=300, check=True).stdout)
-    procs: list[_Proc] = []
+    procs: list[ChildProcess] = []
     try:
         urls = {}
         for pool in SPLIT:
-            procs.append(_Proc([*TOKENFLEET, "emulate", "--plan", str(tmp_path / "plan.json"),
-                                "--pool", pool, "--port", "0", "--json"]))
+            procs.append(ChildProcess([*TOKENFLEET, "emulate", "--plan",
+                                       str(tmp_path / "plan.json"), "--pool", pool,
+                                       "--port", "0", "--json"]))
             urls[pool] = json.loads(procs[-1].wait_for(r"^\{.*\"url\".*\}$").group(0))["url"]
         (tmp_path / "backends.yaml").write_text("pools:\n" + "".join(
             f"  {p}: {{backends: [{u}]}}\n" for p, u in urls.items()))
-        procs.append(_Proc([*TOKENFLEET, "serve", "--plan", str(tmp_path / "plan.json"),
+        procs.append(ChildProcess([*TOKENFLEET, "serve", "--plan", str(tmp_path / "plan.json"),
                             "--backends", str(tmp_path / "backends.yaml"), "--port", "0"]))
         target = procs[-1].wait_for(r"gateway on (http://127\.0\.0\.1:\d+)").group(1)
         live = json.loads(subprocess.run(
