@@ -52,7 +52,7 @@ from tokenfleet.plan.schema import (
     PlanUnit,
     TierSummary,
 )
-from tokenfleet.route.child import TOKENFLEET, ChildProcess
+from tokenfleet.route.child import TOKENFLEET, ChildProcess, simulate_and_loadtest
 from tokenfleet.route.loadgen import LoadGenerator, LoadRequest, schedule
 from tokenfleet.route.server import install_uvloop, raise_fd_limit
 
@@ -271,31 +271,8 @@ def vs_sim(workdir: Path, rate: float, duration_s: float) -> dict:
     n = int(rng.poisson(rate * duration_s))
     write_trace(Trace(np.sort(rng.uniform(0, duration_s, n)), rng.integers(200, 1200, n),
                       rng.integers(20, 100, n)), workdir / "vs_trace.csv")
-    sim = json.loads(subprocess.run(
-        [*TOKENFLEET, "simulate", str(workdir / "vs_plan.json"), "--trace",
-         str(workdir / "vs_trace.csv"), "--tier", "chat", "--json"],
-        capture_output=True, text=True, timeout=600, check=True).stdout)
-    procs: list[ChildProcess] = []
-    try:
-        urls = {}
-        for u in plan.units:
-            procs.append(ChildProcess([*TOKENFLEET, "emulate", "--plan",
-                                       str(workdir / "vs_plan.json"), "--pool", u.pool,
-                                       "--port", "0", "--json"]))
-            urls[u.pool] = json.loads(procs[-1].wait_for(r"^\{.*\"url\".*\}$").group(0))["url"]
-        (workdir / "vs_backends.yaml").write_text("pools:\n" + "".join(
-            f"  {p}: {{backends: [{url}]}}\n" for p, url in urls.items()))
-        procs.append(ChildProcess([*TOKENFLEET, "serve", "--plan", str(workdir / "vs_plan.json"),
-                           "--backends", str(workdir / "vs_backends.yaml"), "--port", "0",
-                           "--log-level", "warning"]))
-        target = procs[-1].wait_for(r"gateway on (http://127\.0\.0\.1:\d+)").group(1)
-        live = json.loads(subprocess.run(
-            [*TOKENFLEET, "loadtest", "--trace", str(workdir / "vs_trace.csv"), "--target",
-             target, "--model", "chat", "--json"],
-            capture_output=True, text=True, timeout=600, check=True).stdout)
-    finally:
-        for p in procs:
-            p.stop()
+    sim, live = simulate_and_loadtest(workdir / "vs_plan.json", [u.pool for u in plan.units],
+                                      workdir / "vs_trace.csv", workdir)
     return {"rate_per_s": rate, "duration_s": duration_s, "requests": n,
             "sim": {k: sim[k] for k in ("requests", "completed", "rejected", "tiers")},
             "live": {k: live[k] for k in ("requests", "completed", "rejected", "failed",

@@ -5,14 +5,12 @@ same latencies within 10 % at moderate load. Slow: one minute of real time."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tokenfleet.route.child import TOKENFLEET, ChildProcess
+from tokenfleet.route.child import simulate_and_loadtest
 from tokenfleet.workload.readers import write_trace
 from tokenfleet.workload.trace import Trace
 
@@ -39,30 +37,8 @@ def _inputs(tmp: Path, rate_per_s: float, duration_s: float) -> None:
 @pytest.mark.slow
 def test_loadtest_agrees_with_simulate_within_ten_percent(tmp_path):
     _inputs(tmp_path, rate_per_s=6.0, duration_s=60.0)
-    sim = json.loads(subprocess.run(
-        [*TOKENFLEET, "simulate", str(tmp_path / "plan.json"), "--trace",
-         str(tmp_path / "trace.csv"), "--tier", "chat", "--json"],
-        capture_output=True, text=True, timeout=300, check=True).stdout)
-    procs: list[ChildProcess] = []
-    try:
-        urls = {}
-        for pool in SPLIT:
-            procs.append(ChildProcess([*TOKENFLEET, "emulate", "--plan",
-                                       str(tmp_path / "plan.json"), "--pool", pool,
-                                       "--port", "0", "--json"]))
-            urls[pool] = json.loads(procs[-1].wait_for(r"^\{.*\"url\".*\}$").group(0))["url"]
-        (tmp_path / "backends.yaml").write_text("pools:\n" + "".join(
-            f"  {p}: {{backends: [{u}]}}\n" for p, u in urls.items()))
-        procs.append(ChildProcess([*TOKENFLEET, "serve", "--plan", str(tmp_path / "plan.json"),
-                            "--backends", str(tmp_path / "backends.yaml"), "--port", "0"]))
-        target = procs[-1].wait_for(r"gateway on (http://127\.0\.0\.1:\d+)").group(1)
-        live = json.loads(subprocess.run(
-            [*TOKENFLEET, "loadtest", "--trace", str(tmp_path / "trace.csv"), "--target",
-             target, "--model", "chat", "--json"],
-            capture_output=True, text=True, timeout=300, check=True).stdout)
-    finally:
-        for p in procs:
-            p.stop()
+    sim, live = simulate_and_loadtest(tmp_path / "plan.json", list(SPLIT),
+                                      tmp_path / "trace.csv", tmp_path, timeout_s=300)
     assert live["requests"] == sim["requests"] == live["completed"]
     s, v = sim["tiers"]["chat"], live["tiers"]["chat"]
     for metric in ("ttft_s", "tpot_s", "e2e_s"):

@@ -63,3 +63,36 @@ class ChildProcess:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait(timeout_s)
+
+
+def simulate_and_loadtest(plan: Path, pools: list[str], trace: Path, workdir: Path,
+                          tier: str = "chat", timeout_s: float = 600.0) -> tuple[dict, dict]:
+    """Replay ``trace`` through ``plan`` twice — in the simulator, and live through
+    emulated ``pools`` behind the gateway — and return both JSON summaries (sim, live).
+    The same comparison serves the live-vs-sim test and the gateway benchmark."""
+    import json
+
+    sim = json.loads(subprocess.run(
+        [*TOKENFLEET, "simulate", str(plan), "--trace", str(trace), "--tier", tier, "--json"],
+        capture_output=True, text=True, timeout=timeout_s, check=True).stdout)
+    procs: list[ChildProcess] = []
+    try:
+        urls = {}
+        for pool in pools:
+            procs.append(ChildProcess([*TOKENFLEET, "emulate", "--plan", str(plan), "--pool",
+                                       pool, "--port", "0", "--json"]))
+            urls[pool] = json.loads(procs[-1].wait_for(r"^\{.*\"url\".*\}$").group(0))["url"]
+        backends = workdir / f"{plan.stem}_backends.yaml"  # next to the plan, no clash
+        backends.write_text("pools:\n" + "".join(
+            f"  {p}: {{backends: [{u}]}}\n" for p, u in urls.items()))
+        procs.append(ChildProcess([*TOKENFLEET, "serve", "--plan", str(plan), "--backends",
+                                   str(backends), "--port", "0", "--log-level", "warning"]))
+        target = procs[-1].wait_for(r"gateway on (http://127\.0\.0\.1:\d+)").group(1)
+        live = json.loads(subprocess.run(
+            [*TOKENFLEET, "loadtest", "--trace", str(trace), "--target", target, "--model",
+             tier, "--json"],
+            capture_output=True, text=True, timeout=timeout_s, check=True).stdout)
+    finally:
+        for p in procs:
+            p.stop()
+    return sim, live
