@@ -1,6 +1,6 @@
 """Planner scale (issue 3): MILP solve time and optimality gap as the problem grows.
 
-Builds the planner's own MILP (``tokenfleet.plan.milp.formulate``) from a synthetic,
+Solves the planner's own MILP (``tokenfleet.plan.milp.solve_fleet``) from a synthetic,
 seeded scenario of T tiers x C chip types x R regions x B size buckets, bypassing the
 performance model (which would dominate at this scale): capacities, prices and watts
 are drawn at random, with the structure real ones have (faster chips cost more, bigger
@@ -26,13 +26,13 @@ import platform
 import subprocess
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import numpy as np
-import scipy
 
 from tokenfleet.catalog.schema import Accelerator, Source
 from tokenfleet.plan.candidates import Candidate, CandidateSet, Demand
-from tokenfleet.plan.milp import formulate
+from tokenfleet.plan.milp import solve_fleet
 from tokenfleet.plan.scenario import Scenario
 
 VENDORS = ("NVIDIA", "AMD", "Google", "AWS", "Microsoft")
@@ -47,16 +47,18 @@ class Size:
     chips: int
     regions: int
     buckets: int
-    n_minus_1: bool = True
+    n_minus_1: str | None = "cuts"  # N-1 method ("cuts" or "exact"), None = no N-1
 
     @property
     def label(self) -> str:
         return (f"{self.tiers}×{self.chips}×{self.regions}×{self.buckets}"
-                + ("" if self.n_minus_1 else " (no N-1)"))
+                + (f" (N-1 {self.n_minus_1})" if self.n_minus_1 else " (no N-1)"))
 
 
-DEFAULT_SIZES = (Size(1, 3, 1, 4), Size(3, 6, 3, 8), Size(5, 10, 5, 12),
-                 Size(10, 15, 10, 20), Size(10, 15, 10, 20, n_minus_1=False))
+DEFAULT_SIZES = tuple(
+    Size(*dims, n_minus_1=m)
+    for dims in ((1, 3, 1, 4), (3, 6, 3, 8), (5, 10, 5, 12), (10, 15, 10, 20))
+    for m in ("exact", "cuts")) + (Size(10, 15, 10, 20, n_minus_1=None),)
 
 
 def synthetic(size: Size, seed: int) -> tuple[Scenario, CandidateSet]:
@@ -155,7 +157,8 @@ def synthetic(size: Size, seed: int) -> tuple[Scenario, CandidateSet]:
              for r in regions]
     policy: dict = {"max_vendor_share": 0.5, "vendor_share_basis": "traffic"}
     if size.n_minus_1:
-        policy["n_minus_1"] = {"by": "vendor", "min_fraction": N1_FRACTION}
+        policy["n_minus_1"] = {"by": "vendor", "min_fraction": N1_FRACTION,
+                               "method": size.n_minus_1}
     sc = Scenario.model_validate({
         "name": f"scale-{size.label}", "headroom": HEADROOM, "tiers": tiers_yaml,
         "supply": supply, "regions": power, "policy": policy})
@@ -177,29 +180,34 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=60.0, help="per solve, seconds")
     parser.add_argument("--gap", type=float, default=0.01, help="relative MIP gap to stop at")
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--only", default="", help="run only sizes whose label contains "
+                        "this text, e.g. '10×15' or 'cuts'")
     args = parser.parse_args()
 
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines()
                   if ln.startswith("Model name")), platform.processor())
-    print(f"machine: {model}, {os.cpu_count()} cores; scipy {scipy.__version__} (HiGHS); "
-          f"gap {args.gap:g}, time limit {args.time_limit:g} s per solve, seed {args.seed}\n")
-    print("| size T×C×R×B | demands | candidates | variables (integer) | rows | build, s "
-          "| solve, s | status | gap | bill, $/month |")
-    print("|---|--:|--:|--:|--:|--:|--:|---|--:|--:|")
+    print(f"machine: {model}, {os.cpu_count()} cores; highspy {version('highspy')}; "
+          f"gap {args.gap:g}, time limit {args.time_limit:g} s per plan, seed {args.seed}\n")
+    print("| size T×C×R×B (N-1 method) | demands | candidates | variables (integer) | rows "
+          "| rounds | build, s | solve, s | status | gap | bill, $/month |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|")
     total = time.perf_counter()
     for size in DEFAULT_SIZES:
+        if args.only not in size.label:
+            continue
         t0 = time.perf_counter()
         sc, cs = synthetic(size, args.seed)
-        f = formulate(sc, cs)
-        build = time.perf_counter() - t0
+        sc = sc.model_copy(update={"mip_gap": args.gap, "time_limit_s": args.time_limit})
+        f, sol = solve_fleet(sc, cs)
+        build = time.perf_counter() - t0 - sol.seconds  # formulating (every round) + checks
         p = f.program
-        sol = p.solve(args.gap, args.time_limit)
         hit = " ⏱" if sol.status == 1 else ""
         bill = f"{sol.objective:,.0f}" if sol.objective is not None else "—"
         gap = f"{sol.gap:.2%}" if sol.x is not None else "—"
         print(f"| {size.label} | {len(cs.demands)} | {len(cs.candidates)} | {len(p.cost):,} "
-              f"({sum(p.integer):,}) | {len(p.rows):,} | {build:.1f} | {sol.seconds:.1f}{hit} "
+              f"({sum(p.integer):,}) | {len(p.rows):,} | {sol.rounds} | {build:.1f} "
+              f"| {sol.seconds:.1f}{hit} "
               f"| {status_text(sol.status, sol.message, sol.x is not None)} | {gap} | {bill} |",
               flush=True)
     print(f"\ntotal {time.perf_counter() - total:.0f} s; ⏱ = stopped at the time limit "

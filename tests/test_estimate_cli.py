@@ -185,3 +185,15 @@ def test_user_catalog_overrides_and_errors(tmp_path):
     new.write_text("accelerators:\n  - id: my-chip\n    vendor: X\n")
     with pytest.raises(TokenfleetError, match="family"):
         load_catalog([new])
+
+
+def test_cli_usage_errors_are_a_message_not_a_traceback(capsys):
+    """An unknown option is click's usage error (Typer vendors its own click): the entry
+    point shows the usage line and exits 2 instead of raising."""
+    from tokenfleet.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "examples/frontier-lab.yaml", "-o", "x.json"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "No such option: -o" in err and "Traceback" not in err

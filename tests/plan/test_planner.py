@@ -12,7 +12,8 @@ from scipy.optimize import linprog
 from tokenfleet.catalog import load_catalog
 from tokenfleet.plan.candidates import Candidate, CandidateSet, Demand
 from tokenfleet.plan.check import check_plan
-from tokenfleet.plan.milp import formulate
+from tokenfleet.plan.milp import formulate, group_of, solve_fleet
+from tokenfleet.plan.n1 import check_group, starting_cuts
 from tokenfleet.plan.planner import _assemble, bill
 from tokenfleet.plan.scenario import Scenario
 
@@ -143,17 +144,83 @@ PRICES = [2.0, 4.0, 1.2]
     {"n_minus_1": {"by": "vendor", "min_fraction": 0.5}},
     {"max_vendor_share": 0.7, "n_minus_1": {"by": "vendor", "min_fraction": 0.4}},
 ])
-def test_milp_matches_brute_force(policy):
+@pytest.mark.parametrize("method", ["exact", "cuts"])
+def test_milp_matches_brute_force(policy, method):
+    if "n_minus_1" in policy:
+        policy = {**policy, "n_minus_1": {**policy["n_minus_1"], "method": method}}
+    elif method == "cuts":
+        pytest.skip("no N-1 in this policy")
     sc = _scenario(**policy)
     cs = _cands(CAPS, PRICES)
-    f = formulate(sc, cs)
-    sol = f.program.solve(1e-9, 30)
+    f, sol = solve_fleet(sc, cs)
     expected = _brute_force(sc, cs)
     if expected is None:
         assert not sol.ok
         return
     assert sol.ok
     assert bill(sc, f, sol) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_n1_cuts_and_exact_agree_with_brute_force_on_random_pools(seed):
+    """N-1 by cuts must land on the same optimum as the exact copies and as enumeration,
+    on random capacities and prices (some pools unable to serve a bucket)."""
+    rng = np.random.default_rng(seed)
+    caps = []
+    for _ in range(3):
+        cap = {"b1": float(rng.uniform(0.5, 3.0)), "b2": float(rng.uniform(0.2, 1.5))}
+        if rng.random() < 0.3:
+            del cap[str(rng.choice(["b1", "b2"]))]
+        caps.append(cap)
+    prices = [float(v) for v in rng.uniform(1.0, 5.0, 3)]
+    cs = _cands(caps, prices)
+    if not all(any(b in c for c in caps) for b in ("b1", "b2")):
+        pytest.skip("a bucket nobody serves")
+    frac = float(rng.uniform(0.2, 0.6))
+    expected = _brute_force(_scenario(n_minus_1={"by": "vendor", "min_fraction": frac}), cs)
+    for method in ("exact", "cuts"):
+        sc = _scenario(n_minus_1={"by": "vendor", "min_fraction": frac, "method": method})
+        f, sol = solve_fleet(sc, cs)
+        if expected is None:
+            assert not sol.ok, method
+        else:
+            assert sol.ok and bill(sc, f, sol) == pytest.approx(expected, rel=1e-6), method
+
+
+def test_n1_check_matches_the_independent_checker_and_cuts_are_valid():
+    """``check_group`` (the dual LP the cuts come from) gives the same servable
+    fraction as ``check.max_served_fraction`` (a primal LP over plan.json), and every
+    cut holds at an N-1-feasible plan: cuts never cut off a valid fleet."""
+    from tokenfleet.plan.check import max_served_fraction
+
+    sc = _scenario(n_minus_1={"by": "vendor", "min_fraction": 0.4, "method": "exact"})
+    cs = _cands(CAPS, PRICES)
+    _with_estimates(cs)
+    f, sol = solve_fleet(sc, cs)
+    plan = _assemble(sc, cs, f, sol, "tiny", [], [], CAT)
+    reps = {u.pool: float(u.replicas) for u in plan.units}
+    groups = {g: [c.id for c in cs.candidates if group_of(c, "vendor") == g]
+              for g in {c.vendor for c in cs.candidates}}
+    for g, ids in groups.items():
+        chk = check_group(g, "t", set(ids), cs.candidates, reps, cs.demands, 0.4)
+        without = {u.pool for u in plan.units if u.vendor == g}
+        assert chk.fraction == pytest.approx(max_served_fraction(plan, without), rel=1e-6)
+        assert sum(reps.get(c.id, 0) * chk.cut.coefficient(c) for c in cs.candidates
+                   if c.id not in ids) == pytest.approx(chk.fraction, rel=1e-6)
+    for cut in starting_cuts(cs.candidates, cs.demands, groups, 0.4):
+        lhs = sum(reps.get(c.id, 0) * cut.coefficient(c) for c in cs.candidates
+                  if c.id not in groups[cut.group])
+        assert lhs >= cut.rhs - 1e-9
+
+
+def _with_estimates(cs: CandidateSet) -> None:
+    """The assembler reads estimates for labels only."""
+    from tokenfleet.perf.estimate import Query, estimate
+
+    e = estimate(Query(model="llama-3.1-8b", accelerator="h100-sxm", precision="fp8",
+                       input_len=100, output_len=50))
+    for c in cs.candidates:
+        c.estimates = {b: e for b in c.capacity}
 
 
 def test_power_cap_binds_and_is_respected():

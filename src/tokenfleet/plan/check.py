@@ -12,9 +12,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linprog
+from scipy.sparse import csr_array
 
 from tokenfleet.catalog.loader import Catalog, load_catalog
+from tokenfleet.plan.highs import solve_lp
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.plan.schema import Plan
 
@@ -73,9 +74,9 @@ def max_served_fraction(plan: Plan, without: set[str]) -> float:
         b_ub.append(float(u.replicas))
     c = np.zeros(nv)
     c[0] = -1.0
-    res = linprog(c, A_ub=np.asarray(a_ub), b_ub=np.asarray(b_ub),
-                  bounds=[(0, None)] * nv, method="highs")
-    return float(res.x[0]) if res.status == 0 else 0.0
+    res = solve_lp(c, csr_array(np.asarray(a_ub)), np.full(len(b_ub), -np.inf),
+                   np.asarray(b_ub))
+    return float(res.x[0]) if res.x is not None else 0.0
 
 
 def check_plan(plan: Plan, sc: Scenario, catalog: Catalog | None = None) -> list[Violation]:

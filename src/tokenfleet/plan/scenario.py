@@ -110,6 +110,12 @@ class Contract(_M):
 class NMinusOne(_M):
     by: Literal["vendor", "region", "cloud"] = "vendor"
     min_fraction: float = Field(gt=0, le=1, description="share of peak still served at SLO")
+    method: Literal["auto", "cuts", "exact"] = Field(
+        "auto", description="how the MILP models it: 'exact' copies the routing variables "
+        "once per failure group (one solve; the program grows with the number of groups); "
+        "'cuts' adds one row per group and tier and re-solves until an exact check of "
+        "every group passes (scales to large fleets); 'auto' picks exact while the copies "
+        "stay small")
 
 
 class Policy(_M):
