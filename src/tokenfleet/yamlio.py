@@ -50,8 +50,11 @@ def read_yaml(path: Path) -> tuple[Any, LazyNode | None]:
 
 def line_of(node: yaml.Node | LazyNode | None, loc: tuple[Any, ...]) -> int | None:
     """1-based line of the value at ``loc`` (a pydantic error location) in a node tree."""
-    if isinstance(node, LazyNode):
-        node = node.get()
+    tree = node.get() if isinstance(node, LazyNode) else node
+    return _line_in(tree, loc)
+
+
+def _line_in(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     line = node.start_mark.line + 1 if node is not None else None
     for key in loc:
         if isinstance(node, yaml.MappingNode):

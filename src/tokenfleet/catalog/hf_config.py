@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -239,7 +239,7 @@ def _attention(cfg: _Config, num_layers: int) -> tuple[int | None, list[Attentio
     # Gemma 3: (pattern - 1) sliding layers then one global layer.
     period = cfg.opt_int("sliding_window_pattern", minimum=1)
     if period is not None:
-        pattern: list[AttentionKind] = ["sliding"] * (period - 1) + ["full"]
+        pattern = cast(list[AttentionKind], ["sliding"] * (period - 1) + ["full"])
         return window, pattern
     # Gemma 2: even layers sliding, odd layers global (transformers' default layer_types).
     if model_type == "gemma2":

@@ -115,7 +115,8 @@ class Catalog:
                         raw = {**raw, "id": existing.id}
                     except TokenfleetError:
                         base = {}
-                registry.add(validate(schema, {**base, **raw}, src, node, prefix=(kind, i)))
+                record: Any = validate(schema, {**base, **raw}, src, node, prefix=(kind, i))
+                registry.add(record)  # an Accelerator or a ModelSpec, as the registry holds
         self.files.append(src)
 
 
@@ -130,8 +131,8 @@ def _load_cached(extra: tuple[str, ...]) -> Catalog:
     cat = Catalog()
     for p in _bundled_paths():
         cat.merge_file(p, bundled=True)
-    for p in extra:
-        cat.merge_file(Path(p))
+    for extra_path in extra:
+        cat.merge_file(Path(extra_path))
     return cat
 
 

@@ -255,9 +255,9 @@ def run_fit(
                     cross.append(ape(v, p.value))
             if progress:
                 progress("leave-one-family-out", j + 1, len(families))
-        for key, g in groups.items():
-            g.loo_throughput = _summary([ape(r["loo"], r["measured"]) for r in rows
-                                         if r["group"] == key and r["metric"] == "throughput"])
+        for key, grp in groups.items():
+            grp.loo_throughput = _summary([ape(r["loo"], r["measured"]) for r in rows
+                                           if r["group"] == key and r["metric"] == "throughput"])
 
     data = data_path().read_bytes()
     families_map: dict[str, list[str]] = {}

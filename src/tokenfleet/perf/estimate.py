@@ -225,6 +225,8 @@ def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None =
         notes.append(f"no {q.engine} measurements for {accel.family}; used "
                      f"{group or 'the global fit'}")
     price = None
+    usd_h: float | None
+    price_src: str | None
     if q.usd_per_hour:
         usd_h, price_src, assumed = q.usd_per_hour * q.count, "user override", False
     else:

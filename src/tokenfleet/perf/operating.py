@@ -70,9 +70,9 @@ def evaluate_layout(
         return _fail(lo, mem, f"{unit.accel.id} has no {unit.precision.compute} peak")
     if mode == "static":
         batch = max(int(concurrency or 1) // lo.dp, 1)
-        r = unit.static(batch, input_len, output_len)
-        return OperatingPoint(lo, True, "", r["concurrency"], r["ttft_s"], r["tpot_s"],
-                              r["output_tokens_per_s"], mem)
+        st = unit.static(batch, input_len, output_len)
+        return OperatingPoint(lo, True, "", st["concurrency"], st["ttft_s"], st["tpot_s"],
+                              st["output_tokens_per_s"], mem)
     if mode == "offline":
         c = np.asarray([mem.max_concurrency], dtype=float)
     elif mode == "concurrency":

@@ -194,7 +194,7 @@ class UnitModel:
         if m.is_mla:
             # The latent is shared by all heads, so every TP rank keeps all of it.
             self.kv_tok_layer_chip = arch.kv_elements_per_token_layer(m) * kvb
-            kv_replication = lo.tp
+            kv_replication: float = lo.tp
         else:
             kv_heads_chip = math.ceil(m.num_kv_heads / lo.tp)
             self.kv_tok_layer_chip = 2 * kv_heads_chip * m.head_dim * kvb

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import numpy as np
+
 from tokenfleet.catalog.loader import Catalog
 from tokenfleet.catalog.schema import Accelerator
 from tokenfleet.errors import TokenfleetError
@@ -90,15 +92,17 @@ def tier_demand(tier: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
         for d in buckets.demand(trace, peak_window_s=t.peak_window_s):
             if d.count == 0 or d.rate_at_peak_per_s <= 0:
                 continue
-            out.append(Demand(tier.name, d.bucket.label, max(int(round(d.mean_input_tokens)), 1),
-                              max(int(round(d.mean_output_tokens)), 1),
+            out.append(Demand(tier.name, d.bucket.label,
+                              max(int(round(d.mean_input_tokens or 0)), 1),
+                              max(int(round(d.mean_output_tokens or 0)), 1),
                               d.rate_at_peak_per_s * t.scale * t.growth))
         return out
     assert t.rate_per_s is not None and t.mix
     total = sum(m.share for m in t.mix)
     merged: dict[str, list[float]] = {}
     for m in t.mix:
-        label = buckets.buckets[int(buckets.assign_lengths([m.input_len], [m.output_len])[0])].label
+        which = buckets.assign_lengths(np.asarray([m.input_len]), np.asarray([m.output_len]))
+        label = buckets.buckets[int(which[0])].label
         acc = merged.setdefault(label, [0.0, 0.0, 0.0])
         w = m.share / total
         acc[0] += w

@@ -52,8 +52,8 @@ def max_served_fraction(plan: Plan, without: set[str]) -> float:
     idx: list[tuple[int, int]] = []
     for i, u in enumerate(pools):
         for j, s in enumerate(splits):
-            c = u.capacity_for(s.bucket)
-            if u.tier == s.tier and c is not None and c.requests_per_s > 0:
+            bc = u.capacity_for(s.bucket)
+            if u.tier == s.tier and bc is not None and bc.requests_per_s > 0:
                 idx.append((i, j))
     nv = 1 + len(idx)
     a_ub, b_ub = [], []
@@ -68,8 +68,9 @@ def max_served_fraction(plan: Plan, without: set[str]) -> float:
     for i, u in enumerate(pools):  # sum z / cap <= replicas
         row = np.zeros(nv)
         for k, (ii, j) in enumerate(idx):
-            if ii == i:
-                row[1 + k] = 1.0 / u.capacity_for(splits[j].bucket).requests_per_s
+            cap = u.capacity_for(splits[j].bucket)
+            if ii == i and cap is not None:
+                row[1 + k] = 1.0 / cap.requests_per_s
         a_ub.append(row)
         b_ub.append(float(u.replicas))
     c = np.zeros(nv)
@@ -100,11 +101,11 @@ def check_plan(plan: Plan, sc: Scenario, catalog: Catalog | None = None) -> list
     chips: dict[tuple[str, str, str], int] = defaultdict(int)
     for u in plan.units:
         chips[(u.accelerator, u.cloud, u.region)] += u.chips
-    for s in sc.supply:
-        key = (catalog.accelerator(s.accelerator).id, s.cloud, s.region)
-        if chips.get(key, 0) > s.max_chips:
-            out.append(Violation("supply", f"{s.accelerator}@{s.cloud}/{s.region}: "
-                                           f"{chips[key]} chips > {s.max_chips}"))
+    for entry in sc.supply:
+        key = (catalog.accelerator(entry.accelerator).id, entry.cloud, entry.region)
+        if chips.get(key, 0) > entry.max_chips:
+            out.append(Violation("supply", f"{entry.accelerator}@{entry.cloud}/{entry.region}: "
+                                           f"{chips[key]} chips > {entry.max_chips}"))
     for r in sc.regions:
         mw = sum(u.watts for u in plan.units if u.region == r.name) / 1e6
         if r.power_mw is not None and mw > r.power_mw * (1 + TOL):

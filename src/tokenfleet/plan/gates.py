@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.plan.scenario import Scenario, Tier
+from tokenfleet.plan.scenario import PrecisionName, Scenario, Tier
 
 Gate = Callable[[Tier, str], tuple[bool, str]]
 
@@ -19,7 +20,7 @@ def precision_gate(sc: Scenario, base: Path, source: str) -> Gate:
     cache: dict[tuple[str, str], tuple[bool, str]] = {}
 
     def gate(tier: Tier, precision: str) -> tuple[bool, str]:
-        rule = tier.precision_rules.get(precision)
+        rule = tier.precision_rules.get(cast(PrecisionName, precision))
         if rule is None:
             return True, ""
         key = (tier.name, precision)

@@ -322,17 +322,17 @@ def formulate(
     if pol.max_vendor_share is not None and not dropped("vendor-share", "vendor-share"):
         out_len = {(d.tier, d.bucket): d.output_len for d in cs.demands}
         for v in vendors:
-            coefs: dict[int, float] = defaultdict(float)
+            share: dict[int, float] = defaultdict(float)
             if pol.vendor_share_basis == "spend":
                 for c in cands:
                     w = c.usd_per_hour * hours
-                    coefs[n[c.id]] += w * ((1.0 if c.vendor == v else 0.0) - pol.max_vendor_share)
+                    share[n[c.id]] += w * ((1.0 if c.vendor == v else 0.0) - pol.max_vendor_share)
             else:
                 for (cid, b), j in x.items():
                     c = by_id[cid]
                     w = out_len[(c.tier, b)]
-                    coefs[j] += w * ((1.0 if c.vendor == v else 0.0) - pol.max_vendor_share)
-            p.row(f"vendor-share {v}", "vendor-share", dict(coefs), ub=0.0,
+                    share[j] += w * ((1.0 if c.vendor == v else 0.0) - pol.max_vendor_share)
+            p.row(f"vendor-share {v}", "vendor-share", dict(share), ub=0.0,
                   detail=f"≤ {pol.max_vendor_share:.0%} of {pol.vendor_share_basis}")
     # N-1: without any one group, the rest still serves min_fraction of peak at SLO
     groups: dict[str, list[str]] = {}
@@ -340,10 +340,10 @@ def formulate(
         by = pol.n_minus_1.by
         for g in sorted({group_of(c, by) for c in cands}):
             groups[g] = [c.id for c in cands if group_of(c, by) == g]
-        for k, cut in enumerate(n1_cuts):
+        for ci, cut in enumerate(n1_cuts):
             if cut.group not in groups:
                 continue
-            p.row(f"n-1 without {by} {cut.group}: {cut.tier} (cut {k})", "n-1",
+            p.row(f"n-1 without {by} {cut.group}: {cut.tier} (cut {ci})", "n-1",
                   _cut_coefs(cut, cands, n, by), lb=cut.rhs,
                   detail=f"{pol.n_minus_1.min_fraction:.0%} of peak without {cut.group}")
         for g in groups:

@@ -59,7 +59,7 @@ def starting_cuts(cands: Sequence[Candidate], demands: Sequence[Demand],
     """One cut per (group, tier) before any solve, weighting each bucket by the inverse
     of a typical pool's capacity for it: close to exact when chips' speeds differ by a
     similar factor across buckets, and never wrong (any weighting is valid)."""
-    cuts = []
+    cuts: list[N1Cut] = []
     tiers = sorted({c.tier for c in cands})
     for t in tiers:
         peak = _tier_demand(demands, t)

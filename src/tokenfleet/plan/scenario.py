@@ -60,14 +60,21 @@ class Slo(_M):
                     "planner's uncertainty derating is the margin for tails")
 
 
+PrecisionName = Literal["bf16", "fp8", "fp4", "int8"]
+
+
+def _default_precisions() -> list[PrecisionName]:
+    return ["bf16", "fp8"]
+
+
 class Tier(_M):
     name: str
     model: str = Field(description="catalog model id, or a Hugging Face config.json path")
     traffic: Traffic
     slo: Slo
-    precisions: list[Literal["bf16", "fp8", "fp4", "int8"]] = Field(
-        default_factory=lambda: ["bf16", "fp8"], description="precisions this tier may run")
-    precision_rules: dict[Literal["bf16", "fp8", "fp4", "int8"], dict[str, Any]] = Field(
+    precisions: list[PrecisionName] = Field(
+        default_factory=_default_precisions, description="precisions this tier may run")
+    precision_rules: dict[PrecisionName, dict[str, Any]] = Field(
         default_factory=dict,
         description="precision -> quality gate: {report: quality.json, max_kl: 0.05, "
                     "min_cosine: 0.99, format: nvfp4, ...} (see validate-precision)")
