@@ -390,10 +390,8 @@ def _lp_cuts(f: Formulation, cuts: list[N1Cut], groups: dict[str, list[str]], by
     and re-solves from the previous basis: far cheaper than MILP rounds, and since
     N-1 only gets easier with more replicas, an integer plan rounded up from an LP
     point that meets N-1 usually meets it too."""
-    p, cands = f.program, f.cands
-    h = highs.model(np.asarray(p.cost, float), p.matrix(), np.asarray(p.lower, float),
-                    np.asarray(p.upper, float), np.array([r.lb for r in p.rows], float),
-                    np.array([r.ub for r in p.rows], float))
+    cands = f.cands
+    h = _highs_model(f.program, f.program.matrix(), None)
     for _ in range(max_rounds):
         left = deadline - time.perf_counter()
         if left <= 0:
