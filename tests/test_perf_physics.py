@@ -196,3 +196,25 @@ def test_estimate_from_hf_config_path():
     assert cfg, "fixture configs missing"
     e = estimate(Query(model=str(cfg[0]), accelerator="h200", count=8, precision="fp8"))
     assert e.memory is not None and e.memory.weights_gb > 0
+
+
+def test_layout_screen_matches_operating_point():
+    """The planner's screening path (one unit model, many request shapes) gives exactly
+    what ``operating_point`` gives query by query."""
+    from tokenfleet.catalog import load_catalog
+    from tokenfleet.perf.calibration import load_fit
+    from tokenfleet.perf.estimate import Query, layout_screen, operating_point
+
+    cat, cal = load_catalog(), load_fit()
+    for model, accel, layout in (("llama-3.1-70b", "h100-sxm", {"tp": 4}),
+                                 ("deepseek-r1", "mi300x", {"tp": 8}),
+                                 ("gpt-oss-120b", "maia-200", {"tp": 2, "dp": 2, "ep": 4})):
+        count = layout.get("tp", 1) * layout.get("dp", 1)
+        base = Query(model=model, accelerator=accel, count=count, precision="fp8",
+                     slo_ttft=2.0, slo_tpot=0.05, layout=layout)
+        at = layout_screen(base, cat, cal)
+        assert at is not None
+        for i, o in ((128, 64), (2000, 300), (12000, 900)):
+            want = operating_point(base.model_copy(update={"input_len": i, "output_len": o}),
+                                   cat, cal)
+            assert repr(at(i, o)) == repr(want)  # repr: failed points carry NaN times

@@ -8,6 +8,7 @@ from held-out calibration error (see ``tokenfleet.perf.calibration``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,9 +20,9 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf import architecture as arch
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.measurements import ENGINES, FULL_KV_RESERVATION
-from tokenfleet.perf.operating import OperatingPoint, best_operating_point
+from tokenfleet.perf.operating import OperatingPoint, best_operating_point, evaluate_layout
 from tokenfleet.perf.precision import PRECISIONS, get_precision, kv_bytes
-from tokenfleet.perf.unit import Efficiency, Layout
+from tokenfleet.perf.unit import Efficiency, Layout, UnitModel
 
 Provenance = Literal["calibrated", "extrapolated", "spec-sheet"]
 
@@ -210,6 +211,27 @@ def operating_point(q: Query, catalog: Catalog | None = None, cal: Calibration |
     if _check_supported(r.accel, r.precision):
         return None
     return _operating_point(q, r)
+
+
+def layout_screen(q: Query, catalog: Catalog, cal: Calibration
+                  ) -> Callable[[int, int], OperatingPoint] | None:
+    """:func:`operating_point` of a query with a fixed ``layout`` as a function of the
+    request shape (input, output tokens): the query is resolved and the unit model
+    built once, for callers that evaluate one unit at many shapes (the planner's
+    screening). None when the chip has no peak for the precision."""
+    assert q.layout, "a screen is for one fixed layout"
+    r = _resolve(q, catalog, cal)
+    if _check_supported(r.accel, r.precision):
+        return None
+    unit = UnitModel(r.model, r.accel, get_precision(r.precision), r.kv_precision,
+                     _layout(q.layout, q.count), r.eff)
+    reserve_full = r.engine in FULL_KV_RESERVATION
+
+    def at(input_len: int, output_len: int) -> OperatingPoint:
+        return evaluate_layout(unit, input_len, output_len, r.mode, q.concurrency,
+                               q.slo_ttft, q.slo_tpot, reserve_full)
+
+    return at
 
 
 def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None = None

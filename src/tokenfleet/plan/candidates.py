@@ -20,7 +20,8 @@ from tokenfleet.catalog.loader import Catalog
 from tokenfleet.catalog.schema import Accelerator
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration
-from tokenfleet.perf.estimate import Estimate, Query, estimate, operating_point
+from tokenfleet.perf.estimate import Estimate, Query, estimate, layout_screen
+from tokenfleet.perf.operating import OperatingPoint
 from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.unit import Layout, layouts_for
 from tokenfleet.plan.scenario import Scenario, Supply, Tier
@@ -162,8 +163,15 @@ def build_candidates(
             layout=layout.as_dict())
 
     @cache  # the same chip in several clouds or regions performs the same
-    def screen(accel: str, layout: Layout, precision: str, d: Demand):  # noqa: ANN202
-        return operating_point(query(accel, layout, precision, d), catalog, cal)
+    def screener(accel: str, layout: Layout, precision: str, tier: str
+                 ) -> Callable[[int, int], OperatingPoint] | None:
+        first = next(d for d in demands if d.tier == tier)
+        return layout_screen(query(accel, layout, precision, first), catalog, cal)
+
+    @cache
+    def screen(accel: str, layout: Layout, precision: str, d: Demand) -> OperatingPoint | None:
+        at = screener(accel, layout, precision, d.tier)
+        return at(d.input_len, d.output_len) if at else None
 
     @cache
     def est(accel: str, layout: Layout, precision: str, d: Demand) -> Estimate:
