@@ -35,7 +35,7 @@ SECTION = "## Simulator speed (issue 4)"
 
 
 def fleet_plan(trace):
-    """Three tiers on 1,000 replicas (1,650 engine lanes) of seven pools."""
+    """Three tiers on 1,000 replicas (1,450 engine lanes) of seven pools."""
     mix = [(int(round(s.mean_input_tokens)), max(int(round(s.mean_output_tokens)), 1), s.share)
            for s in SizeBuckets().summary(trace) if s.share > 0.01]
     total = sum(m[2] for m in mix)

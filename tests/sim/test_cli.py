@@ -62,6 +62,24 @@ def test_simulate_table_trace_and_n_minus_1(cli_app, plan_file: Path) -> None:
     assert "N-1 by vendor" in r.output and "AMD" in r.output and "NVIDIA" in r.output
 
 
+def test_n_minus_1_with_admission_control(cli_app, plan_file: Path) -> None:
+    r = runner.invoke(cli_app, ["simulate", str(plan_file), "--duration", "30", "--growth",
+                                "3", "--fail-each", "vendor", "--admission", "ttft", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout[r.stdout.index("{"):])
+    runs = [out["baseline"], *out["without"].values()]
+    assert all(x["admission"] == "ttft" for x in runs)
+    for x in runs:
+        chat = x["tiers"]["chat"]
+        assert chat["completed"] + chat["rejected"] == chat["requests"]
+        assert 0 <= chat["goodput_fraction"] <= 1 and chat["shed"] <= chat["rejected"]
+    assert max(x["tiers"]["chat"]["shed"] for x in out["without"].values()) > 0
+    r = runner.invoke(cli_app, ["simulate", str(plan_file), "--duration", "20",
+                                "--fail-each", "vendor", "--admission", "ttft"])
+    assert r.exit_code == 0, r.output
+    assert "goodput" in r.output and "admission: ttft" in r.output
+
+
 def test_help_teaches_the_syntax(cli_app) -> None:
     r = runner.invoke(cli_app, ["simulate", "--help"])
     assert r.exit_code == 0
@@ -74,6 +92,7 @@ def test_help_teaches_the_syntax(cli_app) -> None:
     (["--duration", "10", "--fail", "vendor=Intel"], "matches no pool"),
     (["--duration", "10", "--fail", "vendor=AMD@t=5..2"], "end time"),
     (["--duration", "10", "--policy", "fastest"], "--policy"),
+    (["--duration", "10", "--admission", "always"], "--admission"),
     ([], "--duration"),
 ])
 def test_bad_flags_exit_2(plan_file: Path, capsys, args: list[str], message: str) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import random
+
 import pytest
 
 from tokenfleet.sim.engine import SimOptions
+from tokenfleet.sim.policies import POLICIES, PoolState, get_policy
 from tokenfleet.sim.run import simulate
 from tokenfleet.sim.traffic import planned_traffic
 
@@ -57,3 +61,52 @@ def test_unknown_policy(two_vendor_plan) -> None:
 
     with pytest.raises(TokenfleetError, match="unknown routing policy"):
         _routed(two_vendor_plan, "random-walk")
+
+
+def _random_pools(rng: random.Random) -> list[PoolState]:
+    """A snapshot with ties in price and load, pools full, down, unplanned."""
+    pools = []
+    for i in range(rng.randint(1, 5)):
+        replicas = rng.choice([1, 2, 4, 8])
+        healthy = rng.choice([0, replicas, replicas, max(replicas // 2, 1)])
+        cap = rng.choice([4, 16, 64]) * max(healthy, 1)
+        pools.append(PoolState(
+            pool=f"p{i}", share=rng.choice([0.0, 0.2, 0.5, 0.5]),
+            usd_per_replica_hour=rng.choice([2.0, 2.0, 3.5]), replicas=replicas,
+            healthy_replicas=healthy, in_flight=rng.randint(0, cap),
+            queued=rng.randint(0, cap // 2), max_in_flight=cap,
+            kv_used=rng.choice([0.1, 0.1, 0.7])))
+    return pools
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_choose_many_is_choose_one_at_a_time(policy: str) -> None:
+    """The batched picks (independent draws, water-filling by load) are exactly the
+    gateway's one-request ``choose`` called n times, each pick queued before the next —
+    the same picks, the same random draws, the same queued counts after."""
+    rng = random.Random(5)
+    for case in range(400):
+        pools = _random_pools(rng)
+        n = rng.choice([1, 2, 3, 7, 9, 40, 300])
+        seed = rng.random()
+        batch_pools, loop_pools = copy.deepcopy(pools), copy.deepcopy(pools)
+        batch_policy, loop_policy = get_policy(policy), get_policy(policy)
+        r1, r2 = random.Random(seed), random.Random(seed)
+        got = batch_policy.choose_many(batch_pools, n, r1)
+        want = []
+        for _ in range(n):
+            j = loop_policy.choose(loop_pools, r2)
+            want.append(j)
+            if j is not None:
+                loop_pools[j].queued += 1
+        assert got == want, (case, policy, n)
+        assert [p.queued for p in batch_pools] == [p.queued for p in loop_pools]
+        assert r1.random() == r2.random()  # the same number of draws
+
+
+def test_choose_leaves_the_snapshot_alone() -> None:
+    pools = _random_pools(random.Random(1))
+    before = copy.deepcopy(pools)
+    for name in POLICIES:
+        get_policy(name).choose(pools, random.Random(0))
+    assert pools == before

@@ -11,6 +11,7 @@ from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.unit import UnitModel, layouts_for
 from tokenfleet.sim.stepcost import (
     FleetStepCost,
+    PrefillAttention,
     StageCoefficients,
     prefill_attention_per_token,
     stage_time,
@@ -91,3 +92,24 @@ def test_fleet_iteration_is_pp_stage_steps(model: str, accel: str, prec: str,
         want = pp * float(u.step_s(np.array([max(dec / pp, 1.0)]), ctx,
                                    np.array([pre / pp]), plen)[0])
         assert float(g) == pytest.approx(want, rel=1e-9), u.layout
+
+
+def test_vectorised_prefill_attention_is_the_scalar_one() -> None:
+    """The admission path's array version gives the same bits as the scalar function,
+    for dense, MLA and sliding-window models, prompts shorter and longer than a window."""
+    cat, cal = load_catalog(), load_fit()
+    units = []
+    for model, accel, prec, count in CASES:
+        m, a = cat.model(model), cat.accelerator(accel)
+        eff, _ = cal.efficiency(a.family, None)
+        p = get_precision(prec)
+        units.append(UnitModel(m, a, p, p.default_kv, layouts_for(m, count)[0], eff))
+    pa = PrefillAttention(units)
+    rng = np.random.default_rng(3)
+    pool = rng.integers(0, len(units), 500)
+    plen = rng.integers(1, 40000, 500)
+    plen[:5] = [1, 2, 127, 4096, 4097]
+    got = pa.per_token(pool, plen)
+    want = [prefill_attention_per_token(units[k], int(n))
+            for k, n in zip(pool, plen, strict=True)]
+    assert got.tolist() == want

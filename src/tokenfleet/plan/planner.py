@@ -344,7 +344,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
         toks = tier_tokens[t.name]
         tiers.append(TierSummary(
             name=t.name, model=catalog.model(t.model).id, slo_ttft_s=t.slo.ttft_s,
-            slo_tpot_s=t.slo.tpot_s,
+            slo_tpot_s=t.slo.tpot_s, slo_percentile=t.slo.percentile,
             peak_requests_per_s=sum(d.rate_per_s for d in cs.demands if d.tier == t.name),
             output_tokens_per_s=toks,
             usd_per_million_output_tokens=spend_h / 3600 / toks * 1e6 if toks else 0.0,

@@ -78,6 +78,7 @@ class TierSummary(_Model):
     model: str
     slo_ttft_s: float | None
     slo_tpot_s: float | None
+    slo_percentile: float = Field(50.0, description="percentile the SLO bounds apply to")
     peak_requests_per_s: float
     output_tokens_per_s: float = Field(description="at peak")
     usd_per_million_output_tokens: float

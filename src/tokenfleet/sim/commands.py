@@ -15,10 +15,10 @@ from rich.table import Table
 
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan, load_plan
-from tokenfleet.sim.engine import DEFAULT_SYNC_S, SimOptions
+from tokenfleet.sim.engine import ADMISSION_MODES, DEFAULT_SYNC_S, SimOptions
 from tokenfleet.sim.fleet import EngineConfig
 from tokenfleet.sim.policies import POLICIES
-from tokenfleet.sim.results import SimSummary
+from tokenfleet.sim.results import SimSummary, TierResult
 from tokenfleet.sim.run import SimResult, prepare_workload, simulate
 from tokenfleet.sim.shocks import parse_failure, parse_price, parse_surge
 from tokenfleet.sim.traffic import Workload, planned_traffic, scenario_traffic, tier_traces
@@ -199,6 +199,10 @@ def simulate_cmd(
     fail_each: Annotated[str | None, typer.Option(
         "--fail-each", help="N-1 check: one extra run per value of vendor|cloud|region, "
                             "with all of that capacity down for the whole run")] = None,
+    admission: Annotated[str, typer.Option(
+        help="admission control: none (queue everything) or ttft (turn a request away "
+             "when its predicted queueing delay exceeds the tier's TTFT SLO on every "
+             "pool of the tier, like the gateway's 429)")] = "none",
     surge: Annotated[list[str] | None, typer.Option("--surge", help=SURGE_HELP)] = None,
     price: Annotated[list[str] | None, typer.Option("--price", help=PRICE_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
@@ -241,6 +245,9 @@ def simulate_cmd(
     prices = [parse_price(p) for p in price or []]
     if policy not in POLICIES:
         raise TokenfleetError(f"--policy '{policy}': allowed: {', '.join(POLICIES)}")
+    if admission not in ADMISSION_MODES:
+        raise TokenfleetError(f"--admission '{admission}': allowed: "
+                              f"{', '.join(ADMISSION_MODES)}")
     if workers < 1:
         raise TokenfleetError(f"--workers must be >= 1, got {workers}")
     w = build_traffic(plan, trace or [], fmt, mapping, scenario, tier, rate, duration, seed)
@@ -249,7 +256,8 @@ def simulate_cmd(
     show = sys.stderr.isatty() and not as_json
 
     def one(extra: list) -> SimResult:
-        opt = SimOptions(policy=policy, seed=seed, sync_s=sync_s, sample_s=sample_s)
+        opt = SimOptions(policy=policy, seed=seed, sync_s=sync_s, sample_s=sample_s,
+                         admission=admission)
         return _run_with_progress(plan, w, show, failures=failures + extra, prices=prices,
                                   options=opt, engine=engine, workers=workers,
                                   address=address)
@@ -279,18 +287,22 @@ def simulate_cmd(
 
 def _print_n_minus_1(plan: Plan, by: str, base: SimResult, runs: dict[str, SimResult],
                      console: Console) -> None:
-    t = Table(title=f"N-1 by {by}: SLO attainment and p99 TTFT per tier with each {by} down")
+    mode = base.summary.admission
+    t = Table(title=f"N-1 by {by}: goodput fraction (offered requests done within SLO), "
+                    f"shed and p99 TTFT per tier with each {by} down (admission: {mode})")
     t.add_column(f"{by} down")
     tiers = [x.name for x in plan.tiers]
     for name in tiers:
-        t.add_column(f"{name} SLO met", justify="right")
+        t.add_column(f"{name} goodput", justify="right")
+        t.add_column(f"{name} shed", justify="right")
         t.add_column(f"{name} p99 TTFT s", justify="right")
     t.add_column("rejected", justify="right")
     for label, r in [("(none)", base), *runs.items()]:
         row = [label]
         for name in tiers:
             tr = r.summary.tiers[name]
-            row += [_pct(tr.slo_attainment),
+            row += [_pct(tr.goodput_fraction),
+                    _pct(tr.shed / tr.requests) if tr.requests else "—",
                     "—" if tr.ttft_s.p99 is None else f"{tr.ttft_s.p99:.2f}"]
         row.append(f"{r.summary.rejected:,}")
         t.add_row(*row)
@@ -298,6 +310,37 @@ def _print_n_minus_1(plan: Plan, by: str, base: SimResult, runs: dict[str, SimRe
     lim = plan.limits.get("n_minus_1") if isinstance(plan.limits, dict) else None
     if lim:
         console.print(f"plan promise: {lim}")
+        floor = lim.get("min_fraction") if isinstance(lim, dict) else None
+        if floor is not None:
+            short = [f"{v}: {name} {r.summary.tiers[name].goodput_fraction:.1%}"
+                     for v, r in runs.items() for name in tiers
+                     if (r.summary.tiers[name].goodput_fraction or 0.0) < floor]
+            console.print(f"goodput >= {floor:.0%} of offered in every tier with any one "
+                          f"{by} down: " + ("yes" if not short else
+                                            "NO (" + "; ".join(short) + ")"))
+            misses = [f"{v}: {name} {why}" for v, r in runs.items() for t in plan.tiers
+                      for name in [t.name]
+                      if (why := _planned_slo_miss(r.summary.tiers[name], t.slo_percentile,
+                                                   floor))]
+            console.print(
+                f"served >= {floor:.0%} of offered with the tier's SLO percentile of TTFT "
+                f"and TPOT within the SLO (what the planner promises) with any one {by} "
+                "down: " + ("yes" if not misses else "NO (" + "; ".join(misses) + ")"))
+
+
+def _planned_slo_miss(tr: TierResult, percentile: float, floor: float) -> str:
+    """Why a tier breaks the planner's N-1 promise in a run ('' when it keeps it): the
+    planner's SLOs bound a percentile of TTFT and TPOT (the summary has p50, p90 and
+    p99; the nearest at or above the SLO's percentile is used)."""
+    served = tr.completed / tr.requests if tr.requests else 1.0
+    key = "p50" if percentile <= 50 else "p90" if percentile <= 90 else "p99"
+    bits = [] if served >= floor else [f"served {served:.1%}"]
+    for what, lat, bound in (("TTFT", tr.ttft_s, tr.slo_ttft_s),
+                             ("TPOT", tr.tpot_s, tr.slo_tpot_s)):
+        value = getattr(lat, key)
+        if bound is not None and value is not None and value > bound:
+            bits.append(f"{key} {what} {value:.3g} s > {bound:g} s")
+    return ", ".join(bits)
 
 
 def sweep_cmd(

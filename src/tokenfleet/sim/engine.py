@@ -15,42 +15,59 @@ iteration's length is the performance model's step time for exactly that batch
 
 Lanes are independent between routing decisions, so the simulator advances them in
 *rounds*: every lane whose clock is inside the current synchronisation window runs one
-iteration, all lanes together in NumPy; only lanes with something to schedule (a
-completion, a prompt chunk, an admission, a preemption) take a short Python path.
+iteration, all lanes together in NumPy. Requests live in *slots* (rows of per-request
+arrays, reused once a request has been measured), so the scheduling of all lanes with
+something to do is array work too, never a Python loop over requests:
+
+* waiting queues are linked lists through the slots (routing appends a window's
+  arrivals to every lane at once; admission walks the first few of each queue);
+* admissions and prompt chunks of all lanes are segmented array operations, one
+  segment per lane in its queue order, with the engine loop's stopping rules (token
+  budget, batch size, arrival time, KV blocks less the watermark);
+* a decoding sequence's last step is known when it starts decoding, so each lane keeps
+  a ring of "sequences (and context) leaving at step s": an iteration subtracts its
+  step's entry, and the requests themselves are measured, all together, at the next
+  flush (their slots are held until then; memory stays bounded).
+
 Arrivals are routed at the start of each window (``sync_s``, default 20 ms) with the
 pool states of that instant plus the requests routed so far in the window — what a
-gateway sees with metrics a few milliseconds old. Each request still enters a batch
-at the first iteration boundary after its own arrival time. Windows sit on a fixed
-time grid (plus shock times), so a part of the fleet behaves identically whether it
-is simulated alone or together with independent pools.
+gateway sees with metrics a few milliseconds old. A window's requests are routed key
+by key (each key's in arrival order) with one ``choose_many`` per key, which gives what
+that many single ``choose`` calls would; lanes and queues then take them in arrival
+order. Each request still enters a batch at the first iteration boundary after its own
+arrival time. Windows sit on a fixed time grid (plus shock times), so a part of the
+fleet behaves identically whether it is simulated alone or together with independent
+pools. ``tests/sim/reference_engine.py`` keeps the previous one-request-at-a-time
+engine; ``tests/sim/test_engine_equivalence.py`` checks that both give the same answer.
 
 Accounting
 ----------
 Every request ends exactly once as *completed* or *rejected* (with a reason); a
 request re-queued because its replica failed is also counted once as *retried* and
 restarts from scratch elsewhere. Latencies go to fixed-size histograms
-(:mod:`tokenfleet.sim.metrics`): memory holds in-flight requests only.
+(:mod:`tokenfleet.sim.metrics`): memory holds in-flight requests, plus at most
+``CompletionBuffer.FLUSH_AT`` finished ones waiting to be measured.
 
 Units: seconds, tokens, USD, watts.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
 import time
-from collections import deque
 from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush
+from itertools import chain
 
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.sim.fleet import BLOCK_TOKENS, Fleet
+from tokenfleet.sim.fleet import BLOCK_TOKENS, Fleet, SimPool
 from tokenfleet.sim.metrics import CompletionBuffer, GroupStats
 from tokenfleet.sim.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.sim.shocks import Failure, PriceChange
-from tokenfleet.sim.stepcost import FleetStepCost, prefill_attention_per_token
+from tokenfleet.sim.stepcost import FleetStepCost, PrefillAttention
 from tokenfleet.sim.traffic import RouteKey, Workload
 
 NEVER = np.iinfo(np.int64).max // 4
@@ -64,36 +81,56 @@ NO_POOL = "no pool serves the tier"
 NO_HEALTHY = "no healthy pool"
 TOO_LONG = "longer than the KV cache of every pool"
 UNFINISHED = "unfinished when the simulation stopped"
+SHED = "shed: predicted queueing delay over the TTFT SLO on every pool of the tier"
+# Admission control (SimOptions.admission): "none" queues everything that can be routed;
+# "ttft" turns a request away at the door when its predicted queueing delay exceeds
+# the tier's TTFT SLO on the pool it was routed to and on every other pool of the tier
+# (the simulator's counterpart of the gateway's 429 backpressure).
+ADMISSION_MODES = ("none", "ttft")
+# Routing outcomes other than a pool index (negative, so they never clash with one).
+_REASON_CODES = {-1: NO_POOL, -2: TOO_LONG, -3: NO_HEALTHY}
+_NO_POOL, _TOO_LONG, _NO_HEALTHY = -1, -2, -3
+# Requests looked at per lane in one admission pass; a lane that takes them all and
+# could take more gets another pass with four times as many (bursts, backlogs).
+_ADMIT_FIRST_PASS = 8
+# Levels of lane filling done for all pools at once per routing window (more are rare).
+_FILL_LEVELS = 8
+# Time constant of admission control's measured drain rate, s.
+_DRAIN_TAU_S = 5.0
 
+# A completion-log key is (lane << _LANE_SHIFT) | step.
+_LANE_SHIFT = 32
+# Memory allowed for the per-lane completion rings (see Simulator._build_lanes).
+_RING_BYTES = 64 << 20
+# What a slot holds.
+_FREE, _WAITING, _PREFILLING, _DECODING, _DECODING_FAR, _DONE = range(6)
 
-class Req:
-    """One in-flight request (dropped when it finishes)."""
-
-    __slots__ = ("id", "arrival", "ready", "inp", "out", "key", "tier", "pool", "lane",
-                 "gen", "need", "kv", "enter", "gen_entry", "first_t", "admit_t",
-                 "retries", "epoch", "att")
-
-    def __init__(self, rid: int, arrival: float, inp: int, out: int, key: int,
-                 tier: int) -> None:
-        self.id = rid
-        self.arrival = arrival
-        self.ready = arrival  # earliest time it may enter a batch
-        self.inp = inp
-        self.out = out
-        self.key = key
-        self.tier = tier
-        self.pool = -1
-        self.lane = -1
-        self.gen = 0  # output tokens generated (this attempt)
-        self.need = inp  # prompt tokens still to prefill in this admission
-        self.kv = 0  # KV tokens held, not counting decode growth since `enter`
-        self.enter = -1  # lane step at which it started decoding (-1: not decoding)
-        self.gen_entry = 0
-        self.first_t = -1.0
-        self.admit_t = -1.0
-        self.retries = 0
-        self.epoch = 0  # bumped on preemption/failure: invalidates heap entries
-        self.att = 0.0  # prefill-attention FLOPs per prompt token of this admission
+# Per-request columns of the slot table (name, dtype). Lengths and token counts are
+# integers; times and FLOPs floats.
+_SLOT_COLUMNS: tuple[tuple[str, type], ...] = (
+    ("state", np.int8),
+    ("arrival", np.float64),
+    ("ready", np.float64),  # earliest time it may enter a batch
+    ("inp", np.int64),
+    ("out", np.int64),
+    ("tier", np.int64),
+    ("key", np.int64),  # routing key
+    ("pool", np.int64),
+    ("lane", np.int64),
+    ("rid", np.int64),  # position in the workload (orders re-routed requests)
+    ("next", np.int64),  # next slot in the lane's waiting queue (-1: last)
+    ("gen", np.int64),  # output tokens generated (this attempt), as of the last change
+    ("need", np.int64),  # prompt tokens still to prefill in this admission
+    ("kvh", np.int64),  # KV tokens held, not counting decode growth since `enter`
+    ("enter", np.int64),  # lane step at which it started decoding
+    ("gent", np.int64),  # `gen` when it started decoding
+    ("done", np.int64),  # lane step at which it leaves (decoding)
+    ("aseq", np.int64),  # admission order
+    ("first", np.float64),  # first-token time (-1: none yet)
+    ("admit", np.float64),  # first admission time (-1: never admitted)
+    ("att", np.float64),  # prefill-attention FLOPs per prompt token of this admission
+    ("retries", np.int64),
+)
 
 
 @dataclass
@@ -106,6 +143,7 @@ class SimOptions:
     sample_s: float | None = None  # time-series interval; default ~1/500 of the traffic
     max_time_s: float | None = None  # stop (and reject what is left) after this time
     progress: object | None = None  # callable(done_requests, total) for progress bars
+    admission: str = "none"  # one of ADMISSION_MODES
 
 
 @dataclass
@@ -140,6 +178,7 @@ class RunRecord:
     policy: str
     seed: int
     notes: list[str] = field(default_factory=list)
+    admission: str = "none"
 
 
 def auto_sample_s(duration_s: float, sync_s: float) -> float:
@@ -159,6 +198,10 @@ class Simulator:
         self.opt = options or SimOptions()
         if not (self.opt.sync_s > 0 and math.isfinite(self.opt.sync_s)):
             raise TokenfleetError(f"sync_s must be > 0, got {self.opt.sync_s}")
+        if self.opt.admission not in ADMISSION_MODES:
+            raise TokenfleetError(f"admission '{self.opt.admission}': allowed: "
+                                  f"{', '.join(ADMISSION_MODES)}")
+        self.shedding = self.opt.admission == "ttft"
         self.failures = failures or []
         self.prices = prices or []
         plan = fleet.plan
@@ -176,9 +219,24 @@ class Simulator:
             [np.full(p.lanes, p.index, dtype=np.int64) for p in pools]
         ) if pools else np.zeros(0, np.int64)
         self.cost = FleetStepCost([p.coeffs for p in pools], self.lane_pool)
+        self.prefill_att = PrefillAttention([p.model for p in pools])
         self.pool_starts = np.array([p.first_lane for p in pools], dtype=np.int64)
+        # Pools without lanes (0 replicas) have no segment to reduce over.
+        self.pool_has_lanes = np.array([p.lanes > 0 for p in pools], dtype=bool)
+        self.lanes_per_replica = np.array([p.lanes_per_replica for p in pools], dtype=np.int64)
+        self.all_pools_have_lanes = bool(self.pool_has_lanes.all())
         self._build_lanes()
+        self._build_slots()
         self._build_routing()
+        # Admission control's service rate per replica: the plan's estimate until the
+        # pool has had a queue, then what it actually drained while it had one.
+        self.pool_rate = np.array([self._replica_rate(p) for p in pools], dtype=float)
+        self.pool_done = np.zeros(len(pools))  # completions so far
+        self.rate_done = np.zeros(len(pools))
+        self.rate_t = 0.0
+        self.rate_queued = np.zeros(len(pools), dtype=bool)
+        slo = dict(zip(self.tier_names, self.slo_ttft.tolist(), strict=True))
+        self.pool_slo = np.array([slo[p.unit.tier] for p in pools], dtype=float)
         self.sample_s = self.opt.sample_s or auto_sample_s(workload.duration_s, self.opt.sync_s)
         self.sample_s = max(self.opt.sync_s,
                             round(self.sample_s / self.opt.sync_s) * self.opt.sync_s)
@@ -213,7 +271,6 @@ class Simulator:
         self.budget = np.array([p.max_batched_tokens for p in pools],
                                dtype=np.int64)[lane_of] if n else np.zeros(0, np.int64)
         self.step = np.zeros(n, dtype=np.int64)
-        self.next_done = np.full(n, NEVER, dtype=np.int64)
         self.prefilling = np.zeros(n, dtype=bool)
         self.wait_head = np.full(n, np.inf)
         self.blocked = np.zeros(n, dtype=bool)
@@ -221,14 +278,73 @@ class Simulator:
         self.pre_tok = np.zeros(n)
         self.pre_att = np.zeros(n)
         self.outstanding = np.zeros(n)
-        self.waiting: list[deque[Req]] = [deque() for _ in range(n)]
-        self.running: list[dict[int, Req]] = [{} for _ in range(n)]
-        self.prefill_q: list[list[Req]] = [[] for _ in range(n)]
-        self.heaps: list[list[tuple[int, int, Req, int]]] = [[] for _ in range(n)]
-        self.finishing: list[tuple[int, list[Req]]] = []
-        self.att_cache: list[dict[int, float]] = [{} for _ in pools]
+        # Waiting queue of each lane: a linked list through the slots (FIFO; preempted
+        # requests go back to the front), so routing appends and admission pops for
+        # many lanes at once.
+        self.q_head = np.full(n, -1, dtype=np.int64)
+        self.q_tail = np.full(n, -1, dtype=np.int64)
+        # Completions ahead, per lane and step: ring[lane, step % H] holds how many
+        # decoding sequences finish at that step and their context then. A lane's
+        # iteration subtracts its slot's entry, so completions cost no per-request work
+        # in the round; the requests themselves are measured at the next flush. H
+        # covers the longest answer when memory allows; sequences further ahead wait in
+        # a per-lane list until they come within H steps.
+        longest = int(self.w.output_tokens.max()) + 2 if len(self.w) else 2
+        fit = max(64, _RING_BYTES // (16 * max(n, 1)))  # steps that fit the memory cap
+        self.ring_len = min(1 << max(6, (min(longest, fit) - 1).bit_length()),
+                            1 << max(6, fit.bit_length() - 1))
+        self.ring_mask = self.ring_len - 1
+        self.ring_n = np.zeros((n, self.ring_len), dtype=np.int64)
+        self.ring_ctx = np.zeros((n, self.ring_len), dtype=np.int64)
+        # Flat views, indexed lane * ring_len + step % ring_len (1-D indexing is cheaper).
+        self.ring_nf = self.ring_n.reshape(-1)
+        self.ring_cf = self.ring_ctx.reshape(-1)
+        self.ring_shift = self.ring_len.bit_length() - 1
+        self.far: list[list[tuple[int, int]]] = [[] for _ in range(n)]  # (step, slot) heaps
+        self.far_next = np.full(n, NEVER, dtype=np.int64)
+        self.ring_from = np.zeros(n, dtype=np.int64)  # completions before it are applied
+        self.n_far = 0
+        # Completions so far since the last flush: (lane << 32 | step) -> clock.
+        self.done_keys: list[np.ndarray] = []
+        self.done_when: list[np.ndarray] = []
+        self.prefill_q: list[list[int]] = [[] for _ in range(n)]  # partial prompts
+        self.fin_slots: list[np.ndarray] = []  # prompts whose last chunk is in this round
+        self.fin_lanes: list[np.ndarray] = []
         self.price = np.array([p.unit.usd_per_chip_hour for p in pools])
         self.preempt = np.zeros(len(pools), dtype=np.int64)
+
+    def _build_slots(self) -> None:
+        self.n_slots = 0
+        self.free: list[int] = []
+        self.aseq = 0  # admission counter: the newest running sequence is preempted
+        # Requests that finished right after their prompt (one-token answers), with the
+        # time; the others are found through done_keys at the flush.
+        self.finished: list[np.ndarray] = []
+        self.finished_t: list[np.ndarray] = []
+        self.n_finished = 0
+        for name, dtype in _SLOT_COLUMNS:
+            setattr(self, "s_" + name, np.zeros(0, dtype=dtype))
+        self._grow_slots(1024)
+
+    def _grow_slots(self, need: int) -> None:
+        """Make room for ``need`` slots at least (doubling): memory follows the largest
+        number of requests in flight at once, not the number that finished."""
+        old = self.n_slots
+        new = max(need, 2 * old, 1024)
+        for name, dtype in _SLOT_COLUMNS:
+            a = np.zeros(new, dtype=dtype)
+            a[:old] = getattr(self, "s_" + name)
+            setattr(self, "s_" + name, a)
+        # Handed out from the end: low slot numbers first.
+        self.free.extend(range(new - 1, old - 1, -1))
+        self.n_slots = new
+
+    def _alloc(self, m: int) -> np.ndarray:
+        if len(self.free) < m:
+            self._grow_slots(self.n_slots + m)
+        take = self.free[-m:]
+        del self.free[-m:]
+        return np.array(take, dtype=np.int64)
 
     def _build_routing(self) -> None:
         """Per routing key: candidate pools, their shares, headroom and policy."""
@@ -238,6 +354,7 @@ class Simulator:
         split = {(s.tier, s.bucket): s for s in plan.traffic_split}
         self.key_tier = np.array([tier_idx[k.tier] for k in self.w.keys], dtype=np.int64)
         self.key_pools: list[list[int]] = []
+        self.key_pools_arr: list[np.ndarray] = []
         self.key_states: list[list[PoolState]] = []
         self.key_headroom: list[list[float]] = []
         self.key_policy: list[RoutingPolicy] = []
@@ -269,6 +386,7 @@ class Simulator:
                 self.pool_states[p.index].append(st)
                 self.pool_states_keys[p.index].append((st, len(self.key_states)))
             self.key_pools.append([p.index for p in cand])
+            self.key_pools_arr.append(np.array([p.index for p in cand], dtype=np.int64))
             self.key_states.append(states)
             self.key_headroom.append(heads)
             self.key_policy.append(get_policy(self.opt.policy))
@@ -278,6 +396,22 @@ class Simulator:
             caps = np.array([p.kv_tokens for p in cand], dtype=np.int64)
             self.key_caps.append(caps)
             self.key_min_cap.append(int(caps.min()) if caps.size else 0)
+
+    def _replica_rate(self, p: SimPool) -> float:
+        """Requests per second one replica of ``p`` serves, by the plan's capacity
+        estimate (point value) over the pool's planned mix of size buckets; inf when
+        the plan gives none (admission control then never turns requests away there)."""
+        caps = {c.bucket: c.requests_per_s_point for c in p.unit.capacity
+                if c.requests_per_s_point > 0}
+        if not caps:
+            return math.inf
+        weight = {s.bucket: s.peak_requests_per_s * s.shares.get(p.id, 0.0)
+                  for s in self.fleet.plan.traffic_split
+                  if s.tier == p.unit.tier and s.bucket in caps}
+        if sum(weight.values()) <= 0:
+            weight = dict.fromkeys(caps, 1.0)
+        seconds = sum(w / caps[b] for b, w in weight.items()) / sum(weight.values())
+        return 1.0 / seconds
 
     @staticmethod
     def _shares(k: RouteKey, cand: list, split: dict) -> dict[str, float]:
@@ -300,19 +434,29 @@ class Simulator:
 
     # ---- pool snapshots for the router -----------------------------------------------
 
+    def _per_pool(self, ufunc: np.ufunc, a: np.ndarray, empty: float = 0) -> np.ndarray:
+        """``ufunc`` over each pool's lanes of lane array ``a`` (``empty`` for a pool
+        without lanes)."""
+        if self.all_pools_have_lanes:
+            return ufunc.reduceat(a, self.pool_starts)
+        out = np.full(self.n_pools, empty, dtype=a.dtype)
+        if self.n_lanes:
+            out[self.pool_has_lanes] = ufunc.reduceat(
+                a, self.pool_starts[self.pool_has_lanes])
+        return out
+
     def _refresh_states(self) -> None:
         """Take the pool aggregates of this instant; each key's PoolStates are brought up
         to date when the key next routes (:meth:`_key_view`)."""
         self.version += 1
         if not self.n_lanes:
             return
-        st = self.pool_starts
         up = self.up
-        up_lanes = np.add.reduceat(up.astype(np.int64), st)
-        kv_cap = np.add.reduceat(np.where(up, self.kv_cap, 0.0), st)
-        kv_used = np.add.reduceat(np.where(up, self.kv, 0.0), st)
-        self.agg_running = np.add.reduceat(self.n_seqs, st).tolist()
-        self.agg_queued = np.add.reduceat(self.n_wait, st).tolist()
+        up_lanes = self._per_pool(np.add, up.astype(np.int64))
+        kv_cap = self._per_pool(np.add, np.where(up, self.kv_cap, 0.0))
+        kv_used = self._per_pool(np.add, np.where(up, self.kv, 0.0))
+        self.agg_running = self._per_pool(np.add, self.n_seqs).tolist()
+        self.agg_queued = self._per_pool(np.add, self.n_wait).tolist()
         self.agg_up_lanes = up_lanes.tolist()
         self.agg_healthy = [int(up_lanes[p.index]) // p.lanes_per_replica for p in self.pools]
         self.agg_kv = np.divide(kv_used, kv_cap, out=np.ones(len(self.pools)),
@@ -336,264 +480,766 @@ class Simulator:
 
     # ---- routing ---------------------------------------------------------------------
 
-    def _route(self, req: Req, now: float) -> None:
-        k = req.key
+    def _pick_one(self, k: int, size: int) -> int:
+        """Pool for one request of key ``k`` with ``size`` prompt + output tokens (or a
+        negative rejection code); the pick is counted as queued in every key's view."""
         states = self._key_view(k)
         if not states:
-            self._reject(req, NO_POOL, now)
-            return
+            return _NO_POOL
         choices = states
         index = None
-        if req.inp + req.out > self.key_min_cap[k]:
-            fits = np.flatnonzero(self.key_caps[k] >= req.inp + req.out)
+        if size > self.key_min_cap[k]:
+            fits = np.flatnonzero(self.key_caps[k] >= size)
             if fits.size == 0:
-                self._reject(req, TOO_LONG, now)
-                return
+                return _TOO_LONG
             index = fits.tolist()
             choices = [states[i] for i in index]
         j = self.key_policy[k].choose(choices, self.key_rng[k])
         if j is None:
-            self._reject(req, NO_HEALTHY, now)
-            return
+            return _NO_HEALTHY
         if index is not None:
             j = index[j]
         pi = self.key_pools[k][j]
-        start = self.pool_first[pi]
-        n = self.pool_lanes[pi]
-        lane = start if n == 1 else start + int(self.outstanding[start:start + n].argmin())
-        if not self.up[lane]:  # every lane of the pool is down (policy saw it healthy)
-            self._reject(req, NO_HEALTHY, now)
-            return
-        req.pool = pi
-        req.lane = lane
-        q = self.waiting[lane]
-        if not q:
-            self.wait_head[lane] = req.ready
-        q.append(req)
-        self.n_wait[lane] += 1
-        self.outstanding[lane] += 1
-        self.routed[pi] += 1
         self.routed_win[pi] += 1
         v = self.version
         for st, kv in self.pool_states_keys[pi]:
             if self.key_version[kv] == v:
                 st.queued += 1
+        return pi
 
-    def _reject(self, req: Req, reason: str, now: float) -> None:
-        self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        self.rejected += 1
-        self.tiers.rejected[req.tier] += 1
-        if req.pool >= 0:
-            self.pools_stats.rejected[req.pool] += 1
-        self._depart(now, now - req.arrival)
+    def _pick_window(self, keys: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """Pools for a window's arrivals (in arrival order).
 
-    def _depart(self, t: float, sojourn: float) -> None:
-        self.in_system -= 1
-        self.sojourn += sojourn
-        self._bin_departures(t, 1)
+        All of a window's requests are routed at its start, key by key (in key order),
+        each key's requests in arrival order with one ``choose_many``: every pick is
+        seen by the picks after it, the same as routing the requests one at a time in
+        that order."""
+        m = keys.size
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        cuts = np.flatnonzero(sk[1:] != sk[:-1]) + 1
+        starts = np.concatenate(([0], cuts))
+        bounds = starts.tolist() + [m]
+        big = (np.maximum.reduceat(size[order], starts)
+               > np.asarray(self.key_min_cap, dtype=np.int64)[sk[starts]]).tolist()
+        picked: list[int] = []
+        routed_win = self.routed_win
+        for g, k in enumerate(sk[starts].tolist()):
+            n = bounds[g + 1] - bounds[g]
+            states = self._key_view(k)
+            if not states:
+                picked.extend([_NO_POOL] * n)
+                continue
+            if big[g]:
+                # Some need a pool with a larger KV cache: their own candidate lists, in
+                # turn with the others so the key's random stream is used in order.
+                picked.extend(self._pick_one(k, sz)
+                              for sz in size[order[bounds[g]:bounds[g + 1]]].tolist())
+                continue
+            before = [st.queued for st in states]
+            picks = self.key_policy[k].choose_many(states, n, self.key_rng[k])
+            kp = self.key_pools[k]
+            picked.extend(_NO_HEALTHY if j is None else kp[j] for j in picks)
+            # The policy counted its picks in this key's view; later keys see them
+            # through routed_win when their views are taken.
+            for st, b, pi in zip(states, before, kp, strict=True):
+                if st.queued != b:
+                    routed_win[pi] += st.queued - b
+        out = np.empty(m, dtype=np.int64)
+        out[order] = picked
+        return out
 
-    # ---- one lane's scheduler (Python path) -----------------------------------------
-
-    def _schedule(self, r: int) -> None:
-        t = float(self.clock[r])
-        s = int(self.step[r])
-        heap = self.heaps[r]
-        if heap and heap[0][0] <= s:
-            self._complete_due(r, heap, s, t)
-        self.next_done[r] = heap[0][0] if heap else NEVER
-        cap = self.kv_cap[r]
-        n_dec = int(self.n_dec[r])
-        while self.kv[r] + n_dec > cap and self.n_seqs[r] > 0:
-            self._preempt_last(r, t)
-            n_dec = int(self.n_dec[r])
-        budget = int(self.budget[r]) - n_dec
-        kv = float(self.kv[r])
-        pre = 0
-        att = 0.0
-        fin: list[Req] = []
-        pq = self.prefill_q[r]
-        while pq:
-            keep = []
-            for req in pq:
-                c = min(req.need, budget, int(cap - kv - n_dec))
-                if c > 0:
-                    kv += c
-                    req.need -= c
-                    req.kv += c
-                    budget -= c
-                    pre += c
-                    att += c * req.att
-                (fin if req.need == 0 else keep).append(req)
-            pq[:] = keep
-            if pre or n_dec or not pq:
+    def _fill_lanes(self, pi: int, count: int) -> np.ndarray:
+        """Lanes of pool ``pi`` for ``count`` requests in turn, each to the lane with the
+        fewest outstanding requests (lowest index on ties), counting earlier picks —
+        level by level: the lanes at the lowest level take requests in index order."""
+        start = self.pool_first[pi]
+        n = self.pool_lanes[pi]
+        o = self.outstanding[start:start + n]  # a view: the picks are counted in place
+        if n == 1:
+            if not math.isfinite(o[0]):
+                return np.full(count, -1, dtype=np.int64)
+            o += count
+            return np.full(count, start, dtype=np.int64)
+        parts = []
+        left = count
+        while left:
+            v = o.min()
+            if not math.isfinite(v):  # every lane of the pool is down
+                parts.append(np.full(left, -1, dtype=np.int64))
                 break
-            # Only partial prompts, and no KV left for any of them: free the newest.
-            self.kv[r] = kv
-            self._preempt_last(r, t)
-            kv = float(self.kv[r])
-        q = self.waiting[r]
-        if q and budget > 0:
-            n_seqs = int(self.n_seqs[r])
-            max_seqs = int(self.max_seqs[r])
-            reserve = float(self.watermark[r])
-            pool = int(self.lane_pool[r])
-            cache = self.att_cache[pool]
-            running = self.running[r]
-            while q and budget > 0 and n_seqs < max_seqs:
-                req = q[0]
-                if req.ready > t:
-                    break
-                c = min(req.need, budget)
-                free = cap - kv - n_dec - (reserve if n_seqs else 0.0)
-                if c > free:
-                    self.blocked[r] = True
-                    break
-                q.popleft()
-                self.n_wait[r] -= 1
-                n_seqs += 1
-                running[req.id] = req
-                if req.admit_t < 0:
-                    req.admit_t = t
-                plen = req.need
-                a = cache.get(plen)
-                if a is None:
-                    a = prefill_attention_per_token(self.pools[pool].model, plen)
-                    cache[plen] = a
-                req.att = a
-                kv += c
-                req.need -= c
-                req.kv += c
-                budget -= c
-                pre += c
-                att += c * a
-                (fin if req.need == 0 else pq).append(req)
-            self.n_seqs[r] = n_seqs
-            if q and (n_seqs >= max_seqs or self.budget[r] <= n_dec) and q[0].ready <= t:
-                # Full batch or token budget: nothing changes until a sequence leaves.
-                self.blocked[r] = True
-            self.wait_head[r] = q[0].ready if q else np.inf
-        self.kv[r] = kv
-        self.prefilling[r] = bool(pq)
-        self.pre_tok[r] = pre
-        self.pre_att[r] = att
-        if fin:
-            self.finishing.append((r, fin))
+            take = np.flatnonzero(o == v)[:left]
+            o[take] += 1
+            parts.append(take + start)
+            left -= take.size
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _enter_decode(self, r: int, reqs: list[Req]) -> None:
+    def _fill_pools(self, counts: np.ndarray) -> np.ndarray:
+        """Lanes for ``counts[p]`` requests of each pool (pool by pool, each pool's in
+        turn), as :meth:`_fill_lanes` picks them, for all pools at once.
+
+        With d = a lane's outstanding count above its pool's lowest, the picks at level
+        k are the lanes with d <= k in index order (the lower ones were raised to k
+        before): every level below the last takes all of them, the last a prefix. The
+        last level follows from the per-pool histogram of d."""
+        o = self.outstanding
+        lp = self.lane_pool
+        top = _FILL_LEVELS
+        lowest = self._per_pool(np.minimum, o, np.inf)
+        up_pool = np.isfinite(lowest)
+        d = o - np.where(up_pool, lowest, 0.0)[lp]  # inf on lanes that are down
+        hist = np.bincount(lp * (top + 1) + np.minimum(d, top).astype(np.int64),
+                           minlength=self.n_pools * (top + 1)).reshape(-1, top + 1)[:, :top]
+        n_under = np.cumsum(hist, axis=1)  # lanes at or below level k
+        through = np.cumsum(n_under, axis=1)  # picks through level k
+        enough = through >= counts[:, None]
+        last = np.argmax(enough, axis=1)
+        solved = up_pool & (counts > 0) & enough[:, -1]
+        before = np.where(last > 0, through[np.arange(self.n_pools), last - 1], 0)
+        on = solved[lp]
+        lk = last[lp]
+        full = np.where(on, np.maximum(lk - d, 0.0), 0.0).astype(np.int64)
+        elig = on & (d <= lk)
+        n_elig = self._per_pool(np.add, elig.astype(np.int64))
+        rank = np.cumsum(elig) - (np.cumsum(n_elig) - n_elig)[lp]
+        picks = full + (elig & (rank <= (counts - before)[lp]))
+        has = np.flatnonzero(picks)
+        k = picks[has]
+        o[has] += k
+        lanes = np.repeat(has, k)
+        level = np.repeat(d[has].astype(np.int64) - (np.cumsum(k) - k), k) \
+            + np.arange(lanes.size)
+        lanes = lanes[np.argsort((lp[lanes] * (top + 1) + level) * self.n_lanes + lanes)]
+        rest = np.flatnonzero(~solved & (counts > 0))
+        if not rest.size:
+            return lanes
+        # Many requests for few lanes (or a pool that is down): those pools level by level.
+        parts = [lanes] + [self._fill_lanes(pi, int(counts[pi])) for pi in rest.tolist()]
+        keys = np.concatenate([lp[lanes]] + [np.full(int(counts[pi]), pi)
+                                             for pi in rest.tolist()])
+        return np.concatenate(parts)[np.argsort(keys, kind="stable")]
+
+    def _dispatch(self, slots: np.ndarray, picks: np.ndarray, when: np.ndarray) -> None:
+        """Send routed requests to their pools' lanes (in order) or reject them."""
+        bad = picks < 0
+        if bad.any():
+            for code in np.unique(picks[bad]).tolist():
+                sel = picks == code
+                self._reject_slots(slots[sel], _REASON_CODES[code], when[sel])
+            keep = ~bad
+            slots, picks, when = slots[keep], picks[keep], when[keep]
+            if not slots.size:
+                return
+        if self.shedding:
+            slots, picks, when = self._shed(slots, picks, when)
+            if not slots.size:
+                return
+        order = np.argsort(picks, kind="stable")
+        lanes = np.empty(slots.size, dtype=np.int64)
+        lanes[order] = self._fill_pools(np.bincount(picks, minlength=self.n_pools))
+        down = lanes < 0
+        if down.any():
+            self._reject_slots(slots[down], NO_HEALTHY, when[down])
+            slots, picks, lanes = slots[~down], picks[~down], lanes[~down]
+            if not slots.size:
+                return
+        self.s_pool[slots] = picks
+        self.s_lane[slots] = lanes
+        # Prompt-attention cost per prompt token of the first admission (a recompute
+        # after preemption sets its own).
+        self.s_att[slots] = self.prefill_att.per_token(picks, self.s_need[slots])
+        self.routed += np.bincount(picks, minlength=self.n_pools)
+        self._enqueue(slots, lanes)
+
+    def _measure_drain(self, now: float, waiting: np.ndarray) -> None:
+        """Update each pool's service rate per replica with what it completed since the
+        last sample, if it had a queue then and now (completions are then what it can
+        drain; without a queue they only echo the arrivals): an exponential average
+        over ``_DRAIN_TAU_S``. On the sample grid, so a part of the fleet simulated
+        alone measures the same."""
+        dt = now - self.rate_t
+        if dt <= 0:
+            return
+        up = self._per_pool(np.add, self.up.astype(np.int64))
+        healthy = np.maximum(up // self.lanes_per_replica, 1)
+        seen = (self.pool_done - self.rate_done) / dt / healthy
+        busy = self.rate_queued & (waiting > 0)
+        if busy.any():
+            a = 1.0 - math.exp(-dt / _DRAIN_TAU_S)
+            first = ~np.isfinite(self.pool_rate)
+            self.pool_rate = np.where(busy & first, seen, self.pool_rate)
+            self.pool_rate = np.where(busy & ~first,
+                                      self.pool_rate + a * (seen - self.pool_rate),
+                                      self.pool_rate)
+        self.rate_done = self.pool_done.copy()
+        self.rate_t = now
+        self.rate_queued = waiting > 0
+
+    def _shed(self, slots: np.ndarray, picks: np.ndarray, when: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Admission control: keep the requests whose predicted queueing delay fits the
+        tier's TTFT SLO, turn the rest away (``SHED``).
+
+        A pool's predicted delay for the next request is the queue ahead of it (requests
+        waiting in the pool now, plus those let in before it) over the pool's service
+        rate: requests/s per replica (the rate it drained its queue at, lately; the
+        plan's estimate before it ever had one) times healthy replicas. The routed
+        requests fill each pool's room in arrival order; one that finds its pool full
+        goes to the pool of its tier with the shortest predicted delay that still has
+        room and a large enough KV cache, and is shed when there is none."""
+        queued = np.asarray(self.agg_queued, dtype=float)
+        mu = self.pool_rate * np.asarray(self.agg_healthy, dtype=float)
+        with np.errstate(invalid="ignore"):
+            room = np.where(mu > 0, np.floor(self.pool_slo * mu - queued) + 1, 0.0)
+        room = np.maximum(np.nan_to_num(room, nan=np.inf), 0.0)
+        order = np.argsort(picks, kind="stable")
+        sp = picks[order]
+        rank = np.arange(sp.size) - np.searchsorted(sp, sp, side="left")
+        ok = np.empty(slots.size, dtype=bool)
+        ok[order] = rank < room[sp]
+        if ok.all():
+            return slots, picks, when
+        taken = np.bincount(picks[ok], minlength=self.n_pools).astype(float)
+        over = np.flatnonzero(~ok)
+        size = (self.s_inp[slots[over]] + self.s_out[slots[over]]).tolist()
+        keys = self.s_key[slots[over]].tolist()
+        shed: list[int] = []
+        for i, k, sz in zip(over.tolist(), keys, size, strict=True):
+            best, best_wait = -1, math.inf
+            for pi, cap in zip(self.key_pools[k], self.key_caps[k].tolist(), strict=True):
+                if taken[pi] < room[pi] and cap >= sz:
+                    wait = (queued[pi] + taken[pi]) / mu[pi]
+                    if wait < best_wait:
+                        best, best_wait = pi, wait
+            if best < 0:
+                shed.append(i)
+            else:
+                picks[i] = best
+                taken[best] += 1
+        if not shed:
+            return slots, picks, when
+        out = np.array(shed, dtype=np.int64)
+        self._reject_slots(slots[out], SHED, when[out])
+        keep = np.ones(slots.size, dtype=bool)
+        keep[out] = False
+        return slots[keep], picks[keep], when[keep]
+
+    def _enqueue(self, slots: np.ndarray, lanes: np.ndarray) -> None:
+        """Append requests (in order) to the tails of their lanes' waiting queues."""
+        n = slots.size
+        order = np.argsort(lanes, kind="stable")
+        sl, ln = slots[order], lanes[order]
+        first = np.empty(n, dtype=bool)
+        first[0] = True
+        np.not_equal(ln[1:], ln[:-1], out=first[1:])
+        last = np.empty(n, dtype=bool)
+        last[-1] = True
+        last[:-1] = first[1:]
+        nxt = np.empty(n, dtype=np.int64)
+        nxt[:-1] = sl[1:]
+        nxt[last] = -1
+        self.s_next[sl] = nxt
+        self.s_state[sl] = _WAITING
+        fl, fs = ln[first], sl[first]
+        tail = self.q_tail[fl]
+        empty = tail < 0
+        if empty.all():
+            self.q_head[fl] = fs
+            self.wait_head[fl] = self.s_ready[fs]
+        else:
+            self.s_next[tail[~empty]] = fs[~empty]
+            self.q_head[fl[empty]] = fs[empty]
+            self.wait_head[fl[empty]] = self.s_ready[fs[empty]]
+        self.q_tail[fl] = sl[last]
+        starts = np.flatnonzero(first)
+        self.n_wait[fl] += np.diff(np.append(starts, n))
+
+    def _arrive(self, i: int, j: int) -> None:
+        """Requests ``i..j-1`` of the workload arrive in this window."""
+        self._refresh_states()
+        w = self.w
+        m = j - i
+        keys = w.key[i:j].astype(np.int64)
+        inp = w.input_tokens[i:j]
+        out = w.output_tokens[i:j]
+        arrival = w.arrival_s[i:j]
+        tier = self.key_tier[keys]
+        self.tiers.arrived += np.bincount(tier, minlength=len(self.tier_names))
+        self.in_system += m
+        s = self._alloc(m)
+        self.s_arrival[s] = arrival
+        self.s_ready[s] = arrival
+        self.s_inp[s] = inp
+        self.s_out[s] = out
+        self.s_tier[s] = tier
+        self.s_key[s] = keys
+        self.s_pool[s] = -1
+        self.s_rid[s] = np.arange(i, j)
+        self.s_gen[s] = 0
+        self.s_need[s] = inp
+        self.s_kvh[s] = 0
+        self.s_first[s] = -1.0
+        self.s_admit[s] = -1.0
+        self.s_retries[s] = 0
+        picks = self._pick_window(keys, inp + out)
+        # A request turned away at the door leaves at its arrival time.
+        self._dispatch(s, picks, arrival)
+
+    def _reject_slots(self, slots: np.ndarray, reason: str, when: np.ndarray | float) -> None:
+        n = int(slots.size)
+        if not n:
+            return
+        self.reasons[reason] = self.reasons.get(reason, 0) + n
+        self.rejected += n
+        by_tier = np.bincount(self.s_tier[slots], minlength=len(self.tier_names))
+        self.tiers.rejected += by_tier
+        if reason == SHED:
+            self.tiers.shed += by_tier
+        pool = self.s_pool[slots]
+        if (pool >= 0).any():
+            self.pools_stats.rejected += np.bincount(pool[pool >= 0], minlength=self.n_pools)
+        t = np.broadcast_to(np.asarray(when, dtype=float), (n,))
+        self.sojourn += float((t - self.s_arrival[slots]).sum())
+        self._departures(t, np.ones(n, dtype=np.int64))
+        self.in_system -= n
+        self.s_state[slots] = _FREE
+        self.free.extend(slots.tolist())
+
+    def _departures(self, t: np.ndarray, n: np.ndarray) -> None:
+        """Count ``n[i]`` departures at time ``t[i]`` (fine bins)."""
+        b = (t * self.inv_fine).astype(np.int64)
+        top = int(b.max()) + 1
+        if top > self.dep.size:
+            grown = np.zeros(max(top, 2 * self.dep.size), dtype=np.int64)
+            grown[:self.dep.size] = self.dep
+            self.dep = grown
+        np.add.at(self.dep, b, n)
+        last = float(t.max())
+        if last > self.last_event:
+            self.last_event = last
+
+    # ---- completions -----------------------------------------------------------------
+
+    def _complete(self, idx: np.ndarray, stp: np.ndarray, clk: np.ndarray) -> None:
+        """Decoding sequences of lanes ``idx`` whose last token came by step ``stp``
+        leave at the start of the lane's iteration ``stp`` (time ``clk``)."""
+        at = (idx << self.ring_shift) | (stp & self.ring_mask)
+        cn = self.ring_nf[at]
+        self.ring_from[idx] = stp + 1  # every completion before this step is done
+        hit = np.flatnonzero(cn)
+        if not hit.size:
+            return
+        lanes, at, c = idx[hit], at[hit], cn[hit]
+        ctx = self.ring_cf[at]  # their contexts (and KV) at the end
+        self.ring_nf[at] = 0
+        self.ring_cf[at] = 0
+        self.n_dec[lanes] -= c
+        self.dec_ctx[lanes] -= ctx
+        self.kv[lanes] -= ctx
+        self.n_seqs[lanes] -= c
+        self.outstanding[lanes] -= c
+        self.blocked[lanes] = False
+        self.done_keys.append((lanes << _LANE_SHIFT) | stp[hit])
+        self.done_when.append(clk[hit])
+        if self.shedding:
+            np.add.at(self.pool_done, self.lane_pool[lanes], c)
+        n = int(c.sum())
+        self.completed += n
+        self.in_system -= n
+        self.n_finished += n
+
+    def _finish(self, slots: np.ndarray, t: np.ndarray) -> None:
+        """Requests done right after their prompt (already off their lanes)."""
+        if self.shedding:
+            np.add.at(self.pool_done, self.s_pool[slots], 1)
+        self.s_state[slots] = _DONE
+        self.finished.append(slots)
+        self.finished_t.append(t)
+        n = int(slots.size)
+        self.n_finished += n
+        self.completed += n
+        self.in_system -= n
+
+    def _flush(self) -> None:
+        """Latencies, departures and sojourn of the requests completed since the last
+        flush; their slots are free again."""
+        parts, times = self.finished, self.finished_t
+        if self.done_keys:
+            keys = np.concatenate(self.done_keys)
+            when = np.concatenate(self.done_when)
+            order = np.argsort(keys)
+            keys, when = keys[order], when[order]
+            dec = np.flatnonzero(self.s_state == _DECODING)
+            lane, done = self.s_lane[dec], self.s_done[dec]
+            gone = done < self.ring_from[lane]
+            dec, lane, done = dec[gone], lane[gone], done[gone]
+            # Each left when its lane passed its last step: that (lane, step)'s clock.
+            at = np.searchsorted(keys, (lane << _LANE_SHIFT) | done)
+            parts = parts + [dec]
+            times = times + [when[at]]
+        self.done_keys, self.done_when = [], []
+        self.finished, self.finished_t = [], []
+        self.n_finished = 0
+        slots = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        if slots.size:
+            t = np.concatenate(times)
+            arrival = self.s_arrival[slots]
+            first = self.s_first[slots]
+            out = self.s_out[slots]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tpot = np.where(out > 1, (t - first) / (out - 1), np.nan)
+            e2e = t - arrival
+            self.buf.add(self.s_tier[slots], self.s_pool[slots], first - arrival, tpot, e2e,
+                         self.s_admit[slots] - arrival, out, self.s_inp[slots])
+            self.sojourn += float(e2e.sum())
+            self._departures(t, np.ones(slots.size, dtype=np.int64))
+            self.s_state[slots] = _FREE
+            self.free.extend(slots.tolist())
+        self.buf.flush(self.tiers, self.pools_stats, self.slo_ttft, self.slo_tpot)
+
+    def _enter_decode(self) -> None:
         """Prompts whose last chunk ran in the iteration that just ended: that iteration
         produced their next token; they decode from the next one on."""
-        t = float(self.clock[r])
-        s = int(self.step[r])
-        heap = self.heaps[r]
-        n_new = 0
-        ctx = 0
-        for req in reqs:
-            req.gen += 1
-            if req.first_t < 0:
-                req.first_t = t
-            if req.gen >= req.out:
-                self._complete(r, req, t, decoding=False)
-                continue
-            n_new += 1
-            ctx += req.inp + req.gen
-            req.kv += 1
-            req.enter = s
-            req.gen_entry = req.gen
-            heapq.heappush(heap, (s + req.out - req.gen, req.id, req, req.epoch))
-        if n_new:
-            self.n_dec[r] += n_new
-            self.dec_ctx[r] += ctx
-            self.kv[r] += n_new
-        self.next_done[r] = heap[0][0] if heap else NEVER
+        slots = np.concatenate(self.fin_slots) if len(self.fin_slots) > 1 else self.fin_slots[0]
+        lanes = np.concatenate(self.fin_lanes) if len(self.fin_lanes) > 1 else self.fin_lanes[0]
+        self.fin_slots, self.fin_lanes = [], []
+        t = self.clock[lanes]
+        s = self.step[lanes]
+        gen = self.s_gen[slots] + 1
+        self.s_gen[slots] = gen
+        first = self.s_first[slots]
+        self.s_first[slots] = np.where(first < 0, t, first)
+        out = self.s_out[slots]
+        ends = gen >= out
+        if ends.any():
+            # One-token answers (or a recompute that had one token left) end here.
+            e, le = slots[ends], lanes[ends]
+            np.subtract.at(self.kv, le, self.s_kvh[e])
+            np.subtract.at(self.n_seqs, le, 1)
+            np.subtract.at(self.outstanding, le, 1)
+            self.blocked[le] = False
+            self._finish(e, t[ends])
+            go = ~ends
+            slots, lanes, s, gen, out = slots[go], lanes[go], s[go], gen[go], out[go]
+            if not slots.size:
+                return
+        inp = self.s_inp[slots]
+        np.add.at(self.n_dec, lanes, 1)
+        np.add.at(self.dec_ctx, lanes, inp + gen)
+        np.add.at(self.kv, lanes, 1)
+        self.s_kvh[slots] += 1
+        self.s_enter[slots] = s
+        self.s_gent[slots] = gen
+        done = s + out - gen
+        self.s_done[slots] = done
+        self.s_state[slots] = _DECODING
+        far = done - s >= self.ring_len
+        if far.any():
+            for slot, r, d in zip(slots[far].tolist(), lanes[far].tolist(),
+                                  done[far].tolist(), strict=True):
+                heappush(self.far[r], (d, slot))
+                self.far_next[r] = self.far[r][0][0]
+                self.s_state[slot] = _DECODING_FAR
+            self.n_far += int(far.sum())
+            near = ~far
+            slots, lanes, done, inp, out = slots[near], lanes[near], done[near], \
+                inp[near], out[near]
+        at = (lanes << self.ring_shift) | (done & self.ring_mask)
+        np.add.at(self.ring_nf, at, 1)
+        np.add.at(self.ring_cf, at, inp + out)
 
-    def _complete_due(self, r: int, heap: list, s: int, t: float) -> None:
-        """Every decoding sequence of lane ``r`` whose last token came at step ``s``."""
-        running = self.running[r]
-        b = self.buf
-        pop = heapq.heappop
-        n = 0
-        ctx = 0
-        while heap and heap[0][0] <= s:
-            _, _, req, ep = pop(heap)
-            if ep != req.epoch:
-                continue  # preempted since it was scheduled
-            n += 1
-            ctx += req.inp + req.out  # its context (and KV) at the end
-            del running[req.id]
-            b.tier.append(req.tier)
-            b.pool.append(req.pool)
-            first = req.first_t
-            b.ttft.append(first - req.arrival)
-            b.tpot.append((t - first) / (req.out - 1))  # decoders have out >= 2
-            b.e2e.append(t - req.arrival)
-            b.queue.append(req.admit_t - req.arrival)
-            b.out.append(req.out)
-            b.inp.append(req.inp)
-            self.sojourn += t - req.arrival
-        if n:
-            self.n_dec[r] -= n
-            self.dec_ctx[r] -= ctx
-            self.kv[r] -= ctx
-            self.n_seqs[r] -= n
-            self.outstanding[r] -= n
-            self.blocked[r] = False
-            self.completed += n
-            self.in_system -= n
-            self._bin_departures(t, n)
+    def _bring_near(self, lanes: np.ndarray, stp: np.ndarray) -> None:
+        """Move completions that came within the ring's reach into it (long answers)."""
+        for r, s in zip(lanes.tolist(), stp.tolist(), strict=True):
+            h = self.far[r]
+            while h and h[0][0] - s < self.ring_len:
+                d, slot = heappop(h)
+                self.ring_n[r, d & self.ring_mask] += 1
+                self.ring_ctx[r, d & self.ring_mask] += int(self.s_inp[slot] + self.s_out[slot])
+                self.s_state[slot] = _DECODING
+                self.n_far -= 1
+            self.far_next[r] = h[0][0] if h else NEVER
 
-    def _bin_departures(self, t: float, n: int) -> None:
-        i = int(t * self.inv_fine)
-        dep = self.departures
-        if i >= len(dep):
-            dep.extend([0] * (i + 1 - len(dep)))
-        dep[i] += n
-        if t > self.last_event:
-            self.last_event = t
+    # ---- one lane's scheduler, for many lanes at once ----------------------------------
 
-    def _complete(self, r: int, req: Req, t: float, decoding: bool) -> None:
-        if decoding:
-            grown = int(self.step[r]) - req.enter
-            self.n_dec[r] -= 1
-            self.dec_ctx[r] -= req.inp + req.gen_entry + grown
-            self.kv[r] -= req.kv + grown
-        else:
-            self.kv[r] -= req.kv
-        self.n_seqs[r] -= 1
-        self.outstanding[r] -= 1
-        self.blocked[r] = False
-        del self.running[r][req.id]
-        b = self.buf
-        b.tier.append(req.tier)
-        b.pool.append(req.pool)
-        b.ttft.append(req.first_t - req.arrival)
-        b.tpot.append((t - req.first_t) / (req.out - 1) if req.out > 1 else math.nan)
-        b.e2e.append(t - req.arrival)
-        b.queue.append(req.admit_t - req.arrival)
-        b.out.append(req.out)
-        b.inp.append(req.inp)
-        self.completed += 1
-        self._depart(t, t - req.arrival)
+    def _schedule(self, lanes: np.ndarray, t: np.ndarray) -> None:
+        """At the start of an iteration of each of ``lanes`` (clocks ``t``; completions
+        already left): preempt on KV overflow, then spend the token budget on partial
+        prompts and on admissions."""
+        over = self.kv[lanes] + self.n_dec[lanes] > self.kv_cap[lanes]
+        if over.any():
+            for r, tr in zip(lanes[over].tolist(), t[over].tolist(), strict=True):
+                while self.kv[r] + self.n_dec[r] > self.kv_cap[r] and self.n_seqs[r] > 0:
+                    self._preempt_last(r, tr)
+        left = self.budget[lanes] - self.n_dec[lanes]
+        pre = np.zeros(lanes.size)
+        att = np.zeros(lanes.size)
+        pf = self.prefilling[lanes]
+        if pf.any():
+            self._continue_prefill(lanes, t, pf, left, pre, att)
+        adm = (self.n_wait[lanes] > 0) & (left > 0)
+        if adm.any():
+            self._admit(lanes, t, adm, left, pre, att)
+        self.pre_tok[lanes] = pre
+        self.pre_att[lanes] = att
+
+    def _continue_prefill(self, lanes: np.ndarray, t: np.ndarray, pf: np.ndarray,
+                          left: np.ndarray, pre: np.ndarray, att: np.ndarray) -> None:
+        """Partial prompts take the next chunks, oldest first, within the token budget
+        and the free KV blocks (no watermark: they are already admitted)."""
+        at = np.flatnonzero(pf)
+        L = lanes[at]
+        lists = [self.prefill_q[r] for r in L.tolist()]
+        lens = np.array([len(q) for q in lists], dtype=np.int64)
+        slots = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lens.sum()))
+        seg = np.repeat(np.arange(L.size), lens)
+        need = self.s_need[slots]
+        before = np.cumsum(need) - need
+        before -= np.repeat(before[np.cumsum(lens) - lens], lens)
+        n_dec = self.n_dec[L]
+        free = (self.kv_cap[L] - self.kv[L] - n_dec).astype(np.int64)
+        # Every chunk before the first cut prompt is whole, so "tokens taken before"
+        # is the sum of the needs before: after a cut, the budget or KV is spent.
+        c = np.minimum(need, np.minimum(left[at][seg] - before, free[seg] - before))
+        np.maximum(c, 0, out=c)
+        took = np.bincount(seg, weights=c, minlength=L.size)
+        self.s_need[slots] = need - c
+        self.s_kvh[slots] += c
+        self.kv[L] += took
+        left[at] -= took.astype(np.int64)
+        pre[at] += took
+        np.add.at(att, at[seg], c * self.s_att[slots])
+        whole = need == c
+        if whole.any():
+            self.fin_slots.append(slots[whole])
+            self.fin_lanes.append(L[seg[whole]])
+            it = iter((~whole).tolist())
+            for q in lists:
+                q[:] = [s for s in q if next(it)]
+        stuck = (took == 0) & (n_dec == 0)
+        for a in np.flatnonzero(stuck).tolist():
+            if lists[a]:
+                self._unstick(int(L[a]), float(t[at[a]]), int(at[a]), left, pre, att)
+        self.prefilling[L] = [bool(q) for q in lists]
+
+    def _unstick(self, r: int, t: float, a: int, left: np.ndarray, pre: np.ndarray,
+                 att: np.ndarray) -> None:
+        """Only partial prompts and no KV left for any of them: free the newest and give
+        the rest another try, until one moves (the rare path, one request at a time)."""
+        pq = self.prefill_q[r]
+        budget = int(left[a])
+        cap = self.kv_cap[r]
+        fin: list[int] = []
+        while pq:
+            self._preempt_last(r, t)
+            kv = float(self.kv[r])
+            took = 0
+            a_sum = 0.0
+            keep = []
+            for s in pq:
+                c = min(int(self.s_need[s]), budget, int(cap - kv))
+                if c > 0:
+                    kv += c
+                    self.s_need[s] -= c
+                    self.s_kvh[s] += c
+                    budget -= c
+                    took += c
+                    a_sum += c * float(self.s_att[s])
+                (fin if self.s_need[s] == 0 else keep).append(s)
+            pq[:] = keep
+            self.kv[r] = kv
+            if took:
+                pre[a] += took
+                att[a] += a_sum
+                break
+        left[a] = budget
+        if fin:
+            self.fin_slots.append(np.array(fin, dtype=np.int64))
+            self.fin_lanes.append(np.full(len(fin), r, dtype=np.int64))
+
+    def _admit(self, lanes: np.ndarray, t: np.ndarray, adm: np.ndarray, left: np.ndarray,
+               pre: np.ndarray, att: np.ndarray) -> None:
+        """Admit waiting requests in queue order while the budget, the batch size and
+        the KV blocks (less the watermark, once anything runs) allow; the first that
+        does not fit for KV blocks the lane until something leaves."""
+        at = np.flatnonzero(adm)
+        span = _ADMIT_FIRST_PASS
+        while at.size:
+            L = lanes[at]
+            n_seqs = self.n_seqs[L]
+            max_seqs = self.max_seqs[L]
+            lens = np.minimum(np.minimum(self.n_wait[L], max_seqs - n_seqs), span)
+            has = lens > 0
+            if not has.all():
+                # A full batch: nothing to admit, but the lane may now wait (blocked).
+                self._after_admit(L[~has], t[at[~has]])
+                at, L, n_seqs, max_seqs, lens = at[has], L[has], n_seqs[has], \
+                    max_seqs[has], lens[has]
+                if not at.size:
+                    break
+            tl = t[at]
+            kv0 = self.kv[L]
+            room = self.kv_cap[L] - kv0 - self.n_dec[L]
+            width = int(lens.max())
+            if width == 1:
+                # One candidate per lane (the usual case): the queue heads.
+                slots = self.q_head[L]
+                need = self.s_need[slots]
+                c = np.minimum(need, left[at])
+                ready = self.s_ready[slots] <= tl
+                fits = c <= room - np.where(n_seqs > 0, self.watermark[L], 0.0)
+                n_adm = (ready & fits).astype(np.int64)
+                cut = n_adm == 0
+                kv_block = ready & ~fits
+                seg = np.flatnonzero(n_adm)
+                a_slots, a_c, a_need = slots[seg], c[seg], need[seg]
+                walk = slots[:, None]
+            else:
+                # The first `lens` requests of each queue, walked along the links.
+                walk = np.empty((L.size, width), dtype=np.int64)
+                cur = self.q_head[L]
+                walk[:, 0] = cur
+                for k in range(1, width):
+                    cur = self.s_next[cur]  # past a queue's end this reads junk, masked
+                    walk[:, k] = cur
+                slots = walk[np.arange(width) < lens[:, None]]
+                starts = np.cumsum(lens) - lens
+                sg = np.repeat(np.arange(L.size), lens)
+                pos = np.arange(slots.size) - starts[sg]
+                need = self.s_need[slots]
+                before = np.cumsum(need) - need
+                before -= np.repeat(before[starts], lens)
+                bleft = left[at][sg] - before
+                c = np.minimum(need, bleft)
+                nb = n_seqs[sg] + pos
+                free = room[sg] - before - np.where(nb > 0, self.watermark[L][sg], 0.0)
+                # The loop's stopping rules, in its order: budget or batch full; not yet
+                # arrived; no KV blocks (this one blocks the lane).
+                stop_room = (bleft <= 0) | (nb >= max_seqs[sg])
+                stop_ready = self.s_ready[slots] > tl[sg]
+                stop_kv = c > free
+                stop = stop_room | stop_ready | stop_kv
+                first_stop = np.minimum.reduceat(np.where(stop, pos, NEVER), starts)
+                n_adm = np.minimum(first_stop, lens)
+                cut = first_stop < lens
+                fs = starts + np.minimum(first_stop, lens - 1)
+                kv_block = cut & stop_kv[fs] & ~stop_room[fs] & ~stop_ready[fs]
+                take = pos < n_adm[sg]
+                a_slots, a_c, a_need = slots[take], c[take], need[take]
+                seg = sg[take]
+            if a_slots.size:
+                a_lanes = L[seg]
+                admit = self.s_admit[a_slots]
+                self.s_admit[a_slots] = np.where(admit < 0, tl[seg], admit)
+                self.s_kvh[a_slots] += a_c
+                rest = a_need - a_c
+                self.s_need[a_slots] = rest
+                self.s_state[a_slots] = _PREFILLING
+                self.s_aseq[a_slots] = np.arange(self.aseq, self.aseq + a_slots.size)
+                self.aseq += a_slots.size
+                took = np.bincount(seg, weights=a_c, minlength=L.size)
+                self.kv[L] = kv0 + took
+                left[at] -= took.astype(np.int64)
+                pre[at] += took
+                np.add.at(att, at[seg], a_c * self.s_att[a_slots])
+                self.n_wait[L] -= n_adm
+                self.n_seqs[L] = n_seqs + n_adm
+                # Pop the admitted off the queues' fronts.
+                moved = np.flatnonzero(n_adm)
+                head = self.s_next[walk[moved, n_adm[moved] - 1]]
+                self.q_head[L[moved]] = head
+                self.q_tail[L[moved][head < 0]] = -1
+                whole = rest == 0
+                if whole.all():
+                    self.fin_slots.append(a_slots)
+                    self.fin_lanes.append(a_lanes)
+                else:
+                    self.fin_slots.append(a_slots[whole])
+                    self.fin_lanes.append(a_lanes[whole])
+                    # Only the last request admitted into a lane can be cut short.
+                    part = ~whole
+                    for s, r in zip(a_slots[part].tolist(), a_lanes[part].tolist(),
+                                    strict=True):
+                        self.prefill_q[r].append(s)
+                    self.prefilling[a_lanes[part]] = True
+            if kv_block.any():
+                self.blocked[L[kv_block]] = True
+            # Lanes that took every request they were shown and could take more go
+            # round again with a longer look.
+            again = ~cut & (self.n_wait[L] > 0)
+            if again.any():
+                again &= (left[at] > 0) & (self.n_seqs[L] < max_seqs)
+            if again.any():
+                self._after_admit(L[~again], tl[~again])
+                at = at[again]
+                span *= 4
+            else:
+                self._after_admit(L, tl)
+                break
+
+    def _after_admit(self, L: np.ndarray, t: np.ndarray) -> None:
+        """A lane's queue head after admission, and whether the lane waits for a
+        departure (full batch, or no token budget beside its decodes)."""
+        if not L.size:
+            return
+        head = self.q_head[L]
+        wh = np.where(head >= 0, self.s_ready[head], np.inf)
+        self.wait_head[L] = wh
+        ready = wh <= t
+        if ready.any():
+            L = L[ready]
+            full = (self.n_seqs[L] >= self.max_seqs[L]) | (self.budget[L] <= self.n_dec[L])
+            self.blocked[L[full]] = True
+
+    def _live_on(self, lanes: np.ndarray) -> np.ndarray:
+        """Slots in flight on ``lanes`` (waiting, prefilling or decoding; a scan of the
+        slot table, for the rare paths: preemption, failures, the final stop)."""
+        on = np.isin(self.s_lane, lanes) if lanes.size > 1 else self.s_lane == lanes[0]
+        st = self.s_state
+        live = on & ((st == _WAITING) | (st == _PREFILLING) | (st == _DECODING_FAR)
+                     | ((st == _DECODING) & (self.s_done >= self.ring_from[self.s_lane])))
+        return np.flatnonzero(live)
 
     def _preempt_last(self, r: int, t: float) -> None:
         """Recompute preemption of the most recently admitted sequence (vLLM's choice)."""
-        _, req = self.running[r].popitem()
-        if req.enter >= 0:
-            grown = int(self.step[r]) - req.enter
-            req.gen = req.gen_entry + grown
+        cand = self._live_on(np.array([r]))
+        cand = cand[self.s_state[cand] != _WAITING]
+        slot = int(cand[np.argmax(self.s_aseq[cand])])
+        state = int(self.s_state[slot])
+        if state in (_DECODING, _DECODING_FAR):
+            grown = int(self.step[r]) - int(self.s_enter[slot])
+            gen = int(self.s_gent[slot]) + grown
+            self.s_gen[slot] = gen
             self.n_dec[r] -= 1
-            self.dec_ctx[r] -= req.inp + req.gen
-            self.kv[r] -= req.kv + grown
-            req.enter = -1
+            self.dec_ctx[r] -= int(self.s_inp[slot]) + gen
+            self.kv[r] -= int(self.s_kvh[slot]) + grown
+            # Its completion is off.
+            d = int(self.s_done[slot])
+            if state == _DECODING:
+                self.ring_n[r, d & self.ring_mask] -= 1
+                self.ring_ctx[r, d & self.ring_mask] -= int(self.s_inp[slot] + self.s_out[slot])
+            else:
+                h = self.far[r]
+                h.remove((d, slot))
+                heapify(h)
+                self.far_next[r] = h[0][0] if h else NEVER
+                self.n_far -= 1
         else:
-            self.prefill_q[r].remove(req)
-            self.kv[r] -= req.kv
-        req.epoch += 1
-        req.kv = 0
-        req.need = req.inp + req.gen
+            self.prefill_q[r].remove(slot)
+            self.kv[r] -= int(self.s_kvh[slot])
+        self.s_kvh[slot] = 0
+        need = int(self.s_inp[slot] + self.s_gen[slot])
+        self.s_need[slot] = need
+        self.s_att[slot] = self.prefill_att.per_token(self.lane_pool[[r]],
+                                                      np.array([need]))[0]
+        self.s_state[slot] = _WAITING
         self.n_seqs[r] -= 1
-        self.waiting[r].appendleft(req)
+        self.s_next[slot] = self.q_head[r]
+        self.q_head[r] = slot
+        if self.q_tail[r] < 0:
+            self.q_tail[r] = slot
         self.n_wait[r] += 1
-        self.wait_head[r] = min(req.ready, t)
+        self.wait_head[r] = min(float(self.s_ready[slot]), t)
         self.preempt[self.lane_pool[r]] += 1
         self.prefilling[r] = bool(self.prefill_q[r])
 
@@ -601,25 +1247,29 @@ class Simulator:
 
     def _advance(self, end: float) -> None:
         clock, up, blocked = self.clock, self.up, self.blocked
+        work = (self.n_seqs > 0) | ((self.wait_head < end) & ~blocked)
+        idx = np.flatnonzero(work & up & (clock < end))
         while True:
-            work = (self.n_seqs > 0) | ((self.wait_head < end) & ~blocked)
-            idx = np.flatnonzero(work & up & (clock < end))
             if idx.size == 0:
                 return
+            cand = idx
             clk = clock[idx]
             wh = self.wait_head[idx]
             idle = (self.n_seqs[idx] == 0) & (wh > clk)
             if idle.any():
                 clk = np.where(idle, wh, clk)
                 clock[idx] = clk
-            slow = ((self.next_done[idx] <= self.step[idx]) | self.prefilling[idx]
-                    | ((wh <= clk) & ~blocked[idx])
+            stp = self.step[idx]
+            if self.n_far:
+                near = self.far_next[idx] - stp < self.ring_len
+                if near.any():
+                    self._bring_near(idx[near], stp[near])
+            self._complete(idx, stp, clk)
+            slow = (self.prefilling[idx] | ((wh <= clk) & ~blocked[idx])
                     | (self.kv[idx] + self.n_dec[idx] > self.kv_cap[idx]))
             slow_idx = idx[slow]
-            dec = self.n_dec[idx]
             if slow_idx.size:
-                for r in slow_idx.tolist():
-                    self._schedule(r)
+                self._schedule(slow_idx, clk[slow])
                 dec = self.n_dec[idx]
                 pre = self.pre_tok[idx]
                 run = (dec > 0) | (pre > 0)
@@ -630,10 +1280,18 @@ class Simulator:
                                   & (self.wait_head[stuck] <= clock[stuck])]] = True
                     idx, dec, pre = idx[run], dec[run], pre[run]
                     if idx.size == 0:
+                        idx = self._still_working(cand, end)
                         continue
                 pre_att = self.pre_att[idx]
             else:
-                # Decode-only lanes: every one has sequences, none prefills.
+                dec = self.n_dec[idx]
+                run = dec > 0
+                if not run.all():
+                    # Completions emptied these lanes: nothing to run until work comes.
+                    idx, dec = idx[run], dec[run]
+                    if idx.size == 0:
+                        idx = self._still_working(cand, end)
+                        continue
                 pre = pre_att = 0.0
             decf = dec.astype(float)
             ctx = self.dec_ctx[idx] / np.maximum(decf, 1.0)
@@ -646,10 +1304,17 @@ class Simulator:
             if slow_idx.size:
                 self.pre_tok[slow_idx] = 0.0
                 self.pre_att[slow_idx] = 0.0
-            if self.finishing:
-                fin, self.finishing = self.finishing, []
-                for r, reqs in fin:
-                    self._enter_decode(r, reqs)
+            if self.fin_slots:
+                self._enter_decode()
+            idx = self._still_working(cand, end)
+
+    def _still_working(self, cand: np.ndarray, end: float) -> np.ndarray:
+        """Lanes of ``cand`` (this round's) with work left before ``end``: only they can
+        have any, as routing comes before the rounds and a lane without sequences
+        changes only when it is scheduled."""
+        return cand[(self.clock[cand] < end)
+                    & ((self.n_seqs[cand] > 0)
+                       | ((self.wait_head[cand] < end) & ~self.blocked[cand]))]
 
     # ---- shocks -------------------------------------------------------------------------
 
@@ -662,48 +1327,57 @@ class Simulator:
         return out
 
     def _fail(self, f: Failure, t: float) -> None:
-        victims: list[Req] = []
+        hit: list[int] = []
         for r in self._lanes_of(f):
             self.down_count[r] += 1
-            if self.down_count[r] > 1:
-                continue
-            victims.extend(self.running[r].values())
-            victims.extend(self.waiting[r])
+            if self.down_count[r] == 1:
+                hit.append(r)
+        v = self._live_on(np.array(hit, dtype=np.int64)) if hit else np.zeros(0, np.int64)
+        for r in hit:
             self._reset_lane(r)
             self.up[r] = False
             self.outstanding[r] = np.inf
         self._refresh_states()
-        victims.sort(key=lambda q: (q.arrival, q.id))
-        for req in victims:
-            # Pools count every request moved away; tiers count each request once.
-            self.pools_stats.retried[req.pool] += 1
-            if req.retries == 0:
-                self.retried += 1
-                self.tiers.retried[req.tier] += 1
-            req.retries += 1
-            self.retries += 1
-            req.epoch += 1
-            req.gen = 0
-            req.need = req.inp
-            req.kv = 0
-            req.enter = -1
-            req.first_t = -1.0
-            req.admit_t = -1.0
-            req.ready = t
-            req.pool = -1
-            self._route(req, t)
+        if not v.size:
+            return
+        v = v[np.lexsort((self.s_rid[v], self.s_arrival[v]))]
+        # Pools count every request moved away; tiers count each request once.
+        self.pools_stats.retried += np.bincount(self.s_pool[v], minlength=self.n_pools)
+        firsts = v[self.s_retries[v] == 0]
+        self.retried += int(firsts.size)
+        self.tiers.retried += np.bincount(self.s_tier[firsts],
+                                          minlength=len(self.tier_names))
+        self.s_retries[v] += 1
+        self.retries += int(v.size)
+        self.s_gen[v] = 0
+        self.s_need[v] = self.s_inp[v]
+        self.s_kvh[v] = 0
+        self.s_first[v] = -1.0
+        self.s_admit[v] = -1.0
+        self.s_ready[v] = t
+        self.s_pool[v] = -1
+        self.s_state[v] = _FREE  # until enqueued again
+        # Routed one by one, each seeing the ones before.
+        size = (self.s_inp[v] + self.s_out[v]).tolist()
+        picks = np.array([self._pick_one(k, sz) for k, sz in zip(self.s_key[v].tolist(), size,
+                                                                  strict=True)],
+                         dtype=np.int64)
+        self._dispatch(v, picks, np.full(v.size, t))
 
     def _reset_lane(self, r: int) -> None:
-        self.running[r].clear()
-        self.waiting[r].clear()
         self.prefill_q[r].clear()
-        self.heaps[r].clear()
+        self.n_far -= len(self.far[r])
+        self.far[r].clear()
+        self.far_next[r] = NEVER
+        self.ring_n[r] = 0
+        self.ring_ctx[r] = 0
+        self.q_head[r] = -1
+        self.q_tail[r] = -1
         self.n_dec[r] = 0
         self.dec_ctx[r] = 0.0
         self.n_seqs[r] = 0
         self.n_wait[r] = 0
         self.kv[r] = 0.0
-        self.next_done[r] = NEVER
         self.prefilling[r] = False
         self.wait_head[r] = np.inf
         self.blocked[r] = False
@@ -727,16 +1401,15 @@ class Simulator:
 
     # ---- samples ------------------------------------------------------------------------
 
-    def _sample(self) -> None:
+    def _sample(self, t: float) -> None:
         if not self.pools:
             return
-        st = self.pool_starts
         up = self.up
         cols = {
-            "running": np.add.reduceat(self.n_seqs, st),
-            "waiting": np.add.reduceat(self.n_wait, st),
-            "kv_used_tokens": np.add.reduceat(np.where(up, self.kv, 0.0), st),
-            "busy_s": np.add.reduceat(self.busy, st),
+            "running": self._per_pool(np.add, self.n_seqs),
+            "waiting": self._per_pool(np.add, self.n_wait),
+            "kv_used_tokens": self._per_pool(np.add, np.where(up, self.kv, 0.0)),
+            "busy_s": self._per_pool(np.add, self.busy),
             "routed": self.routed.copy(),
             "preemptions": self.preempt.copy(),
         }
@@ -744,6 +1417,8 @@ class Simulator:
             ser = self.series[p.id]
             for c, v in cols.items():
                 ser[c].append(float(v[p.index]))
+        if self.shedding:
+            self._measure_drain(t, cols["waiting"])
 
     # ---- main loop ----------------------------------------------------------------------
 
@@ -760,7 +1435,7 @@ class Simulator:
         self.completed = self.rejected = self.retried = self.retries = 0
         self.in_system = 0
         self.sojourn = 0.0
-        self.departures: list[int] = []
+        self.dep = np.zeros(1024, dtype=np.int64)
         self.last_event = 0.0
         self.routed = np.zeros(self.n_pools, dtype=np.int64)
         self.series = {p.id: {c: [] for c in SERIES_COLUMNS} for p in self.pools}
@@ -774,7 +1449,6 @@ class Simulator:
         events.sort(key=lambda e: (e[0], e[1], e[2]))
         ei = 0
         arrival = w.arrival_s
-        key_tier = self.key_tier.tolist()
         max_time = self.opt.max_time_s if self.opt.max_time_s is not None else (
             (float(arrival[-1]) if n else 0.0) + 7 * 86400.0)
         progress = self.opt.progress
@@ -810,36 +1484,23 @@ class Simulator:
             end = min(end, next_event, next_sample)
             j = int(np.searchsorted(arrival, end, side="left"))
             if j > i:
-                self._refresh_states()
-                arr = arrival[i:j].tolist()
-                inp = w.input_tokens[i:j].tolist()
-                out = w.output_tokens[i:j].tolist()
-                keys = w.key[i:j].tolist()
-                arrived = self.tiers.arrived
-                route = self._route
-                for q in range(j - i):
-                    k = keys[q]
-                    tier = key_tier[k]
-                    req = Req(i + q, arr[q], inp[q], out[q], k, tier)
-                    arrived[tier] += 1
-                    route(req, arr[q])
-                self.in_system += j - i
+                self._arrive(i, j)
                 i = j
             self._advance(end)
-            if len(self.buf) >= CompletionBuffer.FLUSH_AT:
-                self.buf.flush(self.tiers, self.pools_stats, self.slo_ttft, self.slo_tpot)
+            if self.n_finished >= CompletionBuffer.FLUSH_AT:
+                self._flush()
                 if progress is not None:
                     progress(self.completed + self.rejected, n)  # type: ignore[operator]
             now = end
             while next_sample <= now + 1e-9:
-                self._sample()
+                self._sample(next_sample)
                 n_samples += 1
                 next_sample = (n_samples + 1) * ss
+        self._flush()  # the last departures set the end
         end_s = max(self.last_event, now if n == 0 else 0.0)
         while n_samples * ss < end_s - 1e-9:
-            self._sample()
+            self._sample((n_samples + 1) * ss)
             n_samples += 1
-        self.buf.flush(self.tiers, self.pools_stats, self.slo_ttft, self.slo_tpot)
         for p in self.pools:
             self.pools_stats.arrived[p.index] = self.routed[p.index]
         if progress is not None:
@@ -847,19 +1508,22 @@ class Simulator:
         return self._record(end_s, n_samples, time.perf_counter() - wall0)
 
     def _stop_all(self, t: float) -> None:
-        for r in range(self.n_lanes):
-            for req in list(self.running[r].values()) + list(self.waiting[r]):
-                self._reject(req, UNFINISHED, t)
-            if self.running[r] or self.waiting[r]:
-                self._reset_lane(r)
+        busy = np.flatnonzero((self.n_seqs > 0) | (self.n_wait > 0))
+        if not busy.size:
+            return
+        left = self._live_on(busy)
+        for r in busy.tolist():
+            self._reset_lane(r)
+        self._reject_slots(left, UNFINISHED, t)
 
     def _record(self, end_s: float, n_samples: int, wall_s: float) -> RunRecord:
         ss = self.sample_s
-        n_fine = max(len(self.departures), math.ceil(end_s * self.inv_fine) + 1)
+        used = int(np.flatnonzero(self.dep).max()) + 1 if self.dep.any() else 0
+        n_fine = max(used, math.ceil(end_s * self.inv_fine) + 1)
         arr = np.bincount((self.w.arrival_s * self.inv_fine).astype(np.int64),
                           minlength=n_fine) if len(self.w) else np.zeros(n_fine, np.int64)
         dep = np.zeros(max(n_fine, arr.size), np.int64)
-        dep[:len(self.departures)] = self.departures
+        dep[:used] = self.dep[:used]
         arr = np.pad(arr, (0, dep.size - arr.size))
         info = {}
         for p in self.pools:
@@ -887,6 +1551,7 @@ class Simulator:
             failures=list(self.failures), prices=list(self.prices), end_s=end_s,
             wall_s=wall_s,
             source=self.w.source, policy=self.opt.policy, seed=self.opt.seed,
+            admission=self.opt.admission,
         )
 
 

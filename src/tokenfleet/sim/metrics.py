@@ -93,6 +93,7 @@ class GroupStats:
     arrived: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     rejected: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     retried: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    shed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # of rejected
 
     @classmethod
     def empty(cls, names: list[str]) -> GroupStats:
@@ -104,7 +105,7 @@ class GroupStats:
             sums={m: np.zeros(g) for m in METRICS},
             counts={m: z() for m in METRICS},
             completed=z(), slo_met=z(), output_tokens=z(), input_tokens=z(),
-            good_output_tokens=z(), arrived=z(), rejected=z(), retried=z(),
+            good_output_tokens=z(), arrived=z(), rejected=z(), retried=z(), shed=z(),
         )
 
     def add(self, group: np.ndarray, values: dict[str, np.ndarray], met: np.ndarray,
@@ -141,7 +142,7 @@ class GroupStats:
                 out.sums[m][rows] += src.sums[m]
                 out.counts[m][rows] += src.counts[m]
             for a in ("completed", "slo_met", "output_tokens", "input_tokens",
-                      "good_output_tokens", "arrived", "rejected", "retried"):
+                      "good_output_tokens", "arrived", "rejected", "retried", "shed"):
                 getattr(out, a)[rows] += getattr(src, a)
         return out
 
@@ -150,37 +151,38 @@ class GroupStats:
 
 
 class CompletionBuffer:
-    """Finished requests collected as plain Python lists between vectorised flushes, so
-    the per-request cost in the event loop is a few list appends."""
+    """Finished requests collected as array chunks between flushes into the histograms,
+    so memory is bounded by ``FLUSH_AT`` (plus one chunk), not by the run's length."""
 
-    FLUSH_AT = 8192
+    FLUSH_AT = 32768
+    FIELDS = ("tier", "pool", "ttft", "tpot", "e2e", "queue", "out", "inp")
 
     def __init__(self) -> None:
-        self.tier: list[int] = []
-        self.pool: list[int] = []
-        self.ttft: list[float] = []
-        self.tpot: list[float] = []
-        self.e2e: list[float] = []
-        self.queue: list[float] = []
-        self.out: list[int] = []
-        self.inp: list[int] = []
+        self.chunks: dict[str, list[np.ndarray]] = {f: [] for f in self.FIELDS}
+        self.n = 0
 
     def __len__(self) -> int:
-        return len(self.tier)
+        return self.n
+
+    def add(self, tier: np.ndarray, pool: np.ndarray, ttft: np.ndarray, tpot: np.ndarray,
+            e2e: np.ndarray, queue: np.ndarray, out: np.ndarray, inp: np.ndarray) -> None:
+        """Record finished requests (equal-length arrays; tpot NaN = one output token)."""
+        for f, v in zip(self.FIELDS, (tier, pool, ttft, tpot, e2e, queue, out, inp),
+                        strict=True):
+            self.chunks[f].append(v)
+        self.n += int(tier.size)
 
     def flush(self, tiers: GroupStats, pools: GroupStats, slo_ttft: np.ndarray,
               slo_tpot: np.ndarray) -> None:
         """Move the buffered requests into the tier and pool histograms."""
-        if not self.tier:
+        if not self.n:
             return
-        tier = np.asarray(self.tier, dtype=np.int64)
-        pool = np.asarray(self.pool, dtype=np.int64)
-        vals = {
-            "ttft": np.asarray(self.ttft), "tpot": np.asarray(self.tpot),
-            "e2e": np.asarray(self.e2e), "queue": np.asarray(self.queue),
-        }
-        out = np.asarray(self.out, dtype=np.int64)
-        inp = np.asarray(self.inp, dtype=np.int64)
+        c = {f: np.concatenate(v) for f, v in self.chunks.items()}
+        tier = c["tier"].astype(np.int64, copy=False)
+        pool = c["pool"].astype(np.int64, copy=False)
+        vals = {m: c[m].astype(float, copy=False) for m in ("ttft", "tpot", "e2e", "queue")}
+        out = c["out"].astype(np.int64, copy=False)
+        inp = c["inp"].astype(np.int64, copy=False)
         tpot_ok = np.isnan(vals["tpot"]) | (vals["tpot"] <= slo_tpot[tier])
         met = ((vals["ttft"] <= slo_ttft[tier]) & tpot_ok).astype(np.int64)
         tiers.add(tier, vals, met, out, inp)

@@ -4,6 +4,16 @@ A routing decision is a small pipeline (filter -> score -> pick): drop pools tha
 cannot take the request now, score the rest, pick one. A policy sees only
 :class:`PoolState` snapshots, so the same code runs against simulated replicas and
 against real backends.
+
+Each policy's logic is written once, as ``choose_many``: picks for ``n`` requests one
+after another, each pick counted as queued in its pool before the next (what a router
+that counts its own decisions sees). ``choose`` — the gateway's call, one request — is
+``choose_many`` with ``n = 1``, leaving the snapshot as it was. The simulator routes a
+window's arrivals with one ``choose_many`` call per routing key; it returns exactly
+what ``n`` calls of ``choose`` would (``tests/sim/test_routing.py`` checks it on random
+snapshots) but in few steps: between two moments where some pool's headroom can
+change, picks by the plan's shares are independent draws and picks by load are a
+water-filling.
 """
 
 from __future__ import annotations
@@ -36,12 +46,20 @@ class PoolState:
 
     @property
     def has_headroom(self) -> bool:
-        return self.healthy and self.in_flight + self.queued < self.max_in_flight
+        # (healthy, inlined: this runs for every pool of every routing decision)
+        return self.healthy_replicas > 0 and self.in_flight + self.queued < self.max_in_flight
 
     @property
     def load(self) -> float:
         """Outstanding requests per healthy replica."""
         return (self.in_flight + self.queued) / max(self.healthy_replicas, 1)
+
+    @property
+    def room(self) -> int:
+        """Requests it takes before it runs out of headroom (0: none now)."""
+        if not self.healthy:
+            return 0
+        return max(self.max_in_flight - self.in_flight - self.queued, 0)
 
 
 class RoutingPolicy(Protocol):
@@ -50,71 +68,147 @@ class RoutingPolicy(Protocol):
     def choose(self, pools: Sequence[PoolState], rng: random.Random) -> int | None:
         """Index of the pool to send to, or None when no pool can take it."""
 
+    def choose_many(self, pools: Sequence[PoolState], n: int, rng: random.Random
+                    ) -> list[int | None]:
+        """Picks for ``n`` requests in turn; bumps ``queued`` of each chosen pool."""
+
+
+class _Policy:
+    """``choose`` as the one-request case of ``choose_many``."""
+
+    def choose_many(self, pools: Sequence[PoolState], n: int, rng: random.Random
+                    ) -> list[int | None]:
+        raise NotImplementedError
+
+    def choose(self, pools: Sequence[PoolState], rng: random.Random) -> int | None:
+        j = self.choose_many(pools, 1, rng)[0]
+        if j is not None:
+            pools[j].queued -= 1  # one decision only: leave the snapshot as it was
+        return j
+
 
 def _healthy(pools: Sequence[PoolState]) -> list[int]:
     return [i for i, p in enumerate(pools) if p.healthy]
 
 
-def _cheapest_with_headroom(pools: Sequence[PoolState]) -> int | None:
-    idx = [i for i, p in enumerate(pools) if p.has_headroom]
-    if idx:
-        return min(idx, key=lambda i: (pools[i].usd_per_replica_hour, pools[i].load))
-    idx = _healthy(pools)
-    return min(idx, key=lambda i: pools[i].load) if idx else None
+def _count(pools: Sequence[PoolState], picks: Sequence[int]) -> None:
+    for j in picks:
+        pools[j].queued += 1
 
 
-class PlanSplit:
+def _by_load(pools: Sequence[PoolState], idx: list[int], n: int) -> list[int]:
+    """``n`` picks among ``idx``, each to the least loaded pool (the first of equals),
+    every pick adding one request to its pool's load; counts the picks."""
+    if n == 1:
+        j = min(idx, key=lambda i: pools[i].load)
+        pools[j].queued += 1
+        return [j]
+    import numpy as np  # here, so the gateway's import of this module stays light
+
+    # Water-filling: pool i's k-th next pick happens at load (c_i + k) / h_i, the same
+    # float ``PoolState.load`` computes then; the n smallest (load, position) pairs are
+    # the loop's picks in order (a stable sort keeps the first pool first on ties).
+    c = np.array([pools[i].in_flight + pools[i].queued for i in idx], dtype=np.int64)
+    h = np.array([max(pools[i].healthy_replicas, 1) for i in idx], dtype=np.int64)
+    loads = ((c[:, None] + np.arange(n)) / h[:, None]).ravel()
+    order = np.argsort(loads, kind="stable")[:n] // n
+    picks = [idx[k] for k in order.tolist()]
+    for k, m in enumerate(np.bincount(order, minlength=len(idx)).tolist()):
+        pools[idx[k]].queued += m
+    return picks
+
+
+def _spill(pools: Sequence[PoolState], n: int) -> list[int | None]:
+    """The cheapest pool (per replica-hour) with headroom, the least loaded of equally
+    cheap ones; with no headroom anywhere, the least loaded healthy pool."""
+    picks: list[int | None] = []
+    while len(picks) < n:
+        left = n - len(picks)
+        idx = [i for i, p in enumerate(pools) if p.has_headroom]
+        if not idx:
+            # Nobody gains headroom while requests are only added: load decides the rest.
+            healthy = _healthy(pools)
+            picks.extend(_by_load(pools, healthy, left) if healthy else [None] * left)
+            break
+        usd = min(pools[i].usd_per_replica_hour for i in idx)
+        cheap = [i for i in idx if pools[i].usd_per_replica_hour == usd]
+        # No pool of the cheapest group can run out of headroom before this many picks.
+        picks.extend(_by_load(pools, cheap, min(left, min(pools[i].room for i in cheap))))
+    return picks
+
+
+class PlanSplit(_Policy):
     """Follow the plan's shares (weighted random) among healthy pools with headroom;
     when the planned pools are full or down, spill to the cheapest pool with headroom."""
 
     name = "plan"
 
-    def choose(self, pools: Sequence[PoolState], rng: random.Random) -> int | None:
-        idx = [i for i, p in enumerate(pools) if p.has_headroom and p.share > 0]
-        if idx:
-            weights = [pools[i].share for i in idx]
-            return rng.choices(idx, weights=weights)[0]
-        return _cheapest_with_headroom(pools)
+    def choose_many(self, pools: Sequence[PoolState], n: int, rng: random.Random
+                    ) -> list[int | None]:
+        picks: list[int | None] = []
+        while len(picks) < n:
+            idx = [i for i, p in enumerate(pools) if p.has_headroom and p.share > 0]
+            if not idx:
+                # Planned pools only fill up from here: the rest spill.
+                picks.extend(_spill(pools, n - len(picks)))
+                break
+            # Until one of them can run out of headroom, picks are independent draws;
+            # random.choices(k=...) draws exactly as that many calls with k=1 would.
+            k = min(n - len(picks), min(pools[i].room for i in idx))
+            draws = rng.choices(idx, weights=[pools[i].share for i in idx], k=k)
+            _count(pools, draws)
+            picks.extend(draws)
+        return picks
 
 
-class RoundRobin:
+class RoundRobin(_Policy):
     name = "round-robin"
 
     def __init__(self) -> None:
         self._next = 0
 
-    def choose(self, pools: Sequence[PoolState], rng: random.Random) -> int | None:
+    def choose_many(self, pools: Sequence[PoolState], n: int, rng: random.Random
+                    ) -> list[int | None]:
         idx = _healthy(pools)
         if not idx:
-            return None
-        pick = idx[self._next % len(idx)]
-        self._next += 1
-        return pick
+            return [None] * n
+        picks = [idx[(self._next + q) % len(idx)] for q in range(n)]
+        self._next += n
+        _count(pools, picks)
+        return list(picks)
 
 
-class JoinShortestQueue:
+class JoinShortestQueue(_Policy):
     name = "jsq"
 
-    def choose(self, pools: Sequence[PoolState], rng: random.Random) -> int | None:
+    def choose_many(self, pools: Sequence[PoolState], n: int, rng: random.Random
+                    ) -> list[int | None]:
         idx = _healthy(pools)
-        return min(idx, key=lambda i: (pools[i].load, i)) if idx else None
+        return list(_by_load(pools, idx, n)) if idx else [None] * n
 
 
-class LeastKV:
+class LeastKV(_Policy):
     name = "least-kv"
 
-    def choose(self, pools: Sequence[PoolState], rng: random.Random) -> int | None:
+    def choose_many(self, pools: Sequence[PoolState], n: int, rng: random.Random
+                    ) -> list[int | None]:
         idx = _healthy(pools)
-        return min(idx, key=lambda i: (pools[i].kv_used, pools[i].load, i)) if idx else None
+        if not idx:
+            return [None] * n
+        # KV use is a snapshot (it does not move with picks): the least used pools
+        # share the requests by load.
+        least = min(pools[i].kv_used for i in idx)
+        return list(_by_load(pools, [i for i in idx if pools[i].kv_used == least], n))
 
 
-class CostAwareSpill:
+class CostAwareSpill(_Policy):
     """Cheapest pool (per replica-hour) with headroom first, then the least loaded."""
 
     name = "cost-spill"
 
-    def choose(self, pools: Sequence[PoolState], rng: random.Random) -> int | None:
-        return _cheapest_with_headroom(pools)
+    def choose_many(self, pools: Sequence[PoolState], n: int, rng: random.Random
+                    ) -> list[int | None]:
+        return _spill(pools, n)
 
 
 POLICIES: dict[str, Callable[[], RoutingPolicy]] = {

@@ -42,6 +42,7 @@ class TierResult(BaseModel):
     requests: int = Field(description="arrived for this tier")
     completed: int
     rejected: int
+    shed: int = Field(0, description="of the rejected: turned away by admission control")
     retried: int = Field(description="requests re-queued after a failure (each once)")
     slo_ttft_s: float | None
     slo_tpot_s: float | None
@@ -51,6 +52,11 @@ class TierResult(BaseModel):
     queue_s: Latency
     slo_attainment: float | None = Field(
         description="fraction of arrived requests finished within both SLOs")
+    goodput_fraction: float | None = Field(
+        None, description="fraction of the offered (arrived) requests completed within both "
+                          "SLOs, shed and rejected ones counting as misses (the same number "
+                          "as slo_attainment): what an N-1 promise (serve >= min_fraction "
+                          "of peak at SLO) is checked on")
     mean_ttft_within_slo: bool | None = Field(description="mean TTFT <= SLO (the plan's "
                                                           "promise is on means)")
     mean_tpot_within_slo: bool | None
@@ -103,6 +109,7 @@ class SimSummary(BaseModel):
     source: str
     policy: str
     seed: int
+    admission: str = Field("none", description="admission control: none | ttft")
     requests: int
     completed: int
     retried: int
@@ -223,10 +230,12 @@ def summarize(rec: RunRecord) -> SimSummary:
         arrived = int(g.arrived[i])
         tiers[name] = TierResult(
             requests=arrived, completed=int(g.completed[i]), rejected=int(g.rejected[i]),
+            shed=int(g.shed[i]) if g.shed.size else 0,
             retried=int(g.retried[i]), slo_ttft_s=slo_ttft, slo_tpot_s=slo_tpot,
             ttft_s=ttft, tpot_s=tpot, e2e_s=_latency(g, i, "e2e"),
             queue_s=_latency(g, i, "queue"),
             slo_attainment=(int(g.slo_met[i]) / arrived) if arrived else None,
+            goodput_fraction=(int(g.slo_met[i]) / arrived) if arrived else None,
             mean_ttft_within_slo=(None if slo_ttft is None or ttft.mean is None
                                   else ttft.mean <= slo_ttft),
             mean_tpot_within_slo=(None if slo_tpot is None or tpot.mean is None
@@ -279,7 +288,8 @@ def summarize(rec: RunRecord) -> SimSummary:
     out_tokens = int(rec.tiers.output_tokens.sum())
     shocks = [f.text for f in rec.failures] + [p.text for p in rec.prices]
     return SimSummary(
-        source=rec.source, policy=rec.policy, seed=rec.seed, requests=rec.requests,
+        source=rec.source, policy=rec.policy, seed=rec.seed, admission=rec.admission,
+        requests=rec.requests,
         completed=rec.completed, retried=rec.retried, rejected=rec.rejected,
         rejected_by_reason=dict(sorted(rec.reject_reasons.items())),
         retry_attempts=rec.retries, preemptions=sum(rec.preemptions.values()),

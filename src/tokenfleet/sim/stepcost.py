@@ -165,3 +165,45 @@ def prefill_attention_per_token(unit: UnitModel, prompt_len: int) -> float:
     """Prompt-attention FLOPs per prefill token for a prompt of ``prompt_len`` tokens
     (model FLOPs; the per-chip split is in ``c_pre``)."""
     return arch.prefill_attention_flops(unit.model, prompt_len) / max(prompt_len, 1)
+
+
+class PrefillAttention:
+    """:func:`prefill_attention_per_token` for many (pool, prompt length) pairs at once.
+
+    The scheduler admits prompts in vectorised batches, so the per-pool constants of
+    :func:`tokenfleet.perf.architecture.prefill_attention_flops` are laid out as arrays
+    and the formula is evaluated with the same operations in the same order (the
+    result is bit-identical; ``tests/sim/test_stepcost.py`` checks it)."""
+
+    def __init__(self, units: list[UnitModel]) -> None:
+        coef, full, sliding, window = [], [], [], []
+        for u in units:
+            m = u.model
+            dk, dv = arch.attention_dims(m)
+            f, s = arch.attention_layer_counts(m)
+            coef.append(2.0 * m.num_attention_heads * (dk + dv))
+            full.append(f)
+            sliding.append(s)
+            # 0 = no sliding-window layers (or no window): every layer sees the prompt.
+            window.append(m.sliding_window if (s and m.sliding_window) else 0)
+        self.coef = np.array(coef, dtype=np.float64)
+        self.full = np.array(full, dtype=np.float64)
+        self.sliding = np.array(sliding, dtype=np.float64)
+        self.window = np.array(window, dtype=np.int64)
+        self.any_window = bool(np.any(self.window > 0))
+
+    def per_token(self, pool: np.ndarray, prompt: np.ndarray) -> np.ndarray:
+        """Prompt-attention FLOPs per prefill token of prompts of ``prompt`` tokens run
+        on pools ``pool`` (index arrays of equal length)."""
+        prompt = prompt.astype(np.int64, copy=False)
+        pairs_full = prompt * (prompt + 1) / 2.0
+        pairs_sliding = pairs_full
+        if self.any_window:
+            w = self.window[pool]
+            longer = (w > 0) & (prompt > w)
+            if longer.any():
+                alt = w * (w + 1) / 2.0 + (prompt - w) * w
+                pairs_sliding = np.where(longer, alt, pairs_full)
+        flops = self.coef[pool] * (self.full[pool] * pairs_full
+                                   + self.sliding[pool] * pairs_sliding)
+        return flops / np.maximum(prompt, 1)
