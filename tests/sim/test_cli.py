@@ -150,3 +150,22 @@ def test_sweep_locally(two_vendor_plan, tmp_path: Path) -> None:
     bad.write_text("plan: plan.json\ntraffic: {duration: 5}\ngrid: {weather: [1]}\n")
     with pytest.raises(TokenfleetError, match="unknown axis"):
         load_grid(bad)
+
+
+def test_planned_slo_check_uses_the_slo_percentile_and_served_share():
+    from tokenfleet.sim.commands import _planned_slo_miss
+    from tokenfleet.sim.results import Latency, TierResult
+
+    def lat(p50: float, p90: float, p99: float) -> Latency:
+        return Latency(p50=p50, p90=p90, p99=p99, mean=p50, count=100)
+
+    tr = TierResult(requests=100, completed=80, rejected=20, retried=0, slo_ttft_s=1.0,
+                    slo_tpot_s=0.05, ttft_s=lat(0.5, 2.0, 9.0), tpot_s=lat(0.02, 0.04, 0.2),
+                    e2e_s=lat(1, 2, 3), queue_s=lat(0, 0, 1), slo_attainment=0.6,
+                    mean_ttft_within_slo=True, mean_tpot_within_slo=True,
+                    output_tokens_per_s=1.0, goodput_requests_per_s=1.0,
+                    goodput_output_tokens_per_s=1.0)
+    assert _planned_slo_miss(tr, 50, 0.7) == ""  # p50s within, 80 % served
+    assert _planned_slo_miss(tr, 90, 0.7) == "p90 TTFT 2 s > 1 s"
+    assert _planned_slo_miss(tr, 99, 0.9) == ("served 80.0%, p99 TTFT 9 s > 1 s, "
+                                              "p99 TPOT 0.2 s > 0.05 s")
