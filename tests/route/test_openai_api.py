@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -8,6 +9,8 @@ from tokenfleet.route.openai_api import (
     DEFAULT_MAX_TOKENS,
     ApiError,
     approx_tokens,
+    dump_json,
+    load_json,
     parse_request,
     prompt_of_tokens,
 )
@@ -71,3 +74,19 @@ def test_bad_requests_are_400_with_a_message(raw, kind, match):
     assert e.value.status == 400
     body = e.value.body()["error"]
     assert body["type"] == "invalid_request_error" and body["message"]
+
+
+def test_json_is_read_and_rewritten_exactly():
+    # orjson where it reads exactly what json reads; json for the rest.
+    assert load_json(b'{"a": [1, 2.5, "x"]}') == ({"a": [1, 2.5, "x"]}, True)
+    big = 123456789012345678901234567890  # beyond 64 bits: orjson would make it a float
+    assert load_json(b'{"seed": %d}' % big) == ({"seed": big}, False)
+    value, strict = load_json(b'{"t": NaN}')
+    assert math.isnan(value["t"]) and not strict
+    assert dump_json(value, strict) == b'{"t":NaN}'  # not null, as orjson would write
+    assert dump_json({"seed": big}, False) == b'{"seed":%d}' % big
+    assert dump_json({"m": "é"}) == '{"m":"é"}'.encode()
+    with pytest.raises(ValueError):
+        load_json(b"{nope")
+    p = parse_request(_raw(model="m", prompt="a", seed=big), "completion")
+    assert p.body["seed"] == big and not p.strict_json

@@ -84,7 +84,12 @@ def serve_cmd(
     from tokenfleet.route.auth import ApiKeys
     from tokenfleet.route.config import check_against_plan, load_backends
     from tokenfleet.route.gateway import Gateway
-    from tokenfleet.route.server import RunningServer, install_uvloop, raise_fd_limit
+    from tokenfleet.route.server import (
+        RunningServer,
+        freeze_startup_heap,
+        install_uvloop,
+        raise_fd_limit,
+    )
 
     _logging(log_level)
     the_plan = load_plan(plan)
@@ -101,6 +106,7 @@ def serve_cmd(
     gateway = Gateway(the_plan, spec, keys, policy=policy)
     install_uvloop()
     raise_fd_limit()
+    freeze_startup_heap()
     server = RunningServer(gateway.make_app(), host, port)
 
     async def start() -> None:
@@ -164,7 +170,7 @@ def emulate_cmd(
     from tokenfleet.plan.schema import load_plan
     from tokenfleet.route.emulator import Emulator, Faults, PoolSpec, build_engine
     from tokenfleet.route.engine import Engine, FixedLatencyEngine, FixedPacing
-    from tokenfleet.route.server import install_uvloop, raise_fd_limit
+    from tokenfleet.route.server import freeze_startup_heap, install_uvloop, raise_fd_limit
 
     if not _is_loopback(host):
         typer.secho("warning: the emulator's /admin/faults has no authentication; bind it to "
@@ -203,6 +209,7 @@ def emulate_cmd(
                         exit_on_die=True, info=info)
     install_uvloop()
     raise_fd_limit()
+    freeze_startup_heap()
 
     async def start() -> None:
         server = await emulator.serve(host, port)
@@ -309,7 +316,7 @@ def loadtest_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from tokenfleet.route.loadgen import LoadGenerator, run_blocking, schedule, summarize
-    from tokenfleet.route.server import install_uvloop, raise_fd_limit
+    from tokenfleet.route.server import freeze_startup_heap, install_uvloop, raise_fd_limit
     from tokenfleet.workload.readers import read_trace
 
     api_key = os.environ.get(api_key_env) or None
@@ -335,6 +342,7 @@ def loadtest_cmd(
                         timeout)
     install_uvloop()
     raise_fd_limit()
+    freeze_startup_heap()  # no collector pauses in the measured latencies
     err = Console(stderr=True)
     show = err.is_terminal and not json_out
     with Progress("[progress.description]{task.description}", BarColumn(),

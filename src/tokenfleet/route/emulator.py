@@ -282,7 +282,7 @@ class Emulator:
         if parsed.kind == "chat":
             choice: dict[str, Any] = {"index": 0, "finish_reason": "length",
                                       "message": {"role": "assistant", "content": text}}
-            obj = {"id": f"chatcmpl-{rid}", "object": "chat.completion"}
+            obj: dict[str, Any] = {"id": f"chatcmpl-{rid}", "object": "chat.completion"}
         else:
             choice = {"index": 0, "finish_reason": "length", "text": text}
             obj = {"id": f"cmpl-{rid}", "object": "text_completion"}

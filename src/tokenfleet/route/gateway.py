@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,13 +39,31 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan
 from tokenfleet.route.auth import ApiKeys
 from tokenfleet.route.breaker import BreakerState
 from tokenfleet.route.config import BackendsFile
 from tokenfleet.route.metrics import CONTENT_TYPE, NO_POOL, GatewayMetrics
-from tokenfleet.route.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_request
+from tokenfleet.route.openai_api import (
+    ApiError,
+    Kind,
+    ParsedRequest,
+    dump_json,
+    error_body,
+    load_json,
+    parse_request,
+)
 from tokenfleet.route.router import Backend, Choice, Pool, Router, Tier, Verdict
+from tokenfleet.route.upstream import (
+    ConnectError,
+    ConnectTimeout,
+    Target,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    make_target,
+)
 
 log = logging.getLogger("tokenfleet.route.gateway")
 
@@ -125,11 +143,27 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.in_flight = 0
         self.created = int(time.time())
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamClient | None = None
         self._health_session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task[None] | None = None
         for b in self.router.all_backends():
             self.metrics.child(self.metrics.backend_up, b.pool, safe_url(b.url)).set(1)
+        # Per request only bytes are joined: each backend's request line and Host
+        # header, and each pool's Authorization line, are built once here.
+        self._targets: dict[tuple[Backend, Kind], Target] = {}
+        for b in self.router.all_backends():
+            for kind, path in _PATHS.items():
+                try:
+                    self._targets[(b, kind)] = make_target(b.url, path)
+                except ValueError as e:
+                    raise TokenfleetError(f"pool '{b.pool}': {e}") from None
+        self._auth_lines: dict[str, bytes] = {}
+        for p in self.router.pools.values():
+            if p.api_key and any(c in p.api_key for c in "\r\n"):
+                raise TokenfleetError(f"pool '{p.name}': the backend API key contains a line "
+                                      f"break")
+            self._auth_lines[p.name] = (f"Authorization: Bearer {p.api_key}\r\n".encode()
+                                        if p.api_key else b"")
 
     # ---- application ----------------------------------------------------------------
 
@@ -137,7 +171,7 @@ class Gateway:
         # aiohttp enforces the body limit while reading (chunked bodies included);
         # the middleware turns its 413 into an OpenAI error.
         app = web.Application(client_max_size=self.settings.max_body_bytes,
-                              middlewares=[self._errors_middleware, self._auth_middleware])
+                              middlewares=[self._middleware])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completion)
         app.router.add_get("/v1/models", self._models)
@@ -148,15 +182,10 @@ class Gateway:
         return app
 
     async def _on_startup(self, app: web.Application) -> None:
-        # No connector limit: the router enforces per-backend limits, and a connector
-        # limit would queue requests invisibly inside the client.
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30.0,
-                                         ttl_dns_cache=300)
-        # No cookie jar: backends' cookies must not leak between clients (and it is
-        # per-request work for nothing).
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                              cookie_jar=aiohttp.DummyCookieJar(),
-                                              skip_auto_headers=("User-Agent",))
+        # No connection limit: the router enforces per-backend limits, and a client
+        # limit would queue requests invisibly. No cookies are kept, so backends'
+        # cookies cannot leak between clients.
+        self._upstream = UpstreamClient(keepalive_s=30.0)
         if self.settings.health.path is not None or any(
                 p.health_path for p in self.router.pools.values()):
             self._health_session = aiohttp.ClientSession(
@@ -168,16 +197,21 @@ class Gateway:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
-        for s in (self._session, self._health_session):
-            if s is not None:
-                await s.close()
+        if self._upstream is not None:
+            await self._upstream.close()
+        if self._health_session is not None:
+            await self._health_session.close()
 
     # ---- middlewares ----------------------------------------------------------------
 
     @web.middleware
-    async def _errors_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Every error leaves as OpenAI-format JSON; nothing escapes as a crash."""
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """API keys first; then every error leaves as OpenAI-format JSON, nothing
+        escapes as a crash. (One middleware, not two: each is a coroutine layer on
+        every request.)"""
         try:
+            if self.keys.enabled and request.path.startswith("/v1/"):
+                self._authenticate(request)
             return await handler(request)
         except ApiError as e:
             return _error_response(e)
@@ -198,16 +232,13 @@ class Gateway:
             return _json(500, error_body("internal gateway error", "server_error",
                                          "internal_error"))
 
-    @web.middleware
-    async def _auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self.keys.enabled and request.path.startswith("/v1/"):
-            auth = request.headers.get("Authorization")
-            if not self.keys.check(auth, request.headers.get("api-key")):
-                msg = ("missing API key: send 'Authorization: Bearer <key>'" if not auth
-                       and "api-key" not in request.headers else "invalid API key")
-                raise ApiError(401, msg, code="invalid_api_key",
-                               headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
+    def _authenticate(self, request: web.Request) -> None:
+        auth = request.headers.get("Authorization")
+        if not self.keys.check(auth, request.headers.get("api-key")):
+            msg = ("missing API key: send 'Authorization: Bearer <key>'" if not auth
+                   and "api-key" not in request.headers else "invalid API key")
+            raise ApiError(401, msg, code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
 
     # ---- small endpoints -------------------------------------------------------------
 
@@ -297,7 +328,8 @@ class Gateway:
             raise ApiError(404, f"the model '{parsed.model[:200]}' does not exist; available: "
                                 f"{', '.join(self.router.tiers)}", code="model_not_found",
                            param="model")
-        request_id = os.urandom(8).hex()
+        # Not a secret (it is echoed to the client): a PRNG draw, no system call.
+        request_id = f"{random.getrandbits(64):016x}"
         if self.in_flight >= s.max_in_flight:
             self.metrics.child(self.metrics.requests, tier.name, NO_POOL, "rejected").inc()
             raise ApiError(429, f"gateway at its limit of {s.max_in_flight} requests in "
@@ -369,54 +401,51 @@ class Gateway:
     def _upstream_body(self, ctx: _Ctx, pool: Pool) -> bytes:
         if pool.upstream_model == ctx.parsed.model:
             return ctx.raw
-        return json.dumps({**ctx.parsed.body, "model": pool.upstream_model}).encode()
+        return dump_json({**ctx.parsed.body, "model": pool.upstream_model},
+                         ctx.parsed.strict_json)
 
     async def _attempt(self, ctx: _Ctx, choice: Choice) -> web.StreamResponse:
         """One try at one backend. Raises :class:`_Retry` when it failed before
         anything reached the client; otherwise returns the client's response."""
-        assert self._session is not None
+        assert self._upstream is not None
         pool, backend = choice.pool, choice.backend
         m, s, tier = self.metrics, self.settings, ctx.tier.name
         now = time.monotonic()
-        remaining = ctx.deadline - now
-        if remaining <= 0:
+        if ctx.deadline - now <= 0:
             raise ApiError(504, f"request timed out after {s.request_timeout_s} s",
                            "server_error", "timeout")
-        headers = {"Content-Type": "application/json", "X-Request-Id": ctx.request_id}
-        if pool.api_key:
-            headers["Authorization"] = f"Bearer {pool.api_key}"
-        timeout = aiohttp.ClientTimeout(total=remaining, connect=s.connect_timeout_s,
-                                        sock_read=s.first_byte_timeout_s)
+        headers = b"Content-Type: application/json\r\nX-Request-Id: %b\r\n%b" % (
+            ctx.request_id.encode(), self._auth_lines[pool.name])
         backend.in_flight += 1
         backend.breaker.on_dispatch(now)
         gauge = m.child(m.in_flight, tier, pool.name)
         gauge.inc()
-        upstream: aiohttp.ClientResponse | None = None
+        upstream: UpstreamResponse | None = None
         verdict: bool | None = None  # True ok, False failure, None no judgement
         try:
             try:
-                upstream = await self._session.post(
-                    backend.url + _PATHS[ctx.parsed.kind], data=self._upstream_body(ctx, pool),
-                    headers=headers, timeout=timeout)
-            except aiohttp.ConnectionTimeoutError:
+                upstream = await self._upstream.post(
+                    self._targets[(backend, ctx.parsed.kind)], headers,
+                    self._upstream_body(ctx, pool), connect_timeout=s.connect_timeout_s,
+                    read_timeout=s.first_byte_timeout_s, deadline=ctx.deadline)
+            except ConnectTimeout:
                 verdict = False
                 raise _Retry("connect", f"connect timeout after {s.connect_timeout_s} s"
                              ) from None
             except TimeoutError:
                 verdict = False
                 raise self._timeout(ctx, pool, "no response headers") from None
-            except aiohttp.ClientConnectorError as e:
+            except ConnectError as e:
                 verdict = False
                 if pool.health_path:  # a refused connection: down until a check passes
                     backend.healthy = False
-                raise _Retry("connect", f"cannot connect: {e.os_error.strerror or e}"
-                             ) from None
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+                raise _Retry("connect", f"cannot connect: {e}") from None
+            except UpstreamError as e:
                 verdict = False
-                raise _Retry("connect", f"connection lost before the response: "
-                                        f"{type(e).__name__}") from None
-            status = upstream.status
-            if status != 200:
+                raise _Retry("connect", f"connection lost before the response: {e}"
+                             ) from None
+            resp: web.StreamResponse
+            if upstream.status != 200:
                 verdict, resp = await self._non_200(ctx, pool, upstream)
                 return resp
             if ctx.parsed.stream:
@@ -440,8 +469,8 @@ class Gateway:
             backend.in_flight -= 1
             gauge.dec()
             if upstream is not None:
-                if verdict is True and upstream.content.at_eof():
-                    upstream.release()  # back to the keep-alive pool
+                if verdict is True:
+                    upstream.release()  # back to the pool if the body was read to its end
                 else:
                     upstream.close()
             self._judge(backend, verdict)
@@ -474,12 +503,15 @@ class Gateway:
         return {"X-Request-Id": ctx.request_id, "X-Tokenfleet-Pool": pool.name,
                 "X-Tokenfleet-Attempts": str(ctx.attempts)}
 
-    async def _non_200(self, ctx: _Ctx, pool: Pool, upstream: aiohttp.ClientResponse
+    async def _non_200(self, ctx: _Ctx, pool: Pool, upstream: UpstreamResponse
                        ) -> tuple[bool | None, web.Response]:
         status = upstream.status
         try:
-            body = await upstream.content.read(_MAX_ERROR_BODY)
-        except (aiohttp.ClientError, TimeoutError):
+            # What has arrived (an error body comes with its headers); not the whole
+            # body: a backend that sends an error status and then stalls must not hold
+            # up the retry.
+            body = (await upstream.readany())[:_MAX_ERROR_BODY]
+        except (UpstreamError, TimeoutError):
             body = b""
         text = body.decode("utf-8", "replace").strip()[:500]
         if status in _RETRY_STATUSES:
@@ -498,38 +530,37 @@ class Gateway:
                              "upstream_rejected")
         return True, _json(status, obj, self._headers(ctx, pool))
 
-    async def _buffered(self, ctx: _Ctx, pool: Pool, upstream: aiohttp.ClientResponse
+    async def _buffered(self, ctx: _Ctx, pool: Pool, upstream: UpstreamResponse
                         ) -> tuple[bool, web.Response]:
         try:
             body = await upstream.read()
         except TimeoutError:
             raise self._timeout(ctx, pool, "response body") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+        except UpstreamError as e:
             # Nothing has reached the client yet, so another backend may still serve it.
-            raise _Retry("mid_stream", f"connection lost while reading the response: "
-                                       f"{type(e).__name__}") from None
+            raise _Retry("mid_stream", f"while reading the response: {e}") from None
         m, tier = self.metrics, ctx.tier.name
         m.child(m.requests, tier, pool.name, "ok").inc()
         m.child(m.duration, tier, pool.name).observe(time.monotonic() - ctx.t0)
         return True, web.Response(status=200, body=body, content_type="application/json",
                                   headers=self._headers(ctx, pool))
 
-    async def _stream(self, ctx: _Ctx, pool: Pool, upstream: aiohttp.ClientResponse
+    async def _stream(self, ctx: _Ctx, pool: Pool, upstream: UpstreamResponse
                       ) -> tuple[bool | None, web.StreamResponse]:
         m, tier = self.metrics, ctx.tier.name
-        content = upstream.content
+        # Built (not sent) while the backend is still working on the first token, so
+        # that the first token is not kept waiting for it.
+        resp = _SSEResponse(status=200, headers={**_SSE_HEADERS, **self._headers(ctx, pool)})
         # Wait for the first bytes before answering the client: until then a failure
         # can still be retried elsewhere without the client noticing.
         try:
-            first = await content.readany()
+            first = await upstream.readany()
         except TimeoutError:
             raise self._timeout(ctx, pool, "no first token") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
-            raise _Retry("mid_stream", f"connection lost before the first token: "
-                                       f"{type(e).__name__}") from None
+        except UpstreamError as e:
+            raise _Retry("mid_stream", f"before the first token: {e}") from None
         if not first:
             raise _Retry("mid_stream", "backend closed the stream before the first token")
-        resp = _SSEResponse(status=200, headers={**_SSE_HEADERS, **self._headers(ctx, pool)})
         t_first = time.monotonic()
         events = first.count(b"data:")
         t_last = t_first
@@ -553,9 +584,8 @@ class Gateway:
                 m.child(m.requests, tier, pool.name, "cancelled").inc()
                 return None, resp
             try:
-                chunk = await content.readany()
-            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError
-                    ) as e:
+                chunk = await upstream.readany()
+            except (TimeoutError, UpstreamError) as e:
                 await self._stream_failed(ctx, pool, resp, e)
                 return False, resp
             if chunk:
@@ -593,14 +623,18 @@ class Gateway:
 
 def _usage_tokens(tail: bytes) -> int | None:
     """``usage.completion_tokens`` from the final SSE events, when the backend sent it."""
-    if b'"usage"' not in tail:
+    at = tail.rfind(b'"usage"')
+    if at < 0:
         return None
-    for line in reversed(tail.split(b"\n")):
-        if line.startswith(b"data:") and b'"usage"' in line:
-            try:
-                usage = json.loads(line[5:]).get("usage") or {}
-                n = usage.get("completion_tokens")
-                return int(n) if isinstance(n, int) else None
-            except (ValueError, AttributeError):
-                return None
-    return None
+    # Only the line (SSE event) holding the last "usage" is parsed.
+    start = tail.rfind(b"\n", 0, at) + 1
+    end = tail.find(b"\n", at)
+    line = tail[start:end if end >= 0 else len(tail)].strip()
+    if not line.startswith(b"data:"):
+        return None
+    try:
+        usage = load_json(line[5:])[0].get("usage") or {}
+        n = usage.get("completion_tokens")
+        return int(n) if isinstance(n, int) else None
+    except (ValueError, AttributeError):
+        return None

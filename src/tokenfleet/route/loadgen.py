@@ -26,7 +26,7 @@ import aiohttp
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.route.openai_api import prompt_of_tokens
+from tokenfleet.route.openai_api import load_json, prompt_of_tokens
 from tokenfleet.route.summary import LivePoolResult, LiveTierResult, RunSummary, latency
 from tokenfleet.sim.results import Latency
 from tokenfleet.workload.generate import EmpiricalLengths, FixedLengths, poisson
@@ -281,7 +281,7 @@ class LoadGenerator:
                 done = True
                 break
             now = time.perf_counter()
-            obj = json.loads(payload)
+            obj = load_json(payload)[0]  # orjson: the generator must not be the bottleneck
             if "error" in obj:
                 res.outcome, res.reason = "failed", "stream_error"
                 res.message = _error_message(payload)

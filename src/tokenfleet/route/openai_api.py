@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
+
 CHARS_PER_TOKEN = 4
 # Output length assumed for bucketing when a request gives no max_tokens (tokens);
 # also what the emulator generates then.
@@ -73,6 +75,9 @@ class ParsedRequest:
     prompt_tokens: int  # approximate, see module docstring
     include_usage: bool  # stream_options.include_usage
     body: dict[str, Any]
+    # The body is strict JSON (no NaN / Infinity, integers within 64 bits), so
+    # :func:`dump_json` may re-encode it with orjson without changing any value.
+    strict_json: bool = True
 
     @property
     def output_tokens(self) -> int:
@@ -125,11 +130,43 @@ def _prompt_tokens(kind: Kind, body: dict[str, Any]) -> int:
                    param="prompt")
 
 
+# 19+ digits in a row may be an integer beyond 64 bits, which orjson would read as a
+# float (json reads it exactly). Found by mapping every digit to "0" and searching for
+# a run of zeros: several times faster than a regular expression.
+_DIGITS_TO_0 = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
+
+
+def load_json(raw: bytes) -> tuple[Any, bool]:
+    """``(value, strict)``: orjson first (several times faster than ``json`` on
+    request bodies, which the gateway parses on every request); what orjson refuses or
+    would read differently (NaN, Infinity, integers beyond 64 bits, lone surrogates,
+    non-UTF-8 encodings) goes to ``json``, with ``strict=False``. Raises ``ValueError``
+    (``json``'s error) for invalid JSON."""
+    if raw.translate(_DIGITS_TO_0).find(_LONG_RUN) < 0:
+        try:
+            return orjson.loads(raw), True
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw), False
+
+
+def dump_json(obj: Any, strict: bool = True) -> bytes:
+    """``obj`` as compact UTF-8 JSON: orjson for values :func:`load_json` parsed
+    strictly, ``json`` otherwise (orjson would turn NaN into null)."""
+    if strict:
+        try:
+            return orjson.dumps(obj)
+        except (orjson.JSONEncodeError, TypeError):  # e.g. nesting deeper than orjson's
+            pass
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def parse_request(raw: bytes, kind: Kind) -> ParsedRequest:
     """Parse and validate a completions (``kind='completion'``) or chat-completions
     body. Raises :class:`ApiError` (HTTP 400) with a message naming the field."""
     try:
-        body = json.loads(raw)
+        body, strict = load_json(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
@@ -151,4 +188,4 @@ def parse_request(raw: bytes, kind: Kind) -> ParsedRequest:
     include_usage = bool(opts.get("include_usage")) if opts else False
     return ParsedRequest(kind=kind, model=model, stream=stream, max_tokens=max_tokens,
                          prompt_tokens=_prompt_tokens(kind, body), include_usage=include_usage,
-                         body=body)
+                         body=body, strict_json=strict)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import resource
 
 from aiohttp import web
@@ -39,6 +40,16 @@ def install_uvloop() -> bool:
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return True
+
+
+def freeze_startup_heap() -> None:
+    """Exclude everything allocated so far (imported modules, the plan, pydantic
+    models: ~100k objects) from the cyclic garbage collector. A full collection over
+    them takes ~60 ms on a 2-core VM, a stall every request in flight would see;
+    afterwards it only walks what the server allocated while running. Call once, when
+    start-up is done (standard practice for long-running servers; see ``gc.freeze``)."""
+    gc.collect()
+    gc.freeze()
 
 
 class RunningServer:
