@@ -102,32 +102,11 @@ NOTES = [
     "2.57 ms. So the target is met at 500 req/s while the host leaves this VM alone, and "
     "not while other VMs take its CPU away.",
     "",
-    "Same-moment A/B on this machine (one backend; the gateway at the previous commit, "
-    "the new gateway and the bare proxy measured in turn, 10 s each at 500 req/s, three "
-    "rounds). With other jobs in this VM using about 1 core throughout: added p50 / p99 "
-    "— new gateway 1.33–1.50 / 2.7–13.1 ms, previous gateway 7.1–9.0 / 36–259 ms, bare "
-    "aiohttp proxy 1.58–2.01 / 7.3–8.6 ms; gateway CPU 0.57–0.69 (new) vs 0.81–0.88 "
-    "ms/req (previous). With steal peaks of 0.3–1.2 cores instead: new 1.38–2.45 / "
-    "9–25 ms, previous 5.2–18 / 42–132 ms, bare proxy 1.2–15 / 8.5–238 ms. Under "
-    "contention the previous gateway, with more CPU and more event-loop iterations per "
-    "request, degraded far more.",
-    "",
     "Above 1000 req/s (`--rates 1250,1500,2000 --no-floor --stop-on-failure`, steal "
     "peaks 0.13–0.36 cores): 1250 and 1500 req/s complete without errors (1254 and "
     "1470 req/s achieved) but the 2 cores are saturated by generator, backend and "
     "gateway together (added p50 15.5 and 14.2 ms); at 2000 req/s the generator falls "
     "behind (887 req/s achieved). Highest error-free rate tried: 1500 req/s.",
-    "",
-    "Cross-check on a quiet machine (16-core Intel Xeon, Python 3.12, aiohttp 3.14, "
-    "no other jobs; the same three proxies in turn, 10 s each, median of three rounds): "
-    "added p50 / p99 at 500 req/s — new gateway 0.48 / 0.55 ms, previous gateway "
-    "0.65 / 0.99 ms, bare aiohttp proxy 0.42 / 1.02 ms; at 1000 req/s 0.48 / 0.75, "
-    "1.13 / 3.19 and 0.43 / 1.85 ms; gateway CPU at 500 req/s 0.51 (new) vs 0.69 ms/req. "
-    "On Python 3.12 aiohttp starts the handler and body-writer tasks eagerly, which is "
-    "why the bare aiohttp proxy is as fast as the gateway there and not on this "
-    "machine's Python 3.11. On an uncontended machine both targets are met with room (by "
-    "the previous gateway too); on this shared 2-core machine the result depends on how "
-    "much CPU other jobs and other VMs take.",
     "",
 ]
 MODEL = "llama-3.1-8b"
