@@ -110,3 +110,59 @@ def test_choose_leaves_the_snapshot_alone() -> None:
     for name in POLICIES:
         get_policy(name).choose(pools, random.Random(0))
     assert pools == before
+
+
+def _oracle(policy: str, pools: list[PoolState], rng: random.Random, turn: int) -> int | None:
+    """Each policy's rule for one request, written plainly from its docstring (no
+    batching, no shortcuts): the independent check of ``choose_many``'s fast paths."""
+    healthy = [i for i, p in enumerate(pools) if p.healthy_replicas > 0]
+
+    def least_loaded(idx: list[int]) -> int:
+        return min(idx, key=lambda i: (pools[i].in_flight + pools[i].queued)
+                   / max(pools[i].healthy_replicas, 1))
+
+    def spill() -> int | None:
+        room = [i for i in healthy
+                if pools[i].in_flight + pools[i].queued < pools[i].max_in_flight]
+        if room:
+            usd = min(pools[i].usd_per_replica_hour for i in room)
+            return least_loaded([i for i in room if pools[i].usd_per_replica_hour == usd])
+        return least_loaded(healthy) if healthy else None
+
+    if policy == "plan":
+        planned = [i for i in healthy if pools[i].share > 0
+                   and pools[i].in_flight + pools[i].queued < pools[i].max_in_flight]
+        if planned:
+            return rng.choices(planned, weights=[pools[i].share for i in planned])[0]
+        return spill()
+    if policy == "cost-spill":
+        return spill()
+    if not healthy:
+        return None
+    if policy == "round-robin":
+        return healthy[turn % len(healthy)]
+    if policy == "jsq":
+        return least_loaded(healthy)
+    assert policy == "least-kv"
+    least = min(pools[i].kv_used for i in healthy)
+    return least_loaded([i for i in healthy if pools[i].kv_used == least])
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_choose_many_matches_the_plain_rule(policy: str) -> None:
+    rng = random.Random(11)
+    for case in range(400):
+        pools = _random_pools(rng)
+        n = rng.choice([1, 2, 3, 7, 9, 40, 300])
+        seed = rng.random()
+        fast, plain = copy.deepcopy(pools), copy.deepcopy(pools)
+        got = get_policy(policy).choose_many(fast, n, random.Random(seed))
+        r2 = random.Random(seed)
+        want = []
+        for q in range(n):
+            j = _oracle(policy, plain, r2, q)
+            want.append(j)
+            if j is not None:
+                plain[j].queued += 1
+        assert got == want, (case, policy, n)
+        assert [p.queued for p in fast] == [p.queued for p in plain]

@@ -63,6 +63,7 @@ from itertools import chain
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.sim import kernels
 from tokenfleet.sim.fleet import BLOCK_TOKENS, Fleet, SimPool
 from tokenfleet.sim.metrics import CompletionBuffer, GroupStats
 from tokenfleet.sim.policies import PoolState, RoutingPolicy, get_policy
@@ -90,11 +91,6 @@ ADMISSION_MODES = ("none", "ttft")
 # Routing outcomes other than a pool index (negative, so they never clash with one).
 _REASON_CODES = {-1: NO_POOL, -2: TOO_LONG, -3: NO_HEALTHY}
 _NO_POOL, _TOO_LONG, _NO_HEALTHY = -1, -2, -3
-# Requests looked at per lane in one admission pass; a lane that takes them all and
-# could take more gets another pass with four times as many (bursts, backlogs).
-_ADMIT_FIRST_PASS = 8
-# Levels of lane filling done for all pools at once per routing window (more are rare).
-_FILL_LEVELS = 8
 # Time constant of admission control's measured drain rate, s.
 _DRAIN_TAU_S = 5.0
 
@@ -103,7 +99,7 @@ _LANE_SHIFT = 32
 # Memory allowed for the per-lane completion rings (see Simulator._build_lanes).
 _RING_BYTES = 64 << 20
 # What a slot holds.
-_FREE, _WAITING, _PREFILLING, _DECODING, _DECODING_FAR, _DONE = range(6)
+_FREE, _WAITING, _PREFILLING, _DECODING, _DECODING_FAR, _DONE = kernels.SLOT_STATES
 
 # Per-request columns of the slot table (name, dtype). Lengths and token counts are
 # integers; times and FLOPs floats.
@@ -363,8 +359,8 @@ class Simulator:
         self.key_min_cap: list[int] = []
         self.pool_states: list[list[PoolState]] = [[] for _ in pools]
         self.pool_states_keys: list[list[tuple[PoolState, int]]] = [[] for _ in pools]
-        self.pool_first = [p.first_lane for p in pools]
-        self.pool_lanes = [p.lanes for p in pools]
+        self.pool_first_arr = np.array([p.first_lane for p in pools], dtype=np.int64)
+        self.pool_lanes_arr = np.array([p.lanes for p in pools], dtype=np.int64)
         self.chips_per_replica = np.array([p.unit.chips_per_replica for p in pools], float)
         self.version = 0
         self.key_version = [-1] * len(self.w.keys)
@@ -539,7 +535,10 @@ class Simulator:
             before = [st.queued for st in states]
             picks = self.key_policy[k].choose_many(states, n, self.key_rng[k])
             kp = self.key_pools[k]
-            picked.extend(_NO_HEALTHY if j is None else kp[j] for j in picks)
+            if None in picks:
+                picked.extend(_NO_HEALTHY if j is None else kp[j] for j in picks)
+            else:
+                picked.extend(map(kp.__getitem__, picks))  # type: ignore[arg-type]
             # The policy counted its picks in this key's view; later keys see them
             # through routed_win when their views are taken.
             for st, b, pi in zip(states, before, kp, strict=True):
@@ -548,76 +547,6 @@ class Simulator:
         out = np.empty(m, dtype=np.int64)
         out[order] = picked
         return out
-
-    def _fill_lanes(self, pi: int, count: int) -> np.ndarray:
-        """Lanes of pool ``pi`` for ``count`` requests in turn, each to the lane with the
-        fewest outstanding requests (lowest index on ties), counting earlier picks —
-        level by level: the lanes at the lowest level take requests in index order."""
-        start = self.pool_first[pi]
-        n = self.pool_lanes[pi]
-        o = self.outstanding[start:start + n]  # a view: the picks are counted in place
-        if n == 1:
-            if not math.isfinite(o[0]):
-                return np.full(count, -1, dtype=np.int64)
-            o += count
-            return np.full(count, start, dtype=np.int64)
-        parts = []
-        left = count
-        while left:
-            v = o.min()
-            if not math.isfinite(v):  # every lane of the pool is down
-                parts.append(np.full(left, -1, dtype=np.int64))
-                break
-            take = np.flatnonzero(o == v)[:left]
-            o[take] += 1
-            parts.append(take + start)
-            left -= take.size
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def _fill_pools(self, counts: np.ndarray) -> np.ndarray:
-        """Lanes for ``counts[p]`` requests of each pool (pool by pool, each pool's in
-        turn), as :meth:`_fill_lanes` picks them, for all pools at once.
-
-        With d = a lane's outstanding count above its pool's lowest, the picks at level
-        k are the lanes with d <= k in index order (the lower ones were raised to k
-        before): every level below the last takes all of them, the last a prefix. The
-        last level follows from the per-pool histogram of d."""
-        o = self.outstanding
-        lp = self.lane_pool
-        top = _FILL_LEVELS
-        lowest = self._per_pool(np.minimum, o, np.inf)
-        up_pool = np.isfinite(lowest)
-        d = o - np.where(up_pool, lowest, 0.0)[lp]  # inf on lanes that are down
-        hist = np.bincount(lp * (top + 1) + np.minimum(d, top).astype(np.int64),
-                           minlength=self.n_pools * (top + 1)).reshape(-1, top + 1)[:, :top]
-        n_under = np.cumsum(hist, axis=1)  # lanes at or below level k
-        through = np.cumsum(n_under, axis=1)  # picks through level k
-        enough = through >= counts[:, None]
-        last = np.argmax(enough, axis=1)
-        solved = up_pool & (counts > 0) & enough[:, -1]
-        before = np.where(last > 0, through[np.arange(self.n_pools), last - 1], 0)
-        on = solved[lp]
-        lk = last[lp]
-        full = np.where(on, np.maximum(lk - d, 0.0), 0.0).astype(np.int64)
-        elig = on & (d <= lk)
-        n_elig = self._per_pool(np.add, elig.astype(np.int64))
-        rank = np.cumsum(elig) - (np.cumsum(n_elig) - n_elig)[lp]
-        picks = full + (elig & (rank <= (counts - before)[lp]))
-        has = np.flatnonzero(picks)
-        k = picks[has]
-        o[has] += k
-        lanes = np.repeat(has, k)
-        level = np.repeat(d[has].astype(np.int64) - (np.cumsum(k) - k), k) \
-            + np.arange(lanes.size)
-        lanes = lanes[np.argsort((lp[lanes] * (top + 1) + level) * self.n_lanes + lanes)]
-        rest = np.flatnonzero(~solved & (counts > 0))
-        if not rest.size:
-            return lanes
-        # Many requests for few lanes (or a pool that is down): those pools level by level.
-        parts = [lanes] + [self._fill_lanes(pi, int(counts[pi])) for pi in rest.tolist()]
-        keys = np.concatenate([lp[lanes]] + [np.full(int(counts[pi]), pi)
-                                             for pi in rest.tolist()])
-        return np.concatenate(parts)[np.argsort(keys, kind="stable")]
 
     def _dispatch(self, slots: np.ndarray, picks: np.ndarray, when: np.ndarray) -> None:
         """Send routed requests to their pools' lanes (in order) or reject them."""
@@ -636,7 +565,9 @@ class Simulator:
                 return
         order = np.argsort(picks, kind="stable")
         lanes = np.empty(slots.size, dtype=np.int64)
-        lanes[order] = self._fill_pools(np.bincount(picks, minlength=self.n_pools))
+        lanes[order] = kernels.fill_pools(np.bincount(picks, minlength=self.n_pools),
+                                          self.outstanding, self.pool_first_arr,
+                                          self.pool_lanes_arr)
         down = lanes < 0
         if down.any():
             self._reject_slots(slots[down], NO_HEALTHY, when[down])
@@ -726,33 +657,8 @@ class Simulator:
 
     def _enqueue(self, slots: np.ndarray, lanes: np.ndarray) -> None:
         """Append requests (in order) to the tails of their lanes' waiting queues."""
-        n = slots.size
-        order = np.argsort(lanes, kind="stable")
-        sl, ln = slots[order], lanes[order]
-        first = np.empty(n, dtype=bool)
-        first[0] = True
-        np.not_equal(ln[1:], ln[:-1], out=first[1:])
-        last = np.empty(n, dtype=bool)
-        last[-1] = True
-        last[:-1] = first[1:]
-        nxt = np.empty(n, dtype=np.int64)
-        nxt[:-1] = sl[1:]
-        nxt[last] = -1
-        self.s_next[sl] = nxt
-        self.s_state[sl] = _WAITING
-        fl, fs = ln[first], sl[first]
-        tail = self.q_tail[fl]
-        empty = tail < 0
-        if empty.all():
-            self.q_head[fl] = fs
-            self.wait_head[fl] = self.s_ready[fs]
-        else:
-            self.s_next[tail[~empty]] = fs[~empty]
-            self.q_head[fl[empty]] = fs[empty]
-            self.wait_head[fl[empty]] = self.s_ready[fs[empty]]
-        self.q_tail[fl] = sl[last]
-        starts = np.flatnonzero(first)
-        self.n_wait[fl] += np.diff(np.append(starts, n))
+        kernels.enqueue(slots, lanes, self.s_next, self.s_state, self.s_ready, self.q_head,
+                        self.q_tail, self.n_wait, self.wait_head)
 
     def _arrive(self, i: int, j: int) -> None:
         """Requests ``i..j-1`` of the workload arrive in this window."""
@@ -820,27 +726,12 @@ class Simulator:
 
     # ---- completions -----------------------------------------------------------------
 
-    def _complete(self, idx: np.ndarray, stp: np.ndarray, clk: np.ndarray) -> None:
-        """Decoding sequences of lanes ``idx`` whose last token came by step ``stp``
-        leave at the start of the lane's iteration ``stp`` (time ``clk``)."""
-        at = (idx << self.ring_shift) | (stp & self.ring_mask)
-        cn = self.ring_nf[at]
-        self.ring_from[idx] = stp + 1  # every completion before this step is done
-        hit = np.flatnonzero(cn)
-        if not hit.size:
-            return
-        lanes, at, c = idx[hit], at[hit], cn[hit]
-        ctx = self.ring_cf[at]  # their contexts (and KV) at the end
-        self.ring_nf[at] = 0
-        self.ring_cf[at] = 0
-        self.n_dec[lanes] -= c
-        self.dec_ctx[lanes] -= ctx
-        self.kv[lanes] -= ctx
-        self.n_seqs[lanes] -= c
-        self.outstanding[lanes] -= c
-        self.blocked[lanes] = False
-        self.done_keys.append((lanes << _LANE_SHIFT) | stp[hit])
-        self.done_when.append(clk[hit])
+    def _completed(self, lanes: np.ndarray, stp: np.ndarray, clk: np.ndarray,
+                   c: np.ndarray) -> None:
+        """``c[i]`` decoding sequences left lane ``lanes[i]`` at the start of its
+        iteration ``stp[i]`` (time ``clk[i]``); they are measured at the next flush."""
+        self.done_keys.append((lanes << _LANE_SHIFT) | stp)
+        self.done_when.append(clk)
         if self.shedding:
             np.add.at(self.pool_done, self.lane_pool[lanes], c)
         n = int(c.sum())
@@ -903,50 +794,22 @@ class Simulator:
         slots = np.concatenate(self.fin_slots) if len(self.fin_slots) > 1 else self.fin_slots[0]
         lanes = np.concatenate(self.fin_lanes) if len(self.fin_lanes) > 1 else self.fin_lanes[0]
         self.fin_slots, self.fin_lanes = [], []
-        t = self.clock[lanes]
-        s = self.step[lanes]
-        gen = self.s_gen[slots] + 1
-        self.s_gen[slots] = gen
-        first = self.s_first[slots]
-        self.s_first[slots] = np.where(first < 0, t, first)
-        out = self.s_out[slots]
-        ends = gen >= out
+        code = kernels.enter_decode(
+            slots, lanes, self.clock, self.step, self.s_gen, self.s_first, self.s_out,
+            self.s_inp, self.s_kvh, self.s_enter, self.s_gent, self.s_done, self.s_state,
+            self.n_dec, self.dec_ctx, self.kv, self.n_seqs, self.outstanding, self.blocked,
+            self.ring_nf, self.ring_cf, self.ring_shift, self.ring_mask, self.ring_len)
+        if not code.any():
+            return
+        ends = code == 1
         if ends.any():
-            # One-token answers (or a recompute that had one token left) end here.
-            e, le = slots[ends], lanes[ends]
-            np.subtract.at(self.kv, le, self.s_kvh[e])
-            np.subtract.at(self.n_seqs, le, 1)
-            np.subtract.at(self.outstanding, le, 1)
-            self.blocked[le] = False
-            self._finish(e, t[ends])
-            go = ~ends
-            slots, lanes, s, gen, out = slots[go], lanes[go], s[go], gen[go], out[go]
-            if not slots.size:
-                return
-        inp = self.s_inp[slots]
-        np.add.at(self.n_dec, lanes, 1)
-        np.add.at(self.dec_ctx, lanes, inp + gen)
-        np.add.at(self.kv, lanes, 1)
-        self.s_kvh[slots] += 1
-        self.s_enter[slots] = s
-        self.s_gent[slots] = gen
-        done = s + out - gen
-        self.s_done[slots] = done
-        self.s_state[slots] = _DECODING
-        far = done - s >= self.ring_len
-        if far.any():
-            for slot, r, d in zip(slots[far].tolist(), lanes[far].tolist(),
-                                  done[far].tolist(), strict=True):
-                heappush(self.far[r], (d, slot))
-                self.far_next[r] = self.far[r][0][0]
-                self.s_state[slot] = _DECODING_FAR
-            self.n_far += int(far.sum())
-            near = ~far
-            slots, lanes, done, inp, out = slots[near], lanes[near], done[near], \
-                inp[near], out[near]
-        at = (lanes << self.ring_shift) | (done & self.ring_mask)
-        np.add.at(self.ring_nf, at, 1)
-        np.add.at(self.ring_cf, at, inp + out)
+            self._finish(slots[ends], self.clock[lanes[ends]])
+        far = np.flatnonzero(code == 2)
+        for slot, r in zip(slots[far].tolist(), lanes[far].tolist(), strict=True):
+            heappush(self.far[r], (int(self.s_done[slot]), slot))
+            self.far_next[r] = self.far[r][0][0]
+            self.s_state[slot] = _DECODING_FAR
+        self.n_far += int(far.size)
 
     def _bring_near(self, lanes: np.ndarray, stp: np.ndarray) -> None:
         """Move completions that came within the ring's reach into it (long answers)."""
@@ -1063,133 +926,25 @@ class Simulator:
         the KV blocks (less the watermark, once anything runs) allow; the first that
         does not fit for KV blocks the lane until something leaves."""
         at = np.flatnonzero(adm)
-        span = _ADMIT_FIRST_PASS
-        while at.size:
-            L = lanes[at]
-            n_seqs = self.n_seqs[L]
-            max_seqs = self.max_seqs[L]
-            lens = np.minimum(np.minimum(self.n_wait[L], max_seqs - n_seqs), span)
-            has = lens > 0
-            if not has.all():
-                # A full batch: nothing to admit, but the lane may now wait (blocked).
-                self._after_admit(L[~has], t[at[~has]])
-                at, L, n_seqs, max_seqs, lens = at[has], L[has], n_seqs[has], \
-                    max_seqs[has], lens[has]
-                if not at.size:
-                    break
-            tl = t[at]
-            kv0 = self.kv[L]
-            room = self.kv_cap[L] - kv0 - self.n_dec[L]
-            width = int(lens.max())
-            if width == 1:
-                # One candidate per lane (the usual case): the queue heads.
-                slots = self.q_head[L]
-                need = self.s_need[slots]
-                c = np.minimum(need, left[at])
-                ready = self.s_ready[slots] <= tl
-                fits = c <= room - np.where(n_seqs > 0, self.watermark[L], 0.0)
-                n_adm = (ready & fits).astype(np.int64)
-                cut = n_adm == 0
-                kv_block = ready & ~fits
-                seg = np.flatnonzero(n_adm)
-                a_slots, a_c, a_need = slots[seg], c[seg], need[seg]
-                walk = slots[:, None]
-            else:
-                # The first `lens` requests of each queue, walked along the links.
-                walk = np.empty((L.size, width), dtype=np.int64)
-                cur = self.q_head[L]
-                walk[:, 0] = cur
-                for k in range(1, width):
-                    cur = self.s_next[cur]  # past a queue's end this reads junk, masked
-                    walk[:, k] = cur
-                slots = walk[np.arange(width) < lens[:, None]]
-                starts = np.cumsum(lens) - lens
-                sg = np.repeat(np.arange(L.size), lens)
-                pos = np.arange(slots.size) - starts[sg]
-                need = self.s_need[slots]
-                before = np.cumsum(need) - need
-                before -= np.repeat(before[starts], lens)
-                bleft = left[at][sg] - before
-                c = np.minimum(need, bleft)
-                nb = n_seqs[sg] + pos
-                free = room[sg] - before - np.where(nb > 0, self.watermark[L][sg], 0.0)
-                # The loop's stopping rules, in its order: budget or batch full; not yet
-                # arrived; no KV blocks (this one blocks the lane).
-                stop_room = (bleft <= 0) | (nb >= max_seqs[sg])
-                stop_ready = self.s_ready[slots] > tl[sg]
-                stop_kv = c > free
-                stop = stop_room | stop_ready | stop_kv
-                first_stop = np.minimum.reduceat(np.where(stop, pos, NEVER), starts)
-                n_adm = np.minimum(first_stop, lens)
-                cut = first_stop < lens
-                fs = starts + np.minimum(first_stop, lens - 1)
-                kv_block = cut & stop_kv[fs] & ~stop_room[fs] & ~stop_ready[fs]
-                take = pos < n_adm[sg]
-                a_slots, a_c, a_need = slots[take], c[take], need[take]
-                seg = sg[take]
-            if a_slots.size:
-                a_lanes = L[seg]
-                admit = self.s_admit[a_slots]
-                self.s_admit[a_slots] = np.where(admit < 0, tl[seg], admit)
-                self.s_kvh[a_slots] += a_c
-                rest = a_need - a_c
-                self.s_need[a_slots] = rest
-                self.s_state[a_slots] = _PREFILLING
-                self.s_aseq[a_slots] = np.arange(self.aseq, self.aseq + a_slots.size)
-                self.aseq += a_slots.size
-                took = np.bincount(seg, weights=a_c, minlength=L.size)
-                self.kv[L] = kv0 + took
-                left[at] -= took.astype(np.int64)
-                pre[at] += took
-                np.add.at(att, at[seg], a_c * self.s_att[a_slots])
-                self.n_wait[L] -= n_adm
-                self.n_seqs[L] = n_seqs + n_adm
-                # Pop the admitted off the queues' fronts.
-                moved = np.flatnonzero(n_adm)
-                head = self.s_next[walk[moved, n_adm[moved] - 1]]
-                self.q_head[L[moved]] = head
-                self.q_tail[L[moved][head < 0]] = -1
-                whole = rest == 0
-                if whole.all():
-                    self.fin_slots.append(a_slots)
-                    self.fin_lanes.append(a_lanes)
-                else:
-                    self.fin_slots.append(a_slots[whole])
-                    self.fin_lanes.append(a_lanes[whole])
-                    # Only the last request admitted into a lane can be cut short.
-                    part = ~whole
-                    for s, r in zip(a_slots[part].tolist(), a_lanes[part].tolist(),
-                                    strict=True):
-                        self.prefill_q[r].append(s)
-                    self.prefilling[a_lanes[part]] = True
-            if kv_block.any():
-                self.blocked[L[kv_block]] = True
-            # Lanes that took every request they were shown and could take more go
-            # round again with a longer look.
-            again = ~cut & (self.n_wait[L] > 0)
-            if again.any():
-                again &= (left[at] > 0) & (self.n_seqs[L] < max_seqs)
-            if again.any():
-                self._after_admit(L[~again], tl[~again])
-                at = at[again]
-                span *= 4
-            else:
-                self._after_admit(L, tl)
-                break
-
-    def _after_admit(self, L: np.ndarray, t: np.ndarray) -> None:
-        """A lane's queue head after admission, and whether the lane waits for a
-        departure (full batch, or no token budget beside its decodes)."""
-        if not L.size:
+        got, got_lane, whole, self.aseq = kernels.admit(
+            lanes[at], t[at], at, left, pre, att, self.q_head, self.q_tail, self.s_next,
+            self.s_need, self.s_ready, self.s_admit, self.s_kvh, self.s_state, self.s_aseq,
+            self.s_att, self.aseq, self.n_seqs, self.max_seqs, self.n_wait, self.kv,
+            self.kv_cap, self.n_dec, self.watermark, self.budget, self.wait_head,
+            self.blocked)
+        if not got.size:
             return
-        head = self.q_head[L]
-        wh = np.where(head >= 0, self.s_ready[head], np.inf)
-        self.wait_head[L] = wh
-        ready = wh <= t
-        if ready.any():
-            L = L[ready]
-            full = (self.n_seqs[L] >= self.max_seqs[L]) | (self.budget[L] <= self.n_dec[L])
-            self.blocked[L[full]] = True
+        if whole.all():
+            self.fin_slots.append(got)
+            self.fin_lanes.append(got_lane)
+            return
+        self.fin_slots.append(got[whole])
+        self.fin_lanes.append(got_lane[whole])
+        # Only the last request admitted into a lane can be cut short.
+        part = ~whole
+        for s, r in zip(got[part].tolist(), got_lane[part].tolist(), strict=True):
+            self.prefill_q[r].append(s)
+        self.prefilling[got_lane[part]] = True
 
     def _live_on(self, lanes: np.ndarray) -> np.ndarray:
         """Slots in flight on ``lanes`` (waiting, prefilling or decoding; a scan of the
@@ -1246,75 +1001,31 @@ class Simulator:
     # ---- rounds: every lane inside the window runs one iteration ----------------------
 
     def _advance(self, end: float) -> None:
-        clock, up, blocked = self.clock, self.up, self.blocked
-        work = (self.n_seqs > 0) | ((self.wait_head < end) & ~blocked)
-        idx = np.flatnonzero(work & up & (clock < end))
-        while True:
-            if idx.size == 0:
-                return
-            cand = idx
-            clk = clock[idx]
-            wh = self.wait_head[idx]
-            idle = (self.n_seqs[idx] == 0) & (wh > clk)
-            if idle.any():
-                clk = np.where(idle, wh, clk)
-                clock[idx] = clk
-            stp = self.step[idx]
+        """Rounds until every lane's clock reaches ``end`` or it runs out of work."""
+        work = (self.n_seqs > 0) | ((self.wait_head < end) & ~self.blocked)
+        idx = np.flatnonzero(work & self.up & (self.clock < end))
+        cost = self.cost
+        while idx.size:
             if self.n_far:
-                near = self.far_next[idx] - stp < self.ring_len
+                near = self.far_next[idx] - self.step[idx] < self.ring_len
                 if near.any():
-                    self._bring_near(idx[near], stp[near])
-            self._complete(idx, stp, clk)
-            slow = (self.prefilling[idx] | ((wh <= clk) & ~blocked[idx])
-                    | (self.kv[idx] + self.n_dec[idx] > self.kv_cap[idx]))
-            slow_idx = idx[slow]
-            if slow_idx.size:
-                self._schedule(slow_idx, clk[slow])
-                dec = self.n_dec[idx]
-                pre = self.pre_tok[idx]
-                run = (dec > 0) | (pre > 0)
-                if not run.all():
-                    # Nothing to run: completions emptied the lane, or admission is blocked.
-                    stuck = idx[~run]
-                    blocked[stuck[(self.n_seqs[stuck] == 0)
-                                  & (self.wait_head[stuck] <= clock[stuck])]] = True
-                    idx, dec, pre = idx[run], dec[run], pre[run]
-                    if idx.size == 0:
-                        idx = self._still_working(cand, end)
-                        continue
-                pre_att = self.pre_att[idx]
-            else:
-                dec = self.n_dec[idx]
-                run = dec > 0
-                if not run.all():
-                    # Completions emptied these lanes: nothing to run until work comes.
-                    idx, dec = idx[run], dec[run]
-                    if idx.size == 0:
-                        idx = self._still_working(cand, end)
-                        continue
-                pre = pre_att = 0.0
-            decf = dec.astype(float)
-            ctx = self.dec_ctx[idx] / np.maximum(decf, 1.0)
-            dt = self.cost.iteration_s(idx, decf, ctx, pre, pre_att)
-            clock[idx] += dt
-            self.busy[idx] += dt
-            self.step[idx] += 1
-            self.dec_ctx[idx] += decf
-            self.kv[idx] += decf
-            if slow_idx.size:
-                self.pre_tok[slow_idx] = 0.0
-                self.pre_att[slow_idx] = 0.0
+                    self._bring_near(idx[near], self.step[idx[near]])
+            # Only lanes of the last round can have work: routing comes before the
+            # rounds, and a lane without sequences changes only when it is scheduled.
+            idx, clk, stp, slow, hit, cnt = kernels.round_begin(
+                idx, end, self.clock, self.wait_head, self.n_seqs, self.blocked, self.step,
+                self.prefilling, self.kv, self.kv_cap, self.n_dec, self.dec_ctx,
+                self.outstanding, self.ring_nf, self.ring_cf, self.ring_shift,
+                self.ring_mask, self.ring_from)
+            if hit.size:
+                self._completed(idx[hit], stp[hit], clk[hit], cnt)
+            if slow.any():
+                self._schedule(idx[slow], clk[slow])
+            kernels.round_end(idx, cost.table, cost.sliding, cost.moe, self.clock, self.busy,
+                              self.step, self.n_dec, self.dec_ctx, self.kv, self.pre_tok,
+                              self.pre_att, self.n_seqs, self.wait_head, self.blocked)
             if self.fin_slots:
                 self._enter_decode()
-            idx = self._still_working(cand, end)
-
-    def _still_working(self, cand: np.ndarray, end: float) -> np.ndarray:
-        """Lanes of ``cand`` (this round's) with work left before ``end``: only they can
-        have any, as routing comes before the rounds and a lane without sequences
-        changes only when it is scheduled."""
-        return cand[(self.clock[cand] < end)
-                    & ((self.n_seqs[cand] > 0)
-                       | ((self.wait_head[cand] < end) & ~self.blocked[cand]))]
 
     # ---- shocks -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ water-filling.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Protocol
 from tokenfleet.errors import TokenfleetError
 
 
-@dataclass
+@dataclass(slots=True)
 class PoolState:
     """What a router knows about one pool when a request for one (tier, bucket) arrives."""
 
@@ -57,7 +58,7 @@ class PoolState:
     @property
     def room(self) -> int:
         """Requests it takes before it runs out of headroom (0: none now)."""
-        if not self.healthy:
+        if self.healthy_replicas <= 0:
             return 0
         return max(self.max_in_flight - self.in_flight - self.queued, 0)
 
@@ -88,34 +89,40 @@ class _Policy:
 
 
 def _healthy(pools: Sequence[PoolState]) -> list[int]:
-    return [i for i, p in enumerate(pools) if p.healthy]
+    return [i for i, p in enumerate(pools) if p.healthy_replicas > 0]
 
 
-def _count(pools: Sequence[PoolState], picks: Sequence[int]) -> None:
-    for j in picks:
-        pools[j].queued += 1
+def _count(pools: Sequence[PoolState], idx: list[int], picks: list[int]) -> None:
+    """Add each of ``idx``'s picks to its pool's queue (one update per pool)."""
+    for i in idx:
+        c = picks.count(i)
+        if c:
+            pools[i].queued += c
 
 
 def _by_load(pools: Sequence[PoolState], idx: list[int], n: int) -> list[int]:
     """``n`` picks among ``idx``, each to the least loaded pool (the first of equals),
     every pick adding one request to its pool's load; counts the picks."""
-    if n == 1:
-        j = min(idx, key=lambda i: pools[i].load)
-        pools[j].queued += 1
-        return [j]
-    import numpy as np  # here, so the gateway's import of this module stays light
-
-    # Water-filling: pool i's k-th next pick happens at load (c_i + k) / h_i, the same
-    # float ``PoolState.load`` computes then; the n smallest (load, position) pairs are
-    # the loop's picks in order (a stable sort keeps the first pool first on ties).
-    c = np.array([pools[i].in_flight + pools[i].queued for i in idx], dtype=np.int64)
-    h = np.array([max(pools[i].healthy_replicas, 1) for i in idx], dtype=np.int64)
-    loads = ((c[:, None] + np.arange(n)) / h[:, None]).ravel()
-    order = np.argsort(loads, kind="stable")[:n] // n
-    picks = [idx[k] for k in order.tolist()]
-    for k, m in enumerate(np.bincount(order, minlength=len(idx)).tolist()):
-        pools[idx[k]].queued += m
-    return picks
+    # Pool q's next pick happens at load (c_q + k) / h_q, the same float
+    # ``PoolState.load`` computes then; a heap of (load, position) pops them in the
+    # loop's order (ties to the first pool).
+    c = [pools[i].in_flight + pools[i].queued for i in idx]
+    h = [max(pools[i].healthy_replicas, 1) for i in idx]
+    if n == 1 or len(idx) == 1:
+        q = min(range(len(idx)), key=lambda q: c[q] / h[q])
+        pools[idx[q]].queued += n
+        return [idx[q]] * n
+    heap = [(c[q] / h[q], q) for q in range(len(idx))]
+    heapq.heapify(heap)
+    order = []
+    for _ in range(n):
+        _, q = heap[0]
+        c[q] += 1
+        heapq.heapreplace(heap, (c[q] / h[q], q))
+        order.append(q)
+    for q, i in enumerate(idx):
+        pools[i].queued = c[q] - pools[i].in_flight
+    return [idx[q] for q in order]
 
 
 def _spill(pools: Sequence[PoolState], n: int) -> list[int | None]:
@@ -124,7 +131,8 @@ def _spill(pools: Sequence[PoolState], n: int) -> list[int | None]:
     picks: list[int | None] = []
     while len(picks) < n:
         left = n - len(picks)
-        idx = [i for i, p in enumerate(pools) if p.has_headroom]
+        room = [p.room for p in pools]
+        idx = [i for i, r in enumerate(room) if r > 0]
         if not idx:
             # Nobody gains headroom while requests are only added: load decides the rest.
             healthy = _healthy(pools)
@@ -133,7 +141,7 @@ def _spill(pools: Sequence[PoolState], n: int) -> list[int | None]:
         usd = min(pools[i].usd_per_replica_hour for i in idx)
         cheap = [i for i in idx if pools[i].usd_per_replica_hour == usd]
         # No pool of the cheapest group can run out of headroom before this many picks.
-        picks.extend(_by_load(pools, cheap, min(left, min(pools[i].room for i in cheap))))
+        picks.extend(_by_load(pools, cheap, min(left, min(room[i] for i in cheap))))
     return picks
 
 
@@ -146,18 +154,28 @@ class PlanSplit(_Policy):
     def choose_many(self, pools: Sequence[PoolState], n: int, rng: random.Random
                     ) -> list[int | None]:
         picks: list[int | None] = []
-        while len(picks) < n:
-            idx = [i for i, p in enumerate(pools) if p.has_headroom and p.share > 0]
+        left = n
+        while left:
+            idx: list[int] = []
+            weights: list[float] = []
+            k = left
+            for i, p in enumerate(pools):
+                if p.share > 0:
+                    r = p.room
+                    if r > 0:
+                        idx.append(i)
+                        weights.append(p.share)
+                        k = min(k, r)
             if not idx:
                 # Planned pools only fill up from here: the rest spill.
-                picks.extend(_spill(pools, n - len(picks)))
+                picks.extend(_spill(pools, left))
                 break
-            # Until one of them can run out of headroom, picks are independent draws;
-            # random.choices(k=...) draws exactly as that many calls with k=1 would.
-            k = min(n - len(picks), min(pools[i].room for i in idx))
-            draws = rng.choices(idx, weights=[pools[i].share for i in idx], k=k)
-            _count(pools, draws)
+            # Until one of them can run out of headroom (k picks), picks are independent
+            # draws; random.choices(k=...) draws exactly as that many calls with k=1.
+            draws = rng.choices(idx, weights=weights, k=k)
+            _count(pools, idx, draws)
             picks.extend(draws)
+            left -= k
         return picks
 
 
@@ -174,7 +192,7 @@ class RoundRobin(_Policy):
             return [None] * n
         picks = [idx[(self._next + q) % len(idx)] for q in range(n)]
         self._next += n
-        _count(pools, picks)
+        _count(pools, idx, picks)
         return list(picks)
 
 

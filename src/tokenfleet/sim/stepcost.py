@@ -138,27 +138,21 @@ class FleetStepCost:
         self.sliding = bool(per_pool) and any(np.isfinite(c.att_window) for c in per_pool)
 
     def iteration_s(self, idx: np.ndarray, decode: np.ndarray, context: np.ndarray,
-                    prefill: np.ndarray, prefill_attention: np.ndarray) -> np.ndarray:
+                    prefill: np.ndarray | float, prefill_attention: np.ndarray | float
+                    ) -> np.ndarray:
         """Seconds of the next iteration of replicas ``idx`` carrying ``decode`` decode
         tokens at mean ``context``, ``prefill`` prompt tokens and ``prefill_attention``
         prompt-attention FLOPs (whole replica, split over stages here)."""
-        (c_tok, c_att, c_pre, m_weights, m_expert, moe_e, moe_keep, moe_routed, c_kv,
-         att_full, att_sliding, att_window, c_comm, overhead, pp) = self.table[:, idx]
-        # A single sequence cannot be split into micro-batches: at least one token per
-        # stage step when anything decodes (UnitModel.continuous floors c/pp at 1 too).
-        dec = np.where(decode > 0, np.maximum(decode / pp, np.minimum(decode, 1.0)), 0.0)
-        pre = prefill / pp
-        tokens = dec + pre
-        # stage_time(), unrolled so fleets without MoE or sliding windows skip those terms
-        attended = att_full * context
-        if self.sliding:
-            attended += att_sliding * np.minimum(context, att_window)
-        dec_att = dec * attended
-        t_compute = tokens * c_tok + dec_att * c_att + (prefill_attention / pp) * c_pre
-        t_memory = m_weights + dec_att * c_kv
-        if self.moe:
-            t_memory += moe_e * (1.0 - moe_keep ** (tokens * moe_routed)) * m_expert
-        return pp * (np.maximum(t_compute, t_memory) + tokens * c_comm + overhead)
+        from tokenfleet.sim import kernels  # compiled; the engine's rounds call it per lane
+
+        n = len(idx)
+        return kernels.iteration_times(
+            self.table, np.asarray(idx, dtype=np.int64),
+            np.broadcast_to(np.asarray(decode, dtype=np.float64), n),
+            np.broadcast_to(np.asarray(context, dtype=np.float64), n),
+            np.broadcast_to(np.asarray(prefill, dtype=np.float64), n),
+            np.broadcast_to(np.asarray(prefill_attention, dtype=np.float64), n),
+            self.sliding, self.moe)
 
 
 def prefill_attention_per_token(unit: UnitModel, prompt_len: int) -> float:

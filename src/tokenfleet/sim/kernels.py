@@ -1,0 +1,336 @@
+"""Compiled inner loops of the engine (:mod:`tokenfleet.sim.engine`).
+
+The engine advances every busy lane by one iteration per *round*; the bookkeeping of a
+round (completions leaving, admissions from the waiting queues, prompts that finished
+entering decode, routed requests joining queues) is a few operations per lane, and as
+NumPy array programs it cost dozens of small calls per round whatever the number of
+lanes. Here each is the plain per-lane loop an engine runs, compiled with Numba: one
+call per round, work proportional to what actually happens.
+
+Each function takes the engine's arrays (lane arrays indexed by lane, slot arrays by
+slot) and updates them in place, exactly as the NumPy version it replaced did — the
+engine-equivalence tests (``tests/sim/test_engine_equivalence.py``) compare every run
+against the previous one-request-at-a-time engine. Rare paths (preemption, partial
+prompts' Python lists, long answers' heaps) stay in Python; the kernels report what
+needs them.
+
+Units: seconds, tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# What a slot of the engine's request table holds.
+SLOT_STATES = FREE, WAITING, PREFILLING, DECODING, DECODING_FAR, DONE = range(6)
+
+
+@njit(cache=True, nogil=True)
+def _before(o, a, b):  # pragma: no cover - compiled
+    """Lane ``a`` is picked before lane ``b``: fewer outstanding, then lower index."""
+    return o[a] < o[b] or (o[a] == o[b] and a < b)
+
+
+@njit(cache=True, nogil=True)
+def _sift_down(heap, n, i, o):  # pragma: no cover - compiled
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            return
+        if c + 1 < n and _before(o, heap[c + 1], heap[c]):
+            c += 1
+        if not _before(o, heap[c], heap[i]):
+            return
+        heap[i], heap[c] = heap[c], heap[i]
+        i = c
+
+
+@njit(cache=True, nogil=True)
+def fill_pools(counts, outstanding, pool_first, pool_lanes):  # pragma: no cover - compiled
+    """Lanes for ``counts[p]`` requests of each pool, pool by pool, each request to the
+    lane with the fewest outstanding requests (lowest index on ties), counting earlier
+    picks; -1 where every lane of the pool is down (outstanding = inf)."""
+    total = 0
+    for p in range(counts.size):
+        total += counts[p]
+    out = np.empty(total, np.int64)
+    k = 0
+    for p in range(counts.size):
+        c = counts[p]
+        if c == 0:
+            continue
+        n = pool_lanes[p]
+        # A binary heap of the pool's lanes ordered by (outstanding, index).
+        heap = np.arange(pool_first[p], pool_first[p] + n)
+        for i in range(n // 2 - 1, -1, -1):
+            _sift_down(heap, n, i, outstanding)
+        for _ in range(c):
+            r = heap[0] if n else -1
+            if r < 0 or outstanding[r] == np.inf:
+                out[k] = -1  # every lane of the pool is down
+            else:
+                outstanding[r] += 1.0
+                _sift_down(heap, n, 0, outstanding)
+                out[k] = r
+            k += 1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def enqueue(slots, lanes, s_next, s_state, s_ready, q_head, q_tail, n_wait,
+            wait_head):  # pragma: no cover - compiled
+    """Append ``slots`` (in order) to the tails of their lanes' waiting queues."""
+    for i in range(slots.size):
+        s = slots[i]
+        r = lanes[i]
+        s_next[s] = -1
+        s_state[s] = WAITING
+        tail = q_tail[r]
+        if tail < 0:
+            q_head[r] = s
+            wait_head[r] = s_ready[s]
+        else:
+            s_next[tail] = s
+        q_tail[r] = s
+        n_wait[r] += 1
+
+
+@njit(cache=True, nogil=True)
+def enter_decode(slots, lanes, clock, step, s_gen, s_first, s_out, s_inp, s_kvh, s_enter,
+                 s_gent, s_done, s_state, n_dec, dec_ctx, kv, n_seqs, outstanding, blocked,
+                 ring_nf, ring_cf, ring_shift, ring_mask, ring_len
+                 ):  # pragma: no cover - compiled
+    """Prompts whose last chunk ran in the iteration that just ended: that iteration
+    produced their next token. Those with nothing left to generate leave their lane
+    (code 1); the others decode from the next iteration on, their last step entered in
+    the completion ring, or (code 2) beyond its reach, for the caller's per-lane heap."""
+    code = np.zeros(slots.size, np.int8)
+    for i in range(slots.size):
+        s = slots[i]
+        r = lanes[i]
+        gen = s_gen[s] + 1
+        s_gen[s] = gen
+        if s_first[s] < 0:
+            s_first[s] = clock[r]
+        out = s_out[s]
+        if gen >= out:
+            # One-token answers (or a recompute that had one token left) end here.
+            kv[r] -= s_kvh[s]
+            n_seqs[r] -= 1
+            outstanding[r] -= 1
+            blocked[r] = False
+            code[i] = 1
+            continue
+        st = step[r]
+        n_dec[r] += 1
+        dec_ctx[r] += s_inp[s] + gen
+        kv[r] += 1
+        s_kvh[s] += 1
+        s_enter[s] = st
+        s_gent[s] = gen
+        done = st + out - gen
+        s_done[s] = done
+        s_state[s] = DECODING
+        if done - st >= ring_len:
+            code[i] = 2
+        else:
+            at = (r << ring_shift) | (done & ring_mask)
+            ring_nf[at] += 1
+            ring_cf[at] += s_inp[s] + out
+    return code
+
+
+@njit(cache=True, nogil=True)
+def admit(lanes, t, pos, left, pre, att, q_head, q_tail, s_next, s_need, s_ready,
+          s_admit, s_kvh, s_state, s_aseq, s_att, aseq, n_seqs, max_seqs, n_wait, kv,
+          kv_cap, n_dec, watermark, budget, wait_head, blocked
+          ):  # pragma: no cover - compiled
+    """Admit waiting requests of each lane ``lanes[a]`` (iteration start ``t[a]``) in
+    queue order while the token budget ``left[pos[a]]``, the batch size and the KV
+    blocks (less the watermark once anything runs) allow; the first that does not fit
+    for KV blocks the lane until something leaves. Adds the prompt tokens taken and
+    their attention FLOPs to ``pre`` / ``att`` at ``pos[a]``.
+
+    Returns the admitted slots, their lanes, whether each got its whole prompt, and
+    the next admission number."""
+    cap = 0
+    for a in range(lanes.size):
+        cap += min(n_wait[lanes[a]], max(max_seqs[lanes[a]] - n_seqs[lanes[a]], 0))
+    got = np.empty(cap, np.int64)
+    got_lane = np.empty(cap, np.int64)
+    whole = np.empty(cap, np.bool_)
+    m = 0
+    for a in range(lanes.size):
+        r = lanes[a]
+        p = pos[a]
+        ta = t[a]
+        s = q_head[r]
+        n = n_seqs[r]
+        room = kv_cap[r] - kv[r] - n_dec[r]
+        taken = 0.0
+        while s >= 0:
+            # The engine loop's stopping rules, in its order: budget or batch full; not
+            # yet arrived; no KV blocks (this one blocks the lane).
+            if left[p] <= 0 or n >= max_seqs[r]:
+                break
+            if s_ready[s] > ta:
+                break
+            need = s_need[s]
+            c = min(need, left[p])
+            free = room - taken - (watermark[r] if n > 0 else 0.0)
+            if c > free:
+                blocked[r] = True
+                break
+            if s_admit[s] < 0:
+                s_admit[s] = ta
+            s_kvh[s] += c
+            s_need[s] = need - c
+            s_state[s] = PREFILLING
+            s_aseq[s] = aseq
+            aseq += 1
+            kv[r] += c
+            taken += c
+            left[p] -= c
+            pre[p] += c
+            att[p] += c * s_att[s]
+            n_wait[r] -= 1
+            n += 1
+            got[m] = s
+            got_lane[m] = r
+            whole[m] = need == c
+            m += 1
+            s = s_next[s]
+        n_seqs[r] = n
+        q_head[r] = s
+        if s < 0:
+            q_tail[r] = -1
+            wait_head[r] = np.inf
+        else:
+            # The queue head now, and whether the lane waits for a departure (full
+            # batch, or no token budget beside its decodes).
+            wait_head[r] = s_ready[s]
+            if s_ready[s] <= ta and (n >= max_seqs[r] or budget[r] <= n_dec[r]):
+                blocked[r] = True
+    return got[:m], got_lane[:m], whole[:m], aseq
+
+
+@njit(cache=True, nogil=True)
+def round_begin(cand, end, clock, wait_head, n_seqs, blocked, step, prefilling, kv, kv_cap,
+                n_dec, dec_ctx, outstanding, ring_nf, ring_cf, ring_shift, ring_mask,
+                ring_from):  # pragma: no cover - compiled
+    """Start a round: the lanes of ``cand`` with work before ``end`` (sequences, or a
+    waiting request that is not blocked), each at its iteration start (an idle lane
+    jumps to its queue head's arrival); completions due at this step leave.
+
+    Returns those lanes, their clocks and steps, which need the scheduler (a partial
+    prompt, a request ready to admit, or KV overflow), and the positions and counts of
+    the lanes where sequences left."""
+    idx = np.empty(cand.size, np.int64)
+    n = 0
+    for a in range(cand.size):
+        r = cand[a]
+        if clock[r] < end and (n_seqs[r] > 0 or (wait_head[r] < end and not blocked[r])):
+            idx[n] = r
+            n += 1
+    idx = idx[:n]
+    clk = np.empty(n)
+    stp = np.empty(n, np.int64)
+    slow = np.empty(n, np.bool_)
+    hit = np.empty(n, np.int64)
+    cnt = np.empty(n, np.int64)
+    m = 0
+    for a in range(n):
+        r = idx[a]
+        t = clock[r]
+        wh = wait_head[r]
+        if n_seqs[r] == 0 and wh > t:
+            t = wh
+            clock[r] = t
+        clk[a] = t
+        s = step[r]
+        stp[a] = s
+        ring_from[r] = s + 1  # every completion before this step is done
+        at = (r << ring_shift) | (s & ring_mask)
+        c = ring_nf[at]
+        if c:
+            ctx = ring_cf[at]  # the leaving sequences' contexts (and KV) at the end
+            ring_nf[at] = 0
+            ring_cf[at] = 0
+            n_dec[r] -= c
+            dec_ctx[r] -= ctx
+            kv[r] -= ctx
+            n_seqs[r] -= c
+            outstanding[r] -= c
+            blocked[r] = False
+            hit[m] = a
+            cnt[m] = c
+            m += 1
+        slow[a] = (prefilling[r] or (wh <= t and not blocked[r])
+                   or kv[r] + n_dec[r] > kv_cap[r])
+    return idx, clk, stp, slow, hit[:m], cnt[:m]
+
+
+@njit(cache=True, nogil=True)
+def iteration_s(table, r, decode, context, prefill, prefill_attention, sliding, moe
+                ):  # pragma: no cover - compiled
+    """Seconds of one iteration of lane ``r`` (column ``r`` of the coefficient table of
+    :class:`tokenfleet.sim.stepcost.FleetStepCost`): ``decode`` decode tokens at mean
+    ``context``, ``prefill`` prompt tokens with ``prefill_attention`` attention FLOPs,
+    the batch split into micro-batches over the ``pp`` pipeline stages. It is
+    :func:`tokenfleet.sim.stepcost.stage_time` per stage, times ``pp``; fleets without
+    sliding-window layers or MoE skip those terms."""
+    pp = table[14, r]
+    # A single sequence cannot be split into micro-batches: at least one token per
+    # stage step when anything decodes.
+    dec = max(decode / pp, min(decode, 1.0)) if decode > 0 else 0.0
+    pre = prefill / pp
+    tokens = dec + pre
+    attended = table[9, r] * context
+    if sliding:
+        attended += table[10, r] * min(context, table[11, r])
+    dec_att = dec * attended
+    t_compute = tokens * table[0, r] + dec_att * table[1, r] + (prefill_attention / pp) \
+        * table[2, r]
+    t_memory = table[3, r] + dec_att * table[8, r]
+    if moe:
+        t_memory += table[5, r] * (1.0 - table[6, r] ** (tokens * table[7, r])) * table[4, r]
+    return pp * (max(t_compute, t_memory) + tokens * table[12, r] + table[13, r])
+
+
+@njit(cache=True, nogil=True)
+def iteration_times(table, idx, decode, context, prefill, prefill_attention, sliding, moe
+                    ):  # pragma: no cover - compiled
+    """:func:`iteration_s` of each lane ``idx[i]`` with the i-th inputs."""
+    out = np.empty(idx.size)
+    for i in range(idx.size):
+        out[i] = iteration_s(table, idx[i], decode[i], context[i], prefill[i],
+                             prefill_attention[i], sliding, moe)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def round_end(idx, table, sliding, moe, clock, busy, step, n_dec, dec_ctx, kv, pre_tok,
+              pre_att, n_seqs, wait_head, blocked):  # pragma: no cover - compiled
+    """Run the round's iteration on every lane of ``idx`` that has something to run:
+    its decodes plus the prompt tokens the scheduler gave it. A lane with nothing (its
+    last sequences left, or admission is blocked) waits, blocked if requests are
+    waiting for it."""
+    for a in range(idx.size):
+        r = idx[a]
+        dec = n_dec[r]
+        pre = pre_tok[r]
+        if dec == 0 and pre == 0:
+            if n_seqs[r] == 0 and wait_head[r] <= clock[r]:
+                blocked[r] = True
+            continue
+        decf = float(dec)
+        ctx = dec_ctx[r] / max(decf, 1.0)
+        dt = iteration_s(table, r, decf, ctx, pre, pre_att[r], sliding, moe)
+        clock[r] += dt
+        busy[r] += dt
+        step[r] += 1
+        dec_ctx[r] += decf
+        kv[r] += decf
+        pre_tok[r] = 0.0
+        pre_att[r] = 0.0

@@ -1,0 +1,83 @@
+"""The compiled inner loops (``tokenfleet.sim.kernels``) against plain statements of
+their rules. Whole runs are checked against the previous engine in
+``test_engine_equivalence.py``; these pin the pieces where a slip would be subtle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tokenfleet.catalog import load_catalog
+from tokenfleet.perf.calibration import load_fit
+from tokenfleet.perf.precision import get_precision
+from tokenfleet.perf.unit import UnitModel, layouts_for
+from tokenfleet.sim import kernels
+from tokenfleet.sim.stepcost import FleetStepCost, StageCoefficients, stage_time
+
+from .test_stepcost import CASES
+
+
+def test_iteration_time_is_stage_time_over_micro_batches() -> None:
+    """Dense, MoE, MLA, sliding windows and pipelines in one fleet: the compiled
+    per-lane iteration time is ``pp`` stage steps of ``stage_time`` (the formula
+    ``test_stepcost`` checks against the performance model), each carrying 1/pp of
+    the batch but at least one token when anything decodes."""
+    cat, cal = load_catalog(), load_fit()
+    coeffs = []
+    for model, accel, prec, count in CASES:
+        m, a = cat.model(model), cat.accelerator(accel)
+        eff, _ = cal.efficiency(a.family, None)
+        p = get_precision(prec)
+        for lo in layouts_for(m, count)[:3]:
+            coeffs.append(StageCoefficients.of(UnitModel(m, a, p, p.default_kv, lo, eff)))
+    rng = np.random.default_rng(3)
+    lanes = rng.integers(0, len(coeffs), 4000)
+    cost = FleetStepCost(coeffs, lanes)
+    assert cost.moe and cost.sliding
+    assert max(c.pp for c in coeffs) > 1
+    idx = np.arange(lanes.size)
+    dec = rng.integers(0, 400, idx.size).astype(float)
+    dec[::7] = 0.0
+    dec[::11] = 1.0
+    ctx = rng.integers(1, 60000, idx.size).astype(float)
+    pre = np.where(rng.random(idx.size) < 0.5, 0.0, rng.integers(0, 6000, idx.size))
+    att = pre * rng.random(idx.size) * 1e9
+    got = cost.iteration_s(idx, dec, ctx, pre, att)
+    pp = np.array([coeffs[j].pp for j in lanes])
+    per_stage = np.where(dec > 0, np.maximum(dec / pp, np.minimum(dec, 1.0)), 0.0)
+    table = {name: np.array([getattr(coeffs[j], name) for j in lanes]) for name in
+             StageCoefficients.__dataclass_fields__}
+    want = pp * stage_time(table, per_stage, ctx, pre / pp, att / pp)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def _fill_plainly(counts, outstanding, first, lanes):
+    """Each request in turn to its pool's lane with the fewest outstanding requests,
+    the lowest index on ties; -1 when every lane of the pool is down."""
+    out = []
+    for p, c in enumerate(counts):
+        for _ in range(c):
+            own = range(first[p], first[p] + lanes[p])
+            best = min(own, key=lambda r: (outstanding[r], r), default=None)
+            if best is None or outstanding[best] == np.inf:
+                out.append(-1)
+            else:
+                outstanding[best] += 1
+                out.append(best)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fill_pools_takes_the_least_loaded_lane_in_turn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lanes = rng.integers(1, 40, 5)
+    first = np.concatenate(([0], np.cumsum(lanes)[:-1]))
+    o = rng.integers(0, 6, lanes.sum()).astype(float)  # many ties
+    o[first[1]:first[1] + lanes[1]] = np.inf  # a pool that is down
+    o[first[2]] = np.inf  # a lane that is down
+    counts = rng.integers(0, 120, 5)
+    want_o = o.copy()
+    want = _fill_plainly(counts.tolist(), want_o, first.tolist(), lanes.tolist())
+    got = kernels.fill_pools(counts, o, first, lanes)
+    assert got.tolist() == want
+    np.testing.assert_array_equal(o, want_o)
