@@ -58,7 +58,6 @@ import random
 import time
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
-from itertools import chain
 
 import numpy as np
 
@@ -115,6 +114,7 @@ _SLOT_COLUMNS: tuple[tuple[str, type], ...] = (
     ("lane", np.int64),
     ("rid", np.int64),  # position in the workload (orders re-routed requests)
     ("next", np.int64),  # next slot in the lane's waiting queue (-1: last)
+    ("pnext", np.int64),  # next slot in the lane's queue of partial prompts (-1: last)
     ("gen", np.int64),  # output tokens generated (this attempt), as of the last change
     ("need", np.int64),  # prompt tokens still to prefill in this admission
     ("kvh", np.int64),  # KV tokens held, not counting decode growth since `enter`
@@ -303,7 +303,10 @@ class Simulator:
         # Completions so far since the last flush: (lane << 32 | step) -> clock.
         self.done_keys: list[np.ndarray] = []
         self.done_when: list[np.ndarray] = []
-        self.prefill_q: list[list[int]] = [[] for _ in range(n)]  # partial prompts
+        # Partial prompts of each lane (admitted, prompt not all prefilled yet), in
+        # admission order: a linked list through the slots, like the waiting queue.
+        self.pf_head = np.full(n, -1, dtype=np.int64)
+        self.pf_tail = np.full(n, -1, dtype=np.int64)
         self.fin_slots: list[np.ndarray] = []  # prompts whose last chunk is in this round
         self.fin_lanes: list[np.ndarray] = []
         self.price = np.array([p.unit.usd_per_chip_hour for p in pools])
@@ -441,24 +444,27 @@ class Simulator:
                 a, self.pool_starts[self.pool_has_lanes])
         return out
 
-    def _refresh_states(self) -> None:
+    def _refresh_states(self, health: bool = False) -> None:
         """Take the pool aggregates of this instant; each key's PoolStates are brought up
-        to date when the key next routes (:meth:`_key_view`)."""
+        to date when the key next routes (:meth:`_key_view`). ``health``: lanes went
+        down or up, or prices changed, since the last call."""
         self.version += 1
+        self.routed_win = [0] * self.n_pools
         if not self.n_lanes:
             return
-        up = self.up
-        up_lanes = self._per_pool(np.add, up.astype(np.int64))
-        kv_cap = self._per_pool(np.add, np.where(up, self.kv_cap, 0.0))
-        kv_used = self._per_pool(np.add, np.where(up, self.kv, 0.0))
-        self.agg_running = self._per_pool(np.add, self.n_seqs).tolist()
-        self.agg_queued = self._per_pool(np.add, self.n_wait).tolist()
-        self.agg_up_lanes = up_lanes.tolist()
-        self.agg_healthy = [int(up_lanes[p.index]) // p.lanes_per_replica for p in self.pools]
-        self.agg_kv = np.divide(kv_used, kv_cap, out=np.ones(len(self.pools)),
-                                where=kv_cap > 0).tolist()
-        self.agg_usd = (self.price * self.chips_per_replica).tolist()
-        self.routed_win = [0] * len(self.pools)
+        if health:
+            up = self.up
+            up_lanes = self._per_pool(np.add, up.astype(np.int64))
+            self.up_kv_cap = self._per_pool(np.add, np.where(up, self.kv_cap, 0.0))
+            self.agg_up_lanes = up_lanes.tolist()
+            self.agg_healthy = (up_lanes // self.lanes_per_replica).tolist()
+            self.agg_usd = (self.price * self.chips_per_replica).tolist()
+        running, queued, kv_used = kernels.pool_load(self.pool_first_arr, self.pool_lanes_arr,
+                                                     self.up, self.n_seqs, self.n_wait, self.kv)
+        self.agg_running = running.tolist()
+        self.agg_queued = queued.tolist()
+        self.agg_kv = np.divide(kv_used, self.up_kv_cap, out=np.ones(self.n_pools),
+                                where=self.up_kv_cap > 0).tolist()
 
     def _key_view(self, k: int) -> list[PoolState]:
         states = self.key_states[k]
@@ -852,54 +858,44 @@ class Simulator:
         and the free KV blocks (no watermark: they are already admitted)."""
         at = np.flatnonzero(pf)
         L = lanes[at]
-        lists = [self.prefill_q[r] for r in L.tolist()]
-        lens = np.array([len(q) for q in lists], dtype=np.int64)
-        slots = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lens.sum()))
-        seg = np.repeat(np.arange(L.size), lens)
-        need = self.s_need[slots]
-        before = np.cumsum(need) - need
-        before -= np.repeat(before[np.cumsum(lens) - lens], lens)
-        n_dec = self.n_dec[L]
-        free = (self.kv_cap[L] - self.kv[L] - n_dec).astype(np.int64)
-        # Every chunk before the first cut prompt is whole, so "tokens taken before"
-        # is the sum of the needs before: after a cut, the budget or KV is spent.
-        c = np.minimum(need, np.minimum(left[at][seg] - before, free[seg] - before))
-        np.maximum(c, 0, out=c)
-        took = np.bincount(seg, weights=c, minlength=L.size)
-        self.s_need[slots] = need - c
-        self.s_kvh[slots] += c
-        self.kv[L] += took
-        left[at] -= took.astype(np.int64)
-        pre[at] += took
-        np.add.at(att, at[seg], c * self.s_att[slots])
-        whole = need == c
-        if whole.any():
-            self.fin_slots.append(slots[whole])
-            self.fin_lanes.append(L[seg[whole]])
-            it = iter((~whole).tolist())
-            for q in lists:
-                q[:] = [s for s in q if next(it)]
-        stuck = (took == 0) & (n_dec == 0)
-        for a in np.flatnonzero(stuck).tolist():
-            if lists[a]:
-                self._unstick(int(L[a]), float(t[at[a]]), int(at[a]), left, pre, att)
-        self.prefilling[L] = [bool(q) for q in lists]
+        fin, fin_lane, stuck = kernels.continue_prefill(
+            L, at, left, pre, att, self.pf_head, self.pf_tail, self.s_pnext, self.s_need,
+            self.s_kvh, self.s_att, self.kv, self.kv_cap, self.n_dec, self.prefilling)
+        if fin.size:
+            self.fin_slots.append(fin)
+            self.fin_lanes.append(fin_lane)
+        for a in stuck.tolist():
+            self._unstick(int(L[a]), float(t[at[a]]), int(at[a]), left, pre, att)
+
+    def _partial(self, r: int) -> list[int]:
+        """Lane ``r``'s partial prompts, oldest first (for the rare paths)."""
+        out = []
+        s = int(self.pf_head[r])
+        while s >= 0:
+            out.append(s)
+            s = int(self.s_pnext[s])
+        return out
+
+    def _set_partial(self, r: int, slots: list[int]) -> None:
+        self.pf_head[r] = self.pf_tail[r] = -1
+        for s in slots:
+            kernels.pf_push(r, s, self.pf_head, self.pf_tail, self.s_pnext)
+        self.prefilling[r] = bool(slots)
 
     def _unstick(self, r: int, t: float, a: int, left: np.ndarray, pre: np.ndarray,
                  att: np.ndarray) -> None:
         """Only partial prompts and no KV left for any of them: free the newest and give
         the rest another try, until one moves (the rare path, one request at a time)."""
-        pq = self.prefill_q[r]
         budget = int(left[a])
         cap = self.kv_cap[r]
         fin: list[int] = []
-        while pq:
+        while self.pf_head[r] >= 0:
             self._preempt_last(r, t)
             kv = float(self.kv[r])
             took = 0
             a_sum = 0.0
             keep = []
-            for s in pq:
+            for s in self._partial(r):
                 c = min(int(self.s_need[s]), budget, int(cap - kv))
                 if c > 0:
                     kv += c
@@ -909,7 +905,7 @@ class Simulator:
                     took += c
                     a_sum += c * float(self.s_att[s])
                 (fin if self.s_need[s] == 0 else keep).append(s)
-            pq[:] = keep
+            self._set_partial(r, keep)
             self.kv[r] = kv
             if took:
                 pre[a] += took
@@ -926,25 +922,15 @@ class Simulator:
         the KV blocks (less the watermark, once anything runs) allow; the first that
         does not fit for KV blocks the lane until something leaves."""
         at = np.flatnonzero(adm)
-        got, got_lane, whole, self.aseq = kernels.admit(
+        fin, fin_lane, self.aseq = kernels.admit(
             lanes[at], t[at], at, left, pre, att, self.q_head, self.q_tail, self.s_next,
             self.s_need, self.s_ready, self.s_admit, self.s_kvh, self.s_state, self.s_aseq,
             self.s_att, self.aseq, self.n_seqs, self.max_seqs, self.n_wait, self.kv,
             self.kv_cap, self.n_dec, self.watermark, self.budget, self.wait_head,
-            self.blocked)
-        if not got.size:
-            return
-        if whole.all():
-            self.fin_slots.append(got)
-            self.fin_lanes.append(got_lane)
-            return
-        self.fin_slots.append(got[whole])
-        self.fin_lanes.append(got_lane[whole])
-        # Only the last request admitted into a lane can be cut short.
-        part = ~whole
-        for s, r in zip(got[part].tolist(), got_lane[part].tolist(), strict=True):
-            self.prefill_q[r].append(s)
-        self.prefilling[got_lane[part]] = True
+            self.blocked, self.pf_head, self.pf_tail, self.s_pnext, self.prefilling)
+        if fin.size:
+            self.fin_slots.append(fin)
+            self.fin_lanes.append(fin_lane)
 
     def _live_on(self, lanes: np.ndarray) -> np.ndarray:
         """Slots in flight on ``lanes`` (waiting, prefilling or decoding; a scan of the
@@ -980,7 +966,7 @@ class Simulator:
                 self.far_next[r] = h[0][0] if h else NEVER
                 self.n_far -= 1
         else:
-            self.prefill_q[r].remove(slot)
+            self._set_partial(r, [q for q in self._partial(r) if q != slot])
             self.kv[r] -= int(self.s_kvh[slot])
         self.s_kvh[slot] = 0
         need = int(self.s_inp[slot] + self.s_gen[slot])
@@ -996,7 +982,6 @@ class Simulator:
         self.n_wait[r] += 1
         self.wait_head[r] = min(float(self.s_ready[slot]), t)
         self.preempt[self.lane_pool[r]] += 1
-        self.prefilling[r] = bool(self.prefill_q[r])
 
     # ---- rounds: every lane inside the window runs one iteration ----------------------
 
@@ -1048,7 +1033,7 @@ class Simulator:
             self._reset_lane(r)
             self.up[r] = False
             self.outstanding[r] = np.inf
-        self._refresh_states()
+        self._refresh_states(health=True)
         if not v.size:
             return
         v = v[np.lexsort((self.s_rid[v], self.s_arrival[v]))]
@@ -1076,7 +1061,7 @@ class Simulator:
         self._dispatch(v, picks, np.full(v.size, t))
 
     def _reset_lane(self, r: int) -> None:
-        self.prefill_q[r].clear()
+        self.pf_head[r] = self.pf_tail[r] = -1
         self.n_far -= len(self.far[r])
         self.far[r].clear()
         self.far_next[r] = NEVER
@@ -1102,13 +1087,13 @@ class Simulator:
                 self.up[r] = True
                 self.clock[r] = t
                 self.outstanding[r] = 0.0
-        self._refresh_states()
+        self._refresh_states(health=True)
 
     def _set_price(self, pc: PriceChange, t: float) -> None:
         for p in self.pools:
             if pc.matches(p.unit):
                 self.price[p.index] = pc.usd_per_chip_hour
-        self._refresh_states()
+        self._refresh_states(health=True)
 
     # ---- samples ------------------------------------------------------------------------
 
@@ -1167,7 +1152,7 @@ class Simulator:
         now = 0.0
         next_sample = ss
         n_samples = 0
-        self._refresh_states()
+        self._refresh_states(health=True)
         while True:
             # Shocks due now.
             while ei < len(events) and events[ei][0] <= now + 1e-12:

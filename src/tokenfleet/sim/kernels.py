@@ -142,24 +142,90 @@ def enter_decode(slots, lanes, clock, step, s_gen, s_first, s_out, s_inp, s_kvh,
 
 
 @njit(cache=True, nogil=True)
+def pf_push(r, s, pf_head, pf_tail, s_pnext):  # pragma: no cover - compiled
+    """Append slot ``s`` to lane ``r``'s queue of partial prompts (admission order)."""
+    s_pnext[s] = -1
+    if pf_tail[r] < 0:
+        pf_head[r] = s
+    else:
+        s_pnext[pf_tail[r]] = s
+    pf_tail[r] = s
+
+
+@njit(cache=True, nogil=True)
+def continue_prefill(lanes, pos, left, pre, att, pf_head, pf_tail, s_pnext, s_need, s_kvh,
+                     s_att, kv, kv_cap, n_dec, prefilling):  # pragma: no cover - compiled
+    """Partial prompts of each lane ``lanes[a]`` take their next chunks, oldest first,
+    within the token budget ``left[pos[a]]`` and the free KV blocks (no watermark: they
+    are already admitted); the tokens and attention FLOPs go to ``pre`` / ``att``.
+
+    Returns the prompts that are now whole and their lanes (off the queue), and the
+    positions ``a`` of lanes that could move none of their partial prompts while
+    nothing decodes (stuck: the caller frees KV for them)."""
+    total = 0
+    for a in range(lanes.size):
+        s = pf_head[lanes[a]]
+        while s >= 0:
+            total += 1
+            s = s_pnext[s]
+    fin = np.empty(total, np.int64)
+    fin_lane = np.empty(total, np.int64)
+    stuck = np.empty(lanes.size, np.int64)
+    m = 0
+    n_stuck = 0
+    for a in range(lanes.size):
+        r = lanes[a]
+        p = pos[a]
+        free = int(kv_cap[r] - kv[r] - n_dec[r])
+        took = 0
+        s = pf_head[r]
+        # Every chunk before the first cut prompt is whole: after a cut, the budget or
+        # the KV blocks are spent.
+        while s >= 0:
+            need = s_need[s]
+            c = max(min(need, left[p] - took, free - took), 0)
+            s_need[s] = need - c
+            s_kvh[s] += c
+            took += c
+            att[p] += c * s_att[s]
+            if c < need:
+                break
+            fin[m] = s
+            fin_lane[m] = r
+            m += 1
+            s = s_pnext[s]
+        pf_head[r] = s
+        if s < 0:
+            pf_tail[r] = -1
+        kv[r] += took
+        left[p] -= took
+        pre[p] += took
+        prefilling[r] = s >= 0
+        if took == 0 and n_dec[r] == 0 and s >= 0:
+            stuck[n_stuck] = a
+            n_stuck += 1
+    return fin[:m], fin_lane[:m], stuck[:n_stuck]
+
+
+@njit(cache=True, nogil=True)
 def admit(lanes, t, pos, left, pre, att, q_head, q_tail, s_next, s_need, s_ready,
           s_admit, s_kvh, s_state, s_aseq, s_att, aseq, n_seqs, max_seqs, n_wait, kv,
-          kv_cap, n_dec, watermark, budget, wait_head, blocked
-          ):  # pragma: no cover - compiled
+          kv_cap, n_dec, watermark, budget, wait_head, blocked, pf_head, pf_tail, s_pnext,
+          prefilling):  # pragma: no cover - compiled
     """Admit waiting requests of each lane ``lanes[a]`` (iteration start ``t[a]``) in
     queue order while the token budget ``left[pos[a]]``, the batch size and the KV
     blocks (less the watermark once anything runs) allow; the first that does not fit
     for KV blocks the lane until something leaves. Adds the prompt tokens taken and
     their attention FLOPs to ``pre`` / ``att`` at ``pos[a]``.
 
-    Returns the admitted slots, their lanes, whether each got its whole prompt, and
-    the next admission number."""
+    A request that got only part of its prompt (only the last one admitted into a
+    lane can) joins the lane's queue of partial prompts. Returns the admitted requests
+    that got their whole prompt, their lanes, and the next admission number."""
     cap = 0
     for a in range(lanes.size):
         cap += min(n_wait[lanes[a]], max(max_seqs[lanes[a]] - n_seqs[lanes[a]], 0))
     got = np.empty(cap, np.int64)
     got_lane = np.empty(cap, np.int64)
-    whole = np.empty(cap, np.bool_)
     m = 0
     for a in range(lanes.size):
         r = lanes[a]
@@ -196,10 +262,13 @@ def admit(lanes, t, pos, left, pre, att, q_head, q_tail, s_next, s_need, s_ready
             att[p] += c * s_att[s]
             n_wait[r] -= 1
             n += 1
-            got[m] = s
-            got_lane[m] = r
-            whole[m] = need == c
-            m += 1
+            if need == c:
+                got[m] = s
+                got_lane[m] = r
+                m += 1
+            else:
+                pf_push(r, s, pf_head, pf_tail, s_pnext)
+                prefilling[r] = True
             s = s_next[s]
         n_seqs[r] = n
         q_head[r] = s
@@ -212,7 +281,7 @@ def admit(lanes, t, pos, left, pre, att, q_head, q_tail, s_next, s_need, s_ready
             wait_head[r] = s_ready[s]
             if s_ready[s] <= ta and (n >= max_seqs[r] or budget[r] <= n_dec[r]):
                 blocked[r] = True
-    return got[:m], got_lane[:m], whole[:m], aseq
+    return got[:m], got_lane[:m], aseq
 
 
 @njit(cache=True, nogil=True)
@@ -334,3 +403,40 @@ def round_end(idx, table, sliding, moe, clock, busy, step, n_dec, dec_ctx, kv, p
         kv[r] += decf
         pre_tok[r] = 0.0
         pre_att[r] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def pool_load(pool_first, pool_lanes, up, n_seqs, n_wait, kv):  # pragma: no cover - compiled
+    """Per pool: sequences running, requests waiting, and KV tokens held on lanes that
+    are up (the router's view of the pool)."""
+    n = pool_first.size
+    running = np.zeros(n, np.int64)
+    queued = np.zeros(n, np.int64)
+    kv_used = np.zeros(n)
+    for p in range(n):
+        for r in range(pool_first[p], pool_first[p] + pool_lanes[p]):
+            running[p] += n_seqs[r]
+            queued[p] += n_wait[r]
+            if up[r]:
+                kv_used[p] += kv[r]
+    return running, queued, kv_used
+
+
+@njit(cache=True, nogil=True)
+def prefill_attention_per_token(pool, prompt, coef, full, sliding, window
+                                ):  # pragma: no cover - compiled
+    """:func:`tokenfleet.sim.stepcost.prefill_attention_per_token` for prompts of
+    ``prompt[i]`` tokens on pools ``pool[i]``: attention FLOPs per prompt token, over
+    the (query, key) pairs of every full-attention layer and of every sliding-window
+    layer (``window`` 0: none), with the same operations in the same order."""
+    out = np.empty(prompt.size)
+    for i in range(prompt.size):
+        p = pool[i]
+        n = prompt[i]
+        pairs_full = n * (n + 1) / 2.0
+        pairs_sliding = pairs_full
+        w = window[p]
+        if w > 0 and n > w:
+            pairs_sliding = w * (w + 1) / 2.0 + (n - w) * w
+        out[i] = coef[p] * (full[p] * pairs_full + sliding[p] * pairs_sliding) / max(n, 1)
+    return out

@@ -184,20 +184,12 @@ class PrefillAttention:
         self.full = np.array(full, dtype=np.float64)
         self.sliding = np.array(sliding, dtype=np.float64)
         self.window = np.array(window, dtype=np.int64)
-        self.any_window = bool(np.any(self.window > 0))
 
     def per_token(self, pool: np.ndarray, prompt: np.ndarray) -> np.ndarray:
         """Prompt-attention FLOPs per prefill token of prompts of ``prompt`` tokens run
         on pools ``pool`` (index arrays of equal length)."""
-        prompt = prompt.astype(np.int64, copy=False)
-        pairs_full = prompt * (prompt + 1) / 2.0
-        pairs_sliding = pairs_full
-        if self.any_window:
-            w = self.window[pool]
-            longer = (w > 0) & (prompt > w)
-            if longer.any():
-                alt = w * (w + 1) / 2.0 + (prompt - w) * w
-                pairs_sliding = np.where(longer, alt, pairs_full)
-        flops = self.coef[pool] * (self.full[pool] * pairs_full
-                                   + self.sliding[pool] * pairs_sliding)
-        return flops / np.maximum(prompt, 1)
+        from tokenfleet.sim import kernels
+
+        return kernels.prefill_attention_per_token(
+            np.asarray(pool, dtype=np.int64), np.asarray(prompt, dtype=np.int64),
+            self.coef, self.full, self.sliding, self.window)
