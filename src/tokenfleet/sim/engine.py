@@ -986,31 +986,34 @@ class Simulator:
     # ---- rounds: every lane inside the window runs one iteration ----------------------
 
     def _advance(self, end: float) -> None:
-        """Rounds until every lane's clock reaches ``end`` or it runs out of work."""
+        """Rounds until every lane's clock reaches ``end`` or it runs out of work: the
+        compiled :func:`~tokenfleet.sim.kernels.rounds` runs them while no lane needs
+        the scheduler, which runs here, one round at a time, when some do."""
         work = (self.n_seqs > 0) | ((self.wait_head < end) & ~self.blocked)
         idx = np.flatnonzero(work & self.up & (self.clock < end))
         cost = self.cost
         while idx.size:
-            if self.n_far:
-                near = self.far_next[idx] - self.step[idx] < self.ring_len
-                if near.any():
-                    self._bring_near(idx[near], self.step[idx[near]])
             # Only lanes of the last round can have work: routing comes before the
             # rounds, and a lane without sequences changes only when it is scheduled.
-            idx, clk, stp, slow, hit, cnt = kernels.round_begin(
-                idx, end, self.clock, self.wait_head, self.n_seqs, self.blocked, self.step,
-                self.prefilling, self.kv, self.kv_cap, self.n_dec, self.dec_ctx,
-                self.outstanding, self.ring_nf, self.ring_cf, self.ring_shift,
-                self.ring_mask, self.ring_from)
-            if hit.size:
-                self._completed(idx[hit], stp[hit], clk[hit], cnt)
-            if slow.any():
+            status, idx, clk, stp, slow, lane, step, when, count = kernels.rounds(
+                idx, end, self.n_far, self.far_next, self.ring_len, self.clock,
+                self.wait_head, self.n_seqs, self.blocked, self.step, self.prefilling,
+                self.kv, self.kv_cap, self.n_dec, self.dec_ctx, self.outstanding,
+                self.ring_nf, self.ring_cf, self.ring_shift, self.ring_mask, self.ring_from,
+                cost.table, cost.sliding, cost.moe, self.busy, self.pre_tok, self.pre_att)
+            if lane.size:
+                self._completed(lane, step, when, count)
+            if status == kernels.ROUNDS_FAR:
+                near = self.far_next[idx] - self.step[idx] < self.ring_len
+                self._bring_near(idx[near], self.step[idx[near]])
+            elif status == kernels.ROUNDS_SLOW:
                 self._schedule(idx[slow], clk[slow])
-            kernels.round_end(idx, cost.table, cost.sliding, cost.moe, self.clock, self.busy,
-                              self.step, self.n_dec, self.dec_ctx, self.kv, self.pre_tok,
-                              self.pre_att, self.n_seqs, self.wait_head, self.blocked)
-            if self.fin_slots:
-                self._enter_decode()
+                kernels.round_end(idx, cost.table, cost.sliding, cost.moe, self.clock,
+                                  self.busy, self.step, self.n_dec, self.dec_ctx, self.kv,
+                                  self.pre_tok, self.pre_att, self.n_seqs, self.wait_head,
+                                  self.blocked)
+                if self.fin_slots:
+                    self._enter_decode()
 
     # ---- shocks -------------------------------------------------------------------------
 

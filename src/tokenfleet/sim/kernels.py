@@ -284,31 +284,23 @@ def admit(lanes, t, pos, left, pre, att, q_head, q_tail, s_next, s_need, s_ready
     return got[:m], got_lane[:m], aseq
 
 
-@njit(cache=True, nogil=True)
-def round_begin(cand, end, clock, wait_head, n_seqs, blocked, step, prefilling, kv, kv_cap,
-                n_dec, dec_ctx, outstanding, ring_nf, ring_cf, ring_shift, ring_mask,
-                ring_from):  # pragma: no cover - compiled
-    """Start a round: the lanes of ``cand`` with work before ``end`` (sequences, or a
-    waiting request that is not blocked), each at its iteration start (an idle lane
-    jumps to its queue head's arrival); completions due at this step leave.
+# What :func:`rounds` stopped for.
+ROUNDS_DONE, ROUNDS_FAR, ROUNDS_SLOW = 0, 1, 2
 
-    Returns those lanes, their clocks and steps, which need the scheduler (a partial
-    prompt, a request ready to admit, or KV overflow), and the positions and counts of
-    the lanes where sequences left."""
-    idx = np.empty(cand.size, np.int64)
-    n = 0
-    for a in range(cand.size):
-        r = cand[a]
-        if clock[r] < end and (n_seqs[r] > 0 or (wait_head[r] < end and not blocked[r])):
-            idx[n] = r
-            n += 1
-    idx = idx[:n]
+
+@njit(cache=True, nogil=True)
+def _begin(idx, clock, wait_head, n_seqs, blocked, step, prefilling, kv, kv_cap, n_dec,
+           dec_ctx, outstanding, ring_nf, ring_cf, ring_shift, ring_mask, ring_from,
+           done_lane, done_step, done_when, done_cnt, nd):  # pragma: no cover - compiled
+    """Start a round of lanes ``idx``: each at its iteration start (an idle lane jumps
+    to its queue head's arrival), the completions due at this step leave (recorded
+    from ``nd`` on in the ``done_*`` buffers, which must have room for ``idx.size``
+    more). Returns the clocks, the steps, which lanes need the scheduler (a partial
+    prompt, a request ready to admit, or KV overflow) and the new ``nd``."""
+    n = idx.size
     clk = np.empty(n)
     stp = np.empty(n, np.int64)
     slow = np.empty(n, np.bool_)
-    hit = np.empty(n, np.int64)
-    cnt = np.empty(n, np.int64)
-    m = 0
     for a in range(n):
         r = idx[a]
         t = clock[r]
@@ -332,12 +324,72 @@ def round_begin(cand, end, clock, wait_head, n_seqs, blocked, step, prefilling, 
             n_seqs[r] -= c
             outstanding[r] -= c
             blocked[r] = False
-            hit[m] = a
-            cnt[m] = c
-            m += 1
+            done_lane[nd] = r
+            done_step[nd] = s
+            done_when[nd] = t
+            done_cnt[nd] = c
+            nd += 1
         slow[a] = (prefilling[r] or (wh <= t and not blocked[r])
                    or kv[r] + n_dec[r] > kv_cap[r])
-    return idx, clk, stp, slow, hit[:m], cnt[:m]
+    return clk, stp, slow, nd
+
+
+@njit(cache=True, nogil=True)
+def rounds(cand, end, n_far, far_next, ring_len, clock, wait_head, n_seqs, blocked, step,
+           prefilling, kv, kv_cap, n_dec, dec_ctx, outstanding, ring_nf, ring_cf,
+           ring_shift, ring_mask, ring_from, table, sliding, moe, busy, pre_tok, pre_att
+           ):  # pragma: no cover - compiled
+    """Rounds of the lanes of ``cand`` with work before ``end`` (sequences, or a waiting
+    request that is not blocked) for as long as none needs the Python side: every lane
+    runs one iteration per round; sequences due leave at its start.
+
+    Stops (status) when no lane has work left (``ROUNDS_DONE``); before a round in
+    which a lane has completions beyond the ring coming within its reach
+    (``ROUNDS_FAR``, nothing of the round done); or after the start of a round in
+    which some lane needs the scheduler (``ROUNDS_SLOW``: the caller schedules those
+    and ends the round). Returns the status, the round's lanes, their clocks and
+    steps, which need the scheduler, and the completions so far as (lane, step, time,
+    count)."""
+    cap = 4 * cand.size + 16
+    done_lane = np.empty(cap, np.int64)
+    done_step = np.empty(cap, np.int64)
+    done_when = np.empty(cap)
+    done_cnt = np.empty(cap, np.int64)
+    nd = 0
+    while True:
+        idx = np.empty(cand.size, np.int64)
+        n = 0
+        for a in range(cand.size):
+            r = cand[a]
+            if clock[r] < end and (n_seqs[r] > 0 or (wait_head[r] < end and not blocked[r])):
+                idx[n] = r
+                n += 1
+        idx = idx[:n]
+        status = ROUNDS_DONE if n == 0 else ROUNDS_SLOW
+        if n and n_far:
+            for a in range(n):
+                if far_next[idx[a]] - step[idx[a]] < ring_len:
+                    status = ROUNDS_FAR
+                    break
+        if status != ROUNDS_SLOW:
+            return (status, idx, np.empty(0), np.empty(0, np.int64), np.empty(0, np.bool_),
+                    done_lane[:nd], done_step[:nd], done_when[:nd], done_cnt[:nd])
+        if nd + n > done_lane.size:
+            grow = max(2 * done_lane.size, nd + n)
+            done_lane = np.concatenate((done_lane[:nd], np.empty(grow - nd, np.int64)))
+            done_step = np.concatenate((done_step[:nd], np.empty(grow - nd, np.int64)))
+            done_when = np.concatenate((done_when[:nd], np.empty(grow - nd)))
+            done_cnt = np.concatenate((done_cnt[:nd], np.empty(grow - nd, np.int64)))
+        clk, stp, slow, nd = _begin(
+            idx, clock, wait_head, n_seqs, blocked, step, prefilling, kv, kv_cap, n_dec,
+            dec_ctx, outstanding, ring_nf, ring_cf, ring_shift, ring_mask, ring_from,
+            done_lane, done_step, done_when, done_cnt, nd)
+        if slow.any():
+            return (ROUNDS_SLOW, idx, clk, stp, slow, done_lane[:nd], done_step[:nd],
+                    done_when[:nd], done_cnt[:nd])
+        round_end(idx, table, sliding, moe, clock, busy, step, n_dec, dec_ctx, kv, pre_tok,
+                  pre_att, n_seqs, wait_head, blocked)
+        cand = idx
 
 
 @njit(cache=True, nogil=True)
