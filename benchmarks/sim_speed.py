@@ -7,6 +7,7 @@ from performance-model estimates (``tokenfleet.sim.quickplan``).
 
     python benchmarks/sim_speed.py                     # 1M requests, one process
     python benchmarks/sim_speed.py --requests 200000   # quicker
+    python benchmarks/sim_speed.py --repeat 5          # five runs: each, and the median
     python benchmarks/sim_speed.py --workers 2         # also: split by tier on Ray
     python benchmarks/sim_speed.py --write             # update benchmarks/RESULTS.md
 
@@ -17,13 +18,18 @@ latency histograms and counters are fixed-size; only in-flight requests are held
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import resource
+import statistics
 import subprocess
 import time
 from datetime import date
 from pathlib import Path
+
+import numba
+import numpy as np
 
 from tokenfleet.sim.quickplan import PoolSpec, TierSpec, quick_plan
 from tokenfleet.sim.run import prepare_workload, simulate
@@ -73,6 +79,8 @@ def cpu_model() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the one-process simulation this many times (noisy machines)")
     ap.add_argument("--workers", type=int, default=0, help="also run split on Ray")
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = ap.parse_args()
@@ -95,9 +103,17 @@ def main() -> None:
 
     from tokenfleet.sim.engine import SimOptions
 
-    t0 = time.perf_counter()
-    res = simulate(plan, w, options=SimOptions(progress=progress))
-    wall = time.perf_counter() - t0
+    # The first run includes loading the compiled kernels (numba's cache; compiling them
+    # when the cache is cold): it is part of the cost of a run.
+    load0 = os.getloadavg()[0]
+    walls = []
+    for k in range(max(args.repeat, 1)):
+        t0 = time.perf_counter()
+        # Memory is sampled in the first run (later runs start at its peak).
+        res = simulate(plan, w, options=SimOptions(progress=progress if k == 0 else None))
+        walls.append(time.perf_counter() - t0)
+        print(f"run {k + 1}: {walls[-1]:.2f} s, {len(w) / walls[-1]:,.0f} simulated requests/s")
+    wall = statistics.median(walls)
     s = res.summary
     lanes = sum(p["replicas"] * p["lanes_per_replica"] for p in res.record.pool_info.values())
     print(f"one process: {wall:.1f} s wall, {len(w) / wall:,.0f} simulated requests/s; "
@@ -106,18 +122,23 @@ def main() -> None:
     print("RSS MB as requests finish:", ", ".join(f"{d:,}: {m:.0f}" for d, m in rss))
     lines = [
         SECTION, "",
-        f"Command: `python benchmarks/sim_speed.py --requests {args.requests}`"
-        f"{' --workers ' + str(args.workers) if args.workers else ''}  ",
+        f"Command: `python benchmarks/sim_speed.py --requests {args.requests}"
+        f"{' --repeat ' + str(args.repeat) if args.repeat > 1 else ''}"
+        f"{' --workers ' + str(args.workers) if args.workers else ''}`  ",
         f"Date: {date.today().isoformat()}. Machine: {cpu_model()}, "
-        f"{platform.python_implementation()} {platform.python_version()}; shared with "
-        "other work (2 cores), so timings are noisy.", "",
+        f"{platform.python_implementation()} {platform.python_version()}, NumPy "
+        f"{np.__version__}, Numba {numba.__version__}; load average before the runs "
+        f"{load0:.2f} (2 cores, shared with other work: timings are noisy).", "",
         f"* Workload: {len(w):,} requests of the Azure LLM 2023 conversation trace "
         f"(resampled x{args.requests / len(trace):.0f}, compressed to "
         f"{len(w) / w.duration_s:,.0f} req/s = 90 % of the planned peak).",
         f"* Fleet: {replicas:,} replicas ({lanes:,} engine lanes), {len(plan.units)} pools, "
         "3 tiers (Llama-3.1 405B / 70B / 8B), NVIDIA, AMD, Microsoft, Google.",
         f"* One process, one core: **{len(w) / wall:,.0f} simulated requests per wall "
-        f"second** ({wall:.1f} s for {s.sim_duration_s:,.0f} s of simulated time).",
+        f"second** ({wall:.1f} s for {s.sim_duration_s:,.0f} s of simulated time"
+        + (f"; median of {len(walls)} runs: "
+           + ", ".join(f"{len(w) / x:,.0f}" for x in walls) if len(walls) > 1 else "")
+        + ").",
         f"* Peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB; "
         "RSS as requests finished (requests: MB): "
         + ", ".join(f"{d:,}: {m:.0f}" for d, m in rss) + ".",
