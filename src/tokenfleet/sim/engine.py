@@ -15,15 +15,18 @@ iteration's length is the performance model's step time for exactly that batch
 
 Lanes are independent between routing decisions, so the simulator advances them in
 *rounds*: every lane whose clock is inside the current synchronisation window runs one
-iteration, all lanes together in NumPy. Requests live in *slots* (rows of per-request
-arrays, reused once a request has been measured), so the scheduling of all lanes with
-something to do is array work too, never a Python loop over requests:
+iteration. Requests live in *slots* (rows of per-request arrays, reused once a request
+has been measured), and each lane's state is a row of per-lane arrays, so a round is a
+loop over lanes with no Python object per request. Those loops are compiled
+(:mod:`tokenfleet.sim.kernels`, Numba): a round's bookkeeping is a few operations per
+lane, and as NumPy array programs it cost dozens of small calls per round whatever the
+number of lanes.
 
-* waiting queues are linked lists through the slots (routing appends a window's
-  arrivals to every lane at once; admission walks the first few of each queue);
-* admissions and prompt chunks of all lanes are segmented array operations, one
-  segment per lane in its queue order, with the engine loop's stopping rules (token
-  budget, batch size, arrival time, KV blocks less the watermark);
+* waiting queues (and each lane's partial prompts) are linked lists through the slots;
+  routing appends a window's arrivals to the lanes, admission walks each queue's head;
+* rounds in which no lane needs its scheduler (nothing waiting that may be admitted, no
+  partial prompt, no KV overflow) run inside one compiled call; a round in which some do
+  comes back here, where the scheduler runs (preemption and its rare paths in Python);
 * a decoding sequence's last step is known when it starts decoding, so each lane keeps
   a ring of "sequences (and context) leaving at step s": an iteration subtracts its
   step's entry, and the requests themselves are measured, all together, at the next

@@ -8,11 +8,12 @@ lanes. Here each is the plain per-lane loop an engine runs, compiled with Numba:
 call per round, work proportional to what actually happens.
 
 Each function takes the engine's arrays (lane arrays indexed by lane, slot arrays by
-slot) and updates them in place, exactly as the NumPy version it replaced did — the
-engine-equivalence tests (``tests/sim/test_engine_equivalence.py``) compare every run
-against the previous one-request-at-a-time engine. Rare paths (preemption, partial
-prompts' Python lists, long answers' heaps) stay in Python; the kernels report what
-needs them.
+slot) and updates them in place with the engine loop's rules — the engine-equivalence
+tests (``tests/sim/test_engine_equivalence.py``) compare every run against the previous
+one-request-at-a-time engine. Rare paths (preemption, a lane stuck with partial prompts
+and no free KV, completions beyond the ring's reach) stay in Python; the kernels report
+what needs them. Compiled code is cached next to this file (``__pycache__``): the first
+run on a machine compiles for a few seconds.
 
 Units: seconds, tokens.
 """
