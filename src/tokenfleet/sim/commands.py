@@ -154,11 +154,11 @@ def print_summary(s: SimSummary, console: Console) -> None:
     for c in ("pool", "replicas", "requests", "moved away", "TTFT p99 ms", "TPOT p99 ms",
               "util", "KV mean/max", "queue max", "preempt", "cost $"):
         p.add_column(c, justify="left" if c == "pool" else "right")
-    for name, r in s.pools.items():
-        p.add_row(name, str(r.replicas), f"{r.requests:,}", f"{r.moved_away:,}",
-                  _ms(r.ttft_s.p99), _ms(r.tpot_s.p99), _pct(r.utilization),
-                  f"{_pct(r.kv_occupancy_mean)}/{_pct(r.kv_occupancy_max)}",
-                  f"{r.queue_max:,.0f}", f"{r.preemptions:,}", f"{r.cost_usd:,.2f}")
+    for name, pr in s.pools.items():
+        p.add_row(name, str(pr.replicas), f"{pr.requests:,}", f"{pr.moved_away:,}",
+                  _ms(pr.ttft_s.p99), _ms(pr.tpot_s.p99), _pct(pr.utilization),
+                  f"{_pct(pr.kv_occupancy_mean)}/{_pct(pr.kv_occupancy_max)}",
+                  f"{pr.queue_max:,.0f}", f"{pr.preemptions:,}", f"{pr.cost_usd:,.2f}")
     console.print(p)
 
 

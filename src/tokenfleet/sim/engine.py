@@ -189,6 +189,33 @@ def auto_sample_s(duration_s: float, sync_s: float) -> float:
 class Simulator:
     """One simulation of ``workload`` through ``fleet``; call :meth:`run` once."""
 
+    dep: np.ndarray  # departures per fine bin (run)
+    last_event: float  # s
+    # The slot table's columns (see _SLOT_COLUMNS), set by _grow_slots.
+    s_state: np.ndarray
+    s_arrival: np.ndarray
+    s_ready: np.ndarray
+    s_inp: np.ndarray
+    s_out: np.ndarray
+    s_tier: np.ndarray
+    s_key: np.ndarray
+    s_pool: np.ndarray
+    s_lane: np.ndarray
+    s_rid: np.ndarray
+    s_next: np.ndarray
+    s_pnext: np.ndarray
+    s_gen: np.ndarray
+    s_need: np.ndarray
+    s_kvh: np.ndarray
+    s_enter: np.ndarray
+    s_gent: np.ndarray
+    s_done: np.ndarray
+    s_aseq: np.ndarray
+    s_first: np.ndarray
+    s_admit: np.ndarray
+    s_att: np.ndarray
+    s_retries: np.ndarray
+
     def __init__(self, fleet: Fleet, workload: Workload, options: SimOptions | None = None,
                  failures: list[Failure] | None = None,
                  prices: list[PriceChange] | None = None) -> None:
@@ -334,7 +361,7 @@ class Simulator:
         old = self.n_slots
         new = max(need, 2 * old, 1024)
         for name, dtype in _SLOT_COLUMNS:
-            a = np.zeros(new, dtype=dtype)
+            a: np.ndarray = np.zeros(new, dtype=dtype)
             a[:old] = getattr(self, "s_" + name)
             setattr(self, "s_" + name, a)
         # Handed out from the end: low slot numbers first.
@@ -897,7 +924,7 @@ class Simulator:
             kv = float(self.kv[r])
             took = 0
             a_sum = 0.0
-            keep = []
+            keep: list[int] = []
             for s in self._partial(r):
                 c = min(int(self.s_need[s]), budget, int(cap - kv))
                 if c > 0:
@@ -1140,7 +1167,8 @@ class Simulator:
         self.dep = np.zeros(1024, dtype=np.int64)
         self.last_event = 0.0
         self.routed = np.zeros(self.n_pools, dtype=np.int64)
-        self.series = {p.id: {c: [] for c in SERIES_COLUMNS} for p in self.pools}
+        self.series: dict[str, dict[str, list[float]]] = {
+            p.id: {c: [] for c in SERIES_COLUMNS} for p in self.pools}
         events: list[tuple[float, int, int, object]] = []  # (t, order, seq, shock)
         for j, f in enumerate(self.failures):
             events.append((f.start, 1, j, f))

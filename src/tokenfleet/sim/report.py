@@ -76,7 +76,7 @@ def load_over_time(result: SimResult, ts: pl.DataFrame) -> Figure:
             fig.add_trace(go.Scatter(x=d["t_s"].to_numpy(), y=d[col].to_numpy(), mode="lines",
                                      name=esc(pid), legendgroup=pid, showlegend=r == 1,
                                      line={"color": colour, "width": 1.2}), row=r, col=1)
-    end = float(ts["t_s"].max()) if ts.height else 0.0
+    end = float(ts["t_s"].to_numpy().max()) if ts.height else 0.0
     _outage_shapes(fig, result, end, rows=3)
     fig.update_xaxes(title_text="simulated time, s", row=3, col=1)
     return Figure("load", "Per pool, per sample interval: busy share of up engine time, "
@@ -98,7 +98,7 @@ def outage_timeline(result: SimResult, ts: pl.DataFrame) -> Figure:
         fig.add_trace(go.Scatter(x=fleet["t_s"].to_numpy(), y=fleet["in_system"].to_numpy(),
                                  mode="lines", name="in system", line={"color": "#333"}),
                       row=2, col=1)
-    end = float(ts["t_s"].max()) if ts.height else 0.0
+    end = float(ts["t_s"].to_numpy().max()) if ts.height else 0.0
     _outage_shapes(fig, result, end, rows=2)
     fig.update_xaxes(title_text="simulated time, s", row=2, col=1)
     return Figure("outages", "Capacity and load through the shocks (shaded windows).",

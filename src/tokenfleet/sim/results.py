@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -134,7 +135,7 @@ class SimSummary(BaseModel):
 # ---- capacity timeline ------------------------------------------------------------------
 
 
-def _unit(info: dict, pool: str) -> SimpleNamespace:
+def _unit(info: dict, pool: str) -> Any:
     """The fields shock selectors read (``Failure.matches`` works on any such object)."""
     return SimpleNamespace(pool=pool, **{k: info[k] for k in (
         "tier", "accelerator", "vendor", "cloud", "region", "replicas")})

@@ -153,9 +153,11 @@ def run_point(spec: GridSpec, point: dict[str, Any]) -> dict[str, Any]:
         w = build_traffic(plan, trace, None, None, None, tr.tier, tr.rate, tr.duration, seed)
         w = prepare_workload(plan, w, growth=growth, seed=seed)
     fails = point.get("fail")
-    fail_list = [] if _none(fails) else [fails] if isinstance(fails, str) else list(fails)
+    fail_list: list[str] = ([] if fails is None or _none(fails) else [fails]
+                            if isinstance(fails, str) else list(fails))
     surges = point.get("surge")
-    surge_list = [] if _none(surges) else [surges] if isinstance(surges, str) else list(surges)
+    surge_list: list[str] = ([] if surges is None or _none(surges) else [surges]
+                             if isinstance(surges, str) else list(surges))
     prices = [parse_price(f"{k[6:]}={v}") for k, v in point.items() if k.startswith("price:")]
     if surge_list:
         w = prepare_workload(plan, w, surges=[parse_surge(s) for s in surge_list], seed=seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from tokenfleet.errors import TokenfleetError
@@ -148,7 +149,8 @@ class SizeBuckets(BaseModel):
 
     # ---- assignment ----------------------------------------------------------------
 
-    def assign_lengths(self, input_tokens: np.ndarray, output_tokens: np.ndarray) -> IntArray:
+    def assign_lengths(self, input_tokens: npt.ArrayLike, output_tokens: npt.ArrayLike
+                       ) -> IntArray:
         """Bucket index for each (input, output) pair (tokens; arrays or scalars)."""
         inp = np.asarray(input_tokens)
         out = np.asarray(output_tokens)
