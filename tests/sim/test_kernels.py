@@ -7,14 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenfleet.catalog import load_catalog
-from tokenfleet.perf.calibration import load_fit
-from tokenfleet.perf.precision import get_precision
-from tokenfleet.perf.unit import UnitModel, layouts_for
 from tokenfleet.sim import kernels
 from tokenfleet.sim.stepcost import FleetStepCost, StageCoefficients, stage_time
 
-from .test_stepcost import CASES
+from .test_stepcost import case_units
 
 
 def test_iteration_time_is_stage_time_over_micro_batches() -> None:
@@ -22,14 +18,7 @@ def test_iteration_time_is_stage_time_over_micro_batches() -> None:
     per-lane iteration time is ``pp`` stage steps of ``stage_time`` (the formula
     ``test_stepcost`` checks against the performance model), each carrying 1/pp of
     the batch but at least one token when anything decodes."""
-    cat, cal = load_catalog(), load_fit()
-    coeffs = []
-    for model, accel, prec, count in CASES:
-        m, a = cat.model(model), cat.accelerator(accel)
-        eff, _ = cal.efficiency(a.family, None)
-        p = get_precision(prec)
-        for lo in layouts_for(m, count)[:3]:
-            coeffs.append(StageCoefficients.of(UnitModel(m, a, p, p.default_kv, lo, eff)))
+    coeffs = [StageCoefficients.of(u) for u in case_units(layouts=3)]
     rng = np.random.default_rng(3)
     lanes = rng.integers(0, len(coeffs), 4000)
     cost = FleetStepCost(coeffs, lanes)

@@ -27,6 +27,19 @@ CASES = [
 ]
 
 
+def case_units(layouts: int = 1) -> list[UnitModel]:
+    """Replica models of every case, its first ``layouts`` layouts each."""
+    cat, cal = load_catalog(), load_fit()
+    units = []
+    for model, accel, prec, count in CASES:
+        m, a = cat.model(model), cat.accelerator(accel)
+        eff, _ = cal.efficiency(a.family, None)
+        p = get_precision(prec)
+        units += [UnitModel(m, a, p, p.default_kv, lo, eff)
+                  for lo in layouts_for(m, count)[:layouts]]
+    return units
+
+
 @pytest.mark.parametrize(("model", "accel", "prec", "count"), CASES)
 def test_stage_time_equals_step_s(model: str, accel: str, prec: str, count: int) -> None:
     cat, cal = load_catalog(), load_fit()
@@ -97,13 +110,7 @@ def test_fleet_iteration_is_pp_stage_steps(model: str, accel: str, prec: str,
 def test_vectorised_prefill_attention_is_the_scalar_one() -> None:
     """The admission path's array version gives the same bits as the scalar function,
     for dense, MLA and sliding-window models, prompts shorter and longer than a window."""
-    cat, cal = load_catalog(), load_fit()
-    units = []
-    for model, accel, prec, count in CASES:
-        m, a = cat.model(model), cat.accelerator(accel)
-        eff, _ = cal.efficiency(a.family, None)
-        p = get_precision(prec)
-        units.append(UnitModel(m, a, p, p.default_kv, layouts_for(m, count)[0], eff))
+    units = case_units()
     pa = PrefillAttention(units)
     rng = np.random.default_rng(3)
     pool = rng.integers(0, len(units), 500)
