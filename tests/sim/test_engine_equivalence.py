@@ -96,3 +96,18 @@ def test_stop_at_max_time(two_vendor_plan) -> None:
     new, old = _both(two_vendor_plan, w, opt=SimOptions(max_time_s=20.0))
     assert new.reject_reasons.get(engine_mod.UNFINISHED, 0) > 0
     _assert_equal_runs(new, old)
+
+
+@pytest.mark.parametrize("policy", ["plan", "jsq"])
+def test_window_grouping_by_lists_or_arrays_agree(two_vendor_plan, monkeypatch,
+                                                  policy: str) -> None:
+    """Small windows are grouped by key with lists, large ones with arrays: forcing
+    either everywhere gives the same run."""
+    w = scale_traffic(planned_traffic(two_vendor_plan, 30, seed=5), 3.0, seed=5)
+    runs = []
+    for small in (0, 10**9):
+        monkeypatch.setattr(engine_mod, "_SMALL_WINDOW", small)
+        fleet = build_fleet(two_vendor_plan, None)
+        opt = SimOptions(policy=policy, seed=3, sample_s=auto_sample_s(w.duration_s, 0.02))
+        runs.append(Simulator(fleet, w, opt, [], []).run())
+    _assert_equal_runs(*runs)

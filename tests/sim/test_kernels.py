@@ -40,33 +40,56 @@ def test_iteration_time_is_stage_time_over_micro_batches() -> None:
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
-def _fill_plainly(counts, outstanding, first, lanes):
+def _fill_plainly(picks, outstanding, first, lanes):
     """Each request in turn to its pool's lane with the fewest outstanding requests,
     the lowest index on ties; -1 when every lane of the pool is down."""
     out = []
-    for p, c in enumerate(counts):
-        for _ in range(c):
-            own = range(first[p], first[p] + lanes[p])
-            best = min(own, key=lambda r: (outstanding[r], r), default=None)
-            if best is None or outstanding[best] == np.inf:
-                out.append(-1)
-            else:
-                outstanding[best] += 1
-                out.append(best)
+    for p in picks:
+        own = range(first[p], first[p] + lanes[p])
+        best = min(own, key=lambda r: (outstanding[r], r), default=None)
+        if best is None or outstanding[best] == np.inf:
+            out.append(-1)
+        else:
+            outstanding[best] += 1
+            out.append(best)
     return out
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_fill_pools_takes_the_least_loaded_lane_in_turn(seed: int) -> None:
+def test_place_takes_the_least_loaded_lane_in_turn(seed: int) -> None:
+    """Requests of several pools, interleaved, go to their pool's least loaded lane in
+    turn and join that lane's waiting queue in arrival order."""
     rng = np.random.default_rng(seed)
     lanes = rng.integers(1, 40, 5)
     first = np.concatenate(([0], np.cumsum(lanes)[:-1]))
-    o = rng.integers(0, 6, lanes.sum()).astype(float)  # many ties
+    n_lanes = int(lanes.sum())
+    o = rng.integers(0, 6, n_lanes).astype(float)  # many ties
     o[first[1]:first[1] + lanes[1]] = np.inf  # a pool that is down
     o[first[2]] = np.inf  # a lane that is down
-    counts = rng.integers(0, 120, 5)
+    picks = rng.integers(0, 5, 300)
     want_o = o.copy()
-    want = _fill_plainly(counts.tolist(), want_o, first.tolist(), lanes.tolist())
-    got = kernels.fill_pools(counts, o, first, lanes)
+    want = _fill_plainly(picks.tolist(), want_o, first.tolist(), lanes.tolist())
+    m = picks.size
+    slots = rng.permutation(m)
+    s_int = {name: np.zeros(m, np.int64) for name in ("pool", "lane", "next")}
+    s_need = rng.integers(1, 5000, m)
+    s_att, s_ready, s_state = np.zeros(m), rng.random(m), np.zeros(m, np.int8)
+    q_head, q_tail = np.full(n_lanes, -1), np.full(n_lanes, -1)
+    n_wait, wait_head, routed = np.zeros(n_lanes, np.int64), np.full(n_lanes, np.inf), \
+        np.zeros(5, np.int64)
+    coef = np.ones(5)
+    got = kernels.place(slots, picks, o, first, lanes, routed, s_int["pool"], s_int["lane"],
+                        s_att, s_need, s_int["next"], s_state, s_ready, q_head, q_tail,
+                        n_wait, wait_head, coef, coef, np.zeros(5), np.zeros(5, np.int64))
     assert got.tolist() == want
     np.testing.assert_array_equal(o, want_o)
+    placed = got >= 0
+    assert routed.tolist() == np.bincount(picks[placed], minlength=5).tolist()
+    for r in range(n_lanes):  # each lane's queue: its requests in arrival order
+        queue, s = [], q_head[r]
+        while s >= 0:
+            queue.append(int(s))
+            s = s_int["next"][s]
+        assert queue == slots[got == r].tolist()
+        assert n_wait[r] == len(queue)
+        assert wait_head[r] == (s_ready[queue[0]] if queue else np.inf)

@@ -93,6 +93,8 @@ ADMISSION_MODES = ("none", "ttft")
 # Routing outcomes other than a pool index (negative, so they never clash with one).
 _REASON_CODES = {-1: NO_POOL, -2: TOO_LONG, -3: NO_HEALTHY}
 _NO_POOL, _TOO_LONG, _NO_HEALTHY = -1, -2, -3
+# Windows with at most this many arrivals are grouped by key with plain lists.
+_SMALL_WINDOW = 32
 # Time constant of admission control's measured drain rate, s.
 _DRAIN_TAU_S = 5.0
 
@@ -547,16 +549,31 @@ class Simulator:
         seen by the picks after it, the same as routing the requests one at a time in
         that order."""
         m = keys.size
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
-        cuts = np.flatnonzero(sk[1:] != sk[:-1]) + 1
-        starts = np.concatenate(([0], cuts))
-        bounds = starts.tolist() + [m]
-        big = (np.maximum.reduceat(size[order], starts)
-               > np.asarray(self.key_min_cap, dtype=np.int64)[sk[starts]]).tolist()
+        min_cap = self.key_min_cap
+        if m <= _SMALL_WINDOW:
+            # A few requests (small fleets): plain lists beat a dozen tiny array calls.
+            ks, sizes = keys.tolist(), size.tolist()
+            order: list[int] | np.ndarray = sorted(range(m), key=ks.__getitem__)
+            sk = [ks[q] for q in order]
+            ss: list[int] | np.ndarray = [sizes[q] for q in order]
+            starts = [0] + [q for q in range(1, m) if sk[q] != sk[q - 1]]
+            group_keys = [sk[b] for b in starts]
+            bounds = starts + [m]
+            big = [max(ss[bounds[g]:bounds[g + 1]]) > min_cap[k]
+                   for g, k in enumerate(group_keys)]
+        else:
+            order = np.argsort(keys, kind="stable")
+            sk_arr = keys[order]
+            ss = size[order]
+            cuts = np.flatnonzero(sk_arr[1:] != sk_arr[:-1]) + 1
+            starts_arr = np.concatenate(([0], cuts))
+            bounds = starts_arr.tolist() + [m]
+            group_keys = sk_arr[starts_arr].tolist()
+            big = (np.maximum.reduceat(ss, starts_arr)
+                   > np.asarray(min_cap, dtype=np.int64)[sk_arr[starts_arr]]).tolist()
         picked: list[int] = []
         routed_win = self.routed_win
-        for g, k in enumerate(sk[starts].tolist()):
+        for g, k in enumerate(group_keys):
             n = bounds[g + 1] - bounds[g]
             states = self._key_view(k)
             if not states:
@@ -565,8 +582,8 @@ class Simulator:
             if big[g]:
                 # Some need a pool with a larger KV cache: their own candidate lists, in
                 # turn with the others so the key's random stream is used in order.
-                picked.extend(self._pick_one(k, sz)
-                              for sz in size[order[bounds[g]:bounds[g + 1]]].tolist())
+                part = ss[bounds[g]:bounds[g + 1]]
+                picked.extend(self._pick_one(k, int(sz)) for sz in part)
                 continue
             before = [st.queued for st in states]
             picks = self.key_policy[k].choose_many(states, n, self.key_rng[k])
@@ -599,24 +616,15 @@ class Simulator:
             slots, picks, when = self._shed(slots, picks, when)
             if not slots.size:
                 return
-        order = np.argsort(picks, kind="stable")
-        lanes = np.empty(slots.size, dtype=np.int64)
-        lanes[order] = kernels.fill_pools(np.bincount(picks, minlength=self.n_pools),
-                                          self.outstanding, self.pool_first_arr,
-                                          self.pool_lanes_arr)
+        att = self.prefill_att
+        lanes = kernels.place(
+            slots, picks, self.outstanding, self.pool_first_arr, self.pool_lanes_arr,
+            self.routed, self.s_pool, self.s_lane, self.s_att, self.s_need, self.s_next,
+            self.s_state, self.s_ready, self.q_head, self.q_tail, self.n_wait,
+            self.wait_head, att.coef, att.full, att.sliding, att.window)
         down = lanes < 0
         if down.any():
             self._reject_slots(slots[down], NO_HEALTHY, when[down])
-            slots, picks, lanes = slots[~down], picks[~down], lanes[~down]
-            if not slots.size:
-                return
-        self.s_pool[slots] = picks
-        self.s_lane[slots] = lanes
-        # Prompt-attention cost per prompt token of the first admission (a recompute
-        # after preemption sets its own).
-        self.s_att[slots] = self.prefill_att.per_token(picks, self.s_need[slots])
-        self.routed += np.bincount(picks, minlength=self.n_pools)
-        self._enqueue(slots, lanes)
 
     def _measure_drain(self, now: float, waiting: np.ndarray) -> None:
         """Update each pool's service rate per replica with what it completed since the
@@ -691,38 +699,21 @@ class Simulator:
         keep[out] = False
         return slots[keep], picks[keep], when[keep]
 
-    def _enqueue(self, slots: np.ndarray, lanes: np.ndarray) -> None:
-        """Append requests (in order) to the tails of their lanes' waiting queues."""
-        kernels.enqueue(slots, lanes, self.s_next, self.s_state, self.s_ready, self.q_head,
-                        self.q_tail, self.n_wait, self.wait_head)
-
     def _arrive(self, i: int, j: int) -> None:
         """Requests ``i..j-1`` of the workload arrive in this window."""
         self._refresh_states()
         w = self.w
         m = j - i
-        keys = w.key[i:j].astype(np.int64)
+        keys = w.key[i:j]
         inp = w.input_tokens[i:j]
         out = w.output_tokens[i:j]
         arrival = w.arrival_s[i:j]
-        tier = self.key_tier[keys]
-        self.tiers.arrived += np.bincount(tier, minlength=len(self.tier_names))
         self.in_system += m
         s = self._alloc(m)
-        self.s_arrival[s] = arrival
-        self.s_ready[s] = arrival
-        self.s_inp[s] = inp
-        self.s_out[s] = out
-        self.s_tier[s] = tier
-        self.s_key[s] = keys
-        self.s_pool[s] = -1
-        self.s_rid[s] = np.arange(i, j)
-        self.s_gen[s] = 0
-        self.s_need[s] = inp
-        self.s_kvh[s] = 0
-        self.s_first[s] = -1.0
-        self.s_admit[s] = -1.0
-        self.s_retries[s] = 0
+        kernels.arrive(s, i, arrival, inp, out, keys, self.key_tier, self.tiers.arrived,
+                       self.s_arrival, self.s_ready, self.s_inp, self.s_out, self.s_tier,
+                       self.s_key, self.s_pool, self.s_rid, self.s_gen, self.s_need,
+                       self.s_kvh, self.s_first, self.s_admit, self.s_retries)
         picks = self._pick_window(keys, inp + out)
         # A request turned away at the door leaves at its arrival time.
         self._dispatch(s, picks, arrival)

@@ -48,56 +48,6 @@ def _sift_down(heap, n, i, o):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def fill_pools(counts, outstanding, pool_first, pool_lanes):  # pragma: no cover - compiled
-    """Lanes for ``counts[p]`` requests of each pool, pool by pool, each request to the
-    lane with the fewest outstanding requests (lowest index on ties), counting earlier
-    picks; -1 where every lane of the pool is down (outstanding = inf)."""
-    total = 0
-    for p in range(counts.size):
-        total += counts[p]
-    out = np.empty(total, np.int64)
-    k = 0
-    for p in range(counts.size):
-        c = counts[p]
-        if c == 0:
-            continue
-        n = pool_lanes[p]
-        # A binary heap of the pool's lanes ordered by (outstanding, index).
-        heap = np.arange(pool_first[p], pool_first[p] + n)
-        for i in range(n // 2 - 1, -1, -1):
-            _sift_down(heap, n, i, outstanding)
-        for _ in range(c):
-            r = heap[0] if n else -1
-            if r < 0 or outstanding[r] == np.inf:
-                out[k] = -1  # every lane of the pool is down
-            else:
-                outstanding[r] += 1.0
-                _sift_down(heap, n, 0, outstanding)
-                out[k] = r
-            k += 1
-    return out
-
-
-@njit(cache=True, nogil=True)
-def enqueue(slots, lanes, s_next, s_state, s_ready, q_head, q_tail, n_wait,
-            wait_head):  # pragma: no cover - compiled
-    """Append ``slots`` (in order) to the tails of their lanes' waiting queues."""
-    for i in range(slots.size):
-        s = slots[i]
-        r = lanes[i]
-        s_next[s] = -1
-        s_state[s] = WAITING
-        tail = q_tail[r]
-        if tail < 0:
-            q_head[r] = s
-            wait_head[r] = s_ready[s]
-        else:
-            s_next[tail] = s
-        q_tail[r] = s
-        n_wait[r] += 1
-
-
-@njit(cache=True, nogil=True)
 def enter_decode(slots, lanes, clock, step, s_gen, s_first, s_out, s_inp, s_kvh, s_enter,
                  s_gent, s_done, s_state, n_dec, dec_ctx, kv, n_seqs, outstanding, blocked,
                  ring_nf, ring_cf, ring_shift, ring_mask, ring_len
@@ -476,6 +426,16 @@ def pool_load(pool_first, pool_lanes, up, n_seqs, n_wait, kv):  # pragma: no cov
 
 
 @njit(cache=True, nogil=True)
+def _attention(p, n, coef, full, sliding, window):  # pragma: no cover - compiled
+    pairs_full = n * (n + 1) / 2.0
+    pairs_sliding = pairs_full
+    w = window[p]
+    if w > 0 and n > w:
+        pairs_sliding = w * (w + 1) / 2.0 + (n - w) * w
+    return coef[p] * (full[p] * pairs_full + sliding[p] * pairs_sliding) / max(n, 1)
+
+
+@njit(cache=True, nogil=True)
 def prefill_attention_per_token(pool, prompt, coef, full, sliding, window
                                 ):  # pragma: no cover - compiled
     """:func:`tokenfleet.sim.stepcost.prefill_attention_per_token` for prompts of
@@ -484,12 +444,90 @@ def prefill_attention_per_token(pool, prompt, coef, full, sliding, window
     layer (``window`` 0: none), with the same operations in the same order."""
     out = np.empty(prompt.size)
     for i in range(prompt.size):
-        p = pool[i]
-        n = prompt[i]
-        pairs_full = n * (n + 1) / 2.0
-        pairs_sliding = pairs_full
-        w = window[p]
-        if w > 0 and n > w:
-            pairs_sliding = w * (w + 1) / 2.0 + (n - w) * w
-        out[i] = coef[p] * (full[p] * pairs_full + sliding[p] * pairs_sliding) / max(n, 1)
+        out[i] = _attention(pool[i], prompt[i], coef, full, sliding, window)
     return out
+
+
+@njit(cache=True, nogil=True)
+def place(slots, picks, outstanding, pool_first, pool_lanes, routed, s_pool, s_lane, s_att,
+          s_need, s_next, s_state, s_ready, q_head, q_tail, n_wait, wait_head, att_coef,
+          att_full, att_sliding, att_window):  # pragma: no cover - compiled
+    """Routed requests (in arrival order) join the waiting queue of the lane of their
+    pool ``picks[i]`` with the fewest outstanding requests (lowest index on ties),
+    counting earlier ones, with their prompt-attention cost per token. Returns each
+    one's lane; -1 (and nothing done) where every lane of the pool is down."""
+    n_pools = pool_first.size
+    # A binary heap of each pool's lanes that gets requests, ordered by (outstanding,
+    # index); the pools' heaps share one array.
+    start = np.full(n_pools, -1, np.int64)
+    size = 0
+    for i in range(picks.size):
+        p = picks[i]
+        if start[p] < 0:
+            start[p] = size
+            size += pool_lanes[p]
+    heap = np.empty(size, np.int64)
+    for p in range(n_pools):
+        if start[p] >= 0:
+            n = pool_lanes[p]
+            h = heap[start[p]:start[p] + n]
+            for j in range(n):
+                h[j] = pool_first[p] + j
+            for j in range(n // 2 - 1, -1, -1):
+                _sift_down(h, n, j, outstanding)
+    lanes = np.empty(slots.size, np.int64)
+    for i in range(slots.size):
+        p = picks[i]
+        n = pool_lanes[p]
+        h = heap[start[p]:start[p] + n]
+        if n == 0 or outstanding[h[0]] == np.inf:
+            lanes[i] = -1  # every lane of the pool is down
+            continue
+        r = h[0]
+        outstanding[r] += 1.0
+        _sift_down(h, n, 0, outstanding)
+        lanes[i] = r
+        s = slots[i]
+        s_pool[s] = p
+        s_lane[s] = r
+        # Prompt-attention cost per prompt token of the first admission (a recompute
+        # after preemption sets its own).
+        s_att[s] = _attention(p, s_need[s], att_coef, att_full, att_sliding, att_window)
+        routed[p] += 1
+        s_next[s] = -1
+        s_state[s] = WAITING
+        tail = q_tail[r]
+        if tail < 0:
+            q_head[r] = s
+            wait_head[r] = s_ready[s]
+        else:
+            s_next[tail] = s
+        q_tail[r] = s
+        n_wait[r] += 1
+    return lanes
+
+
+@njit(cache=True, nogil=True)
+def arrive(s, first, arrival, inp, out, key, key_tier, tier_arrived, s_arrival, s_ready,
+           s_inp, s_out, s_tier, s_key, s_pool, s_rid, s_gen, s_need, s_kvh, s_first,
+           s_admit, s_retries):  # pragma: no cover - compiled
+    """Requests ``first, first + 1, ...`` of the workload (``arrival``, ``inp``, ``out``,
+    ``key``: theirs) take slots ``s``, fresh: not routed, nothing generated."""
+    for i in range(s.size):
+        q = s[i]
+        tier = key_tier[key[i]]
+        tier_arrived[tier] += 1
+        s_arrival[q] = arrival[i]
+        s_ready[q] = arrival[i]
+        s_inp[q] = inp[i]
+        s_out[q] = out[i]
+        s_tier[q] = tier
+        s_key[q] = key[i]
+        s_pool[q] = -1
+        s_rid[q] = first + i
+        s_gen[q] = 0
+        s_need[q] = inp[i]
+        s_kvh[q] = 0
+        s_first[q] = -1.0
+        s_admit[q] = -1.0
+        s_retries[q] = 0
