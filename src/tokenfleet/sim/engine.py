@@ -855,38 +855,33 @@ class Simulator:
     def _schedule(self, lanes: np.ndarray, t: np.ndarray) -> None:
         """At the start of an iteration of each of ``lanes`` (clocks ``t``; completions
         already left): preempt on KV overflow, then spend the token budget on partial
-        prompts and on admissions."""
-        over = self.kv[lanes] + self.n_dec[lanes] > self.kv_cap[lanes]
-        if over.any():
+        prompts and on admissions (compiled: :func:`~tokenfleet.sim.kernels.schedule`;
+        the rare paths here)."""
+        while True:
+            status, fin, fin_lane, stuck, left, pre, att, self.aseq = kernels.schedule(
+                lanes, t, self.budget, self.pre_tok, self.pre_att, self.q_head, self.q_tail,
+                self.s_next, self.s_need, self.s_ready, self.s_admit, self.s_kvh,
+                self.s_state, self.s_aseq, self.s_att, self.aseq, self.n_seqs,
+                self.max_seqs, self.n_wait, self.kv, self.kv_cap, self.n_dec,
+                self.watermark, self.wait_head, self.blocked, self.pf_head, self.pf_tail,
+                self.s_pnext, self.prefilling)
+            if status != kernels.SCHEDULE_PREEMPT:
+                break
+            over = self.kv[lanes] + self.n_dec[lanes] > self.kv_cap[lanes]
             for r, tr in zip(lanes[over].tolist(), t[over].tolist(), strict=True):
                 while self.kv[r] + self.n_dec[r] > self.kv_cap[r] and self.n_seqs[r] > 0:
                     self._preempt_last(r, tr)
-        left = self.budget[lanes] - self.n_dec[lanes]
-        pre = np.zeros(lanes.size)
-        att = np.zeros(lanes.size)
-        pf = self.prefilling[lanes]
-        if pf.any():
-            self._continue_prefill(lanes, t, pf, left, pre, att)
-        adm = (self.n_wait[lanes] > 0) & (left > 0)
-        if adm.any():
-            self._admit(lanes, t, adm, left, pre, att)
-        self.pre_tok[lanes] = pre
-        self.pre_att[lanes] = att
-
-    def _continue_prefill(self, lanes: np.ndarray, t: np.ndarray, pf: np.ndarray,
-                          left: np.ndarray, pre: np.ndarray, att: np.ndarray) -> None:
-        """Partial prompts take the next chunks, oldest first, within the token budget
-        and the free KV blocks (no watermark: they are already admitted)."""
-        at = np.flatnonzero(pf)
-        L = lanes[at]
-        fin, fin_lane, stuck = kernels.continue_prefill(
-            L, at, left, pre, att, self.pf_head, self.pf_tail, self.s_pnext, self.s_need,
-            self.s_kvh, self.s_att, self.kv, self.kv_cap, self.n_dec, self.prefilling)
         if fin.size:
             self.fin_slots.append(fin)
             self.fin_lanes.append(fin_lane)
-        for a in stuck.tolist():
-            self._unstick(int(L[a]), float(t[at[a]]), int(at[a]), left, pre, att)
+        if status == kernels.SCHEDULE_STUCK:
+            for a in stuck.tolist():
+                self._unstick(int(lanes[a]), float(t[a]), a, left, pre, att)
+            adm = (self.n_wait[lanes] > 0) & (left > 0)
+            if adm.any():
+                self._admit(lanes, t, adm, left, pre, att)
+            self.pre_tok[lanes] = pre
+            self.pre_att[lanes] = att
 
     def _partial(self, r: int) -> list[int]:
         """Lane ``r``'s partial prompts, oldest first (for the rare paths)."""

@@ -235,6 +235,78 @@ def admit(lanes, t, pos, left, pre, att, q_head, q_tail, s_next, s_need, s_ready
     return got[:m], got_lane[:m], aseq
 
 
+# What :func:`schedule` stopped for: done, or the caller must preempt first (KV
+# overflow) or free KV for lanes stuck with partial prompts (then admit).
+SCHEDULED, SCHEDULE_PREEMPT, SCHEDULE_STUCK = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def schedule(lanes, t, budget, pre_tok, pre_att, q_head, q_tail, s_next, s_need, s_ready,
+             s_admit, s_kvh, s_state, s_aseq, s_att, aseq, n_seqs, max_seqs, n_wait, kv,
+             kv_cap, n_dec, watermark, wait_head, blocked, pf_head, pf_tail, s_pnext,
+             prefilling):  # pragma: no cover - compiled
+    """The scheduler at the start of an iteration of each of ``lanes`` (clocks ``t``;
+    completions already left): the token budget beside the decodes goes to partial
+    prompts (:func:`continue_prefill`), then to admissions (:func:`admit`); each lane's
+    prompt tokens and their attention FLOPs go to ``pre_tok`` / ``pre_att``.
+
+    Returns (status, prompts now whole, their lanes, stuck positions, budget left,
+    prompt tokens and FLOPs per position, next admission number). With
+    ``SCHEDULE_PREEMPT`` nothing was done (a lane's KV overflows); with
+    ``SCHEDULE_STUCK`` partial prompts moved but nothing was admitted and ``pre_tok`` /
+    ``pre_att`` are not written: the caller unsticks those lanes, then admits."""
+    n = lanes.size
+    empty = np.empty(0, np.int64)
+    left = np.empty(n, np.int64)
+    pre = np.zeros(n)
+    att = np.zeros(n)
+    n_pf = 0
+    for a in range(n):
+        r = lanes[a]
+        if kv[r] + n_dec[r] > kv_cap[r]:
+            return SCHEDULE_PREEMPT, empty, empty, empty, left, pre, att, aseq
+        left[a] = budget[r] - n_dec[r]
+        n_pf += prefilling[r]
+    fin = empty
+    fin_lane = empty
+    if n_pf:
+        at = np.empty(n_pf, np.int64)
+        j = 0
+        for a in range(n):
+            if prefilling[lanes[a]]:
+                at[j] = a
+                j += 1
+        fin, fin_lane, stuck = continue_prefill(
+            lanes[at], at, left, pre, att, pf_head, pf_tail, s_pnext, s_need, s_kvh, s_att,
+            kv, kv_cap, n_dec, prefilling)
+        if stuck.size:
+            return SCHEDULE_STUCK, fin, fin_lane, at[stuck], left, pre, att, aseq
+    n_adm = 0
+    for a in range(n):
+        n_adm += n_wait[lanes[a]] > 0 and left[a] > 0
+    if n_adm:
+        pos = np.empty(n_adm, np.int64)
+        j = 0
+        for a in range(n):
+            if n_wait[lanes[a]] > 0 and left[a] > 0:
+                pos[j] = a
+                j += 1
+        got, got_lane, aseq = admit(
+            lanes[pos], t[pos], pos, left, pre, att, q_head, q_tail, s_next, s_need,
+            s_ready, s_admit, s_kvh, s_state, s_aseq, s_att, aseq, n_seqs, max_seqs, n_wait,
+            kv, kv_cap, n_dec, watermark, budget, wait_head, blocked, pf_head, pf_tail,
+            s_pnext, prefilling)
+        if fin.size:
+            fin = np.concatenate((fin, got))
+            fin_lane = np.concatenate((fin_lane, got_lane))
+        else:
+            fin, fin_lane = got, got_lane
+    for a in range(n):
+        pre_tok[lanes[a]] = pre[a]
+        pre_att[lanes[a]] = att[a]
+    return SCHEDULED, fin, fin_lane, empty, left, pre, att, aseq
+
+
 # What :func:`rounds` stopped for.
 ROUNDS_DONE, ROUNDS_FAR, ROUNDS_SLOW = 0, 1, 2
 
