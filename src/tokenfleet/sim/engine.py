@@ -385,14 +385,12 @@ class Simulator:
         split = {(s.tier, s.bucket): s for s in plan.traffic_split}
         self.key_tier = np.array([tier_idx[k.tier] for k in self.w.keys], dtype=np.int64)
         self.key_pools: list[list[int]] = []
-        self.key_pools_arr: list[np.ndarray] = []
         self.key_states: list[list[PoolState]] = []
         self.key_headroom: list[list[float]] = []
         self.key_policy: list[RoutingPolicy] = []
         self.key_rng: list[random.Random] = []
         self.key_caps: list[np.ndarray] = []
         self.key_min_cap: list[int] = []
-        self.pool_states: list[list[PoolState]] = [[] for _ in pools]
         self.pool_states_keys: list[list[tuple[PoolState, int]]] = [[] for _ in pools]
         self.pool_first_arr = np.array([p.first_lane for p in pools], dtype=np.int64)
         self.pool_lanes_arr = np.array([p.lanes for p in pools], dtype=np.int64)
@@ -414,10 +412,8 @@ class Simulator:
                                in_flight=0, queued=0,
                                max_in_flight=int(heads[-1] * p.lanes))
                 states.append(st)
-                self.pool_states[p.index].append(st)
                 self.pool_states_keys[p.index].append((st, len(self.key_states)))
             self.key_pools.append([p.index for p in cand])
-            self.key_pools_arr.append(np.array([p.index for p in cand], dtype=np.int64))
             self.key_states.append(states)
             self.key_headroom.append(heads)
             self.key_policy.append(get_policy(self.opt.policy))
