@@ -26,7 +26,8 @@ number of lanes.
   routing appends a window's arrivals to the lanes, admission walks each queue's head;
 * rounds in which no lane needs its scheduler (nothing waiting that may be admitted, no
   partial prompt, no KV overflow) run inside one compiled call; a round in which some do
-  comes back here, where the scheduler runs (preemption and its rare paths in Python);
+  comes back here for the scheduler (compiled too; preemption and a lane stuck without
+  free KV are the rare paths in Python), then the round's iterations;
 * a decoding sequence's last step is known when it starts decoding, so each lane keeps
   a ring of "sequences (and context) leaving at step s": an iteration subtracts its
   step's entry, and the requests themselves are measured, all together, at the next
