@@ -6,7 +6,7 @@ a Markdown table for ``benchmarks/RESULTS.md``.
 
     .venv/bin/python benchmarks/quality_minilm.py --threads 1 [--out report.json]
 
-Metrics (see ``tokenfleet.quality.report``): cosine similarity of each sentence's mean-
+Metrics (see ``tokenfleet.quality.assessment``): cosine similarity of each sentence's mean-
 pooled embedding to its FP32 embedding (mean and worst), and k-NN@10 agreement of the
 sentence neighbourhoods.
 """

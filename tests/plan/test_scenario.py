@@ -136,7 +136,7 @@ def test_energy_objective_uses_no_more_power_than_cost_objective(tmp_path):
 
 
 def test_quality_gate_forbids_a_precision_and_says_why(tmp_path):
-    from tokenfleet.quality.report import DataInfo, FormatResult, QualityReport
+    from tokenfleet.quality.assessment import DataInfo, FormatResult, QualityReport
 
     report = QualityReport(
         model="llama-3.1-8b", kind="causal-lm", data=DataInfo(path="x.txt", texts=10, tokens=900),

@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from tokenfleet.cli.quality import register
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.quality.commands import register
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_missing_torch_says_how_to_install(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "from tokenfleet.errors import TokenfleetError\n"
-        "from tokenfleet.quality.commands import _import_validator\n"
+        "from tokenfleet.cli.quality import _import_validator\n"
         "try:\n    _import_validator()\nexcept TokenfleetError as e:\n    print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.quality.report import (
+from tokenfleet.quality.assessment import (
     DataInfo,
     FormatResult,
     QualityReport,
@@ -206,7 +206,7 @@ def test_load_report_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["tokenfleet.quality.report", "tokenfleet.quality.commands", "tokenfleet.quality"]
+    "module", ["tokenfleet.quality.assessment", "tokenfleet.cli.quality", "tokenfleet.quality"]
 )
 def test_planner_facing_modules_do_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"

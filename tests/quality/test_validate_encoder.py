@@ -8,10 +8,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from tokenfleet.errors import TokenfleetError  # noqa: E402
+from tokenfleet.quality.assessment import FormatResult, check_precision  # noqa: E402
 from tokenfleet.quality.fakequant import fake_quantized, quantizable_linears  # noqa: E402
 from tokenfleet.quality.formats import E2M1  # noqa: E402
 from tokenfleet.quality.quantize import get_quantizer  # noqa: E402
-from tokenfleet.quality.report import FormatResult, check_precision  # noqa: E402
 from tokenfleet.quality.validate import PrecisionValidator  # noqa: E402
 
 

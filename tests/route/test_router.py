@@ -1,5 +1,5 @@
 """Routing decisions without sockets: tiers, buckets, the plan's split, failover,
-saturation — all through the shared policies of ``tokenfleet.sim.policies``."""
+saturation — all through the shared policies of ``tokenfleet.routing.policies``."""
 
 from __future__ import annotations
 

@@ -20,9 +20,9 @@ from collections import deque
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.sim.fleet import BLOCK_TOKENS, Fleet
 from tokenfleet.sim.metrics import GroupStats
-from tokenfleet.sim.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.sim.shocks import Failure, PriceChange
 from tokenfleet.sim.stepcost import FleetStepCost, prefill_attention_per_token
 from tokenfleet.sim.traffic import RouteKey, Workload

@@ -132,7 +132,8 @@ def test_bad_traces(two_vendor_plan, tmp_path: Path, capsys) -> None:
 
 
 def test_sweep_locally(two_vendor_plan, tmp_path: Path) -> None:
-    from tokenfleet.sim.sweep import load_grid, run_sweep, write_sweep
+    from tokenfleet.report.sweep_html import write_sweep
+    from tokenfleet.sim.sweep import load_grid, run_sweep
 
     (tmp_path / "plan.json").write_text(two_vendor_plan.model_dump_json())
     grid = tmp_path / "grid.yaml"
@@ -153,7 +154,7 @@ def test_sweep_locally(two_vendor_plan, tmp_path: Path) -> None:
 
 
 def test_planned_slo_check_uses_the_slo_percentile_and_served_share():
-    from tokenfleet.sim.commands import _planned_slo_miss
+    from tokenfleet.cli.simulate import _planned_slo_miss
     from tokenfleet.sim.results import Latency, TierResult
 
     def lat(p50: float, p90: float, p99: float) -> Latency:

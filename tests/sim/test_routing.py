@@ -7,8 +7,8 @@ import random
 
 import pytest
 
+from tokenfleet.routing.policies import POLICIES, PoolState, get_policy
 from tokenfleet.sim.engine import SimOptions
-from tokenfleet.sim.policies import POLICIES, PoolState, get_policy
 from tokenfleet.sim.run import simulate
 from tokenfleet.sim.traffic import planned_traffic
 

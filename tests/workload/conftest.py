@@ -27,7 +27,7 @@ def cli_app() -> typer.Typer:
     try:
         from tokenfleet.cli import app
     except ImportError:
-        from tokenfleet.workload.commands import register
+        from tokenfleet.cli.trace import register
 
         app = typer.Typer()
         register(app)

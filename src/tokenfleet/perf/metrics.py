@@ -17,6 +17,7 @@ Every number tokenfleet prints, predicts, simulates or measures uses these defin
 from __future__ import annotations
 
 import numpy as np
+from pydantic import BaseModel
 
 
 def ttft(arrival_s: np.ndarray | float, first_token_s: np.ndarray | float
@@ -52,3 +53,13 @@ def meets_slo(ttft_s: np.ndarray, tpot_s: np.ndarray, slo_ttft: float | None,
         t = np.asarray(tpot_s, dtype=float)
         ok &= np.isnan(t) | (t <= slo_tpot)
     return ok
+
+
+class Latency(BaseModel):
+    """Percentiles of one latency (seconds; ±0.6 % histogram resolution)."""
+
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    mean: float | None
+    count: int

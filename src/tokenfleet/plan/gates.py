@@ -15,7 +15,7 @@ Gate = Callable[[Tier, str], tuple[bool, str]]
 
 def precision_gate(sc: Scenario, base: Path, source: str) -> Gate:
     """A function (tier, precision) -> (allowed, why) for the planner."""
-    from tokenfleet.quality.report import check_precision, load_report, parse_rule
+    from tokenfleet.quality.assessment import check_precision, load_report, parse_rule
 
     cache: dict[tuple[str, str], tuple[bool, str]] = {}
 

@@ -6,7 +6,7 @@
   and KV cache (PyTorch);
 * :mod:`~tokenfleet.quality.validate` — measure quality against FP32 (PyTorch,
   transformers);
-* :mod:`~tokenfleet.quality.report` — the JSON report and the rules the planner checks
+* :mod:`~tokenfleet.quality.assessment` — the JSON report and the rules the planner checks
   (no PyTorch: the planner imports it).
 
 Importing this package imports no PyTorch; install ``tokenfleet[quality]`` for the rest.

@@ -1,6 +1,6 @@
 """Quality metrics between a reference model's outputs and a quantized model's outputs.
 
-Definitions are documented once, in :mod:`tokenfleet.quality.report`; this module
+Definitions are documented once, in :mod:`tokenfleet.quality.assessment`; this module
 computes them from tensors.
 """
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.quality.assessment import DataInfo, FormatResult, Kind, QualityReport
 from tokenfleet.quality.fakequant import fake_quantized
 from tokenfleet.quality.formats import INT4_DEFAULT_GROUP, get_format
 from tokenfleet.quality.metrics import (
@@ -34,7 +35,6 @@ from tokenfleet.quality.metrics import (
     next_token_log_probs,
 )
 from tokenfleet.quality.quantize import get_quantizer
-from tokenfleet.quality.report import DataInfo, FormatResult, Kind, QualityReport
 from tokenfleet.quality.sources import read_texts, resolve_model_dir
 
 Tensor = torch.Tensor

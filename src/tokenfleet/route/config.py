@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan
-from tokenfleet.sim.policies import POLICIES
+from tokenfleet.routing.policies import POLICIES
 from tokenfleet.yamlio import read_yaml, validate
 
 

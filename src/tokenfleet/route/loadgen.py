@@ -26,9 +26,9 @@ import aiohttp
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.perf.metrics import Latency
 from tokenfleet.route.openai_api import load_json, prompt_of_tokens
 from tokenfleet.route.summary import LivePoolResult, LiveTierResult, RunSummary, latency
-from tokenfleet.sim.results import Latency
 from tokenfleet.workload.generate import EmpiricalLengths, FixedLengths, poisson
 from tokenfleet.workload.trace import Trace
 

@@ -2,7 +2,7 @@
 request falls in, and which pool and backend serve it.
 
 A decision is *filter -> score -> pick* (STYLE.md): pools with no available backend
-or no headroom are dropped, then the plan's policy from :mod:`tokenfleet.sim.policies`
+or no headroom are dropped, then the plan's policy from :mod:`tokenfleet.routing.policies`
 (the same code the simulator runs) picks among the rest from :class:`PoolState`
 snapshots. Inside a pool the least-loaded available backend is used. After a failure
 the request goes to another backend of the same pool, else to the next-cheapest pool
@@ -27,7 +27,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan, PlanUnit
 from tokenfleet.route.breaker import CircuitBreaker
 from tokenfleet.route.config import BackendsFile
-from tokenfleet.sim.policies import PoolState, RoutingPolicy, get_policy
+from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.workload.buckets import SizeBuckets
 
 _LABEL = re.compile(r"^in(\d+)-(\d+|inf)_out(\d+)-(\d+|inf)$")

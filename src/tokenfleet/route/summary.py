@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from tokenfleet.sim.results import Latency
+from tokenfleet.perf.metrics import Latency
 
 
 def latency(values: Sequence[float]) -> Latency:

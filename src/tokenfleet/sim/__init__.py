@@ -2,10 +2,10 @@
 
 Every replica runs iteration-level continuous batching (token budget, chunked prefill,
 KV-cache blocks, preemption with recompute) with step times from the performance model;
-requests are routed by :mod:`tokenfleet.sim.policies` (shared with the live gateway);
+requests are routed by :mod:`tokenfleet.routing.policies` (shared with the live gateway);
 failures, surges and price changes are shocks on a timeline.
 
-Entry points (imported lazily, so ``tokenfleet.sim.policies`` stays light)::
+Entry points (imported lazily, so ``tokenfleet.routing`` stays independent of the engine)::
 
     from tokenfleet.sim import simulate, planned_traffic, prepare_workload
 """

@@ -66,10 +66,10 @@ from heapq import heapify, heappop, heappush
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.sim import kernels
 from tokenfleet.sim.fleet import BLOCK_TOKENS, Fleet, SimPool
 from tokenfleet.sim.metrics import CompletionBuffer, GroupStats
-from tokenfleet.sim.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.sim.shocks import Failure, PriceChange
 from tokenfleet.sim.stepcost import FleetStepCost, PrefillAttention
 from tokenfleet.sim.traffic import RouteKey, Workload

@@ -22,21 +22,12 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
+from tokenfleet.perf.metrics import Latency
 from tokenfleet.sim.engine import SERIES_LEVELS, SERIES_TOTALS, RunRecord
 from tokenfleet.sim.metrics import GroupStats, percentile
 from tokenfleet.sim.shocks import Failure, PriceChange
 
 LITTLE_TOLERANCE = 0.05  # relative; sampled N(t) against lambda * W
-
-
-class Latency(BaseModel):
-    """Percentiles of one latency (seconds; ±0.6 % histogram resolution)."""
-
-    p50: float | None
-    p90: float | None
-    p99: float | None
-    mean: float | None
-    count: int
 
 
 class TierResult(BaseModel):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -37,24 +36,6 @@ class SimResult:
 
     def timeseries(self) -> pl.DataFrame:
         return timeseries(self.record)
-
-    def write(self, out_dir: str | Path, html: bool = True) -> dict[str, Path]:
-        """``summary.json``, ``timeseries.parquet`` and ``report.html`` in ``out_dir``."""
-        out = Path(out_dir)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise TokenfleetError(f"--out {out}: cannot create directory ({e.strerror})"
-                                  ) from None
-        paths = {"summary": out / "summary.json", "timeseries": out / "timeseries.parquet"}
-        paths["summary"].write_text(self.summary.model_dump_json(indent=2))
-        ts = self.timeseries()
-        ts.write_parquet(paths["timeseries"])
-        if html:
-            from tokenfleet.sim.report import write_report
-
-            paths["report"] = write_report(self, out / "report.html", ts)
-        return paths
 
 
 def prepare_workload(plan: Plan, traffic: Trace | Workload, *, tier: str | None = None,

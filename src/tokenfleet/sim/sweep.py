@@ -24,7 +24,6 @@ so the plan is sized for the grown traffic it is then tested with. A point that 
 from __future__ import annotations
 
 import itertools
-import math
 import time
 import traceback
 from collections.abc import Callable
@@ -33,8 +32,6 @@ from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from rich.console import Console
-from rich.table import Table
 
 from tokenfleet.errors import TokenfleetError
 
@@ -119,10 +116,10 @@ def _none(v: Any) -> bool:
 def run_point(spec: GridSpec, point: dict[str, Any]) -> dict[str, Any]:
     """Plan (if a scenario is given) and simulate one grid point; a flat result row."""
     from tokenfleet.plan.schema import load_plan
-    from tokenfleet.sim.commands import build_traffic
     from tokenfleet.sim.engine import SimOptions
     from tokenfleet.sim.run import prepare_workload, simulate
     from tokenfleet.sim.shocks import parse_failure, parse_price, parse_surge
+    from tokenfleet.sim.sources import build_traffic
     from tokenfleet.sim.traffic import scenario_traffic
 
     t0 = time.perf_counter()
@@ -235,68 +232,3 @@ def results_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
         elif any(isinstance(v, str) for v in vals):
             data[c] = [None if v is None else str(v) for v in vals]
     return pl.DataFrame(data, strict=False)
-
-
-def write_sweep(rows: list[dict[str, Any]], spec: GridSpec, out: Path) -> list[Path]:
-    """The Parquet table and a summary plot (``.html``) next to it."""
-    df = results_frame(rows)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        df.write_parquet(out)
-    except OSError as e:
-        raise TokenfleetError(f"--out {out}: cannot write ({e.strerror})") from None
-    html = out.with_suffix(".html")
-    html.write_text(_plot(df, spec))
-    return [out, html]
-
-
-def _plot(df: pl.DataFrame, spec: GridSpec) -> str:
-    from plotly.subplots import make_subplots
-
-    from tokenfleet.report.html_page import Figure, esc, figure_html, page
-
-    ok = df.filter(pl.col("status") == "ok") if "status" in df.columns else df
-    axes = list(spec.grid)
-    labels = [", ".join(f"{a}={r[a]}" for a in axes) or "base" for r in ok.iter_rows(named=True)]
-    tiers = sorted({c.split(".")[0] for c in ok.columns if c.endswith(".slo_attainment")})
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("SLO attainment per tier", "simulated cost, $"))
-    for t in tiers:
-        fig.add_bar(x=labels, y=ok[f"{t}.slo_attainment"].to_list(), name=esc(t), row=1, col=1)
-    if "cost_usd" in ok.columns:
-        fig.add_bar(x=labels, y=ok["cost_usd"].to_list(), name="cost", row=2, col=1,
-                    marker_color="#7f7f7f")
-    fig.update_layout(template="plotly_white", height=640, barmode="group",
-                      title={"text": "What-if sweep", "x": 0.01},
-                      margin={"l": 70, "r": 20, "t": 70, "b": 160})
-    f = Figure("sweep", "Each bar group is one grid point.", fig)
-    failed = df.filter(pl.col("status") != "ok") if "status" in df.columns else df.head(0)
-    body = (f"<h1>Sweep: {len(df)} points, {failed.height} failed</h1>"
-            + figure_html(f)
-            + "".join(f"<p class=\"muted\">point {r['point']}: {esc(r['error'])}</p>"
-                      for r in failed.iter_rows(named=True)))
-    return page("tokenfleet sweep", body, [f])
-
-
-def print_sweep(rows: list[dict[str, Any]], console: Console) -> None:
-    if not rows:
-        return
-    axes = [k for k in rows[0] if k not in ("point", "status", "error")
-            and k in {a for r in rows for a in r} and not k[0].isdigit()]
-    axes = [a for a in axes if a in AXES or ":" in a]
-    tiers = sorted({k.split(".")[0] for r in rows for k in r if k.endswith(".slo_attainment")})
-    t = Table(title=f"Sweep: {len(rows)} points")
-    for c in ["#", *axes, "status", *[f"{x} SLO met" for x in tiers], "cost $", "rejected"]:
-        t.add_column(c)
-    for r in rows:
-        vals = [str(r["point"]), *[str(r.get(a, "")) for a in axes], r["status"]]
-        for x in tiers:
-            v = r.get(f"{x}.slo_attainment")
-            vals.append("—" if v is None or (isinstance(v, float) and math.isnan(v))
-                        else f"{v:.1%}")
-        vals.append(f"{r['cost_usd']:,.2f}" if r.get("cost_usd") is not None else "—")
-        vals.append(str(r.get("rejected", "—")))
-        if r["status"] != "ok":
-            vals[len(axes) + 1] = f"[red]error[/red]: {str(r['error']).splitlines()[0][:80]}"
-        t.add_row(*vals)
-    console.print(t)

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from tokenfleet.errors import TokenfleetError
 from tokenfleet.report.html_page import Figure, esc, figure_html, page, table
 from tokenfleet.sim.metrics import cdf_points
 
@@ -154,3 +155,21 @@ def write_report(result: SimResult, path: Path, ts: pl.DataFrame | None = None) 
     ts = ts if ts is not None else result.timeseries()
     path.write_text(render(result, ts))
     return path
+
+
+def write_simulation(result: SimResult, out_dir: str | Path, html: bool = True
+                     ) -> dict[str, Path]:
+    """``summary.json``, ``timeseries.parquet`` and ``report.html`` in ``out_dir``."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TokenfleetError(f"--out {out}: cannot create directory ({e.strerror})"
+                              ) from None
+    paths = {"summary": out / "summary.json", "timeseries": out / "timeseries.parquet"}
+    paths["summary"].write_text(result.summary.model_dump_json(indent=2))
+    ts = result.timeseries()
+    ts.write_parquet(paths["timeseries"])
+    if html:
+        paths["report"] = write_report(result, out / "report.html", ts)
+    return paths

@@ -11,9 +11,9 @@ from pydantic import BaseModel
 from rich.table import Table
 
 from tokenfleet.catalog.loader import load_catalog
+from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.architecture import param_counts
-from tokenfleet.report.terminal import console
 
 catalog_app = typer.Typer(
     help="What the catalogs hold: accelerators (specs, prices, sources) and models.",

@@ -3,11 +3,11 @@ from ``tokenfleet.sim.run`` and ``tokenfleet.sim.sweep``."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -15,13 +15,15 @@ from rich.table import Table
 
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan, load_plan
+from tokenfleet.routing.policies import POLICIES
 from tokenfleet.sim.engine import ADMISSION_MODES, DEFAULT_SYNC_S, SimOptions
 from tokenfleet.sim.fleet import EngineConfig
-from tokenfleet.sim.policies import POLICIES
 from tokenfleet.sim.results import SimSummary, TierResult
 from tokenfleet.sim.run import SimResult, prepare_workload, simulate
 from tokenfleet.sim.shocks import parse_failure, parse_price, parse_surge
-from tokenfleet.sim.traffic import Workload, planned_traffic, scenario_traffic, tier_traces
+from tokenfleet.sim.sources import build_traffic
+from tokenfleet.sim.sweep import AXES
+from tokenfleet.sim.traffic import Workload
 
 TRACE_HELP = (
     "Requests to replay: a trace file (CSV/JSONL/Parquet, Azure, BurstGPT, Mooncake; "
@@ -36,74 +38,6 @@ FAIL_HELP = (
 SURGE_HELP = "Traffic surge (repeatable): FACTORx[@t=START[..END]], e.g. 2x@t=600..900."
 PRICE_HELP = ("Price change (repeatable): ACCELERATOR_OR_POOL=USD_PER_CHIP_HOUR[@t=START], "
               "e.g. maia-200=3.5 or maia-200=3.5@t=1800.")
-
-
-def _load_trace(spec: str, fmt: str | None, mapping: str | None):
-    from tokenfleet.workload import read_trace, sample_path
-
-    path = sample_path(spec.removeprefix("sample:")) if spec.startswith("sample:") else Path(
-        spec)
-    return read_trace(path, format=fmt, mapping=mapping)
-
-
-def build_traffic(plan: Plan, traces: list[str], fmt: str | None, mapping: str | None,
-                  scenario: Path | None, tier: str | None, rate: float | None,
-                  duration: float | None, seed: int) -> Workload:
-    """The workload the flags describe (see ``simulate --help``)."""
-    if scenario is not None:
-        if traces or rate is not None:
-            raise TokenfleetError("--scenario takes each tier's traffic from the scenario; "
-                                  "do not combine it with --trace or --rate")
-        return _first(scenario_traffic(plan, str(scenario), duration, seed), duration)
-    if traces:
-        if rate is not None:
-            raise TokenfleetError("give --trace or --rate, not both")
-        return _first(_from_traces(plan, traces, fmt, mapping, tier, seed), duration)
-    if duration is None:
-        raise TokenfleetError("give --trace FILE, --scenario FILE, or --duration SECONDS "
-                              "(with optional --rate) to generate traffic")
-    w = planned_traffic(plan, duration, rate, seed)
-    if tier is not None:
-        keep = [i for i, k in enumerate(w.keys) if k.tier == tier]
-        if not keep:
-            raise TokenfleetError(f"--tier '{tier}' has no planned traffic")
-        w = w.subset(np.isin(w.key, keep))
-    return w
-
-
-def _first(w: Workload, duration: float | None) -> Workload:
-    """Only the first ``duration`` seconds of a replayed trace."""
-    if duration is None:
-        return w
-    if not duration > 0:
-        raise TokenfleetError(f"--duration must be > 0 seconds, got {duration}")
-    cut = w.subset(w.arrival_s < duration, f"{w.source} [0, {duration:g} s)")
-    if len(cut) == 0:
-        raise TokenfleetError(f"no requests arrive in the first {duration:g} s of "
-                              f"{w.source}")
-    return cut
-
-
-def _from_traces(plan: Plan, traces: list[str], fmt: str | None, mapping: str | None,
-                 tier: str | None, seed: int) -> Workload:
-    per_tier = [t for t in traces if "=" in t and not Path(t).exists()]
-    if per_tier and len(per_tier) != len(traces):
-        raise TokenfleetError("--trace: either one trace for all tiers, or TIER=FILE "
-                              "for every trace")
-    if per_tier:
-        tiers = {t.name for t in plan.tiers}
-        loaded = {}
-        for spec in per_tier:
-            name, _, file = spec.partition("=")
-            if name not in tiers:
-                raise TokenfleetError(f"--trace {spec}: '{name}' is not a tier of the "
-                                      f"plan; tiers: {', '.join(sorted(tiers))}")
-            loaded[name] = _load_trace(file, fmt, mapping)
-        return tier_traces(plan, loaded, seed=seed)
-    if len(traces) > 1:
-        raise TokenfleetError("give one --trace for all tiers, or TIER=FILE per tier")
-    return prepare_workload(plan, _load_trace(traces[0], fmt, mapping), tier=tier,
-                            seed=seed)
 
 
 def _ms(x: float | None) -> str:
@@ -281,7 +215,9 @@ def simulate_cmd(
     else:
         print_summary(result.summary, console)
     if out is not None:
-        paths = result.write(out)
+        from tokenfleet.report.sim_html import write_simulation
+
+        paths = write_simulation(result, out)
         Console(stderr=True).print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -369,7 +305,8 @@ def sweep_cmd(
     Writes one row per point (failed points too, with the error) to --out, a summary
     plot next to it (.html), and prints a table.
     """
-    from tokenfleet.sim.sweep import load_grid, run_sweep, write_sweep
+    from tokenfleet.report.sweep_html import write_sweep
+    from tokenfleet.sim.sweep import load_grid, run_sweep
 
     spec = load_grid(grid)
     points = spec.points()
@@ -381,7 +318,6 @@ def sweep_cmd(
         rows = run_sweep(spec, workers=workers, address=address,
                          on_point=lambda i, row: prog.advance(task))
     paths = write_sweep(rows, spec, out)
-    from tokenfleet.sim.sweep import print_sweep
 
     print_sweep(rows, Console(width=None if Console().is_terminal else 160))
     err.print("wrote " + ", ".join(str(p) for p in paths))
@@ -390,3 +326,27 @@ def sweep_cmd(
 def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate_cmd)
     app.command("sweep")(sweep_cmd)
+
+
+def print_sweep(rows: list[dict[str, Any]], console: Console) -> None:
+    if not rows:
+        return
+    axes = [k for k in rows[0] if k not in ("point", "status", "error")
+            and k in {a for r in rows for a in r} and not k[0].isdigit()]
+    axes = [a for a in axes if a in AXES or ":" in a]
+    tiers = sorted({k.split(".")[0] for r in rows for k in r if k.endswith(".slo_attainment")})
+    t = Table(title=f"Sweep: {len(rows)} points")
+    for c in ["#", *axes, "status", *[f"{x} SLO met" for x in tiers], "cost $", "rejected"]:
+        t.add_column(c)
+    for r in rows:
+        vals = [str(r["point"]), *[str(r.get(a, "")) for a in axes], r["status"]]
+        for x in tiers:
+            v = r.get(f"{x}.slo_attainment")
+            vals.append("—" if v is None or (isinstance(v, float) and math.isnan(v))
+                        else f"{v:.1%}")
+        vals.append(f"{r['cost_usd']:,.2f}" if r.get("cost_usd") is not None else "—")
+        vals.append(str(r.get("rejected", "—")))
+        if r["status"] != "ok":
+            vals[len(axes) + 1] = f"[red]error[/red]: {str(r['error']).splitlines()[0][:80]}"
+        t.add_row(*vals)
+    console.print(t)

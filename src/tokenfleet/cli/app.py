@@ -1,8 +1,8 @@
 """The ``tokenfleet`` command line: one Typer app; each area registers its commands.
 
-Areas keep their command code next to what they present (``perf/commands.py``,
-``quality/commands.py``, ...); every module exposes ``register(app)``. This file
-only wires them together and turns :class:`TokenfleetError` into a clear message
+Each command family has its module in this package (``estimate.py``, ``plan.py``,
+``simulate.py``, ...); every module exposes ``register(app)``. This file only wires
+them together and turns :class:`TokenfleetError` into a clear message
 and a non-zero exit code.
 """
 
@@ -29,25 +29,10 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from tokenfleet.catalog import commands as catalog_commands
-    from tokenfleet.perf import commands as perf_commands
+    from tokenfleet.cli import catalog, estimate, plan, quality, serve, simulate, trace
 
-    catalog_commands.register(app)
-    perf_commands.register(app)
-    for module in (
-        "tokenfleet.workload.commands",
-        "tokenfleet.plan.commands",
-        "tokenfleet.sim.commands",
-        "tokenfleet.route.commands",
-        "tokenfleet.quality.commands",
-    ):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as e:  # area not built yet in this checkout
-            if e.name != module:
-                raise
-            continue
-        mod.register(app)
+    for module in (catalog, estimate, trace, plan, simulate, serve, quality):
+        module.register(app)
 
 
 _register_all()

@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenfleet.catalog.loader import load_catalog
+from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.estimate import Estimate, Query, breakeven, compare, estimate
 from tokenfleet.perf.measurements import ENGINES
-from tokenfleet.report.terminal import console
 from tokenfleet.yamlio import format_validation_error
 
 Model = Annotated[str, typer.Option("--model", "-m",

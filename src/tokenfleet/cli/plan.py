@@ -11,12 +11,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tokenfleet.catalog.loader import load_catalog
+from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.gates import precision_gate
 from tokenfleet.plan.planner import plan_scenario
 from tokenfleet.plan.scenario import explain_schema, load_scenario
 from tokenfleet.plan.schema import Plan
-from tokenfleet.report.terminal import console
 
 
 def _money(x: float | None) -> str:
