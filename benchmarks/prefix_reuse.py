@@ -38,7 +38,7 @@ def main(paths: list[Path]) -> None:
         curve = r.curve(np.asarray(SIZES_BLOCKS))
         print("  LRU cache: " + ", ".join(
             f"{c:,} blocks ({c * r.block_tokens / 1e6:.1f}M tok) {h:.1%}"
-            for c, h in zip(SIZES_BLOCKS, curve)))
+            for c, h in zip(SIZES_BLOCKS, curve, strict=True)))
 
 
 if __name__ == "__main__":
