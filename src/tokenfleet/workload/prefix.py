@@ -23,13 +23,12 @@ is reused iff the largest stack distance among its blocks ``0..j`` (looked up wh
 the request arrives) is below ``C``. :func:`prefix_reuse` computes that running
 maximum for every block once (a Fenwick tree over use times, compiled with Numba,
 O(blocks * log blocks)); :class:`PrefixReuse` then answers any capacity, or a whole
-hit-rate curve, with a sorted search. :func:`lru_hit_tokens_reference` is the plain
-Python cache the tests hold it to.
+hit-rate curve, with a sorted search. :func:`lru_hit_tokens_reference` runs the plain
+Python cache (``workload/blockcache.py``) the tests hold it to.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numba
@@ -37,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.workload.blockcache import LruBlockCache
 from tokenfleet.workload.trace import IntArray, Trace
 
 FloatArray = npt.NDArray[np.float64]
@@ -191,21 +191,9 @@ def capacity_blocks(capacity_tokens: float, block_tokens: int) -> int:
 
 def lru_hit_tokens_reference(trace: Trace, capacity_blocks: int) -> IntArray:
     """Plain-Python LRU block cache, request by request (the oracle for the tests)."""
-    cache: OrderedDict[int, None] = OrderedDict()
+    cache = LruBlockCache(capacity_blocks)
     out = np.zeros(len(trace), dtype=np.int64)
-    bt = trace.prefix_block_tokens
     for i in range(len(trace)):
         blocks = [int(h) for h in trace.prefix_blocks(i)]
-        prompt = int(trace.input_tokens[i])
-        hit = 0
-        for j, h in enumerate(blocks):
-            if h not in cache:
-                break
-            hit += min(max(prompt - j * bt, 0), bt)
-        out[i] = hit
-        for h in reversed(blocks):
-            cache[h] = None
-            cache.move_to_end(h)
-            while len(cache) > capacity_blocks:
-                cache.popitem(last=False)
+        out[i] = cache.serve(blocks, int(trace.input_tokens[i]), trace.prefix_block_tokens)
     return out
