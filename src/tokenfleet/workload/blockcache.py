@@ -27,6 +27,12 @@ class LruBlockCache:
     def __len__(self) -> int:
         return len(self._blocks)
 
+    def resize(self, capacity_blocks: int) -> None:
+        """Set the capacity (e.g. to the KV memory free now), evicting the LRU blocks."""
+        self.capacity_blocks = max(int(capacity_blocks), 0)
+        while len(self._blocks) > self.capacity_blocks:
+            self._blocks.popitem(last=False)
+
     def leading_run(self, blocks: Sequence[int]) -> int:
         """How many of ``blocks``, from the first, are cached."""
         n = 0
