@@ -125,3 +125,16 @@ def test_failures_and_split_with_caching(setup) -> None:
     assert merged.tiers["a"].prefix_cache_hit_rate == s.tiers["a"].prefix_cache_hit_rate
     assert {k: p.prefix_cache_hit_rate for k, p in merged.pools.items()} == {
         k: p.prefix_cache_hit_rate for k, p in s.pools.items()}
+
+
+def test_growth_adds_users_not_repeats(setup) -> None:
+    from tokenfleet.sim.prefix_cache import offline_reuse
+    from tokenfleet.sim.traffic import scale_traffic
+
+    trace, _, w, plain = setup
+    base = offline_reuse(w)
+    grown = offline_reuse(scale_traffic(w, 3.0, seed=1))
+    assert base is not None and grown is not None and offline_reuse(plain) is None
+    assert base.unbounded_hit_rate() == pytest.approx(prefix_reuse(trace).unbounded_hit_rate())
+    assert grown.requests == 3 * len(trace)
+    assert grown.unbounded_hit_rate() == pytest.approx(base.unbounded_hit_rate(), abs=1e-12)

@@ -63,6 +63,10 @@ def test_slice_and_growth_keep_hashes() -> None:
     assert s.prefix_blocks(0).tolist() == tr.prefix_blocks(lo).tolist()
     g = tr.scale_rate(2.0, seed=3)
     assert len(g) == 2 * len(tr) and g.prefix_offsets[-1] == 2 * tr.prefix_offsets[-1]
+    # copies are other users: each copy number reuses only its own conversations, so
+    # the reuse per request is the trace's
+    assert prefix_reuse(g).unbounded_hit_rate() == pytest.approx(
+        prefix_reuse(tr).unbounded_hit_rate(), abs=1e-12)
     c = tr.scale_rate(2.0, mode="compress")
     assert np.array_equal(c.prefix_hashes, tr.prefix_hashes)
 

@@ -37,6 +37,8 @@ import numpy as np
 
 from tokenfleet.sim.traffic import Workload
 from tokenfleet.workload.blockcache import LruBlockCache
+from tokenfleet.workload.prefix import PrefixReuse, prefix_reuse
+from tokenfleet.workload.trace import Trace, take_blocks
 
 
 class LanePrefixCaches:
@@ -97,3 +99,21 @@ class LanePrefixCaches:
         """``{pool: (tokens served from cache, prompt tokens looked up)}``."""
         return {pid: (int(self.hit_tokens[i]), int(self.prompt_tokens[i]))
                 for i, pid in enumerate(pool_ids)}
+
+
+def offline_reuse(w: Workload, tier: str | None = None) -> PrefixReuse | None:
+    """The exact offline LRU count (``workload.prefix``) of a workload's requests with
+    hashes, optionally one tier's: what one cache of any size would reuse, the yardstick
+    for the simulated per-lane hit rates. None when none carries hashes."""
+    if w.prefix_row is None or w.prefix_offsets is None or w.prefix_hashes is None:
+        return None
+    keep = w.prefix_row >= 0
+    if tier is not None:
+        keep &= np.asarray([k.tier == tier for k in w.keys], dtype=bool)[w.key]
+    if not keep.any():
+        return None
+    off, hashes = take_blocks(w.prefix_offsets, w.prefix_hashes, w.prefix_row[keep])
+    tr = Trace(w.arrival_s[keep], w.input_tokens[keep], w.output_tokens[keep],
+               source=w.source, prefix_offsets=off, prefix_hashes=hashes,
+               prefix_block_tokens=w.prefix_block_tokens)
+    return prefix_reuse(tr)

@@ -24,7 +24,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import BucketSplit, Plan
 from tokenfleet.sim.shocks import Surge
 from tokenfleet.workload.buckets import SizeBuckets
-from tokenfleet.workload.trace import Trace
+from tokenfleet.workload.trace import Trace, take_blocks
 
 ANY_BUCKET = "*"  # routing key of a tier's requests whose bucket the plan does not split
 
@@ -246,8 +246,35 @@ def apply_surges(w: Workload, surges: list[Surge], seed: int = 0) -> Workload:
         order = np.argsort(arrival, kind="stable")
         w = Workload(arrival[order], w.input_tokens[rep][order], w.output_tokens[rep][order],
                      w.key[rep][order], w.keys, f"{w.source} + surge {s.text}",
-                     **w.prefix_of(rep[order]))
+                     **_copied_prefix(w, rep, np.arange(rep.size) - starts[rep], order, j))
     return w
+
+
+def _copied_prefix(w: Workload, rep: np.ndarray, copy_no: np.ndarray, order: np.ndarray,
+                   surge: int) -> dict:
+    """Prefix fields of a surge's requests: copy 0 keeps its row; a further copy gets a
+    new row whose hashes sit in a namespace of their own (as ``Trace.scale_rate`` does),
+    so a surge adds users rather than repeats of the same prompts."""
+    if w.prefix_row is None or w.prefix_offsets is None or w.prefix_hashes is None:
+        return {}
+    rows = w.prefix_row[rep]
+    extra = np.flatnonzero((copy_no > 0) & (rows >= 0))
+    if extra.size == 0:
+        return w.prefix_of(rep[order])
+    off, hashes = take_blocks(w.prefix_offsets, w.prefix_hashes, rows[extra])
+    salt = (copy_no[extra].astype(np.uint64) + np.uint64(surge << 20)) * np.uint64(_SURGE_SALT)
+    hashes = hashes ^ np.repeat(salt, np.diff(off))
+    base = w.prefix_offsets.size - 1
+    rows = rows.copy()
+    rows[extra] = base + np.arange(extra.size)
+    return {"prefix_row": rows[order],
+            "prefix_offsets": np.concatenate([w.prefix_offsets, off[1:] + w.prefix_offsets[-1]]),
+            "prefix_hashes": np.concatenate([w.prefix_hashes, hashes]),
+            "prefix_block_tokens": w.prefix_block_tokens}
+
+
+# Odd 64-bit constant spreading (surge, copy) numbers over the hash space.
+_SURGE_SALT = 0xD1B54A32D192ED03
 
 
 def scale_traffic(w: Workload, factor: float, seed: int = 0) -> Workload:

@@ -40,6 +40,8 @@ IntArray = npt.NDArray[np.int64]
 HashArray = npt.NDArray[np.uint64]
 
 GrowthMode = Literal["resample", "compress"]
+# Odd 64-bit constant (2^64 / golden ratio) spreading copy numbers over the hash space.
+_COPY_SALT = 0x9E3779B97F4A7C15
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +143,14 @@ class Trace:
             return np.empty(0, dtype=np.uint64)
         return self.prefix_hashes[self.prefix_offsets[i]:self.prefix_offsets[i + 1]]
 
-    def _prefix_rows(self, rows: IntArray) -> dict[str, object]:
-        """The prefix CSR pair of requests ``rows`` (in that order), as Trace kwargs."""
+    def _prefix_rows(self, rows: IntArray, salt: HashArray | None = None) -> dict[str, object]:
+        """The prefix CSR pair of requests ``rows`` (in that order), as Trace kwargs;
+        ``salt`` (one per row, 0 = none) is XORed into that row's hashes."""
         if self.prefix_offsets is None or self.prefix_hashes is None:
             return {}
         off, hashes = take_blocks(self.prefix_offsets, self.prefix_hashes, rows)
+        if salt is not None:
+            hashes = hashes ^ np.repeat(salt.astype(np.uint64), np.diff(off))
         return {"prefix_offsets": off, "prefix_hashes": hashes,
                 "prefix_block_tokens": self.prefix_block_tokens}
 
@@ -185,9 +190,10 @@ class Trace:
         source: str,
         start_epoch_s: float | None,
         rows: IntArray | None = None,
+        salt: HashArray | None = None,
     ) -> Trace:
         """A new trace; ``rows`` (indices into this one) carries the prefix hashes along."""
-        extra = self._prefix_rows(rows) if rows is not None else {}
+        extra = self._prefix_rows(rows, salt) if rows is not None else {}
         return Trace(
             arrival_s=arrival_s,
             input_tokens=input_tokens,
@@ -225,8 +231,10 @@ class Trace:
           are placed uniformly at random between the original and the next
           arrival, so the rate profile (bursts, time of day) is preserved at the
           resolution of the original gaps and no two copies coincide exactly.
-          Deterministic for a given ``seed``. Copies keep their original's prefix
-          hashes, so resampling up also raises the prefix reuse a cache sees.
+          Deterministic for a given ``seed``. Prefix hashes: copy ``c`` of every
+          request gets its own hash namespace (the same for all turns of a
+          conversation), so scaling up adds users, not repeats of the same prompts;
+          the prefix reuse per request stays the trace's.
         * ``"compress"`` divides every arrival time by ``factor``: same requests,
           same order, ``factor`` x the rate over ``1/factor`` of the duration.
           Exact, but squeezes the time-of-day shape too.
@@ -264,6 +272,12 @@ class Trace:
         jitter = np.where(first, 0.0, rng.random(idx.size) * gaps[idx])
         arrival = self.arrival_s[idx] + jitter
         order = np.argsort(arrival, kind="stable")
+        # Copy c of every request is another user's: its prefix hashes move to their own
+        # namespace (XOR with a salt of c), so copies reuse each other's turns only
+        # within the same copy number, as the original conversations do.
+        copy_no = (np.arange(idx.size, dtype=np.int64) - np.repeat(starts, copies)).astype(
+            np.uint64)
+        salt = copy_no * np.uint64(_COPY_SALT)
         return self._derive(
             arrival[order],
             self.input_tokens[idx][order],
@@ -271,6 +285,7 @@ class Trace:
             src,
             self.start_epoch_s,
             idx[order],
+            salt[order],
         )
 
     # ---- interop -------------------------------------------------------------------
