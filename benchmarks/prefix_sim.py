@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 from tokenfleet.plan.schema import Plan
 from tokenfleet.sim.fleet import build_fleet
@@ -24,7 +25,7 @@ from tokenfleet.sim.traffic import scenario_traffic
 
 
 def main(plan_path: str, scenario: str, duration_s: float) -> None:
-    plan = Plan.model_validate(json.loads(open(plan_path).read()))
+    plan = Plan.model_validate(json.loads(Path(plan_path).read_text()))
     w = prepare_workload(plan, scenario_traffic(plan, scenario, duration_s))
     w = w.subset(w.arrival_s < duration_s)
     t0 = time.perf_counter()
