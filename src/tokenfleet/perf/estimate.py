@@ -18,19 +18,19 @@ from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.catalog.schema import Accelerator, ModelSpec
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf import architecture as arch
-
-# Serving techniques (prefix caching, speculative decoding, prefill/decode roles) live in
-# perf/techniques.py; this module only carries their fields and takes that path when one
-# is on. Everything below that says "techniques" is that thin layer.
-from tokenfleet.perf import techniques as tech_mod  # noqa: E402
+from tokenfleet.perf import techniques as tech_mod
 from tokenfleet.perf.calibration import Calibration, load_fit
-from tokenfleet.perf.disagg import custom_link  # noqa: E402
+from tokenfleet.perf.disagg import custom_link
 from tokenfleet.perf.measurements import ENGINES, FULL_KV_RESERVATION
 from tokenfleet.perf.operating import OperatingPoint, best_operating_point, evaluate_layout
 from tokenfleet.perf.precision import PRECISIONS, get_precision, kv_bytes
-from tokenfleet.perf.speculative import SYNTAX as SPECULATIVE_SYNTAX  # noqa: E402
-from tokenfleet.perf.speculative import parse_speculation  # noqa: E402
+from tokenfleet.perf.speculative import SYNTAX as SPECULATIVE_SYNTAX
+from tokenfleet.perf.speculative import parse_speculation
 from tokenfleet.perf.unit import Efficiency, Layout, UnitModel
+
+# Serving techniques (prefix caching, speculative decoding, prefill/decode roles) live in
+# perf/techniques.py; this module only carries their fields (Query, Estimate) and takes
+# that path in _operating_point when one is on: the lines that say "techniques".
 
 Provenance = Literal["calibrated", "extrapolated", "spec-sheet"]
 
