@@ -30,6 +30,19 @@ unit's (0). Throughput counts the output tokens the prompts it serves will gener
 **Role** ``decode``: prompts arrive as KV caches, so iterations carry no prefill; TTFT
 is this unit's share only: joining the running batch plus one step (the prefill pool's
 TTFT and the transfer come before it).
+
+What the planner needs from here (not wired into ``plan/`` yet):
+
+* a tier's hit rate at the cache it buys: ``workload.prefix.prefix_reuse(trace)``, then
+  ``.hit_rate(kv_tokens // 512)`` (``.curve`` for many sizes at once). With the
+  simulator's plan-split routing a lane only reuses about what one lane-sized cache
+  finds (``kv_tokens_per_lane``); the tier's whole KV needs cache-affinity routing;
+* a candidate priced with a technique: ``Query(prefix_hit_rate=..., speculative=...,
+  role=...)`` through ``estimate``/``operating_point``; ``layout_screen`` still builds a
+  plain ``UnitModel`` (use ``TechniqueUnit`` there);
+* a disaggregated pair: ``role="prefill"`` and ``role="decode"`` estimates (of any two
+  chips), ``perf.disagg.link_between`` for the link (``kv_link_gbps`` prices the prefill
+  unit on it) and ``perf.disagg.pd_ratio`` / ``balanced_pools`` for the P:D ratio.
 """
 
 from __future__ import annotations
