@@ -126,3 +126,20 @@ def test_capacity_for_inverts_the_curve() -> None:
     assert cap is not None and r.hit_rate(cap) >= target > r.hit_rate(cap - 1)
     assert r.capacity_for(1.1) is None
     assert capacity_blocks(1500, 512) == 2
+
+
+def test_trace_prefix_command(cli_app) -> None:
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    path = str(sample_path("mooncake_conversation"))
+    r = CliRunner().invoke(cli_app, ["trace", "prefix", path, "--cache-tokens", "0,1e6,1e9",
+                                     "--json"])
+    assert r.exit_code == 0, r.output
+    out = _json.loads(r.output)
+    reuse = prefix_reuse(_sample())
+    assert out["unbounded_hit_rate"] == pytest.approx(reuse.unbounded_hit_rate())
+    rates = out["hit_rate_by_cache_tokens"]
+    assert rates["0"] == 0.0 and rates["1000000"] == pytest.approx(reuse.hit_rate(1953))
+    assert rates["1000000000"] == pytest.approx(reuse.unbounded_hit_rate())
