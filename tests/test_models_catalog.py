@@ -34,7 +34,7 @@ REQUIRED_IDS = [
     "llama-4-scout", "llama-4-maverick", "mistral-7b", "mistral-7b-instruct-v0.2",
     "mixtral-8x7b", "gemma-7b", "gpt-j-6b", "qwen3-32b", "qwen3-30b-a3b",
     "qwen3-235b-a22b", "qwen3-coder-480b-a35b", "deepseek-r1", "gpt-oss-20b",
-    "gpt-oss-120b", "codellama-13b",
+    "gpt-oss-120b", "codellama-13b", "llama-3.2-1b",
 ]  # fmt: skip
 
 # Every name in the calibration CSV's `model` column, and the catalog id it must reach.

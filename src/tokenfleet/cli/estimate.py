@@ -33,6 +33,38 @@ SloTpot = Annotated[float | None, typer.Option("--slo-tpot",
 CatalogOpt = Annotated[list[str] | None, typer.Option(
     "--catalog", help="extra catalog YAML to merge (repeatable): add chips, prices, models")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+# Serving techniques (perf/techniques.py)
+PrefixHit = Annotated[float, typer.Option(
+    "--prefix-hit-rate", help="fraction of prompt tokens a prefix (KV) cache serves, 0..<1: "
+                              "their prefill is skipped, their KV still held")]
+Speculative = Annotated[str | None, typer.Option(
+    "--speculative", help="speculative decoding: draft:MODEL[:k[:a]] (a smaller catalog "
+                          "model drafts k tokens accepted at rate a), fused:MODEL[:k[:a]] "
+                          "(draft compiled into the target's step, AWS Neuron) or "
+                          "mtp[:k[:a]] (the model's MTP head); e.g. mtp:1:0.85, "
+                          "fused:llama-3.2-1b:7:0.8")]
+RoleOpt = Annotated[str, typer.Option(
+    "--role", help="both (aggregated) | prefill | decode: one pool of disaggregated "
+                   "serving (prefill: prompt tokens/s and TTFT with the KV handover; "
+                   "decode: TPOT and throughput, prompts arriving as KV)")]
+KvLink = Annotated[float | None, typer.Option(
+    "--kv-link-gbps", help="prefill role: GB/s per chip (one direction) to the decode pool; "
+                           "default the chip's scale-out network")]
+LayoutOpt = Annotated[str | None, typer.Option(
+    "--layout", help="fix the parallelism layout, e.g. tp=16 or tp=4,pp=2 (default: best)")]
+
+
+def _parse_layout(text: str | None) -> dict[str, int] | None:
+    if not text:
+        return None
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, val = part.partition("=")
+        if key.strip() not in ("tp", "pp", "dp", "ep") or not val.strip().isdigit():
+            raise TokenfleetError(f"--layout '{text}': expected k=v pairs with k in tp, pp, dp, "
+                                  f"ep and whole numbers, e.g. tp=16 or tp=4,pp=2")
+        out[key.strip()] = int(val)
+    return out
 
 
 def _query(**kw) -> Query:
@@ -68,6 +100,17 @@ def _print_estimate(e: Estimate, console: Console) -> None:
                 f"{u.high_output_tokens_per_s:,.0f})") if u else ""
         t.add_row("output tokens/s", f"{_num(e.output_tokens_per_s)}{band}")
         t.add_row("requests/s", _num(e.requests_per_s, ",.2f"))
+        if e.role != "both" or e.prefix_hit_rate or e.speculative:
+            bits = [f"role {e.role}"]
+            if e.prefix_hit_rate:
+                bits.append(f"prefix hit rate {e.prefix_hit_rate:.0%}")
+            if e.speculative:
+                bits.append(f"speculative {e.speculative} ({e.tokens_per_step:.2f} tokens/step)")
+            if e.prompt_tokens_per_s is not None:
+                bits.append(f"{e.prompt_tokens_per_s:,.0f} prompt tokens/s computed")
+            if e.kv_transfer_s is not None:
+                bits.append(f"KV handover {e.kv_transfer_s * 1e3:.1f} ms")
+            t.add_row("techniques", "; ".join(bits))
         price = "" if not e.price_is_assumption else "  [yellow](price is an assumption)[/yellow]"
         t.add_row("$/hour (unit)", _num(e.usd_per_hour, ",.2f") + price)
         t.add_row("$/M output tokens", _num(e.usd_per_million_output_tokens, ",.3f"))
@@ -107,6 +150,11 @@ def estimate_cmd(
                         "prints one JSON result per line, in order")] = None,
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
+    prefix_hit_rate: PrefixHit = 0.0,
+    speculative: Speculative = None,
+    role: RoleOpt = "both",
+    kv_link_gbps: KvLink = None,
+    layout: LayoutOpt = None,
 ) -> None:
     """What one serving unit does: throughput, latency, memory, $ and watts.
 
@@ -118,6 +166,10 @@ def estimate_cmd(
     Example: tokenfleet estimate -m llama-3.1-70b -a maia-200 --count 4
     --precision fp8 --input-len 2048 --output-len 256 --slo-ttft 1.0
     --slo-tpot 0.05
+
+    Serving techniques: --prefix-hit-rate (prefix caching), --speculative
+    (speculative decoding / MTP), --role prefill|decode (one pool of
+    disaggregated serving).
     """
     cat = load_catalog(catalog or [])
     if batch is not None:
@@ -126,7 +178,9 @@ def estimate_cmd(
     q = _query(model=model, accelerator=accelerator, count=count, precision=precision,
                kv_precision=kv_precision, engine=engine, input_len=input_len,
                output_len=output_len, concurrency=concurrency, slo_ttft=slo_ttft,
-               slo_tpot=slo_tpot, cloud=cloud, usd_per_hour=price)
+               slo_tpot=slo_tpot, cloud=cloud, usd_per_hour=price,
+               prefix_hit_rate=prefix_hit_rate or None, speculative=speculative,
+               role=role, kv_link_gbps=kv_link_gbps, layout=_parse_layout(layout))
     e = estimate(q, cat)
     if json_out:
         print(e.model_dump_json(indent=2))
@@ -173,6 +227,7 @@ def compare_cmd(
         help="comma list of chips (default: the whole catalog)")] = None,
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
+    prefix_hit_rate: PrefixHit = 0.0,
 ) -> None:
     """Rank every chip by $ per million output tokens for one model and traffic
     shape.
@@ -186,7 +241,7 @@ def compare_cmd(
     cat = load_catalog(catalog or [])
     q = _query(model=model, accelerator="h100-sxm", precision=precision, engine=engine,
                input_len=input_len, output_len=output_len, slo_ttft=slo_ttft,
-               slo_tpot=slo_tpot)
+               slo_tpot=slo_tpot, prefix_hit_rate=prefix_hit_rate or None)
     ids = [a.strip() for a in accelerators.split(",")] if accelerators else None
     if ids:
         ids = [cat.accelerator(a).id for a in ids]

@@ -84,6 +84,11 @@ def print_summary(s: SimSummary, console: Console) -> None:
             f"{_ms(r.slo_ttft_s)}/{_ms(r.slo_tpot_s)}", _pct(r.slo_attainment),
             f"{r.goodput_requests_per_s:,.1f}")
     console.print(t)
+    hits = [f"{n} {r.prefix_cache_hit_rate:.1%}" for n, r in s.tiers.items()
+            if r.prefix_cache_hit_rate is not None]
+    if hits:  # traces with prefix hashes (Mooncake): per-lane LRU caches (sim/prefix_cache.py)
+        console.print("prefix-cache hit rate (prompt tokens served from the lanes' caches): "
+                      + ", ".join(hits))
     p = Table(title="Per pool")
     for c in ("pool", "replicas", "requests", "moved away", "TTFT p99 ms", "TPOT p99 ms",
               "util", "KV mean/max", "queue max", "preempt", "cost $"):

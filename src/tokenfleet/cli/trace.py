@@ -233,6 +233,49 @@ def register(app: typer.Typer) -> None:
         else:
             _print_stats(stats, Console())
 
+    @trace_app.command("prefix")
+    def prefix_cmd(
+        file: Path = typer.Argument(..., help="Trace with prefix-block hashes (Mooncake)."),
+        fmt: str | None = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        cache_tokens: str = typer.Option(
+            "500000,5000000,10000000,25000000,50000000", "--cache-tokens",
+            help="Cache sizes to report, in tokens of KV, comma-separated."),
+        as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    ) -> None:
+        """Prefix-cache reuse of a trace: the fraction of prompt tokens an LRU block cache
+        of each size serves (exact, one pass over the trace), and with no eviction.
+
+        Example:
+
+            tokenfleet trace prefix ../shared/data/traces/mooncake_fast25_synthetic_trace.jsonl.xz
+        """
+        import json
+
+        from tokenfleet.workload.prefix import capacity_blocks, prefix_reuse
+
+        trace = _load(file, fmt, None, None, False)
+        try:
+            sizes = [int(float(x)) for x in cache_tokens.split(",") if x.strip()]
+        except ValueError:
+            raise TokenfleetError(f"--cache-tokens '{cache_tokens}': expected numbers of "
+                                  "tokens, e.g. 1000000,10000000") from None
+        r = prefix_reuse(trace)
+        rates = r.curve([capacity_blocks(t, r.block_tokens) for t in sizes]).tolist()
+        out = {"requests": r.requests, "prompt_blocks": int(r.offsets[-1]),
+               "distinct_blocks": r.distinct_blocks, "block_tokens": r.block_tokens,
+               "repeated_block_fraction": r.repeated_block_fraction(),
+               "unbounded_hit_rate": r.unbounded_hit_rate(),
+               "hit_rate_by_cache_tokens": dict(zip(map(str, sizes), rates, strict=True))}
+        if as_json:
+            typer.echo(json.dumps(out, indent=2))
+            return
+        typer.echo(f"{trace.source}: {r.requests:,} requests, {out['prompt_blocks']:,} prompt "
+                   f"blocks of {r.block_tokens} tokens ({r.distinct_blocks:,} distinct)")
+        typer.echo(f"repeated blocks {out['repeated_block_fraction']:.1%}; hit rate with no "
+                   f"eviction {out['unbounded_hit_rate']:.1%} of prompt tokens")
+        for t, h in zip(sizes, rates, strict=True):
+            typer.echo(f"  LRU cache of {t:>14,} tokens: {h:.1%}")
+
     @trace_app.command("generate")
     def generate_cmd(
         out: Path = typer.Option(

@@ -18,11 +18,19 @@ from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.catalog.schema import Accelerator, ModelSpec
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf import architecture as arch
+from tokenfleet.perf import techniques as tech_mod
 from tokenfleet.perf.calibration import Calibration, load_fit
+from tokenfleet.perf.disagg import custom_link
 from tokenfleet.perf.measurements import ENGINES, FULL_KV_RESERVATION
 from tokenfleet.perf.operating import OperatingPoint, best_operating_point, evaluate_layout
 from tokenfleet.perf.precision import PRECISIONS, get_precision, kv_bytes
+from tokenfleet.perf.speculative import SYNTAX as SPECULATIVE_SYNTAX
+from tokenfleet.perf.speculative import parse_speculation
 from tokenfleet.perf.unit import Efficiency, Layout, UnitModel
+
+# Serving techniques (prefix caching, speculative decoding, prefill/decode roles) live in
+# perf/techniques.py; this module only carries their fields (Query, Estimate) and takes
+# that path in _operating_point when one is on: the lines that say "techniques".
 
 Provenance = Literal["calibrated", "extrapolated", "spec-sheet"]
 
@@ -54,6 +62,15 @@ class Query(BaseModel):
         True, description="consider layouts that replicate the model (dp > 1) inside the unit")
     layout: dict[str, int] | None = Field(
         None, description="fix the layout {tp, pp, dp, ep} instead of searching for the best")
+    # ---- serving techniques (perf/techniques.py); the defaults are plain serving ----
+    prefix_hit_rate: float = Field(
+        0.0, ge=0.0, lt=1.0, description="fraction of prompt tokens served from a prefix cache")
+    speculative: str | None = Field(None, description=SPECULATIVE_SYNTAX)
+    role: Literal["both", "prefill", "decode"] = Field(
+        "both", description="both (aggregated), or one pool of disaggregated serving")
+    kv_link_gbps: float | None = Field(
+        None, gt=0, description="prefill role: GB/s per chip, one direction, to the decode "
+                                "pool (default: the chip's scale-out network)")
 
     @model_validator(mode="after")
     def _check(self) -> Query:
@@ -63,6 +80,11 @@ class Query(BaseModel):
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
         if self.concurrency is not None and (self.slo_ttft or self.slo_tpot):
             raise ValueError("give either concurrency or SLOs, not both")
+        if self.speculative is not None:
+            try:
+                parse_speculation(self.speculative)
+            except TokenfleetError as e:
+                raise ValueError(str(e)) from None
         return self
 
 
@@ -111,6 +133,15 @@ class Estimate(BaseModel):
     calibration_group: str | None
     uncertainty: Uncertainty | None = None
     notes: list[str] = []
+    # serving techniques (see perf/techniques.py); defaults = plain aggregated serving
+    role: str = "both"
+    prefix_hit_rate: float = 0.0
+    speculative: str | None = None
+    tokens_per_step: float | None = Field(None, description="mean tokens a decode step yields")
+    prompt_tokens_per_s: float | None = Field(
+        None, description="prefill role: prompt tokens computed per second (cache hits excluded)")
+    kv_transfer_s: float | None = Field(
+        None, description="prefill role: one prompt's KV handover to the decode pool, in TTFT")
 
 
 def _layout(d: dict[str, int], count: int) -> Layout:
@@ -179,6 +210,16 @@ class _Resolved:
     group: str | None
     engine: str | None
     mode: str
+    techniques: tech_mod.Techniques | None = None  # None: plain serving
+
+
+def _techniques(q: Query, catalog: Catalog) -> tech_mod.Techniques | None:
+    spec = parse_speculation(q.speculative) if q.speculative else None
+    t = tech_mod.Techniques(
+        prefix_hit_rate=q.prefix_hit_rate, speculation=spec,
+        draft=catalog.model(spec.draft_model) if spec and spec.draft_model else None,
+        role=q.role, kv_link=custom_link(q.kv_link_gbps) if q.kv_link_gbps else None)
+    return None if t.plain else t
 
 
 def _resolve(q: Query, catalog: Catalog, cal: Calibration) -> _Resolved:
@@ -191,10 +232,17 @@ def _resolve(q: Query, catalog: Catalog, cal: Calibration) -> _Resolved:
             "concurrency" if q.concurrency else "offline")
     engine = q.engine or (group.split("/")[1] if group else None)
     return _Resolved(catalog.model(q.model), accel, precision, kv_prec, eff, group, engine,
-                     mode)
+                     mode, _techniques(q, catalog))
 
 
 def _operating_point(q: Query, r: _Resolved) -> OperatingPoint:
+    if r.techniques is not None:  # serving techniques on: perf/techniques.py
+        return tech_mod.best_technique_point(
+            r.model, r.accel, get_precision(r.precision), r.kv_precision, q.count, r.eff,
+            q.input_len, q.output_len, r.mode, r.techniques, q.concurrency, q.slo_ttft,
+            q.slo_tpot, reserve_full=r.engine in FULL_KV_RESERVATION,
+            data_parallel=q.data_parallel,
+            layouts=[_layout(q.layout, q.count)] if q.layout else None)
     return best_operating_point(
         r.model, r.accel, get_precision(r.precision), r.kv_precision, q.count, r.eff,
         q.input_len, q.output_len, r.mode, q.concurrency, q.slo_ttft, q.slo_tpot,
@@ -272,7 +320,31 @@ def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None =
         return Estimate(**base, layout=None, fits=False, reason=unsupported, provenance=prov,
                         notes=notes)
     op = _operating_point(q, r)
-    return _from_op(base, op, prov, band, basis, notes, q, accel)
+    e = _from_op(base, op, prov, band, basis, notes, q, accel)
+    return _with_techniques(e, q, r, op) if r.techniques is not None else e
+
+
+def _with_techniques(e: Estimate, q: Query, r: _Resolved, op: OperatingPoint) -> Estimate:
+    """The technique fields of an estimate (and a prefill unit's TPOT is not its own)."""
+    t = r.techniques
+    assert t is not None
+    upd: dict = {"role": t.role, "prefix_hit_rate": t.prefix_hit_rate,
+                 "speculative": t.speculation.label() if t.speculation else None,
+                 "tokens_per_step": t.tokens_per_step if t.role != "prefill" else None}
+    if t.role == "prefill":
+        unit = tech_mod.TechniqueUnit(r.model, r.accel, get_precision(r.precision),
+                                      r.kv_precision, op.layout, r.eff, t)
+        upd["kv_transfer_s"] = unit.kv_transfer_s(q.input_len)
+        upd["tpot_s"] = None
+        if e.requests_per_s is not None:
+            upd["prompt_tokens_per_s"] = e.requests_per_s * q.input_len * (1 - t.prefix_hit_rate)
+        e.notes.append(f"prefill pool: KV handover {upd['kv_transfer_s'] * 1e3:.1f} ms on "
+                       f"{unit.link.basis}; output tokens/s = requests/s x output tokens "
+                       "the decode pool will make")
+    if t.role == "decode":
+        e.notes.append("decode pool: prompts arrive as KV caches; TTFT is this pool's share "
+                       "(join the batch + one step), after the prefill pool's TTFT")
+    return e.model_copy(update=upd)
 
 
 def _from_op(base: dict, op: OperatingPoint, prov: Provenance, band: float, basis: str,

@@ -110,6 +110,18 @@ def _fmt(x: float | None, scale: float = 1e3, digits: int = 0) -> str:
     return "—" if x is None else f"{x * scale:,.{digits}f}"
 
 
+def _prefix_line(s) -> str:
+    """Prefix-cache hit rates per tier and pool, when the traffic carried prefix hashes."""
+    tiers = [f"{esc(n)} {r.prefix_cache_hit_rate:.1%}" for n, r in s.tiers.items()
+             if r.prefix_cache_hit_rate is not None]
+    if not tiers:
+        return ""
+    pools = [f"{esc(n)} {r.prefix_cache_hit_rate:.1%}" for n, r in s.pools.items()
+             if r.prefix_cache_hit_rate is not None]
+    return (f"<p>Prefix-cache hit rate (prompt tokens served from the lanes' LRU caches): "
+            f"{', '.join(tiers)}; by pool: {', '.join(pools)}.</p>")
+
+
 def render(result: SimResult, ts: pl.DataFrame) -> str:
     s = result.summary
     tiers = table(
@@ -144,7 +156,7 @@ def render(result: SimResult, ts: pl.DataFrame) -> str:
         f"<p>Checks: conservation {'holds' if s.checks.conservation_ok else 'FAILED'}; "
         f"Little's law L = {lit.in_system_mean:.2f} vs λW = "
         f"{lit.arrival_rate_per_s * lit.sojourn_mean_s:.2f} ({lit.relative_error:.1%}).</p>"
-        f"<h2>Tiers</h2>{tiers}<h2>Pools</h2>{pools}"
+        f"<h2>Tiers</h2>{tiers}{_prefix_line(s)}<h2>Pools</h2>{pools}"
     )
     figs = [latency_cdfs(result), load_over_time(result, ts), outage_timeline(result, ts)]
     body += "".join(figure_html(f) for f in figs)

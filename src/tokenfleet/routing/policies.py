@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.workload.blockcache import LruBlockCache
 
 
 @dataclass(slots=True)
@@ -227,6 +228,70 @@ class CostAwareSpill(_Policy):
     def choose_many(self, pools: Sequence[PoolState], n: int, rng: random.Random
                     ) -> list[int | None]:
         return _spill(pools, n)
+
+
+class PrefixAffinity(_Policy):
+    """Cache-affinity routing (prefix-aware, like llm-d's prefix-cache scorer and SGLang's
+    cache-aware router): a request goes to the pool that already holds the longest
+    leading run of its prefix blocks, so a conversation's turns meet their own KV cache.
+
+    The router keeps its own index of what it sent where: per pool (by name) an LRU of
+    the last ``capacity_blocks`` prefix blocks routed there (``workload.prefix``'s
+    cache rule; set it to the pool's cache size), so it needs nothing from the backends.
+    Filter -> score -> pick: pools with headroom (else every healthy pool); score = the
+    matched run, counted only when it covers at least ``min_match`` of the request's
+    blocks (SGLang's cache-aware router has the same kind of threshold: a shared system
+    prompt alone must not pull all traffic to one pool); among pools no more than
+    ``max_load_gap`` outstanding requests per replica above the least loaded (so one hot
+    prefix cannot pile onto one pool), the best score wins, ties to the least loaded,
+    then in turn. A request without hashes (or
+    ``choose_many``, which carries none) is routed by load, as ``jsq``.
+
+    Not in ``POLICIES`` yet: the simulator's and the gateway's routing calls pass no
+    prefix blocks; ``choose_prefix`` is the call they need (see tests/test_prefix_routing.py).
+    """
+
+    name = "prefix-affinity"
+
+    def __init__(self, capacity_blocks: int = 65536, max_load_gap: float = 8.0,
+                 min_match: float = 0.5) -> None:
+        self.min_match = min_match
+        self.capacity_blocks = capacity_blocks
+        self.max_load_gap = max_load_gap
+        self.index: dict[str, LruBlockCache] = {}
+        self._turn = 0
+
+    def choose_many(self, pools: Sequence[PoolState], n: int, rng: random.Random
+                    ) -> list[int | None]:
+        idx = _healthy(pools)
+        return list(_by_load(pools, idx, n)) if idx else [None] * n
+
+    def choose_prefix(self, pools: Sequence[PoolState], blocks: Sequence[int],
+                      rng: random.Random) -> int | None:
+        """Pick a pool for one request with prefix blocks ``blocks``; counts the pick as
+        queued in its pool and records the blocks in that pool's index."""
+        idx = [i for i, p in enumerate(pools) if p.room > 0] or _healthy(pools)
+        if not idx:
+            return None
+        least = min(pools[i].load for i in idx)
+        near = [i for i in idx if pools[i].load <= least + self.max_load_gap]
+        caches = [self.index.get(pools[i].pool) for i in near]
+        score = [c.leading_run(blocks) if c is not None else 0 for c in caches]
+        # A short match (a system prompt every pool holds) is no reason to pile on a pool.
+        floor = self.min_match * len(blocks)
+        score = [sc if sc and sc >= floor else 0 for sc in score]
+        best = max(score)
+        tied = [i for i, sc in zip(near, score, strict=True) if sc == best]
+        low = min(pools[i].load for i in tied)
+        tied = [i for i in tied if pools[i].load == low]
+        pick = tied[self._turn % len(tied)]  # equals take turns, as round-robin
+        self._turn += 1
+        name = pools[pick].pool
+        if name not in self.index:
+            self.index[name] = LruBlockCache(self.capacity_blocks)
+        self.index[name].touch(blocks)
+        pools[pick].queued += 1
+        return pick
 
 
 POLICIES: dict[str, Callable[[], RoutingPolicy]] = {

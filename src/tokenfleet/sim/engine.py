@@ -70,6 +70,7 @@ from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.sim import kernels
 from tokenfleet.sim.fleet import BLOCK_TOKENS, Fleet, SimPool
 from tokenfleet.sim.metrics import CompletionBuffer, GroupStats
+from tokenfleet.sim.prefix_cache import LanePrefixCaches
 from tokenfleet.sim.shocks import Failure, PriceChange
 from tokenfleet.sim.stepcost import FleetStepCost, PrefillAttention
 from tokenfleet.sim.traffic import RouteKey, Workload
@@ -181,6 +182,8 @@ class RunRecord:
     seed: int
     notes: list[str] = field(default_factory=list)
     admission: str = "none"
+    # prefix caching (sim/prefix_cache.py): pool -> (tokens served from cache, looked up)
+    prefix_tokens: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def auto_sample_s(duration_s: float, sync_s: float) -> float:
@@ -257,6 +260,8 @@ class Simulator:
         self._build_lanes()
         self._build_slots()
         self._build_routing()
+        # Prefix caching, when the traffic carries prefix hashes (sim/prefix_cache.py).
+        self.prefix = LanePrefixCaches.of(workload, self.lane_pool, self.n_pools)
         # Admission control's service rate per replica: the plan's estimate until the
         # pool has had a queue, then what it actually drained while it had one.
         self.pool_rate = np.array([self._replica_rate(p) for p in pools], dtype=float)
@@ -619,6 +624,9 @@ class Simulator:
             self.routed, self.s_pool, self.s_lane, self.s_att, self.s_need, self.s_next,
             self.s_state, self.s_ready, self.q_head, self.q_tail, self.n_wait,
             self.wait_head, att.coef, att.full, att.sliding, att.window)
+        if self.prefix is not None:  # cached prompt blocks skip their prefill
+            self.prefix.place(slots, lanes, self.s_rid, self.s_inp, self.s_need, self.kv,
+                              self.kv_cap)
         down = lanes < 0
         if down.any():
             self._reject_slots(slots[down], NO_HEALTHY, when[down])
@@ -1265,6 +1273,8 @@ class Simulator:
             wall_s=wall_s,
             source=self.w.source, policy=self.opt.policy, seed=self.opt.seed,
             admission=self.opt.admission,
+            prefix_tokens=(self.prefix.by_pool([p.id for p in self.pools])
+                           if self.prefix is not None else {}),
         )
 
 

@@ -55,6 +55,9 @@ class TierResult(BaseModel):
     output_tokens_per_s: float
     goodput_requests_per_s: float
     goodput_output_tokens_per_s: float
+    prefix_cache_hit_rate: float | None = Field(
+        None, description="prompt tokens served from the replicas' prefix caches / prompt "
+                          "tokens routed (None: the traffic carries no prefix hashes)")
 
 
 class PoolResult(BaseModel):
@@ -79,6 +82,8 @@ class PoolResult(BaseModel):
     output_tokens_per_s: float
     cost_usd: float
     energy_kwh: float
+    prefix_cache_hit_rate: float | None = Field(
+        None, description="prompt tokens this pool served from its prefix caches / looked up")
 
 
 class LittleCheck(BaseModel):
@@ -211,6 +216,16 @@ def _per_sample(rec: RunRecord, counts: np.ndarray, n: int) -> np.ndarray:
     return c.reshape(n, per).sum(axis=1)
 
 
+def _hit_rate(rec: RunRecord, tier: str | None = None, pool: str | None = None
+              ) -> float | None:
+    """Prefix-cache hit rate of a tier's (or one pool's) lookups; None without caching."""
+    got = [v for pid, v in rec.prefix_tokens.items()
+           if (pool is None or pid == pool)
+           and (tier is None or rec.pool_info.get(pid, {}).get("tier") == tier)]
+    looked = sum(v[1] for v in got)
+    return sum(v[0] for v in got) / looked if looked else None
+
+
 def summarize(rec: RunRecord) -> SimSummary:
     span = max(rec.end_s, 1e-9)
     tiers: dict[str, TierResult] = {}
@@ -235,6 +250,7 @@ def summarize(rec: RunRecord) -> SimSummary:
             output_tokens_per_s=float(g.output_tokens[i]) / span,
             goodput_requests_per_s=float(g.slo_met[i]) / span,
             goodput_output_tokens_per_s=float(g.good_output_tokens[i]) / span,
+            prefix_cache_hit_rate=_hit_rate(rec, name),
         )
     pools: dict[str, PoolResult] = {}
     total_cost = total_energy = busy_energy = 0.0
@@ -267,7 +283,7 @@ def summarize(rec: RunRecord) -> SimSummary:
             queue_max=float(max(ser["waiting"], default=0.0)),
             preemptions=rec.preemptions[pid],
             output_tokens_per_s=float(g.output_tokens[i]) / span,
-            cost_usd=cost, energy_kwh=energy,
+            cost_usd=cost, energy_kwh=energy, prefix_cache_hit_rate=_hit_rate(rec, pool=pid),
         )
     # Little's law, measured independently of the sojourn bookkeeping: the number in
     # the system sampled at every fine-bin boundary (from arrival and departure times).
@@ -425,6 +441,7 @@ def merge_records(recs: list[RunRecord], wall_s: float | None = None) -> RunReco
         preemptions={k: v for r in recs for k, v in r.preemptions.items()},
         busy_s={k: v for r in recs for k, v in r.busy_s.items()},
         sojourn_s=sum(r.sojourn_s for r in recs), series=series,
+        prefix_tokens={k: v for r in recs for k, v in r.prefix_tokens.items()},
         arrivals_fine=arr, departures_fine=dep,
         end_s=max(r.end_s for r in recs),
         wall_s=wall_s if wall_s is not None else max(r.wall_s for r in recs),

@@ -24,7 +24,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import BucketSplit, Plan
 from tokenfleet.sim.shocks import Surge
 from tokenfleet.workload.buckets import SizeBuckets
-from tokenfleet.workload.trace import Trace
+from tokenfleet.workload.trace import Trace, take_blocks
 
 ANY_BUCKET = "*"  # routing key of a tier's requests whose bucket the plan does not split
 
@@ -51,14 +51,33 @@ class Workload:
     key: npt.NDArray[np.int32]
     keys: list[RouteKey]
     source: str
+    # Prefix-block hashes, for traces that carry them (Mooncake): request i's blocks are
+    # prefix_hashes[prefix_offsets[r]:prefix_offsets[r + 1]] with r = prefix_row[i]
+    # (-1: none). Rows index a CSR table shared by every copy of a request.
+    prefix_row: npt.NDArray[np.int64] | None = None
+    prefix_offsets: npt.NDArray[np.int64] | None = None
+    prefix_hashes: npt.NDArray[np.uint64] | None = None
+    prefix_block_tokens: int = 512
 
     def __len__(self) -> int:
         return int(self.arrival_s.size)
 
+    @property
+    def has_prefix(self) -> bool:
+        return self.prefix_row is not None
+
+    def prefix_of(self, index: np.ndarray) -> dict:
+        """The prefix fields of requests ``index`` (a mask or indices), as keyword args."""
+        if self.prefix_row is None:
+            return {}
+        return {"prefix_row": self.prefix_row[index], "prefix_offsets": self.prefix_offsets,
+                "prefix_hashes": self.prefix_hashes,
+                "prefix_block_tokens": self.prefix_block_tokens}
+
     def subset(self, mask: np.ndarray, source: str | None = None) -> Workload:
         return Workload(self.arrival_s[mask], self.input_tokens[mask],
                         self.output_tokens[mask], self.key[mask], self.keys,
-                        source or self.source)
+                        source or self.source, **self.prefix_of(mask))
 
     @property
     def duration_s(self) -> float:
@@ -149,7 +168,12 @@ def label_trace(plan: Plan, trace: Trace, tier: str | None = None, seed: int = 0
             keys.append(RouteKey(t, lab if lab in labels else ANY_BUCKET))
             key[rows[got == lab]] = len(keys) - 1
     keys, key = _dedupe(keys, key)
-    return Workload(trace.arrival_s.copy(), inp.copy(), out, key, keys, trace.source)
+    prefix: dict = {}
+    if trace.prefix_offsets is not None:
+        prefix = {"prefix_row": np.arange(n, dtype=np.int64),
+                  "prefix_offsets": trace.prefix_offsets, "prefix_hashes": trace.prefix_hashes,
+                  "prefix_block_tokens": trace.prefix_block_tokens}
+    return Workload(trace.arrival_s.copy(), inp.copy(), out, key, keys, trace.source, **prefix)
 
 
 def _dedupe(keys: list[RouteKey], key: np.ndarray) -> tuple[list[RouteKey], np.ndarray]:
@@ -221,8 +245,36 @@ def apply_surges(w: Workload, surges: list[Surge], seed: int = 0) -> Workload:
         arrival = w.arrival_s[rep] + jitter
         order = np.argsort(arrival, kind="stable")
         w = Workload(arrival[order], w.input_tokens[rep][order], w.output_tokens[rep][order],
-                     w.key[rep][order], w.keys, f"{w.source} + surge {s.text}")
+                     w.key[rep][order], w.keys, f"{w.source} + surge {s.text}",
+                     **_copied_prefix(w, rep, np.arange(rep.size) - starts[rep], order, j))
     return w
+
+
+def _copied_prefix(w: Workload, rep: np.ndarray, copy_no: np.ndarray, order: np.ndarray,
+                   surge: int) -> dict:
+    """Prefix fields of a surge's requests: copy 0 keeps its row; a further copy gets a
+    new row whose hashes sit in a namespace of their own (as ``Trace.scale_rate`` does),
+    so a surge adds users rather than repeats of the same prompts."""
+    if w.prefix_row is None or w.prefix_offsets is None or w.prefix_hashes is None:
+        return {}
+    rows = w.prefix_row[rep]
+    extra = np.flatnonzero((copy_no > 0) & (rows >= 0))
+    if extra.size == 0:
+        return w.prefix_of(rep[order])
+    off, hashes = take_blocks(w.prefix_offsets, w.prefix_hashes, rows[extra])
+    salt = (copy_no[extra].astype(np.uint64) + np.uint64(surge << 20)) * np.uint64(_SURGE_SALT)
+    hashes = hashes ^ np.repeat(salt, np.diff(off))
+    base = w.prefix_offsets.size - 1
+    rows = rows.copy()
+    rows[extra] = base + np.arange(extra.size)
+    return {"prefix_row": rows[order],
+            "prefix_offsets": np.concatenate([w.prefix_offsets, off[1:] + w.prefix_offsets[-1]]),
+            "prefix_hashes": np.concatenate([w.prefix_hashes, hashes]),
+            "prefix_block_tokens": w.prefix_block_tokens}
+
+
+# Odd 64-bit constant spreading (surge, copy) numbers over the hash space.
+_SURGE_SALT = 0xD1B54A32D192ED03
 
 
 def scale_traffic(w: Workload, factor: float, seed: int = 0) -> Workload:
@@ -248,7 +300,31 @@ def merge_workloads(parts: list[Workload], source: str) -> Workload:
     key = np.concatenate([a[3] for a in arrays])
     keys, key = _dedupe(keys, key)
     return Workload(arrival[order], np.concatenate([a[1] for a in arrays])[order],
-                    np.concatenate([a[2] for a in arrays])[order], key[order], keys, source)
+                    np.concatenate([a[2] for a in arrays])[order], key[order], keys, source,
+                    **_merged_prefix(parts, order))
+
+
+def _merged_prefix(parts: list[Workload], order: np.ndarray) -> dict:
+    """The parts' prefix tables stacked into one (rows shifted), in merged order."""
+    if not any(w.has_prefix for w in parts):
+        return {}
+    sizes = {w.prefix_block_tokens for w in parts if w.has_prefix}
+    if len(sizes) > 1:
+        raise TokenfleetError(f"traces with different prefix block sizes {sorted(sizes)} "
+                              "cannot be simulated together")
+    rows, offs, hashes = [], [np.zeros(1, np.int64)], []
+    n_rows = n_hashes = 0
+    for w in parts:
+        if w.prefix_row is None or w.prefix_offsets is None or w.prefix_hashes is None:
+            rows.append(np.full(len(w), -1, np.int64))
+            continue
+        rows.append(np.where(w.prefix_row >= 0, w.prefix_row + n_rows, -1))
+        offs.append(w.prefix_offsets[1:] + n_hashes)
+        hashes.append(w.prefix_hashes)
+        n_rows += w.prefix_offsets.size - 1
+        n_hashes += w.prefix_hashes.size
+    return {"prefix_row": np.concatenate(rows)[order], "prefix_offsets": np.concatenate(offs),
+            "prefix_hashes": np.concatenate(hashes), "prefix_block_tokens": sizes.pop()}
 
 
 def tier_traces(plan: Plan, traces: dict[str, Trace], growth: float = 1.0,

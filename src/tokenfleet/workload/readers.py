@@ -14,7 +14,8 @@ burstgpt   BurstGPT CSV: ``Timestamp`` (seconds from the trace start),
            are failed requests and are dropped by default; ``model=`` keeps
            one model (e.g. ``ChatGPT`` or ``GPT-4``).
 mooncake   Mooncake JSONL: ``timestamp`` (milliseconds from the trace start),
-           ``input_length``, ``output_length``, ``hash_ids`` (ignored).
+           ``input_length``, ``output_length``, ``hash_ids`` (kept as the
+           trace's prefix-block hashes, 512-token blocks; see Trace).
 csv        Generic files with a :class:`ColumnMapping` (default columns
 jsonl      ``arrival_s``, ``input_tokens``, ``output_tokens`` in seconds,
 parquet    which is what ``tokenfleet trace generate`` writes).
@@ -38,6 +39,7 @@ shown by ``tokenfleet trace stats``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
@@ -53,7 +55,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.workload.trace import FloatArray, IntArray, Trace
+from tokenfleet.workload.trace import FloatArray, IntArray, Trace, take_blocks
 
 TimeUnit = Literal["s", "ms", "us", "ns", "datetime"]
 _UNIT_SECONDS: dict[str, float] = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -582,9 +584,50 @@ class MooncakeReader(TraceReader):
         return set(self.columns) <= set(_jsonl_keys(src))
 
     def read(self, src: TraceFile, mapping: ColumnMapping, options: ReadOptions) -> Trace:
-        _require(src, self.name, _jsonl_keys(src), list(self.columns), "")
-        df = _read_jsonl(src, list(self.columns))
-        return _assemble(src, _jsonl_row, df, *self.columns, "ms")
+        keys = _jsonl_keys(src)
+        _require(src, self.name, keys, list(self.columns), "")
+        if "hash_ids" not in keys:
+            df = _read_jsonl(src, list(self.columns))
+            return _assemble(src, _jsonl_row, df, *self.columns, "ms")
+        df = _read_mooncake(src, list(self.columns))
+        trace = _assemble(src, _jsonl_row, df, *self.columns, "ms")
+        offsets, hashes = _hash_csr(src, df["hash_ids"])
+        # _assemble sorts unordered rows stably by time; apply the same order here.
+        secs = _to_float(df["timestamp"]).to_numpy()
+        order = (np.argsort(secs, kind="stable") if trace.out_of_order
+                 else np.arange(df.height, dtype=np.int64))
+        new_off, new_hashes = take_blocks(offsets, hashes, order)
+        return dataclasses.replace(trace, prefix_offsets=new_off, prefix_hashes=new_hashes,
+                                   prefix_block_tokens=MOONCAKE_BLOCK_TOKENS)
+
+
+# Mooncake's hash_ids cover 512-token blocks (kvcache-ai/Mooncake @ 3b5a5941:
+# FAST25-release/traces/README.md).
+MOONCAKE_BLOCK_TOKENS = 512
+
+
+def _read_mooncake(src: TraceFile, columns: list[str]) -> pl.DataFrame:
+    schema: dict[str, pl.DataType] = {c: pl.String() for c in columns}
+    schema["hash_ids"] = pl.List(pl.Int64())
+    try:
+        df = pl.read_ndjson(src.polars_input(), schema=schema)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise _polars_error(src, e) from None
+    return df.with_row_index("__row", offset=1)
+
+
+def _hash_csr(src: TraceFile, col: pl.Series) -> tuple[IntArray, np.ndarray]:
+    """``hash_ids`` lists as (offsets, uint64 hashes); a missing list is no blocks."""
+    col = col.list.drop_nulls()
+    lengths = col.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = col.explode().drop_nulls().to_numpy()
+    if flat.size and flat.min() < 0:
+        row = int(np.searchsorted(np.cumsum(lengths), int(np.argmax(flat < 0)), side="right"))
+        raise TokenfleetError(
+            f"{src.path}: line {row + 1}, field 'hash_ids': negative block hash")
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, flat.astype(np.uint64)
 
 
 class _GenericReader(TraceReader):

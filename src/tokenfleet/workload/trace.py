@@ -6,6 +6,13 @@ A trace is three equal-length arrays, one entry per request:
 * ``input_tokens`` — int64 prompt length in **tokens** (>= 0);
 * ``output_tokens`` — int64 generated length in **tokens** (>= 0).
 
+Traces read from Mooncake files also keep each request's prefix-block hashes
+(``hash_ids``, one per 512-token block; requests that share a leading run of them
+can share that part of the KV cache) as a CSR pair: ``prefix_offsets`` (int64,
+n + 1 entries) and ``prefix_hashes`` (uint64); request ``i``'s blocks are
+``prefix_hashes[prefix_offsets[i]:prefix_offsets[i + 1]]``. Other formats carry
+none (both ``None``); ``tokenfleet.workload.prefix`` counts what a cache reuses.
+
 The origin is the first request for traces read from a file, the start of the
 generation window for synthetic traces, and ``t0`` for :meth:`Trace.slice`.
 When the file carried wall-clock timestamps, ``start_epoch_s`` is the origin as
@@ -30,8 +37,11 @@ from tokenfleet.errors import TokenfleetError
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+HashArray = npt.NDArray[np.uint64]
 
 GrowthMode = Literal["resample", "compress"]
+# Odd 64-bit constant (2^64 / golden ratio) spreading copy numbers over the hash space.
+_COPY_SALT = 0x9E3779B97F4A7C15
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,9 @@ class Trace:
     start_epoch_s: float | None = None
     out_of_order: int = 0
     dropped: int = 0
+    prefix_offsets: IntArray | None = None
+    prefix_hashes: HashArray | None = None
+    prefix_block_tokens: int = 512
 
     def __post_init__(self) -> None:
         # Coerce once here so every consumer can rely on dtype and contiguity.
@@ -96,6 +109,50 @@ class Trace:
                     raise TokenfleetError(
                         f"trace {self.source}: {name}[{row}] = {col[row]} is negative"
                     )
+        self._check_prefix()
+
+    def _check_prefix(self) -> None:
+        """Coerce and validate the optional prefix-hash CSR pair."""
+        if (self.prefix_offsets is None) != (self.prefix_hashes is None):
+            raise TokenfleetError(
+                f"trace {self.source}: give both prefix_offsets and prefix_hashes, or neither")
+        if self.prefix_offsets is None or self.prefix_hashes is None:
+            return
+        off = np.ascontiguousarray(self.prefix_offsets, dtype=np.int64)
+        hashes = np.ascontiguousarray(self.prefix_hashes, dtype=np.uint64)
+        object.__setattr__(self, "prefix_offsets", off)
+        object.__setattr__(self, "prefix_hashes", hashes)
+        if self.prefix_block_tokens < 1:
+            raise TokenfleetError(
+                f"trace {self.source}: prefix_block_tokens must be >= 1, "
+                f"got {self.prefix_block_tokens}")
+        if (off.shape != (self.arrival_s.size + 1,) or off[0] != 0
+                or off[-1] != hashes.size or np.any(np.diff(off) < 0)):
+            raise TokenfleetError(
+                f"trace {self.source}: prefix_offsets must be {self.arrival_s.size + 1} "
+                f"non-decreasing offsets from 0 to len(prefix_hashes) = {hashes.size}")
+
+    @property
+    def has_prefix(self) -> bool:
+        """True when the trace carries prefix-block hashes (Mooncake ``hash_ids``)."""
+        return self.prefix_offsets is not None
+
+    def prefix_blocks(self, i: int) -> HashArray:
+        """Request ``i``'s prefix-block hashes (empty when the trace has none)."""
+        if self.prefix_offsets is None or self.prefix_hashes is None:
+            return np.empty(0, dtype=np.uint64)
+        return self.prefix_hashes[self.prefix_offsets[i]:self.prefix_offsets[i + 1]]
+
+    def _prefix_rows(self, rows: IntArray, salt: HashArray | None = None) -> dict[str, object]:
+        """The prefix CSR pair of requests ``rows`` (in that order), as Trace kwargs;
+        ``salt`` (one per row, 0 = none) is XORed into that row's hashes."""
+        if self.prefix_offsets is None or self.prefix_hashes is None:
+            return {}
+        off, hashes = take_blocks(self.prefix_offsets, self.prefix_hashes, rows)
+        if salt is not None:
+            hashes = hashes ^ np.repeat(salt.astype(np.uint64), np.diff(off))
+        return {"prefix_offsets": off, "prefix_hashes": hashes,
+                "prefix_block_tokens": self.prefix_block_tokens}
 
     # ---- size and time -------------------------------------------------------------
 
@@ -132,13 +189,18 @@ class Trace:
         output_tokens: IntArray,
         source: str,
         start_epoch_s: float | None,
+        rows: IntArray | None = None,
+        salt: HashArray | None = None,
     ) -> Trace:
+        """A new trace; ``rows`` (indices into this one) carries the prefix hashes along."""
+        extra = self._prefix_rows(rows, salt) if rows is not None else {}
         return Trace(
             arrival_s=arrival_s,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             source=source,
             start_epoch_s=start_epoch_s,
+            **extra,  # type: ignore[arg-type]
         )
 
     def slice(self, t0: float, t1: float) -> Trace:
@@ -157,6 +219,7 @@ class Trace:
             self.output_tokens[lo:hi],
             f"{self.source}[{t0:g}s:{t1:g}s]",
             epoch,
+            np.arange(lo, hi, dtype=np.int64),
         )
 
     def scale_rate(self, factor: float, *, mode: GrowthMode = "resample", seed: int = 0) -> Trace:
@@ -168,7 +231,10 @@ class Trace:
           are placed uniformly at random between the original and the next
           arrival, so the rate profile (bursts, time of day) is preserved at the
           resolution of the original gaps and no two copies coincide exactly.
-          Deterministic for a given ``seed``.
+          Deterministic for a given ``seed``. Prefix hashes: copy ``c`` of every
+          request gets its own hash namespace (the same for all turns of a
+          conversation), so scaling up adds users, not repeats of the same prompts;
+          the prefix reuse per request stays the trace's.
         * ``"compress"`` divides every arrival time by ``factor``: same requests,
           same order, ``factor`` x the rate over ``1/factor`` of the duration.
           Exact, but squeezes the time-of-day shape too.
@@ -176,17 +242,20 @@ class Trace:
         if not (np.isfinite(factor) and factor > 0):
             raise TokenfleetError(f"growth factor must be a positive number, got {factor}")
         src = f"{self.source}x{factor:g}"
+        n0 = len(self)
         if mode == "compress":
             epoch = self.start_epoch_s
             return self._derive(
-                self.arrival_s / factor, self.input_tokens, self.output_tokens, src, epoch
+                self.arrival_s / factor, self.input_tokens, self.output_tokens, src, epoch,
+                np.arange(n0, dtype=np.int64),
             )
         if mode != "resample":
             raise TokenfleetError(f"unknown growth mode '{mode}'; allowed: resample, compress")
         n = len(self)
         if n == 0:
             return self._derive(
-                self.arrival_s, self.input_tokens, self.output_tokens, src, self.start_epoch_s
+                self.arrival_s, self.input_tokens, self.output_tokens, src, self.start_epoch_s,
+                np.arange(0, dtype=np.int64),
             )
         rng = np.random.default_rng(seed)
         whole = int(np.floor(factor))
@@ -203,12 +272,20 @@ class Trace:
         jitter = np.where(first, 0.0, rng.random(idx.size) * gaps[idx])
         arrival = self.arrival_s[idx] + jitter
         order = np.argsort(arrival, kind="stable")
+        # Copy c of every request is another user's: its prefix hashes move to their own
+        # namespace (XOR with a salt of c), so copies reuse each other's turns only
+        # within the same copy number, as the original conversations do.
+        copy_no = (np.arange(idx.size, dtype=np.int64) - np.repeat(starts, copies)).astype(
+            np.uint64)
+        salt = copy_no * np.uint64(_COPY_SALT)
         return self._derive(
             arrival[order],
             self.input_tokens[idx][order],
             self.output_tokens[idx][order],
             src,
             self.start_epoch_s,
+            idx[order],
+            salt[order],
         )
 
     # ---- interop -------------------------------------------------------------------
@@ -242,6 +319,19 @@ class Trace:
         return (
             f"Trace(source={self.source!r}, requests={len(self)}, duration_s={self.duration_s:.1f})"
         )
+
+
+def take_blocks(offsets: IntArray, hashes: HashArray, rows: IntArray
+                ) -> tuple[IntArray, HashArray]:
+    """The CSR runs of ``rows`` (in that order) of an (offsets, hashes) pair."""
+    rows = np.asarray(rows, dtype=np.int64)
+    lengths = offsets[1:][rows] - offsets[:-1][rows]
+    new_off = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_off[1:])
+    # Every chosen request's run: the start of its run + the position within it.
+    within = np.arange(int(new_off[-1]), dtype=np.int64) - np.repeat(new_off[:-1], lengths)
+    take = np.repeat(offsets[:-1][rows], lengths) + within
+    return new_off, hashes[take]
 
 
 def empty_trace(source: str = "<empty>") -> Trace:

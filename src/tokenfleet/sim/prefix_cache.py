@@ -1,0 +1,119 @@
+"""Prefix (KV) caching in the simulator: every engine lane keeps an LRU block cache in
+the KV memory it has free, and a request that finds a leading run of its prompt's
+blocks there skips that part of its prefill.
+
+Kept beside the event loop rather than inside it: the engine calls :meth:`place` once
+routing has put requests on lanes, and this module lowers each request's prompt work
+(``need``, the prompt tokens still to prefill) by its hit. What it models:
+
+* one cache per lane (an engine instance has its own KV cache), holding 512-token
+  blocks (the trace's block size), least recently used evicted first; its capacity
+  at each lookup is the KV memory the lane has free then, so a busy lane keeps less;
+* a hit is the cached leading run of the prompt's blocks (``workload/blockcache.py``),
+  at most the prompt less one token (an engine computes the last prompt token to get
+  the first output token, as vLLM does on a full hit);
+* then the prompt's blocks are in the cache, most recently used;
+* the cached prefix is the cache's, shared (its KV blocks are counted once, as vLLM's
+  and SGLang's block managers do): the request is queued as a prompt of ``I - hit``
+  tokens (its ``s_inp`` and ``need`` both drop by the hit), so its own KV, its
+  prefill and its decode context all leave the prefix out. That keeps the engine's KV
+  bookkeeping exact without touching its kernels, at a cost: decode attention does not
+  read the prefix's KV (it understates decode time by up to the hit fraction of the
+  context) and the prefix does not take memory from the lane. Keeping the context
+  (for attention) apart from the KV a request owns is a change inside the engine's
+  kernels (``enter_decode`` and the completion ring use ``s_inp`` for both);
+* a request preempted (recompute) prefills its own part again; one moved after a
+  failure gets its whole prompt back and is looked up again where it lands;
+* the tier's ``input_tokens`` (completed requests) then count the prompt tokens
+  computed; prompt tokens served from the cache are counted here.
+
+Counts per pool: prompt tokens looked up and tokens served from the cache (requests
+with prefix hashes only; a pool that saw none reports no hit rate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tokenfleet.sim.traffic import Workload
+from tokenfleet.workload.blockcache import LruBlockCache
+from tokenfleet.workload.prefix import PrefixReuse, prefix_reuse
+from tokenfleet.workload.trace import Trace, take_blocks
+
+
+class LanePrefixCaches:
+    """The prefix caches of every lane, and the hit counts per pool."""
+
+    def __init__(self, workload: Workload, lane_pool: np.ndarray, n_pools: int) -> None:
+        assert workload.prefix_row is not None
+        self.row = workload.prefix_row
+        self.offsets = workload.prefix_offsets
+        self.hashes = workload.prefix_hashes
+        self.block_tokens = workload.prefix_block_tokens
+        self.lane_pool = lane_pool
+        self.caches = [LruBlockCache(0) for _ in range(lane_pool.size)]
+        self.hit_tokens = np.zeros(n_pools, np.int64)
+        self.prompt_tokens = np.zeros(n_pools, np.int64)
+        self.applied: dict[int, int] = {}  # request -> hit taken off its prompt
+
+    @classmethod
+    def of(cls, workload: Workload, lane_pool: np.ndarray, n_pools: int
+           ) -> LanePrefixCaches | None:
+        """The caches when the workload carries prefix hashes, else None (no caching)."""
+        return cls(workload, lane_pool, n_pools) if workload.has_prefix else None
+
+    def place(self, slots: np.ndarray, lanes: np.ndarray, s_rid: np.ndarray,
+              s_inp: np.ndarray, s_need: np.ndarray, kv_used: np.ndarray,
+              kv_cap: np.ndarray) -> None:
+        """Requests in ``slots`` were just queued on ``lanes`` (-1: not placed): look
+        their prompts up in those lanes' caches and take the hits off ``s_need``."""
+        assert self.offsets is not None and self.hashes is not None
+        bt = self.block_tokens
+        for s, lane in zip(slots.tolist(), lanes.tolist(), strict=True):
+            rid = int(s_rid[s])
+            back = self.applied.pop(rid, 0)
+            if back:  # placed again after a failure: the whole prompt is back
+                s_inp[s] += back
+                s_need[s] += back
+            if lane < 0:
+                continue
+            r = int(self.row[rid])
+            if r < 0:
+                continue  # no hashes (another tier's trace): not counted
+            pool = int(self.lane_pool[lane])
+            prompt = int(s_inp[s])
+            self.prompt_tokens[pool] += prompt
+            if prompt <= 1:
+                continue
+            cache = self.caches[lane]
+            cache.resize(int(max(kv_cap[lane] - kv_used[lane], 0.0) // bt))
+            blocks = self.hashes[self.offsets[r]:self.offsets[r + 1]].tolist()
+            hit = min(cache.serve(blocks, prompt, bt), prompt - 1, int(s_need[s]) - 1)
+            if hit > 0:
+                s_need[s] -= hit
+                s_inp[s] -= hit
+                self.applied[rid] = hit
+                self.hit_tokens[pool] += hit
+
+    def by_pool(self, pool_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """``{pool: (tokens served from cache, prompt tokens looked up)}``."""
+        return {pid: (int(self.hit_tokens[i]), int(self.prompt_tokens[i]))
+                for i, pid in enumerate(pool_ids)}
+
+
+def offline_reuse(w: Workload, tier: str | None = None) -> PrefixReuse | None:
+    """The exact offline LRU count (``workload.prefix``) of a workload's requests with
+    hashes, optionally one tier's: what one cache of any size would reuse, the yardstick
+    for the simulated per-lane hit rates. None when none carries hashes."""
+    if w.prefix_row is None or w.prefix_offsets is None or w.prefix_hashes is None:
+        return None
+    keep = w.prefix_row >= 0
+    if tier is not None:
+        keep &= np.asarray([k.tier == tier for k in w.keys], dtype=bool)[w.key]
+    if not keep.any():
+        return None
+    off, hashes = take_blocks(w.prefix_offsets, w.prefix_hashes, w.prefix_row[keep])
+    tr = Trace(w.arrival_s[keep], w.input_tokens[keep], w.output_tokens[keep],
+               source=w.source, prefix_offsets=off, prefix_hashes=hashes,
+               prefix_block_tokens=w.prefix_block_tokens)
+    return prefix_reuse(tr)
