@@ -26,8 +26,8 @@ def _money(x: float | None) -> str:
 def print_plan(plan: Plan, console: Console) -> None:
     c = plan.cost
     console.print(f"[bold]Plan for {plan.scenario}[/bold] — objective: {plan.objective}; "
-                  f"solver {plan.solver['status']} in {plan.solver['seconds']:.2f} s "
-                  f"(gap {plan.solver['mip_gap']:.2g})")
+                  f"solver {plan.solver.status} in {plan.solver.seconds or 0.0:.2f} s "
+                  f"(gap {plan.solver.mip_gap or 0.0:.2g})")
     console.print(f"  monthly bill {_money(c.usd_per_month)} = committed "
                   f"{_money(c.committed_usd_per_month)} "
                   f"(used {_money(c.committed_used_usd_per_month)})"

@@ -28,9 +28,13 @@ from tokenfleet.plan.schema import (
     BucketCapacity,
     BucketSplit,
     ConstraintReport,
+    ContractLimit,
     Cost,
+    NMinusOneLimit,
     Plan,
+    PlanLimits,
     PlanUnit,
+    SolverInfo,
     TierSummary,
 )
 
@@ -182,7 +186,7 @@ def plan_scenario(
     # Verify with code that shares nothing with the MILP (tokenfleet.plan.check).
     violations = check_plan(plan, sc, catalog)
     if violations:
-        plan.notes.extend(f"CHECK FAILED {v.check}: {v.detail}" for v in violations)
+        plan.notes.extend(f"CHECK FAILED {v.check}: {v.message}" for v in violations)
     else:
         plan.notes.append("independent check passed: demand split, pool capacity, supply, "
                           "power, vendor share and N-1 (re-solved as a separate LP) all hold")
@@ -354,21 +358,22 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
     for c, reps in chosen:
         power[c.region] += c.watts * reps / 1e6
     pol = sc.policy
-    limits = {
-        "hours_per_month": sc.hours_per_month,
-        "headroom": sc.headroom,
-        "derate": sc.derate,
-        "max_vendor_share": pol.max_vendor_share,
-        "vendor_share_basis": pol.vendor_share_basis,
-        "n_minus_1": pol.n_minus_1.model_dump() if pol.n_minus_1 else None,
-        "power_mw": {r.name: r.power_mw for r in sc.regions if r.power_mw is not None},
-        "supply_max_chips": {f"{s.accelerator}@{s.cloud}/{s.region}": s.max_chips
-                             for s in sc.supply},
-        "contracts": {k.name: {"cloud": k.cloud,
-                               "committed_usd_per_month": k.committed_usd_per_month}
-                      for k in sc.contracts},
-        "residency": {t.name: t.regions for t in sc.tiers if t.regions},
-    }
+    limits = PlanLimits(
+        hours_per_month=sc.hours_per_month,
+        headroom=sc.headroom,
+        derate=sc.derate,
+        max_vendor_share=pol.max_vendor_share,
+        vendor_share_basis=pol.vendor_share_basis,
+        n_minus_1=(NMinusOneLimit.model_validate(pol.n_minus_1.model_dump())
+                   if pol.n_minus_1 else None),
+        power_mw={r.name: r.power_mw for r in sc.regions if r.power_mw is not None},
+        supply_max_chips={f"{s.accelerator}@{s.cloud}/{s.region}": s.max_chips
+                          for s in sc.supply},
+        contracts={k.name: ContractLimit(cloud=k.cloud,
+                                         committed_usd_per_month=k.committed_usd_per_month)
+                   for k in sc.contracts},
+        residency={t.name: t.regions for t in sc.tiers if t.regions},
+    )
     return Plan(
         scenario=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
         objective=sc.objective, tiers=tiers, units=units, traffic_split=splits, cost=cost,
@@ -376,8 +381,8 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
                       if tok > 0},
         power_mw=dict(sorted(power.items())), limits=limits, baselines=baselines,
         constraints=constraints,
-        solver={"name": "HiGHS (highspy)", "status": sol.message,
-                "mip_gap": sol.gap, "seconds": round(sol.seconds, 3), "rounds": sol.rounds,
-                "candidates": len(cs.candidates), "variables": len(f.program.cost),
-                "rows": len(f.program.rows)},
+        solver=SolverInfo(name="HiGHS (highspy)", status=sol.message, mip_gap=sol.gap,
+                          seconds=round(sol.seconds, 3), rounds=sol.rounds,
+                          candidates=len(cs.candidates), variables=len(f.program.cost),
+                          rows=len(f.program.rows)),
     )

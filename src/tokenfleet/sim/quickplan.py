@@ -158,6 +158,6 @@ def quick_plan(tiers: list[TierSpec], pools: list[PoolSpec], load: float = 0.8,
                   committed_usd_per_month=0.0, committed_used_usd_per_month=0.0,
                   on_demand_usd_per_month=monthly),
         vendor_share={k: v / chips for k, v in vendors.items()}, power_mw=power,
-        limits={}, baselines=[], constraints=[], solver={"name": "none"},
+        baselines=[], constraints=[],
         notes=["capacities are point estimates at the tier SLO, not derated"],
     )
