@@ -39,7 +39,7 @@ def unit(pool: str, tier: str = "chat", accelerator: str = "maia-200",
         capacity=[BucketCapacity(bucket=BUCKET, requests_per_s=10, requests_per_s_point=12,
                                  output_tokens_per_s=1000, concurrency=16, ttft_s=0.05,
                                  tpot_s=0.01)],
-        provenance="test", uncertainty=0.1)
+        provenance="spec-sheet", uncertainty=0.1)
 
 
 def make_plan(units: list[PlanUnit], splits: dict[tuple[str, str], dict[str, float]],

@@ -45,10 +45,6 @@ class Infeasible(TokenfleetError):
     """No plan meets every constraint; the message says which ones conflict, by how much."""
 
 
-def _solve(sc: Scenario, cs: CandidateSet, **kw) -> tuple[Formulation, Solution]:
-    return solve_fleet(sc, cs, **kw)
-
-
 def _solve_many(sc: Scenario, cs: CandidateSet, jobs: list[dict],
                 done: Callable[[], None] | None = None) -> list[tuple[Formulation, Solution]]:
     """Independent re-solves (pricing, baselines) in threads: HiGHS releases the GIL
@@ -57,12 +53,12 @@ def _solve_many(sc: Scenario, cs: CandidateSet, jobs: list[dict],
     if workers <= 1:
         out = []
         for kw in jobs:
-            out.append(_solve(sc, cs, **kw))
+            out.append(solve_fleet(sc, cs, **kw))
             if done:
                 done()
         return out
     with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_solve, sc, cs, **kw) for kw in jobs]
+        futures = [pool.submit(solve_fleet, sc, cs, **kw) for kw in jobs]
         results = []
         for fut in futures:
             results.append(fut.result())
@@ -118,7 +114,7 @@ def explain_infeasible(sc: Scenario, cs: CandidateSet) -> str:
                            + "\n    ".join(why[:12]))
     if missing:
         return "\n".join(missing)
-    f, sol = _solve(sc, cs, elastic=True)
+    f, sol = solve_fleet(sc, cs, elastic=True)
     if not sol.ok:
         return f"the elastic program failed too ({sol.message})"
     assert sol.x is not None and sol.activity is not None
@@ -171,7 +167,7 @@ def plan_scenario(
                  if not any(c.tier == d.tier and d.bucket in c.capacity for c in cs.candidates)]
     if uncovered:
         raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
-    f, sol = _solve(sc, cs)
+    f, sol = solve_fleet(sc, cs)
     if sol.timed_out:
         raise TokenfleetError(f"scenario '{sc.name}': no plan found within time_limit_s="
                               f"{sc.time_limit_s:g} s ({sol.message}); raise time_limit_s or "

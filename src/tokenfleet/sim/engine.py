@@ -68,7 +68,7 @@ import numpy as np
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.sim import kernels
-from tokenfleet.sim.fleet import BLOCK_TOKENS, Fleet, SimPool
+from tokenfleet.sim.fleet import Fleet, SimPool
 from tokenfleet.sim.metrics import CompletionBuffer, GroupStats
 from tokenfleet.sim.shocks import Failure, PriceChange
 from tokenfleet.sim.stepcost import FleetStepCost, PrefillAttention
@@ -1138,28 +1138,9 @@ class Simulator:
         wall0 = time.perf_counter()
         w = self.w
         n = len(w)
-        sync = self.opt.sync_s
         ss = self.sample_s
-        self.tiers = GroupStats.empty(self.tier_names)
-        self.pools_stats = GroupStats.empty([p.id for p in self.pools])
-        self.buf = CompletionBuffer()
-        self.reasons: dict[str, int] = {}
-        self.completed = self.rejected = self.retried = self.retries = 0
-        self.in_system = 0
-        self.sojourn = 0.0
-        self.dep = np.zeros(1024, dtype=np.int64)
-        self.last_event = 0.0
-        self.routed = np.zeros(self.n_pools, dtype=np.int64)
-        self.series: dict[str, dict[str, list[float]]] = {
-            p.id: {c: [] for c in SERIES_COLUMNS} for p in self.pools}
-        events: list[tuple[float, int, int, object]] = []  # (t, order, seq, shock)
-        for j, f in enumerate(self.failures):
-            events.append((f.start, 1, j, f))
-            if f.end is not None:
-                events.append((f.end, 0, j, ("recover", f)))
-        for j, pc in enumerate(self.prices):
-            events.append((pc.start, 2, j, pc))
-        events.sort(key=lambda e: (e[0], e[1], e[2]))
+        self._reset_counters()
+        events = self._shock_events()
         ei = 0
         arrival = w.arrival_s
         max_time = self.opt.max_time_s if self.opt.max_time_s is not None else (
@@ -1171,30 +1152,15 @@ class Simulator:
         n_samples = 0
         self._refresh_states(health=True)
         while True:
-            # Shocks due now.
-            while ei < len(events) and events[ei][0] <= now + 1e-12:
-                _, order, _, ev = events[ei]
-                ei += 1
-                if order == 0:
-                    self._recover(ev[1], now)  # type: ignore[index]
-                elif order == 1:
-                    self._fail(ev, now)  # type: ignore[arg-type]
-                else:
-                    self._set_price(ev, now)  # type: ignore[arg-type]
+            ei = self._apply_shocks(events, ei, now)
             if i >= n and self.in_system == 0:
                 break
             if now >= max_time:
                 self._stop_all(now)
                 break
             next_event = events[ei][0] if ei < len(events) else math.inf
-            # Windows sit on the grid k * sync_s; empty ones are skipped (lanes run
-            # across them), so windows with arrivals start on the grid in every run.
-            end = (math.floor(now / sync + 1e-9) + 1) * sync
-            if i < n:
-                end = max(end, math.floor(float(arrival[i]) / sync + 1e-9) * sync)
-            else:
-                end = max(end, next_sample)
-            end = min(end, next_event, next_sample)
+            end = self._window_end(now, float(arrival[i]) if i < n else None, next_sample,
+                                   next_event)
             j = int(np.searchsorted(arrival, end, side="left"))
             if j > i:
                 self._arrive(i, j)
@@ -1219,6 +1185,61 @@ class Simulator:
         if progress is not None:
             progress(self.completed + self.rejected, n)  # type: ignore[operator]
         return self._record(end_s, n_samples, time.perf_counter() - wall0)
+
+    def _reset_counters(self) -> None:
+        """Statistics and counters of one run, all zero."""
+        self.tiers = GroupStats.empty(self.tier_names)
+        self.pools_stats = GroupStats.empty([p.id for p in self.pools])
+        self.buf = CompletionBuffer()
+        self.reasons: dict[str, int] = {}
+        self.completed = self.rejected = self.retried = self.retries = 0
+        self.in_system = 0
+        self.sojourn = 0.0
+        self.dep = np.zeros(1024, dtype=np.int64)
+        self.last_event = 0.0
+        self.routed = np.zeros(self.n_pools, dtype=np.int64)
+        self.series: dict[str, dict[str, list[float]]] = {
+            p.id: {c: [] for c in SERIES_COLUMNS} for p in self.pools}
+
+    def _shock_events(self) -> list[tuple[float, int, int, object]]:
+        """Failures, recoveries and price changes as (t, order, seq, shock), in the order
+        they apply: by time, then recoveries before failures before prices."""
+        events: list[tuple[float, int, int, object]] = []
+        for j, f in enumerate(self.failures):
+            events.append((f.start, 1, j, f))
+            if f.end is not None:
+                events.append((f.end, 0, j, ("recover", f)))
+        for j, pc in enumerate(self.prices):
+            events.append((pc.start, 2, j, pc))
+        events.sort(key=lambda e: (e[0], e[1], e[2]))
+        return events
+
+    def _apply_shocks(self, events: list[tuple[float, int, int, object]], ei: int,
+                      now: float) -> int:
+        """Apply the shocks due by ``now`` from ``events[ei:]``; the index of the next."""
+        while ei < len(events) and events[ei][0] <= now + 1e-12:
+            _, order, _, ev = events[ei]
+            ei += 1
+            if order == 0:
+                self._recover(ev[1], now)  # type: ignore[index]
+            elif order == 1:
+                self._fail(ev, now)  # type: ignore[arg-type]
+            else:
+                self._set_price(ev, now)  # type: ignore[arg-type]
+        return ei
+
+    def _window_end(self, now: float, next_arrival_s: float | None, next_sample: float,
+                    next_event: float) -> float:
+        """End of the window that starts at ``now``. Windows sit on the grid k * sync_s;
+        empty ones are skipped (lanes run across them), so windows with arrivals start
+        on the grid in every run."""
+        sync = self.opt.sync_s
+        end = (math.floor(now / sync + 1e-9) + 1) * sync
+        if next_arrival_s is not None:
+            end = max(end, math.floor(next_arrival_s / sync + 1e-9) * sync)
+        else:
+            end = max(end, next_sample)
+        return min(end, next_event, next_sample)
 
     def _stop_all(self, t: float) -> None:
         busy = np.flatnonzero((self.n_seqs > 0) | (self.n_wait > 0))
@@ -1266,8 +1287,3 @@ class Simulator:
             source=self.w.source, policy=self.opt.policy, seed=self.opt.seed,
             admission=self.opt.admission,
         )
-
-
-def kv_blocks(tokens: float) -> int:
-    """KV blocks that hold ``tokens`` (whole blocks of ``BLOCK_TOKENS``)."""
-    return int(math.ceil(tokens / BLOCK_TOKENS))
