@@ -37,6 +37,7 @@ from tokenfleet.plan.schema import (
     SolverInfo,
     TierSummary,
 )
+from tokenfleet.workload import SizeBuckets
 
 ACTIVE = 1e-6  # relative slack under which a ≤ row counts as binding
 
@@ -372,7 +373,10 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
     )
     return Plan(
         scenario=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
-        objective=sc.objective, tiers=tiers, units=units, traffic_split=splits, cost=cost,
+        objective=sc.objective, tiers=tiers, units=units, traffic_split=splits,
+        buckets=SizeBuckets(input_edges=tuple(sc.buckets.input_edges),
+                            output_edges=tuple(sc.buckets.output_edges)),
+        cost=cost,
         vendor_share={v: tok / all_tokens for v, tok in sorted(tokens_by_vendor.items())
                       if tok > 0},
         power_mw=dict(sorted(power.items())), limits=limits, baselines=baselines,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.estimate import Provenance
 from tokenfleet.perf.precision import KV_BYTES, PRECISIONS
+from tokenfleet.workload.buckets import SizeBuckets
 
 PLAN_VERSION = 1
 HOURS_PER_MONTH = 730.0  # 8,760 h / 12
@@ -169,6 +170,10 @@ class Plan(_Model):
     tiers: list[TierSummary]
     units: list[PlanUnit]
     traffic_split: list[BucketSplit]
+    buckets: SizeBuckets | None = Field(
+        None, description="the size-bucket edges (tokens) the split's labels name; None "
+        "for a plan given by hand without them (requests then go to the split bucket with "
+        "the nearest representative lengths)")
     cost: Cost
     vendor_share: dict[str, float] = Field(description="vendor -> share of peak capacity used")
     power_mw: dict[str, float] = Field(description="region -> MW at TDP")

@@ -14,48 +14,18 @@ logic is tested without sockets. Times are seconds on ``time.monotonic``.
 
 from __future__ import annotations
 
-import bisect
 import math
 import os
 import random
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan, PlanUnit
 from tokenfleet.route.breaker import CircuitBreaker
 from tokenfleet.route.config import BackendsFile
+from tokenfleet.routing.buckets import plan_buckets
 from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
-from tokenfleet.workload.buckets import SizeBuckets
-
-_LABEL = re.compile(r"^in(\d+)-(\d+|inf)_out(\d+)-(\d+|inf)$")
-
-
-def buckets_from_plan(plan: Plan) -> SizeBuckets:
-    """Rebuild the size-bucket edges the planner used from the labels in the plan's
-    traffic split (``in512-2048_out128-512`` ...). A plan with no split uses the
-    default buckets."""
-    ins: set[float] = set()
-    outs: set[float] = set()
-    for s in plan.traffic_split:
-        m = _LABEL.match(s.bucket)
-        if not m:
-            raise TokenfleetError(f"plan traffic_split: bucket label '{s.bucket}' is not of the "
-                                  f"form in<lo>-<hi>_out<lo>-<hi>")
-        a, b, c, d = (math.inf if x == "inf" else float(x) for x in m.groups())
-        ins.update((a, b))
-        outs.update((c, d))
-    if not ins:
-        return SizeBuckets()
-    ins.update((0.0, math.inf))
-    outs.update((0.0, math.inf))
-    try:
-        return SizeBuckets(input_edges=tuple(sorted(ins)), output_edges=tuple(sorted(outs)))
-    except ValueError as e:
-        raise TokenfleetError(f"plan traffic_split: bucket labels give invalid edges: {e}"
-                              ) from None
 
 
 class Backend:
@@ -181,10 +151,8 @@ class Router:
         settings = backends.gateway
         self.policy_name = policy or settings.policy
         get_policy(self.policy_name)  # validates the name with a clear error
-        self.buckets = buckets_from_plan(plan)
-        self._labels = [b.label for b in self.buckets.buckets]
-        self._in_edges = list(self.buckets.input_edges)
-        self._out_edges = list(self.buckets.output_edges)
+        self._buckets = plan_buckets(plan)
+        self.buckets = self._buckets.edges  # None: a hand-written plan without edges
         self.rng = random.Random(seed)
         self._failover_policy = get_policy("cost-spill")
         units = {u.pool: u for u in plan.units}
@@ -234,12 +202,8 @@ class Router:
         return self._by_model.get(model.lower())
 
     def bucket_label(self, prompt_tokens: int, output_tokens: int) -> str:
-        """Label of the size bucket of one request (the rule of
-        ``SizeBuckets.assign_lengths``: lower edge inclusive), with ``bisect`` — NumPy's
-        per-call overhead is ~20 µs, too much on the gateway's per-request path."""
-        i = bisect.bisect_right(self._in_edges, prompt_tokens) - 1
-        j = bisect.bisect_right(self._out_edges, output_tokens) - 1
-        return self._labels[i * self.buckets.n_output + j]
+        """Label of the size bucket of one request (:mod:`tokenfleet.routing.buckets`)."""
+        return self._buckets.label_of(prompt_tokens, output_tokens)
 
     def all_backends(self) -> Iterable[Backend]:
         for p in self.pools.values():

@@ -153,7 +153,7 @@ def quick_plan(tiers: list[TierSpec], pools: list[PoolSpec], load: float = 0.8,
     return Plan(
         scenario=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
         objective="none: pools given by hand (tokenfleet.sim.quickplan)",
-        tiers=summaries, units=units, traffic_split=splits,
+        tiers=summaries, units=units, traffic_split=splits, buckets=buckets,
         cost=Cost(usd_per_month=monthly, fleet_usd_per_month=monthly,
                   committed_usd_per_month=0.0, committed_used_usd_per_month=0.0,
                   on_demand_usd_per_month=monthly),
