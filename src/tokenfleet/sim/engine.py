@@ -66,6 +66,7 @@ from heapq import heapify, heappop, heappush
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.perf import metrics as perf_metrics
 from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.sim import kernels
 from tokenfleet.sim.fleet import Fleet, SimPool
@@ -801,10 +802,10 @@ class Simulator:
             arrival = self.s_arrival[slots]
             first = self.s_first[slots]
             out = self.s_out[slots]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                tpot = np.where(out > 1, (t - first) / (out - 1), np.nan)
-            e2e = t - arrival
-            self.buf.add(self.s_tier[slots], self.s_pool[slots], first - arrival, tpot, e2e,
+            tpot = perf_metrics.tpot(first, t, out)
+            e2e = perf_metrics.e2e(arrival, t)
+            self.buf.add(self.s_tier[slots], self.s_pool[slots],
+                         perf_metrics.ttft(arrival, first), tpot, e2e,
                          self.s_admit[slots] - arrival, out, self.s_inp[slots])
             self.sojourn += float(e2e.sum())
             self._departures(t, np.ones(slots.size, dtype=np.int64))

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
-from tokenfleet.perf.metrics import Latency
+from tokenfleet.perf.metrics import Latency, slo_attainment
 from tokenfleet.sim.engine import SERIES_LEVELS, SERIES_TOTALS, RunRecord
 from tokenfleet.sim.metrics import GroupStats, percentile
 from tokenfleet.sim.shocks import Failure, PriceChange
@@ -70,7 +70,9 @@ class PoolResult(BaseModel):
     ttft_s: Latency
     tpot_s: Latency
     e2e_s: Latency
-    slo_attainment: float | None = Field(description="of the requests it completed")
+    slo_attainment: float | None = Field(
+        description="of the requests routed to it; failed or moved away count as misses "
+                    "(tokenfleet.perf.metrics)")
     utilization: float | None = Field(description="busy time / up time of its engines")
     kv_occupancy_mean: float | None
     kv_occupancy_max: float | None
@@ -226,8 +228,8 @@ def summarize(rec: RunRecord) -> SimSummary:
             retried=int(g.retried[i]), slo_ttft_s=slo_ttft, slo_tpot_s=slo_tpot,
             ttft_s=ttft, tpot_s=tpot, e2e_s=_latency(g, i, "e2e"),
             queue_s=_latency(g, i, "queue"),
-            slo_attainment=(int(g.slo_met[i]) / arrived) if arrived else None,
-            goodput_fraction=(int(g.slo_met[i]) / arrived) if arrived else None,
+            slo_attainment=slo_attainment(int(g.slo_met[i]), arrived),
+            goodput_fraction=slo_attainment(int(g.slo_met[i]), arrived),
             mean_ttft_within_slo=(None if slo_ttft is None or ttft.mean is None
                                   else ttft.mean <= slo_ttft),
             mean_tpot_within_slo=(None if slo_tpot is None or tpot.mean is None
@@ -260,7 +262,7 @@ def summarize(rec: RunRecord) -> SimSummary:
             requests=int(g.arrived[i]), completed=done, moved_away=int(g.retried[i]),
             ttft_s=_latency(g, i, "ttft"), tpot_s=_latency(g, i, "tpot"),
             e2e_s=_latency(g, i, "e2e"),
-            slo_attainment=(int(g.slo_met[i]) / done) if done else None,
+            slo_attainment=slo_attainment(int(g.slo_met[i]), int(g.arrived[i])),
             utilization=(busy / (up_s * lanes)) if up_s > 0 else None,
             kv_occupancy_mean=float(np.mean(occ)) if occ.size else None,
             kv_occupancy_max=float(np.max(occ)) if occ.size else None,
