@@ -203,7 +203,7 @@ def emulate_cmd(
         eng, unit_model = build_engine(spec, max_queue=max_queue)
         info = {"model": spec.model, "accelerator": unit_model.accel.id,
                 "replicas": spec.replicas, "chips_per_replica": unit_model.layout.chips,
-                "precision": unit_model.precision.name, "layout": unit_model.layout.as_dict(),
+                "precision": unit_model.precision.name, "layout": unit_model.layout.model_dump(),
                 "max_batch_per_replica": eng.max_batch, "pacing": "model"}
     emulator = Emulator(eng, served_model or spec.model, faults, seed=seed,
                         exit_on_die=True, info=info)

@@ -13,6 +13,7 @@ from pathlib import Path
 from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
+from tokenfleet.perf.unit import Layout
 from tokenfleet.plan.candidates import Candidate, CandidateSet, build_candidates
 from tokenfleet.plan.check import check_plan
 from tokenfleet.plan.milp import (
@@ -308,7 +309,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
             pool=c.id, tier=c.tier, model=any_est.model, accelerator=c.accelerator.id,
             vendor=c.vendor, cloud=c.cloud, region=c.region, precision=c.precision,
             kv_precision=any_est.kv_precision, engine=any_est.engine,
-            layout=any_est.layout or {}, chips_per_replica=c.count, replicas=reps,  # one
+            layout=any_est.layout or Layout(), chips_per_replica=c.count, replicas=reps,  # one
             # layout per pool: the candidate's estimates all share it
             chips=reps * c.count, price_kind=c.price_kind, usd_per_chip_hour=c.usd_per_chip_hour,
             usd_per_hour=c.usd_per_hour * reps, watts=c.watts * reps,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.estimate import Provenance
 from tokenfleet.perf.precision import KV_BYTES, PRECISIONS
+from tokenfleet.perf.unit import Layout
 from tokenfleet.workload.buckets import SizeBuckets
 
 PLAN_VERSION = 1
@@ -57,7 +58,7 @@ class PlanUnit(_Model):
     precision: PrecisionName
     kv_precision: KvPrecisionName
     engine: str | None = None
-    layout: dict[str, int]
+    layout: Layout
     chips_per_replica: int
     replicas: int
     chips: int

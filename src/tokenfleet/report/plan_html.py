@@ -59,7 +59,7 @@ def _short_status(status: str) -> str:
 
 
 def _layout_text(u: PlanUnit) -> str:
-    return " ".join(f"{k}{v}" for k, v in u.layout.items() if v > 1) or "tp1"
+    return u.layout.short
 
 
 def _summary(plan: Plan) -> str:
