@@ -69,7 +69,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf import metrics as perf_metrics
 from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.sim import kernels
-from tokenfleet.sim.fleet import Fleet, SimPool
+from tokenfleet.sim.fleet import Fleet, PoolInfo, SimPool
 from tokenfleet.sim.metrics import CompletionBuffer, GroupStats
 from tokenfleet.sim.shocks import Failure, PriceChange
 from tokenfleet.sim.stepcost import FleetStepCost, PrefillAttention
@@ -158,7 +158,7 @@ class RunRecord:
     tier_slo: dict[str, tuple[float | None, float | None]]
     tiers: GroupStats
     pools: GroupStats
-    pool_info: dict[str, dict]
+    pool_info: dict[str, PoolInfo]
     reject_reasons: dict[str, int]
     requests: int
     completed: int
@@ -1260,18 +1260,7 @@ class Simulator:
         dep = np.zeros(max(n_fine, arr.size), np.int64)
         dep[:used] = self.dep[:used]
         arr = np.pad(arr, (0, dep.size - arr.size))
-        info = {}
-        for p in self.pools:
-            u = p.unit
-            info[p.id] = {
-                "tier": u.tier, "model": u.model, "accelerator": u.accelerator,
-                "vendor": u.vendor, "cloud": u.cloud, "region": u.region,
-                "replicas": u.replicas, "chips_per_replica": u.chips_per_replica,
-                "lanes_per_replica": p.lanes_per_replica,
-                "watts_per_replica": p.watts_per_replica,
-                "kv_tokens_per_lane": p.kv_tokens,
-                "usd_per_chip_hour": u.usd_per_chip_hour,
-            }
+        info = {p.id: p.info() for p in self.pools}
         return RunRecord(
             tier_names=self.tier_names,
             tier_slo={t.name: (t.slo_ttft_s, t.slo_tpot_s) for t in self.fleet.plan.tiers},

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -24,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from tokenfleet.perf.metrics import Latency, slo_attainment
 from tokenfleet.sim.engine import SERIES_LEVELS, SERIES_TOTALS, RunRecord
+from tokenfleet.sim.fleet import PoolInfo
 from tokenfleet.sim.metrics import GroupStats, percentile
 from tokenfleet.sim.shocks import Failure, PriceChange
 
@@ -128,13 +127,7 @@ class SimSummary(BaseModel):
 # ---- capacity timeline ------------------------------------------------------------------
 
 
-def _unit(info: dict, pool: str) -> Any:
-    """The fields shock selectors read (``Failure.matches`` works on any such object)."""
-    return SimpleNamespace(pool=pool, **{k: info[k] for k in (
-        "tier", "accelerator", "vendor", "cloud", "region", "replicas")})
-
-
-def capacity_segments(info: dict, pool: str, failures: list[Failure],
+def capacity_segments(info: PoolInfo, pool: str, failures: list[Failure],
                       prices: list[PriceChange], end_s: float
                       ) -> list[tuple[float, float, int, float]]:
     """``(t0, t1, up replicas, $/chip-hour)`` pieces covering ``[0, end_s]`` for a pool.
@@ -142,7 +135,7 @@ def capacity_segments(info: dict, pool: str, failures: list[Failure],
     Failures take out a prefix of the replicas (all of them for vendor/cloud/region
     selectors), so overlapping failures leave ``replicas - max(down)`` up.
     """
-    unit = _unit(info, pool)
+    unit = info
     cuts = {0.0, end_s}
     for f in failures:
         if f.replicas_of(unit):
@@ -155,19 +148,19 @@ def capacity_segments(info: dict, pool: str, failures: list[Failure],
         mid = (t0 + t1) / 2
         down = max((f.replicas_of(unit) for f in failures
                     if f.start <= mid and (f.end is None or mid < f.end)), default=0)
-        usd = info["usd_per_chip_hour"]
+        usd = info.usd_per_chip_hour
         for p in sorted(hits, key=lambda p: p.start):
             if p.start <= mid:
                 usd = p.usd_per_chip_hour
-        out.append((t0, t1, info["replicas"] - down, usd))
+        out.append((t0, t1, info.replicas - down, usd))
     return out
 
 
-def up_replicas_at(info: dict, pool: str, failures: list[Failure], t: float) -> int:
-    unit = _unit(info, pool)
+def up_replicas_at(info: PoolInfo, pool: str, failures: list[Failure], t: float) -> int:
+    unit = info
     down = max((f.replicas_of(unit) for f in failures
                 if f.start <= t and (f.end is None or t < f.end)), default=0)
-    return info["replicas"] - down
+    return info.replicas - down
 
 
 # ---- summary -----------------------------------------------------------------------------
@@ -244,21 +237,21 @@ def summarize(rec: RunRecord) -> SimSummary:
         g = rec.pools
         i = g.row(pid)
         segs = capacity_segments(info, pid, rec.failures, rec.prices, rec.end_s)
-        cost = sum((t1 - t0) * up * usd * info["chips_per_replica"] for t0, t1, up, usd
+        cost = sum((t1 - t0) * up * usd * info.chips_per_replica for t0, t1, up, usd
                    in segs) / 3600.0
         up_s = sum((t1 - t0) * up for t0, t1, up, _ in segs)
-        energy = up_s * info["watts_per_replica"] / 3.6e6
-        lanes = info["lanes_per_replica"]
+        energy = up_s * info.watts_per_replica / 3.6e6
+        lanes = info.lanes_per_replica
         busy = rec.busy_s[pid]
-        busy_energy += busy * info["watts_per_replica"] / lanes / 3.6e6
+        busy_energy += busy * info.watts_per_replica / lanes / 3.6e6
         total_cost += cost
         total_energy += energy
         ser = rec.series[pid]
         occ = _occupancy(rec, pid, info)
         done = int(g.completed[i])
         pools[pid] = PoolResult(
-            tier=info["tier"], accelerator=info["accelerator"], vendor=info["vendor"],
-            cloud=info["cloud"], region=info["region"], replicas=info["replicas"],
+            tier=info.tier, accelerator=info.accelerator, vendor=info.vendor,
+            cloud=info.cloud, region=info.region, replicas=info.replicas,
             requests=int(g.arrived[i]), completed=done, moved_away=int(g.retried[i]),
             ttft_s=_latency(g, i, "ttft"), tpot_s=_latency(g, i, "tpot"),
             e2e_s=_latency(g, i, "e2e"),
@@ -303,7 +296,7 @@ def summarize(rec: RunRecord) -> SimSummary:
     )
 
 
-def _occupancy(rec: RunRecord, pid: str, info: dict) -> np.ndarray:
+def _occupancy(rec: RunRecord, pid: str, info: PoolInfo) -> np.ndarray:
     """KV occupancy (used / capacity of up replicas) at each sample with capacity up."""
     used = np.asarray(rec.series[pid]["kv_used_tokens"])
     cap = _kv_capacity(rec, pid, info, used.size)
@@ -311,11 +304,11 @@ def _occupancy(rec: RunRecord, pid: str, info: dict) -> np.ndarray:
     return used[ok] / cap[ok]
 
 
-def _kv_capacity(rec: RunRecord, pid: str, info: dict, n: int) -> np.ndarray:
+def _kv_capacity(rec: RunRecord, pid: str, info: PoolInfo, n: int) -> np.ndarray:
     t = (np.arange(n) + 1) * rec.sample_s
     up = np.array([up_replicas_at(info, pid, rec.failures, x) for x in t]) if n else \
         np.zeros(0)
-    return up * info["lanes_per_replica"] * info["kv_tokens_per_lane"]
+    return up * info.lanes_per_replica * info.kv_tokens_per_lane
 
 
 # ---- time series ---------------------------------------------------------------------------
@@ -342,7 +335,7 @@ def timeseries(rec: RunRecord) -> pl.DataFrame:
         cap = _kv_capacity(rec, pid, info, n)
         used = np.asarray(ser["kv_used_tokens"])
         busy = np.diff(np.asarray(ser["busy_s"]), prepend=0.0)
-        lanes_up = up * info["lanes_per_replica"]
+        lanes_up = up * info.lanes_per_replica
         segs = capacity_segments(info, pid, rec.failures, rec.prices, n * ss)
         usd = np.zeros(n)
         for t0, t1, u, price in segs:
@@ -351,10 +344,10 @@ def timeseries(rec: RunRecord) -> pl.DataFrame:
             for j in range(j0, j1):
                 lo, hi = max(t0, j * ss), min(t1, (j + 1) * ss)
                 if hi > lo:
-                    usd[j] += (hi - lo) * u * price * info["chips_per_replica"] / 3600.0
+                    usd[j] += (hi - lo) * u * price * info.chips_per_replica / 3600.0
         frames.append(pl.DataFrame({
-            "t_s": t, "pool": [pid] * n, "tier": [info["tier"]] * n,
-            "vendor": [info["vendor"]] * n, "accelerator": [info["accelerator"]] * n,
+            "t_s": t, "pool": [pid] * n, "tier": [info.tier] * n,
+            "vendor": [info.vendor] * n, "accelerator": [info.accelerator] * n,
             "up_replicas": up.astype(np.int64),
             "running": np.asarray(ser["running"]), "waiting": np.asarray(ser["waiting"]),
             "kv_occupancy": np.divide(used, cap, out=np.zeros(n), where=cap > 0),
@@ -401,7 +394,7 @@ def merge_records(recs: list[RunRecord], wall_s: float | None = None) -> RunReco
     first = recs[0]
     n = max(max((len(s["running"]) for s in r.series.values()), default=0) for r in recs)
     series: dict[str, dict[str, list[float]]] = {}
-    info: dict[str, dict] = {}
+    info: dict[str, PoolInfo] = {}
     tiers = GroupStats.empty(first.tier_names)
     pools = GroupStats.empty([])
     reasons: dict[str, int] = {}
