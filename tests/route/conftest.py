@@ -20,8 +20,8 @@ from tokenfleet.plan.schema import (
 from tokenfleet.route.auth import ApiKeys
 from tokenfleet.route.config import BackendsFile
 from tokenfleet.route.emulator import Emulator
-from tokenfleet.route.engine import FixedLatencyEngine, FixedPacing
 from tokenfleet.route.gateway import Gateway
+from tokenfleet.route.pace import FixedLatencyEngine, FixedPacing
 from tokenfleet.route.server import RunningServer
 from tokenfleet.workload import SizeBuckets
 

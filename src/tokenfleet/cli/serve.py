@@ -169,7 +169,7 @@ def emulate_cmd(
     """
     from tokenfleet.plan.schema import load_plan
     from tokenfleet.route.emulator import Emulator, Faults, PoolSpec, build_engine
-    from tokenfleet.route.engine import Engine, FixedLatencyEngine, FixedPacing
+    from tokenfleet.route.pace import Engine, FixedLatencyEngine, FixedPacing
     from tokenfleet.route.server import freeze_startup_heap, install_uvloop, raise_fd_limit
 
     if not _is_loopback(host):

@@ -2,7 +2,7 @@
 
 ``tokenfleet emulate --accelerator maia-200 --model llama-3.1-70b --replicas 2`` serves
 ``/v1/chat/completions`` and ``/v1/completions`` (streaming and not), ``/v1/models``
-and ``/health``, with tokens paced by :mod:`tokenfleet.route.engine` (continuous
+and ``/health``, with tokens paced by :mod:`tokenfleet.route.pace` (continuous
 batching on the performance model). It lets the whole stack — gateway, pools, load
 generator — run on one machine, in tests and in demos.
 
@@ -30,7 +30,8 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.unit import Layout, UnitModel
 from tokenfleet.plan.schema import PlanUnit
 from tokenfleet.plan.units import unit_model
-from tokenfleet.route.engine import (
+from tokenfleet.route.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_request
+from tokenfleet.route.pace import (
     Engine,
     FixedLatencyEngine,
     ModelPacing,
@@ -38,7 +39,6 @@ from tokenfleet.route.engine import (
     Sequence,
     default_max_batch,
 )
-from tokenfleet.route.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_request
 from tokenfleet.route.server import RunningServer
 
 # Text of generated tokens: plain ASCII words, so they go into JSON without escaping.
