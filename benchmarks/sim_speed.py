@@ -31,7 +31,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from tokenfleet.sim.quickplan import PoolSpec, TierSpec, quick_plan
+from tokenfleet.sim.quickplan import QuickPool, TierSpec, quick_plan
 from tokenfleet.sim.run import prepare_workload, simulate
 from tokenfleet.workload import SizeBuckets, read_trace
 
@@ -49,13 +49,13 @@ def fleet_plan(trace):
     tiers = [TierSpec("frontier", "llama-3.1-405b", 3.0, 0.1, mix),
              TierSpec("chat", "llama-3.1-70b", 2.0, 0.05, mix),
              TierSpec("mini", "llama-3.1-8b", 1.0, 0.03, mix)]
-    pools = [PoolSpec("frontier", "h200", 150, count=8),
-             PoolSpec("frontier", "mi325x", 100, count=8),
-             PoolSpec("chat", "h100-sxm", 200, count=4),
-             PoolSpec("chat", "mi300x", 150, count=2),
-             PoolSpec("chat", "maia-200", 150, count=1),
-             PoolSpec("mini", "h100-sxm", 100, count=1),
-             PoolSpec("mini", "tpu-v6e", 150, count=1)]
+    pools = [QuickPool("frontier", "h200", 150, count=8),
+             QuickPool("frontier", "mi325x", 100, count=8),
+             QuickPool("chat", "h100-sxm", 200, count=4),
+             QuickPool("chat", "mi300x", 150, count=2),
+             QuickPool("chat", "maia-200", 150, count=1),
+             QuickPool("mini", "h100-sxm", 100, count=1),
+             QuickPool("mini", "tpu-v6e", 150, count=1)]
     return quick_plan(tiers, pools, load=0.75, name="sim-speed-1000")
 
 

@@ -55,7 +55,7 @@ from tokenfleet.route.openai_api import (
     load_json,
     parse_request,
 )
-from tokenfleet.route.router import Backend, Choice, Pool, Router, Tier, Verdict
+from tokenfleet.route.router import Backend, Choice, Pool, Router, TierRoutes, Verdict
 from tokenfleet.route.upstream import (
     ConnectError,
     ConnectTimeout,
@@ -121,7 +121,7 @@ class _Ctx:
     request: web.Request
     parsed: ParsedRequest
     raw: bytes
-    tier: Tier
+    tier: TierRoutes
     t0: float  # monotonic arrival, seconds
     deadline: float  # monotonic, seconds
     request_id: str

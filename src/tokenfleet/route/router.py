@@ -113,7 +113,7 @@ class Pool:
 
 
 @dataclass
-class Tier:
+class TierRoutes:
     """A tier's routable pools and the plan's split of its traffic per size bucket."""
 
     name: str
@@ -167,7 +167,7 @@ class Router:
             key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
             self.pools[name] = Pool(unit, pool_backends, spec.model or unit.model, key,
                                     spec.health_path or settings.health.path)
-        self.tiers: dict[str, Tier] = {}
+        self.tiers: dict[str, TierRoutes] = {}
         for t in plan.tiers:
             pools = [self.pools[u.pool] for u in plan.pools_for(t.name) if u.pool in self.pools]
             shares: dict[str, dict[str, float]] = {}
@@ -181,12 +181,12 @@ class Router:
             if not weighted:  # no split for the tier: spread evenly
                 weighted = {p.name: 1.0 for p in pools}
             total = sum(weighted.values()) or 1.0
-            self.tiers[t.name] = Tier(
+            self.tiers[t.name] = TierRoutes(
                 t.name, t.model, t.slo_ttft_s, t.slo_tpot_s, pools, shares,
                 {p: f / total for p, f in weighted.items()}, get_policy(self.policy_name))
         # A request may name the tier or the tier's model id (when only one tier has it).
-        self._by_model: dict[str, Tier] = {}
-        by_model_id: dict[str, list[Tier]] = {}
+        self._by_model: dict[str, TierRoutes] = {}
+        by_model_id: dict[str, list[TierRoutes]] = {}
         for tier in self.tiers.values():
             by_model_id.setdefault(tier.model.lower(), []).append(tier)
         for mid, tiers in by_model_id.items():
@@ -197,7 +197,7 @@ class Router:
 
     # ---- lookups ------------------------------------------------------------------
 
-    def tier_for(self, model: str) -> Tier | None:
+    def tier_for(self, model: str) -> TierRoutes | None:
         """The tier a request's ``model`` names (tier name or unique model id)."""
         return self._by_model.get(model.lower())
 
@@ -211,7 +211,7 @@ class Router:
 
     # ---- decisions ----------------------------------------------------------------
 
-    def choose(self, tier: Tier, bucket: str, now: float,
+    def choose(self, tier: TierRoutes, bucket: str, now: float,
                exclude: frozenset[Backend] | set[Backend] = frozenset(),
                after_failure_in: Pool | None = None) -> Choice | Verdict:
         """Pick a pool and a backend for one attempt.

@@ -44,7 +44,7 @@ class TierSpec:
 
 
 @dataclass
-class PoolSpec:
+class QuickPool:
     """``replicas`` units of ``count`` chips (None: the cheapest count per token)."""
 
     tier: str
@@ -58,7 +58,7 @@ class PoolSpec:
     notes: list[str] = field(default_factory=list)
 
 
-def _estimate(t: TierSpec, p: PoolSpec, inp: int, out: int, count: int | None,
+def _estimate(t: TierSpec, p: QuickPool, inp: int, out: int, count: int | None,
               catalog: Catalog, cal: Calibration) -> Estimate:
     q = Query(model=t.model, accelerator=p.accelerator, count=count or 1,
               precision=p.precision, engine=p.engine, input_len=inp, output_len=out,
@@ -70,7 +70,7 @@ def _estimate(t: TierSpec, p: PoolSpec, inp: int, out: int, count: int | None,
     return e
 
 
-def quick_plan(tiers: list[TierSpec], pools: list[PoolSpec], load: float = 0.8,
+def quick_plan(tiers: list[TierSpec], pools: list[QuickPool], load: float = 0.8,
                buckets: SizeBuckets | None = None, name: str = "quick-plan",
                catalog: Catalog | None = None, cal: Calibration | None = None) -> Plan:
     """A :class:`Plan` of exactly ``pools``; tier peaks default to ``load`` x capacity."""
