@@ -55,23 +55,14 @@ class EngineConfig:
 
 @dataclass(frozen=True, slots=True)
 class PoolInfo:
-    """What a run's results need to know about one pool: where it is (the fields shock
-    selectors match on), its size, price and power. Small and picklable, so records of
-    pools simulated on different workers merge."""
+    """What a run's results need to know about one pool: its plan unit (where it is, its
+    size and price; what shock selectors match on) and what the simulator made of it.
+    Small and picklable, so records of pools simulated on different workers merge."""
 
-    pool: str
-    tier: str
-    model: str
-    accelerator: str
-    vendor: str
-    cloud: str
-    region: str
-    replicas: int
-    chips_per_replica: int
+    unit: PlanUnit
     lanes_per_replica: int
     watts_per_replica: float
     kv_tokens_per_lane: int
-    usd_per_chip_hour: float
 
 
 @dataclass
@@ -110,13 +101,8 @@ class SimPool:
         return slice(self.first_lane, self.first_lane + self.lanes)
 
     def info(self) -> PoolInfo:
-        u = self.unit
-        return PoolInfo(
-            pool=u.pool, tier=u.tier, model=u.model, accelerator=u.accelerator,
-            vendor=u.vendor, cloud=u.cloud, region=u.region, replicas=u.replicas,
-            chips_per_replica=u.chips_per_replica, lanes_per_replica=self.lanes_per_replica,
-            watts_per_replica=self.watts_per_replica, kv_tokens_per_lane=self.kv_tokens,
-            usd_per_chip_hour=u.usd_per_chip_hour)
+        return PoolInfo(self.unit, self.lanes_per_replica, self.watts_per_replica,
+                        self.kv_tokens)
 
 
 def _field(plan_name: str, i: int, name: str) -> str:

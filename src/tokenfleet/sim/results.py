@@ -135,7 +135,7 @@ def capacity_segments(info: PoolInfo, pool: str, failures: list[Failure],
     Failures take out a prefix of the replicas (all of them for vendor/cloud/region
     selectors), so overlapping failures leave ``replicas - max(down)`` up.
     """
-    unit = info
+    unit = info.unit
     cuts = {0.0, end_s}
     for f in failures:
         if f.replicas_of(unit):
@@ -148,19 +148,19 @@ def capacity_segments(info: PoolInfo, pool: str, failures: list[Failure],
         mid = (t0 + t1) / 2
         down = max((f.replicas_of(unit) for f in failures
                     if f.start <= mid and (f.end is None or mid < f.end)), default=0)
-        usd = info.usd_per_chip_hour
+        usd = info.unit.usd_per_chip_hour
         for p in sorted(hits, key=lambda p: p.start):
             if p.start <= mid:
                 usd = p.usd_per_chip_hour
-        out.append((t0, t1, info.replicas - down, usd))
+        out.append((t0, t1, info.unit.replicas - down, usd))
     return out
 
 
 def up_replicas_at(info: PoolInfo, pool: str, failures: list[Failure], t: float) -> int:
-    unit = info
+    unit = info.unit
     down = max((f.replicas_of(unit) for f in failures
                 if f.start <= t and (f.end is None or t < f.end)), default=0)
-    return info.replicas - down
+    return info.unit.replicas - down
 
 
 # ---- summary -----------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def summarize(rec: RunRecord) -> SimSummary:
         g = rec.pools
         i = g.row(pid)
         segs = capacity_segments(info, pid, rec.failures, rec.prices, rec.end_s)
-        cost = sum((t1 - t0) * up * usd * info.chips_per_replica for t0, t1, up, usd
+        cost = sum((t1 - t0) * up * usd * info.unit.chips_per_replica for t0, t1, up, usd
                    in segs) / 3600.0
         up_s = sum((t1 - t0) * up for t0, t1, up, _ in segs)
         energy = up_s * info.watts_per_replica / 3.6e6
@@ -250,8 +250,8 @@ def summarize(rec: RunRecord) -> SimSummary:
         occ = _occupancy(rec, pid, info)
         done = int(g.completed[i])
         pools[pid] = PoolResult(
-            tier=info.tier, accelerator=info.accelerator, vendor=info.vendor,
-            cloud=info.cloud, region=info.region, replicas=info.replicas,
+            tier=info.unit.tier, accelerator=info.unit.accelerator, vendor=info.unit.vendor,
+            cloud=info.unit.cloud, region=info.unit.region, replicas=info.unit.replicas,
             requests=int(g.arrived[i]), completed=done, moved_away=int(g.retried[i]),
             ttft_s=_latency(g, i, "ttft"), tpot_s=_latency(g, i, "tpot"),
             e2e_s=_latency(g, i, "e2e"),
@@ -344,10 +344,10 @@ def timeseries(rec: RunRecord) -> pl.DataFrame:
             for j in range(j0, j1):
                 lo, hi = max(t0, j * ss), min(t1, (j + 1) * ss)
                 if hi > lo:
-                    usd[j] += (hi - lo) * u * price * info.chips_per_replica / 3600.0
+                    usd[j] += (hi - lo) * u * price * info.unit.chips_per_replica / 3600.0
         frames.append(pl.DataFrame({
-            "t_s": t, "pool": [pid] * n, "tier": [info.tier] * n,
-            "vendor": [info.vendor] * n, "accelerator": [info.accelerator] * n,
+            "t_s": t, "pool": [pid] * n, "tier": [info.unit.tier] * n,
+            "vendor": [info.unit.vendor] * n, "accelerator": [info.unit.accelerator] * n,
             "up_replicas": up.astype(np.int64),
             "running": np.asarray(ser["running"]), "waiting": np.asarray(ser["waiting"]),
             "kv_occupancy": np.divide(used, cap, out=np.zeros(n), where=cap > 0),

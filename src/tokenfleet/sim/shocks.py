@@ -23,13 +23,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan, PlanUnit
-
-if TYPE_CHECKING:  # (sim.fleet builds on the perf model; shocks parse flags and need not)
-    from tokenfleet.sim.fleet import PoolInfo
 
 FAIL_KEYS = ("vendor", "cloud", "region", "accelerator", "pool", "replicas")
 
@@ -77,13 +73,13 @@ class Failure:
     end: float | None
     text: str
 
-    def matches(self, unit: PlanUnit | PoolInfo) -> bool:
+    def matches(self, unit: PlanUnit) -> bool:
         v = self.value.lower()
         if self.key in ("pool", "replicas"):
             return unit.pool == self.value
         return str(getattr(unit, self.key)).lower() == v
 
-    def replicas_of(self, unit: PlanUnit | PoolInfo) -> int:
+    def replicas_of(self, unit: PlanUnit) -> int:
         """How many replicas of ``unit`` this failure takes out."""
         if not self.matches(unit):
             return 0
@@ -147,7 +143,7 @@ class PriceChange:
     start: float
     text: str
 
-    def matches(self, unit: PlanUnit | PoolInfo) -> bool:
+    def matches(self, unit: PlanUnit) -> bool:
         return unit.pool == self.target or unit.accelerator.lower() == self.target.lower()
 
 
