@@ -93,3 +93,9 @@ def test_place_takes_the_least_loaded_lane_in_turn(seed: int) -> None:
         assert queue == slots[got == r].tolist()
         assert n_wait[r] == len(queue)
         assert wait_head[r] == (s_ready[queue[0]] if queue else np.inf)
+
+
+def test_coefficient_rows_are_named_in_the_table_order() -> None:
+    from tokenfleet.sim.stepcost import COEFFS
+
+    assert [getattr(kernels, name.upper()) for name in COEFFS] == list(range(len(COEFFS)))

@@ -26,6 +26,11 @@ from numba import njit
 # What a slot of the engine's request table holds.
 SLOT_STATES = FREE, WAITING, PREFILLING, DECODING, DECODING_FAR, DONE = range(6)
 
+# Rows of the step-cost coefficient table, in the order of
+# :data:`tokenfleet.sim.stepcost.COEFFS` (``tests/sim/test_kernels.py`` holds them equal).
+(C_TOK, C_ATT, C_PRE, M_WEIGHTS, M_EXPERT, MOE_E, MOE_KEEP, MOE_ROUTED, C_KV, ATT_FULL,
+ ATT_SLIDING, ATT_WINDOW, C_COMM, OVERHEAD, PP) = range(15)
+
 
 @njit(cache=True, nogil=True)
 def _before(o, a, b):  # pragma: no cover - compiled
@@ -424,22 +429,23 @@ def iteration_s(table, r, decode, context, prefill, prefill_attention, sliding, 
     the batch split into micro-batches over the ``pp`` pipeline stages. It is
     :func:`tokenfleet.sim.stepcost.stage_time` per stage, times ``pp``; fleets without
     sliding-window layers or MoE skip those terms."""
-    pp = table[14, r]
+    pp = table[PP, r]
     # A single sequence cannot be split into micro-batches: at least one token per
     # stage step when anything decodes.
     dec = max(decode / pp, min(decode, 1.0)) if decode > 0 else 0.0
     pre = prefill / pp
     tokens = dec + pre
-    attended = table[9, r] * context
+    attended = table[ATT_FULL, r] * context
     if sliding:
-        attended += table[10, r] * min(context, table[11, r])
+        attended += table[ATT_SLIDING, r] * min(context, table[ATT_WINDOW, r])
     dec_att = dec * attended
-    t_compute = tokens * table[0, r] + dec_att * table[1, r] + (prefill_attention / pp) \
-        * table[2, r]
-    t_memory = table[3, r] + dec_att * table[8, r]
+    t_compute = tokens * table[C_TOK, r] + dec_att * table[C_ATT, r] \
+        + (prefill_attention / pp) * table[C_PRE, r]
+    t_memory = table[M_WEIGHTS, r] + dec_att * table[C_KV, r]
     if moe:
-        t_memory += table[5, r] * (1.0 - table[6, r] ** (tokens * table[7, r])) * table[4, r]
-    return pp * (max(t_compute, t_memory) + tokens * table[12, r] + table[13, r])
+        t_memory += table[MOE_E, r] * (1.0 - table[MOE_KEEP, r] ** (tokens * table[MOE_ROUTED, r])
+                                       ) * table[M_EXPERT, r]
+    return pp * (max(t_compute, t_memory) + tokens * table[C_COMM, r] + table[OVERHEAD, r])
 
 
 @njit(cache=True, nogil=True)
