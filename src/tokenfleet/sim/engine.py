@@ -107,35 +107,6 @@ _RING_BYTES = 64 << 20
 # What a slot holds.
 _FREE, _WAITING, _PREFILLING, _DECODING, _DECODING_FAR, _DONE = kernels.SLOT_STATES
 
-# Per-request columns of the slot table (name, dtype). Lengths and token counts are
-# integers; times and FLOPs floats.
-_SLOT_COLUMNS: tuple[tuple[str, type], ...] = (
-    ("state", np.int8),
-    ("arrival", np.float64),
-    ("ready", np.float64),  # earliest time it may enter a batch
-    ("inp", np.int64),
-    ("out", np.int64),
-    ("tier", np.int64),
-    ("key", np.int64),  # routing key
-    ("pool", np.int64),
-    ("lane", np.int64),
-    ("rid", np.int64),  # position in the workload (orders re-routed requests)
-    ("next", np.int64),  # next slot in the lane's waiting queue (-1: last)
-    ("pnext", np.int64),  # next slot in the lane's queue of partial prompts (-1: last)
-    ("gen", np.int64),  # output tokens generated (this attempt), as of the last change
-    ("need", np.int64),  # prompt tokens still to prefill in this admission
-    ("kvh", np.int64),  # KV tokens held, not counting decode growth since `enter`
-    ("enter", np.int64),  # lane step at which it started decoding
-    ("gent", np.int64),  # `gen` when it started decoding
-    ("done", np.int64),  # lane step at which it leaves (decoding)
-    ("aseq", np.int64),  # admission order
-    ("first", np.float64),  # first-token time (-1: none yet)
-    ("admit", np.float64),  # first admission time (-1: never admitted)
-    ("att", np.float64),  # prefill-attention FLOPs per prompt token of this admission
-    ("retries", np.int64),
-)
-
-
 @dataclass
 class SimOptions:
     """How to run (not what to simulate). ``sample_s`` is rounded to whole windows."""
@@ -195,30 +166,7 @@ class Simulator:
 
     dep: np.ndarray  # departures per fine bin (run)
     last_event: float  # s
-    # The slot table's columns (see _SLOT_COLUMNS), set by _grow_slots.
-    s_state: np.ndarray
-    s_arrival: np.ndarray
-    s_ready: np.ndarray
-    s_inp: np.ndarray
-    s_out: np.ndarray
-    s_tier: np.ndarray
-    s_key: np.ndarray
-    s_pool: np.ndarray
-    s_lane: np.ndarray
-    s_rid: np.ndarray
-    s_next: np.ndarray
-    s_pnext: np.ndarray
-    s_gen: np.ndarray
-    s_need: np.ndarray
-    s_kvh: np.ndarray
-    s_enter: np.ndarray
-    s_gent: np.ndarray
-    s_done: np.ndarray
-    s_aseq: np.ndarray
-    s_first: np.ndarray
-    s_admit: np.ndarray
-    s_att: np.ndarray
-    s_retries: np.ndarray
+    sl: kernels.Slots  # the slot table (one array per column), set by _grow_slots
 
     def __init__(self, fleet: Fleet, workload: Workload, options: SimOptions | None = None,
                  failures: list[Failure] | None = None,
@@ -355,8 +303,8 @@ class Simulator:
         self.finished: list[np.ndarray] = []
         self.finished_t: list[np.ndarray] = []
         self.n_finished = 0
-        for name, dtype in _SLOT_COLUMNS:
-            setattr(self, "s_" + name, np.zeros(0, dtype=dtype))
+        self.sl = kernels.Slots(*(np.zeros(0, dtype=kernels.SLOT_DTYPES[f])
+                                  for f in kernels.Slots._fields))
         self._grow_slots(1024)
 
     def _grow_slots(self, need: int) -> None:
@@ -364,10 +312,12 @@ class Simulator:
         number of requests in flight at once, not the number that finished."""
         old = self.n_slots
         new = max(need, 2 * old, 1024)
-        for name, dtype in _SLOT_COLUMNS:
-            a: np.ndarray = np.zeros(new, dtype=dtype)
-            a[:old] = getattr(self, "s_" + name)
-            setattr(self, "s_" + name, a)
+        grown = []
+        for f, col in zip(kernels.Slots._fields, self.sl, strict=True):
+            a: np.ndarray = np.zeros(new, dtype=kernels.SLOT_DTYPES[f])
+            a[:old] = col
+            grown.append(a)
+        self.sl = kernels.Slots(*grown)
         # Handed out from the end: low slot numbers first.
         self.free.extend(range(new - 1, old - 1, -1))
         self.n_slots = new
@@ -615,11 +565,10 @@ class Simulator:
             if not slots.size:
                 return
         att = self.prefill_att
-        lanes = kernels.place(
-            slots, picks, self.outstanding, self.pool_first_arr, self.pool_lanes_arr,
-            self.routed, self.s_pool, self.s_lane, self.s_att, self.s_need, self.s_next,
-            self.s_state, self.s_ready, self.q_head, self.q_tail, self.n_wait,
-            self.wait_head, att.coef, att.full, att.sliding, att.window)
+        lanes = kernels.place(slots, picks, self.outstanding, self.pool_first_arr,
+                              self.pool_lanes_arr, self.routed, self.sl, self.q_head, self.q_tail,
+                              self.n_wait, self.wait_head, att.coef, att.full, att.sliding,
+                              att.window)
         down = lanes < 0
         if down.any():
             self._reject_slots(slots[down], NO_HEALTHY, when[down])
@@ -674,8 +623,8 @@ class Simulator:
             return slots, picks, when
         taken = np.bincount(picks[ok], minlength=self.n_pools).astype(float)
         over = np.flatnonzero(~ok)
-        size = (self.s_inp[slots[over]] + self.s_out[slots[over]]).tolist()
-        keys = self.s_key[slots[over]].tolist()
+        size = (self.sl.inp[slots[over]] + self.sl.out[slots[over]]).tolist()
+        keys = self.sl.key[slots[over]].tolist()
         shed: list[int] = []
         for i, k, sz in zip(over.tolist(), keys, size, strict=True):
             best, best_wait = -1, math.inf
@@ -708,10 +657,7 @@ class Simulator:
         arrival = w.arrival_s[i:j]
         self.in_system += m
         s = self._alloc(m)
-        kernels.arrive(s, i, arrival, inp, out, keys, self.key_tier, self.tiers.arrived,
-                       self.s_arrival, self.s_ready, self.s_inp, self.s_out, self.s_tier,
-                       self.s_key, self.s_pool, self.s_rid, self.s_gen, self.s_need,
-                       self.s_kvh, self.s_first, self.s_admit, self.s_retries)
+        kernels.arrive(s, i, arrival, inp, out, keys, self.key_tier, self.tiers.arrived, self.sl)
         picks = self._pick_window(keys, inp + out)
         # A request turned away at the door leaves at its arrival time.
         self._dispatch(s, picks, arrival)
@@ -722,18 +668,18 @@ class Simulator:
             return
         self.reasons[reason] = self.reasons.get(reason, 0) + n
         self.rejected += n
-        by_tier = np.bincount(self.s_tier[slots], minlength=len(self.tier_names))
+        by_tier = np.bincount(self.sl.tier[slots], minlength=len(self.tier_names))
         self.tiers.rejected += by_tier
         if reason == SHED:
             self.tiers.shed += by_tier
-        pool = self.s_pool[slots]
+        pool = self.sl.pool[slots]
         if (pool >= 0).any():
             self.pools_stats.rejected += np.bincount(pool[pool >= 0], minlength=self.n_pools)
         t = np.broadcast_to(np.asarray(when, dtype=float), (n,))
-        self.sojourn += float((t - self.s_arrival[slots]).sum())
+        self.sojourn += float((t - self.sl.arrival[slots]).sum())
         self._departures(t, np.ones(n, dtype=np.int64))
         self.in_system -= n
-        self.s_state[slots] = _FREE
+        self.sl.state[slots] = _FREE
         self.free.extend(slots.tolist())
 
     def _departures(self, t: np.ndarray, n: np.ndarray) -> None:
@@ -767,8 +713,8 @@ class Simulator:
     def _finish(self, slots: np.ndarray, t: np.ndarray) -> None:
         """Requests done right after their prompt (already off their lanes)."""
         if self.shedding:
-            np.add.at(self.pool_done, self.s_pool[slots], 1)
-        self.s_state[slots] = _DONE
+            np.add.at(self.pool_done, self.sl.pool[slots], 1)
+        self.sl.state[slots] = _DONE
         self.finished.append(slots)
         self.finished_t.append(t)
         n = int(slots.size)
@@ -785,8 +731,8 @@ class Simulator:
             when = np.concatenate(self.done_when)
             order = np.argsort(keys)
             keys, when = keys[order], when[order]
-            dec = np.flatnonzero(self.s_state == _DECODING)
-            lane, done = self.s_lane[dec], self.s_done[dec]
+            dec = np.flatnonzero(self.sl.state == _DECODING)
+            lane, done = self.sl.lane[dec], self.sl.done[dec]
             gone = done < self.ring_from[lane]
             dec, lane, done = dec[gone], lane[gone], done[gone]
             # Each left when its lane passed its last step: that (lane, step)'s clock.
@@ -799,17 +745,17 @@ class Simulator:
         slots = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         if slots.size:
             t = np.concatenate(times)
-            arrival = self.s_arrival[slots]
-            first = self.s_first[slots]
-            out = self.s_out[slots]
+            arrival = self.sl.arrival[slots]
+            first = self.sl.first[slots]
+            out = self.sl.out[slots]
             tpot = perf_metrics.tpot(first, t, out)
             e2e = perf_metrics.e2e(arrival, t)
-            self.buf.add(self.s_tier[slots], self.s_pool[slots],
+            self.buf.add(self.sl.tier[slots], self.sl.pool[slots],
                          perf_metrics.ttft(arrival, first), tpot, e2e,
-                         self.s_admit[slots] - arrival, out, self.s_inp[slots])
+                         self.sl.admit[slots] - arrival, out, self.sl.inp[slots])
             self.sojourn += float(e2e.sum())
             self._departures(t, np.ones(slots.size, dtype=np.int64))
-            self.s_state[slots] = _FREE
+            self.sl.state[slots] = _FREE
             self.free.extend(slots.tolist())
         self.buf.flush(self.tiers, self.pools_stats, self.slo_ttft, self.slo_tpot)
 
@@ -819,11 +765,10 @@ class Simulator:
         slots = np.concatenate(self.fin_slots) if len(self.fin_slots) > 1 else self.fin_slots[0]
         lanes = np.concatenate(self.fin_lanes) if len(self.fin_lanes) > 1 else self.fin_lanes[0]
         self.fin_slots, self.fin_lanes = [], []
-        code = kernels.enter_decode(
-            slots, lanes, self.clock, self.step, self.s_gen, self.s_first, self.s_out,
-            self.s_inp, self.s_kvh, self.s_enter, self.s_gent, self.s_done, self.s_state,
-            self.n_dec, self.dec_ctx, self.kv, self.n_seqs, self.outstanding, self.blocked,
-            self.ring_nf, self.ring_cf, self.ring_shift, self.ring_mask, self.ring_len)
+        code = kernels.enter_decode(slots, lanes, self.clock, self.step, self.sl, self.n_dec,
+                                    self.dec_ctx, self.kv, self.n_seqs, self.outstanding,
+                                    self.blocked, self.ring_nf, self.ring_cf, self.ring_shift,
+                                    self.ring_mask, self.ring_len)
         if not code.any():
             return
         ends = code == 1
@@ -831,9 +776,9 @@ class Simulator:
             self._finish(slots[ends], self.clock[lanes[ends]])
         far = np.flatnonzero(code == 2)
         for slot, r in zip(slots[far].tolist(), lanes[far].tolist(), strict=True):
-            heappush(self.far[r], (int(self.s_done[slot]), slot))
+            heappush(self.far[r], (int(self.sl.done[slot]), slot))
             self.far_next[r] = self.far[r][0][0]
-            self.s_state[slot] = _DECODING_FAR
+            self.sl.state[slot] = _DECODING_FAR
         self.n_far += int(far.size)
 
     def _bring_near(self, lanes: np.ndarray, stp: np.ndarray) -> None:
@@ -843,8 +788,8 @@ class Simulator:
             while h and h[0][0] - s < self.ring_len:
                 d, slot = heappop(h)
                 self.ring_n[r, d & self.ring_mask] += 1
-                self.ring_ctx[r, d & self.ring_mask] += int(self.s_inp[slot] + self.s_out[slot])
-                self.s_state[slot] = _DECODING
+                self.ring_ctx[r, d & self.ring_mask] += int(self.sl.inp[slot] + self.sl.out[slot])
+                self.sl.state[slot] = _DECODING
                 self.n_far -= 1
             self.far_next[r] = h[0][0] if h else NEVER
 
@@ -856,13 +801,26 @@ class Simulator:
         prompts and on admissions (compiled: :func:`~tokenfleet.sim.kernels.schedule`;
         the rare paths here)."""
         while True:
-            status, fin, fin_lane, stuck, left, pre, att, self.aseq = kernels.schedule(
-                lanes, t, self.budget, self.pre_tok, self.pre_att, self.q_head, self.q_tail,
-                self.s_next, self.s_need, self.s_ready, self.s_admit, self.s_kvh,
-                self.s_state, self.s_aseq, self.s_att, self.aseq, self.n_seqs,
-                self.max_seqs, self.n_wait, self.kv, self.kv_cap, self.n_dec,
-                self.watermark, self.wait_head, self.blocked, self.pf_head, self.pf_tail,
-                self.s_pnext, self.prefilling)
+            status, fin, fin_lane, stuck, left, pre, att, self.aseq = kernels.schedule(lanes, t,
+                                                                                       self.budget,
+                                                                                       self.pre_tok,
+                                                                                       self.pre_att,
+                                                                                       self.q_head,
+                                                                                       self.q_tail,
+                                                                                       self.sl,
+                                                                                       self.aseq,
+                                                                                       self.n_seqs,
+                                                                                       self.max_seqs,
+                                                                                       self.n_wait,
+                                                                                       self.kv,
+                                                                                       self.kv_cap,
+                                                                                       self.n_dec,
+                                                                                       self.watermark,
+                                                                                       self.wait_head,
+                                                                                       self.blocked,
+                                                                                       self.pf_head,
+                                                                                       self.pf_tail,
+                                                                                       self.prefilling)
             if status != kernels.SCHEDULE_PREEMPT:
                 break
             over = self.kv[lanes] + self.n_dec[lanes] > self.kv_cap[lanes]
@@ -887,13 +845,13 @@ class Simulator:
         s = int(self.pf_head[r])
         while s >= 0:
             out.append(s)
-            s = int(self.s_pnext[s])
+            s = int(self.sl.pnext[s])
         return out
 
     def _set_partial(self, r: int, slots: list[int]) -> None:
         self.pf_head[r] = self.pf_tail[r] = -1
         for s in slots:
-            kernels.pf_push(r, s, self.pf_head, self.pf_tail, self.s_pnext)
+            kernels.pf_push(r, s, self.pf_head, self.pf_tail, self.sl)
         self.prefilling[r] = bool(slots)
 
     def _unstick(self, r: int, t: float, a: int, left: np.ndarray, pre: np.ndarray,
@@ -910,15 +868,15 @@ class Simulator:
             a_sum = 0.0
             keep: list[int] = []
             for s in self._partial(r):
-                c = min(int(self.s_need[s]), budget, int(cap - kv))
+                c = min(int(self.sl.need[s]), budget, int(cap - kv))
                 if c > 0:
                     kv += c
-                    self.s_need[s] -= c
-                    self.s_kvh[s] += c
+                    self.sl.need[s] -= c
+                    self.sl.kvh[s] += c
                     budget -= c
                     took += c
-                    a_sum += c * float(self.s_att[s])
-                (fin if self.s_need[s] == 0 else keep).append(s)
+                    a_sum += c * float(self.sl.att[s])
+                (fin if self.sl.need[s] == 0 else keep).append(s)
             self._set_partial(r, keep)
             self.kv[r] = kv
             if took:
@@ -936,12 +894,12 @@ class Simulator:
         the KV blocks (less the watermark, once anything runs) allow; the first that
         does not fit for KV blocks the lane until something leaves."""
         at = np.flatnonzero(adm)
-        fin, fin_lane, self.aseq = kernels.admit(
-            lanes[at], t[at], at, left, pre, att, self.q_head, self.q_tail, self.s_next,
-            self.s_need, self.s_ready, self.s_admit, self.s_kvh, self.s_state, self.s_aseq,
-            self.s_att, self.aseq, self.n_seqs, self.max_seqs, self.n_wait, self.kv,
-            self.kv_cap, self.n_dec, self.watermark, self.budget, self.wait_head,
-            self.blocked, self.pf_head, self.pf_tail, self.s_pnext, self.prefilling)
+        fin, fin_lane, self.aseq = kernels.admit(lanes[at], t[at], at, left, pre, att, self.q_head,
+                                                 self.q_tail, self.sl, self.aseq, self.n_seqs,
+                                                 self.max_seqs, self.n_wait, self.kv, self.kv_cap,
+                                                 self.n_dec, self.watermark, self.budget,
+                                                 self.wait_head, self.blocked, self.pf_head,
+                                                 self.pf_tail, self.prefilling)
         if fin.size:
             self.fin_slots.append(fin)
             self.fin_lanes.append(fin_lane)
@@ -949,30 +907,30 @@ class Simulator:
     def _live_on(self, lanes: np.ndarray) -> np.ndarray:
         """Slots in flight on ``lanes`` (waiting, prefilling or decoding; a scan of the
         slot table, for the rare paths: preemption, failures, the final stop)."""
-        on = np.isin(self.s_lane, lanes) if lanes.size > 1 else self.s_lane == lanes[0]
-        st = self.s_state
+        on = np.isin(self.sl.lane, lanes) if lanes.size > 1 else self.sl.lane == lanes[0]
+        st = self.sl.state
         live = on & ((st == _WAITING) | (st == _PREFILLING) | (st == _DECODING_FAR)
-                     | ((st == _DECODING) & (self.s_done >= self.ring_from[self.s_lane])))
+                     | ((st == _DECODING) & (self.sl.done >= self.ring_from[self.sl.lane])))
         return np.flatnonzero(live)
 
     def _preempt_last(self, r: int, t: float) -> None:
         """Recompute preemption of the most recently admitted sequence (vLLM's choice)."""
         cand = self._live_on(np.array([r]))
-        cand = cand[self.s_state[cand] != _WAITING]
-        slot = int(cand[np.argmax(self.s_aseq[cand])])
-        state = int(self.s_state[slot])
+        cand = cand[self.sl.state[cand] != _WAITING]
+        slot = int(cand[np.argmax(self.sl.aseq[cand])])
+        state = int(self.sl.state[slot])
         if state in (_DECODING, _DECODING_FAR):
-            grown = int(self.step[r]) - int(self.s_enter[slot])
-            gen = int(self.s_gent[slot]) + grown
-            self.s_gen[slot] = gen
+            grown = int(self.step[r]) - int(self.sl.enter[slot])
+            gen = int(self.sl.gent[slot]) + grown
+            self.sl.gen[slot] = gen
             self.n_dec[r] -= 1
-            self.dec_ctx[r] -= int(self.s_inp[slot]) + gen
-            self.kv[r] -= int(self.s_kvh[slot]) + grown
+            self.dec_ctx[r] -= int(self.sl.inp[slot]) + gen
+            self.kv[r] -= int(self.sl.kvh[slot]) + grown
             # Its completion is off.
-            d = int(self.s_done[slot])
+            d = int(self.sl.done[slot])
             if state == _DECODING:
                 self.ring_n[r, d & self.ring_mask] -= 1
-                self.ring_ctx[r, d & self.ring_mask] -= int(self.s_inp[slot] + self.s_out[slot])
+                self.ring_ctx[r, d & self.ring_mask] -= int(self.sl.inp[slot] + self.sl.out[slot])
             else:
                 h = self.far[r]
                 h.remove((d, slot))
@@ -981,20 +939,20 @@ class Simulator:
                 self.n_far -= 1
         else:
             self._set_partial(r, [q for q in self._partial(r) if q != slot])
-            self.kv[r] -= int(self.s_kvh[slot])
-        self.s_kvh[slot] = 0
-        need = int(self.s_inp[slot] + self.s_gen[slot])
-        self.s_need[slot] = need
-        self.s_att[slot] = self.prefill_att.per_token(self.lane_pool[[r]],
+            self.kv[r] -= int(self.sl.kvh[slot])
+        self.sl.kvh[slot] = 0
+        need = int(self.sl.inp[slot] + self.sl.gen[slot])
+        self.sl.need[slot] = need
+        self.sl.att[slot] = self.prefill_att.per_token(self.lane_pool[[r]],
                                                       np.array([need]))[0]
-        self.s_state[slot] = _WAITING
+        self.sl.state[slot] = _WAITING
         self.n_seqs[r] -= 1
-        self.s_next[slot] = self.q_head[r]
+        self.sl.next[slot] = self.q_head[r]
         self.q_head[r] = slot
         if self.q_tail[r] < 0:
             self.q_tail[r] = slot
         self.n_wait[r] += 1
-        self.wait_head[r] = min(float(self.s_ready[slot]), t)
+        self.wait_head[r] = min(float(self.sl.ready[slot]), t)
         self.preempt[self.lane_pool[r]] += 1
 
     # ---- rounds: every lane inside the window runs one iteration ----------------------
@@ -1053,26 +1011,26 @@ class Simulator:
         self._refresh_states(health=True)
         if not v.size:
             return
-        v = v[np.lexsort((self.s_rid[v], self.s_arrival[v]))]
+        v = v[np.lexsort((self.sl.rid[v], self.sl.arrival[v]))]
         # Pools count every request moved away; tiers count each request once.
-        self.pools_stats.retried += np.bincount(self.s_pool[v], minlength=self.n_pools)
-        firsts = v[self.s_retries[v] == 0]
+        self.pools_stats.retried += np.bincount(self.sl.pool[v], minlength=self.n_pools)
+        firsts = v[self.sl.retries[v] == 0]
         self.retried += int(firsts.size)
-        self.tiers.retried += np.bincount(self.s_tier[firsts],
+        self.tiers.retried += np.bincount(self.sl.tier[firsts],
                                           minlength=len(self.tier_names))
-        self.s_retries[v] += 1
+        self.sl.retries[v] += 1
         self.retries += int(v.size)
-        self.s_gen[v] = 0
-        self.s_need[v] = self.s_inp[v]
-        self.s_kvh[v] = 0
-        self.s_first[v] = -1.0
-        self.s_admit[v] = -1.0
-        self.s_ready[v] = t
-        self.s_pool[v] = -1
-        self.s_state[v] = _FREE  # until enqueued again
+        self.sl.gen[v] = 0
+        self.sl.need[v] = self.sl.inp[v]
+        self.sl.kvh[v] = 0
+        self.sl.first[v] = -1.0
+        self.sl.admit[v] = -1.0
+        self.sl.ready[v] = t
+        self.sl.pool[v] = -1
+        self.sl.state[v] = _FREE  # until enqueued again
         # Routed one by one, each seeing the ones before.
-        size = (self.s_inp[v] + self.s_out[v]).tolist()
-        picks = np.array([self._pick_one(k, sz) for k, sz in zip(self.s_key[v].tolist(), size,
+        size = (self.sl.inp[v] + self.sl.out[v]).tolist()
+        picks = np.array([self._pick_one(k, sz) for k, sz in zip(self.sl.key[v].tolist(), size,
                                                                   strict=True)],
                          dtype=np.int64)
         self._dispatch(v, picks, np.full(v.size, t))
