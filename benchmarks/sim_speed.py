@@ -108,14 +108,17 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     walls = []
     for k in range(max(args.repeat, 1)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         # Memory is sampled in the first run (later runs start at its peak).
         res = simulate(plan, w, options=SimOptions(progress=progress if k == 0 else None))
         walls.append(time.perf_counter() - t0)
-        print(f"run {k + 1}: {walls[-1]:.2f} s, {len(w) / walls[-1]:,.0f} simulated requests/s")
+        # CPU seconds too: on a shared machine they vary far less than wall time.
+        cpu = time.process_time() - c0
+        print(f"run {k + 1}: {walls[-1]:.2f} s, {len(w) / walls[-1]:,.0f} simulated requests/s"
+              f" (CPU {cpu:.2f} s: {len(w) / cpu:,.0f} per CPU second)")
     wall = statistics.median(walls)
     s = res.summary
-    lanes = sum(p["replicas"] * p["lanes_per_replica"] for p in res.record.pool_info.values())
+    lanes = sum(p.unit.replicas * p.lanes_per_replica for p in res.record.pool_info.values())
     print(f"one process: {wall:.1f} s wall, {len(w) / wall:,.0f} simulated requests/s; "
           f"{s.completed:,} completed, {s.rejected:,} rejected, "
           f"{s.sim_duration_s:.0f} s simulated")
