@@ -58,7 +58,6 @@ Units: seconds, tokens, USD, watts.
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
@@ -67,13 +66,14 @@ import numpy as np
 
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf import metrics as perf_metrics
-from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.sim import kernels
-from tokenfleet.sim.fleet import Fleet, PoolInfo, SimPool
+from tokenfleet.sim.admission import SHED, Admission
+from tokenfleet.sim.dispatch import NO_HEALTHY, REASON_CODES, KeyRouter
+from tokenfleet.sim.fleet import Fleet, PoolInfo
 from tokenfleet.sim.metrics import CompletionBuffer, GroupStats
 from tokenfleet.sim.shocks import Failure, PriceChange
 from tokenfleet.sim.stepcost import FleetStepCost, PrefillAttention
-from tokenfleet.sim.traffic import RouteKey, Workload
+from tokenfleet.sim.traffic import Workload
 
 NEVER = np.iinfo(np.int64).max // 4
 # Per-pool columns sampled during a run: levels, then running totals.
@@ -81,24 +81,13 @@ SERIES_LEVELS = ("running", "waiting", "kv_used_tokens")
 SERIES_TOTALS = ("busy_s", "routed", "preemptions")
 SERIES_COLUMNS = SERIES_LEVELS + SERIES_TOTALS
 DEFAULT_SYNC_S = 0.02
-# Rejection reasons (the summary's keys).
-NO_POOL = "no pool serves the tier"
-NO_HEALTHY = "no healthy pool"
-TOO_LONG = "longer than the KV cache of every pool"
+# Rejection reasons (the summary's keys; routing's and admission's in their modules).
 UNFINISHED = "unfinished when the simulation stopped"
-SHED = "shed: predicted queueing delay over the TTFT SLO on every pool of the tier"
 # Admission control (SimOptions.admission): "none" queues everything that can be routed;
 # "ttft" turns a request away at the door when its predicted queueing delay exceeds
 # the tier's TTFT SLO on the pool it was routed to and on every other pool of the tier
 # (the simulator's counterpart of the gateway's 429 backpressure).
 ADMISSION_MODES = ("none", "ttft")
-# Routing outcomes other than a pool index (negative, so they never clash with one).
-_REASON_CODES = {-1: NO_POOL, -2: TOO_LONG, -3: NO_HEALTHY}
-_NO_POOL, _TOO_LONG, _NO_HEALTHY = -1, -2, -3
-# Windows with at most this many arrivals are grouped by key with plain lists.
-_SMALL_WINDOW = 32
-# Time constant of admission control's measured drain rate, s.
-_DRAIN_TAU_S = 5.0
 
 # A completion-log key is (lane << _LANE_SHIFT) | step.
 _LANE_SHIFT = 32
@@ -205,16 +194,15 @@ class Simulator:
         self.all_pools_have_lanes = bool(self.pool_has_lanes.all())
         self._build_lanes()
         self._build_slots()
-        self._build_routing()
-        # Admission control's service rate per replica: the plan's estimate until the
-        # pool has had a queue, then what it actually drained while it had one.
-        self.pool_rate = np.array([self._replica_rate(p) for p in pools], dtype=float)
-        self.pool_done = np.zeros(len(pools))  # completions so far
-        self.rate_done = np.zeros(len(pools))
-        self.rate_t = 0.0
-        self.rate_queued = np.zeros(len(pools), dtype=bool)
-        slo = dict(zip(self.tier_names, self.slo_ttft.tolist(), strict=True))
-        self.pool_slo = np.array([slo[p.unit.tier] for p in pools], dtype=float)
+        tier_idx = {t: i for i, t in enumerate(self.tier_names)}
+        self.key_tier = np.array([tier_idx[k.tier] for k in workload.keys], dtype=np.int64)
+        self.pool_first_arr = np.array([p.first_lane for p in pools], dtype=np.int64)
+        self.pool_lanes_arr = np.array([p.lanes for p in pools], dtype=np.int64)
+        self.chips_per_replica = np.array([p.unit.chips_per_replica for p in pools], float)
+        self.router = KeyRouter(fleet.plan, pools, workload.keys, self.opt.policy,
+                                self.opt.seed)
+        self.admission = Admission(
+            fleet.plan, pools, dict(zip(self.tier_names, self.slo_ttft.tolist(), strict=True)))
         self.sample_s = self.opt.sample_s or auto_sample_s(workload.duration_s, self.opt.sync_s)
         self.sample_s = max(self.opt.sync_s,
                             round(self.sample_s / self.opt.sync_s) * self.opt.sync_s)
@@ -329,88 +317,6 @@ class Simulator:
         del self.free[-m:]
         return np.array(take, dtype=np.int64)
 
-    def _build_routing(self) -> None:
-        """Per routing key: candidate pools, their shares, headroom and policy."""
-        plan = self.fleet.plan
-        pools = self.pools
-        tier_idx = {t: i for i, t in enumerate(self.tier_names)}
-        split = {(s.tier, s.bucket): s for s in plan.traffic_split}
-        self.key_tier = np.array([tier_idx[k.tier] for k in self.w.keys], dtype=np.int64)
-        self.key_pools: list[list[int]] = []
-        self.key_states: list[list[PoolState]] = []
-        self.key_headroom: list[list[float]] = []
-        self.key_policy: list[RoutingPolicy] = []
-        self.key_rng: list[random.Random] = []
-        self.key_caps: list[np.ndarray] = []
-        self.key_min_cap: list[int] = []
-        self.pool_states_keys: list[list[tuple[PoolState, int]]] = [[] for _ in pools]
-        self.pool_first_arr = np.array([p.first_lane for p in pools], dtype=np.int64)
-        self.pool_lanes_arr = np.array([p.lanes for p in pools], dtype=np.int64)
-        self.chips_per_replica = np.array([p.unit.chips_per_replica for p in pools], float)
-        self.version = 0
-        self.key_version = [-1] * len(self.w.keys)
-        for k in self.w.keys:
-            cand = [p for p in pools if p.unit.tier == k.tier and p.replicas > 0]
-            shares = self._shares(k, cand, split)
-            states, heads = [], []
-            for p in cand:
-                conc = (p.headroom_concurrency.get(k.bucket)
-                        or max(p.headroom_concurrency.values(), default=0.0)
-                        or float(p.max_num_seqs))
-                heads.append(max(1.0, math.ceil(conc)))
-                st = PoolState(pool=p.id, share=shares.get(p.id, 0.0),
-                               usd_per_replica_hour=p.usd_per_replica_hour,
-                               replicas=p.replicas, healthy_replicas=p.replicas,
-                               in_flight=0, queued=0,
-                               max_in_flight=int(heads[-1] * p.lanes))
-                states.append(st)
-                self.pool_states_keys[p.index].append((st, len(self.key_states)))
-            self.key_pools.append([p.index for p in cand])
-            self.key_states.append(states)
-            self.key_headroom.append(heads)
-            self.key_policy.append(get_policy(self.opt.policy))
-            # One random stream per key, seeded by the key's name: the same requests see
-            # the same draws whichever other pools share the process.
-            self.key_rng.append(random.Random(f"{self.opt.seed}:{k.tier}:{k.bucket}"))
-            caps = np.array([p.kv_tokens for p in cand], dtype=np.int64)
-            self.key_caps.append(caps)
-            self.key_min_cap.append(int(caps.min()) if caps.size else 0)
-
-    def _replica_rate(self, p: SimPool) -> float:
-        """Requests per second one replica of ``p`` serves, by the plan's capacity
-        estimate (point value) over the pool's planned mix of size buckets; inf when
-        the plan gives none (admission control then never turns requests away there)."""
-        caps = {c.bucket: c.requests_per_s_point for c in p.unit.capacity
-                if c.requests_per_s_point > 0}
-        if not caps:
-            return math.inf
-        weight = {s.bucket: s.peak_requests_per_s * s.shares.get(p.id, 0.0)
-                  for s in self.fleet.plan.traffic_split
-                  if s.tier == p.unit.tier and s.bucket in caps}
-        if sum(weight.values()) <= 0:
-            weight = dict.fromkeys(caps, 1.0)
-        seconds = sum(w / caps[b] for b, w in weight.items()) / sum(weight.values())
-        return 1.0 / seconds
-
-    @staticmethod
-    def _shares(k: RouteKey, cand: list, split: dict) -> dict[str, float]:
-        s = split.get((k.tier, k.bucket))
-        if s is not None:
-            return dict(s.shares)
-        # A bucket the plan does not split: the tier's shares weighted by bucket peak.
-        tot: dict[str, float] = {}
-        weight = 0.0
-        for (tier, _), sp in split.items():
-            if tier != k.tier:
-                continue
-            w = max(sp.peak_requests_per_s, 1e-12)
-            weight += w
-            for pid, sh in sp.shares.items():
-                tot[pid] = tot.get(pid, 0.0) + w * sh
-        if weight <= 0:
-            return {p.id: 1.0 for p in cand}
-        return {pid: v / weight for pid, v in tot.items()}
-
     # ---- pool snapshots for the router -----------------------------------------------
 
     def _per_pool(self, ufunc: np.ufunc, a: np.ndarray, empty: float = 0) -> np.ndarray:
@@ -428,126 +334,23 @@ class Simulator:
         """Take the pool aggregates of this instant; each key's PoolStates are brought up
         to date when the key next routes (:meth:`_key_view`). ``health``: lanes went
         down or up, or prices changed, since the last call."""
-        self.version += 1
-        self.routed_win = [0] * self.n_pools
+        router = self.router
+        router.refresh()
         if not self.n_lanes:
             return
         if health:
             up = self.up
             up_lanes = self._per_pool(np.add, up.astype(np.int64))
             self.up_kv_cap = self._per_pool(np.add, np.where(up, self.kv_cap, 0.0))
-            self.agg_up_lanes = up_lanes.tolist()
-            self.agg_healthy = (up_lanes // self.lanes_per_replica).tolist()
-            self.agg_usd = (self.price * self.chips_per_replica).tolist()
+            router.set_health(up_lanes.tolist(), (up_lanes // self.lanes_per_replica).tolist(),
+                              (self.price * self.chips_per_replica).tolist())
         running, queued, kv_used = kernels.pool_load(self.pool_first_arr, self.pool_lanes_arr,
                                                      self.up, self.n_seqs, self.n_wait, self.kv)
-        self.agg_running = running.tolist()
-        self.agg_queued = queued.tolist()
-        self.agg_kv = np.divide(kv_used, self.up_kv_cap, out=np.ones(self.n_pools),
-                                where=self.up_kv_cap > 0).tolist()
-
-    def _key_view(self, k: int) -> list[PoolState]:
-        states = self.key_states[k]
-        if self.key_version[k] != self.version:
-            self.key_version[k] = self.version
-            for s, head, p in zip(states, self.key_headroom[k], self.key_pools[k],
-                                  strict=True):
-                s.in_flight = self.agg_running[p]
-                s.queued = self.agg_queued[p] + self.routed_win[p]
-                s.healthy_replicas = self.agg_healthy[p]
-                s.kv_used = self.agg_kv[p]
-                s.usd_per_replica_hour = self.agg_usd[p]
-                s.max_in_flight = int(head * self.agg_up_lanes[p])
-        return states
+        router.set_load(running.tolist(), queued.tolist(),
+                        np.divide(kv_used, self.up_kv_cap, out=np.ones(self.n_pools),
+                                  where=self.up_kv_cap > 0).tolist())
 
     # ---- routing ---------------------------------------------------------------------
-
-    def _pick_one(self, k: int, size: int) -> int:
-        """Pool for one request of key ``k`` with ``size`` prompt + output tokens (or a
-        negative rejection code); the pick is counted as queued in every key's view."""
-        states = self._key_view(k)
-        if not states:
-            return _NO_POOL
-        choices = states
-        index = None
-        if size > self.key_min_cap[k]:
-            fits = np.flatnonzero(self.key_caps[k] >= size)
-            if fits.size == 0:
-                return _TOO_LONG
-            index = fits.tolist()
-            choices = [states[i] for i in index]
-        j = self.key_policy[k].choose(choices, self.key_rng[k])
-        if j is None:
-            return _NO_HEALTHY
-        if index is not None:
-            j = index[j]
-        pi = self.key_pools[k][j]
-        self.routed_win[pi] += 1
-        v = self.version
-        for st, kv in self.pool_states_keys[pi]:
-            if self.key_version[kv] == v:
-                st.queued += 1
-        return pi
-
-    def _pick_window(self, keys: np.ndarray, size: np.ndarray) -> np.ndarray:
-        """Pools for a window's arrivals (in arrival order).
-
-        All of a window's requests are routed at its start, key by key (in key order),
-        each key's requests in arrival order with one ``choose_many``: every pick is
-        seen by the picks after it, the same as routing the requests one at a time in
-        that order."""
-        m = keys.size
-        min_cap = self.key_min_cap
-        if m <= _SMALL_WINDOW:
-            # A few requests (small fleets): plain lists beat a dozen tiny array calls.
-            ks, sizes = keys.tolist(), size.tolist()
-            order: list[int] | np.ndarray = sorted(range(m), key=ks.__getitem__)
-            sk = [ks[q] for q in order]
-            ss: list[int] | np.ndarray = [sizes[q] for q in order]
-            starts = [0] + [q for q in range(1, m) if sk[q] != sk[q - 1]]
-            group_keys = [sk[b] for b in starts]
-            bounds = starts + [m]
-            big = [max(ss[bounds[g]:bounds[g + 1]]) > min_cap[k]
-                   for g, k in enumerate(group_keys)]
-        else:
-            order = np.argsort(keys, kind="stable")
-            sk_arr = keys[order]
-            ss = size[order]
-            cuts = np.flatnonzero(sk_arr[1:] != sk_arr[:-1]) + 1
-            starts_arr = np.concatenate(([0], cuts))
-            bounds = starts_arr.tolist() + [m]
-            group_keys = sk_arr[starts_arr].tolist()
-            big = (np.maximum.reduceat(ss, starts_arr)
-                   > np.asarray(min_cap, dtype=np.int64)[sk_arr[starts_arr]]).tolist()
-        picked: list[int] = []
-        routed_win = self.routed_win
-        for g, k in enumerate(group_keys):
-            n = bounds[g + 1] - bounds[g]
-            states = self._key_view(k)
-            if not states:
-                picked.extend([_NO_POOL] * n)
-                continue
-            if big[g]:
-                # Some need a pool with a larger KV cache: their own candidate lists, in
-                # turn with the others so the key's random stream is used in order.
-                part = ss[bounds[g]:bounds[g + 1]]
-                picked.extend(self._pick_one(k, int(sz)) for sz in part)
-                continue
-            before = [st.queued for st in states]
-            picks = self.key_policy[k].choose_many(states, n, self.key_rng[k])
-            kp = self.key_pools[k]
-            if None in picks:
-                picked.extend(_NO_HEALTHY if j is None else kp[j] for j in picks)
-            else:
-                picked.extend(map(kp.__getitem__, picks))  # type: ignore[arg-type]
-            # The policy counted its picks in this key's view; later keys see them
-            # through routed_win when their views are taken.
-            for st, b, pi in zip(states, before, kp, strict=True):
-                if st.queued != b:
-                    routed_win[pi] += st.queued - b
-        out = np.empty(m, dtype=np.int64)
-        out[order] = picked
-        return out
 
     def _dispatch(self, slots: np.ndarray, picks: np.ndarray, when: np.ndarray) -> None:
         """Send routed requests to their pools' lanes (in order) or reject them."""
@@ -555,13 +358,19 @@ class Simulator:
         if bad.any():
             for code in np.unique(picks[bad]).tolist():
                 sel = picks == code
-                self._reject_slots(slots[sel], _REASON_CODES[code], when[sel])
+                self._reject_slots(slots[sel], REASON_CODES[code], when[sel])
             keep = ~bad
             slots, picks, when = slots[keep], picks[keep], when[keep]
             if not slots.size:
                 return
         if self.shedding:
-            slots, picks, when = self._shed(slots, picks, when)
+            shed = self.admission.shed(slots, picks, self.sl, self.router)
+            if shed:
+                out = np.array(shed, dtype=np.int64)
+                self._reject_slots(slots[out], SHED, when[out])
+                keep = np.ones(slots.size, dtype=bool)
+                keep[out] = False
+                slots, picks, when = slots[keep], picks[keep], when[keep]
             if not slots.size:
                 return
         att = self.prefill_att
@@ -572,79 +381,6 @@ class Simulator:
         down = lanes < 0
         if down.any():
             self._reject_slots(slots[down], NO_HEALTHY, when[down])
-
-    def _measure_drain(self, now: float, waiting: np.ndarray) -> None:
-        """Update each pool's service rate per replica with what it completed since the
-        last sample, if it had a queue then and now (completions are then what it can
-        drain; without a queue they only echo the arrivals): an exponential average
-        over ``_DRAIN_TAU_S``. On the sample grid, so a part of the fleet simulated
-        alone measures the same."""
-        dt = now - self.rate_t
-        if dt <= 0:
-            return
-        up = self._per_pool(np.add, self.up.astype(np.int64))
-        healthy = np.maximum(up // self.lanes_per_replica, 1)
-        seen = (self.pool_done - self.rate_done) / dt / healthy
-        busy = self.rate_queued & (waiting > 0)
-        if busy.any():
-            a = 1.0 - math.exp(-dt / _DRAIN_TAU_S)
-            first = ~np.isfinite(self.pool_rate)
-            self.pool_rate = np.where(busy & first, seen, self.pool_rate)
-            self.pool_rate = np.where(busy & ~first,
-                                      self.pool_rate + a * (seen - self.pool_rate),
-                                      self.pool_rate)
-        self.rate_done = self.pool_done.copy()
-        self.rate_t = now
-        self.rate_queued = waiting > 0
-
-    def _shed(self, slots: np.ndarray, picks: np.ndarray, when: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Admission control: keep the requests whose predicted queueing delay fits the
-        tier's TTFT SLO, turn the rest away (``SHED``).
-
-        A pool's predicted delay for the next request is the queue ahead of it (requests
-        waiting in the pool now, plus those let in before it) over the pool's service
-        rate: requests/s per replica (the rate it drained its queue at, lately; the
-        plan's estimate before it ever had one) times healthy replicas. The routed
-        requests fill each pool's room in arrival order; one that finds its pool full
-        goes to the pool of its tier with the shortest predicted delay that still has
-        room and a large enough KV cache, and is shed when there is none."""
-        queued = np.asarray(self.agg_queued, dtype=float)
-        mu = self.pool_rate * np.asarray(self.agg_healthy, dtype=float)
-        with np.errstate(invalid="ignore"):
-            room = np.where(mu > 0, np.floor(self.pool_slo * mu - queued) + 1, 0.0)
-        room = np.maximum(np.nan_to_num(room, nan=np.inf), 0.0)
-        order = np.argsort(picks, kind="stable")
-        sp = picks[order]
-        rank = np.arange(sp.size) - np.searchsorted(sp, sp, side="left")
-        ok = np.empty(slots.size, dtype=bool)
-        ok[order] = rank < room[sp]
-        if ok.all():
-            return slots, picks, when
-        taken = np.bincount(picks[ok], minlength=self.n_pools).astype(float)
-        over = np.flatnonzero(~ok)
-        size = (self.sl.inp[slots[over]] + self.sl.out[slots[over]]).tolist()
-        keys = self.sl.key[slots[over]].tolist()
-        shed: list[int] = []
-        for i, k, sz in zip(over.tolist(), keys, size, strict=True):
-            best, best_wait = -1, math.inf
-            for pi, cap in zip(self.key_pools[k], self.key_caps[k].tolist(), strict=True):
-                if taken[pi] < room[pi] and cap >= sz:
-                    wait = (queued[pi] + taken[pi]) / mu[pi]
-                    if wait < best_wait:
-                        best, best_wait = pi, wait
-            if best < 0:
-                shed.append(i)
-            else:
-                picks[i] = best
-                taken[best] += 1
-        if not shed:
-            return slots, picks, when
-        out = np.array(shed, dtype=np.int64)
-        self._reject_slots(slots[out], SHED, when[out])
-        keep = np.ones(slots.size, dtype=bool)
-        keep[out] = False
-        return slots[keep], picks[keep], when[keep]
 
     def _arrive(self, i: int, j: int) -> None:
         """Requests ``i..j-1`` of the workload arrive in this window."""
@@ -658,7 +394,7 @@ class Simulator:
         self.in_system += m
         s = self._alloc(m)
         kernels.arrive(s, i, arrival, inp, out, keys, self.key_tier, self.tiers.arrived, self.sl)
-        picks = self._pick_window(keys, inp + out)
+        picks = self.router.pick_window(keys, inp + out)
         # A request turned away at the door leaves at its arrival time.
         self._dispatch(s, picks, arrival)
 
@@ -704,7 +440,7 @@ class Simulator:
         self.done_keys.append((lanes << _LANE_SHIFT) | stp)
         self.done_when.append(clk)
         if self.shedding:
-            np.add.at(self.pool_done, self.lane_pool[lanes], c)
+            np.add.at(self.admission.pool_done, self.lane_pool[lanes], c)
         n = int(c.sum())
         self.completed += n
         self.in_system -= n
@@ -713,7 +449,7 @@ class Simulator:
     def _finish(self, slots: np.ndarray, t: np.ndarray) -> None:
         """Requests done right after their prompt (already off their lanes)."""
         if self.shedding:
-            np.add.at(self.pool_done, self.sl.pool[slots], 1)
+            np.add.at(self.admission.pool_done, self.sl.pool[slots], 1)
         self.sl.state[slots] = _DONE
         self.finished.append(slots)
         self.finished_t.append(t)
@@ -1030,8 +766,8 @@ class Simulator:
         self.sl.state[v] = _FREE  # until enqueued again
         # Routed one by one, each seeing the ones before.
         size = (self.sl.inp[v] + self.sl.out[v]).tolist()
-        picks = np.array([self._pick_one(k, sz) for k, sz in zip(self.sl.key[v].tolist(), size,
-                                                                  strict=True)],
+        picks = np.array([self.router.pick_one(k, sz)
+                          for k, sz in zip(self.sl.key[v].tolist(), size, strict=True)],
                          dtype=np.int64)
         self._dispatch(v, picks, np.full(v.size, t))
 
@@ -1089,7 +825,9 @@ class Simulator:
             for c, v in cols.items():
                 ser[c].append(float(v[p.index]))
         if self.shedding:
-            self._measure_drain(t, cols["waiting"])
+            up = self._per_pool(np.add, self.up.astype(np.int64))
+            self.admission.measure_drain(t, cols["waiting"],
+                                         np.maximum(up // self.lanes_per_replica, 1))
 
     # ---- main loop ----------------------------------------------------------------------
 
