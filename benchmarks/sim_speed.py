@@ -31,7 +31,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from tokenfleet.sim.quickplan import PoolSpec, TierSpec, quick_plan
+from tokenfleet.sim.quickplan import QuickPool, TierSpec, quick_plan
 from tokenfleet.sim.run import prepare_workload, simulate
 from tokenfleet.workload import SizeBuckets, read_trace
 
@@ -49,13 +49,13 @@ def fleet_plan(trace):
     tiers = [TierSpec("frontier", "llama-3.1-405b", 3.0, 0.1, mix),
              TierSpec("chat", "llama-3.1-70b", 2.0, 0.05, mix),
              TierSpec("mini", "llama-3.1-8b", 1.0, 0.03, mix)]
-    pools = [PoolSpec("frontier", "h200", 150, count=8),
-             PoolSpec("frontier", "mi325x", 100, count=8),
-             PoolSpec("chat", "h100-sxm", 200, count=4),
-             PoolSpec("chat", "mi300x", 150, count=2),
-             PoolSpec("chat", "maia-200", 150, count=1),
-             PoolSpec("mini", "h100-sxm", 100, count=1),
-             PoolSpec("mini", "tpu-v6e", 150, count=1)]
+    pools = [QuickPool("frontier", "h200", 150, count=8),
+             QuickPool("frontier", "mi325x", 100, count=8),
+             QuickPool("chat", "h100-sxm", 200, count=4),
+             QuickPool("chat", "mi300x", 150, count=2),
+             QuickPool("chat", "maia-200", 150, count=1),
+             QuickPool("mini", "h100-sxm", 100, count=1),
+             QuickPool("mini", "tpu-v6e", 150, count=1)]
     return quick_plan(tiers, pools, load=0.75, name="sim-speed-1000")
 
 
@@ -108,14 +108,17 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     walls = []
     for k in range(max(args.repeat, 1)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         # Memory is sampled in the first run (later runs start at its peak).
         res = simulate(plan, w, options=SimOptions(progress=progress if k == 0 else None))
         walls.append(time.perf_counter() - t0)
-        print(f"run {k + 1}: {walls[-1]:.2f} s, {len(w) / walls[-1]:,.0f} simulated requests/s")
+        # CPU seconds too: on a shared machine they vary far less than wall time.
+        cpu = time.process_time() - c0
+        print(f"run {k + 1}: {walls[-1]:.2f} s, {len(w) / walls[-1]:,.0f} simulated requests/s"
+              f" (CPU {cpu:.2f} s: {len(w) / cpu:,.0f} per CPU second)")
     wall = statistics.median(walls)
     s = res.summary
-    lanes = sum(p["replicas"] * p["lanes_per_replica"] for p in res.record.pool_info.values())
+    lanes = sum(p.unit.replicas * p.lanes_per_replica for p in res.record.pool_info.values())
     print(f"one process: {wall:.1f} s wall, {len(w) / wall:,.0f} simulated requests/s; "
           f"{s.completed:,} completed, {s.rejected:,} rejected, "
           f"{s.sim_duration_s:.0f} s simulated")

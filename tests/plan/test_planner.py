@@ -251,10 +251,10 @@ def test_assembled_plan_passes_independent_check():
     # the checker is not a rubber stamp: break the plan and it says so
     broken = plan.model_copy(deep=True)
     broken.units[0].replicas = 0
-    assert any(v.check in ("capacity", "n-1") for v in check_plan(broken, sc))
+    assert any(v.check in ("load within capacity", "N-1 holds") for v in check_plan(broken, sc))
     broken = plan.model_copy(deep=True)
     broken.traffic_split[0].shares = {k: v / 2 for k, v in broken.traffic_split[0].shares.items()}
-    assert any(v.check == "demand" for v in check_plan(broken, sc))
+    assert any(v.check == "shares sum to 1" for v in check_plan(broken, sc))
 
 
 @pytest.mark.slow

@@ -15,15 +15,13 @@ from pathlib import Path
 import plotly.offline
 import pytest
 
-from tokenfleet.plan.schema import Plan
+from tokenfleet.plan.check import check_plan, pool_load
+from tokenfleet.plan.schema import Plan, SolverInfo
 from tokenfleet.report.html_page import ERRORS_ID, PLOT_CLASS, Figure, page
-from tokenfleet.report.plan_checks import check_plan
 from tokenfleet.report.plan_figures import plan_figures
 from tokenfleet.report.plan_html import render_plan_report, write_plan_report
 from tokenfleet.report.plan_metrics import (
-    hours_per_month,
     mix_throughput,
-    pool_load,
     spend_by_cloud,
     usd_per_million_tokens,
 )
@@ -118,7 +116,7 @@ def test_empty_fleet_renders(plan: Plan) -> None:
     # a plan with no pools (nothing to serve) must still give a readable report
     empty = plan.model_copy(update={
         "units": [], "traffic_split": [], "baselines": [], "constraints": [], "notes": [],
-        "power_mw": {}, "vendor_share": {}, "solver": {},
+        "power_mw": {}, "vendor_share": {}, "solver": SolverInfo(),
         "cost": plan.cost.model_copy(update={"fleet_usd_per_month": 0.0,
                                              "committed_used_usd_per_month": 0.0,
                                              "on_demand_usd_per_month": 0.0,
@@ -181,7 +179,7 @@ def test_summary_and_tables_show_the_plans_numbers(plan: Plan) -> None:
 
 
 def test_derived_numbers_by_hand(plan: Plan) -> None:
-    assert hours_per_month(plan) == pytest.approx(730.0)
+    assert plan.limits.hours_per_month == pytest.approx(730.0)
     clouds = {c.cloud: c for c in spend_by_cloud(plan)}
     assert clouds["azure"].committed_used_usd_per_month == pytest.approx(21_900)
     assert clouds["azure"].committed_unused_usd_per_month == pytest.approx(8_100)

@@ -4,6 +4,7 @@ in-process servers (emulated pools, gateway) on ephemeral loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 
 import pytest
@@ -19,12 +20,14 @@ from tokenfleet.plan.schema import (
 from tokenfleet.route.auth import ApiKeys
 from tokenfleet.route.config import BackendsFile
 from tokenfleet.route.emulator import Emulator
-from tokenfleet.route.engine import FixedLatencyEngine, FixedPacing
 from tokenfleet.route.gateway import Gateway
+from tokenfleet.route.pace import FixedLatencyEngine, FixedPacing
 from tokenfleet.route.server import RunningServer
+from tokenfleet.workload import SizeBuckets
 
 BUCKET = "in0-512_out0-128"
 OTHER_BUCKET = "in512-inf_out0-128"
+EDGES = SizeBuckets(input_edges=(0, 512, math.inf), output_edges=(0, 128, math.inf))
 
 
 def unit(pool: str, tier: str = "chat", accelerator: str = "maia-200",
@@ -39,13 +42,14 @@ def unit(pool: str, tier: str = "chat", accelerator: str = "maia-200",
         capacity=[BucketCapacity(bucket=BUCKET, requests_per_s=10, requests_per_s_point=12,
                                  output_tokens_per_s=1000, concurrency=16, ttft_s=0.05,
                                  tpot_s=0.01)],
-        provenance="test", uncertainty=0.1)
+        provenance="spec-sheet", uncertainty=0.1)
 
 
 def make_plan(units: list[PlanUnit], splits: dict[tuple[str, str], dict[str, float]],
               tiers: dict[str, str] | None = None, slo_ttft_s: float | None = 1.0,
-              slo_tpot_s: float | None = 0.1) -> Plan:
-    """A Plan with the given units and (tier, bucket) -> {pool: share} splits."""
+              slo_tpot_s: float | None = 0.1, buckets: SizeBuckets = EDGES) -> Plan:
+    """A Plan with the given units and (tier, bucket) -> {pool: share} splits; the
+    buckets' edges are ``buckets``."""
     tiers = tiers or {u.tier: u.model for u in units}
     return Plan(
         scenario="test", created="2026-01-01T00:00:00Z", objective="cost",
@@ -57,6 +61,7 @@ def make_plan(units: list[PlanUnit], splits: dict[tuple[str, str], dict[str, flo
         traffic_split=[BucketSplit(tier=t, bucket=b, input_len=256, output_len=64,
                                    peak_requests_per_s=10, shares=sh)
                        for (t, b), sh in splits.items()],
+        buckets=buckets,
         cost=Cost(usd_per_month=1, fleet_usd_per_month=1, committed_usd_per_month=0,
                   committed_used_usd_per_month=0, on_demand_usd_per_month=1),
         vendor_share={}, power_mw={}, limits={}, baselines=[], constraints=[], solver={})

@@ -5,12 +5,14 @@ same latencies within 10 % at moderate load. Slow: one minute of real time."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tokenfleet.route.child import simulate_and_loadtest
+from tokenfleet.workload import SizeBuckets
 from tokenfleet.workload.readers import write_trace
 from tokenfleet.workload.trace import Trace
 
@@ -26,7 +28,9 @@ def _inputs(tmp: Path, rate_per_s: float, duration_s: float) -> None:
              unit("chat/mi300x", accelerator="mi300x", usd_per_hour=6.0, model=MODEL)]
     plan = make_plan(units, {("chat", b): SPLIT for b in ("in0-512_out0-128",
                                                           "in512-2048_out0-128")},
-                     slo_ttft_s=0.5, slo_tpot_s=0.05)
+                     slo_ttft_s=0.5, slo_tpot_s=0.05,
+                     buckets=SizeBuckets(input_edges=(0, 512, 2048, math.inf),
+                                         output_edges=(0, 128, math.inf)))
     (tmp / "plan.json").write_text(plan.model_dump_json())
     rng = np.random.default_rng(0)
     n = int(rng.poisson(rate_per_s * duration_s))

@@ -10,7 +10,8 @@ import pytest
 
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.route.config import BackendsFile
-from tokenfleet.route.router import Choice, Router, Verdict, buckets_from_plan
+from tokenfleet.route.router import Choice, Router, Verdict
+from tokenfleet.routing.buckets import plan_buckets
 
 from .conftest import BUCKET, OTHER_BUCKET, make_plan, unit
 
@@ -26,8 +27,9 @@ def _router(plan, policy: str | None = None, **pools) -> Router:
     return Router(plan, _backends(**pools), policy=policy, seed=1)
 
 
-def test_bucket_edges_come_from_plan_labels(two_pool_plan):
-    b = buckets_from_plan(two_pool_plan)
+def test_bucket_edges_come_from_the_plan(two_pool_plan):
+    b = plan_buckets(two_pool_plan).edges
+    assert b is not None
     assert b.input_edges == (0, 512, math.inf)
     assert b.output_edges == (0, 128, math.inf)
     r = _router(two_pool_plan, chat__cheap=["http://a:1"], chat__dear=["http://b:1"])
@@ -39,8 +41,8 @@ def test_bucket_edges_come_from_plan_labels(two_pool_plan):
 def test_bad_bucket_label_is_a_clear_error(two_pool_plan):
     plan = two_pool_plan.model_copy(deep=True)
     plan.traffic_split[0].bucket = "small"
-    with pytest.raises(TokenfleetError, match="'small' is not of the form"):
-        buckets_from_plan(plan)
+    with pytest.raises(TokenfleetError, match="bucket 'small' is not one of the plan's"):
+        plan_buckets(plan)
 
 
 def test_model_name_maps_to_tier_by_tier_name_or_unique_model_id(two_pool_plan):

@@ -7,7 +7,7 @@ import pytest
 import typer
 
 from tokenfleet.plan.schema import Plan
-from tokenfleet.sim.quickplan import PoolSpec, TierSpec, quick_plan
+from tokenfleet.sim.quickplan import QuickPool, TierSpec, quick_plan
 from tokenfleet.sim.traffic import RouteKey, Workload
 
 
@@ -27,7 +27,7 @@ def one_pool_plan(model: str, accel: str, count: int, inp: int, out: int,
                   replicas: int = 1, slo_ttft: float | None = None,
                   slo_tpot: float | None = None) -> Plan:
     return quick_plan([TierSpec("t", model, slo_ttft, slo_tpot, [(inp, out, 1.0)])],
-                      [PoolSpec("t", accel, replicas, count=count)])
+                      [QuickPool("t", accel, replicas, count=count)])
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,7 @@ def two_vendor_plan() -> Plan:
     """llama-3.1-8b on 4 H100 (NVIDIA, runpod) and 4 MI300X (AMD, tensorwave)."""
     return quick_plan(
         [TierSpec("chat", "llama-3.1-8b", 1.0, 0.05, [(1024, 128, 0.6), (300, 400, 0.4)])],
-        [PoolSpec("chat", "h100-sxm", 4, count=1), PoolSpec("chat", "mi300x", 4, count=1)],
+        [QuickPool("chat", "h100-sxm", 4, count=1), QuickPool("chat", "mi300x", 4, count=1)],
         load=0.6)
 
 
@@ -45,8 +45,8 @@ def two_tier_plan() -> Plan:
     return quick_plan(
         [TierSpec("mini", "llama-3.1-8b", 1.0, 0.05, [(800, 150, 1.0)]),
          TierSpec("big", "llama-3.1-70b", 3.0, 0.1, [(1500, 200, 1.0)])],
-        [PoolSpec("mini", "h100-sxm", 3, count=1), PoolSpec("mini", "tpu-v6e", 3, count=1),
-         PoolSpec("big", "mi300x", 2, count=2)],
+        [QuickPool("mini", "h100-sxm", 3, count=1), QuickPool("mini", "tpu-v6e", 3, count=1),
+         QuickPool("big", "mi300x", 2, count=2)],
         load=0.7)
 
 

@@ -842,18 +842,7 @@ class Simulator:
         dep = np.zeros(max(n_fine, arr.size), np.int64)
         dep[:len(self.departures)] = self.departures
         arr = np.pad(arr, (0, dep.size - arr.size))
-        info = {}
-        for p in self.pools:
-            u = p.unit
-            info[p.id] = {
-                "tier": u.tier, "model": u.model, "accelerator": u.accelerator,
-                "vendor": u.vendor, "cloud": u.cloud, "region": u.region,
-                "replicas": u.replicas, "chips_per_replica": u.chips_per_replica,
-                "lanes_per_replica": p.lanes_per_replica,
-                "watts_per_replica": p.watts_per_replica,
-                "kv_tokens_per_lane": p.kv_tokens,
-                "usd_per_chip_hour": u.usd_per_chip_hour,
-            }
+        info = {p.id: p.info() for p in self.pools}
         return RunRecord(
             tier_names=self.tier_names,
             tier_slo={t.name: (t.slo_ttft_s, t.slo_tpot_s) for t in self.fleet.plan.tiers},

@@ -17,6 +17,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from tokenfleet.sim import dispatch as dispatch_mod
 from tokenfleet.sim import engine as engine_mod
 from tokenfleet.sim.engine import SimOptions, Simulator, auto_sample_s
 from tokenfleet.sim.fleet import EngineConfig, build_fleet
@@ -106,7 +107,7 @@ def test_window_grouping_by_lists_or_arrays_agree(two_vendor_plan, monkeypatch,
     w = scale_traffic(planned_traffic(two_vendor_plan, 30, seed=5), 3.0, seed=5)
     runs = []
     for small in (0, 10**9):
-        monkeypatch.setattr(engine_mod, "_SMALL_WINDOW", small)
+        monkeypatch.setattr(dispatch_mod, "_SMALL_WINDOW", small)
         fleet = build_fleet(two_vendor_plan, None)
         opt = SimOptions(policy=policy, seed=3, sample_s=auto_sample_s(w.duration_s, 0.02))
         runs.append(Simulator(fleet, w, opt, [], []).run())

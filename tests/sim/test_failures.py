@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.sim.engine import NO_HEALTHY, TOO_LONG, SimOptions
+from tokenfleet.sim.dispatch import NO_HEALTHY, TOO_LONG
+from tokenfleet.sim.engine import SimOptions
 from tokenfleet.sim.run import simulate
 from tokenfleet.sim.shocks import parse_failure, parse_price, parse_surge
 from tokenfleet.sim.traffic import apply_surges, planned_traffic

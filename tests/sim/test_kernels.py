@@ -71,15 +71,15 @@ def test_place_takes_the_least_loaded_lane_in_turn(seed: int) -> None:
     want = _fill_plainly(picks.tolist(), want_o, first.tolist(), lanes.tolist())
     m = picks.size
     slots = rng.permutation(m)
-    s_int = {name: np.zeros(m, np.int64) for name in ("pool", "lane", "next")}
-    s_need = rng.integers(1, 5000, m)
-    s_att, s_ready, s_state = np.zeros(m), rng.random(m), np.zeros(m, np.int8)
+    cols = {f: np.zeros(m, kernels.SLOT_DTYPES[f]) for f in kernels.Slots._fields}
+    cols["need"] = rng.integers(1, 5000, m)
+    cols["ready"] = rng.random(m)
+    sl = kernels.Slots(**cols)
     q_head, q_tail = np.full(n_lanes, -1), np.full(n_lanes, -1)
     n_wait, wait_head, routed = np.zeros(n_lanes, np.int64), np.full(n_lanes, np.inf), \
         np.zeros(5, np.int64)
     coef = np.ones(5)
-    got = kernels.place(slots, picks, o, first, lanes, routed, s_int["pool"], s_int["lane"],
-                        s_att, s_need, s_int["next"], s_state, s_ready, q_head, q_tail,
+    got = kernels.place(slots, picks, o, first, lanes, routed, sl, q_head, q_tail,
                         n_wait, wait_head, coef, coef, np.zeros(5), np.zeros(5, np.int64))
     assert got.tolist() == want
     np.testing.assert_array_equal(o, want_o)
@@ -89,7 +89,13 @@ def test_place_takes_the_least_loaded_lane_in_turn(seed: int) -> None:
         queue, s = [], q_head[r]
         while s >= 0:
             queue.append(int(s))
-            s = s_int["next"][s]
+            s = sl.next[s]
         assert queue == slots[got == r].tolist()
         assert n_wait[r] == len(queue)
-        assert wait_head[r] == (s_ready[queue[0]] if queue else np.inf)
+        assert wait_head[r] == (sl.ready[queue[0]] if queue else np.inf)
+
+
+def test_coefficient_rows_are_named_in_the_table_order() -> None:
+    from tokenfleet.sim.stepcost import COEFFS
+
+    assert [getattr(kernels, name.upper()) for name in COEFFS] == list(range(len(COEFFS)))

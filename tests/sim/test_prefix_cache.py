@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tokenfleet.sim.quickplan import PoolSpec, TierSpec, quick_plan
+from tokenfleet.sim.quickplan import QuickPool, TierSpec, quick_plan
 from tokenfleet.sim.run import simulate
 from tokenfleet.sim.traffic import label_trace, merge_workloads, planned_traffic
 from tokenfleet.workload.prefix import prefix_reuse
@@ -19,7 +19,7 @@ from tokenfleet.workload.samples import sample_path
 def setup():
     trace = read_trace(sample_path("mooncake_conversation"))
     plan = quick_plan([TierSpec("t", "llama-3.1-8b", None, None, [(12000, 350, 1.0)])],
-                      [PoolSpec("t", "h100-sxm", 2, count=1)], load=0.5)
+                      [QuickPool("t", "h100-sxm", 2, count=1)], load=0.5)
     w = label_trace(plan, trace, tier="t")
     plain = dataclasses.replace(w, prefix_row=None, prefix_offsets=None, prefix_hashes=None)
     return trace, plan, w, plain
@@ -65,10 +65,10 @@ def test_one_lane_agrees_with_the_offline_count_at_its_kv_size(setup) -> None:
     the cache (the free part) reuses less."""
     trace, _, _, _ = setup
     plan = quick_plan([TierSpec("t", "llama-3.1-8b", None, None, [(12000, 350, 1.0)])],
-                      [PoolSpec("t", "h200", 1, count=1)], load=0.5)
+                      [QuickPool("t", "h200", 1, count=1)], load=0.5)
     light = trace.scale_rate(0.1, mode="compress")
     res = simulate(plan, label_trace(plan, light, tier="t"))
-    kv_tokens = res.record.pool_info[next(iter(res.record.pool_info))]["kv_tokens_per_lane"]
+    kv_tokens = next(iter(res.record.pool_info.values())).kv_tokens_per_lane
     offline = prefix_reuse(light).hit_rate(kv_tokens // 512)
     assert res.summary.tiers["t"].prefix_cache_hit_rate == pytest.approx(offline, abs=0.01)
     busy = simulate(plan, label_trace(plan, trace, tier="t")).summary
@@ -79,7 +79,7 @@ def test_tiers_without_hashes_report_none(setup) -> None:
     trace, _, _, _ = setup
     plan = quick_plan([TierSpec("a", "llama-3.1-8b", None, None, [(12000, 350, 1.0)]),
                        TierSpec("b", "llama-3.1-8b", None, None, [(500, 100, 1.0)])],
-                      [PoolSpec("a", "h100-sxm", 2, count=1), PoolSpec("b", "h100-sxm", 1)],
+                      [QuickPool("a", "h100-sxm", 2, count=1), QuickPool("b", "h100-sxm", 1)],
                       load=0.5)
     wa = label_trace(plan, trace, tier="a")
     gen = planned_traffic(plan, 60, seed=2)
@@ -103,8 +103,8 @@ def test_failures_and_split_with_caching(setup) -> None:
     trace, _, _, _ = setup
     plan = quick_plan([TierSpec("a", "llama-3.1-8b", None, None, [(12000, 350, 1.0)]),
                        TierSpec("b", "llama-3.1-8b", None, None, [(500, 100, 1.0)])],
-                      [PoolSpec("a", "h100-sxm", 2, count=1), PoolSpec("a", "mi300x", 2),
-                       PoolSpec("b", "h100-sxm", 1)], load=0.5)
+                      [QuickPool("a", "h100-sxm", 2, count=1), QuickPool("a", "mi300x", 2),
+                       QuickPool("b", "h100-sxm", 1)], load=0.5)
     gen = planned_traffic(plan, 60, seed=2)
     w = merge_workloads([label_trace(plan, trace, tier="a"),
                          gen.subset(np.asarray([k.tier == "b" for k in gen.keys])[gen.key])],

@@ -175,77 +175,151 @@ def _shortest_period(kinds: list[AttentionKind]) -> list[AttentionKind]:
     return kinds
 
 
+def _chunked_attention(cfg: _Config, num_layers: int, chunk: int
+                       ) -> tuple[int | None, list[AttentionKind]]:
+    """Llama 4: chunked attention on RoPE layers, global NoPE layers in between."""
+    flags = cfg.opt_list("no_rope_layers") or []
+    if not flags:
+        interval = cfg.opt_int("no_rope_layer_interval", minimum=1) or 4
+        flags = [int((i + 1) % interval != 0) for i in range(num_layers)]
+    if len(flags) != num_layers:
+        raise TokenfleetError(
+            f"{cfg.where}: invalid 'no_rope_layers': {len(flags)} entries for {num_layers} layers"
+        )
+    kinds: list[AttentionKind] = ["sliding" if f else "full" for f in flags]
+    return (chunk if "sliding" in kinds else None), _shortest_period(kinds)
+
+
+def _layer_types_attention(cfg: _Config, num_layers: int, layer_types: list[Any],
+                           window: int | None, chunk: int | None
+                           ) -> tuple[int | None, list[AttentionKind]]:
+    """Explicit per-layer ``layer_types`` (newer transformers configs)."""
+    where = cfg.where
+    if len(layer_types) != num_layers:
+        raise TokenfleetError(
+            f"{where}: invalid 'layer_types': {len(layer_types)} entries for "
+            f"{num_layers} layers"
+        )
+    kinds: list[AttentionKind] = []
+    for t in layer_types:
+        if t not in _LAYER_TYPE_KIND:
+            raise TokenfleetError(
+                f"{where}: unsupported 'layer_types' entry {t!r} "
+                f"(supported: {', '.join(sorted(_LAYER_TYPE_KIND))})"
+            )
+        kinds.append(_LAYER_TYPE_KIND[t])
+    if "sliding" not in kinds:
+        return None, ["full"]
+    if chunk is not None and "chunked_attention" in layer_types:
+        window = chunk
+    if window is None:
+        raise TokenfleetError(
+            f"{where}: 'layer_types' has sliding layers but 'sliding_window' is missing"
+        )
+    return window, _shortest_period(kinds)
+
+
+def _qwen_attention(cfg: _Config, num_layers: int, window: int | None
+                    ) -> tuple[int | None, list[AttentionKind]]:
+    """Qwen2/Qwen3 style: a sliding_window value is present but only used when
+    use_sliding_window is true, and then only on layers >= max_window_layers."""
+    if not cfg.opt_bool("use_sliding_window", False) or window is None:
+        return None, ["full"]
+    first = cfg.opt_int("max_window_layers", minimum=0)
+    first = num_layers if first is None else min(first, num_layers)
+    kinds: list[AttentionKind] = ["full" if i < first else "sliding" for i in range(num_layers)]
+    if "sliding" not in kinds:
+        return None, ["full"]
+    return window, _shortest_period(kinds)
+
+
 def _attention(cfg: _Config, num_layers: int) -> tuple[int | None, list[AttentionKind]]:
     """(sliding_window, attention_pattern) from the config's sliding/chunked fields."""
-    where = cfg.where
-    model_type = str(cfg.raw("model_type") or "")
-
-    # Llama 4: chunked attention on RoPE layers, global NoPE layers in between.
     chunk = cfg.opt_int("attention_chunk_size", minimum=1)
     if chunk is not None and not cfg.has("layer_types"):
-        flags = cfg.opt_list("no_rope_layers") or []
-        if not flags:
-            interval = cfg.opt_int("no_rope_layer_interval", minimum=1) or 4
-            flags = [int((i + 1) % interval != 0) for i in range(num_layers)]
-        if len(flags) != num_layers:
-            raise TokenfleetError(
-                f"{where}: invalid 'no_rope_layers': {len(flags)} entries for {num_layers} layers"
-            )
-        kinds: list[AttentionKind] = ["sliding" if f else "full" for f in flags]
-        return (chunk if "sliding" in kinds else None), _shortest_period(kinds)
-
+        return _chunked_attention(cfg, num_layers, chunk)
     window = cfg.opt_int("sliding_window", "sliding_window_size", minimum=1)
-
     layer_types = cfg.opt_list("layer_types")
     if layer_types is not None:
-        if len(layer_types) != num_layers:
-            raise TokenfleetError(
-                f"{where}: invalid 'layer_types': {len(layer_types)} entries for "
-                f"{num_layers} layers"
-            )
-        kinds = []
-        for t in layer_types:
-            if t not in _LAYER_TYPE_KIND:
-                raise TokenfleetError(
-                    f"{where}: unsupported 'layer_types' entry {t!r} "
-                    f"(supported: {', '.join(sorted(_LAYER_TYPE_KIND))})"
-                )
-            kinds.append(_LAYER_TYPE_KIND[t])
-        if "sliding" in kinds:
-            if chunk is not None and "chunked_attention" in layer_types:
-                window = chunk
-            if window is None:
-                raise TokenfleetError(
-                    f"{where}: 'layer_types' has sliding layers but 'sliding_window' is missing"
-                )
-            return window, _shortest_period(kinds)
-        return None, ["full"]
-
-    # Qwen2/Qwen3 style: a sliding_window value is present but only used when
-    # use_sliding_window is true, and then only on layers >= max_window_layers.
+        return _layer_types_attention(cfg, num_layers, layer_types, window, chunk)
     if "use_sliding_window" in cfg.data:
-        if not cfg.opt_bool("use_sliding_window", False) or window is None:
-            return None, ["full"]
-        first = cfg.opt_int("max_window_layers", minimum=0)
-        first = num_layers if first is None else min(first, num_layers)
-        kinds = ["full" if i < first else "sliding" for i in range(num_layers)]
-        if "sliding" not in kinds:
-            return None, ["full"]
-        return window, _shortest_period(kinds)
-
+        return _qwen_attention(cfg, num_layers, window)
     if window is None:
         return None, ["full"]
-
     # Gemma 3: (pattern - 1) sliding layers then one global layer.
     period = cfg.opt_int("sliding_window_pattern", minimum=1)
     if period is not None:
         pattern = cast(list[AttentionKind], ["sliding"] * (period - 1) + ["full"])
         return window, pattern
     # Gemma 2: even layers sliding, odd layers global (transformers' default layer_types).
-    if model_type == "gemma2":
+    if str(cfg.raw("model_type") or "") == "gemma2":
         return window, ["sliding", "full"]
     # Mistral, Mixtral, Starcoder2, Phi-3: the window applies to every layer.
     return window, ["sliding"]
+
+
+def _shared_experts(cfg: _Config, moe_width: int) -> dict[str, Any]:
+    """Shared experts: DeepSeek counts them (each moe_intermediate_size wide); Qwen-MoE
+    gives one shared expert's width; Llama 4 always has one, expert-wide."""
+    n_shared = cfg.opt_int("n_shared_experts", "num_shared_experts", minimum=0)
+    shared_width = cfg.opt_int("shared_expert_intermediate_size", minimum=0)
+    if str(cfg.raw("model_type") or "").startswith("llama4"):
+        n_shared, shared_width = 1, moe_width
+    if shared_width and not n_shared:
+        n_shared = 1
+    out: dict[str, Any] = {}
+    if n_shared:
+        out["num_shared_experts"] = n_shared
+        if shared_width:
+            out["shared_expert_intermediate_size"] = shared_width
+    return out
+
+
+def _deepseek_moe_layers(cfg: _Config) -> tuple[int, int]:
+    """DeepSeek: layer i is MoE when i >= first_k_dense_replace and i % freq == 0;
+    returns (first_dense, every)."""
+    k = cfg.opt_int("first_k_dense_replace", minimum=0) or 0
+    if isinstance(cfg.raw("moe_layer_freq"), list):
+        raise TokenfleetError(
+            f"{cfg.where}: unsupported 'moe_layer_freq' list (per-layer MoE masks are not "
+            "mapped); give an integer"
+        )
+    freq = cfg.opt_int("moe_layer_freq", minimum=1) or 1
+    if freq == 1:
+        return k, 1
+    first_moe = -(-k // freq) * freq  # smallest multiple of freq >= k
+    first_dense = first_moe - freq + 1
+    if first_dense < 0:
+        raise TokenfleetError(
+            f"{cfg.where}: unsupported MoE layout: 'moe_layer_freq' {freq} with "
+            f"'first_k_dense_replace' {k} makes layer 0 an MoE layer"
+        )
+    return first_dense, freq
+
+
+def _qwen_moe_layers(cfg: _Config) -> tuple[int, int]:
+    """Qwen-MoE: layer i is MoE when i not in mlp_only_layers and (i+1) % step == 0;
+    returns (first_dense, every)."""
+    every = cfg.opt_int("decoder_sparse_step", minimum=1) or 1
+    only = cfg.opt_list("mlp_only_layers") or []
+    if only and (every != 1 or sorted(only) != list(range(len(only)))):
+        raise TokenfleetError(
+            f"{cfg.where}: unsupported 'mlp_only_layers' {only}: only a leading run of "
+            "dense layers (0, 1, ..., k-1) with decoder_sparse_step 1 is mapped"
+        )
+    return len(only), every
+
+
+def _moe_layers(cfg: _Config) -> tuple[int, int]:
+    """(first_dense, every): which layers are MoE, per model family."""
+    if cfg.has("first_k_dense_replace") or cfg.has("moe_layer_freq"):
+        return _deepseek_moe_layers(cfg)
+    if cfg.has("interleave_moe_layer_step"):
+        # Llama 4: MoE layers are step-1, 2*step-1, ...
+        return 0, cfg.req_int("interleave_moe_layer_step")
+    if cfg.has("decoder_sparse_step") or cfg.has("mlp_only_layers"):
+        return _qwen_moe_layers(cfg)
+    return 0, 1
 
 
 def _moe(cfg: _Config, num_layers: int, ffn_width: int | None) -> dict[str, Any]:
@@ -264,57 +338,9 @@ def _moe(cfg: _Config, num_layers: int, ffn_width: int | None) -> dict[str, Any]
         "num_experts": n_experts,
         "experts_per_token": top_k,
         "moe_intermediate_size": moe_width,
+        **_shared_experts(cfg, moe_width),
     }
-
-    # Shared experts: DeepSeek counts them (each moe_intermediate_size wide); Qwen-MoE
-    # gives one shared expert's width; Llama 4 always has one, expert-wide.
-    n_shared = cfg.opt_int("n_shared_experts", "num_shared_experts", minimum=0)
-    shared_width = cfg.opt_int("shared_expert_intermediate_size", minimum=0)
-    if str(cfg.raw("model_type") or "").startswith("llama4"):
-        n_shared, shared_width = 1, moe_width
-    if shared_width and not n_shared:
-        n_shared = 1
-    if n_shared:
-        out["num_shared_experts"] = n_shared
-        if shared_width:
-            out["shared_expert_intermediate_size"] = shared_width
-
-    first_dense, every = 0, 1
-    if cfg.has("first_k_dense_replace") or cfg.has("moe_layer_freq"):
-        # DeepSeek: layer i is MoE when i >= first_k_dense_replace and i % freq == 0.
-        k = cfg.opt_int("first_k_dense_replace", minimum=0) or 0
-        freq_raw = cfg.raw("moe_layer_freq")
-        if isinstance(freq_raw, list):
-            raise TokenfleetError(
-                f"{where}: unsupported 'moe_layer_freq' list (per-layer MoE masks are not "
-                "mapped); give an integer"
-            )
-        freq = cfg.opt_int("moe_layer_freq", minimum=1) or 1
-        if freq == 1:
-            first_dense, every = k, 1
-        else:
-            first_moe = -(-k // freq) * freq  # smallest multiple of freq >= k
-            first_dense = first_moe - freq + 1
-            if first_dense < 0:
-                raise TokenfleetError(
-                    f"{where}: unsupported MoE layout: 'moe_layer_freq' {freq} with "
-                    f"'first_k_dense_replace' {k} makes layer 0 an MoE layer"
-                )
-            every = freq
-    elif cfg.has("interleave_moe_layer_step"):
-        # Llama 4: MoE layers are step-1, 2*step-1, ...
-        every = cfg.req_int("interleave_moe_layer_step")
-    elif cfg.has("decoder_sparse_step") or cfg.has("mlp_only_layers"):
-        # Qwen-MoE: layer i is MoE when i not in mlp_only_layers and (i+1) % step == 0.
-        every = cfg.opt_int("decoder_sparse_step", minimum=1) or 1
-        only = cfg.opt_list("mlp_only_layers") or []
-        if only:
-            if every != 1 or sorted(only) != list(range(len(only))):
-                raise TokenfleetError(
-                    f"{where}: unsupported 'mlp_only_layers' {only}: only a leading run of "
-                    "dense layers (0, 1, ..., k-1) with decoder_sparse_step 1 is mapped"
-                )
-            first_dense = len(only)
+    first_dense, every = _moe_layers(cfg)
     if first_dense >= num_layers:
         raise TokenfleetError(f"{where}: MoE config leaves no MoE layer ({num_layers} layers)")
     if first_dense:

@@ -91,7 +91,7 @@ def _print_estimate(e: Estimate, console: Console) -> None:
         t.add_row("fits", "[red]no[/red]")
         t.add_row("reason", e.reason or "")
     else:
-        lo = e.layout or {}
+        lo = e.layout.model_dump() if e.layout else {}
         t.add_row("layout", " ".join(f"{k}={v}" for k, v in lo.items()))
         t.add_row("operating point", f"{e.mode}, concurrency {e.concurrency:,.0f}")
         t.add_row("TTFT / TPOT", f"{_ms(e.ttft_s)} ms / {_ms(e.tpot_s)} ms")
@@ -262,7 +262,7 @@ def compare_cmd(
                                                      "prec") else "right",
                      overflow="fold")
     for i, e in enumerate(rows, start=1):
-        lay = " ".join(f"{k}{v}" for k, v in (e.layout or {}).items() if v > 1) or "tp1"
+        lay = e.layout.short if e.layout else "tp1"
         if e.fits:
             usd = _num(e.usd_per_million_output_tokens, ",.3f")
             if e.price_is_assumption:

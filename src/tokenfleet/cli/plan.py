@@ -26,8 +26,8 @@ def _money(x: float | None) -> str:
 def print_plan(plan: Plan, console: Console) -> None:
     c = plan.cost
     console.print(f"[bold]Plan for {plan.scenario}[/bold] — objective: {plan.objective}; "
-                  f"solver {plan.solver['status']} in {plan.solver['seconds']:.2f} s "
-                  f"(gap {plan.solver['mip_gap']:.2g})")
+                  f"solver {plan.solver.status} in {plan.solver.seconds or 0.0:.2f} s "
+                  f"(gap {plan.solver.mip_gap or 0.0:.2g})")
     console.print(f"  monthly bill {_money(c.usd_per_month)} = committed "
                   f"{_money(c.committed_usd_per_month)} "
                   f"(used {_money(c.committed_used_usd_per_month)})"
@@ -39,7 +39,7 @@ def print_plan(plan: Plan, console: Console) -> None:
         t.add_column(col, justify="right" if col in ("replicas", "chips", "$/month", "kW")
                      else "left", overflow="fold")
     for u in sorted(plan.units, key=lambda u: (u.tier, -u.usd_per_hour)):
-        lay = " ".join(f"{k}{v}" for k, v in u.layout.items() if v > 1) or "tp1"
+        lay = u.layout.short
         t.add_row(u.tier, u.accelerator, f"{u.cloud}/{u.region}", u.precision, lay,
                   str(u.replicas), str(u.chips), _money(u.usd_per_hour * 730),
                   f"{u.watts / 1e3:,.0f}", f"{u.provenance} ±{u.uncertainty:.0%}")

@@ -169,7 +169,7 @@ def emulate_cmd(
     """
     from tokenfleet.plan.schema import load_plan
     from tokenfleet.route.emulator import Emulator, Faults, PoolSpec, build_engine
-    from tokenfleet.route.engine import Engine, FixedLatencyEngine, FixedPacing
+    from tokenfleet.route.pace import Engine, FixedLatencyEngine, FixedPacing
     from tokenfleet.route.server import freeze_startup_heap, install_uvloop, raise_fd_limit
 
     if not _is_loopback(host):
@@ -203,7 +203,7 @@ def emulate_cmd(
         eng, unit_model = build_engine(spec, max_queue=max_queue)
         info = {"model": spec.model, "accelerator": unit_model.accel.id,
                 "replicas": spec.replicas, "chips_per_replica": unit_model.layout.chips,
-                "precision": unit_model.precision.name, "layout": unit_model.layout.as_dict(),
+                "precision": unit_model.precision.name, "layout": unit_model.layout.model_dump(),
                 "max_batch_per_replica": eng.max_batch, "pacing": "model"}
     emulator = Emulator(eng, served_model or spec.model, faults, seed=seed,
                         exit_on_die=True, info=info)

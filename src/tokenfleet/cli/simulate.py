@@ -248,10 +248,10 @@ def _print_n_minus_1(plan: Plan, by: str, base: SimResult, runs: dict[str, SimRe
         row.append(f"{r.summary.rejected:,}")
         t.add_row(*row)
     console.print(t)
-    lim = plan.limits.get("n_minus_1") if isinstance(plan.limits, dict) else None
+    lim = plan.limits.n_minus_1
     if lim:
-        console.print(f"plan promise: {lim}")
-        floor = lim.get("min_fraction") if isinstance(lim, dict) else None
+        console.print(f"plan promise: {lim.model_dump()}")
+        floor = lim.min_fraction
         if floor is not None:
             short = [f"{v}: {name} {r.summary.tiers[name].goodput_fraction:.1%}"
                      for v, r in runs.items() for name in tiers

@@ -60,7 +60,7 @@ class Query(BaseModel):
     usd_per_hour: float | None = Field(None, gt=0, description="override $/chip-hour")
     data_parallel: bool = Field(
         True, description="consider layouts that replicate the model (dp > 1) inside the unit")
-    layout: dict[str, int] | None = Field(
+    layout: Layout | None = Field(
         None, description="fix the layout {tp, pp, dp, ep} instead of searching for the best")
     # ---- serving techniques (perf/techniques.py); the defaults are plain serving ----
     prefix_hit_rate: float = Field(
@@ -113,7 +113,7 @@ class Estimate(BaseModel):
     engine: str | None
     input_len: int
     output_len: int
-    layout: dict[str, int] | None
+    layout: Layout | None
     fits: bool
     reason: str | None = None
     mode: str
@@ -144,10 +144,10 @@ class Estimate(BaseModel):
         None, description="prefill role: one prompt's KV handover to the decode pool, in TTFT")
 
 
-def _layout(d: dict[str, int], count: int) -> Layout:
-    lo = Layout(tp=d.get("tp", 1), pp=d.get("pp", 1), dp=d.get("dp", 1), ep=d.get("ep", 1))
+def _layout(lo: Layout, count: int) -> Layout:
     if lo.chips != count:
-        raise TokenfleetError(f"layout {d} uses {lo.chips} chips, not count={count}")
+        raise TokenfleetError(f"layout {lo.model_dump()} uses {lo.chips} chips, "
+                              f"not count={count}")
     return lo
 
 
@@ -356,7 +356,7 @@ def _from_op(base: dict, op: OperatingPoint, prov: Provenance, band: float, basi
         hbm_gb=accel.hbm_gb,
     )
     if not op.fits:
-        return Estimate(**base, layout=op.layout.as_dict(), fits=False, reason=op.reason,
+        return Estimate(**base, layout=op.layout, fits=False, reason=op.reason,
                         memory=mem, provenance=prov, notes=notes)
     tps = op.output_tokens_per_s
     if q.concurrency and op.concurrency < q.concurrency:
@@ -364,7 +364,7 @@ def _from_op(base: dict, op: OperatingPoint, prov: Provenance, band: float, basi
     usd_h = base["usd_per_hour"]
     return Estimate(
         **base,
-        layout=op.layout.as_dict(),
+        layout=op.layout,
         fits=True,
         concurrency=op.concurrency,
         ttft_s=op.ttft_s,

@@ -11,24 +11,42 @@ Every number tokenfleet prints, predicts, simulates or measures uses these defin
 * **Throughput**: output tokens per second of the whole unit or fleet, unless a name
   says otherwise (``total_tokens_per_s`` counts prompt tokens too).
 * **Goodput**: requests per second that met every SLO of their tier.
-* **SLO attainment**: fraction of completed requests that met every SLO of their tier.
+* **SLO attainment**: fraction of *arrived* requests that finished within every SLO
+  of their tier; rejected and failed requests count as misses (a fleet that sheds load
+  cannot look better for it). Per pool, the requests routed to it.
 """
 
 from __future__ import annotations
+
+import math
+from typing import overload
 
 import numpy as np
 from pydantic import BaseModel
 
 
+@overload
+def ttft(arrival_s: float, first_token_s: float) -> float: ...
+@overload
+def ttft(arrival_s: np.ndarray, first_token_s: np.ndarray) -> np.ndarray: ...
 def ttft(arrival_s: np.ndarray | float, first_token_s: np.ndarray | float
          ) -> np.ndarray | float:
     """Time to first token, seconds."""
     return np.subtract(first_token_s, arrival_s)
 
 
+@overload
+def tpot(first_token_s: float, last_token_s: float, output_tokens: int) -> float: ...
+@overload
+def tpot(first_token_s: np.ndarray, last_token_s: np.ndarray, output_tokens: np.ndarray
+         ) -> np.ndarray: ...
 def tpot(first_token_s: np.ndarray | float, last_token_s: np.ndarray | float,
          output_tokens: np.ndarray | int) -> np.ndarray | float:
     """Mean time per output token after the first, seconds (NaN where only one token)."""
+    if isinstance(output_tokens, int):  # one request (the gateway's hot path): no NumPy
+        if output_tokens <= 1:
+            return math.nan
+        return (float(last_token_s) - float(first_token_s)) / (output_tokens - 1)
     n = np.asarray(output_tokens, dtype=float)
     gap = np.subtract(last_token_s, first_token_s)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -36,16 +54,21 @@ def tpot(first_token_s: np.ndarray | float, last_token_s: np.ndarray | float,
     return out if out.ndim else float(out)
 
 
+@overload
+def e2e(arrival_s: float, last_token_s: float) -> float: ...
+@overload
+def e2e(arrival_s: np.ndarray, last_token_s: np.ndarray) -> np.ndarray: ...
 def e2e(arrival_s: np.ndarray | float, last_token_s: np.ndarray | float
         ) -> np.ndarray | float:
     """End-to-end latency, seconds."""
     return np.subtract(last_token_s, arrival_s)
 
 
-def meets_slo(ttft_s: np.ndarray, tpot_s: np.ndarray, slo_ttft: float | None,
-              slo_tpot: float | None) -> np.ndarray:
+def meets_slo(ttft_s: np.ndarray, tpot_s: np.ndarray,
+              slo_ttft: np.ndarray | float | None, slo_tpot: np.ndarray | float | None
+              ) -> np.ndarray:
     """Per request: True where every given SLO holds (a one-token request has no TPOT
-    and so cannot miss a TPOT SLO)."""
+    and so cannot miss a TPOT SLO). An SLO may be one bound or one per request."""
     ok = np.ones(np.shape(ttft_s), dtype=bool)
     if slo_ttft is not None:
         ok &= np.asarray(ttft_s) <= slo_ttft
@@ -53,6 +76,12 @@ def meets_slo(ttft_s: np.ndarray, tpot_s: np.ndarray, slo_ttft: float | None,
         t = np.asarray(tpot_s, dtype=float)
         ok &= np.isnan(t) | (t <= slo_tpot)
     return ok
+
+
+def slo_attainment(met: int, arrived: int) -> float | None:
+    """Fraction of ``arrived`` requests that met every SLO (``met``); rejected and failed
+    requests are in ``arrived`` and not in ``met``. None when nothing arrived."""
+    return met / arrived if arrived else None
 
 
 class Latency(BaseModel):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from tokenfleet.catalog.schema import Accelerator, ModelSpec
 from tokenfleet.perf import architecture as arch
@@ -66,26 +67,35 @@ class Efficiency:
     overhead_us_per_layer: float  # fixed cost per layer per step (launch, sync, scheduling)
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(BaseModel):
     """Parallelism of a unit: ``tp * pp * dp`` chips; ``ep`` spreads experts (MoE only).
+    The one layout type of tokenfleet: queries, estimates and plan units carry it, and
+    in JSON/YAML it is ``{tp, pp, ep, dp}`` (each defaults to 1).
 
     ``ep == 1``: every replica holds all experts, tensor-split over its tp chips.
     ``ep == tp * dp``: attention is data-parallel over dp replicas, the experts of a
     pipeline stage are spread over all of its tp*dp chips (DeepSeek-style serving).
     """
 
-    tp: int
-    pp: int
-    dp: int
-    ep: int = 1
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tp: int = Field(1, ge=1, description="tensor-parallel chips")
+    pp: int = Field(1, ge=1, description="pipeline stages")
+    ep: int = Field(1, ge=1, description="chips the experts are spread over (MoE)")
+    dp: int = Field(1, ge=1, description="data-parallel engine instances in the unit")
+
+    def __init__(self, tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1) -> None:
+        # positional (tp, pp, dp, ep), as the layout search builds them
+        super().__init__(tp=tp, pp=pp, dp=dp, ep=ep)
 
     @property
     def chips(self) -> int:
         return self.tp * self.pp * self.dp
 
-    def as_dict(self) -> dict[str, int]:
-        return {"tp": self.tp, "pp": self.pp, "ep": self.ep, "dp": self.dp}
+    @property
+    def short(self) -> str:
+        """The dimensions above 1 (``tp4 dp2``), ``tp1`` for one chip."""
+        return " ".join(f"{k}{v}" for k, v in self.model_dump().items() if v > 1) or "tp1"
 
     def __str__(self) -> str:
         s = f"tp{self.tp}"

@@ -160,7 +160,7 @@ def build_candidates(
             model=t.model, accelerator=accel, count=layout.chips, precision=precision,
             engine=t.engine, input_len=d.input_len, output_len=d.output_len,
             slo_ttft=t.slo.ttft_s, slo_tpot=t.slo.tpot_s, usd_per_hour=1.0,
-            layout=layout.as_dict())
+            layout=layout)
 
     @cache  # the same chip in several clouds or regions performs the same
     def screener(accel: str, layout: Layout, precision: str, tier: str

@@ -1,8 +1,11 @@
-"""The fleet mixed-integer program, solved by HiGHS (through SciPy's ``milp``).
+"""The fleet mixed-integer program, solved by HiGHS through highspy
+(:mod:`tokenfleet.plan.highs`: warm starts and kept bases, no ``scipy.optimize``).
 
 Variables: ``n[c]`` integer replicas of candidate pool c; ``x[c,b]`` requests/s of
 bucket b routed to c; for N-1 resilience, ``y[g][c,b]`` the re-routed traffic when
-group g (a vendor, region or cloud) is gone; ``od[k]`` spend beyond contract k.
+group g (a vendor, region or cloud) is gone — for the groups modelled exactly; the
+others are held by cuts (:mod:`tokenfleet.plan.n1`) added until an exact check of
+every group passes; ``od[k]`` spend beyond contract k.
 
 Every row has a name and a family ("demand", "capacity", "supply", "power",
 "contract", "vendor-share", "n-1"), so results can say which constraints bind and

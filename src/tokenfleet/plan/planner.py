@@ -13,6 +13,7 @@ from pathlib import Path
 from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
+from tokenfleet.perf.unit import Layout
 from tokenfleet.plan.candidates import Candidate, CandidateSet, build_candidates
 from tokenfleet.plan.check import check_plan
 from tokenfleet.plan.milp import (
@@ -28,21 +29,22 @@ from tokenfleet.plan.schema import (
     BucketCapacity,
     BucketSplit,
     ConstraintReport,
+    ContractLimit,
     Cost,
+    NMinusOneLimit,
     Plan,
+    PlanLimits,
     PlanUnit,
+    SolverInfo,
     TierSummary,
 )
+from tokenfleet.workload import SizeBuckets
 
 ACTIVE = 1e-6  # relative slack under which a ≤ row counts as binding
 
 
 class Infeasible(TokenfleetError):
     """No plan meets every constraint; the message says which ones conflict, by how much."""
-
-
-def _solve(sc: Scenario, cs: CandidateSet, **kw) -> tuple[Formulation, Solution]:
-    return solve_fleet(sc, cs, **kw)
 
 
 def _solve_many(sc: Scenario, cs: CandidateSet, jobs: list[dict],
@@ -53,12 +55,12 @@ def _solve_many(sc: Scenario, cs: CandidateSet, jobs: list[dict],
     if workers <= 1:
         out = []
         for kw in jobs:
-            out.append(_solve(sc, cs, **kw))
+            out.append(solve_fleet(sc, cs, **kw))
             if done:
                 done()
         return out
     with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_solve, sc, cs, **kw) for kw in jobs]
+        futures = [pool.submit(solve_fleet, sc, cs, **kw) for kw in jobs]
         results = []
         for fut in futures:
             results.append(fut.result())
@@ -114,7 +116,7 @@ def explain_infeasible(sc: Scenario, cs: CandidateSet) -> str:
                            + "\n    ".join(why[:12]))
     if missing:
         return "\n".join(missing)
-    f, sol = _solve(sc, cs, elastic=True)
+    f, sol = solve_fleet(sc, cs, elastic=True)
     if not sol.ok:
         return f"the elastic program failed too ({sol.message})"
     assert sol.x is not None and sol.activity is not None
@@ -167,7 +169,7 @@ def plan_scenario(
                  if not any(c.tier == d.tier and d.bucket in c.capacity for c in cs.candidates)]
     if uncovered:
         raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
-    f, sol = _solve(sc, cs)
+    f, sol = solve_fleet(sc, cs)
     if sol.timed_out:
         raise TokenfleetError(f"scenario '{sc.name}': no plan found within time_limit_s="
                               f"{sc.time_limit_s:g} s ({sol.message}); raise time_limit_s or "
@@ -182,7 +184,7 @@ def plan_scenario(
     # Verify with code that shares nothing with the MILP (tokenfleet.plan.check).
     violations = check_plan(plan, sc, catalog)
     if violations:
-        plan.notes.extend(f"CHECK FAILED {v.check}: {v.detail}" for v in violations)
+        plan.notes.extend(f"CHECK FAILED {v.check}: {v.message}" for v in violations)
     else:
         plan.notes.append("independent check passed: demand split, pool capacity, supply, "
                           "power, vendor share and N-1 (re-solved as a separate LP) all hold")
@@ -307,7 +309,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
             pool=c.id, tier=c.tier, model=any_est.model, accelerator=c.accelerator.id,
             vendor=c.vendor, cloud=c.cloud, region=c.region, precision=c.precision,
             kv_precision=any_est.kv_precision, engine=any_est.engine,
-            layout=any_est.layout or {}, chips_per_replica=c.count, replicas=reps,  # one
+            layout=any_est.layout or Layout(), chips_per_replica=c.count, replicas=reps,  # one
             # layout per pool: the candidate's estimates all share it
             chips=reps * c.count, price_kind=c.price_kind, usd_per_chip_hour=c.usd_per_chip_hour,
             usd_per_hour=c.usd_per_hour * reps, watts=c.watts * reps,
@@ -354,30 +356,34 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
     for c, reps in chosen:
         power[c.region] += c.watts * reps / 1e6
     pol = sc.policy
-    limits = {
-        "hours_per_month": sc.hours_per_month,
-        "headroom": sc.headroom,
-        "derate": sc.derate,
-        "max_vendor_share": pol.max_vendor_share,
-        "vendor_share_basis": pol.vendor_share_basis,
-        "n_minus_1": pol.n_minus_1.model_dump() if pol.n_minus_1 else None,
-        "power_mw": {r.name: r.power_mw for r in sc.regions if r.power_mw is not None},
-        "supply_max_chips": {f"{s.accelerator}@{s.cloud}/{s.region}": s.max_chips
-                             for s in sc.supply},
-        "contracts": {k.name: {"cloud": k.cloud,
-                               "committed_usd_per_month": k.committed_usd_per_month}
-                      for k in sc.contracts},
-        "residency": {t.name: t.regions for t in sc.tiers if t.regions},
-    }
+    limits = PlanLimits(
+        hours_per_month=sc.hours_per_month,
+        headroom=sc.headroom,
+        derate=sc.derate,
+        max_vendor_share=pol.max_vendor_share,
+        vendor_share_basis=pol.vendor_share_basis,
+        n_minus_1=(NMinusOneLimit.model_validate(pol.n_minus_1.model_dump())
+                   if pol.n_minus_1 else None),
+        power_mw={r.name: r.power_mw for r in sc.regions if r.power_mw is not None},
+        supply_max_chips={f"{s.accelerator}@{s.cloud}/{s.region}": s.max_chips
+                          for s in sc.supply},
+        contracts={k.name: ContractLimit(cloud=k.cloud,
+                                         committed_usd_per_month=k.committed_usd_per_month)
+                   for k in sc.contracts},
+        residency={t.name: t.regions for t in sc.tiers if t.regions},
+    )
     return Plan(
         scenario=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
-        objective=sc.objective, tiers=tiers, units=units, traffic_split=splits, cost=cost,
+        objective=sc.objective, tiers=tiers, units=units, traffic_split=splits,
+        buckets=SizeBuckets(input_edges=tuple(sc.buckets.input_edges),
+                            output_edges=tuple(sc.buckets.output_edges)),
+        cost=cost,
         vendor_share={v: tok / all_tokens for v, tok in sorted(tokens_by_vendor.items())
                       if tok > 0},
         power_mw=dict(sorted(power.items())), limits=limits, baselines=baselines,
         constraints=constraints,
-        solver={"name": "HiGHS (highspy)", "status": sol.message,
-                "mip_gap": sol.gap, "seconds": round(sol.seconds, 3), "rounds": sol.rounds,
-                "candidates": len(cs.candidates), "variables": len(f.program.cost),
-                "rows": len(f.program.rows)},
+        solver=SolverInfo(name="HiGHS (highspy)", status=sol.message, mip_gap=sol.gap,
+                          seconds=round(sol.seconds, 3), rounds=sol.rounds,
+                          candidates=len(cs.candidates), variables=len(f.program.cost),
+                          rows=len(f.program.rows)),
     )

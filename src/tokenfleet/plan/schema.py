@@ -7,14 +7,26 @@ in watts (per pool) and megawatts (per region).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.perf.estimate import Provenance
+from tokenfleet.perf.precision import KV_BYTES, PRECISIONS
+from tokenfleet.perf.unit import Layout
+from tokenfleet.workload.buckets import SizeBuckets
 
 PLAN_VERSION = 1
 HOURS_PER_MONTH = 730.0  # 8,760 h / 12
+
+PriceKind = Literal["on_demand", "reserved"]
+PrecisionName = Literal["bf16", "fp8", "fp4", "int8"]
+KvPrecisionName = Literal["bf16", "fp16", "fp8", "int8", "fp4"]
+# The Literals spell out perf.precision's registries for the plan.json schema; they move
+# together (a new precision there must be named here before a plan can carry it).
+assert set(get_args(PrecisionName)) == set(PRECISIONS)
+assert set(get_args(KvPrecisionName)) == set(KV_BYTES)
 
 
 class _Model(BaseModel):
@@ -43,19 +55,19 @@ class PlanUnit(_Model):
     vendor: str
     cloud: str
     region: str
-    precision: str
-    kv_precision: str
+    precision: PrecisionName
+    kv_precision: KvPrecisionName
     engine: str | None = None
-    layout: dict[str, int]
+    layout: Layout
     chips_per_replica: int
     replicas: int
     chips: int
-    price_kind: str = Field(description="on_demand | reserved")
+    price_kind: PriceKind
     usd_per_chip_hour: float
     usd_per_hour: float = Field(description="whole pool")
     watts: float = Field(description="whole pool, at TDP")
     capacity: list[BucketCapacity]
-    provenance: str
+    provenance: Provenance
     uncertainty: float = Field(description="± fraction used to derate capacity")
 
     def capacity_for(self, bucket: str) -> BucketCapacity | None:
@@ -110,6 +122,47 @@ class ConstraintReport(_Model):
     detail: str = ""
 
 
+class NMinusOneLimit(_Model):
+    by: Literal["vendor", "region", "cloud"] = "vendor"
+    min_fraction: float
+    method: Literal["auto", "cuts", "exact"] = "auto"
+
+
+class ContractLimit(_Model):
+    cloud: str
+    committed_usd_per_month: float
+
+
+class PlanLimits(_Model):
+    """The scenario's caps and policies the plan honours (a plan written by hand, with no
+    scenario, has the defaults: no caps)."""
+
+    hours_per_month: float = Field(HOURS_PER_MONTH, description="hours billed per month")
+    headroom: float = Field(0.0, description="capacity over peak demand, fraction")
+    derate: float = Field(1.0, description="multiple of the uncertainty band taken off")
+    max_vendor_share: float | None = None
+    vendor_share_basis: Literal["traffic", "spend"] = "traffic"
+    n_minus_1: NMinusOneLimit | None = None
+    power_mw: dict[str, float] = Field({}, description="region -> cap, MW")
+    supply_max_chips: dict[str, int] = Field(
+        {}, description="'accelerator@cloud/region' (as the scenario names it) -> chips")
+    contracts: dict[str, ContractLimit] = {}
+    residency: dict[str, list[str]] = Field({}, description="tier -> regions allowed")
+
+
+class SolverInfo(_Model):
+    """How the plan was solved (empty for a plan given by hand)."""
+
+    name: str = "none"
+    status: str | None = None
+    mip_gap: float | None = Field(None, description="relative gap of the bill at the end")
+    seconds: float | None = None
+    rounds: int | None = Field(None, description="solves (N-1 cuts add rounds)")
+    candidates: int | None = None
+    variables: int | None = None
+    rows: int | None = None
+
+
 class Plan(_Model):
     version: int = PLAN_VERSION
     scenario: str
@@ -118,13 +171,17 @@ class Plan(_Model):
     tiers: list[TierSummary]
     units: list[PlanUnit]
     traffic_split: list[BucketSplit]
+    buckets: SizeBuckets | None = Field(
+        None, description="the size-bucket edges (tokens) the split's labels name; None "
+        "for a plan given by hand without them (requests then go to the split bucket with "
+        "the nearest representative lengths)")
     cost: Cost
     vendor_share: dict[str, float] = Field(description="vendor -> share of peak capacity used")
     power_mw: dict[str, float] = Field(description="region -> MW at TDP")
-    limits: dict[str, Any] = Field(description="caps and policies honoured, from the scenario")
+    limits: PlanLimits = Field(default_factory=PlanLimits)
     baselines: list[Baseline]
     constraints: list[ConstraintReport]
-    solver: dict[str, Any]
+    solver: SolverInfo = Field(default_factory=SolverInfo)
     notes: list[str] = []
 
     def pools_for(self, tier: str) -> list[PlanUnit]:

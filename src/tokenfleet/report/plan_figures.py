@@ -12,13 +12,13 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
+from tokenfleet.plan.check import power_vs_cap
 from tokenfleet.plan.milp import POLICY_FAMILIES
 from tokenfleet.plan.schema import Plan
 from tokenfleet.report.html_page import Figure
 from tokenfleet.report.plan_metrics import (
     chips_by_region,
     monthly_by,
-    power_vs_cap,
     spend_by_cloud,
     usd_per_million_tokens,
 )
@@ -226,7 +226,7 @@ def vendor_share_fig(plan: Plan) -> Figure:
                 text=[f"{plan.vendor_share[v]:.1%}" for v in vendors], textposition="outside",
                 hovertemplate="%{x}: %{y:.1f}% of output tokens at peak<extra></extra>")
     _layout(fig, "Vendor share of output tokens at peak", "% of output tokens", barmode=None)
-    cap = plan.limits.get("max_vendor_share")
+    cap = plan.limits.max_vendor_share
     if cap is not None:
         fig.add_hline(y=float(cap) * 100, line_dash="dash", line_color="#D55E00",
                       annotation_text=f"cap {float(cap):.0%}", annotation_position="top left")

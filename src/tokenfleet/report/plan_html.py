@@ -14,11 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tokenfleet.plan.check import Finding, check_plan, pool_load
 from tokenfleet.plan.schema import Plan, PlanUnit
 from tokenfleet.report.html_page import esc, figure_html, page, table
-from tokenfleet.report.plan_checks import Finding, check_plan
 from tokenfleet.report.plan_figures import plan_figures
-from tokenfleet.report.plan_metrics import hours_per_month, pool_load
 
 PROVENANCE_CLASSES = {"calibrated", "extrapolated", "spec-sheet"}
 PROVENANCE_MEANING = {
@@ -60,13 +59,13 @@ def _short_status(status: str) -> str:
 
 
 def _layout_text(u: PlanUnit) -> str:
-    return " ".join(f"{k}{v}" for k, v in u.layout.items() if v > 1) or "tp1"
+    return u.layout.short
 
 
 def _summary(plan: Plan) -> str:
     c = plan.cost
     s = plan.solver
-    gap = s.get("mip_gap")
+    gap = s.mip_gap
     chips = sum(u.chips for u in plan.units)
     mw = sum(plan.power_mw.values())
     unused = max(c.committed_usd_per_month - c.committed_used_usd_per_month, 0.0)
@@ -79,9 +78,9 @@ def _summary(plan: Plan) -> str:
         _card("fleet at list price", usd(c.fleet_usd_per_month), "USD / month of chip-hours"),
         _card("chips", f"{chips:,}", f"in {len(plan.units)} pools"),
         _card("power at TDP", f"{mw:,.3f} MW", f"in {len(plan.power_mw)} regions"),
-        _card("solver", _short_status(str(s.get("status", "?"))),
-              f"gap {pct(gap, 2) if isinstance(gap, (int, float)) else '—'} of the bill; "
-              f"{num(s.get('seconds'), 2)} s"),
+        _card("solver", _short_status(s.status or "?"),
+              f"gap {pct(gap, 2) if gap is not None else '—'} of the bill; "
+              f"{num(s.seconds, 2)} s"),
     ]
     shares = ", ".join(f"{v} {sh:.1%}" for v, sh in plan.vendor_share.items())
     lim = plan.limits
@@ -90,12 +89,12 @@ def _summary(plan: Plan) -> str:
         f"<header><h1>Fleet plan — {esc(plan.scenario)}</h1>"
         f"<p class=\"lede\">Scenario <b>{esc(plan.scenario)}</b>; objective "
         f"<b>{esc(plan.objective)}</b>; created {esc(plan.created)}; plan.json version "
-        f"{esc(plan.version)}. Solver: {esc(s.get('name', '?'))} — {esc(s.get('status', '?'))}"
-        f"{'' if not isinstance(gap, (int, float)) else f', relative gap {gap:.3%}'}.</p>"
+        f"{esc(plan.version)}. Solver: {esc(s.name)} — {esc(s.status or '?')}"
+        f"{'' if gap is None else f', relative gap {gap:.3%}'}.</p>"
         f"</header><div class=\"cards\">{''.join(cards)}</div>"
         f"<p>Vendor share of output tokens at peak: {esc(shares or '—')}. "
-        f"Capacity planned with {pct(lim.get('headroom'), 0)} headroom over peak demand, "
-        f"each estimate derated by {esc(lim.get('derate', '—'))}× its uncertainty band.</p>"
+        f"Capacity planned with {pct(lim.headroom, 0)} headroom over peak demand, "
+        f"each estimate derated by {esc(lim.derate)}× its uncertainty band.</p>"
         f"{trust}")
 
 
@@ -133,7 +132,7 @@ def _tiers_table(plan: Plan) -> str:
 
 
 def _pools_table(plan: Plan) -> str:
-    hours = hours_per_month(plan)
+    hours = plan.limits.hours_per_month
     loads = pool_load(plan)
     rows = []
     for u in sorted(plan.units, key=lambda u: (u.tier, -u.usd_per_hour, u.pool)):
@@ -223,12 +222,13 @@ LIMIT_UNITS = {"headroom": "fraction over peak", "derate": "× uncertainty band"
 
 
 def _limits_table(plan: Plan) -> str:
-    rows = [[esc(k), esc(LIMIT_UNITS.get(k, "")), _value(v)] for k, v in plan.limits.items()]
+    rows = [[esc(k), esc(LIMIT_UNITS.get(k, "")), _value(v)]
+            for k, v in plan.limits.model_dump().items()]
     return table([("limit / policy", False), ("unit", False), ("value", False)], rows)
 
 
 def _solver_table(plan: Plan) -> str:
-    rows = [[esc(k), _value(v)] for k, v in plan.solver.items()]
+    rows = [[esc(k), _value(v)] for k, v in plan.solver.model_dump().items()]
     return table([("solver field", False), ("value", False)], rows)
 
 

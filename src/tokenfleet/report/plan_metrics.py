@@ -10,26 +10,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from tokenfleet.plan.schema import HOURS_PER_MONTH, Plan, PlanUnit
-
-
-def hours_per_month(plan: Plan) -> float:
-    """Hours the plan bills per month.
-
-    plan.json does not store the scenario's ``hours_per_month``; the fleet's list value
-    divided by its hourly price recovers it, so a scenario that bills 720 h is reported
-    consistently with its own totals. Falls back to 730 h for an empty fleet.
-    """
-    per_hour = sum(u.usd_per_hour for u in plan.units)
-    if per_hour > 0 and plan.cost.fleet_usd_per_month > 0:
-        return plan.cost.fleet_usd_per_month / per_hour
-    return HOURS_PER_MONTH
+from tokenfleet.plan.schema import Plan, PlanUnit
 
 
 def monthly_by(plan: Plan, key: str) -> dict[str, dict[str, float]]:
     """List value in USD/month of every pool, grouped by ``key`` (a PlanUnit field such
     as ``vendor`` or ``cloud``) and then by tier."""
-    hours = hours_per_month(plan)
+    hours = plan.limits.hours_per_month
     out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for u in plan.units:
         out[str(getattr(u, key))][u.tier] += u.usd_per_hour * hours
@@ -50,13 +37,13 @@ class CloudSpend:
 def spend_by_cloud(plan: Plan) -> list[CloudSpend]:
     """Per cloud: committed (used), on-demand and committed-but-unused USD/month,
     using the contracts recorded in ``plan.limits``."""
-    hours = hours_per_month(plan)
+    hours = plan.limits.hours_per_month
     used: dict[str, float] = defaultdict(float)
     for u in plan.units:
         used[u.cloud] += u.usd_per_hour * hours
     committed: dict[str, float] = defaultdict(float)
-    for k in (plan.limits.get("contracts") or {}).values():
-        committed[str(k["cloud"])] += float(k["committed_usd_per_month"])
+    for k in plan.limits.contracts.values():
+        committed[k.cloud] += k.committed_usd_per_month
     out = []
     for cloud in sorted(set(used) | set(committed)):
         use, com = used.get(cloud, 0.0), committed.get(cloud, 0.0)
@@ -71,13 +58,6 @@ def chips_by_region(plan: Plan) -> dict[str, dict[str, int]]:
     for u in plan.units:
         out[u.region][u.accelerator] += u.chips
     return {r: dict(v) for r, v in sorted(out.items())}
-
-
-def power_vs_cap(plan: Plan) -> list[tuple[str, float, float | None]]:
-    """(region, MW at TDP used, cap MW or None) for every region used or capped."""
-    caps = {str(k): float(v) for k, v in (plan.limits.get("power_mw") or {}).items()}
-    regions = sorted(set(plan.power_mw) | set(caps))
-    return [(r, plan.power_mw.get(r, 0.0), caps.get(r)) for r in regions]
 
 
 def tier_mix(plan: Plan) -> dict[str, dict[str, float]]:
@@ -171,32 +151,4 @@ def usd_per_million_tokens(plan: Plan) -> list[TokenCost]:
         out.append(TokenCost(tier, accel, usd_h / 3600 / tok * 1e6,
                              usd_h / 3600 / tok_point * 1e6 if tok_point else 0.0,
                              tuple(u.pool for u in units), cover))
-    return out
-
-
-def pool_load(plan: Plan) -> dict[str, float | None]:
-    """pool -> share of its derated capacity used at peak by its own tier's traffic.
-
-    ``None`` where the split routes a bucket to the pool that it has no capacity for.
-    A value above 1 means the plan overloads the pool at the low end of its band.
-    """
-    units = {u.pool: u for u in plan.units}
-    busy: dict[str, float] = defaultdict(float)
-    broken: set[str] = set()
-    for s in plan.traffic_split:
-        for pool, share in s.shares.items():
-            u = units.get(pool)
-            if u is None or u.tier != s.tier:
-                continue  # reported by the checks, not a load
-            cap = u.capacity_for(s.bucket)
-            if cap is None or cap.requests_per_s <= 0:
-                broken.add(pool)
-                continue
-            busy[pool] += share * s.peak_requests_per_s / cap.requests_per_s
-    out: dict[str, float | None] = {}
-    for p, u in units.items():
-        if p in broken:
-            out[p] = None
-        else:
-            out[p] = busy.get(p, 0.0) / u.replicas if u.replicas else None
     return out

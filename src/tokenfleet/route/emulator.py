@@ -2,7 +2,7 @@
 
 ``tokenfleet emulate --accelerator maia-200 --model llama-3.1-70b --replicas 2`` serves
 ``/v1/chat/completions`` and ``/v1/completions`` (streaming and not), ``/v1/models``
-and ``/health``, with tokens paced by :mod:`tokenfleet.route.engine` (continuous
+and ``/health``, with tokens paced by :mod:`tokenfleet.route.pace` (continuous
 batching on the performance model). It lets the whole stack — gateway, pools, load
 generator — run on one machine, in tests and in demos.
 
@@ -26,13 +26,12 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenfleet.catalog.loader import load_catalog
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.perf.calibration import load_fit
-from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.unit import Layout, UnitModel
 from tokenfleet.plan.schema import PlanUnit
-from tokenfleet.route.engine import (
+from tokenfleet.plan.units import unit_model
+from tokenfleet.route.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_request
+from tokenfleet.route.pace import (
     Engine,
     FixedLatencyEngine,
     ModelPacing,
@@ -40,7 +39,6 @@ from tokenfleet.route.engine import (
     Sequence,
     default_max_batch,
 )
-from tokenfleet.route.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_request
 from tokenfleet.route.server import RunningServer
 
 # Text of generated tokens: plain ASCII words, so they go into JSON without escaping.
@@ -84,7 +82,7 @@ class PoolSpec:
     count: int | None = None  # chips per replica; None = cheapest count that fits
     precision: str = "auto"
     kv_precision: str | None = None
-    layout: dict[str, int] | None = None
+    layout: Layout | None = None
     engine: str | None = None
     max_batch: int | None = None  # per replica; None = what KV memory holds
 
@@ -92,16 +90,13 @@ class PoolSpec:
     def from_plan_unit(cls, unit: PlanUnit) -> PoolSpec:
         return cls(model=unit.model, accelerator=unit.accelerator, replicas=unit.replicas,
                    count=unit.chips_per_replica, precision=unit.precision,
-                   kv_precision=unit.kv_precision, layout=dict(unit.layout), engine=unit.engine)
+                   kv_precision=unit.kv_precision, layout=unit.layout, engine=unit.engine)
 
 
 def build_unit(spec: PoolSpec) -> UnitModel:
     """The performance model of one replica of ``spec`` (same inputs as the planner)."""
     from tokenfleet.perf.estimate import Query, best_count, estimate
 
-    catalog = load_catalog()
-    model = catalog.model(spec.model)
-    accel = catalog.accelerator(spec.accelerator)
     if spec.layout is not None and spec.precision != "auto":
         precision, layout = spec.precision, spec.layout
     else:
@@ -112,15 +107,9 @@ def build_unit(spec: PoolSpec) -> UnitModel:
             raise TokenfleetError(f"{spec.model} on {spec.count or 'any count of'} "
                                   f"{spec.accelerator}: {e.reason or 'does not fit'}")
         precision, layout = e.precision, spec.layout or e.layout
-    prec = get_precision(precision)
-    kv = spec.kv_precision or prec.default_kv
-    eff, _group = load_fit().efficiency(accel.family, spec.engine)
-    try:
-        lo = Layout(tp=layout["tp"], pp=layout.get("pp", 1), dp=layout.get("dp", 1),
-                    ep=layout.get("ep", 1))
-    except KeyError:
-        raise TokenfleetError(f"layout {layout} must give at least 'tp'") from None
-    return UnitModel(model, accel, prec, kv, lo, eff)
+    unit, _group = unit_model(spec.model, spec.accelerator, precision, spec.kv_precision,
+                              layout, spec.engine)
+    return unit
 
 
 def build_engine(spec: PoolSpec, max_queue: int = 4096) -> tuple[Engine, UnitModel]:

@@ -40,6 +40,7 @@ from aiohttp import web
 from yarl import URL
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.perf.metrics import tpot
 from tokenfleet.plan.schema import Plan
 from tokenfleet.route.auth import ApiKeys
 from tokenfleet.route.breaker import BreakerState
@@ -54,7 +55,7 @@ from tokenfleet.route.openai_api import (
     load_json,
     parse_request,
 )
-from tokenfleet.route.router import Backend, Choice, Pool, Router, Tier, Verdict
+from tokenfleet.route.router import Backend, Choice, Pool, Router, TierRoutes, Verdict
 from tokenfleet.route.upstream import (
     ConnectError,
     ConnectTimeout,
@@ -120,7 +121,7 @@ class _Ctx:
     request: web.Request
     parsed: ParsedRequest
     raw: bytes
-    tier: Tier
+    tier: TierRoutes
     t0: float  # monotonic arrival, seconds
     deadline: float  # monotonic, seconds
     request_id: str
@@ -600,7 +601,7 @@ class Gateway:
         m.child(m.requests, tier, pool.name, "ok").inc()
         m.child(m.ttft, tier, pool.name).observe(t_first - ctx.t0)
         if tokens > 1:  # tokens that arrive in one read count as 0 s apart, not as missing
-            m.child(m.tpot, tier, pool.name).observe((t_last - t_first) / (tokens - 1))
+            m.child(m.tpot, tier, pool.name).observe(tpot(t_first, t_last, tokens))
         m.child(m.duration, tier, pool.name).observe(t_last - ctx.t0)
         return True, resp
 

@@ -26,7 +26,7 @@ import aiohttp
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.perf.metrics import Latency
+from tokenfleet.perf.metrics import Latency, meets_slo, slo_attainment, tpot, ttft
 from tokenfleet.route.openai_api import load_json, prompt_of_tokens
 from tokenfleet.route.summary import LivePoolResult, LiveTierResult, RunSummary, latency
 from tokenfleet.workload.generate import EmpiricalLengths, FixedLengths, poisson
@@ -304,9 +304,9 @@ class LoadGenerator:
         n = usage_tokens if usage_tokens is not None else chunks
         res.output_tokens = n
         if t_first is not None:
-            res.ttft_s = t_first - res.t_send
+            res.ttft_s = ttft(res.t_send, t_first)
             if n > 1 and t_last is not None:
-                res.tpot_s = (t_last - t_first) / (n - 1)
+                res.tpot_s = tpot(t_first, t_last, n)
 
 
 async def _sse_lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
@@ -351,7 +351,7 @@ def summarize(result: LoadResult, tiers: dict[str, TierInfo] | None = None,
         ok = [r for r in rs if r.outcome == "ok"]
         ti = info.get(name, TierInfo())
         has_slo = ti.slo_ttft_s is not None or ti.slo_tpot_s is not None
-        met = sum(1 for r in ok if _meets(r, ti)) if has_slo else 0
+        met = _met(ok, ti) if has_slo else 0
         ttft, tpot, e2e = _latencies(ok)
         out[name] = LiveTierResult(
             requests=len(rs), completed=len(ok),
@@ -360,7 +360,7 @@ def summarize(result: LoadResult, tiers: dict[str, TierInfo] | None = None,
             retried=sum(1 for r in rs if r.attempts > 1),
             slo_ttft_s=ti.slo_ttft_s, slo_tpot_s=ti.slo_tpot_s,
             ttft_s=ttft, tpot_s=tpot, e2e_s=e2e,
-            slo_attainment=met / len(rs) if has_slo else None,
+            slo_attainment=slo_attainment(met, len(rs)) if has_slo else None,
             mean_ttft_within_slo=(None if ti.slo_ttft_s is None or ttft.mean is None
                                   else ttft.mean <= ti.slo_ttft_s),
             mean_tpot_within_slo=(None if ti.slo_tpot_s is None or tpot.mean is None
@@ -398,12 +398,12 @@ def _latencies(ok: list[RequestResult]) -> tuple[Latency, Latency, Latency]:
             latency([r.t_end - r.t_send for r in ok]))
 
 
-def _meets(r: RequestResult, ti: TierInfo) -> bool:
-    if ti.slo_ttft_s is not None and (r.ttft_s is None or r.ttft_s > ti.slo_ttft_s):
-        return False
-    # A one-token answer has no TPOT: nothing to miss.
-    return not (ti.slo_tpot_s is not None and r.tpot_s is not None
-                and r.tpot_s > ti.slo_tpot_s)
+def _met(ok: list[RequestResult], ti: TierInfo) -> int:
+    """Completed requests within the tier's SLOs (no TTFT recorded: a miss)."""
+    nan = math.nan
+    ttft_s = np.array([nan if r.ttft_s is None else r.ttft_s for r in ok], dtype=float)
+    tpot_s = np.array([nan if r.tpot_s is None else r.tpot_s for r in ok], dtype=float)
+    return int(meets_slo(ttft_s, tpot_s, ti.slo_ttft_s, ti.slo_tpot_s).sum())
 
 
 def run_blocking(gen: LoadGenerator, requests: list[LoadRequest],

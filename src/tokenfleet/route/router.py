@@ -14,48 +14,18 @@ logic is tested without sockets. Times are seconds on ``time.monotonic``.
 
 from __future__ import annotations
 
-import bisect
 import math
 import os
 import random
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan, PlanUnit
 from tokenfleet.route.breaker import CircuitBreaker
 from tokenfleet.route.config import BackendsFile
+from tokenfleet.routing.buckets import plan_buckets
 from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
-from tokenfleet.workload.buckets import SizeBuckets
-
-_LABEL = re.compile(r"^in(\d+)-(\d+|inf)_out(\d+)-(\d+|inf)$")
-
-
-def buckets_from_plan(plan: Plan) -> SizeBuckets:
-    """Rebuild the size-bucket edges the planner used from the labels in the plan's
-    traffic split (``in512-2048_out128-512`` ...). A plan with no split uses the
-    default buckets."""
-    ins: set[float] = set()
-    outs: set[float] = set()
-    for s in plan.traffic_split:
-        m = _LABEL.match(s.bucket)
-        if not m:
-            raise TokenfleetError(f"plan traffic_split: bucket label '{s.bucket}' is not of the "
-                                  f"form in<lo>-<hi>_out<lo>-<hi>")
-        a, b, c, d = (math.inf if x == "inf" else float(x) for x in m.groups())
-        ins.update((a, b))
-        outs.update((c, d))
-    if not ins:
-        return SizeBuckets()
-    ins.update((0.0, math.inf))
-    outs.update((0.0, math.inf))
-    try:
-        return SizeBuckets(input_edges=tuple(sorted(ins)), output_edges=tuple(sorted(outs)))
-    except ValueError as e:
-        raise TokenfleetError(f"plan traffic_split: bucket labels give invalid edges: {e}"
-                              ) from None
 
 
 class Backend:
@@ -143,7 +113,7 @@ class Pool:
 
 
 @dataclass
-class Tier:
+class TierRoutes:
     """A tier's routable pools and the plan's split of its traffic per size bucket."""
 
     name: str
@@ -181,10 +151,8 @@ class Router:
         settings = backends.gateway
         self.policy_name = policy or settings.policy
         get_policy(self.policy_name)  # validates the name with a clear error
-        self.buckets = buckets_from_plan(plan)
-        self._labels = [b.label for b in self.buckets.buckets]
-        self._in_edges = list(self.buckets.input_edges)
-        self._out_edges = list(self.buckets.output_edges)
+        self._buckets = plan_buckets(plan)
+        self.buckets = self._buckets.edges  # None: a hand-written plan without edges
         self.rng = random.Random(seed)
         self._failover_policy = get_policy("cost-spill")
         units = {u.pool: u for u in plan.units}
@@ -199,7 +167,7 @@ class Router:
             key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
             self.pools[name] = Pool(unit, pool_backends, spec.model or unit.model, key,
                                     spec.health_path or settings.health.path)
-        self.tiers: dict[str, Tier] = {}
+        self.tiers: dict[str, TierRoutes] = {}
         for t in plan.tiers:
             pools = [self.pools[u.pool] for u in plan.pools_for(t.name) if u.pool in self.pools]
             shares: dict[str, dict[str, float]] = {}
@@ -213,12 +181,12 @@ class Router:
             if not weighted:  # no split for the tier: spread evenly
                 weighted = {p.name: 1.0 for p in pools}
             total = sum(weighted.values()) or 1.0
-            self.tiers[t.name] = Tier(
+            self.tiers[t.name] = TierRoutes(
                 t.name, t.model, t.slo_ttft_s, t.slo_tpot_s, pools, shares,
                 {p: f / total for p, f in weighted.items()}, get_policy(self.policy_name))
         # A request may name the tier or the tier's model id (when only one tier has it).
-        self._by_model: dict[str, Tier] = {}
-        by_model_id: dict[str, list[Tier]] = {}
+        self._by_model: dict[str, TierRoutes] = {}
+        by_model_id: dict[str, list[TierRoutes]] = {}
         for tier in self.tiers.values():
             by_model_id.setdefault(tier.model.lower(), []).append(tier)
         for mid, tiers in by_model_id.items():
@@ -229,17 +197,13 @@ class Router:
 
     # ---- lookups ------------------------------------------------------------------
 
-    def tier_for(self, model: str) -> Tier | None:
+    def tier_for(self, model: str) -> TierRoutes | None:
         """The tier a request's ``model`` names (tier name or unique model id)."""
         return self._by_model.get(model.lower())
 
     def bucket_label(self, prompt_tokens: int, output_tokens: int) -> str:
-        """Label of the size bucket of one request (the rule of
-        ``SizeBuckets.assign_lengths``: lower edge inclusive), with ``bisect`` — NumPy's
-        per-call overhead is ~20 µs, too much on the gateway's per-request path."""
-        i = bisect.bisect_right(self._in_edges, prompt_tokens) - 1
-        j = bisect.bisect_right(self._out_edges, output_tokens) - 1
-        return self._labels[i * self.buckets.n_output + j]
+        """Label of the size bucket of one request (:mod:`tokenfleet.routing.buckets`)."""
+        return self._buckets.label_of(prompt_tokens, output_tokens)
 
     def all_backends(self) -> Iterable[Backend]:
         for p in self.pools.values():
@@ -247,7 +211,7 @@ class Router:
 
     # ---- decisions ----------------------------------------------------------------
 
-    def choose(self, tier: Tier, bucket: str, now: float,
+    def choose(self, tier: TierRoutes, bucket: str, now: float,
                exclude: frozenset[Backend] | set[Backend] = frozenset(),
                after_failure_in: Pool | None = None) -> Choice | Verdict:
         """Pick a pool and a backend for one attempt.

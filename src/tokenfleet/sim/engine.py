@@ -58,7 +58,6 @@ Units: seconds, tokens, USD, watts.
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
@@ -66,14 +65,16 @@ from heapq import heapify, heappop, heappush
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
+from tokenfleet.perf import metrics as perf_metrics
 from tokenfleet.sim import kernels
-from tokenfleet.sim.fleet import BLOCK_TOKENS, Fleet, SimPool
+from tokenfleet.sim.admission import SHED, Admission
+from tokenfleet.sim.dispatch import NO_HEALTHY, REASON_CODES, KeyRouter
+from tokenfleet.sim.fleet import Fleet, PoolInfo
 from tokenfleet.sim.metrics import CompletionBuffer, GroupStats
 from tokenfleet.sim.prefix_cache import LanePrefixCaches
 from tokenfleet.sim.shocks import Failure, PriceChange
 from tokenfleet.sim.stepcost import FleetStepCost, PrefillAttention
-from tokenfleet.sim.traffic import RouteKey, Workload
+from tokenfleet.sim.traffic import Workload
 
 NEVER = np.iinfo(np.int64).max // 4
 # Per-pool columns sampled during a run: levels, then running totals.
@@ -81,24 +82,13 @@ SERIES_LEVELS = ("running", "waiting", "kv_used_tokens")
 SERIES_TOTALS = ("busy_s", "routed", "preemptions")
 SERIES_COLUMNS = SERIES_LEVELS + SERIES_TOTALS
 DEFAULT_SYNC_S = 0.02
-# Rejection reasons (the summary's keys).
-NO_POOL = "no pool serves the tier"
-NO_HEALTHY = "no healthy pool"
-TOO_LONG = "longer than the KV cache of every pool"
+# Rejection reasons (the summary's keys; routing's and admission's in their modules).
 UNFINISHED = "unfinished when the simulation stopped"
-SHED = "shed: predicted queueing delay over the TTFT SLO on every pool of the tier"
 # Admission control (SimOptions.admission): "none" queues everything that can be routed;
 # "ttft" turns a request away at the door when its predicted queueing delay exceeds
 # the tier's TTFT SLO on the pool it was routed to and on every other pool of the tier
 # (the simulator's counterpart of the gateway's 429 backpressure).
 ADMISSION_MODES = ("none", "ttft")
-# Routing outcomes other than a pool index (negative, so they never clash with one).
-_REASON_CODES = {-1: NO_POOL, -2: TOO_LONG, -3: NO_HEALTHY}
-_NO_POOL, _TOO_LONG, _NO_HEALTHY = -1, -2, -3
-# Windows with at most this many arrivals are grouped by key with plain lists.
-_SMALL_WINDOW = 32
-# Time constant of admission control's measured drain rate, s.
-_DRAIN_TAU_S = 5.0
 
 # A completion-log key is (lane << _LANE_SHIFT) | step.
 _LANE_SHIFT = 32
@@ -106,35 +96,6 @@ _LANE_SHIFT = 32
 _RING_BYTES = 64 << 20
 # What a slot holds.
 _FREE, _WAITING, _PREFILLING, _DECODING, _DECODING_FAR, _DONE = kernels.SLOT_STATES
-
-# Per-request columns of the slot table (name, dtype). Lengths and token counts are
-# integers; times and FLOPs floats.
-_SLOT_COLUMNS: tuple[tuple[str, type], ...] = (
-    ("state", np.int8),
-    ("arrival", np.float64),
-    ("ready", np.float64),  # earliest time it may enter a batch
-    ("inp", np.int64),
-    ("out", np.int64),
-    ("tier", np.int64),
-    ("key", np.int64),  # routing key
-    ("pool", np.int64),
-    ("lane", np.int64),
-    ("rid", np.int64),  # position in the workload (orders re-routed requests)
-    ("next", np.int64),  # next slot in the lane's waiting queue (-1: last)
-    ("pnext", np.int64),  # next slot in the lane's queue of partial prompts (-1: last)
-    ("gen", np.int64),  # output tokens generated (this attempt), as of the last change
-    ("need", np.int64),  # prompt tokens still to prefill in this admission
-    ("kvh", np.int64),  # KV tokens held, not counting decode growth since `enter`
-    ("enter", np.int64),  # lane step at which it started decoding
-    ("gent", np.int64),  # `gen` when it started decoding
-    ("done", np.int64),  # lane step at which it leaves (decoding)
-    ("aseq", np.int64),  # admission order
-    ("first", np.float64),  # first-token time (-1: none yet)
-    ("admit", np.float64),  # first admission time (-1: never admitted)
-    ("att", np.float64),  # prefill-attention FLOPs per prompt token of this admission
-    ("retries", np.int64),
-)
-
 
 @dataclass
 class SimOptions:
@@ -158,7 +119,7 @@ class RunRecord:
     tier_slo: dict[str, tuple[float | None, float | None]]
     tiers: GroupStats
     pools: GroupStats
-    pool_info: dict[str, dict]
+    pool_info: dict[str, PoolInfo]
     reject_reasons: dict[str, int]
     requests: int
     completed: int
@@ -197,30 +158,7 @@ class Simulator:
 
     dep: np.ndarray  # departures per fine bin (run)
     last_event: float  # s
-    # The slot table's columns (see _SLOT_COLUMNS), set by _grow_slots.
-    s_state: np.ndarray
-    s_arrival: np.ndarray
-    s_ready: np.ndarray
-    s_inp: np.ndarray
-    s_out: np.ndarray
-    s_tier: np.ndarray
-    s_key: np.ndarray
-    s_pool: np.ndarray
-    s_lane: np.ndarray
-    s_rid: np.ndarray
-    s_next: np.ndarray
-    s_pnext: np.ndarray
-    s_gen: np.ndarray
-    s_need: np.ndarray
-    s_kvh: np.ndarray
-    s_enter: np.ndarray
-    s_gent: np.ndarray
-    s_done: np.ndarray
-    s_aseq: np.ndarray
-    s_first: np.ndarray
-    s_admit: np.ndarray
-    s_att: np.ndarray
-    s_retries: np.ndarray
+    sl: kernels.Slots  # the slot table (one array per column), set by _grow_slots
 
     def __init__(self, fleet: Fleet, workload: Workload, options: SimOptions | None = None,
                  failures: list[Failure] | None = None,
@@ -259,18 +197,17 @@ class Simulator:
         self.all_pools_have_lanes = bool(self.pool_has_lanes.all())
         self._build_lanes()
         self._build_slots()
-        self._build_routing()
+        tier_idx = {t: i for i, t in enumerate(self.tier_names)}
+        self.key_tier = np.array([tier_idx[k.tier] for k in workload.keys], dtype=np.int64)
+        self.pool_first_arr = np.array([p.first_lane for p in pools], dtype=np.int64)
+        self.pool_lanes_arr = np.array([p.lanes for p in pools], dtype=np.int64)
+        self.chips_per_replica = np.array([p.unit.chips_per_replica for p in pools], float)
+        self.router = KeyRouter(fleet.plan, pools, workload.keys, self.opt.policy,
+                                self.opt.seed)
+        self.admission = Admission(
+            fleet.plan, pools, dict(zip(self.tier_names, self.slo_ttft.tolist(), strict=True)))
         # Prefix caching, when the traffic carries prefix hashes (sim/prefix_cache.py).
         self.prefix = LanePrefixCaches.of(workload, self.lane_pool, self.n_pools)
-        # Admission control's service rate per replica: the plan's estimate until the
-        # pool has had a queue, then what it actually drained while it had one.
-        self.pool_rate = np.array([self._replica_rate(p) for p in pools], dtype=float)
-        self.pool_done = np.zeros(len(pools))  # completions so far
-        self.rate_done = np.zeros(len(pools))
-        self.rate_t = 0.0
-        self.rate_queued = np.zeros(len(pools), dtype=bool)
-        slo = dict(zip(self.tier_names, self.slo_ttft.tolist(), strict=True))
-        self.pool_slo = np.array([slo[p.unit.tier] for p in pools], dtype=float)
         self.sample_s = self.opt.sample_s or auto_sample_s(workload.duration_s, self.opt.sync_s)
         self.sample_s = max(self.opt.sync_s,
                             round(self.sample_s / self.opt.sync_s) * self.opt.sync_s)
@@ -359,8 +296,8 @@ class Simulator:
         self.finished: list[np.ndarray] = []
         self.finished_t: list[np.ndarray] = []
         self.n_finished = 0
-        for name, dtype in _SLOT_COLUMNS:
-            setattr(self, "s_" + name, np.zeros(0, dtype=dtype))
+        self.sl = kernels.Slots(*(np.zeros(0, dtype=kernels.SLOT_DTYPES[f])
+                                  for f in kernels.Slots._fields))
         self._grow_slots(1024)
 
     def _grow_slots(self, need: int) -> None:
@@ -368,10 +305,12 @@ class Simulator:
         number of requests in flight at once, not the number that finished."""
         old = self.n_slots
         new = max(need, 2 * old, 1024)
-        for name, dtype in _SLOT_COLUMNS:
-            a: np.ndarray = np.zeros(new, dtype=dtype)
-            a[:old] = getattr(self, "s_" + name)
-            setattr(self, "s_" + name, a)
+        grown = []
+        for f, col in zip(kernels.Slots._fields, self.sl, strict=True):
+            a: np.ndarray = np.zeros(new, dtype=kernels.SLOT_DTYPES[f])
+            a[:old] = col
+            grown.append(a)
+        self.sl = kernels.Slots(*grown)
         # Handed out from the end: low slot numbers first.
         self.free.extend(range(new - 1, old - 1, -1))
         self.n_slots = new
@@ -382,88 +321,6 @@ class Simulator:
         take = self.free[-m:]
         del self.free[-m:]
         return np.array(take, dtype=np.int64)
-
-    def _build_routing(self) -> None:
-        """Per routing key: candidate pools, their shares, headroom and policy."""
-        plan = self.fleet.plan
-        pools = self.pools
-        tier_idx = {t: i for i, t in enumerate(self.tier_names)}
-        split = {(s.tier, s.bucket): s for s in plan.traffic_split}
-        self.key_tier = np.array([tier_idx[k.tier] for k in self.w.keys], dtype=np.int64)
-        self.key_pools: list[list[int]] = []
-        self.key_states: list[list[PoolState]] = []
-        self.key_headroom: list[list[float]] = []
-        self.key_policy: list[RoutingPolicy] = []
-        self.key_rng: list[random.Random] = []
-        self.key_caps: list[np.ndarray] = []
-        self.key_min_cap: list[int] = []
-        self.pool_states_keys: list[list[tuple[PoolState, int]]] = [[] for _ in pools]
-        self.pool_first_arr = np.array([p.first_lane for p in pools], dtype=np.int64)
-        self.pool_lanes_arr = np.array([p.lanes for p in pools], dtype=np.int64)
-        self.chips_per_replica = np.array([p.unit.chips_per_replica for p in pools], float)
-        self.version = 0
-        self.key_version = [-1] * len(self.w.keys)
-        for k in self.w.keys:
-            cand = [p for p in pools if p.unit.tier == k.tier and p.replicas > 0]
-            shares = self._shares(k, cand, split)
-            states, heads = [], []
-            for p in cand:
-                conc = (p.headroom_concurrency.get(k.bucket)
-                        or max(p.headroom_concurrency.values(), default=0.0)
-                        or float(p.max_num_seqs))
-                heads.append(max(1.0, math.ceil(conc)))
-                st = PoolState(pool=p.id, share=shares.get(p.id, 0.0),
-                               usd_per_replica_hour=p.usd_per_replica_hour,
-                               replicas=p.replicas, healthy_replicas=p.replicas,
-                               in_flight=0, queued=0,
-                               max_in_flight=int(heads[-1] * p.lanes))
-                states.append(st)
-                self.pool_states_keys[p.index].append((st, len(self.key_states)))
-            self.key_pools.append([p.index for p in cand])
-            self.key_states.append(states)
-            self.key_headroom.append(heads)
-            self.key_policy.append(get_policy(self.opt.policy))
-            # One random stream per key, seeded by the key's name: the same requests see
-            # the same draws whichever other pools share the process.
-            self.key_rng.append(random.Random(f"{self.opt.seed}:{k.tier}:{k.bucket}"))
-            caps = np.array([p.kv_tokens for p in cand], dtype=np.int64)
-            self.key_caps.append(caps)
-            self.key_min_cap.append(int(caps.min()) if caps.size else 0)
-
-    def _replica_rate(self, p: SimPool) -> float:
-        """Requests per second one replica of ``p`` serves, by the plan's capacity
-        estimate (point value) over the pool's planned mix of size buckets; inf when
-        the plan gives none (admission control then never turns requests away there)."""
-        caps = {c.bucket: c.requests_per_s_point for c in p.unit.capacity
-                if c.requests_per_s_point > 0}
-        if not caps:
-            return math.inf
-        weight = {s.bucket: s.peak_requests_per_s * s.shares.get(p.id, 0.0)
-                  for s in self.fleet.plan.traffic_split
-                  if s.tier == p.unit.tier and s.bucket in caps}
-        if sum(weight.values()) <= 0:
-            weight = dict.fromkeys(caps, 1.0)
-        seconds = sum(w / caps[b] for b, w in weight.items()) / sum(weight.values())
-        return 1.0 / seconds
-
-    @staticmethod
-    def _shares(k: RouteKey, cand: list, split: dict) -> dict[str, float]:
-        s = split.get((k.tier, k.bucket))
-        if s is not None:
-            return dict(s.shares)
-        # A bucket the plan does not split: the tier's shares weighted by bucket peak.
-        tot: dict[str, float] = {}
-        weight = 0.0
-        for (tier, _), sp in split.items():
-            if tier != k.tier:
-                continue
-            w = max(sp.peak_requests_per_s, 1e-12)
-            weight += w
-            for pid, sh in sp.shares.items():
-                tot[pid] = tot.get(pid, 0.0) + w * sh
-        if weight <= 0:
-            return {p.id: 1.0 for p in cand}
-        return {pid: v / weight for pid, v in tot.items()}
 
     # ---- pool snapshots for the router -----------------------------------------------
 
@@ -482,126 +339,23 @@ class Simulator:
         """Take the pool aggregates of this instant; each key's PoolStates are brought up
         to date when the key next routes (:meth:`_key_view`). ``health``: lanes went
         down or up, or prices changed, since the last call."""
-        self.version += 1
-        self.routed_win = [0] * self.n_pools
+        router = self.router
+        router.refresh()
         if not self.n_lanes:
             return
         if health:
             up = self.up
             up_lanes = self._per_pool(np.add, up.astype(np.int64))
             self.up_kv_cap = self._per_pool(np.add, np.where(up, self.kv_cap, 0.0))
-            self.agg_up_lanes = up_lanes.tolist()
-            self.agg_healthy = (up_lanes // self.lanes_per_replica).tolist()
-            self.agg_usd = (self.price * self.chips_per_replica).tolist()
+            router.set_health(up_lanes.tolist(), (up_lanes // self.lanes_per_replica).tolist(),
+                              (self.price * self.chips_per_replica).tolist())
         running, queued, kv_used = kernels.pool_load(self.pool_first_arr, self.pool_lanes_arr,
                                                      self.up, self.n_seqs, self.n_wait, self.kv)
-        self.agg_running = running.tolist()
-        self.agg_queued = queued.tolist()
-        self.agg_kv = np.divide(kv_used, self.up_kv_cap, out=np.ones(self.n_pools),
-                                where=self.up_kv_cap > 0).tolist()
-
-    def _key_view(self, k: int) -> list[PoolState]:
-        states = self.key_states[k]
-        if self.key_version[k] != self.version:
-            self.key_version[k] = self.version
-            for s, head, p in zip(states, self.key_headroom[k], self.key_pools[k],
-                                  strict=True):
-                s.in_flight = self.agg_running[p]
-                s.queued = self.agg_queued[p] + self.routed_win[p]
-                s.healthy_replicas = self.agg_healthy[p]
-                s.kv_used = self.agg_kv[p]
-                s.usd_per_replica_hour = self.agg_usd[p]
-                s.max_in_flight = int(head * self.agg_up_lanes[p])
-        return states
+        router.set_load(running.tolist(), queued.tolist(),
+                        np.divide(kv_used, self.up_kv_cap, out=np.ones(self.n_pools),
+                                  where=self.up_kv_cap > 0).tolist())
 
     # ---- routing ---------------------------------------------------------------------
-
-    def _pick_one(self, k: int, size: int) -> int:
-        """Pool for one request of key ``k`` with ``size`` prompt + output tokens (or a
-        negative rejection code); the pick is counted as queued in every key's view."""
-        states = self._key_view(k)
-        if not states:
-            return _NO_POOL
-        choices = states
-        index = None
-        if size > self.key_min_cap[k]:
-            fits = np.flatnonzero(self.key_caps[k] >= size)
-            if fits.size == 0:
-                return _TOO_LONG
-            index = fits.tolist()
-            choices = [states[i] for i in index]
-        j = self.key_policy[k].choose(choices, self.key_rng[k])
-        if j is None:
-            return _NO_HEALTHY
-        if index is not None:
-            j = index[j]
-        pi = self.key_pools[k][j]
-        self.routed_win[pi] += 1
-        v = self.version
-        for st, kv in self.pool_states_keys[pi]:
-            if self.key_version[kv] == v:
-                st.queued += 1
-        return pi
-
-    def _pick_window(self, keys: np.ndarray, size: np.ndarray) -> np.ndarray:
-        """Pools for a window's arrivals (in arrival order).
-
-        All of a window's requests are routed at its start, key by key (in key order),
-        each key's requests in arrival order with one ``choose_many``: every pick is
-        seen by the picks after it, the same as routing the requests one at a time in
-        that order."""
-        m = keys.size
-        min_cap = self.key_min_cap
-        if m <= _SMALL_WINDOW:
-            # A few requests (small fleets): plain lists beat a dozen tiny array calls.
-            ks, sizes = keys.tolist(), size.tolist()
-            order: list[int] | np.ndarray = sorted(range(m), key=ks.__getitem__)
-            sk = [ks[q] for q in order]
-            ss: list[int] | np.ndarray = [sizes[q] for q in order]
-            starts = [0] + [q for q in range(1, m) if sk[q] != sk[q - 1]]
-            group_keys = [sk[b] for b in starts]
-            bounds = starts + [m]
-            big = [max(ss[bounds[g]:bounds[g + 1]]) > min_cap[k]
-                   for g, k in enumerate(group_keys)]
-        else:
-            order = np.argsort(keys, kind="stable")
-            sk_arr = keys[order]
-            ss = size[order]
-            cuts = np.flatnonzero(sk_arr[1:] != sk_arr[:-1]) + 1
-            starts_arr = np.concatenate(([0], cuts))
-            bounds = starts_arr.tolist() + [m]
-            group_keys = sk_arr[starts_arr].tolist()
-            big = (np.maximum.reduceat(ss, starts_arr)
-                   > np.asarray(min_cap, dtype=np.int64)[sk_arr[starts_arr]]).tolist()
-        picked: list[int] = []
-        routed_win = self.routed_win
-        for g, k in enumerate(group_keys):
-            n = bounds[g + 1] - bounds[g]
-            states = self._key_view(k)
-            if not states:
-                picked.extend([_NO_POOL] * n)
-                continue
-            if big[g]:
-                # Some need a pool with a larger KV cache: their own candidate lists, in
-                # turn with the others so the key's random stream is used in order.
-                part = ss[bounds[g]:bounds[g + 1]]
-                picked.extend(self._pick_one(k, int(sz)) for sz in part)
-                continue
-            before = [st.queued for st in states]
-            picks = self.key_policy[k].choose_many(states, n, self.key_rng[k])
-            kp = self.key_pools[k]
-            if None in picks:
-                picked.extend(_NO_HEALTHY if j is None else kp[j] for j in picks)
-            else:
-                picked.extend(map(kp.__getitem__, picks))  # type: ignore[arg-type]
-            # The policy counted its picks in this key's view; later keys see them
-            # through routed_win when their views are taken.
-            for st, b, pi in zip(states, before, kp, strict=True):
-                if st.queued != b:
-                    routed_win[pi] += st.queued - b
-        out = np.empty(m, dtype=np.int64)
-        out[order] = picked
-        return out
 
     def _dispatch(self, slots: np.ndarray, picks: np.ndarray, when: np.ndarray) -> None:
         """Send routed requests to their pools' lanes (in order) or reject them."""
@@ -609,100 +363,32 @@ class Simulator:
         if bad.any():
             for code in np.unique(picks[bad]).tolist():
                 sel = picks == code
-                self._reject_slots(slots[sel], _REASON_CODES[code], when[sel])
+                self._reject_slots(slots[sel], REASON_CODES[code], when[sel])
             keep = ~bad
             slots, picks, when = slots[keep], picks[keep], when[keep]
             if not slots.size:
                 return
         if self.shedding:
-            slots, picks, when = self._shed(slots, picks, when)
+            shed = self.admission.shed(slots, picks, self.sl, self.router)
+            if shed:
+                out = np.array(shed, dtype=np.int64)
+                self._reject_slots(slots[out], SHED, when[out])
+                keep = np.ones(slots.size, dtype=bool)
+                keep[out] = False
+                slots, picks, when = slots[keep], picks[keep], when[keep]
             if not slots.size:
                 return
         att = self.prefill_att
-        lanes = kernels.place(
-            slots, picks, self.outstanding, self.pool_first_arr, self.pool_lanes_arr,
-            self.routed, self.s_pool, self.s_lane, self.s_att, self.s_need, self.s_next,
-            self.s_state, self.s_ready, self.q_head, self.q_tail, self.n_wait,
-            self.wait_head, att.coef, att.full, att.sliding, att.window)
+        lanes = kernels.place(slots, picks, self.outstanding, self.pool_first_arr,
+                              self.pool_lanes_arr, self.routed, self.sl, self.q_head, self.q_tail,
+                              self.n_wait, self.wait_head, att.coef, att.full, att.sliding,
+                              att.window)
         if self.prefix is not None:  # cached prompt blocks skip their prefill
-            self.prefix.place(slots, lanes, self.s_rid, self.s_inp, self.s_need, self.kv,
+            self.prefix.place(slots, lanes, self.sl.rid, self.sl.inp, self.sl.need, self.kv,
                               self.kv_cap)
         down = lanes < 0
         if down.any():
             self._reject_slots(slots[down], NO_HEALTHY, when[down])
-
-    def _measure_drain(self, now: float, waiting: np.ndarray) -> None:
-        """Update each pool's service rate per replica with what it completed since the
-        last sample, if it had a queue then and now (completions are then what it can
-        drain; without a queue they only echo the arrivals): an exponential average
-        over ``_DRAIN_TAU_S``. On the sample grid, so a part of the fleet simulated
-        alone measures the same."""
-        dt = now - self.rate_t
-        if dt <= 0:
-            return
-        up = self._per_pool(np.add, self.up.astype(np.int64))
-        healthy = np.maximum(up // self.lanes_per_replica, 1)
-        seen = (self.pool_done - self.rate_done) / dt / healthy
-        busy = self.rate_queued & (waiting > 0)
-        if busy.any():
-            a = 1.0 - math.exp(-dt / _DRAIN_TAU_S)
-            first = ~np.isfinite(self.pool_rate)
-            self.pool_rate = np.where(busy & first, seen, self.pool_rate)
-            self.pool_rate = np.where(busy & ~first,
-                                      self.pool_rate + a * (seen - self.pool_rate),
-                                      self.pool_rate)
-        self.rate_done = self.pool_done.copy()
-        self.rate_t = now
-        self.rate_queued = waiting > 0
-
-    def _shed(self, slots: np.ndarray, picks: np.ndarray, when: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Admission control: keep the requests whose predicted queueing delay fits the
-        tier's TTFT SLO, turn the rest away (``SHED``).
-
-        A pool's predicted delay for the next request is the queue ahead of it (requests
-        waiting in the pool now, plus those let in before it) over the pool's service
-        rate: requests/s per replica (the rate it drained its queue at, lately; the
-        plan's estimate before it ever had one) times healthy replicas. The routed
-        requests fill each pool's room in arrival order; one that finds its pool full
-        goes to the pool of its tier with the shortest predicted delay that still has
-        room and a large enough KV cache, and is shed when there is none."""
-        queued = np.asarray(self.agg_queued, dtype=float)
-        mu = self.pool_rate * np.asarray(self.agg_healthy, dtype=float)
-        with np.errstate(invalid="ignore"):
-            room = np.where(mu > 0, np.floor(self.pool_slo * mu - queued) + 1, 0.0)
-        room = np.maximum(np.nan_to_num(room, nan=np.inf), 0.0)
-        order = np.argsort(picks, kind="stable")
-        sp = picks[order]
-        rank = np.arange(sp.size) - np.searchsorted(sp, sp, side="left")
-        ok = np.empty(slots.size, dtype=bool)
-        ok[order] = rank < room[sp]
-        if ok.all():
-            return slots, picks, when
-        taken = np.bincount(picks[ok], minlength=self.n_pools).astype(float)
-        over = np.flatnonzero(~ok)
-        size = (self.s_inp[slots[over]] + self.s_out[slots[over]]).tolist()
-        keys = self.s_key[slots[over]].tolist()
-        shed: list[int] = []
-        for i, k, sz in zip(over.tolist(), keys, size, strict=True):
-            best, best_wait = -1, math.inf
-            for pi, cap in zip(self.key_pools[k], self.key_caps[k].tolist(), strict=True):
-                if taken[pi] < room[pi] and cap >= sz:
-                    wait = (queued[pi] + taken[pi]) / mu[pi]
-                    if wait < best_wait:
-                        best, best_wait = pi, wait
-            if best < 0:
-                shed.append(i)
-            else:
-                picks[i] = best
-                taken[best] += 1
-        if not shed:
-            return slots, picks, when
-        out = np.array(shed, dtype=np.int64)
-        self._reject_slots(slots[out], SHED, when[out])
-        keep = np.ones(slots.size, dtype=bool)
-        keep[out] = False
-        return slots[keep], picks[keep], when[keep]
 
     def _arrive(self, i: int, j: int) -> None:
         """Requests ``i..j-1`` of the workload arrive in this window."""
@@ -715,11 +401,8 @@ class Simulator:
         arrival = w.arrival_s[i:j]
         self.in_system += m
         s = self._alloc(m)
-        kernels.arrive(s, i, arrival, inp, out, keys, self.key_tier, self.tiers.arrived,
-                       self.s_arrival, self.s_ready, self.s_inp, self.s_out, self.s_tier,
-                       self.s_key, self.s_pool, self.s_rid, self.s_gen, self.s_need,
-                       self.s_kvh, self.s_first, self.s_admit, self.s_retries)
-        picks = self._pick_window(keys, inp + out)
+        kernels.arrive(s, i, arrival, inp, out, keys, self.key_tier, self.tiers.arrived, self.sl)
+        picks = self.router.pick_window(keys, inp + out)
         # A request turned away at the door leaves at its arrival time.
         self._dispatch(s, picks, arrival)
 
@@ -729,18 +412,18 @@ class Simulator:
             return
         self.reasons[reason] = self.reasons.get(reason, 0) + n
         self.rejected += n
-        by_tier = np.bincount(self.s_tier[slots], minlength=len(self.tier_names))
+        by_tier = np.bincount(self.sl.tier[slots], minlength=len(self.tier_names))
         self.tiers.rejected += by_tier
         if reason == SHED:
             self.tiers.shed += by_tier
-        pool = self.s_pool[slots]
+        pool = self.sl.pool[slots]
         if (pool >= 0).any():
             self.pools_stats.rejected += np.bincount(pool[pool >= 0], minlength=self.n_pools)
         t = np.broadcast_to(np.asarray(when, dtype=float), (n,))
-        self.sojourn += float((t - self.s_arrival[slots]).sum())
+        self.sojourn += float((t - self.sl.arrival[slots]).sum())
         self._departures(t, np.ones(n, dtype=np.int64))
         self.in_system -= n
-        self.s_state[slots] = _FREE
+        self.sl.state[slots] = _FREE
         self.free.extend(slots.tolist())
 
     def _departures(self, t: np.ndarray, n: np.ndarray) -> None:
@@ -765,7 +448,7 @@ class Simulator:
         self.done_keys.append((lanes << _LANE_SHIFT) | stp)
         self.done_when.append(clk)
         if self.shedding:
-            np.add.at(self.pool_done, self.lane_pool[lanes], c)
+            np.add.at(self.admission.pool_done, self.lane_pool[lanes], c)
         n = int(c.sum())
         self.completed += n
         self.in_system -= n
@@ -774,8 +457,8 @@ class Simulator:
     def _finish(self, slots: np.ndarray, t: np.ndarray) -> None:
         """Requests done right after their prompt (already off their lanes)."""
         if self.shedding:
-            np.add.at(self.pool_done, self.s_pool[slots], 1)
-        self.s_state[slots] = _DONE
+            np.add.at(self.admission.pool_done, self.sl.pool[slots], 1)
+        self.sl.state[slots] = _DONE
         self.finished.append(slots)
         self.finished_t.append(t)
         n = int(slots.size)
@@ -792,8 +475,8 @@ class Simulator:
             when = np.concatenate(self.done_when)
             order = np.argsort(keys)
             keys, when = keys[order], when[order]
-            dec = np.flatnonzero(self.s_state == _DECODING)
-            lane, done = self.s_lane[dec], self.s_done[dec]
+            dec = np.flatnonzero(self.sl.state == _DECODING)
+            lane, done = self.sl.lane[dec], self.sl.done[dec]
             gone = done < self.ring_from[lane]
             dec, lane, done = dec[gone], lane[gone], done[gone]
             # Each left when its lane passed its last step: that (lane, step)'s clock.
@@ -806,17 +489,17 @@ class Simulator:
         slots = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         if slots.size:
             t = np.concatenate(times)
-            arrival = self.s_arrival[slots]
-            first = self.s_first[slots]
-            out = self.s_out[slots]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                tpot = np.where(out > 1, (t - first) / (out - 1), np.nan)
-            e2e = t - arrival
-            self.buf.add(self.s_tier[slots], self.s_pool[slots], first - arrival, tpot, e2e,
-                         self.s_admit[slots] - arrival, out, self.s_inp[slots])
+            arrival = self.sl.arrival[slots]
+            first = self.sl.first[slots]
+            out = self.sl.out[slots]
+            tpot = perf_metrics.tpot(first, t, out)
+            e2e = perf_metrics.e2e(arrival, t)
+            self.buf.add(self.sl.tier[slots], self.sl.pool[slots],
+                         perf_metrics.ttft(arrival, first), tpot, e2e,
+                         self.sl.admit[slots] - arrival, out, self.sl.inp[slots])
             self.sojourn += float(e2e.sum())
             self._departures(t, np.ones(slots.size, dtype=np.int64))
-            self.s_state[slots] = _FREE
+            self.sl.state[slots] = _FREE
             self.free.extend(slots.tolist())
         self.buf.flush(self.tiers, self.pools_stats, self.slo_ttft, self.slo_tpot)
 
@@ -826,11 +509,10 @@ class Simulator:
         slots = np.concatenate(self.fin_slots) if len(self.fin_slots) > 1 else self.fin_slots[0]
         lanes = np.concatenate(self.fin_lanes) if len(self.fin_lanes) > 1 else self.fin_lanes[0]
         self.fin_slots, self.fin_lanes = [], []
-        code = kernels.enter_decode(
-            slots, lanes, self.clock, self.step, self.s_gen, self.s_first, self.s_out,
-            self.s_inp, self.s_kvh, self.s_enter, self.s_gent, self.s_done, self.s_state,
-            self.n_dec, self.dec_ctx, self.kv, self.n_seqs, self.outstanding, self.blocked,
-            self.ring_nf, self.ring_cf, self.ring_shift, self.ring_mask, self.ring_len)
+        code = kernels.enter_decode(slots, lanes, self.clock, self.step, self.sl, self.n_dec,
+                                    self.dec_ctx, self.kv, self.n_seqs, self.outstanding,
+                                    self.blocked, self.ring_nf, self.ring_cf, self.ring_shift,
+                                    self.ring_mask, self.ring_len)
         if not code.any():
             return
         ends = code == 1
@@ -838,9 +520,9 @@ class Simulator:
             self._finish(slots[ends], self.clock[lanes[ends]])
         far = np.flatnonzero(code == 2)
         for slot, r in zip(slots[far].tolist(), lanes[far].tolist(), strict=True):
-            heappush(self.far[r], (int(self.s_done[slot]), slot))
+            heappush(self.far[r], (int(self.sl.done[slot]), slot))
             self.far_next[r] = self.far[r][0][0]
-            self.s_state[slot] = _DECODING_FAR
+            self.sl.state[slot] = _DECODING_FAR
         self.n_far += int(far.size)
 
     def _bring_near(self, lanes: np.ndarray, stp: np.ndarray) -> None:
@@ -850,8 +532,8 @@ class Simulator:
             while h and h[0][0] - s < self.ring_len:
                 d, slot = heappop(h)
                 self.ring_n[r, d & self.ring_mask] += 1
-                self.ring_ctx[r, d & self.ring_mask] += int(self.s_inp[slot] + self.s_out[slot])
-                self.s_state[slot] = _DECODING
+                self.ring_ctx[r, d & self.ring_mask] += int(self.sl.inp[slot] + self.sl.out[slot])
+                self.sl.state[slot] = _DECODING
                 self.n_far -= 1
             self.far_next[r] = h[0][0] if h else NEVER
 
@@ -863,13 +545,26 @@ class Simulator:
         prompts and on admissions (compiled: :func:`~tokenfleet.sim.kernels.schedule`;
         the rare paths here)."""
         while True:
-            status, fin, fin_lane, stuck, left, pre, att, self.aseq = kernels.schedule(
-                lanes, t, self.budget, self.pre_tok, self.pre_att, self.q_head, self.q_tail,
-                self.s_next, self.s_need, self.s_ready, self.s_admit, self.s_kvh,
-                self.s_state, self.s_aseq, self.s_att, self.aseq, self.n_seqs,
-                self.max_seqs, self.n_wait, self.kv, self.kv_cap, self.n_dec,
-                self.watermark, self.wait_head, self.blocked, self.pf_head, self.pf_tail,
-                self.s_pnext, self.prefilling)
+            status, fin, fin_lane, stuck, left, pre, att, self.aseq = kernels.schedule(lanes, t,
+                                                                                       self.budget,
+                                                                                       self.pre_tok,
+                                                                                       self.pre_att,
+                                                                                       self.q_head,
+                                                                                       self.q_tail,
+                                                                                       self.sl,
+                                                                                       self.aseq,
+                                                                                       self.n_seqs,
+                                                                                       self.max_seqs,
+                                                                                       self.n_wait,
+                                                                                       self.kv,
+                                                                                       self.kv_cap,
+                                                                                       self.n_dec,
+                                                                                       self.watermark,
+                                                                                       self.wait_head,
+                                                                                       self.blocked,
+                                                                                       self.pf_head,
+                                                                                       self.pf_tail,
+                                                                                       self.prefilling)
             if status != kernels.SCHEDULE_PREEMPT:
                 break
             over = self.kv[lanes] + self.n_dec[lanes] > self.kv_cap[lanes]
@@ -894,13 +589,13 @@ class Simulator:
         s = int(self.pf_head[r])
         while s >= 0:
             out.append(s)
-            s = int(self.s_pnext[s])
+            s = int(self.sl.pnext[s])
         return out
 
     def _set_partial(self, r: int, slots: list[int]) -> None:
         self.pf_head[r] = self.pf_tail[r] = -1
         for s in slots:
-            kernels.pf_push(r, s, self.pf_head, self.pf_tail, self.s_pnext)
+            kernels.pf_push(r, s, self.pf_head, self.pf_tail, self.sl)
         self.prefilling[r] = bool(slots)
 
     def _unstick(self, r: int, t: float, a: int, left: np.ndarray, pre: np.ndarray,
@@ -917,15 +612,15 @@ class Simulator:
             a_sum = 0.0
             keep: list[int] = []
             for s in self._partial(r):
-                c = min(int(self.s_need[s]), budget, int(cap - kv))
+                c = min(int(self.sl.need[s]), budget, int(cap - kv))
                 if c > 0:
                     kv += c
-                    self.s_need[s] -= c
-                    self.s_kvh[s] += c
+                    self.sl.need[s] -= c
+                    self.sl.kvh[s] += c
                     budget -= c
                     took += c
-                    a_sum += c * float(self.s_att[s])
-                (fin if self.s_need[s] == 0 else keep).append(s)
+                    a_sum += c * float(self.sl.att[s])
+                (fin if self.sl.need[s] == 0 else keep).append(s)
             self._set_partial(r, keep)
             self.kv[r] = kv
             if took:
@@ -943,12 +638,12 @@ class Simulator:
         the KV blocks (less the watermark, once anything runs) allow; the first that
         does not fit for KV blocks the lane until something leaves."""
         at = np.flatnonzero(adm)
-        fin, fin_lane, self.aseq = kernels.admit(
-            lanes[at], t[at], at, left, pre, att, self.q_head, self.q_tail, self.s_next,
-            self.s_need, self.s_ready, self.s_admit, self.s_kvh, self.s_state, self.s_aseq,
-            self.s_att, self.aseq, self.n_seqs, self.max_seqs, self.n_wait, self.kv,
-            self.kv_cap, self.n_dec, self.watermark, self.budget, self.wait_head,
-            self.blocked, self.pf_head, self.pf_tail, self.s_pnext, self.prefilling)
+        fin, fin_lane, self.aseq = kernels.admit(lanes[at], t[at], at, left, pre, att, self.q_head,
+                                                 self.q_tail, self.sl, self.aseq, self.n_seqs,
+                                                 self.max_seqs, self.n_wait, self.kv, self.kv_cap,
+                                                 self.n_dec, self.watermark, self.budget,
+                                                 self.wait_head, self.blocked, self.pf_head,
+                                                 self.pf_tail, self.prefilling)
         if fin.size:
             self.fin_slots.append(fin)
             self.fin_lanes.append(fin_lane)
@@ -956,30 +651,30 @@ class Simulator:
     def _live_on(self, lanes: np.ndarray) -> np.ndarray:
         """Slots in flight on ``lanes`` (waiting, prefilling or decoding; a scan of the
         slot table, for the rare paths: preemption, failures, the final stop)."""
-        on = np.isin(self.s_lane, lanes) if lanes.size > 1 else self.s_lane == lanes[0]
-        st = self.s_state
+        on = np.isin(self.sl.lane, lanes) if lanes.size > 1 else self.sl.lane == lanes[0]
+        st = self.sl.state
         live = on & ((st == _WAITING) | (st == _PREFILLING) | (st == _DECODING_FAR)
-                     | ((st == _DECODING) & (self.s_done >= self.ring_from[self.s_lane])))
+                     | ((st == _DECODING) & (self.sl.done >= self.ring_from[self.sl.lane])))
         return np.flatnonzero(live)
 
     def _preempt_last(self, r: int, t: float) -> None:
         """Recompute preemption of the most recently admitted sequence (vLLM's choice)."""
         cand = self._live_on(np.array([r]))
-        cand = cand[self.s_state[cand] != _WAITING]
-        slot = int(cand[np.argmax(self.s_aseq[cand])])
-        state = int(self.s_state[slot])
+        cand = cand[self.sl.state[cand] != _WAITING]
+        slot = int(cand[np.argmax(self.sl.aseq[cand])])
+        state = int(self.sl.state[slot])
         if state in (_DECODING, _DECODING_FAR):
-            grown = int(self.step[r]) - int(self.s_enter[slot])
-            gen = int(self.s_gent[slot]) + grown
-            self.s_gen[slot] = gen
+            grown = int(self.step[r]) - int(self.sl.enter[slot])
+            gen = int(self.sl.gent[slot]) + grown
+            self.sl.gen[slot] = gen
             self.n_dec[r] -= 1
-            self.dec_ctx[r] -= int(self.s_inp[slot]) + gen
-            self.kv[r] -= int(self.s_kvh[slot]) + grown
+            self.dec_ctx[r] -= int(self.sl.inp[slot]) + gen
+            self.kv[r] -= int(self.sl.kvh[slot]) + grown
             # Its completion is off.
-            d = int(self.s_done[slot])
+            d = int(self.sl.done[slot])
             if state == _DECODING:
                 self.ring_n[r, d & self.ring_mask] -= 1
-                self.ring_ctx[r, d & self.ring_mask] -= int(self.s_inp[slot] + self.s_out[slot])
+                self.ring_ctx[r, d & self.ring_mask] -= int(self.sl.inp[slot] + self.sl.out[slot])
             else:
                 h = self.far[r]
                 h.remove((d, slot))
@@ -988,20 +683,20 @@ class Simulator:
                 self.n_far -= 1
         else:
             self._set_partial(r, [q for q in self._partial(r) if q != slot])
-            self.kv[r] -= int(self.s_kvh[slot])
-        self.s_kvh[slot] = 0
-        need = int(self.s_inp[slot] + self.s_gen[slot])
-        self.s_need[slot] = need
-        self.s_att[slot] = self.prefill_att.per_token(self.lane_pool[[r]],
+            self.kv[r] -= int(self.sl.kvh[slot])
+        self.sl.kvh[slot] = 0
+        need = int(self.sl.inp[slot] + self.sl.gen[slot])
+        self.sl.need[slot] = need
+        self.sl.att[slot] = self.prefill_att.per_token(self.lane_pool[[r]],
                                                       np.array([need]))[0]
-        self.s_state[slot] = _WAITING
+        self.sl.state[slot] = _WAITING
         self.n_seqs[r] -= 1
-        self.s_next[slot] = self.q_head[r]
+        self.sl.next[slot] = self.q_head[r]
         self.q_head[r] = slot
         if self.q_tail[r] < 0:
             self.q_tail[r] = slot
         self.n_wait[r] += 1
-        self.wait_head[r] = min(float(self.s_ready[slot]), t)
+        self.wait_head[r] = min(float(self.sl.ready[slot]), t)
         self.preempt[self.lane_pool[r]] += 1
 
     # ---- rounds: every lane inside the window runs one iteration ----------------------
@@ -1060,27 +755,27 @@ class Simulator:
         self._refresh_states(health=True)
         if not v.size:
             return
-        v = v[np.lexsort((self.s_rid[v], self.s_arrival[v]))]
+        v = v[np.lexsort((self.sl.rid[v], self.sl.arrival[v]))]
         # Pools count every request moved away; tiers count each request once.
-        self.pools_stats.retried += np.bincount(self.s_pool[v], minlength=self.n_pools)
-        firsts = v[self.s_retries[v] == 0]
+        self.pools_stats.retried += np.bincount(self.sl.pool[v], minlength=self.n_pools)
+        firsts = v[self.sl.retries[v] == 0]
         self.retried += int(firsts.size)
-        self.tiers.retried += np.bincount(self.s_tier[firsts],
+        self.tiers.retried += np.bincount(self.sl.tier[firsts],
                                           minlength=len(self.tier_names))
-        self.s_retries[v] += 1
+        self.sl.retries[v] += 1
         self.retries += int(v.size)
-        self.s_gen[v] = 0
-        self.s_need[v] = self.s_inp[v]
-        self.s_kvh[v] = 0
-        self.s_first[v] = -1.0
-        self.s_admit[v] = -1.0
-        self.s_ready[v] = t
-        self.s_pool[v] = -1
-        self.s_state[v] = _FREE  # until enqueued again
+        self.sl.gen[v] = 0
+        self.sl.need[v] = self.sl.inp[v]
+        self.sl.kvh[v] = 0
+        self.sl.first[v] = -1.0
+        self.sl.admit[v] = -1.0
+        self.sl.ready[v] = t
+        self.sl.pool[v] = -1
+        self.sl.state[v] = _FREE  # until enqueued again
         # Routed one by one, each seeing the ones before.
-        size = (self.s_inp[v] + self.s_out[v]).tolist()
-        picks = np.array([self._pick_one(k, sz) for k, sz in zip(self.s_key[v].tolist(), size,
-                                                                  strict=True)],
+        size = (self.sl.inp[v] + self.sl.out[v]).tolist()
+        picks = np.array([self.router.pick_one(k, sz)
+                          for k, sz in zip(self.sl.key[v].tolist(), size, strict=True)],
                          dtype=np.int64)
         self._dispatch(v, picks, np.full(v.size, t))
 
@@ -1138,7 +833,9 @@ class Simulator:
             for c, v in cols.items():
                 ser[c].append(float(v[p.index]))
         if self.shedding:
-            self._measure_drain(t, cols["waiting"])
+            up = self._per_pool(np.add, self.up.astype(np.int64))
+            self.admission.measure_drain(t, cols["waiting"],
+                                         np.maximum(up // self.lanes_per_replica, 1))
 
     # ---- main loop ----------------------------------------------------------------------
 
@@ -1146,28 +843,9 @@ class Simulator:
         wall0 = time.perf_counter()
         w = self.w
         n = len(w)
-        sync = self.opt.sync_s
         ss = self.sample_s
-        self.tiers = GroupStats.empty(self.tier_names)
-        self.pools_stats = GroupStats.empty([p.id for p in self.pools])
-        self.buf = CompletionBuffer()
-        self.reasons: dict[str, int] = {}
-        self.completed = self.rejected = self.retried = self.retries = 0
-        self.in_system = 0
-        self.sojourn = 0.0
-        self.dep = np.zeros(1024, dtype=np.int64)
-        self.last_event = 0.0
-        self.routed = np.zeros(self.n_pools, dtype=np.int64)
-        self.series: dict[str, dict[str, list[float]]] = {
-            p.id: {c: [] for c in SERIES_COLUMNS} for p in self.pools}
-        events: list[tuple[float, int, int, object]] = []  # (t, order, seq, shock)
-        for j, f in enumerate(self.failures):
-            events.append((f.start, 1, j, f))
-            if f.end is not None:
-                events.append((f.end, 0, j, ("recover", f)))
-        for j, pc in enumerate(self.prices):
-            events.append((pc.start, 2, j, pc))
-        events.sort(key=lambda e: (e[0], e[1], e[2]))
+        self._reset_counters()
+        events = self._shock_events()
         ei = 0
         arrival = w.arrival_s
         max_time = self.opt.max_time_s if self.opt.max_time_s is not None else (
@@ -1179,30 +857,15 @@ class Simulator:
         n_samples = 0
         self._refresh_states(health=True)
         while True:
-            # Shocks due now.
-            while ei < len(events) and events[ei][0] <= now + 1e-12:
-                _, order, _, ev = events[ei]
-                ei += 1
-                if order == 0:
-                    self._recover(ev[1], now)  # type: ignore[index]
-                elif order == 1:
-                    self._fail(ev, now)  # type: ignore[arg-type]
-                else:
-                    self._set_price(ev, now)  # type: ignore[arg-type]
+            ei = self._apply_shocks(events, ei, now)
             if i >= n and self.in_system == 0:
                 break
             if now >= max_time:
                 self._stop_all(now)
                 break
             next_event = events[ei][0] if ei < len(events) else math.inf
-            # Windows sit on the grid k * sync_s; empty ones are skipped (lanes run
-            # across them), so windows with arrivals start on the grid in every run.
-            end = (math.floor(now / sync + 1e-9) + 1) * sync
-            if i < n:
-                end = max(end, math.floor(float(arrival[i]) / sync + 1e-9) * sync)
-            else:
-                end = max(end, next_sample)
-            end = min(end, next_event, next_sample)
+            end = self._window_end(now, float(arrival[i]) if i < n else None, next_sample,
+                                   next_event)
             j = int(np.searchsorted(arrival, end, side="left"))
             if j > i:
                 self._arrive(i, j)
@@ -1228,6 +891,61 @@ class Simulator:
             progress(self.completed + self.rejected, n)  # type: ignore[operator]
         return self._record(end_s, n_samples, time.perf_counter() - wall0)
 
+    def _reset_counters(self) -> None:
+        """Statistics and counters of one run, all zero."""
+        self.tiers = GroupStats.empty(self.tier_names)
+        self.pools_stats = GroupStats.empty([p.id for p in self.pools])
+        self.buf = CompletionBuffer()
+        self.reasons: dict[str, int] = {}
+        self.completed = self.rejected = self.retried = self.retries = 0
+        self.in_system = 0
+        self.sojourn = 0.0
+        self.dep = np.zeros(1024, dtype=np.int64)
+        self.last_event = 0.0
+        self.routed = np.zeros(self.n_pools, dtype=np.int64)
+        self.series: dict[str, dict[str, list[float]]] = {
+            p.id: {c: [] for c in SERIES_COLUMNS} for p in self.pools}
+
+    def _shock_events(self) -> list[tuple[float, int, int, object]]:
+        """Failures, recoveries and price changes as (t, order, seq, shock), in the order
+        they apply: by time, then recoveries before failures before prices."""
+        events: list[tuple[float, int, int, object]] = []
+        for j, f in enumerate(self.failures):
+            events.append((f.start, 1, j, f))
+            if f.end is not None:
+                events.append((f.end, 0, j, ("recover", f)))
+        for j, pc in enumerate(self.prices):
+            events.append((pc.start, 2, j, pc))
+        events.sort(key=lambda e: (e[0], e[1], e[2]))
+        return events
+
+    def _apply_shocks(self, events: list[tuple[float, int, int, object]], ei: int,
+                      now: float) -> int:
+        """Apply the shocks due by ``now`` from ``events[ei:]``; the index of the next."""
+        while ei < len(events) and events[ei][0] <= now + 1e-12:
+            _, order, _, ev = events[ei]
+            ei += 1
+            if order == 0:
+                self._recover(ev[1], now)  # type: ignore[index]
+            elif order == 1:
+                self._fail(ev, now)  # type: ignore[arg-type]
+            else:
+                self._set_price(ev, now)  # type: ignore[arg-type]
+        return ei
+
+    def _window_end(self, now: float, next_arrival_s: float | None, next_sample: float,
+                    next_event: float) -> float:
+        """End of the window that starts at ``now``. Windows sit on the grid k * sync_s;
+        empty ones are skipped (lanes run across them), so windows with arrivals start
+        on the grid in every run."""
+        sync = self.opt.sync_s
+        end = (math.floor(now / sync + 1e-9) + 1) * sync
+        if next_arrival_s is not None:
+            end = max(end, math.floor(next_arrival_s / sync + 1e-9) * sync)
+        else:
+            end = max(end, next_sample)
+        return min(end, next_event, next_sample)
+
     def _stop_all(self, t: float) -> None:
         busy = np.flatnonzero((self.n_seqs > 0) | (self.n_wait > 0))
         if not busy.size:
@@ -1246,18 +964,7 @@ class Simulator:
         dep = np.zeros(max(n_fine, arr.size), np.int64)
         dep[:used] = self.dep[:used]
         arr = np.pad(arr, (0, dep.size - arr.size))
-        info = {}
-        for p in self.pools:
-            u = p.unit
-            info[p.id] = {
-                "tier": u.tier, "model": u.model, "accelerator": u.accelerator,
-                "vendor": u.vendor, "cloud": u.cloud, "region": u.region,
-                "replicas": u.replicas, "chips_per_replica": u.chips_per_replica,
-                "lanes_per_replica": p.lanes_per_replica,
-                "watts_per_replica": p.watts_per_replica,
-                "kv_tokens_per_lane": p.kv_tokens,
-                "usd_per_chip_hour": u.usd_per_chip_hour,
-            }
+        info = {p.id: p.info() for p in self.pools}
         return RunRecord(
             tier_names=self.tier_names,
             tier_slo={t.name: (t.slo_ttft_s, t.slo_tpot_s) for t in self.fleet.plan.tiers},
@@ -1276,8 +983,3 @@ class Simulator:
             prefix_tokens=(self.prefix.by_pool([p.id for p in self.pools])
                            if self.prefix is not None else {}),
         )
-
-
-def kv_blocks(tokens: float) -> int:
-    """KV blocks that hold ``tokens`` (whole blocks of ``BLOCK_TOKENS``)."""
-    return int(math.ceil(tokens / BLOCK_TOKENS))

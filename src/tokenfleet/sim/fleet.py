@@ -17,14 +17,9 @@ from dataclasses import dataclass, field
 from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
-from tokenfleet.perf.precision import get_precision, kv_bytes
-from tokenfleet.perf.unit import (
-    MAX_BATCH_PER_REPLICA,
-    PREFILL_CHUNK_TOKENS,
-    Layout,
-    UnitModel,
-)
+from tokenfleet.perf.unit import MAX_BATCH_PER_REPLICA, PREFILL_CHUNK_TOKENS, UnitModel
 from tokenfleet.plan.schema import Plan, PlanUnit
+from tokenfleet.plan.units import plan_unit_model
 from tokenfleet.sim.stepcost import StageCoefficients
 
 # vLLM's and TensorRT-LLM's default KV-cache page size, tokens per block.
@@ -56,6 +51,18 @@ class EngineConfig:
                 f"max_batched_tokens must be >= 1, got {self.max_batched_tokens}")
         if not 0.0 <= self.kv_watermark < 0.5:
             raise TokenfleetError(f"kv_watermark must be in [0, 0.5), got {self.kv_watermark}")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    """What a run's results need to know about one pool: its plan unit (where it is, its
+    size and price; what shock selectors match on) and what the simulator made of it.
+    Small and picklable, so records of pools simulated on different workers merge."""
+
+    unit: PlanUnit
+    lanes_per_replica: int
+    watts_per_replica: float
+    kv_tokens_per_lane: int
 
 
 @dataclass
@@ -93,6 +100,10 @@ class SimPool:
     def lane_slice(self) -> slice:
         return slice(self.first_lane, self.first_lane + self.lanes)
 
+    def info(self) -> PoolInfo:
+        return PoolInfo(self.unit, self.lanes_per_replica, self.watts_per_replica,
+                        self.kv_tokens)
+
 
 def _field(plan_name: str, i: int, name: str) -> str:
     return f"{plan_name}: units[{i}].{name}"
@@ -101,35 +112,11 @@ def _field(plan_name: str, i: int, name: str) -> str:
 def build_pool(unit: PlanUnit, i: int, engine: EngineConfig, catalog: Catalog,
                cal: Calibration, plan_name: str = "plan") -> SimPool:
     """Engine parameters of one plan unit; errors name the unit and field."""
-    try:
-        accel = catalog.accelerator(unit.accelerator)
-    except TokenfleetError as e:
-        raise TokenfleetError(f"{_field(plan_name, i, 'accelerator')} "
-                              f"(pool {unit.pool}): {e}") from None
-    try:
-        model = catalog.model(unit.model)
-    except TokenfleetError as e:
-        raise TokenfleetError(f"{_field(plan_name, i, 'model')} (pool {unit.pool}): {e}"
-                              ) from None
-    try:
-        prec = get_precision(unit.precision)
-        kv_bytes(unit.kv_precision)
-    except TokenfleetError as e:
-        raise TokenfleetError(f"{_field(plan_name, i, 'precision')} (pool {unit.pool}): {e}"
-                              ) from None
-    lay = unit.layout
-    missing = [k for k in ("tp", "pp", "dp") if k not in lay]
-    if missing or any(v < 1 for v in lay.values()):
-        raise TokenfleetError(f"{_field(plan_name, i, 'layout')} = {lay}: needs tp, pp, dp "
-                              "(and optionally ep), each >= 1")
-    layout = Layout(lay["tp"], lay["pp"], lay["dp"], lay.get("ep", 1))
-    if layout.chips != unit.chips_per_replica:
-        raise TokenfleetError(f"{_field(plan_name, i, 'layout')} = {lay} is {layout.chips} "
-                              f"chips but chips_per_replica = {unit.chips_per_replica}")
     if unit.replicas < 0:
         raise TokenfleetError(f"{_field(plan_name, i, 'replicas')} = {unit.replicas} < 0")
-    eff, group = cal.efficiency(accel.family, unit.engine)
-    um = UnitModel(model, accel, prec, unit.kv_precision, layout, eff)
+    um, group = plan_unit_model(
+        unit, catalog, cal, where=lambda f: f"{_field(plan_name, i, f)} (pool {unit.pool})")
+    accel, prec, layout = um.accel, um.precision, um.layout
     if um.peak_flops <= 0:
         raise TokenfleetError(f"{_field(plan_name, i, 'precision')}: {accel.id} has no "
                               f"{prec.compute.upper()} peak, so pool {unit.pool} cannot run")

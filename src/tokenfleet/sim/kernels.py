@@ -20,11 +20,58 @@ Units: seconds, tokens.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
 # What a slot of the engine's request table holds.
 SLOT_STATES = FREE, WAITING, PREFILLING, DECODING, DECODING_FAR, DONE = range(6)
+
+
+
+class Slots(NamedTuple):
+    """The engine's request table: one array per column, indexed by slot (a request in
+    flight). Numba takes the tuple as one argument. Lengths and token counts are
+    integers; times and FLOPs floats (:data:`SLOT_DTYPES`)."""
+
+    state: np.ndarray  # SLOT_STATES
+    arrival: np.ndarray
+    ready: np.ndarray  # earliest time it may enter a batch
+    inp: np.ndarray
+    out: np.ndarray
+    tier: np.ndarray
+    key: np.ndarray  # routing key
+    pool: np.ndarray
+    lane: np.ndarray
+    rid: np.ndarray  # position in the workload (orders re-routed requests)
+    next: np.ndarray  # next slot in the lane's waiting queue (-1: last)
+    pnext: np.ndarray  # next slot in the lane's queue of partial prompts (-1: last)
+    gen: np.ndarray  # output tokens generated (this attempt), as of the last change
+    need: np.ndarray  # prompt tokens still to prefill in this admission
+    kvh: np.ndarray  # KV tokens held, not counting decode growth since `enter`
+    enter: np.ndarray  # lane step at which it started decoding
+    gent: np.ndarray  # `gen` when it started decoding
+    done: np.ndarray  # lane step at which it leaves (decoding)
+    aseq: np.ndarray  # admission order
+    first: np.ndarray  # first-token time (-1: none yet)
+    admit: np.ndarray  # first admission time (-1: never admitted)
+    att: np.ndarray  # prefill-attention FLOPs per prompt token of this admission
+    retries: np.ndarray
+
+
+_F, _I = np.float64, np.int64
+SLOT_DTYPES: dict[str, type] = {
+    "state": np.int8, "arrival": _F, "ready": _F, "inp": _I, "out": _I, "tier": _I,
+    "key": _I, "pool": _I, "lane": _I, "rid": _I, "next": _I, "pnext": _I, "gen": _I,
+    "need": _I, "kvh": _I, "enter": _I, "gent": _I, "done": _I, "aseq": _I, "first": _F,
+    "admit": _F, "att": _F, "retries": _I,
+}
+
+# Rows of the step-cost coefficient table, in the order of
+# :data:`tokenfleet.sim.stepcost.COEFFS` (``tests/sim/test_kernels.py`` holds them equal).
+(C_TOK, C_ATT, C_PRE, M_WEIGHTS, M_EXPERT, MOE_E, MOE_KEEP, MOE_ROUTED, C_KV, ATT_FULL,
+ ATT_SLIDING, ATT_WINDOW, C_COMM, OVERHEAD, PP) = range(15)
 
 
 @njit(cache=True, nogil=True)
@@ -48,10 +95,8 @@ def _sift_down(heap, n, i, o):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def enter_decode(slots, lanes, clock, step, s_gen, s_first, s_out, s_inp, s_kvh, s_enter,
-                 s_gent, s_done, s_state, n_dec, dec_ctx, kv, n_seqs, outstanding, blocked,
-                 ring_nf, ring_cf, ring_shift, ring_mask, ring_len
-                 ):  # pragma: no cover - compiled
+def enter_decode(slots, lanes, clock, step, sl, n_dec, dec_ctx, kv, n_seqs, outstanding, blocked,
+                 ring_nf, ring_cf, ring_shift, ring_mask, ring_len):  # pragma: no cover - compiled
     """Prompts whose last chunk ran in the iteration that just ended: that iteration
     produced their next token. Those with nothing left to generate leave their lane
     (code 1); the others decode from the next iteration on, their last step entered in
@@ -60,14 +105,14 @@ def enter_decode(slots, lanes, clock, step, s_gen, s_first, s_out, s_inp, s_kvh,
     for i in range(slots.size):
         s = slots[i]
         r = lanes[i]
-        gen = s_gen[s] + 1
-        s_gen[s] = gen
-        if s_first[s] < 0:
-            s_first[s] = clock[r]
-        out = s_out[s]
+        gen = sl.gen[s] + 1
+        sl.gen[s] = gen
+        if sl.first[s] < 0:
+            sl.first[s] = clock[r]
+        out = sl.out[s]
         if gen >= out:
             # One-token answers (or a recompute that had one token left) end here.
-            kv[r] -= s_kvh[s]
+            kv[r] -= sl.kvh[s]
             n_seqs[r] -= 1
             outstanding[r] -= 1
             blocked[r] = False
@@ -75,37 +120,37 @@ def enter_decode(slots, lanes, clock, step, s_gen, s_first, s_out, s_inp, s_kvh,
             continue
         st = step[r]
         n_dec[r] += 1
-        dec_ctx[r] += s_inp[s] + gen
+        dec_ctx[r] += sl.inp[s] + gen
         kv[r] += 1
-        s_kvh[s] += 1
-        s_enter[s] = st
-        s_gent[s] = gen
+        sl.kvh[s] += 1
+        sl.enter[s] = st
+        sl.gent[s] = gen
         done = st + out - gen
-        s_done[s] = done
-        s_state[s] = DECODING
+        sl.done[s] = done
+        sl.state[s] = DECODING
         if done - st >= ring_len:
             code[i] = 2
         else:
             at = (r << ring_shift) | (done & ring_mask)
             ring_nf[at] += 1
-            ring_cf[at] += s_inp[s] + out
+            ring_cf[at] += sl.inp[s] + out
     return code
 
 
 @njit(cache=True, nogil=True)
-def pf_push(r, s, pf_head, pf_tail, s_pnext):  # pragma: no cover - compiled
+def pf_push(r, s, pf_head, pf_tail, sl):  # pragma: no cover - compiled
     """Append slot ``s`` to lane ``r``'s queue of partial prompts (admission order)."""
-    s_pnext[s] = -1
+    sl.pnext[s] = -1
     if pf_tail[r] < 0:
         pf_head[r] = s
     else:
-        s_pnext[pf_tail[r]] = s
+        sl.pnext[pf_tail[r]] = s
     pf_tail[r] = s
 
 
 @njit(cache=True, nogil=True)
-def continue_prefill(lanes, pos, left, pre, att, pf_head, pf_tail, s_pnext, s_need, s_kvh,
-                     s_att, kv, kv_cap, n_dec, prefilling):  # pragma: no cover - compiled
+def continue_prefill(lanes, pos, left, pre, att, pf_head, pf_tail, sl, kv, kv_cap, n_dec,
+                     prefilling):  # pragma: no cover - compiled
     """Partial prompts of each lane ``lanes[a]`` take their next chunks, oldest first,
     within the token budget ``left[pos[a]]`` and the free KV blocks (no watermark: they
     are already admitted); the tokens and attention FLOPs go to ``pre`` / ``att``.
@@ -118,7 +163,7 @@ def continue_prefill(lanes, pos, left, pre, att, pf_head, pf_tail, s_pnext, s_ne
         s = pf_head[lanes[a]]
         while s >= 0:
             total += 1
-            s = s_pnext[s]
+            s = sl.pnext[s]
     fin = np.empty(total, np.int64)
     fin_lane = np.empty(total, np.int64)
     stuck = np.empty(lanes.size, np.int64)
@@ -133,18 +178,18 @@ def continue_prefill(lanes, pos, left, pre, att, pf_head, pf_tail, s_pnext, s_ne
         # Every chunk before the first cut prompt is whole: after a cut, the budget or
         # the KV blocks are spent.
         while s >= 0:
-            need = s_need[s]
+            need = sl.need[s]
             c = max(min(need, left[p] - took, free - took), 0)
-            s_need[s] = need - c
-            s_kvh[s] += c
+            sl.need[s] = need - c
+            sl.kvh[s] += c
             took += c
-            att[p] += c * s_att[s]
+            att[p] += c * sl.att[s]
             if c < need:
                 break
             fin[m] = s
             fin_lane[m] = r
             m += 1
-            s = s_pnext[s]
+            s = sl.pnext[s]
         pf_head[r] = s
         if s < 0:
             pf_tail[r] = -1
@@ -159,9 +204,8 @@ def continue_prefill(lanes, pos, left, pre, att, pf_head, pf_tail, s_pnext, s_ne
 
 
 @njit(cache=True, nogil=True)
-def admit(lanes, t, pos, left, pre, att, q_head, q_tail, s_next, s_need, s_ready,
-          s_admit, s_kvh, s_state, s_aseq, s_att, aseq, n_seqs, max_seqs, n_wait, kv,
-          kv_cap, n_dec, watermark, budget, wait_head, blocked, pf_head, pf_tail, s_pnext,
+def admit(lanes, t, pos, left, pre, att, q_head, q_tail, sl, aseq, n_seqs, max_seqs, n_wait, kv,
+          kv_cap, n_dec, watermark, budget, wait_head, blocked, pf_head, pf_tail,
           prefilling):  # pragma: no cover - compiled
     """Admit waiting requests of each lane ``lanes[a]`` (iteration start ``t[a]``) in
     queue order while the token budget ``left[pos[a]]``, the batch size and the KV
@@ -191,26 +235,26 @@ def admit(lanes, t, pos, left, pre, att, q_head, q_tail, s_next, s_need, s_ready
             # yet arrived; no KV blocks (this one blocks the lane).
             if left[p] <= 0 or n >= max_seqs[r]:
                 break
-            if s_ready[s] > ta:
+            if sl.ready[s] > ta:
                 break
-            need = s_need[s]
+            need = sl.need[s]
             c = min(need, left[p])
             free = room - taken - (watermark[r] if n > 0 else 0.0)
             if c > free:
                 blocked[r] = True
                 break
-            if s_admit[s] < 0:
-                s_admit[s] = ta
-            s_kvh[s] += c
-            s_need[s] = need - c
-            s_state[s] = PREFILLING
-            s_aseq[s] = aseq
+            if sl.admit[s] < 0:
+                sl.admit[s] = ta
+            sl.kvh[s] += c
+            sl.need[s] = need - c
+            sl.state[s] = PREFILLING
+            sl.aseq[s] = aseq
             aseq += 1
             kv[r] += c
             taken += c
             left[p] -= c
             pre[p] += c
-            att[p] += c * s_att[s]
+            att[p] += c * sl.att[s]
             n_wait[r] -= 1
             n += 1
             if need == c:
@@ -218,9 +262,9 @@ def admit(lanes, t, pos, left, pre, att, q_head, q_tail, s_next, s_need, s_ready
                 got_lane[m] = r
                 m += 1
             else:
-                pf_push(r, s, pf_head, pf_tail, s_pnext)
+                pf_push(r, s, pf_head, pf_tail, sl)
                 prefilling[r] = True
-            s = s_next[s]
+            s = sl.next[s]
         n_seqs[r] = n
         q_head[r] = s
         if s < 0:
@@ -229,8 +273,8 @@ def admit(lanes, t, pos, left, pre, att, q_head, q_tail, s_next, s_need, s_ready
         else:
             # The queue head now, and whether the lane waits for a departure (full
             # batch, or no token budget beside its decodes).
-            wait_head[r] = s_ready[s]
-            if s_ready[s] <= ta and (n >= max_seqs[r] or budget[r] <= n_dec[r]):
+            wait_head[r] = sl.ready[s]
+            if sl.ready[s] <= ta and (n >= max_seqs[r] or budget[r] <= n_dec[r]):
                 blocked[r] = True
     return got[:m], got_lane[:m], aseq
 
@@ -241,9 +285,8 @@ SCHEDULED, SCHEDULE_PREEMPT, SCHEDULE_STUCK = 0, 1, 2
 
 
 @njit(cache=True, nogil=True)
-def schedule(lanes, t, budget, pre_tok, pre_att, q_head, q_tail, s_next, s_need, s_ready,
-             s_admit, s_kvh, s_state, s_aseq, s_att, aseq, n_seqs, max_seqs, n_wait, kv,
-             kv_cap, n_dec, watermark, wait_head, blocked, pf_head, pf_tail, s_pnext,
+def schedule(lanes, t, budget, pre_tok, pre_att, q_head, q_tail, sl, aseq, n_seqs, max_seqs,
+             n_wait, kv, kv_cap, n_dec, watermark, wait_head, blocked, pf_head, pf_tail,
              prefilling):  # pragma: no cover - compiled
     """The scheduler at the start of an iteration of each of ``lanes`` (clocks ``t``;
     completions already left): the token budget beside the decodes goes to partial
@@ -276,9 +319,8 @@ def schedule(lanes, t, budget, pre_tok, pre_att, q_head, q_tail, s_next, s_need,
             if prefilling[lanes[a]]:
                 at[j] = a
                 j += 1
-        fin, fin_lane, stuck = continue_prefill(
-            lanes[at], at, left, pre, att, pf_head, pf_tail, s_pnext, s_need, s_kvh, s_att,
-            kv, kv_cap, n_dec, prefilling)
+        fin, fin_lane, stuck = continue_prefill(lanes[at], at, left, pre, att, pf_head, pf_tail,
+                                                sl, kv, kv_cap, n_dec, prefilling)
         if stuck.size:
             return SCHEDULE_STUCK, fin, fin_lane, at[stuck], left, pre, att, aseq
     n_adm = 0
@@ -291,11 +333,9 @@ def schedule(lanes, t, budget, pre_tok, pre_att, q_head, q_tail, s_next, s_need,
             if n_wait[lanes[a]] > 0 and left[a] > 0:
                 pos[j] = a
                 j += 1
-        got, got_lane, aseq = admit(
-            lanes[pos], t[pos], pos, left, pre, att, q_head, q_tail, s_next, s_need,
-            s_ready, s_admit, s_kvh, s_state, s_aseq, s_att, aseq, n_seqs, max_seqs, n_wait,
-            kv, kv_cap, n_dec, watermark, budget, wait_head, blocked, pf_head, pf_tail,
-            s_pnext, prefilling)
+        got, got_lane, aseq = admit(lanes[pos], t[pos], pos, left, pre, att, q_head, q_tail, sl,
+                                    aseq, n_seqs, max_seqs, n_wait, kv, kv_cap, n_dec, watermark,
+                                    budget, wait_head, blocked, pf_head, pf_tail, prefilling)
         if fin.size:
             fin = np.concatenate((fin, got))
             fin_lane = np.concatenate((fin_lane, got_lane))
@@ -424,22 +464,23 @@ def iteration_s(table, r, decode, context, prefill, prefill_attention, sliding, 
     the batch split into micro-batches over the ``pp`` pipeline stages. It is
     :func:`tokenfleet.sim.stepcost.stage_time` per stage, times ``pp``; fleets without
     sliding-window layers or MoE skip those terms."""
-    pp = table[14, r]
+    pp = table[PP, r]
     # A single sequence cannot be split into micro-batches: at least one token per
     # stage step when anything decodes.
     dec = max(decode / pp, min(decode, 1.0)) if decode > 0 else 0.0
     pre = prefill / pp
     tokens = dec + pre
-    attended = table[9, r] * context
+    attended = table[ATT_FULL, r] * context
     if sliding:
-        attended += table[10, r] * min(context, table[11, r])
+        attended += table[ATT_SLIDING, r] * min(context, table[ATT_WINDOW, r])
     dec_att = dec * attended
-    t_compute = tokens * table[0, r] + dec_att * table[1, r] + (prefill_attention / pp) \
-        * table[2, r]
-    t_memory = table[3, r] + dec_att * table[8, r]
+    t_compute = tokens * table[C_TOK, r] + dec_att * table[C_ATT, r] \
+        + (prefill_attention / pp) * table[C_PRE, r]
+    t_memory = table[M_WEIGHTS, r] + dec_att * table[C_KV, r]
     if moe:
-        t_memory += table[5, r] * (1.0 - table[6, r] ** (tokens * table[7, r])) * table[4, r]
-    return pp * (max(t_compute, t_memory) + tokens * table[12, r] + table[13, r])
+        t_memory += table[MOE_E, r] * (1.0 - table[MOE_KEEP, r] ** (tokens * table[MOE_ROUTED, r])
+                                       ) * table[M_EXPERT, r]
+    return pp * (max(t_compute, t_memory) + tokens * table[C_COMM, r] + table[OVERHEAD, r])
 
 
 @njit(cache=True, nogil=True)
@@ -521,9 +562,8 @@ def prefill_attention_per_token(pool, prompt, coef, full, sliding, window
 
 
 @njit(cache=True, nogil=True)
-def place(slots, picks, outstanding, pool_first, pool_lanes, routed, s_pool, s_lane, s_att,
-          s_need, s_next, s_state, s_ready, q_head, q_tail, n_wait, wait_head, att_coef,
-          att_full, att_sliding, att_window):  # pragma: no cover - compiled
+def place(slots, picks, outstanding, pool_first, pool_lanes, routed, sl, q_head, q_tail, n_wait,
+          wait_head, att_coef, att_full, att_sliding, att_window):  # pragma: no cover - compiled
     """Routed requests (in arrival order) join the waiting queue of the lane of their
     pool ``picks[i]`` with the fewest outstanding requests (lowest index on ties),
     counting earlier ones, with their prompt-attention cost per token. Returns each
@@ -560,46 +600,45 @@ def place(slots, picks, outstanding, pool_first, pool_lanes, routed, s_pool, s_l
         _sift_down(h, n, 0, outstanding)
         lanes[i] = r
         s = slots[i]
-        s_pool[s] = p
-        s_lane[s] = r
+        sl.pool[s] = p
+        sl.lane[s] = r
         # Prompt-attention cost per prompt token of the first admission (a recompute
         # after preemption sets its own).
-        s_att[s] = _attention(p, s_need[s], att_coef, att_full, att_sliding, att_window)
+        sl.att[s] = _attention(p, sl.need[s], att_coef, att_full, att_sliding, att_window)
         routed[p] += 1
-        s_next[s] = -1
-        s_state[s] = WAITING
+        sl.next[s] = -1
+        sl.state[s] = WAITING
         tail = q_tail[r]
         if tail < 0:
             q_head[r] = s
-            wait_head[r] = s_ready[s]
+            wait_head[r] = sl.ready[s]
         else:
-            s_next[tail] = s
+            sl.next[tail] = s
         q_tail[r] = s
         n_wait[r] += 1
     return lanes
 
 
 @njit(cache=True, nogil=True)
-def arrive(s, first, arrival, inp, out, key, key_tier, tier_arrived, s_arrival, s_ready,
-           s_inp, s_out, s_tier, s_key, s_pool, s_rid, s_gen, s_need, s_kvh, s_first,
-           s_admit, s_retries):  # pragma: no cover - compiled
+def arrive(s, first, arrival, inp, out, key, key_tier, tier_arrived,
+           sl):  # pragma: no cover - compiled
     """Requests ``first, first + 1, ...`` of the workload (``arrival``, ``inp``, ``out``,
     ``key``: theirs) take slots ``s``, fresh: not routed, nothing generated."""
     for i in range(s.size):
         q = s[i]
         tier = key_tier[key[i]]
         tier_arrived[tier] += 1
-        s_arrival[q] = arrival[i]
-        s_ready[q] = arrival[i]
-        s_inp[q] = inp[i]
-        s_out[q] = out[i]
-        s_tier[q] = tier
-        s_key[q] = key[i]
-        s_pool[q] = -1
-        s_rid[q] = first + i
-        s_gen[q] = 0
-        s_need[q] = inp[i]
-        s_kvh[q] = 0
-        s_first[q] = -1.0
-        s_admit[q] = -1.0
-        s_retries[q] = 0
+        sl.arrival[q] = arrival[i]
+        sl.ready[q] = arrival[i]
+        sl.inp[q] = inp[i]
+        sl.out[q] = out[i]
+        sl.tier[q] = tier
+        sl.key[q] = key[i]
+        sl.pool[q] = -1
+        sl.rid[q] = first + i
+        sl.gen[q] = 0
+        sl.need[q] = inp[i]
+        sl.kvh[q] = 0
+        sl.first[q] = -1.0
+        sl.admit[q] = -1.0
+        sl.retries[q] = 0

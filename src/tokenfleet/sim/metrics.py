@@ -6,17 +6,10 @@ log-spaced histogram (``PER_DECADE`` bins per factor of ten between ``LO_S`` and
 of two runs add up exactly — which is what lets pools simulated on different Ray
 workers be merged into one answer. Means use exact sums.
 
-Metric definitions (as ``tokenfleet.perf.unit``):
-
-* TTFT — arrival to first output token (queueing included);
-* TPOT — mean time between output tokens after the first, per request
-  ``(finish - first token) / (output tokens - 1)``; requests with one output token
-  have no TPOT;
-* end-to-end — arrival to last token; queue — arrival to admission into a batch (of the
-  attempt that finished);
-* SLO attainment — fraction of a tier's *arrived* requests that finished with TTFT and
-  TPOT within the tier's SLOs (rejected requests count as misses);
-* goodput — requests (and output tokens) per second that met the SLO.
+Metric definitions: :mod:`tokenfleet.perf.metrics` (TTFT, TPOT, end-to-end, SLO
+attainment of *arrived* requests); queue — arrival to admission into a batch (of the
+attempt that finished); goodput — requests (and output tokens) per second that met
+the SLO.
 
 Units: seconds, tokens.
 """
@@ -27,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from tokenfleet.perf.metrics import meets_slo
 
 LO_S = 1e-5
 HI_S = 1e5
@@ -183,8 +178,8 @@ class CompletionBuffer:
         vals = {m: c[m].astype(float, copy=False) for m in ("ttft", "tpot", "e2e", "queue")}
         out = c["out"].astype(np.int64, copy=False)
         inp = c["inp"].astype(np.int64, copy=False)
-        tpot_ok = np.isnan(vals["tpot"]) | (vals["tpot"] <= slo_tpot[tier])
-        met = ((vals["ttft"] <= slo_ttft[tier]) & tpot_ok).astype(np.int64)
+        met = meets_slo(vals["ttft"], vals["tpot"], slo_ttft[tier], slo_tpot[tier]
+                        ).astype(np.int64)
         tiers.add(tier, vals, met, out, inp)
         pools.add(pool, vals, met, out, inp)
         self.__init__()  # type: ignore[misc]

@@ -44,7 +44,7 @@ class TierSpec:
 
 
 @dataclass
-class PoolSpec:
+class QuickPool:
     """``replicas`` units of ``count`` chips (None: the cheapest count per token)."""
 
     tier: str
@@ -58,7 +58,7 @@ class PoolSpec:
     notes: list[str] = field(default_factory=list)
 
 
-def _estimate(t: TierSpec, p: PoolSpec, inp: int, out: int, count: int | None,
+def _estimate(t: TierSpec, p: QuickPool, inp: int, out: int, count: int | None,
               catalog: Catalog, cal: Calibration) -> Estimate:
     q = Query(model=t.model, accelerator=p.accelerator, count=count or 1,
               precision=p.precision, engine=p.engine, input_len=inp, output_len=out,
@@ -70,7 +70,7 @@ def _estimate(t: TierSpec, p: PoolSpec, inp: int, out: int, count: int | None,
     return e
 
 
-def quick_plan(tiers: list[TierSpec], pools: list[PoolSpec], load: float = 0.8,
+def quick_plan(tiers: list[TierSpec], pools: list[QuickPool], load: float = 0.8,
                buckets: SizeBuckets | None = None, name: str = "quick-plan",
                catalog: Catalog | None = None, cal: Calibration | None = None) -> Plan:
     """A :class:`Plan` of exactly ``pools``; tier peaks default to ``load`` x capacity."""
@@ -153,11 +153,11 @@ def quick_plan(tiers: list[TierSpec], pools: list[PoolSpec], load: float = 0.8,
     return Plan(
         scenario=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
         objective="none: pools given by hand (tokenfleet.sim.quickplan)",
-        tiers=summaries, units=units, traffic_split=splits,
+        tiers=summaries, units=units, traffic_split=splits, buckets=buckets,
         cost=Cost(usd_per_month=monthly, fleet_usd_per_month=monthly,
                   committed_usd_per_month=0.0, committed_used_usd_per_month=0.0,
                   on_demand_usd_per_month=monthly),
         vendor_share={k: v / chips for k, v in vendors.items()}, power_mw=power,
-        limits={}, baselines=[], constraints=[], solver={"name": "none"},
+        baselines=[], constraints=[],
         notes=["capacities are point estimates at the tier SLO, not derated"],
     )

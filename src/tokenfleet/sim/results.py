@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
-from tokenfleet.perf.metrics import Latency
+from tokenfleet.perf.metrics import Latency, slo_attainment
 from tokenfleet.sim.engine import SERIES_LEVELS, SERIES_TOTALS, RunRecord
+from tokenfleet.sim.fleet import PoolInfo
 from tokenfleet.sim.metrics import GroupStats, percentile
 from tokenfleet.sim.shocks import Failure, PriceChange
 
@@ -73,7 +72,9 @@ class PoolResult(BaseModel):
     ttft_s: Latency
     tpot_s: Latency
     e2e_s: Latency
-    slo_attainment: float | None = Field(description="of the requests it completed")
+    slo_attainment: float | None = Field(
+        description="of the requests routed to it; failed or moved away count as misses "
+                    "(tokenfleet.perf.metrics)")
     utilization: float | None = Field(description="busy time / up time of its engines")
     kv_occupancy_mean: float | None
     kv_occupancy_max: float | None
@@ -131,13 +132,7 @@ class SimSummary(BaseModel):
 # ---- capacity timeline ------------------------------------------------------------------
 
 
-def _unit(info: dict, pool: str) -> Any:
-    """The fields shock selectors read (``Failure.matches`` works on any such object)."""
-    return SimpleNamespace(pool=pool, **{k: info[k] for k in (
-        "tier", "accelerator", "vendor", "cloud", "region", "replicas")})
-
-
-def capacity_segments(info: dict, pool: str, failures: list[Failure],
+def capacity_segments(info: PoolInfo, pool: str, failures: list[Failure],
                       prices: list[PriceChange], end_s: float
                       ) -> list[tuple[float, float, int, float]]:
     """``(t0, t1, up replicas, $/chip-hour)`` pieces covering ``[0, end_s]`` for a pool.
@@ -145,7 +140,7 @@ def capacity_segments(info: dict, pool: str, failures: list[Failure],
     Failures take out a prefix of the replicas (all of them for vendor/cloud/region
     selectors), so overlapping failures leave ``replicas - max(down)`` up.
     """
-    unit = _unit(info, pool)
+    unit = info.unit
     cuts = {0.0, end_s}
     for f in failures:
         if f.replicas_of(unit):
@@ -158,19 +153,19 @@ def capacity_segments(info: dict, pool: str, failures: list[Failure],
         mid = (t0 + t1) / 2
         down = max((f.replicas_of(unit) for f in failures
                     if f.start <= mid and (f.end is None or mid < f.end)), default=0)
-        usd = info["usd_per_chip_hour"]
+        usd = info.unit.usd_per_chip_hour
         for p in sorted(hits, key=lambda p: p.start):
             if p.start <= mid:
                 usd = p.usd_per_chip_hour
-        out.append((t0, t1, info["replicas"] - down, usd))
+        out.append((t0, t1, info.unit.replicas - down, usd))
     return out
 
 
-def up_replicas_at(info: dict, pool: str, failures: list[Failure], t: float) -> int:
-    unit = _unit(info, pool)
+def up_replicas_at(info: PoolInfo, pool: str, failures: list[Failure], t: float) -> int:
+    unit = info.unit
     down = max((f.replicas_of(unit) for f in failures
                 if f.start <= t and (f.end is None or t < f.end)), default=0)
-    return info["replicas"] - down
+    return info.unit.replicas - down
 
 
 # ---- summary -----------------------------------------------------------------------------
@@ -221,7 +216,7 @@ def _hit_rate(rec: RunRecord, tier: str | None = None, pool: str | None = None
     """Prefix-cache hit rate of a tier's (or one pool's) lookups; None without caching."""
     got = [v for pid, v in rec.prefix_tokens.items()
            if (pool is None or pid == pool)
-           and (tier is None or rec.pool_info.get(pid, {}).get("tier") == tier)]
+           and (tier is None or (pid in rec.pool_info and rec.pool_info[pid].unit.tier == tier))]
     looked = sum(v[1] for v in got)
     return sum(v[0] for v in got) / looked if looked else None
 
@@ -241,8 +236,8 @@ def summarize(rec: RunRecord) -> SimSummary:
             retried=int(g.retried[i]), slo_ttft_s=slo_ttft, slo_tpot_s=slo_tpot,
             ttft_s=ttft, tpot_s=tpot, e2e_s=_latency(g, i, "e2e"),
             queue_s=_latency(g, i, "queue"),
-            slo_attainment=(int(g.slo_met[i]) / arrived) if arrived else None,
-            goodput_fraction=(int(g.slo_met[i]) / arrived) if arrived else None,
+            slo_attainment=slo_attainment(int(g.slo_met[i]), arrived),
+            goodput_fraction=slo_attainment(int(g.slo_met[i]), arrived),
             mean_ttft_within_slo=(None if slo_ttft is None or ttft.mean is None
                                   else ttft.mean <= slo_ttft),
             mean_tpot_within_slo=(None if slo_tpot is None or tpot.mean is None
@@ -258,25 +253,25 @@ def summarize(rec: RunRecord) -> SimSummary:
         g = rec.pools
         i = g.row(pid)
         segs = capacity_segments(info, pid, rec.failures, rec.prices, rec.end_s)
-        cost = sum((t1 - t0) * up * usd * info["chips_per_replica"] for t0, t1, up, usd
+        cost = sum((t1 - t0) * up * usd * info.unit.chips_per_replica for t0, t1, up, usd
                    in segs) / 3600.0
         up_s = sum((t1 - t0) * up for t0, t1, up, _ in segs)
-        energy = up_s * info["watts_per_replica"] / 3.6e6
-        lanes = info["lanes_per_replica"]
+        energy = up_s * info.watts_per_replica / 3.6e6
+        lanes = info.lanes_per_replica
         busy = rec.busy_s[pid]
-        busy_energy += busy * info["watts_per_replica"] / lanes / 3.6e6
+        busy_energy += busy * info.watts_per_replica / lanes / 3.6e6
         total_cost += cost
         total_energy += energy
         ser = rec.series[pid]
         occ = _occupancy(rec, pid, info)
         done = int(g.completed[i])
         pools[pid] = PoolResult(
-            tier=info["tier"], accelerator=info["accelerator"], vendor=info["vendor"],
-            cloud=info["cloud"], region=info["region"], replicas=info["replicas"],
+            tier=info.unit.tier, accelerator=info.unit.accelerator, vendor=info.unit.vendor,
+            cloud=info.unit.cloud, region=info.unit.region, replicas=info.unit.replicas,
             requests=int(g.arrived[i]), completed=done, moved_away=int(g.retried[i]),
             ttft_s=_latency(g, i, "ttft"), tpot_s=_latency(g, i, "tpot"),
             e2e_s=_latency(g, i, "e2e"),
-            slo_attainment=(int(g.slo_met[i]) / done) if done else None,
+            slo_attainment=slo_attainment(int(g.slo_met[i]), int(g.arrived[i])),
             utilization=(busy / (up_s * lanes)) if up_s > 0 else None,
             kv_occupancy_mean=float(np.mean(occ)) if occ.size else None,
             kv_occupancy_max=float(np.max(occ)) if occ.size else None,
@@ -317,7 +312,7 @@ def summarize(rec: RunRecord) -> SimSummary:
     )
 
 
-def _occupancy(rec: RunRecord, pid: str, info: dict) -> np.ndarray:
+def _occupancy(rec: RunRecord, pid: str, info: PoolInfo) -> np.ndarray:
     """KV occupancy (used / capacity of up replicas) at each sample with capacity up."""
     used = np.asarray(rec.series[pid]["kv_used_tokens"])
     cap = _kv_capacity(rec, pid, info, used.size)
@@ -325,11 +320,11 @@ def _occupancy(rec: RunRecord, pid: str, info: dict) -> np.ndarray:
     return used[ok] / cap[ok]
 
 
-def _kv_capacity(rec: RunRecord, pid: str, info: dict, n: int) -> np.ndarray:
+def _kv_capacity(rec: RunRecord, pid: str, info: PoolInfo, n: int) -> np.ndarray:
     t = (np.arange(n) + 1) * rec.sample_s
     up = np.array([up_replicas_at(info, pid, rec.failures, x) for x in t]) if n else \
         np.zeros(0)
-    return up * info["lanes_per_replica"] * info["kv_tokens_per_lane"]
+    return up * info.lanes_per_replica * info.kv_tokens_per_lane
 
 
 # ---- time series ---------------------------------------------------------------------------
@@ -356,7 +351,7 @@ def timeseries(rec: RunRecord) -> pl.DataFrame:
         cap = _kv_capacity(rec, pid, info, n)
         used = np.asarray(ser["kv_used_tokens"])
         busy = np.diff(np.asarray(ser["busy_s"]), prepend=0.0)
-        lanes_up = up * info["lanes_per_replica"]
+        lanes_up = up * info.lanes_per_replica
         segs = capacity_segments(info, pid, rec.failures, rec.prices, n * ss)
         usd = np.zeros(n)
         for t0, t1, u, price in segs:
@@ -365,10 +360,10 @@ def timeseries(rec: RunRecord) -> pl.DataFrame:
             for j in range(j0, j1):
                 lo, hi = max(t0, j * ss), min(t1, (j + 1) * ss)
                 if hi > lo:
-                    usd[j] += (hi - lo) * u * price * info["chips_per_replica"] / 3600.0
+                    usd[j] += (hi - lo) * u * price * info.unit.chips_per_replica / 3600.0
         frames.append(pl.DataFrame({
-            "t_s": t, "pool": [pid] * n, "tier": [info["tier"]] * n,
-            "vendor": [info["vendor"]] * n, "accelerator": [info["accelerator"]] * n,
+            "t_s": t, "pool": [pid] * n, "tier": [info.unit.tier] * n,
+            "vendor": [info.unit.vendor] * n, "accelerator": [info.unit.accelerator] * n,
             "up_replicas": up.astype(np.int64),
             "running": np.asarray(ser["running"]), "waiting": np.asarray(ser["waiting"]),
             "kv_occupancy": np.divide(used, cap, out=np.zeros(n), where=cap > 0),
@@ -415,7 +410,7 @@ def merge_records(recs: list[RunRecord], wall_s: float | None = None) -> RunReco
     first = recs[0]
     n = max(max((len(s["running"]) for s in r.series.values()), default=0) for r in recs)
     series: dict[str, dict[str, list[float]]] = {}
-    info: dict[str, dict] = {}
+    info: dict[str, PoolInfo] = {}
     tiers = GroupStats.empty(first.tier_names)
     pools = GroupStats.empty([])
     reasons: dict[str, int] = {}

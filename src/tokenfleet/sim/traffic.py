@@ -3,10 +3,8 @@ and size bucket that decide where the plan routes each request.
 
 A plan splits traffic per (tier, size bucket). A trace has no tier column, so requests
 are given tiers in proportion to the tiers' planned peak rates (seeded), or all to one
-tier (``tier=``). Buckets come from the plan's bucket labels
-(``in512-2048_out0-128``, the labels of :class:`tokenfleet.workload.SizeBuckets`); a
-label the simulator cannot read falls back to the bucket with the nearest
-representative lengths.
+tier (``tier=``). Buckets come from the plan's bucket edges, read by
+:func:`tokenfleet.routing.buckets.plan_buckets` (the gateway's reader too).
 
 Units: seconds, tokens, requests/s.
 """
@@ -14,22 +12,18 @@ Units: seconds, tokens, requests/s.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.plan.schema import BucketSplit, Plan
+from tokenfleet.plan.schema import Plan
+from tokenfleet.routing.buckets import plan_buckets
 from tokenfleet.sim.shocks import Surge
-from tokenfleet.workload.buckets import SizeBuckets
 from tokenfleet.workload.trace import Trace, take_blocks
 
 ANY_BUCKET = "*"  # routing key of a tier's requests whose bucket the plan does not split
-
-_LABEL = re.compile(r"^in(\d+)-(\d+|inf)_out(\d+)-(\d+|inf)$")
-
 
 @dataclass(frozen=True)
 class RouteKey:
@@ -84,32 +78,6 @@ class Workload:
         return float(self.arrival_s[-1]) if len(self) else 0.0
 
 
-def _edges_from_labels(labels: list[str]) -> SizeBuckets | None:
-    ins: set[float] = set()
-    outs: set[float] = set()
-    for lab in labels:
-        m = _LABEL.match(lab)
-        if not m:
-            return None
-        a, b, c, d = m.groups()
-        ins.update((float(a), math.inf if b == "inf" else float(b)))
-        outs.update((float(c), math.inf if d == "inf" else float(d)))
-    try:
-        return SizeBuckets(input_edges=tuple(sorted(ins)), output_edges=tuple(sorted(outs)))
-    except ValueError:  # edges that do not start at 0 / end at inf: use nearest lengths
-        return None
-
-
-def _nearest(splits: list[BucketSplit], inp: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Index into ``splits`` of the bucket whose representative lengths are nearest in
-    log space (the fallback when labels are not edge labels)."""
-    rep_in = np.log1p([s.input_len for s in splits])
-    rep_out = np.log1p([s.output_len for s in splits])
-    d = ((np.log1p(inp)[:, None] - rep_in[None, :]) ** 2
-         + (np.log1p(out)[:, None] - rep_out[None, :]) ** 2)
-    return np.argmin(d, axis=1)
-
-
 def tier_weights(plan: Plan) -> dict[str, float]:
     """Planned peak requests/s per tier (from the split; the tier summary if no split)."""
     w: dict[str, float] = {t.name: 0.0 for t in plan.tiers}
@@ -145,25 +113,19 @@ def label_trace(plan: Plan, trace: Trace, tier: str | None = None, seed: int = 0
         tier_idx = rng.choice(len(tiers), size=n, p=p / p.sum())
     inp = trace.input_tokens
     out = np.maximum(trace.output_tokens, 1)
+    pb = plan_buckets(plan)
     keys: list[RouteKey] = []
     key = np.empty(n, dtype=np.int32)
     for ti, t in enumerate(tiers):
         rows = np.flatnonzero(tier_idx == ti)
         if rows.size == 0:
             continue
-        splits = [s for s in plan.traffic_split if s.tier == t]
-        labels = [s.bucket for s in splits]
-        if not splits:
+        labels = [s.bucket for s in plan.traffic_split if s.tier == t]
+        if not labels:
             keys.append(RouteKey(t, ANY_BUCKET))
             key[rows] = len(keys) - 1
             continue
-        buckets = _edges_from_labels(labels)
-        if buckets is not None:
-            all_labels = [b.label for b in buckets.buckets]
-            got = np.asarray(all_labels, dtype=object)[buckets.assign_lengths(inp[rows],
-                                                                               out[rows])]
-        else:
-            got = np.asarray(labels, dtype=object)[_nearest(splits, inp[rows], out[rows])]
+        got = pb.labels_of(inp[rows], out[rows], tier=t)
         for lab in dict.fromkeys(got.tolist()):
             keys.append(RouteKey(t, lab if lab in labels else ANY_BUCKET))
             key[rows[got == lab]] = len(keys) - 1

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from tokenfleet.route.emulator import PoolSpec, build_engine
-from tokenfleet.route.engine import (
+from tokenfleet.route.pace import (
     Engine,
     FixedLatencyEngine,
     FixedPacing,
