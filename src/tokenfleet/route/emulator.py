@@ -114,13 +114,13 @@ def build_unit(spec: PoolSpec) -> UnitModel:
         precision, layout = e.precision, spec.layout or e.layout
     prec = get_precision(precision)
     kv = spec.kv_precision or prec.default_kv
-    eff, _group = load_fit().efficiency(accel.family, spec.engine)
+    eff, _group = load_fit().efficiency(accel, spec.engine)
     try:
         lo = Layout(tp=layout["tp"], pp=layout.get("pp", 1), dp=layout.get("dp", 1),
                     ep=layout.get("ep", 1))
     except KeyError:
         raise TokenfleetError(f"layout {layout} must give at least 'tp'") from None
-    return UnitModel(model, accel, prec, kv, lo, eff)
+    return UnitModel(model, accel, prec, kv, lo, eff, spec.engine)
 
 
 def build_engine(spec: PoolSpec, max_queue: int = 4096) -> tuple[Engine, UnitModel]:

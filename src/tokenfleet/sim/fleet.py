@@ -128,8 +128,8 @@ def build_pool(unit: PlanUnit, i: int, engine: EngineConfig, catalog: Catalog,
                               f"chips but chips_per_replica = {unit.chips_per_replica}")
     if unit.replicas < 0:
         raise TokenfleetError(f"{_field(plan_name, i, 'replicas')} = {unit.replicas} < 0")
-    eff, group = cal.efficiency(accel.family, unit.engine)
-    um = UnitModel(model, accel, prec, unit.kv_precision, layout, eff)
+    eff, group = cal.efficiency(accel, unit.engine)
+    um = UnitModel(model, accel, prec, unit.kv_precision, layout, eff, unit.engine)
     if um.peak_flops <= 0:
         raise TokenfleetError(f"{_field(plan_name, i, 'precision')}: {accel.id} has no "
                               f"{prec.compute.upper()} peak, so pool {unit.pool} cannot run")

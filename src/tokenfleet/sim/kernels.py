@@ -424,22 +424,23 @@ def iteration_s(table, r, decode, context, prefill, prefill_attention, sliding, 
     the batch split into micro-batches over the ``pp`` pipeline stages. It is
     :func:`tokenfleet.sim.stepcost.stage_time` per stage, times ``pp``; fleets without
     sliding-window layers or MoE skip those terms."""
-    pp = table[14, r]
+    # Rows are the fields of tokenfleet.perf.unit.StepCoefficients, in order.
+    pp = table[17, r]
     # A single sequence cannot be split into micro-batches: at least one token per
     # stage step when anything decodes.
     dec = max(decode / pp, min(decode, 1.0)) if decode > 0 else 0.0
     pre = prefill / pp
     tokens = dec + pre
-    attended = table[9, r] * context
+    attended = table[11, r] * context
     if sliding:
-        attended += table[10, r] * min(context, table[11, r])
-    dec_att = dec * attended
-    t_compute = tokens * table[0, r] + dec_att * table[1, r] + (prefill_attention / pp) \
-        * table[2, r]
-    t_memory = table[3, r] + dec_att * table[8, r]
-    if moe:
-        t_memory += table[5, r] * (1.0 - table[6, r] ** (tokens * table[7, r])) * table[4, r]
-    return pp * (max(t_compute, t_memory) + tokens * table[12, r] + table[13, r])
+        attended += table[12, r] * min(context, table[13, r])
+    t = max(tokens * table[0, r] + dec * table[1, r], table[2, r])
+    if moe and table[5, r] > 0.0:
+        routed = tokens * table[8, r]
+        touched = table[6, r] * (1.0 - table[7, r] ** routed)
+        t += max(table[3, r] * (routed + table[4, r] * touched), touched * table[5, r])
+    t += dec * attended * table[9, r] + (prefill_attention / pp) * table[10, r]
+    return pp * (t + tokens * table[14, r] + dec * table[16, r] + table[15, r])
 
 
 @njit(cache=True, nogil=True)
