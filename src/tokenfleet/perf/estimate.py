@@ -21,7 +21,12 @@ from tokenfleet.perf import architecture as arch
 from tokenfleet.perf.calibration import Basis, Calibration, load_fit
 from tokenfleet.perf.engines import DEFAULT_ENGINE, engine_profile
 from tokenfleet.perf.measurements import ENGINES
-from tokenfleet.perf.operating import OperatingPoint, best_operating_point, evaluate_layout
+from tokenfleet.perf.operating import (
+    OperatingPoint,
+    best_operating_point,
+    choose,
+    evaluate_layout,
+)
 from tokenfleet.perf.precision import PRECISIONS, get_precision, kv_bytes, unsupported_reason
 from tokenfleet.perf.unit import Efficiency, Layout, UnitModel, layouts_for
 
@@ -271,8 +276,9 @@ def layout_screen(q: Query, catalog: Catalog, cal: Calibration
                      _layout(q.layout, q.count), r.eff, r.engine)
 
     def at(input_len: int, output_len: int) -> OperatingPoint:
-        return evaluate_layout(unit, input_len, output_len, r.mode, q.concurrency,
-                               q.slo_ttft, q.slo_tpot, batching=r.batching)
+        op = evaluate_layout(unit, input_len, output_len, r.mode, q.concurrency,
+                             q.slo_ttft, q.slo_tpot, batching=r.batching)
+        return choose([op], 1) or op  # the same labels as the search path
 
     return at
 
