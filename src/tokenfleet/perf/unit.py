@@ -282,10 +282,10 @@ def stage_step_s(g: StepCoefficients, dec: np.ndarray, context: np.ndarray | flo
     tokens = dec + pre
     attended = g.att_full * context + g.att_sliding * np.minimum(context, g.att_window)
     t = np.maximum(tokens * g.c_gemm + dec * g.c_lm, g.m_weights)
-    if g.m_expert > 0:
-        routed = tokens * g.moe_routed
-        touched = g.moe_e * (1.0 - g.moe_keep ** routed)
-        t = t + np.maximum(g.c_moe * (routed + g.moe_half * touched), touched * g.m_expert)
+    # MoE term (zero for dense models: moe_e = 0, c_moe = m_expert = 0)
+    routed = tokens * g.moe_routed
+    touched = g.moe_e * (1.0 - g.moe_keep ** routed)
+    t = t + np.maximum(g.c_moe * (routed + g.moe_half * touched), touched * g.m_expert)
     return (t + dec * attended * g.c_dec + pre_att_flops * g.c_pre + tokens * g.c_comm
             + dec * g.c_seq + g.fixed)
 
