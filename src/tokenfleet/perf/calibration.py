@@ -111,6 +111,7 @@ class GroupFit:
     sources: list[str] = field(default_factory=list)
     chips: list[ChipSpec] = field(default_factory=list)
     held_out: dict[str, float] = field(default_factory=dict)  # LOSO throughput APE
+    in_sample: dict[str, float] = field(default_factory=dict)  # fitted throughput APE
 
     @property
     def efficiency(self) -> Efficiency:
@@ -390,6 +391,9 @@ def run_fit(
                      "metric": p.metric, "measured": p.value,
                      "fitted": predict(p, cal, catalog),
                      "user": predict(p, cal, catalog, stated_layout=False)})
+    for k, g in groups.items():
+        g.in_sample = summary([ape(r["user"], r["measured"]) for r in rows
+                               if r["group"] == k and r["metric"] == "throughput"])
     cross: list[float] = []
     if loo:
         family = {p.key: catalog.accelerator(p.accelerator).family for p in points}

@@ -18,7 +18,7 @@ from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.catalog.schema import Accelerator, ModelSpec
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf import architecture as arch
-from tokenfleet.perf.calibration import Basis, Calibration, load_fit
+from tokenfleet.perf.calibration import Basis, Calibration, GroupFit, load_fit
 from tokenfleet.perf.engines import DEFAULT_ENGINE, engine_profile
 from tokenfleet.perf.measurements import ENGINES
 from tokenfleet.perf.operating import (
@@ -177,6 +177,16 @@ def _check_supported(accel: Accelerator, precision: str, engine: str | None = No
     return unsupported_reason(accel.id, peaks, precision, engine)
 
 
+# Floor of any band: no estimate is trusted to better than this.
+MIN_BAND = 0.1
+
+
+def _group_band(g: GroupFit, cross: float) -> float:
+    """The 90th-percentile throughput error of the group's own rows asked as a user asks
+    (the tool picks the layout), with a floor; ``cross`` when it has no throughput rows."""
+    return max(g.in_sample.get("p90", cross), MIN_BAND)
+
+
 def _provenance(cal: Calibration, accel: Accelerator, b: Basis, model: ModelSpec,
                 q: Query, precision: str) -> tuple[Provenance, float, str]:
     """Label and ± band (fraction) for an estimate."""
@@ -184,10 +194,11 @@ def _provenance(cal: Calibration, accel: Accelerator, b: Basis, model: ModelSpec
     if b.group is None:
         return "spec-sheet", max(cross, FALLBACK_BAND), b.text
     g = cal.groups[b.group]
-    own = g.held_out.get("p90", cross)
+    own = _group_band(g, cross)
     if b.peer is not None:
         band = min(max(own, cal.cross_family.get("median", own)) + b.spread, 0.9)
-        return "spec-sheet", band, b.text + f"; band = held-out p90 of {b.group} + spread"
+        return "spec-sheet", band, (b.text + f"; band = max(p90 error of {b.group}, median "
+                                    "leave-one-family-out error) + peer spread")
     params = arch.param_counts(model).total / 1e9
     inside = (
         accel.id in g.accelerators
@@ -197,13 +208,14 @@ def _provenance(cal: Calibration, accel: Accelerator, b: Basis, model: ModelSpec
         and g.params_b[0] / 1.5 <= params <= g.params_b[1] * 1.5
     )
     if inside:
-        return "calibrated", own, b.text + "; band = 90th-percentile leave-one-source-out error"
+        return "calibrated", own, b.text + "; band = 90th-percentile error of the group"
     band = max(own, cal.cross_family.get("median", own))
     return ("extrapolated", band,
             b.text + f"; outside its measured range (chips {', '.join(g.accelerators)}; "
             f"precisions {', '.join(g.precisions)}; input {g.input_len[0]}-{g.input_len[1]}, "
             f"output {g.output_len[0]}-{g.output_len[1]} tokens; "
-            f"{g.params_b[0]:g}-{g.params_b[1]:g}B params): band widened")
+            f"{g.params_b[0]:g}-{g.params_b[1]:g}B params): band = max(group p90, median "
+            "leave-one-family-out error)")
 
 
 @dataclass(frozen=True)
