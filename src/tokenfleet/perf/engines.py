@@ -26,6 +26,9 @@ class EngineProfile:
     memory_fraction: float
     kv_of_free: bool
     source: str
+    # Hides the expert all-to-all under the math of another micro-batch (SGLang's
+    # --enable-two-batch-overlap, TRT-LLM's attention-DP overlap scheduler).
+    overlaps_a2a: bool = False
 
 
 ENGINE_PROFILES: dict[str, EngineProfile] = {
@@ -38,13 +41,14 @@ ENGINE_PROFILES: dict[str, EngineProfile] = {
         "sglang", "continuous", 2048, 8192, True, False, 0.88, False,
         "sgl-project/sglang python/sglang/srt/server_args.py (chunked_prefill_size 8192, "
         "mem_fraction_static ~0.88 on 80-192 GB GPUs, --enable-dp-attention); "
-        "max_running_requests is set from memory, 2048 is an assumed ceiling"),
+        "max_running_requests is set from memory, 2048 is an assumed ceiling; "
+        "two-batch overlap of the DeepEP all-to-all: lmsys.org blog 2025-05-05)", True),
     "trtllm": EngineProfile(
         "trtllm", "continuous", 2048, 8192, True, True, 0.90, True,
         "NVIDIA/TensorRT-LLM docs/source/performance/performance-tuning-guide "
         "(max_batch_size 2048, max_num_tokens 8192 defaults; "
         "kv_cache_free_gpu_memory_fraction 0.9; GUARANTEED_NO_EVICT scheduler; "
-        "attention DP for MoE)"),
+        "attention DP for MoE; overlap scheduler)", True),
     "neuron": EngineProfile(
         "neuron", "static", 256, 8192, False, True, 0.90, False,
         "aws-neuron/aws-neuron-sdk transformers-neuronx: static batches compiled per "

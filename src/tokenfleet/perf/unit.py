@@ -250,7 +250,9 @@ class StepCoefficients:
       the window (inf without sliding layers);
     * ``c_comm`` — s of collective bytes per token; ``fixed`` — s per step (host,
       launch gaps, collective latencies); ``c_seq`` — host s per decoding sequence;
-      ``pp`` stages.
+      ``c_a2a`` — s of expert all-to-all bytes per token, hidden under the step's math
+      when ``a2a_overlap`` is 1 (engines that overlap two micro-batches: SGLang's
+      two-batch overlap, TRT-LLM's), added to it otherwise; ``pp`` stages.
     """
 
     c_gemm: float
@@ -270,6 +272,8 @@ class StepCoefficients:
     c_comm: float
     fixed: float
     c_seq: float
+    c_a2a: float
+    a2a_overlap: float
     pp: float
 
 
@@ -286,8 +290,10 @@ def stage_step_s(g: StepCoefficients, dec: np.ndarray, context: np.ndarray | flo
     routed = tokens * g.moe_routed
     touched = g.moe_e * (1.0 - g.moe_keep ** routed)
     t = t + np.maximum(g.c_moe * (routed + g.moe_half * touched), touched * g.m_expert)
-    return (t + dec * attended * g.c_dec + pre_att_flops * g.c_pre + tokens * g.c_comm
-            + dec * g.c_seq + g.fixed)
+    t = t + dec * attended * g.c_dec + pre_att_flops * g.c_pre
+    a2a = tokens * g.c_a2a
+    t = np.where(g.a2a_overlap > 0, np.maximum(t, a2a), t + a2a)
+    return t + tokens * g.c_comm + dec * g.c_seq + g.fixed
 
 
 class UnitModel:
@@ -402,21 +408,22 @@ class UnitModel:
         c_pre = self.head_pad / lo.tp * share / (eff.attention * self.attn_flops)
         full, sliding = arch.attention_layer_counts(m)
         window = float(m.sliding_window) if (sliding and m.sliding_window) else math.inf
-        c_comm, lat = self._collectives()
+        c_comm, c_a2a, lat = self._collectives()
         fixed = eff.host_overhead_s + LAUNCH_GAP_S_PER_LAYER * self.layers_per_stage + lat
         return StepCoefficients(
             c_gemm=c_gemm, c_lm=c_lm, m_weights=m_weights, c_moe=c_moe, moe_half=moe_half,
             m_expert=m_expert, moe_e=moe_e, moe_keep=moe_keep, moe_routed=routed,
             c_dec=c_dec, c_pre=c_pre, att_full=float(full), att_sliding=float(sliding),
             att_window=window, c_comm=c_comm, fixed=fixed, c_seq=eff.host_per_seq_s,
-            pp=float(lo.pp))
+            c_a2a=c_a2a, a2a_overlap=float(self.engine.overlaps_a2a), pp=float(lo.pp))
 
-    def _collectives(self) -> tuple[float, float]:
-        """(s per token of collective bytes, s of collective latency) per stage step."""
+    def _collectives(self) -> tuple[float, float, float]:
+        """(s per token of TP/PP collective bytes, s per token of expert all-to-all
+        bytes, s of collective latency) per stage step."""
         lo, m = self.layout, self.model
         act = m.hidden_size * ACTIVATION_BYTES
         layers = self.layers_per_stage
-        per_tok = lat = 0.0
+        per_tok = a2a = lat = 0.0
         if lo.tp > 1:  # two all-reduces per layer (attention out, MLP out), ring
             bw, l1 = self._link(lo.tp)
             per_tok += 2 * layers * 2 * (lo.tp - 1) / lo.tp * act / bw
@@ -427,14 +434,18 @@ class UnitModel:
             # combine (BF16) of each token's k expert copies leaving the rank.
             bw, l1 = self._link(lo.ep, A2A_LATENCY_S)
             dispatch = 1.0 if self.precision.compute in ("fp8", "fp4") else ACTIVATION_BYTES
-            sent = m.hidden_size * m.experts_per_token * (lo.ep - 1) / lo.ep
-            per_tok += moe_layers * sent * (dispatch + ACTIVATION_BYTES) / lo.tp / bw
+            # Across scale-up domains a token travels once per destination domain and
+            # fans out inside it (DeepEP's internode kernels); inside one, once per expert.
+            domains = lo.ep // self.accel.scaleup_domain
+            copies = min(m.experts_per_token, domains) if domains > 1 else m.experts_per_token
+            sent = m.hidden_size * copies * (lo.ep - 1) / lo.ep
+            a2a += moe_layers * sent * (dispatch + ACTIVATION_BYTES) / lo.tp / bw
             lat += 2 * moe_layers * l1
         if lo.pp > 1:
             bw, l1 = self._link(lo.tp * lo.pp)
             per_tok += act / bw
             lat += l1
-        return per_tok, lat
+        return per_tok, a2a, lat
 
     # ---- memory -------------------------------------------------------------------
 

@@ -425,7 +425,7 @@ def iteration_s(table, r, decode, context, prefill, prefill_attention, sliding, 
     :func:`tokenfleet.sim.stepcost.stage_time` per stage, times ``pp``; fleets without
     sliding-window layers or MoE skip those terms."""
     # Rows are the fields of tokenfleet.perf.unit.StepCoefficients, in order.
-    pp = table[17, r]
+    pp = table[19, r]
     # A single sequence cannot be split into micro-batches: at least one token per
     # stage step when anything decodes.
     dec = max(decode / pp, min(decode, 1.0)) if decode > 0 else 0.0
@@ -440,6 +440,8 @@ def iteration_s(table, r, decode, context, prefill, prefill_attention, sliding, 
         touched = table[6, r] * (1.0 - table[7, r] ** routed)
         t += max(table[3, r] * (routed + table[4, r] * touched), touched * table[5, r])
     t += dec * attended * table[9, r] + (prefill_attention / pp) * table[10, r]
+    a2a = tokens * table[17, r]
+    t = max(t, a2a) if table[18, r] > 0.0 else t + a2a
     return pp * (t + tokens * table[14, r] + dec * table[16, r] + table[15, r])
 
 
