@@ -6,8 +6,10 @@ The physics (``tokenfleet.perf.unit``) carries near-universal efficiencies from 
 kernel benchmarks (:class:`Efficiency` defaults). Per *group* = (chip family, serving
 engine), three bounded residual factors are fitted in log space, pulled towards 1
 (ridge): one on math (GEMM, attention), one on memory (weights, KV), one on the host
-overhead per step, one on the MoE path (grouped GEMM and all-to-all; 0 for groups
-without MoE rows). No fitted fraction exceeds 0.95 of a peak.
+overhead per step (and launch gaps), one on the MoE path (grouped GEMM and all-to-all),
+one on attention relative to the GEMMs (flash-attention maturity differs by platform);
+a residual the group's rows do not inform stays at 0. No fitted fraction exceeds 0.95
+of a peak.
 
 A chip whose family has no measurement borrows the residuals of its **nearest measured
 peer** (architecture class, vendor, HBM bandwidth, FP8 peak, scale-up size), with a band
@@ -57,9 +59,11 @@ RIDGE = 0.5  # pull of each log residual towards 0 (the prior), per parameter
 MISS = 2.0  # residual (log units) when the model says a measured setup does not fit
 # Bounds of the log residuals: math/memory may fall to 1/4 of the prior (software that
 # reaches a quarter of peak) and rise only to the 0.95 cap; the host overhead 1/5-5x.
-LOW = (math.log(0.25), math.log(0.35), math.log(0.2), math.log(0.25))
-HIGH = (math.log(0.95 / PRIOR.gemm), math.log(0.95 / PRIOR.bandwidth), math.log(5.0),
-        math.log(0.95 / PRIOR.moe))
+# Order: math, memory, host (step overhead and launch gaps: 0.2-20x, as eager-mode or
+# young stacks pay per-kernel costs), MoE path, attention (relative to math).
+LOW = (math.log(0.25), math.log(0.35), math.log(0.2), math.log(0.25), math.log(0.25))
+HIGH = (math.log(0.95 / PRIOR.gemm), math.log(0.95 / PRIOR.bandwidth), math.log(20.0),
+        math.log(0.95 / PRIOR.moe), math.log(1.5))
 PEERS = 3  # nearest measured chips whose spread widens a borrowed band
 
 
@@ -68,9 +72,10 @@ def group_key(family: str, engine: str) -> str:
 
 
 def efficiency_of(residual: Sequence[float] | np.ndarray, prior: Efficiency = PRIOR) -> Efficiency:
-    moe = math.exp(residual[3]) if len(residual) > 3 else 1.0
-    return prior.scaled(math.exp(residual[0]), math.exp(residual[1]), math.exp(residual[2]),
-                        moe)
+    """Priors times the residual factors (math, memory, host, MoE path, attention)."""
+    r = list(residual) + [0.0] * (5 - len(residual))
+    return prior.scaled(math.exp(r[0]), math.exp(r[1]), math.exp(r[2]), math.exp(r[3]),
+                        math.exp(r[4]))
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,7 @@ class ChipSpec:
 
 @dataclass
 class GroupFit:
-    residual: list[float]  # log factors on math, memory, host overhead, MoE path
+    residual: list[float]  # log factors on math, memory, host overhead, MoE path, attention
     n_points: int
     accelerators: list[str]
     models: list[str]
@@ -295,8 +300,7 @@ def fit_group(points: Sequence[Point], catalog: Catalog, ridge: float = RIDGE,
     def f(t: np.ndarray) -> np.ndarray:
         return np.concatenate([_residuals(points, efficiency_of(t), catalog), ridge * t])
 
-    n = 4 if any(catalog.model(p.model).is_moe for p in points) else 3
-    res = least_squares(f, np.zeros(n), bounds=(LOW[:n], HIGH[:n]), method="trf",
+    res = least_squares(f, np.zeros(5), bounds=(LOW, HIGH), method="trf",
                         diff_step=1e-2, max_nfev=max_nfev)
     return [float(x) for x in res.x]
 

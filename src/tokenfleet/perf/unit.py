@@ -86,8 +86,6 @@ A2A_LATENCY_S = {"scaleup": 30e-6, "scaleout": 100e-6}
 # expert-load balancer, the hottest rank carries ~1.2-1.3x the mean load
 # (deepseek-ai/EPLB README motivates replicating hot experts for this reason).
 EP_IMBALANCE = 1.25
-# Kernel launch gaps inside a captured graph: ~1 µs per kernel, ~10 kernels per layer.
-LAUNCH_GAP_S_PER_LAYER = 10e-6
 
 
 def chip_class(accel: Accelerator) -> str:
@@ -121,21 +119,25 @@ class Efficiency:
     # Per running sequence per step: scheduling, input preparation, sampling, detokenizing
     # (a few µs in C++ executors such as TRT-LLM's; more in Python schedulers).
     host_per_seq_s: float = 5e-6
+    # Kernel launch gaps inside a captured graph: ~1 µs per kernel, ~10 kernels per layer.
+    launch_gap_s_per_layer: float = 10e-6
 
     def scaled(self, math_factor: float, memory_factor: float, host_factor: float,
-               moe_factor: float = 1.0, cap: float = 0.95) -> Efficiency:
+               moe_factor: float = 1.0, attention_factor: float = 1.0, cap: float = 0.95
+               ) -> Efficiency:
         """These efficiencies times residual factors, each fraction kept <= ``cap``."""
         def c(x: float) -> float:
             return min(x, cap)
 
         return replace(self, gemm=c(self.gemm * math_factor),
-                       attention=c(self.attention * math_factor),
+                       attention=c(self.attention * math_factor * attention_factor),
                        bandwidth=c(self.bandwidth * memory_factor),
                        kv_bandwidth=c(self.kv_bandwidth * memory_factor),
                        moe=c(self.moe * moe_factor),
                        collective=c(self.collective * moe_factor),
                        host_overhead_s=self.host_overhead_s * host_factor,
-                       host_per_seq_s=self.host_per_seq_s * host_factor)
+                       host_per_seq_s=self.host_per_seq_s * host_factor,
+                       launch_gap_s_per_layer=self.launch_gap_s_per_layer * host_factor)
 
 
 @dataclass(frozen=True)
@@ -197,16 +199,23 @@ def _structural_layouts(model: ModelSpec, count: int) -> tuple[Layout, ...]:
     return tuple(out)
 
 
-def as_engines_run(lo: Layout, count: int, accel: Accelerator, engine: EngineProfile) -> bool:
+def as_engines_run(lo: Layout, count: int, accel: Accelerator, engine: EngineProfile,
+                   model: ModelSpec | None = None) -> bool:
     """Whether engines run this layout on this chip: tensor parallel inside the scale-up
     domain, pipeline only when the unit spans domains (each stage inside one), expert
-    parallel with dp > 1 only where the engine runs attention-DP."""
+    parallel with dp > 1 (attention-DP) only where the engine has it and, by default,
+    only for MLA models — the engines' recipes turn attention-DP on for DeepSeek-style
+    MLA (whose latent KV every TP rank would otherwise hold whole: SGLang
+    --enable-dp-attention, TRT-LLM enable_attention_dp, vLLM DP+EP docs) and serve GQA
+    MoE models (Qwen3, Llama 4, gpt-oss) tensor-parallel. Ask --dp/--ep to get it."""
     domain = accel.scaleup_domain
     if lo.tp > domain:
         return False
     if lo.pp > 1 and (count <= domain or count // lo.pp > domain):
         return False
-    return not (lo.ep > 1 and lo.dp > 1 and not engine.attention_dp)
+    if lo.ep > 1 and lo.dp > 1:
+        return engine.attention_dp and (model is None or model.is_mla)
+    return True
 
 
 def layouts_for(model: ModelSpec, count: int, accel: Accelerator | None = None,
@@ -217,7 +226,7 @@ def layouts_for(model: ModelSpec, count: int, accel: Accelerator | None = None,
     if accel is None:
         return out
     prof = engine_profile(engine)
-    return [lo for lo in out if as_engines_run(lo, count, accel, prof)]
+    return [lo for lo in out if as_engines_run(lo, count, accel, prof, model)]
 
 
 @dataclass(frozen=True)
@@ -409,7 +418,7 @@ class UnitModel:
         full, sliding = arch.attention_layer_counts(m)
         window = float(m.sliding_window) if (sliding and m.sliding_window) else math.inf
         c_comm, c_a2a, lat = self._collectives()
-        fixed = eff.host_overhead_s + LAUNCH_GAP_S_PER_LAYER * self.layers_per_stage + lat
+        fixed = eff.host_overhead_s + eff.launch_gap_s_per_layer * self.layers_per_stage + lat
         return StepCoefficients(
             c_gemm=c_gemm, c_lm=c_lm, m_weights=m_weights, c_moe=c_moe, moe_half=moe_half,
             m_expert=m_expert, moe_e=moe_e, moe_keep=moe_keep, moe_routed=routed,
