@@ -64,7 +64,8 @@ MISS = 2.0  # residual (log units) when the model says a measured setup does not
 LOW = (math.log(0.25), math.log(0.35), math.log(0.2), math.log(0.25), math.log(0.25))
 HIGH = (math.log(0.95 / PRIOR.gemm), math.log(0.95 / PRIOR.bandwidth), math.log(20.0),
         math.log(0.95 / PRIOR.moe), math.log(1.5))
-PEERS = 3  # nearest measured chips whose spread widens a borrowed band
+PEERS = 3  # nearest measured groups whose spread widens a borrowed band
+CONSERVATIVE_PEER = True
 
 
 def group_key(family: str, engine: str) -> str:
@@ -192,6 +193,11 @@ class Calibration:
                 break
         speed = [_speed(self.groups[k].residual) for k in near]
         spread = max(speed) / min(speed) - 1.0
+        if CONSERVATIVE_PEER:
+            # The slowest of the nearest measured groups: a chip nobody measured never
+            # gets efficiencies better than measured chips like it.
+            key = near[int(np.argmin(speed))]
+            peer = next(c for _, c, k in ranked if k == key)
         g = self.groups[key]
         return Basis(g.efficiency, key, peer, spread,
                      f"no measurement of the {accel.family} family: borrows {key}'s "
