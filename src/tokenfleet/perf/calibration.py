@@ -117,7 +117,8 @@ class GroupFit:
     sources: list[str] = field(default_factory=list)
     chips: list[ChipSpec] = field(default_factory=list)
     held_out: dict[str, float] = field(default_factory=dict)  # LOSO throughput APE
-    in_sample: dict[str, float] = field(default_factory=dict)  # fitted throughput APE
+    in_sample: dict[str, float] = field(default_factory=dict)  # throughput APE, user path
+    in_sample_stated: dict[str, float] = field(default_factory=dict)  # ... stated layout
 
     @property
     def efficiency(self) -> Efficiency:
@@ -402,8 +403,9 @@ def run_fit(
                      "fitted": predict(p, cal, catalog),
                      "user": predict(p, cal, catalog, stated_layout=False)})
     for k, g in groups.items():
-        g.in_sample = summary([ape(r["user"], r["measured"]) for r in rows
-                               if r["group"] == k and r["metric"] == "throughput"])
+        mine = [r for r in rows if r["group"] == k and r["metric"] == "throughput"]
+        g.in_sample = summary([ape(r["user"], r["measured"]) for r in mine])
+        g.in_sample_stated = summary([ape(r["fitted"], r["measured"]) for r in mine])
     cross: list[float] = []
     if loo:
         family = {p.key: catalog.accelerator(p.accelerator).family for p in points}

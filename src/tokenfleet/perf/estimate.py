@@ -181,10 +181,12 @@ def _check_supported(accel: Accelerator, precision: str, engine: str | None = No
 MIN_BAND = 0.1
 
 
-def _group_band(g: GroupFit, cross: float) -> float:
-    """The 90th-percentile throughput error of the group's own rows asked as a user asks
-    (the tool picks the layout), with a floor; ``cross`` when it has no throughput rows."""
-    return max(g.in_sample.get("p90", cross), MIN_BAND)
+def _group_band(g: GroupFit, cross: float, stated: bool) -> float:
+    """The 90th-percentile throughput error of the group's own rows asked the way this
+    query asks (with a layout given, or the tool picking it), with a floor; ``cross``
+    when the group has no throughput rows."""
+    errs = g.in_sample_stated if stated and g.in_sample_stated else g.in_sample
+    return max(errs.get("p90", cross), MIN_BAND)
 
 
 def _provenance(cal: Calibration, accel: Accelerator, b: Basis, model: ModelSpec,
@@ -194,7 +196,7 @@ def _provenance(cal: Calibration, accel: Accelerator, b: Basis, model: ModelSpec
     if b.group is None:
         return "spec-sheet", max(cross, FALLBACK_BAND), b.text
     g = cal.groups[b.group]
-    own = _group_band(g, cross)
+    own = _group_band(g, cross, stated=bool(q.layout or _fixed(q)))
     if b.peer is not None:
         band = min(max(own, cal.cross_family.get("median", own)) + b.spread, 0.9)
         return "spec-sheet", band, (b.text + f"; band = max(p90 error of {b.group}, median "
