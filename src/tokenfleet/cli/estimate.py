@@ -44,6 +44,10 @@ def _query(**kw) -> Query:
         raise TokenfleetError(format_validation_error(e, "query")) from None
 
 
+def _band(low: float, high: float | None) -> str:
+    return f"±{low:.0%}" if high is None else f"-{low:.0%}/+{high:.0%}"
+
+
 def _ms(x: float | None) -> str:
     return "—" if x is None else f"{x * 1e3:.1f}"
 
@@ -68,7 +72,7 @@ def _print_estimate(e: Estimate, console: Console) -> None:
                                       f"{e.concurrency:,.0f}")
         t.add_row("TTFT / TPOT", f"{_ms(e.ttft_s)} ms / {_ms(e.tpot_s)} ms")
         u = e.uncertainty
-        band = (f"  (±{u.relative:.0%}: {u.low_output_tokens_per_s:,.0f}–"
+        band = (f"  ({_band(u.relative, u.upside)}: {u.low_output_tokens_per_s:,.0f}–"
                 f"{u.high_output_tokens_per_s:,.0f})") if u else ""
         t.add_row("output tokens/s", f"{_num(e.output_tokens_per_s)}{band}")
         t.add_row("requests/s", _num(e.requests_per_s, ",.2f"))
@@ -244,7 +248,8 @@ def compare_cmd(
             usd = _num(e.usd_per_million_output_tokens, ",.3f")
             if e.price_is_assumption:
                 usd += "*"
-            band = f"±{e.uncertainty.relative:.0%}" if e.uncertainty else ""
+            u = e.uncertainty
+            band = _band(u.relative, u.upside) if u else ""
             t.add_row(str(i), e.accelerator, e.precision, str(e.count), lay, usd,
                       _num(e.output_tokens_per_s), _num(1 / e.joules_per_output_token
                                                        if e.joules_per_output_token else None,

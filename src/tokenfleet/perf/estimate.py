@@ -86,7 +86,10 @@ class Memory(BaseModel):
 
 
 class Uncertainty(BaseModel):
-    relative: float = Field(description="± fraction applied to throughput")
+    relative: float = Field(description="fraction below the estimate the low end lies "
+                                        "(what the planner derates by)")
+    upside: float | None = Field(None, description="fraction above the estimate the high "
+                                                   "end lies, when it differs")
     low_output_tokens_per_s: float
     high_output_tokens_per_s: float
     basis: str
@@ -190,17 +193,21 @@ def _group_band(g: GroupFit, cross: float, stated: bool) -> float:
 
 
 def _provenance(cal: Calibration, accel: Accelerator, b: Basis, model: ModelSpec,
-                q: Query, precision: str) -> tuple[Provenance, float, str]:
-    """Label and ± band (fraction) for an estimate."""
+                q: Query, precision: str) -> tuple[Provenance, float, float, str]:
+    """Label, band below and band above (fractions) for an estimate."""
     cross = cal.cross_family.get("p90", FALLBACK_BAND)
     if b.group is None:
-        return "spec-sheet", max(cross, FALLBACK_BAND), b.text
+        band = max(cross, FALLBACK_BAND)
+        return "spec-sheet", band, band, b.text
     g = cal.groups[b.group]
     own = _group_band(g, cross, stated=bool(q.layout or _fixed(q)))
     if b.peer is not None:
-        band = min(max(own, cal.cross_family.get("median", own)) + b.spread, 0.9)
-        return "spec-sheet", band, (b.text + f"; band = max(p90 error of {b.group}, median "
-                                    "leave-one-family-out error) + peer spread")
+        # The borrowed group is the slowest of the nearest peers, so the peers' spread
+        # widens the band upwards only; downwards it is the group's own error.
+        low = min(max(own, cal.cross_family.get("median", own)), 0.9)
+        return "spec-sheet", low, low + b.spread, (
+            b.text + f"; band = -max(p90 error of {b.group}, median leave-one-family-out "
+            "error), + that plus the peers' spread")
     params = arch.param_counts(model).total / 1e9
     inside = (
         accel.id in g.accelerators
@@ -210,9 +217,10 @@ def _provenance(cal: Calibration, accel: Accelerator, b: Basis, model: ModelSpec
         and g.params_b[0] / 1.5 <= params <= g.params_b[1] * 1.5
     )
     if inside:
-        return "calibrated", own, b.text + "; band = 90th-percentile error of the group"
+        return ("calibrated", own, own,
+                b.text + "; band = 90th-percentile error of the group")
     band = max(own, cal.cross_family.get("median", own))
-    return ("extrapolated", band,
+    return ("extrapolated", band, band,
             b.text + f"; outside its measured range (chips {', '.join(g.accelerators)}; "
             f"precisions {', '.join(g.precisions)}; input {g.input_len[0]}-{g.input_len[1]}, "
             f"output {g.output_len[0]}-{g.output_len[1]} tokens; "
@@ -331,15 +339,16 @@ def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None =
                 calibration_group=group, basis=r.basis.text, peer=r.basis.peer,
                 batching=r.batching)
     unsupported = _check_supported(accel, r.precision, r.engine)
-    prov, band, basis = _provenance(cal, accel, r.basis, r.model, q, r.precision)
+    prov, band, upside, basis = _provenance(cal, accel, r.basis, r.model, q, r.precision)
     if unsupported:
         return Estimate(**base, layout=None, fits=False, reason=unsupported, provenance=prov,
                         notes=notes)
     op = _operating_point(q, r)
-    return _from_op(base, op, prov, band, basis, notes, q, accel)
+    return _from_op(base, op, prov, (band, upside), basis, notes, q, accel)
 
 
-def _from_op(base: dict, op: OperatingPoint, prov: Provenance, band: float, basis: str,
+def _from_op(base: dict, op: OperatingPoint, prov: Provenance, bands: tuple[float, float],
+             basis: str,
              notes: list[str], q: Query, accel: Accelerator) -> Estimate:
     mem = Memory(
         weights_gb=op.memory.weights_per_chip / 1e9,
@@ -369,8 +378,10 @@ def _from_op(base: dict, op: OperatingPoint, prov: Provenance, band: float, basi
         joules_per_output_token=base["watts"] / tps if tps > 0 else None,
         memory=mem,
         provenance=prov,
-        uncertainty=Uncertainty(relative=band, low_output_tokens_per_s=tps * (1 - band),
-                                high_output_tokens_per_s=tps * (1 + band), basis=basis),
+        uncertainty=Uncertainty(relative=bands[0],
+                                upside=bands[1] if bands[1] != bands[0] else None,
+                                low_output_tokens_per_s=tps * (1 - bands[0]),
+                                high_output_tokens_per_s=tps * (1 + bands[1]), basis=basis),
         notes=notes,
     )
 
