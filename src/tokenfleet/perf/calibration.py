@@ -134,6 +134,7 @@ class Basis:
     peer: str | None  # the measured chip borrowed from (None: the chip's own family)
     spread: float  # extra band from the spread of nearest peers (0 for measured)
     text: str
+    scale: float = 1.0  # speed factor applied to the peer's residuals (conservative < 1)
 
 
 @dataclass
@@ -194,17 +195,23 @@ class Calibration:
                 break
         speed = [_speed(self.groups[k].residual) for k in near]
         spread = max(speed) / min(speed) - 1.0
-        if CONSERVATIVE_PEER:
-            # The slowest of the nearest measured groups: a chip nobody measured never
-            # gets efficiencies better than measured chips like it.
-            key = near[int(np.argmin(speed))]
-            peer = next(c for _, c, k in ranked if k == key)
         g = self.groups[key]
-        return Basis(g.efficiency, key, peer, spread,
+        residual = list(g.residual)
+        slow = min(speed)
+        if CONSERVATIVE_PEER and slow < _speed(residual):
+            # Never faster than the slowest of the nearest measured groups: the nearest
+            # peer's residuals (their balance of math and memory) scaled down to it.
+            shift = math.log(slow / _speed(residual))
+            residual[0] += shift
+            residual[1] += shift
+        eff = efficiency_of(residual)
+        scale = _speed(residual) / _speed(g.residual)
+        return Basis(eff, key, peer, spread,
                      f"no measurement of the {accel.family} family: borrows {key}'s "
                      f"efficiencies via its nearest measured peer {peer} "
-                     f"({g.n_points} measurements); band widened by the "
-                     f"{spread:.0%} spread of the {len(near)} nearest measured groups")
+                     f"({g.n_points} measurements), scaled to the slowest of the "
+                     f"{len(near)} nearest measured groups ({', '.join(near)}); band "
+                     f"widened by their {spread:.0%} spread", scale)
 
     def efficiency(self, family_or_accel: str | Accelerator, engine: str | None
                    ) -> tuple[Efficiency, str | None]:
