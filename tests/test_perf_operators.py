@@ -42,7 +42,7 @@ def test_mla_prefill_runs_in_mha_form_and_decode_absorbed():
     want = 2.0 * 128 * (192 + 128) * 61 * pairs
     assert arch.prefill_attention_flops(m, L) == pytest.approx(want)
     # the absorbed form would cost 3.4x as much: the reason engines prefill in MHA form
-    assert (576 + 512) / (192 + 128) == pytest.approx(3.4)
+    assert pytest.approx(3.4) == (576 + 512) / (192 + 128)
 
 
 @settings(max_examples=40, deadline=None)
@@ -52,7 +52,7 @@ def test_gqa_prefill_flops_by_hand(model, L):
     m = CAT.model(model)
     full, sliding = arch.attention_layer_counts(m)
     pf = L * (L + 1) / 2
-    if sliding and m.sliding_window and L > m.sliding_window:
+    if sliding and m.sliding_window and m.sliding_window < L:
         w = m.sliding_window
         ps = w * (w + 1) / 2 + (L - w) * w
     else:
@@ -232,12 +232,12 @@ def _like_for_like(model: str, a: str, b: str, shape: tuple[int, int], cal: Cali
 def test_every_chip_pair_tracks_the_spec_roofline_unless_measured():
     """For every pair of catalog chips, the predicted per-chip throughput ratio stays
     within 1.5x of the ratio the plain spec roofline (the same physics, physical priors
-    for every chip) gives, like for like (same precision and chip count) — unless both chips' numbers rest on public measurements
-    (their own family's, or for an unmeasured chip its nearest measured peer's), whose
-    sources the test names. A chip on priors must track the spec ratio against every
-    chip, and an unmeasured chip must track it against the peer it borrows from, once
-    the stated conservative scaling (to the slowest nearest measured group) is taken
-    out."""
+    for every chip) gives, like for like (same precision and chip count) — unless both
+    chips' numbers rest on public measurements (their own family's, or for an
+    unmeasured chip its nearest measured peer's), whose sources the test names. A chip
+    on priors must track the spec ratio against every chip, and an unmeasured chip must
+    track it against the peer it borrows from, once the stated conservative scaling (to
+    the slowest nearest measured group) is taken out."""
     cal = load_fit()
     chips = [a.id for a in CAT.accelerators]
     bad: list[str] = []
