@@ -101,7 +101,7 @@ def main() -> None:
         print(f"  {f:<18} " + " | ".join(_stats([ape(r[k], r["measured"]) for r in sel])
                                          for k in ("user", "loso", "lofo")))
     e2e = [r for r in rows if r["model"].lower() in E2E_MODELS
-           and r["accelerator"] in E2E_CHIPS]
+           and r["accelerator"] in E2E_CHIPS and r["metric"] in ("throughput", "e2e")]
     if e2e:
         ratios = np.array([r["fitted"] / r["measured"] for r in e2e])
         print(f"\nPublic end-to-end subset (models {', '.join(E2E_MODELS[:5])}; chips "
@@ -109,7 +109,8 @@ def main() -> None:
               f"{np.median(np.abs(ratios - 1)):.1%}, ratio range "
               f"{np.nanmin(ratios):.2f}-{np.nanmax(ratios):.2f}, "
               f"{np.mean((ratios >= 0.6) & (ratios <= 1.6)):.0%} within 0.6-1.6x (n={len(e2e)})")
-    print("\nExcluded rows:")
+    print("\nExcluded rows (1-based data row of published_measurements.csv, then of "
+          "published_measurements_extra.csv):")
     for e in excluded:
         print(f"  row {e.row}: {e.reason}")
 

@@ -90,7 +90,10 @@ def _print_estimate(e: Estimate, console: Console) -> None:
     if e.basis:
         t.add_row("rests on", e.basis)
     if e.uncertainty:
-        t.add_row("band basis", e.uncertainty.basis)
+        basis = e.uncertainty.basis
+        if e.basis and basis.startswith(e.basis):  # the "rests on" row already says it
+            basis = basis[len(e.basis):].lstrip("; ")
+        t.add_row("band basis", basis)
     for n in e.notes:
         t.add_row("note", n)
     console.print(t)
@@ -300,7 +303,7 @@ def breakeven_cmd(
                 f"${_num(e.usd_per_million_output_tokens, ',.3f')}/M tok at "
                 f"${_num((e.usd_per_hour or 0) / e.count, ',.2f')}/chip-h"
                 + (" (assumed price)" if e.price_is_assumption else "")
-                + f"  [{e.provenance}]")
+                + f"  \\[{e.provenance}, rests on {_rests(e)}]")
     c.print(f"  {a.accelerator} matches {v.accelerator} at "
             f"[bold]${b.breakeven_usd_per_chip_hour:,.2f}[/bold]/chip-hour "
             f"(band ${b.band_usd_per_chip_hour[0]:,.2f}–${b.band_usd_per_chip_hour[1]:,.2f})")
