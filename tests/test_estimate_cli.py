@@ -197,3 +197,38 @@ def test_cli_usage_errors_are_a_message_not_a_traceback(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "No such option: -o" in err and "Traceback" not in err
+
+
+def test_cli_layout_and_batching_flags(tmp_path):
+    """--tp/--pp/--dp/--ep/--batching are flags, shown in --help with an example, and
+    the same names are the --batch JSONL keys."""
+    h = RUN.invoke(app, ["estimate", "--help"], terminal_width=200)
+    for flag in ("--tp", "--pp", "--dp", "--ep", "--batching", "Example"):
+        assert flag in h.output
+    r = RUN.invoke(app, ["estimate", "-m", "llama-3.1-70b", "-a", "h200", "--count", "8",
+                         "--precision", "fp8", "--tp", "8", "--concurrency", "16",
+                         "--batching", "static", "--json"])
+    assert r.exit_code == 0, r.output
+    e = json.loads(r.output)
+    assert e["layout"] == {"tp": 8, "pp": 1, "ep": 1, "dp": 1}
+    assert e["batching"] == "static" and e["layout_why"]
+    q = tmp_path / "q.jsonl"
+    q.write_text("\n".join([
+        json.dumps({"model": "qwen3-235b-a22b", "accelerator": "h200", "count": 8,
+                    "precision": "fp8", "dp": 8, "ep": 8, "concurrency": 64}),
+        json.dumps({"model": "llama-3.1-70b", "accelerator": "h200", "count": 8, "tp": 3}),
+        json.dumps({"model": "llama-3.1-70b", "accelerator": "h200", "batching": "lazy"}),
+    ]))
+    r = RUN.invoke(app, ["estimate", "--batch", str(q)])
+    lines = [json.loads(x) for x in r.output.strip().splitlines()]
+    assert lines[0]["layout"] == {"tp": 1, "pp": 1, "ep": 8, "dp": 8}
+    assert "no layout of 8 chips" in lines[1]["error"]
+    assert "batching" in lines[2]["error"]
+
+
+def test_compare_says_what_each_chip_rests_on():
+    rows = compare(Query(model="llama-3.1-70b", accelerator="h100-sxm", input_len=2048,
+                         output_len=256, slo_tpot=0.05), accelerators=["h100-sxm", "maia-200"])
+    by = {e.accelerator: e for e in rows}
+    assert by["h100-sxm"].basis and "measurements of" in by["h100-sxm"].basis
+    assert by["maia-200"].peer and "nearest measured peer" in by["maia-200"].basis

@@ -352,14 +352,17 @@ def calibrate_cmd(
     t = Table(title="Calibration: fitted efficiencies (residuals on physical priors) and "
                     "leave-one-source-out throughput error (user path)")
     for col in ("group", "points", "gemm", "attention", "bandwidth", "kv bw", "host ms",
-                "held-out median", "held-out p90"):
+                "p90 as asked", "held-out median", "held-out p90"):
         t.add_column(col, justify="left" if col == "group" else "right")
+
+    def pct(d: dict[str, float], k: str) -> str:
+        return f"{d[k]:.1%}" if k in d else "—"
+
     for k, g in cal.groups.items():
         e = g.efficiency
         t.add_row(k, str(g.n_points), f"{e.gemm:.2f}", f"{e.attention:.2f}",
                   f"{e.bandwidth:.2f}", f"{e.kv_bandwidth:.2f}", f"{e.host_overhead_s * 1e3:.2f}",
-                  f"{g.held_out.get('median', float('nan')):.1%}",
-                  f"{g.held_out.get('p90', float('nan')):.1%}")
+                  pct(g.in_sample, "p90"), pct(g.held_out, "median"), pct(g.held_out, "p90"))
     console().print(t)
     if cal.cross_family:
         console().print(f"leave-one-family-out throughput error (peer borrowing): median "
