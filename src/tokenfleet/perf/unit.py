@@ -59,8 +59,6 @@ MAX_BATCH_PER_REPLICA = 1024
 # Token budget of one step (vLLM max_num_batched_tokens, TRT-LLM max_num_tokens) of the
 # default engine: sizes the activation workspace and the prefill chunk.
 PREFILL_CHUNK_TOKENS = 8192
-# Kept for callers that still read one fraction; engines carry their own.
-MEMORY_FRACTION = 0.9
 
 # Runtime memory per chip that neither weights nor KV can use (GB): CUDA/HIP context and
 # allocator slack ~0.5-1 GB, NCCL/RCCL buffers ~0.5 GB, CUDA graphs 0.5-1.5 GB (vLLM
