@@ -267,3 +267,21 @@ def test_every_chip_pair_tracks_the_spec_roofline_unless_measured():
                                f"({ba.text} | {bb.text})")
     print("pairs off the spec ratio rest on these measurements:\n" + "\n".join(sorted(named)))
     assert not bad, "\n".join(bad)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 512), st.integers(128, 32768), st.integers(16, 4096))
+def test_attention_dp_waits_for_the_busiest_rank(conc, inp, out):
+    """Under attention-DP every rank waits at each expert layer for the rank that runs
+    a prompt chunk: never faster than the averaged step, and equal to it without DP."""
+    u = _unit("deepseek-r1", "h200", "fp8", Layout(1, 1, 8, 8))
+    dec = np.array([float(conc)])
+    pre = dec * inp / out
+    chunk = np.minimum(float(inp), np.maximum(8192 - dec, 1.0))
+    busy = u._busiest_prefill(pre, chunk)
+    assert busy is not None and busy[0] >= pre[0] - 1e-9 and busy[0] <= max(chunk[0], pre[0])
+    coupled = u.step_s(dec, inp + out / 2, pre, inp, busy)
+    averaged = u.step_s(dec, inp + out / 2, pre, inp)
+    assert coupled[0] >= averaged[0] - 1e-12
+    tp = _unit("deepseek-r1", "h200", "fp8", Layout(8, 1, 1, 8))
+    assert tp._busiest_prefill(pre, chunk) is None

@@ -285,15 +285,20 @@ class StepCoefficients:
 
 
 def stage_step_s(g: StepCoefficients, dec: np.ndarray, context: np.ndarray | float,
-                 pre: np.ndarray | float, pre_att_flops: np.ndarray | float) -> np.ndarray:
+                 pre: np.ndarray | float, pre_att_flops: np.ndarray | float,
+                 expert_tokens: np.ndarray | float | None = None) -> np.ndarray:
     """Seconds of one stage step: the sum of the operators' rooflines (array-friendly).
 
     ``pre_att_flops`` is the prefill-attention FLOPs of the step's prompt tokens
-    (model FLOPs, before the per-chip split)."""
+    (model FLOPs, before the per-chip split). ``expert_tokens``: tokens per rank that
+    reach the experts when they differ from ``dec + pre`` (attention-DP: the busiest
+    rank's prefill sets the dense and attention time, the mean feeds the experts)."""
     tokens = dec + pre
     attended = g.att_full * context + g.att_sliding * np.minimum(context, g.att_window)
     t = np.maximum(tokens * g.c_gemm + dec * g.c_lm, g.m_weights)
     # MoE term (zero for dense models: moe_e = 0, c_moe = m_expert = 0)
+    if expert_tokens is not None:
+        tokens = expert_tokens
     routed = tokens * g.moe_routed
     touched = g.moe_e * (1.0 - g.moe_keep ** routed)
     t = t + np.maximum(g.c_moe * (routed + g.moe_half * touched), touched * g.m_expert)
@@ -523,16 +528,34 @@ class UnitModel:
         context: float,
         prefill_tokens: np.ndarray | float = 0.0,
         prompt_len: int = 1,
+        busiest_prefill: np.ndarray | float | None = None,
     ) -> np.ndarray:
         """Seconds for one pipeline stage to run one engine step (per chip view).
 
         The step carries ``decode_tokens`` decode tokens at mean ``context`` and
         ``prefill_tokens`` prompt tokens of prompts ``prompt_len`` long (chunked
-        prefill mixes both; the weights are streamed once for the whole step)."""
+        prefill mixes both; the weights are streamed once for the whole step).
+        ``busiest_prefill``: under attention-DP, the prompt tokens of the busiest rank,
+        which every rank waits for at each expert layer."""
         dec = np.asarray(decode_tokens, dtype=float)
         pre = np.asarray(prefill_tokens, dtype=float)
         per_tok = arch.prefill_attention_flops(self.model, prompt_len) / max(prompt_len, 1)
-        return stage_step_s(self.coeffs, dec, context, pre, pre * per_tok)
+        if busiest_prefill is None:
+            return stage_step_s(self.coeffs, dec, context, pre, pre * per_tok)
+        busy = np.maximum(np.asarray(busiest_prefill, dtype=float), pre)
+        return stage_step_s(self.coeffs, dec, context, busy, busy * per_tok, dec + pre)
+
+    def _busiest_prefill(self, pre: np.ndarray, chunk: np.ndarray) -> np.ndarray | None:
+        """Under attention-DP (ep > 1, dp > 1) prompts arrive whole (chunked up to
+        ``chunk``) on one rank at a time, and the ranks meet at every expert layer: a
+        step lasts as long as the busiest rank's. With ``pre`` prompt tokens per rank
+        per step on average, some rank runs a chunk with probability
+        1 - exp(-dp * pre / chunk)."""
+        lo = self.layout
+        if not (lo.ep > 1 and lo.dp > 1):
+            return None
+        p_any = 1.0 - np.exp(-lo.dp * pre / np.maximum(chunk, 1.0))
+        return np.maximum(pre, chunk * p_any)
 
     # ---- operating points -----------------------------------------------------------
 
@@ -549,9 +572,10 @@ class UnitModel:
         # The token budget bounds decode + the prompts admitted with them.
         dec = np.minimum(micro, budget * o / (input_len + o))
         pre = dec * input_len / o
-        t_iter = lo.pp * self.step_s(dec, ctx, pre, input_len)
         # A new prompt gets what the decodes leave of the budget, chunk by chunk.
         chunk = np.minimum(float(input_len), np.maximum(budget - dec, 1.0))
+        busy = self._busiest_prefill(pre, chunk)
+        t_iter = lo.pp * self.step_s(dec, ctx, pre, input_len, busy)
         chunks = np.ceil(input_len / chunk)
         t_chunk = lo.pp * self.step_s(dec, ctx, chunk, input_len)
         live = dec * lo.pp
