@@ -228,7 +228,6 @@ def _like_for_like(model: str, a: str, b: str, shape: tuple[int, int], cal: Cali
                                                                     n)[0]
 
 
-@pytest.mark.slow
 def test_every_chip_pair_tracks_the_spec_roofline_unless_measured():
     """For every pair of catalog chips, the predicted per-chip throughput ratio stays
     within 1.5x of the ratio the plain spec roofline (the same physics, physical priors
