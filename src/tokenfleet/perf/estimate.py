@@ -316,7 +316,7 @@ def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None =
     notes: list[str] = []
     if q.engine and (group is None or not group.endswith("/" + q.engine)):
         notes.append(f"no {q.engine} measurements for {accel.family}; used "
-                     f"{group or 'the global fit'}")
+                     f"{group or 'the physical priors'}")
     price = None
     usd_h: float | None
     price_src: str | None
