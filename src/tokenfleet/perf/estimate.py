@@ -1,8 +1,11 @@
 """The public performance API: ``estimate`` one serving unit, ``compare`` chips,
 ``breakeven`` prices. Typed queries in, typed results out; nothing here prints.
 
-Every result says how far to trust it: a provenance label and an uncertainty band
-from held-out calibration error (see ``tokenfleet.perf.calibration``).
+``estimate`` is the one path: calibration, its held-out checks and every user query
+call it (a measurement states its layout and batching; a user query may). Every result
+says which layout it took and why, what its numbers rest on (its family's measurements
+or a measured peer's), a provenance label and an uncertainty band from the calibration
+errors of that group (see ``tokenfleet.perf.calibration``).
 """
 
 from __future__ import annotations
