@@ -15,8 +15,7 @@ from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.unit import Efficiency, Layout, UnitModel, layouts_for
 
 CAT = load_catalog()
-EFF = Efficiency(compute=0.5, attention=0.3, bandwidth=0.7, kv_bandwidth=0.5, moe=0.5,
-                 overhead_us_per_layer=20.0)
+EFF = Efficiency()  # the physical priors
 MODELS = ["llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b", "qwen3-30b-a3b", "deepseek-r1",
           "gpt-oss-120b", "mistral-7b"]
 CHIPS = ["h100-sxm", "h200", "b200", "gb200", "mi300x", "tpu-v6e", "trainium2", "maia-200"]

@@ -22,7 +22,7 @@ def _est(*extra: str) -> dict:
 
 def test_help_names_the_techniques() -> None:
     out = RUN.invoke(app, ["estimate", "--help"]).output
-    for flag in ("--prefix-hit-rate", "--speculative", "--role", "--kv-link-gbps", "--layout"):
+    for flag in ("--prefix-hit-rate", "--speculative", "--role", "--kv-link-gbps", "--tp"):
         assert flag in out
     assert "mtp" in out and "draft" in out
 
@@ -33,7 +33,7 @@ def test_flags_reach_the_estimate() -> None:
     cached = _est("--prefix-hit-rate", "0.4")
     assert cached["prefix_hit_rate"] == 0.4
     assert cached["output_tokens_per_s"] > plain["output_tokens_per_s"]
-    spec = _est("--concurrency", "2", "--layout", "tp=4", "--speculative",
+    spec = _est("--concurrency", "2", "--tp", "4", "--speculative",
                 "draft:llama-3.2-1b:3:0.7")
     assert spec["layout"] == {"tp": 4, "pp": 1, "ep": 1, "dp": 1}
     assert spec["speculative"] == "draft:llama-3.2-1b:3:0.7"
@@ -50,7 +50,7 @@ def test_table_shows_the_techniques() -> None:
 
 
 def test_bad_input_is_one_clear_line() -> None:
-    for extra, needle in ((["--layout", "tp=x"], "--layout"),
+    for extra, needle in ((["--tp", "x"], "--tp"),
                           (["--speculative", "eagle:3"], "speculative"),
                           (["--speculative", "draft:no-such-model"], "no-such-model"),
                           (["--prefix-hit-rate", "1.0"], "prefix_hit_rate"),

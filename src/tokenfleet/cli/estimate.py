@@ -23,7 +23,9 @@ from tokenfleet.yamlio import format_validation_error
 Model = Annotated[str, typer.Option("--model", "-m",
                                     help="catalog id/alias, or a Hugging Face config.json path")]
 Accel = Annotated[str, typer.Option("--accelerator", "-a", help="catalog id or alias")]
-Precision = Annotated[str, typer.Option(help="bf16 | fp8 | fp4 | int8 (weight-only) | auto")]
+Precision = Annotated[str, typer.Option(
+    help="bf16 | fp8 | fp4 | int8 (W8A16) | w4a16 (MXFP4/INT4 weights, BF16 math) | "
+         "w4a8 | auto")]
 Engine = Annotated[str | None, typer.Option(help=f"calibration to use: {', '.join(ENGINES)}")]
 InLen = Annotated[int, typer.Option("--input-len", help="prompt tokens")]
 OutLen = Annotated[int, typer.Option("--output-len", help="generated tokens")]
@@ -50,28 +52,15 @@ RoleOpt = Annotated[str, typer.Option(
 KvLink = Annotated[float | None, typer.Option(
     "--kv-link-gbps", help="prefill role: GB/s per chip (one direction) to the decode pool; "
                            "default the chip's scale-out network")]
-LayoutOpt = Annotated[str | None, typer.Option(
-    "--layout", help="fix the parallelism layout, e.g. tp=16 or tp=4,pp=2 (default: best)")]
-
-
-def _parse_layout(text: str | None) -> dict[str, int] | None:
-    if not text:
-        return None
-    out: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, _, val = part.partition("=")
-        if key.strip() not in ("tp", "pp", "dp", "ep") or not val.strip().isdigit():
-            raise TokenfleetError(f"--layout '{text}': expected k=v pairs with k in tp, pp, dp, "
-                                  f"ep and whole numbers, e.g. tp=16 or tp=4,pp=2")
-        out[key.strip()] = int(val)
-    return out
-
-
 def _query(**kw) -> Query:
     try:
         return Query(**{k: v for k, v in kw.items() if v is not None})
     except ValidationError as e:
         raise TokenfleetError(format_validation_error(e, "query")) from None
+
+
+def _band(low: float, high: float | None) -> str:
+    return f"±{low:.0%}" if high is None else f"-{low:.0%}/+{high:.0%}"
 
 
 def _ms(x: float | None) -> str:
@@ -92,11 +81,13 @@ def _print_estimate(e: Estimate, console: Console) -> None:
         t.add_row("reason", e.reason or "")
     else:
         lo = e.layout.model_dump() if e.layout else {}
-        t.add_row("layout", " ".join(f"{k}={v}" for k, v in lo.items()))
-        t.add_row("operating point", f"{e.mode}, concurrency {e.concurrency:,.0f}")
+        t.add_row("layout", " ".join(f"{k}={v}" for k, v in lo.items())
+                  + (f"  ({e.layout_why})" if e.layout_why else ""))
+        t.add_row("operating point", f"{e.mode}, {e.batching} batching, concurrency "
+                                      f"{e.concurrency:,.0f}")
         t.add_row("TTFT / TPOT", f"{_ms(e.ttft_s)} ms / {_ms(e.tpot_s)} ms")
         u = e.uncertainty
-        band = (f"  (±{u.relative:.0%}: {u.low_output_tokens_per_s:,.0f}–"
+        band = (f"  ({_band(u.relative, u.upside)}: {u.low_output_tokens_per_s:,.0f}–"
                 f"{u.high_output_tokens_per_s:,.0f})") if u else ""
         t.add_row("output tokens/s", f"{_num(e.output_tokens_per_s)}{band}")
         t.add_row("requests/s", _num(e.requests_per_s, ",.2f"))
@@ -121,9 +112,14 @@ def _print_estimate(e: Estimate, console: Console) -> None:
         t.add_row("memory / chip", f"weights {m.weights_gb:.1f} GB, KV budget "
                                     f"{m.kv_gb_available:.1f} GB of {m.hbm_gb:g} GB; "
                                     f"KV {m.kv_gb_per_token * 1e6:.1f} kB/token")
-    t.add_row("provenance", f"{e.provenance} ({e.calibration_group or 'global fit'})")
+    t.add_row("provenance", f"{e.provenance} ({e.calibration_group or 'physical priors'})")
+    if e.basis:
+        t.add_row("rests on", e.basis)
     if e.uncertainty:
-        t.add_row("band basis", e.uncertainty.basis)
+        basis = e.uncertainty.basis
+        if e.basis and basis.startswith(e.basis):  # the "rests on" row already says it
+            basis = basis[len(e.basis):].lstrip("; ")
+        t.add_row("band basis", basis)
     for n in e.notes:
         t.add_row("note", n)
     console.print(t)
@@ -139,7 +135,17 @@ def estimate_cmd(
     input_len: InLen = 1024,
     output_len: OutLen = 256,
     concurrency: Annotated[int | None, typer.Option(
-        help="sequences in flight; omit for max throughput (offline) or SLO mode")] = None,
+        help="sequences in flight in the whole unit (layouts with more replicas than "
+             "sequences are skipped); omit for max throughput (offline) or SLO mode")] = None,
+    tp: Annotated[int | None, typer.Option(help="tensor-parallel size (the rest chosen)")
+                  ] = None,
+    pp: Annotated[int | None, typer.Option(help="pipeline stages (the rest chosen)")] = None,
+    dp: Annotated[int | None, typer.Option(
+        help="data-parallel ranks (attention-DP with --ep)")] = None,
+    ep: Annotated[int | None, typer.Option(help="expert-parallel size (MoE)")] = None,
+    batching: Annotated[str | None, typer.Option(
+        help="static | continuous (default from the engine: neuron static, others "
+             "continuous)")] = None,
     slo_ttft: SloTtft = None,
     slo_tpot: SloTpot = None,
     cloud: Annotated[str | None, typer.Option(help="take the price from this cloud")] = None,
@@ -154,18 +160,25 @@ def estimate_cmd(
     speculative: Speculative = None,
     role: RoleOpt = "both",
     kv_link_gbps: KvLink = None,
-    layout: LayoutOpt = None,
 ) -> None:
     """What one serving unit does: throughput, latency, memory, $ and watts.
 
     Without --concurrency or SLOs: the highest throughput that fits in
-    memory (offline). With --concurrency C: that operating point. With
-    --slo-ttft/--slo-tpot: the highest throughput that still meets them. The
-    best parallelism layout of the COUNT chips is chosen for you.
+    memory (offline). With --concurrency C (sequences in the whole unit): that
+    operating point. With --slo-ttft/--slo-tpot: the highest throughput that
+    still meets them. The layout of the COUNT chips is chosen as engines run
+    them (TP inside the scale-up domain, PP only across domains, EP with
+    attention-DP for MoE where the engine has it); fix any of it with --tp
+    --pp --dp --ep. --batch JSONL keys are the flag names (tp, pp, dp, ep,
+    batching, concurrency, ...).
 
     Example: tokenfleet estimate -m llama-3.1-70b -a maia-200 --count 4
     --precision fp8 --input-len 2048 --output-len 256 --slo-ttft 1.0
     --slo-tpot 0.05
+
+    Example (stated layout, static batches): tokenfleet estimate -m
+    llama-3.1-70b -a h200 --count 8 --precision fp8 --tp 8 --concurrency 64
+    --batching static
 
     Serving techniques: --prefix-hit-rate (prefix caching), --speculative
     (speculative decoding / MTP), --role prefill|decode (one pool of
@@ -178,9 +191,9 @@ def estimate_cmd(
     q = _query(model=model, accelerator=accelerator, count=count, precision=precision,
                kv_precision=kv_precision, engine=engine, input_len=input_len,
                output_len=output_len, concurrency=concurrency, slo_ttft=slo_ttft,
-               slo_tpot=slo_tpot, cloud=cloud, usd_per_hour=price,
-               prefix_hit_rate=prefix_hit_rate or None, speculative=speculative,
-               role=role, kv_link_gbps=kv_link_gbps, layout=_parse_layout(layout))
+               slo_tpot=slo_tpot, cloud=cloud, usd_per_hour=price, tp=tp, pp=pp, dp=dp, ep=ep,
+               batching=batching, prefix_hit_rate=prefix_hit_rate or None,
+               speculative=speculative, role=role, kv_link_gbps=kv_link_gbps)
     e = estimate(q, cat)
     if json_out:
         print(e.model_dump_json(indent=2))
@@ -213,6 +226,13 @@ def _run_batch(path: Path, cat) -> None:
         except TokenfleetError as e:
             res = {"line": i, "error": str(e)}
         out.write(json.dumps(res) + "\n")
+
+
+def _rests(e: Estimate) -> str:
+    """Short form of what a chip's numbers rest on: its group, or 'peer X (group)'."""
+    if e.peer:
+        return f"peer {e.peer} ({e.calibration_group})"
+    return e.calibration_group or "physical priors"
 
 
 def compare_cmd(
@@ -257,9 +277,9 @@ def compare_cmd(
     t = Table(title=f"{rows[0].model}: {input_len} in / {output_len} out"
                     + (f", {', '.join(slo)}" if slo else ", offline max throughput"))
     for col in ("#", "chip", "prec", "chips", "layout", "$/M out tok", "tok/s", "tok/J",
-                "TTFT ms", "TPOT ms", "trust", "why not"):
+                "TTFT ms", "TPOT ms", "trust", "rests on", "why not"):
         t.add_column(col, justify="left" if col in ("chip", "layout", "trust", "why not",
-                                                     "prec") else "right",
+                                                     "prec", "rests on") else "right",
                      overflow="fold")
     for i, e in enumerate(rows, start=1):
         lay = e.layout.short if e.layout else "tp1"
@@ -267,15 +287,16 @@ def compare_cmd(
             usd = _num(e.usd_per_million_output_tokens, ",.3f")
             if e.price_is_assumption:
                 usd += "*"
-            band = f"±{e.uncertainty.relative:.0%}" if e.uncertainty else ""
+            u = e.uncertainty
+            band = _band(u.relative, u.upside) if u else ""
             t.add_row(str(i), e.accelerator, e.precision, str(e.count), lay, usd,
                       _num(e.output_tokens_per_s), _num(1 / e.joules_per_output_token
                                                        if e.joules_per_output_token else None,
                                                        ".2f"),
-                      _ms(e.ttft_s), _ms(e.tpot_s), f"{e.provenance} {band}", "")
+                      _ms(e.ttft_s), _ms(e.tpot_s), f"{e.provenance} {band}", _rests(e), "")
         else:
             t.add_row(str(i), e.accelerator, e.precision, "—", "—", "—", "—", "—", "—", "—",
-                      e.provenance, e.reason or "")
+                      e.provenance, _rests(e), e.reason or "")
     console().print(t)
     console().print("* price is an assumption (no public price); override with --catalog")
 
@@ -318,7 +339,7 @@ def breakeven_cmd(
                 f"${_num(e.usd_per_million_output_tokens, ',.3f')}/M tok at "
                 f"${_num((e.usd_per_hour or 0) / e.count, ',.2f')}/chip-h"
                 + (" (assumed price)" if e.price_is_assumption else "")
-                + f"  [{e.provenance}]")
+                + f"  \\[{e.provenance}, rests on {_rests(e)}]")
     c.print(f"  {a.accelerator} matches {v.accelerator} at "
             f"[bold]${b.breakeven_usd_per_chip_hour:,.2f}[/bold]/chip-hour "
             f"(band ${b.band_usd_per_chip_hour[0]:,.2f}–${b.band_usd_per_chip_hour[1]:,.2f})")
@@ -339,9 +360,11 @@ def calibrate_cmd(
 ) -> None:
     """Refit the model's efficiency factors to the shipped measurements.
 
-    Fits perf/data/published_measurements.csv per chip family and engine,
-    reports leave-one-out throughput error per group, and with --write
-    saves the fit as package data (perf/data/efficiency.json).
+    Fits residual factors on the physical priors per chip family and engine to
+    perf/data/published_measurements*.csv, every row asked through the same
+    estimate a user calls (with the layout the source states); reports
+    leave-one-source-out and leave-one-family-out errors (layout picked by the
+    tool), and with --write saves the fit (perf/data/efficiency.json).
     """
     from rich.progress import Progress
 
@@ -362,20 +385,23 @@ def calibrate_cmd(
     if json_out:
         print(json.dumps(cal.to_json(), indent=2))
         return
-    t = Table(title="Calibration: fitted efficiencies and leave-one-out throughput error")
-    for col in ("group", "points", "compute", "attention", "bandwidth", "kv bw", "moe",
-                "µs/layer", "LOO median", "LOO p90"):
+    t = Table(title="Calibration: fitted efficiencies (residuals on physical priors) and "
+                    "leave-one-source-out throughput error (user path)")
+    for col in ("group", "points", "gemm", "attention", "bandwidth", "kv bw", "host ms",
+                "p90 as asked", "held-out median", "held-out p90"):
         t.add_column(col, justify="left" if col == "group" else "right")
+
+    def pct(d: dict[str, float], k: str) -> str:
+        return f"{d[k]:.1%}" if k in d else "—"
+
     for k, g in cal.groups.items():
         e = g.efficiency
-        t.add_row(k, str(g.n_points), f"{e.compute:.2f}", f"{e.attention:.2f}",
-                  f"{e.bandwidth:.2f}", f"{e.kv_bandwidth:.2f}", f"{e.moe:.2f}",
-                  f"{e.overhead_us_per_layer:.0f}",
-                  f"{g.loo_throughput.get('median', float('nan')):.1%}",
-                  f"{g.loo_throughput.get('p90', float('nan')):.1%}")
+        t.add_row(k, str(g.n_points), f"{e.gemm:.2f}", f"{e.attention:.2f}",
+                  f"{e.bandwidth:.2f}", f"{e.kv_bandwidth:.2f}", f"{e.host_overhead_s * 1e3:.2f}",
+                  pct(g.in_sample, "p90"), pct(g.held_out, "median"), pct(g.held_out, "p90"))
     console().print(t)
     if cal.cross_family:
-        console().print(f"leave-one-family-out throughput error: median "
+        console().print(f"leave-one-family-out throughput error (peer borrowing): median "
                         f"{cal.cross_family['median']:.1%}, p90 {cal.cross_family['p90']:.1%}")
 
 

@@ -179,6 +179,35 @@ def _load(
     return read_trace(path, format=fmt, mapping=mapping, model=model, drop_failed=not keep_failed)
 
 
+def _print_prefix(file: Path, fmt: str | None, cache_tokens: str, as_json: bool) -> None:
+    import json
+
+    from tokenfleet.workload.prefix import capacity_blocks, prefix_reuse
+
+    trace = _load(file, fmt, None, None, False)
+    try:
+        sizes = [int(float(x)) for x in cache_tokens.split(",") if x.strip()]
+    except ValueError:
+        raise TokenfleetError(f"--cache-tokens '{cache_tokens}': expected numbers of "
+                              "tokens, e.g. 1000000,10000000") from None
+    r = prefix_reuse(trace)
+    rates = r.curve([capacity_blocks(t, r.block_tokens) for t in sizes]).tolist()
+    out = {"requests": r.requests, "prompt_blocks": int(r.offsets[-1]),
+           "distinct_blocks": r.distinct_blocks, "block_tokens": r.block_tokens,
+           "repeated_block_fraction": r.repeated_block_fraction(),
+           "unbounded_hit_rate": r.unbounded_hit_rate(),
+           "hit_rate_by_cache_tokens": dict(zip(map(str, sizes), rates, strict=True))}
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    typer.echo(f"{trace.source}: {r.requests:,} requests, {out['prompt_blocks']:,} prompt "
+               f"blocks of {r.block_tokens} tokens ({r.distinct_blocks:,} distinct)")
+    typer.echo(f"repeated blocks {out['repeated_block_fraction']:.1%}; hit rate with no "
+               f"eviction {out['unbounded_hit_rate']:.1%} of prompt tokens")
+    for t, h in zip(sizes, rates, strict=True):
+        typer.echo(f"  LRU cache of {t:>14,} tokens: {h:.1%}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``trace`` command group (``stats``, ``generate``) to ``app``."""
     trace_app = typer.Typer(no_args_is_help=True)
@@ -249,32 +278,7 @@ def register(app: typer.Typer) -> None:
 
             tokenfleet trace prefix ../shared/data/traces/mooncake_fast25_synthetic_trace.jsonl.xz
         """
-        import json
-
-        from tokenfleet.workload.prefix import capacity_blocks, prefix_reuse
-
-        trace = _load(file, fmt, None, None, False)
-        try:
-            sizes = [int(float(x)) for x in cache_tokens.split(",") if x.strip()]
-        except ValueError:
-            raise TokenfleetError(f"--cache-tokens '{cache_tokens}': expected numbers of "
-                                  "tokens, e.g. 1000000,10000000") from None
-        r = prefix_reuse(trace)
-        rates = r.curve([capacity_blocks(t, r.block_tokens) for t in sizes]).tolist()
-        out = {"requests": r.requests, "prompt_blocks": int(r.offsets[-1]),
-               "distinct_blocks": r.distinct_blocks, "block_tokens": r.block_tokens,
-               "repeated_block_fraction": r.repeated_block_fraction(),
-               "unbounded_hit_rate": r.unbounded_hit_rate(),
-               "hit_rate_by_cache_tokens": dict(zip(map(str, sizes), rates, strict=True))}
-        if as_json:
-            typer.echo(json.dumps(out, indent=2))
-            return
-        typer.echo(f"{trace.source}: {r.requests:,} requests, {out['prompt_blocks']:,} prompt "
-                   f"blocks of {r.block_tokens} tokens ({r.distinct_blocks:,} distinct)")
-        typer.echo(f"repeated blocks {out['repeated_block_fraction']:.1%}; hit rate with no "
-                   f"eviction {out['unbounded_hit_rate']:.1%} of prompt tokens")
-        for t, h in zip(sizes, rates, strict=True):
-            typer.echo(f"  LRU cache of {t:>14,} tokens: {h:.1%}")
+        _print_prefix(file, fmt, cache_tokens, as_json)
 
     @trace_app.command("generate")
     def generate_cmd(

@@ -145,10 +145,11 @@ def attended_tokens(m: ModelSpec, context: float) -> float:
 
 
 def attention_dims(m: ModelSpec) -> tuple[int, int]:
-    """(query-key dot length, value length) per head as the kernels compute them.
+    """(query-key dot length, value length) per head as decode kernels compute them.
 
-    MLA in absorbed form (as inference engines run decode) attends in the latent
-    space: q·k over kv_lora_rank + rope dims, values over kv_lora_rank.
+    MLA in absorbed form (as inference engines run decode: FlashMLA, TRT-LLM's MLA
+    generation kernel) attends in the latent space: q·k over kv_lora_rank + rope dims,
+    values over kv_lora_rank.
     """
     if m.is_mla:
         assert m.kv_lora_rank and m.qk_rope_head_dim
@@ -162,9 +163,24 @@ def attention_flops_per_token(m: ModelSpec, context: float) -> float:
     return 2.0 * m.num_attention_heads * (dk + dv) * attended_tokens(m, context)
 
 
+def prefill_attention_dims(m: ModelSpec) -> tuple[int, int]:
+    """(query-key, value) per head as prefill kernels compute them.
+
+    Engines run MLA prefill in the MHA form (the latent is up-projected once per prompt
+    token, then ordinary flash attention): q·k over qk_nope + qk_rope (128 + 64 = 192
+    for DeepSeek-V3/R1), values over v_head_dim (128) — 3.4x fewer FLOPs than the
+    absorbed form (576 + 512). Other attention kinds are the same in both phases.
+    """
+    if m.is_mla:
+        assert m.qk_nope_head_dim and m.qk_rope_head_dim and m.v_head_dim
+        return m.qk_nope_head_dim + m.qk_rope_head_dim, m.v_head_dim
+    return m.head_dim, m.head_dim
+
+
 def prefill_attention_flops(m: ModelSpec, prompt: int) -> float:
-    """Causal attention FLOPs of a whole prompt: token t attends to t tokens (sum ≈ L²/2)."""
-    dk, dv = attention_dims(m)
+    """Causal attention FLOPs of a whole prompt: token t attends to t tokens (sum ≈ L²/2),
+    as causal flash-attention kernels skip the masked half."""
+    dk, dv = prefill_attention_dims(m)
     full, sliding = attention_layer_counts(m)
     pairs_full = prompt * (prompt + 1) / 2.0
     if sliding and m.sliding_window and prompt > m.sliding_window:

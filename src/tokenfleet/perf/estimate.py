@@ -1,8 +1,11 @@
 """The public performance API: ``estimate`` one serving unit, ``compare`` chips,
 ``breakeven`` prices. Typed queries in, typed results out; nothing here prints.
 
-Every result says how far to trust it: a provenance label and an uncertainty band
-from held-out calibration error (see ``tokenfleet.perf.calibration``).
+``estimate`` is the one path: calibration, its held-out checks and every user query
+call it (a measurement states its layout and batching; a user query may). Every result
+says which layout it took and why, what its numbers rest on (its family's measurements
+or a measured peer's), a provenance label and an uncertainty band from the calibration
+errors of that group (see ``tokenfleet.perf.calibration``).
 """
 
 from __future__ import annotations
@@ -19,14 +22,20 @@ from tokenfleet.catalog.schema import Accelerator, ModelSpec
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf import architecture as arch
 from tokenfleet.perf import techniques as tech_mod
-from tokenfleet.perf.calibration import Calibration, load_fit
+from tokenfleet.perf.calibration import Basis, Calibration, GroupFit, load_fit
 from tokenfleet.perf.disagg import custom_link
-from tokenfleet.perf.measurements import ENGINES, FULL_KV_RESERVATION
-from tokenfleet.perf.operating import OperatingPoint, best_operating_point, evaluate_layout
-from tokenfleet.perf.precision import PRECISIONS, get_precision, kv_bytes
+from tokenfleet.perf.engines import DEFAULT_ENGINE, engine_profile
+from tokenfleet.perf.measurements import ENGINES
+from tokenfleet.perf.operating import (
+    OperatingPoint,
+    best_operating_point,
+    choose,
+    evaluate_layout,
+)
+from tokenfleet.perf.precision import PRECISIONS, get_precision, kv_bytes, unsupported_reason
 from tokenfleet.perf.speculative import SYNTAX as SPECULATIVE_SYNTAX
 from tokenfleet.perf.speculative import parse_speculation
-from tokenfleet.perf.unit import Efficiency, Layout, UnitModel
+from tokenfleet.perf.unit import Efficiency, Layout, UnitModel, layouts_for
 
 # Serving techniques (prefix caching, speculative decoding, prefill/decode roles) live in
 # perf/techniques.py; this module only carries their fields (Query, Estimate) and takes
@@ -48,7 +57,7 @@ class Query(BaseModel):
     model: str
     accelerator: str
     count: int = Field(1, ge=1, le=4096, description="chips in the unit")
-    precision: str = Field("auto", description="bf16 | fp8 | fp4 | int8 | auto")
+    precision: str = Field("auto", description=f"{' | '.join(PRECISIONS)} | auto")
     kv_precision: str | None = Field(None, description="KV-cache precision; default per precision")
     engine: str | None = Field(None, description=f"one of {', '.join(ENGINES)}")
     input_len: int = Field(1024, ge=1, description="prompt tokens")
@@ -62,6 +71,12 @@ class Query(BaseModel):
         True, description="consider layouts that replicate the model (dp > 1) inside the unit")
     layout: Layout | None = Field(
         None, description="fix the layout {tp, pp, dp, ep} instead of searching for the best")
+    tp: int | None = Field(None, ge=1, description="tensor-parallel size (rest chosen)")
+    pp: int | None = Field(None, ge=1, description="pipeline stages (rest chosen)")
+    dp: int | None = Field(None, ge=1, description="data-parallel / attention-DP ranks")
+    ep: int | None = Field(None, ge=1, description="expert-parallel size (MoE)")
+    batching: Literal["static", "continuous"] | None = Field(
+        None, description="default from the engine: neuron static, the rest continuous")
     # ---- serving techniques (perf/techniques.py); the defaults are plain serving ----
     prefix_hit_rate: float = Field(
         0.0, ge=0.0, lt=1.0, description="fraction of prompt tokens served from a prefix cache")
@@ -96,7 +111,10 @@ class Memory(BaseModel):
 
 
 class Uncertainty(BaseModel):
-    relative: float = Field(description="± fraction applied to throughput")
+    relative: float = Field(description="fraction below the estimate the low end lies "
+                                        "(what the planner derates by)")
+    upside: float | None = Field(None, description="fraction above the estimate the high "
+                                                   "end lies, when it differs")
     low_output_tokens_per_s: float
     high_output_tokens_per_s: float
     basis: str
@@ -131,6 +149,10 @@ class Estimate(BaseModel):
     memory: Memory | None = None
     provenance: Provenance
     calibration_group: str | None
+    basis: str = Field("", description="which measurements or which peer the numbers rest on")
+    peer: str | None = Field(None, description="measured chip borrowed from, if any")
+    layout_why: str = Field("", description="why this layout")
+    batching: str = "continuous"
     uncertainty: Uncertainty | None = None
     notes: list[str] = []
     # serving techniques (see perf/techniques.py); defaults = plain aggregated serving
@@ -151,6 +173,31 @@ def _layout(lo: Layout, count: int) -> Layout:
     return lo
 
 
+def _fixed(q: Query) -> dict[str, int]:
+    return {k: v for k in ("tp", "pp", "dp", "ep") if (v := getattr(q, k)) is not None}
+
+
+def candidate_layouts(q: Query, model: ModelSpec, accel: Accelerator, engine: str
+                      ) -> list[Layout] | None:
+    """Layouts the query allows: a full ``layout``; or those matching the given subset of
+    tp/pp/dp/ep (preferring the ones engines run); None = the engines' default search."""
+    if q.layout:
+        return [_layout(q.layout, q.count)]
+    fixed = _fixed(q)
+    if not fixed:
+        return None
+    match = [lo for lo in layouts_for(model, q.count)
+             if all(getattr(lo, k) == v for k, v in fixed.items())]
+    if not match:
+        raise TokenfleetError(
+            f"no layout of {q.count} chips has "
+            + ", ".join(f"{k}={v}" for k, v in fixed.items())
+            + f" for {model.id} (tp*pp*dp = count; ep is 1 or tp*dp, MoE only; "
+              f"tp <= {model.num_attention_heads} heads; pp a power of two <= 8)")
+    usual = set(layouts_for(model, q.count, accel, engine))
+    return [lo for lo in match if lo in usual] or match
+
+
 def resolve_precision(accel: Accelerator, precision: str) -> str:
     """'auto' picks FP8 where the chip has it, else BF16 (else FP4)."""
     if precision != "auto":
@@ -161,25 +208,40 @@ def resolve_precision(accel: Accelerator, precision: str) -> str:
     raise TokenfleetError(f"{accel.id} lists no BF16, FP8 or FP4 peak")
 
 
-def _check_supported(accel: Accelerator, precision: str) -> str | None:
-    prec = get_precision(precision)
-    if not accel.peak_tflops(prec.compute):
-        have = [p for p in PRECISIONS if accel.peak_tflops(get_precision(p).compute)]
-        return (f"{accel.id} has no {prec.compute.upper()} tensor peak, so it cannot run "
-                f"{precision}; it supports: {', '.join(have) or 'none'}")
-    return None
+def _check_supported(accel: Accelerator, precision: str, engine: str | None = None
+                     ) -> str | None:
+    peaks = {d: accel.peak_tflops(d) for d in ("bf16", "fp8", "fp4", "int8")}
+    return unsupported_reason(accel.id, peaks, precision, engine)
 
 
-def _provenance(cal: Calibration, accel: Accelerator, group: str | None, model: ModelSpec,
-                q: Query, precision: str) -> tuple[Provenance, float, str]:
-    """Label and ± band (fraction) for an estimate."""
-    if group is None:
-        band = cal.cross_family.get("p90", FALLBACK_BAND)
-        return ("spec-sheet", band,
-                f"no measurement of the {accel.family} family: band = 90th-percentile "
-                "leave-one-family-out error")
-    g = cal.groups[group]
-    band = g.loo_throughput.get("p90", cal.cross_family.get("p90", FALLBACK_BAND))
+# Floor of any band: no estimate is trusted to better than this.
+MIN_BAND = 0.1
+
+
+def _group_band(g: GroupFit, cross: float, stated: bool) -> float:
+    """The 90th-percentile throughput error of the group's own rows asked the way this
+    query asks (with a layout given, or the tool picking it), with a floor; ``cross``
+    when the group has no throughput rows."""
+    errs = g.in_sample_stated if stated and g.in_sample_stated else g.in_sample
+    return max(errs.get("p90", cross), MIN_BAND)
+
+
+def _provenance(cal: Calibration, accel: Accelerator, b: Basis, model: ModelSpec,
+                q: Query, precision: str) -> tuple[Provenance, float, float, str]:
+    """Label, band below and band above (fractions) for an estimate."""
+    cross = cal.cross_family.get("p90", FALLBACK_BAND)
+    if b.group is None:
+        band = max(cross, FALLBACK_BAND)
+        return "spec-sheet", band, band, b.text
+    g = cal.groups[b.group]
+    own = _group_band(g, cross, stated=bool(q.layout or _fixed(q)))
+    if b.peer is not None:
+        # The borrowed group is the slowest of the nearest peers, so the peers' spread
+        # widens the band upwards only; downwards it is the group's own error.
+        low = min(max(own, cal.cross_family.get("median", own)), 0.9)
+        return "spec-sheet", low, low + b.spread, (
+            b.text + f"; band = -max(p90 error of {b.group}, median leave-one-family-out "
+            "error), + that plus the peers' spread")
     params = arch.param_counts(model).total / 1e9
     inside = (
         accel.id in g.accelerators
@@ -189,13 +251,15 @@ def _provenance(cal: Calibration, accel: Accelerator, group: str | None, model: 
         and g.params_b[0] / 1.5 <= params <= g.params_b[1] * 1.5
     )
     if inside:
-        return "calibrated", band, f"90th-percentile leave-one-out error of {group}"
-    band = max(band, cal.cross_family.get("median", band))
-    return ("extrapolated", band,
-            f"outside the measured range of {group} (chips {', '.join(g.accelerators)}; "
+        return ("calibrated", own, own,
+                b.text + "; band = 90th-percentile error of the group")
+    band = max(own, cal.cross_family.get("median", own))
+    return ("extrapolated", band, band,
+            b.text + f"; outside its measured range (chips {', '.join(g.accelerators)}; "
             f"precisions {', '.join(g.precisions)}; input {g.input_len[0]}-{g.input_len[1]}, "
             f"output {g.output_len[0]}-{g.output_len[1]} tokens; "
-            f"{g.params_b[0]:g}-{g.params_b[1]:g}B params): band widened")
+            f"{g.params_b[0]:g}-{g.params_b[1]:g}B params): band = max(group p90, median "
+            "leave-one-family-out error)")
 
 
 @dataclass(frozen=True)
@@ -206,11 +270,19 @@ class _Resolved:
     accel: Accelerator
     precision: str
     kv_precision: str
-    eff: Efficiency
-    group: str | None
-    engine: str | None
+    basis: Basis
+    engine: str
     mode: str
+    batching: str
     techniques: tech_mod.Techniques | None = None  # None: plain serving
+
+    @property
+    def eff(self) -> Efficiency:
+        return self.basis.efficiency
+
+    @property
+    def group(self) -> str | None:
+        return self.basis.group
 
 
 def _techniques(q: Query, catalog: Catalog) -> tech_mod.Techniques | None:
@@ -227,12 +299,13 @@ def _resolve(q: Query, catalog: Catalog, cal: Calibration) -> _Resolved:
     precision = resolve_precision(accel, q.precision)
     kv_prec = q.kv_precision or get_precision(precision).default_kv
     kv_bytes(kv_prec)  # validates the name
-    eff, group = cal.efficiency(accel.family, q.engine)
+    b = cal.basis(accel, q.engine)
     mode = ("slo" if (q.slo_ttft or q.slo_tpot) else
             "concurrency" if q.concurrency else "offline")
-    engine = q.engine or (group.split("/")[1] if group else None)
-    return _Resolved(catalog.model(q.model), accel, precision, kv_prec, eff, group, engine,
-                     mode, _techniques(q, catalog))
+    engine = q.engine or (b.group.split("/")[1] if b.group else DEFAULT_ENGINE)
+    batching = q.batching or engine_profile(engine).batching
+    return _Resolved(catalog.model(q.model), accel, precision, kv_prec, b, engine, mode,
+                     batching, _techniques(q, catalog))
 
 
 def _operating_point(q: Query, r: _Resolved) -> OperatingPoint:
@@ -240,14 +313,15 @@ def _operating_point(q: Query, r: _Resolved) -> OperatingPoint:
         return tech_mod.best_technique_point(
             r.model, r.accel, get_precision(r.precision), r.kv_precision, q.count, r.eff,
             q.input_len, q.output_len, r.mode, r.techniques, q.concurrency, q.slo_ttft,
-            q.slo_tpot, reserve_full=r.engine in FULL_KV_RESERVATION,
+            q.slo_tpot, engine=r.engine,
             data_parallel=q.data_parallel,
             layouts=[_layout(q.layout, q.count)] if q.layout else None)
     return best_operating_point(
         r.model, r.accel, get_precision(r.precision), r.kv_precision, q.count, r.eff,
         q.input_len, q.output_len, r.mode, q.concurrency, q.slo_ttft, q.slo_tpot,
-        reserve_full=r.engine in FULL_KV_RESERVATION, data_parallel=q.data_parallel,
-        layouts=[_layout(q.layout, q.count)] if q.layout else None)
+        data_parallel=q.data_parallel,
+        layouts=candidate_layouts(q, r.model, r.accel, r.engine), engine=r.engine,
+        batching=r.batching)
 
 
 def operating_point(q: Query, catalog: Catalog | None = None, cal: Calibration | None = None
@@ -256,7 +330,7 @@ def operating_point(q: Query, catalog: Catalog | None = None, cal: Calibration |
     path for callers that screen thousands of options. None when the chip has no peak
     for the precision."""
     r = _resolve(q, catalog or load_catalog(), cal or load_fit())
-    if _check_supported(r.accel, r.precision):
+    if _check_supported(r.accel, r.precision, r.engine):
         return None
     return _operating_point(q, r)
 
@@ -269,15 +343,15 @@ def layout_screen(q: Query, catalog: Catalog, cal: Calibration
     screening). None when the chip has no peak for the precision."""
     assert q.layout, "a screen is for one fixed layout"
     r = _resolve(q, catalog, cal)
-    if _check_supported(r.accel, r.precision):
+    if _check_supported(r.accel, r.precision, r.engine):
         return None
     unit = UnitModel(r.model, r.accel, get_precision(r.precision), r.kv_precision,
-                     _layout(q.layout, q.count), r.eff)
-    reserve_full = r.engine in FULL_KV_RESERVATION
+                     _layout(q.layout, q.count), r.eff, r.engine)
 
     def at(input_len: int, output_len: int) -> OperatingPoint:
-        return evaluate_layout(unit, input_len, output_len, r.mode, q.concurrency,
-                               q.slo_ttft, q.slo_tpot, reserve_full)
+        op = evaluate_layout(unit, input_len, output_len, r.mode, q.concurrency,
+                             q.slo_ttft, q.slo_tpot, batching=r.batching)
+        return choose([op], 1) or op  # the same labels as the search path
 
     return at
 
@@ -290,10 +364,10 @@ def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None =
     cal = cal or load_fit()
     r = _resolve(q, catalog, cal)
     accel, group = r.accel, r.group
-    notes = []
+    notes: list[str] = []
     if q.engine and (group is None or not group.endswith("/" + q.engine)):
         notes.append(f"no {q.engine} measurements for {accel.family}; used "
-                     f"{group or 'the global fit'}")
+                     f"{group or 'the physical priors'}")
     price = None
     usd_h: float | None
     price_src: str | None
@@ -313,14 +387,15 @@ def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None =
                 kv_precision=r.kv_precision, engine=q.engine, input_len=q.input_len,
                 output_len=q.output_len, mode=r.mode, usd_per_hour=usd_h,
                 price_source=price_src, price_is_assumption=assumed, watts=watts,
-                calibration_group=group)
-    unsupported = _check_supported(accel, r.precision)
-    prov, band, basis = _provenance(cal, accel, group, r.model, q, r.precision)
+                calibration_group=group, basis=r.basis.text, peer=r.basis.peer,
+                batching=r.batching)
+    unsupported = _check_supported(accel, r.precision, r.engine)
+    prov, band, upside, basis = _provenance(cal, accel, r.basis, r.model, q, r.precision)
     if unsupported:
         return Estimate(**base, layout=None, fits=False, reason=unsupported, provenance=prov,
                         notes=notes)
     op = _operating_point(q, r)
-    e = _from_op(base, op, prov, band, basis, notes, q, accel)
+    e = _from_op(base, op, prov, (band, upside), basis, notes, q, accel)
     return _with_techniques(e, q, r, op) if r.techniques is not None else e
 
 
@@ -333,7 +408,8 @@ def _with_techniques(e: Estimate, q: Query, r: _Resolved, op: OperatingPoint) ->
                  "tokens_per_step": t.tokens_per_step if t.role != "prefill" else None}
     if t.role == "prefill":
         unit = tech_mod.TechniqueUnit(r.model, r.accel, get_precision(r.precision),
-                                      r.kv_precision, op.layout, r.eff, t)
+                                      r.kv_precision, op.layout, r.eff, t,
+                                      r.engine)
         upd["kv_transfer_s"] = unit.kv_transfer_s(q.input_len)
         upd["tpot_s"] = None
         if e.requests_per_s is not None:
@@ -347,7 +423,8 @@ def _with_techniques(e: Estimate, q: Query, r: _Resolved, op: OperatingPoint) ->
     return e.model_copy(update=upd)
 
 
-def _from_op(base: dict, op: OperatingPoint, prov: Provenance, band: float, basis: str,
+def _from_op(base: dict, op: OperatingPoint, prov: Provenance, bands: tuple[float, float],
+             basis: str,
              notes: list[str], q: Query, accel: Accelerator) -> Estimate:
     mem = Memory(
         weights_gb=op.memory.weights_per_chip / 1e9,
@@ -358,9 +435,11 @@ def _from_op(base: dict, op: OperatingPoint, prov: Provenance, band: float, basi
     if not op.fits:
         return Estimate(**base, layout=op.layout, fits=False, reason=op.reason,
                         memory=mem, provenance=prov, notes=notes)
+    base = {**base, "layout_why": op.why}
     tps = op.output_tokens_per_s
     if q.concurrency and op.concurrency < q.concurrency:
-        notes.append(f"KV memory holds only {op.concurrency:.0f} sequences; the rest queue")
+        notes.append(f"KV memory or the engine's batch cap holds only {op.concurrency:.0f} "
+                     "sequences; the rest queue")
     usd_h = base["usd_per_hour"]
     return Estimate(
         **base,
@@ -375,8 +454,10 @@ def _from_op(base: dict, op: OperatingPoint, prov: Provenance, band: float, basi
         joules_per_output_token=base["watts"] / tps if tps > 0 else None,
         memory=mem,
         provenance=prov,
-        uncertainty=Uncertainty(relative=band, low_output_tokens_per_s=tps * (1 - band),
-                                high_output_tokens_per_s=tps * (1 + band), basis=basis),
+        uncertainty=Uncertainty(relative=bands[0],
+                                upside=bands[1] if bands[1] != bands[0] else None,
+                                low_output_tokens_per_s=tps * (1 - bands[0]),
+                                high_output_tokens_per_s=tps * (1 + bands[1]), basis=basis),
         notes=notes,
     )
 

@@ -15,6 +15,10 @@ from importlib import resources
 from pathlib import Path
 
 DATA_FILE = "published_measurements.csv"
+# More measurements in new regimes (MoE/MLA, attention-DP, MLPerf v5.1), with the layout
+# and batching each source states (columns tp, pp, ep, dp, batching).
+EXTRA_FILE = "published_measurements_extra.csv"
+DATA_FILES = (DATA_FILE, EXTRA_FILE)
 
 # Interpretations the source rows do not state; each is applied by a rule below.
 ASSUMPTIONS = {
@@ -32,6 +36,19 @@ ASSUMPTIONS = {
         "<= 2 s and mean TPOT <= 0.2 s (the benchmark bounds the 99th percentiles)"
     ),
     "neuron_layout": "Neuron rows: TP over NeuronCores / 2 chips (2 NeuronCores per chip)",
+    "mlperf_v51_precision": (
+        "MLPerf v5.1 summaries do not state precision: NVIDIA Blackwell submissions are taken "
+        "as FP4 (NVFP4, as NVIDIA described them), AMD MI300X/MI325X as FP8, MI355X as FP4"
+    ),
+    "mlperf_interactive": (
+        "MLPerf Interactive throughput (llama2-70b) is modelled as the highest throughput "
+        "with mean TTFT <= 0.45 s and mean TPOT <= 0.04 s (the benchmark bounds p99)"
+    ),
+    "trtllm_attention_dp": (
+        "TensorRT-LLM rows stating tp=N with attention DP and ep: attention runs dp-wide "
+        "(tp = N / dp), experts over ep, as the engine runs them"
+    ),
+    "per_user_speed": "tokens/s per user at concurrency 1 is 1 / TPOT",
 }
 
 ENGINES = ("trtllm", "vllm", "sglang", "jetstream", "neuron")
@@ -50,6 +67,9 @@ ACCEL_IDS = {
     "TPU-v6e": "tpu-v6e",
     "Trainium1": "trainium1",
     "Inferentia2": "inferentia2",
+    "GB300": "gb300",
+    "MI325X": "mi325x",
+    "MI355X": "mi355x",
 }
 
 
@@ -80,6 +100,43 @@ class Point:
     metric: str
     value: float  # SI: tokens/s or seconds
     source: str
+    pp: int | None = None
+    ep: int | None = None
+    dp: int | None = None
+    batching: str | None = None  # None: the engine's default
+    file: str = DATA_FILE
+
+    @property
+    def key(self) -> str:
+        """Unique id of the row: file and 1-based data row."""
+        return f"{self.file}:{self.row}"
+
+    @property
+    def source_name(self) -> str:
+        """The source without its path inside the repository's results tree: rows of
+        one publication (one MLPerf round of one submitter, one docs page) group together."""
+        s = self.source.split(":")[0]
+        return s.split("@")[0]
+
+    def query_fields(self, stated_layout: bool = True) -> dict:
+        """The :class:`tokenfleet.perf.estimate.Query` fields that ask for this figure:
+        the measured setup, with the layout the source states (``stated_layout``) or
+        none (the tool picks, as a user would ask)."""
+        q: dict = dict(model=self.model, accelerator=self.accelerator, count=self.n_accel,
+                       precision=self.precision, kv_precision=self.kv_precision,
+                       engine=self.engine, input_len=self.input_len,
+                       output_len=self.output_len, batching=self.batching)
+        if self.mode in ("concurrency", "static"):
+            q["concurrency"] = self.concurrency or 1
+            if self.mode == "static":
+                q["batching"] = "static"
+        elif self.mode == "slo":
+            q["slo_ttft"], q["slo_tpot"] = self.slo_ttft, self.slo_tpot
+        if stated_layout:
+            for k in ("tp", "pp", "ep", "dp"):
+                if getattr(self, k):
+                    q[k] = getattr(self, k)
+        return q
 
 
 @dataclass(frozen=True)
@@ -114,75 +171,134 @@ def _precision(text: str, accel: str, scenario: str) -> tuple[str, str]:
     if t.startswith("int8"):
         return "int8", "int8"
     if "not stated in summary" in t and "MLPerf" in scenario:
-        return ("fp4", "fp8") if accel == "B200" else ("fp8", "fp8")
+        return ("fp4", "fp8") if accel in FP4_MLPERF else ("fp8", "fp8")
+    if "deepseek-v3 checkpoint" in t or "deepgemm" in t:
+        return "fp8", "bf16"  # DeepSeek's native FP8 weights; SGLang's default BF16 KV
     return "bf16", "bf16"
 
 
-def _int(s: str) -> int | None:
-    return int(float(s)) if s.strip() else None
+# MLPerf submissions taken as FP4 (see ASSUMPTIONS): Blackwell and MI355X.
+FP4_MLPERF = frozenset({"B200", "GB200", "GB300", "MI355X"})
 
 
-def data_path() -> Path:
-    return Path(str(resources.files("tokenfleet.perf.data").joinpath(DATA_FILE)))
+def _int(s: str | None) -> int | None:
+    return int(float(s)) if s and s.strip() else None
+
+
+def data_path(name: str = DATA_FILE) -> Path:
+    return Path(str(resources.files("tokenfleet.perf.data").joinpath(name)))
+
+
+def _layout_stated(r: dict[str, str], scenario: str, n: int) -> dict[str, int | None]:
+    tp = _int(r.get("tp"))
+    if tp is None:
+        if m := re.search(r"TP=(\d+)\s*NeuronCores", scenario):
+            tp = int(m.group(1)) // 2
+        elif m := re.search(r"TP=(\d+)", scenario):
+            tp = int(m.group(1))
+    pp, ep, dp = _int(r.get("pp")), _int(r.get("ep")), _int(r.get("dp"))
+    if tp and dp and tp * dp > n:  # TRT-LLM's "tp N + attention DP": attention is dp-wide
+        tp = max(n // dp, 1)
+    if tp and pp is None and (dp or 1) * tp == n:
+        pp = 1
+    return {"tp": tp, "pp": pp, "ep": ep, "dp": dp}
+
+
+# MLPerf scenarios: (metric, SLO as mean bounds (TTFT s, TPOT s) or None for offline).
+MLPERF = {"offline_tokens_per_s": None, "server_tokens_per_s": (2.0, 0.2),
+          "interactive_tokens_per_s": (0.45, 0.04)}
+SKIP_METRICS = {
+    "prefill_input_tokens_per_s": "disaggregated prefill-only deployment (in the sanity "
+                                  "table, benchmarks/sanity.py)",
+    "decode_output_tokens_per_s": "disaggregated decode-only deployment (sanity table)",
+    "tps_per_gpu": "disaggregated P/D with MTP options (sanity table)",
+    "total_tokens_per_s": "input+output total: redundant with the output figure of the run",
+}
+
+
+def _kind(i: int, r: dict[str, str], engine: str, scenario: str
+          ) -> tuple[str, str, tuple[float, float] | None] | Excluded:
+    """(mode, metric kind, SLO) of a row, or why it is left out."""
+    metric = r["metric"]
+    if "MTP on" in scenario or "MTP on" in r.get("notes", "") or "SIMULATED" in scenario:
+        return Excluded(i, "speculative decoding (MTP) or simulated figure: not modelled")
+    if metric in SKIP_METRICS:
+        return Excluded(i, SKIP_METRICS[metric])
+    if metric in MLPERF:
+        if not r["model"].startswith(("llama2-70b", "llama-2-70b")):
+            return Excluded(i, "MLPerf data set mean lengths unknown for this benchmark")
+        slo = MLPERF[metric]
+        return ("offline" if slo is None else "slo"), "throughput", slo
+    if metric in ("ttft_mean", "tpot_mean") and "MLPerf" in scenario:
+        return Excluded(i, "MLPerf latency means at an unstated load: not a fixed operating point")
+    if metric == "total_output_tokens_per_s":
+        return "offline", "throughput", None
+    if engine == "jetstream":
+        return Excluded(i, "JetStream ShareGPT run: only length caps (1024/1024) are given, "
+                           "actual mean lengths unknown; and 'tokens/s' may count input")
+    kinds = {"output_tokens_per_s": "throughput", "ttft_p50": "ttft", "tpot_p50": "tpot",
+             "ttft_mean": "ttft", "tpot_mean": "tpot", "e2e_latency": "e2e",
+             "output_tokens_per_s_per_user": "tpot"}
+    if metric in kinds:
+        if "ShareGPT" in scenario:
+            return Excluded(i, "ShareGPT lengths vary; mean lengths not stated")
+        return ("static" if engine == "neuron" else "concurrency"), kinds[metric], None
+    return Excluded(i, f"metric {metric}: redundant with the p50/output-token figures")
+
+
+def _value(r: dict[str, str], kind: str) -> float:
+    value = float(r["value"])
+    unit = r["unit"].strip()
+    if unit == "ms" or unit.startswith("ms "):
+        value /= 1e3
+    elif unit == "ns":
+        value /= 1e9
+    if r["metric"] == "output_tokens_per_s_per_user":
+        value = 1.0 / value  # per-user decode speed at concurrency 1 = 1 / TPOT
+    return value
+
+
+def _row(i: int, r: dict[str, str], file: str) -> Point | Excluded:
+    scenario = r["scenario"]
+    accel = ACCEL_IDS.get(r["accelerator"])
+    if accel is None:
+        return Excluded(i, f"accelerator {r['accelerator']} not in catalog")
+    n = _int(r["n_accel"])
+    if n is None:
+        return Excluded(i, "chip count not stated")
+    try:
+        engine = _engine(r["framework"])
+    except ValueError:
+        return Excluded(i, f"engine {r['framework']!r} not modelled")
+    kind = _kind(i, r, engine, scenario)
+    if isinstance(kind, Excluded):
+        return kind
+    mode, metric, slo = kind
+    precision, kv = _precision(r["precision"], r["accelerator"], scenario)
+    inp, out = _int(r["input_len"]), _int(r["output_len"])
+    if r["metric"] in MLPERF:
+        inp, out = 300, 265  # llama2-70b OpenOrca (ASSUMPTIONS['mlperf_lengths'])
+    if inp is None or out is None:
+        return Excluded(i, "input/output lengths not given")
+    lay = _layout_stated(r, scenario, n)
+    return Point(
+        row=i, model=r["model"], accelerator=accel, n_accel=n, precision=precision,
+        kv_precision=kv, engine=engine, mode=mode, input_len=inp, output_len=out,
+        concurrency=_int(r["concurrency"]), tp=lay["tp"], slo_ttft=slo[0] if slo else None,
+        slo_tpot=slo[1] if slo else None, metric=metric, value=_value(r, metric),
+        source=r["source"], pp=lay["pp"], ep=lay["ep"], dp=lay["dp"],
+        batching=(r.get("batching") or None), file=file)
 
 
 def load_points(path: Path | None = None) -> tuple[list[Point], list[Excluded]]:
-    """Read the CSV and map every row to a :class:`Point` or an :class:`Excluded`."""
+    """Read the measurement CSVs (``path`` alone when given) and map every row to a
+    :class:`Point` or an :class:`Excluded`."""
     points: list[Point] = []
     excluded: list[Excluded] = []
-    with open(path or data_path(), newline="") as fh:
-        for i, r in enumerate(csv.DictReader(fh), start=1):
-            metric, unit, scenario = r["metric"], r["unit"], r["scenario"]
-            accel = ACCEL_IDS.get(r["accelerator"])
-            if accel is None:
-                excluded.append(Excluded(i, f"accelerator {r['accelerator']} not in catalog"))
-                continue
-            engine = _engine(r["framework"])
-            precision, kv = _precision(r["precision"], r["accelerator"], scenario)
-            n = int(r["n_accel"])
-            conc = _int(r["concurrency"])
-            inp, out = _int(r["input_len"]), _int(r["output_len"])
-            tp = None
-            if m := re.search(r"TP=(\d+)\s*NeuronCores", scenario):
-                tp = int(m.group(1)) // 2
-            elif m := re.search(r"TP=(\d+)", scenario):
-                tp = int(m.group(1))
-            slo_ttft = slo_tpot = None
-
-            if metric in ("offline_tokens_per_s", "server_tokens_per_s"):
-                if not r["model"].startswith("llama2-70b"):
-                    excluded.append(Excluded(i, "MLPerf GPT-J: dataset mean lengths unknown"))
-                    continue
-                inp, out = 300, 265
-                mode = "offline" if metric.startswith("offline") else "slo"
-                if mode == "slo":
-                    slo_ttft, slo_tpot = 2.0, 0.2
-                kind = "throughput"
-            elif metric == "total_output_tokens_per_s":
-                mode, kind = "offline", "throughput"
-            elif engine == "jetstream":
-                excluded.append(Excluded(
-                    i, "JetStream ShareGPT run: only length caps (1024/1024) are given, "
-                       "actual mean lengths unknown; and 'tokens/s' may count input"))
-                continue
-            elif metric in ("output_tokens_per_s", "ttft_p50", "tpot_p50"):
-                mode = "static" if engine == "neuron" else "concurrency"
-                kind = {"output_tokens_per_s": "throughput", "ttft_p50": "ttft",
-                        "tpot_p50": "tpot"}[metric]
-            else:
-                excluded.append(Excluded(i, f"metric {metric}: redundant with the p50/"
-                                            "output-token figures of the same run"))
-                continue
-            if inp is None or out is None:
-                excluded.append(Excluded(i, "input/output lengths not given"))
-                continue
-            value = float(r["value"])
-            if unit.strip() == "ms":
-                value /= 1000.0
-            points.append(Point(
-                row=i, model=r["model"], accelerator=accel, n_accel=n, precision=precision,
-                kv_precision=kv, engine=engine, mode=mode, input_len=inp, output_len=out,
-                concurrency=conc, tp=tp, slo_ttft=slo_ttft, slo_tpot=slo_tpot,
-                metric=kind, value=value, source=r["source"],
-            ))
+    files = [path] if path else [data_path(f) for f in DATA_FILES if data_path(f).exists()]
+    for f in files:
+        with open(f, newline="") as fh:
+            for i, r in enumerate(csv.DictReader(fh), start=1):
+                got = _row(i, r, f.name)
+                (points if isinstance(got, Point) else excluded).append(got)  # type: ignore[arg-type]
     return points, excluded

@@ -1,9 +1,11 @@
-"""Operating points of a unit: offline max throughput, fixed concurrency, static batch,
-or the highest throughput that meets latency SLOs — over every layout of the chips."""
+"""Operating points of a unit: offline max throughput, fixed concurrency, or the highest
+throughput that meets latency SLOs — with continuous or static batching, over the
+layouts engines run. Among layouts within ``SIMPLER_WITHIN`` of the best, the simplest
+wins, and every result says which layout it took and why."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -13,11 +15,15 @@ from tokenfleet.perf.precision import Precision
 from tokenfleet.perf.unit import Efficiency, Layout, MemoryFit, UnitModel, layouts_for
 
 MODES = ("offline", "concurrency", "static", "slo")
+BATCHING = ("continuous", "static")
+# Layouts whose throughput is within this fraction of the best are equivalent; the
+# simplest of them is chosen (fewer pipeline stages, no all-to-all, fewer chips per copy).
+SIMPLER_WITHIN = 0.02
 
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """Result for one layout (or the best one). Times in seconds, rates per second."""
+    """Result for one layout (or the chosen one). Times in seconds, rates per second."""
 
     layout: Layout
     fits: bool
@@ -28,6 +34,8 @@ class OperatingPoint:
     output_tokens_per_s: float
     memory: MemoryFit
     violation: float = 0.0  # failed SLO: worst ratio of predicted to bound at concurrency 1
+    why: str = ""  # why this layout was chosen
+    batching: str = "continuous"
 
 
 @lru_cache(maxsize=8192)
@@ -52,6 +60,13 @@ def _fail(layout: Layout, mem: MemoryFit, reason: str, violation: float = float(
                           violation)
 
 
+def _run(unit: UnitModel, c: np.ndarray, input_len: int, output_len: int, batching: str
+         ) -> dict[str, np.ndarray]:
+    if batching == "static":
+        return unit.static(c / unit.layout.dp, input_len, output_len)
+    return unit.continuous(c, input_len, output_len)
+
+
 def evaluate_layout(
     unit: UnitModel,
     input_len: int,
@@ -60,19 +75,20 @@ def evaluate_layout(
     concurrency: int | None = None,
     slo_ttft: float | None = None,
     slo_tpot: float | None = None,
-    reserve_full: bool = False,
+    reserve_full: bool | None = None,
+    batching: str | None = None,
 ) -> OperatingPoint:
+    """One layout at the operating point ``mode`` asks for; ``concurrency`` is the
+    sequences in the whole unit (static batching: the batch of the whole unit)."""
     lo = unit.layout
+    batching = batching or unit.engine.batching
+    if mode == "static":  # legacy spelling: a static batch of ``concurrency``
+        mode, batching = "concurrency", "static"
     mem = unit.memory(input_len, output_len, reserve_full)
     if not mem.fits:
         return _fail(lo, mem, mem.reason)
     if unit.peak_flops <= 0:
         return _fail(lo, mem, f"{unit.accel.id} has no {unit.precision.compute} peak")
-    if mode == "static":
-        batch = max(int(concurrency or 1) // lo.dp, 1)
-        st = unit.static(batch, input_len, output_len)
-        return OperatingPoint(lo, True, "", st["concurrency"], st["ttft_s"], st["tpot_s"],
-                              st["output_tokens_per_s"], mem)
     if mode == "offline":
         c = np.asarray([mem.max_concurrency], dtype=float)
     elif mode == "concurrency":
@@ -81,7 +97,7 @@ def evaluate_layout(
         c = slo_grid(mem.max_concurrency // lo.dp) * lo.dp
     else:
         raise ValueError(f"mode must be one of {MODES}")
-    r = unit.continuous(c, input_len, output_len)
+    r = _run(unit, c, input_len, output_len, batching)
     if mode == "slo":
         ok = np.ones(len(c), dtype=bool)
         if slo_ttft is not None:
@@ -103,7 +119,27 @@ def evaluate_layout(
     else:
         i = 0
     return OperatingPoint(lo, True, "", float(r["concurrency"][i]), float(r["ttft_s"][i]),
-                          float(r["tpot_s"][i]), float(r["output_tokens_per_s"][i]), mem)
+                          float(r["tpot_s"][i]), float(r["output_tokens_per_s"][i]), mem,
+                          batching=batching)
+
+
+def choose(points: list[OperatingPoint], considered: int) -> OperatingPoint | None:
+    """The simplest layout within SIMPLER_WITHIN of the best throughput, with why."""
+    fits = [p for p in points if p.fits]
+    if not fits:
+        return None
+    best = max(fits, key=lambda p: p.output_tokens_per_s)
+    near = [p for p in fits if p.output_tokens_per_s >= best.output_tokens_per_s
+            * (1 - SIMPLER_WITHIN)]
+    pick = min(near, key=lambda p: p.layout.simplicity())
+    if pick is best or pick.layout == best.layout:
+        why = (f"highest throughput of {considered} layout(s) engines run"
+               if considered > 1 else "the only layout asked for or allowed")
+    else:
+        gap = 1 - pick.output_tokens_per_s / best.output_tokens_per_s
+        why = (f"within {gap:.1%} of the fastest ({best.layout}) of {considered} layouts, "
+               "and simpler")
+    return replace(pick, why=why)
 
 
 def best_operating_point(
@@ -120,36 +156,44 @@ def best_operating_point(
     slo_ttft: float | None = None,
     slo_tpot: float | None = None,
     layouts: list[Layout] | None = None,
-    reserve_full: bool = False,
+    reserve_full: bool | None = None,
     data_parallel: bool = True,
+    engine: str | None = None,
+    batching: str | None = None,
 ) -> OperatingPoint:
-    """The layout with the highest throughput at the requested operating point.
+    """The layout engines would run for this operating point (see :func:`choose`).
 
-    ``data_parallel=False`` skips layouts that are just copies of a smaller unit
-    (dp > 1 without expert parallelism), for callers that choose replica counts
-    themselves. When no layout works, the returned point has ``fits=False`` and the reason of the
-    layout that came closest (nearest to the SLO, else least memory per chip).
+    ``layouts`` default: those engines run on this chip (``layouts_for`` with
+    ``accel``). A layout with more dp ranks than the unit has sequences
+    (``concurrency``) is not considered. ``data_parallel=False`` skips layouts that
+    are copies of a smaller unit (dp > 1 without expert parallelism), for callers that
+    choose replica counts themselves. When no layout works, the returned point has
+    ``fits=False`` and the reason of the layout that came closest (nearest to the SLO,
+    else least memory per chip).
     """
-    best: OperatingPoint | None = None
     closest: OperatingPoint | None = None
-    candidates = layouts or layouts_for(model, count)
+    candidates = layouts or layouts_for(model, count, accel, engine)
+    if not candidates:
+        candidates = layouts_for(model, count)
     if not data_parallel:  # plain replicas are the caller's business (the planner's)
         candidates = [lo for lo in candidates if lo.dp == 1 or lo.ep > 1] or candidates
+    if concurrency is not None and mode in ("concurrency", "static"):
+        candidates = [lo for lo in candidates if lo.dp <= concurrency] or [
+            min(candidates, key=lambda lo: lo.dp)]
+    points = []
     for lo in candidates:
-        unit = UnitModel(model, accel, precision, kv_precision, lo, eff)
+        unit = UnitModel(model, accel, precision, kv_precision, lo, eff, engine)
         op = evaluate_layout(unit, input_len, output_len, mode, concurrency, slo_ttft, slo_tpot,
-                             reserve_full)
-        if op.fits:
-            if best is None or op.output_tokens_per_s > best.output_tokens_per_s * (1 + 1e-9):
-                best = op
-        elif closest is None or (
+                             reserve_full, batching)
+        points.append(op)
+        if not op.fits and (closest is None or (
             # prefer a reason about the SLO (it fit in memory) over one about memory, and
             # among those the layout that came closest to the SLO
             (op.memory.fits, -op.violation, -op.memory.weights_per_chip)
-            > (closest.memory.fits, -closest.violation, -closest.memory.weights_per_chip)
-        ):
+            > (closest.memory.fits, -closest.violation, -closest.memory.weights_per_chip))):
             closest = op
+    best = choose(points, len(candidates))
     if best is not None:
         return best
-    assert closest is not None, "layouts_for always yields tp=1, pp=1"
+    assert closest is not None, "there is always at least one layout"
     return closest

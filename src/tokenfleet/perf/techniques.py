@@ -59,7 +59,6 @@ from tokenfleet.perf.operating import OperatingPoint, evaluate_layout
 from tokenfleet.perf.precision import Precision
 from tokenfleet.perf.speculative import Speculation
 from tokenfleet.perf.unit import (
-    MAX_BATCH_PER_REPLICA,
     Efficiency,
     Layout,
     MemoryFit,
@@ -114,8 +113,9 @@ class TechniqueUnit(UnitModel):
     """A unit with serving techniques on (see the module docstring)."""
 
     def __init__(self, model: ModelSpec, accel: Accelerator, precision: Precision,
-                 kv_precision: str, layout: Layout, eff: Efficiency, tech: Techniques) -> None:
-        super().__init__(model, accel, precision, kv_precision, layout, eff)
+                 kv_precision: str, layout: Layout, eff: Efficiency, tech: Techniques,
+                 engine: str | None = None) -> None:
+        super().__init__(model, accel, precision, kv_precision, layout, eff, engine)
         self.tech = tech
         self.draft_unit: UnitModel | None = None
         if tech.speculation is not None and tech.speculation.kind != "mtp":
@@ -125,7 +125,7 @@ class TechniqueUnit(UnitModel):
             dtp = max(d for d in range(1, layout.tp + 1)
                       if layout.tp % d == 0 and d <= tech.draft.num_attention_heads)
             self.draft_unit = UnitModel(tech.draft, accel, precision, kv_precision,
-                                        Layout(dtp, 1, 1), eff)
+                                        Layout(dtp, 1, 1), eff, engine)
         self.link = tech.kv_link or link_between(accel, accel)
 
     # ---- memory -------------------------------------------------------------------
@@ -142,16 +142,18 @@ class TechniqueUnit(UnitModel):
         layer = self.layout.pp / self.model.num_layers
         return self.weights_per_chip * layer, self.kv_seq_bytes_per_chip(held_len) * layer
 
-    def memory(self, input_len: int, output_len: int, reserve_full: bool = False) -> MemoryFit:
+    def memory(self, input_len: int, output_len: int, reserve_full: bool | None = None
+               ) -> MemoryFit:
         out_len = 0 if self.tech.role == "prefill" else output_len
         base = super().memory(input_len, out_len, reserve_full)
-        held = input_len + (out_len if reserve_full else out_len / 2)
+        full = self.engine.reserve_full if reserve_full is None else reserve_full
+        held = input_len + (out_len if full else out_len / 2)
         extra_w, extra_seq = self._drafter_bytes(held)
         if not base.fits or (extra_w == 0.0 and extra_seq == 0.0):
             return base
         budget = base.kv_budget_per_chip - extra_w
         per_seq = base.kv_per_seq_per_chip + extra_seq
-        per_replica = min(int(max(budget, 0.0) // per_seq), MAX_BATCH_PER_REPLICA)
+        per_replica = min(int(max(budget, 0.0) // per_seq), self.engine.max_num_seqs)
         if per_replica < 1:
             return replace(base, kv_budget_per_chip=budget, kv_per_seq_per_chip=per_seq,
                            max_concurrency=0, fits=False,
@@ -216,7 +218,7 @@ class TechniqueUnit(UnitModel):
         if self.draft_unit is not None:
             d = self.draft_unit
             # fused into the target's step: no per-layer launch/sync overhead of its own
-            fixed = d.fixed_s if spec.kind == "fused" else 0.0
+            fixed = d.coeffs.fixed if spec.kind == "fused" else 0.0
             return (d.step_s(c, ctx, prompt_tokens, attn_len)
                     + (spec.k - 1) * d.step_s(c, ctx) - spec.k * fixed)
         # MTP: one more layer of the target's step per proposal
@@ -231,7 +233,7 @@ class TechniqueUnit(UnitModel):
             return 0.0
         one = np.asarray([0.0])
         spec = self.tech.speculation
-        fixed = self.draft_unit.fixed_s if spec is not None and spec.kind == "fused" else 0.0
+        fixed = self.draft_unit.coeffs.fixed if spec is not None and spec.kind == "fused" else 0.0
         return float(self.draft_unit.step_s(one, 0.0, fresh, attn_len)[0]) - fixed
 
     def _prefill_only(self, concurrency: np.ndarray, input_len: int, output_len: int
@@ -269,8 +271,8 @@ def best_technique_point(
     slo_ttft: float | None = None,
     slo_tpot: float | None = None,
     layouts: list[Layout] | None = None,
-    reserve_full: bool = False,
     data_parallel: bool = True,
+    engine: str | None = None,
 ) -> OperatingPoint:
     """:func:`~tokenfleet.perf.operating.best_operating_point` for a :class:`TechniqueUnit`:
     the layout with the highest throughput; when none works, the one that came closest."""
@@ -278,13 +280,12 @@ def best_technique_point(
         check_draft(model, tech.draft)
     best: OperatingPoint | None = None
     closest: OperatingPoint | None = None
-    candidates = layouts or layouts_for(model, count)
+    candidates = layouts or layouts_for(model, count, accel, engine)
     if not data_parallel:
         candidates = [lo for lo in candidates if lo.dp == 1 or lo.ep > 1] or candidates
     for lo in candidates:
-        unit = TechniqueUnit(model, accel, precision, kv_precision, lo, eff, tech)
-        op = evaluate_layout(unit, input_len, output_len, mode, concurrency, slo_ttft, slo_tpot,
-                             reserve_full)
+        unit = TechniqueUnit(model, accel, precision, kv_precision, lo, eff, tech, engine)
+        op = evaluate_layout(unit, input_len, output_len, mode, concurrency, slo_ttft, slo_tpot)
         if op.fits:
             if best is None or op.output_tokens_per_s > best.output_tokens_per_s * (1 + 1e-9):
                 best = op

@@ -1,4 +1,4 @@
-"""Roofline model of one serving unit: a model replica set on ``count`` chips of one kind.
+"""Per-operator roofline of one serving unit: a model replica set on ``count`` chips.
 
 Units: seconds, bytes, FLOPs, tokens; rates per second. Metric definitions (used
 everywhere in tokenfleet, see ``tokenfleet.perf.metrics``):
@@ -7,28 +7,43 @@ everywhere in tokenfleet, see ``tokenfleet.perf.metrics``):
 * TPOT — mean time between output tokens *after* the first.
 * throughput — output tokens per second of the whole unit, unless named otherwise.
 
-A step costs ``max(compute, memory) + communication + fixed overhead`` per pipeline
-stage, with achieved fractions of peak FLOP/s and HBM bandwidth (:class:`Efficiency`)
-fitted to published measurements (``tokenfleet.perf.calibration``).
+One engine step of one pipeline stage is a **sum over operators**, each
+``max(math / (eff * peak of its dtype), bytes / (eff * HBM bandwidth))``:
 
-Continuous batching with chunked prefill, in steady state at concurrency C per
-replica: every engine iteration advances each of the C sequences by one token and
-admits C / O new requests, whose prompts (C / O * I tokens) ride in the same step, so
-the weights are streamed once for both::
+* dense GEMMs (QKV/O projections, dense MLP, shared experts, LM head for the tokens
+  that sample) — math on the GEMM dtype's peak, weight bytes streamed once per step;
+* MoE grouped GEMM — routed token-expert pairs, with an efficiency that falls when an
+  expert sees few tokens (``tpe / (tpe + MOE_HALF_TOKENS)``), against the bytes of the
+  experts the step touches;
+* prefill attention — causal flash attention on the BF16 peak, MLA in its MHA form;
+* decode attention — reading the KV cache (MLA in absorbed form: its math can bind);
+* collectives — latency + bytes / link bandwidth (TP all-reduce, EP all-to-all with
+  FP8 dispatch where the math is FP8, PP activation hand-off);
+* a per-step host overhead (scheduling, sampling, launch gaps).
 
-    t_iter     = step(decode C tokens at context I + O/2, prefill C*I/O tokens)
-    throughput = C / t_iter          TPOT = t_iter
-    TTFT       = t_iter / 2 + step(decode C tokens, prefill I tokens)
+Efficiencies (:class:`Efficiency`) are physical fractions of peak, seeded from public
+kernel benchmarks and refitted per (chip family, engine) as bounded residual factors
+(``tokenfleet.perf.calibration``).
 
-(TTFT: wait for the running iteration, then one step that carries the whole prompt.)
-With pipeline parallelism the C sequences travel as pp micro-batches, so an iteration
-is pp stage steps of C / pp tokens each.
+Continuous batching with chunked prefill, in steady state at ``c`` sequences per
+engine instance (dp rank) and a token budget ``B`` per step: every iteration advances
+each decoding sequence by one token and admits ``d / O`` new requests, whose prompt
+tokens ride in the same steps (``d = min(c, B * O / (I + O))``: past that the budget,
+not memory, limits how many sequences decode)::
+
+    t_iter     = pp * step(decode d/pp, prefill d/pp * I/O)       TPOT = t_iter
+    throughput = d / t_iter
+    TTFT       = t_iter / 2 + ceil(I / chunk) * pp * step(decode d/pp, prefill chunk)
+
+With pipeline parallelism the sequences travel as ``pp`` micro-batches, so the weights
+are read once per micro-batch (the micro-batch cost) and the slowest stage, with
+``ceil(layers / pp)`` layers, sets the pace (the bubble of an uneven split).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -36,35 +51,92 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenfleet.catalog.schema import Accelerator, ModelSpec
 from tokenfleet.perf import architecture as arch
+from tokenfleet.perf.engines import EngineProfile, engine_profile
 from tokenfleet.perf.precision import ACTIVATION_BYTES, Precision, kv_bytes
 
-# Fraction of HBM an engine hands to weights + KV cache (vLLM's default
-# gpu_memory_utilization is 0.9; TRT-LLM's free_gpu_memory_fraction default is 0.9 of
-# what is left after weights, about the same here). The rest is runtime, allocator slack.
-MEMORY_FRACTION = 0.9
-# Engines cap the running batch (vLLM max_num_seqs, TRT-LLM max_batch_size); a replica
-# never runs more sequences than this even when KV memory would allow it.
+# Engines cap the running batch (vLLM max_num_seqs, TRT-LLM max_batch_size); the
+# default engine's cap (see ``tokenfleet.perf.engines``).
 MAX_BATCH_PER_REPLICA = 1024
-# Tokens in one prefill chunk: sizes the activation workspace reserved next to the KV cache.
+# Token budget of one step (vLLM max_num_batched_tokens, TRT-LLM max_num_tokens) of the
+# default engine: sizes the activation workspace and the prefill chunk.
 PREFILL_CHUNK_TOKENS = 8192
+
+# Runtime memory per chip that neither weights nor KV can use (GB): CUDA/HIP context and
+# allocator slack ~0.5-1 GB, NCCL/RCCL buffers ~0.5 GB, CUDA graphs 0.5-1.5 GB (vLLM
+# logs "Graph capturing finished ... took 0.5-1.5 GiB" for 8B-70B models; vLLM docs,
+# "Conserving memory"). XLA (TPU) and Neuron runtimes reserve less and capture no graphs.
+RUNTIME_RESERVE_GB = {"gpu": 2.5, "tpu": 1.0, "asic": 1.5}
+# Expert-parallel all-to-all buffers (DeepEP's default NVLink buffer is 1 GB per rank,
+# deepseek-ai/DeepEP README; pplx-kernels similar).
+EP_BUFFER_GB = 1.0
+# Tokens per expert at which a grouped GEMM reaches half of its large-batch efficiency
+# (an M=32 tile is half-empty on a 64-row MMA tile; CUTLASS grouped-GEMM benchmarks).
+MOE_HALF_TOKENS = 32.0
+# Latency of one collective (s): NVLink one-shot all-reduce and NVSHMEM all-to-all are
+# ~5-10 µs for decode-sized messages (NCCL tests, DeepEP README: 77-194 µs for a whole
+# 8-token-per-rank dispatch+combine over RDMA; ~10 µs within NVLink); across the
+# scale-out network ~25 µs.
+COLLECTIVE_LATENCY_S = {"scaleup": 8e-6, "scaleout": 25e-6}
+# Expert-parallel all-to-all (dispatch or combine) latency: DeepEP's low-latency
+# kernels take 77-194 µs per dispatch/combine over RDMA for 128 tokens per rank
+# (deepseek-ai/DeepEP README); within NVLink tens of µs.
+A2A_LATENCY_S = {"scaleup": 30e-6, "scaleout": 100e-6}
+# The busiest expert-parallel rank sets the pace: with routing as trained and no
+# expert-load balancer, the hottest rank carries ~1.2-1.3x the mean load
+# (deepseek-ai/EPLB README motivates replicating hot experts for this reason).
+EP_IMBALANCE = 1.25
+
+
+def chip_class(accel: Accelerator) -> str:
+    """'gpu', 'tpu' or 'asic' (Trainium, Inferentia, Maia): what runtime it runs."""
+    if accel.vendor in ("NVIDIA", "AMD"):
+        return "gpu"
+    if accel.vendor == "Google":
+        return "tpu"
+    return "asic"
 
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Achieved fractions of peak, fitted per chip family and engine.
+    """Achieved fractions of peak (physical, each < 0.95), and the host overhead.
 
-    Prefill time is set mostly by ``compute`` (large GEMMs) and ``attention`` (flash
-    attention over long prompts); decode time mostly by ``bandwidth`` (streaming the
-    weights) and ``kv_bandwidth`` (paged-attention reads of the KV cache, which reach a
-    different fraction of peak than large sequential weight reads).
+    Defaults are the priors from public kernel benchmarks: cuBLAS/hipBLASLt GEMMs
+    reach 0.7-0.8 of dense peak at large shapes; FlashAttention-3 reaches ~0.75 of
+    H100 BF16 peak (740 of 989 TFLOP/s, Shah et al. 2024) and FlashAttention-2 ~0.5-0.7
+    elsewhere; STREAM-like HBM reads reach 0.8-0.9 of peak, paged KV reads somewhat
+    less; NCCL bus bandwidth ~0.8 of NVLink; a CUDA-graph decode step carries ~1 ms of
+    scheduling/sampling on the host (vLLM v0.6 performance blog, 2024-09).
     """
 
-    compute: float  # GEMM FLOP/s as a fraction of the dense peak of the compute dtype
-    attention: float  # attention-kernel FLOP/s as a fraction of the same peak
-    bandwidth: float  # weight streaming, fraction of peak HBM bandwidth
-    kv_bandwidth: float  # KV-cache reads, fraction of peak HBM bandwidth
-    moe: float  # expert GEMMs (grouped, routed) relative to dense GEMMs
-    overhead_us_per_layer: float  # fixed cost per layer per step (launch, sync, scheduling)
+    gemm: float = 0.75  # dense GEMM FLOP/s / peak of the compute dtype
+    attention: float = 0.6  # prefill flash attention FLOP/s / BF16 peak
+    bandwidth: float = 0.85  # weight streaming / peak HBM bandwidth
+    kv_bandwidth: float = 0.75  # paged KV-cache reads / peak HBM bandwidth
+    moe: float = 0.8  # grouped-GEMM efficiency relative to ``gemm`` at many tokens/expert
+    collective: float = 0.8  # collective bus bandwidth / link bandwidth
+    host_overhead_s: float = 1.0e-3  # per engine step
+    # Per running sequence per step: scheduling, input preparation, sampling, detokenizing
+    # (a few µs in C++ executors such as TRT-LLM's; more in Python schedulers).
+    host_per_seq_s: float = 5e-6
+    # Kernel launch gaps inside a captured graph: ~1 µs per kernel, ~10 kernels per layer.
+    launch_gap_s_per_layer: float = 10e-6
+
+    def scaled(self, math_factor: float, memory_factor: float, host_factor: float,
+               moe_factor: float = 1.0, attention_factor: float = 1.0, cap: float = 0.95
+               ) -> Efficiency:
+        """These efficiencies times residual factors, each fraction kept <= ``cap``."""
+        def c(x: float) -> float:
+            return min(x, cap)
+
+        return replace(self, gemm=c(self.gemm * math_factor),
+                       attention=c(self.attention * math_factor * attention_factor),
+                       bandwidth=c(self.bandwidth * memory_factor),
+                       kv_bandwidth=c(self.kv_bandwidth * memory_factor),
+                       moe=c(self.moe * moe_factor),
+                       collective=c(self.collective * moe_factor),
+                       host_overhead_s=self.host_overhead_s * host_factor,
+                       host_per_seq_s=self.host_per_seq_s * host_factor,
+                       launch_gap_s_per_layer=self.launch_gap_s_per_layer * host_factor)
 
 
 class Layout(BaseModel):
@@ -73,7 +145,7 @@ class Layout(BaseModel):
     in JSON/YAML it is ``{tp, pp, ep, dp}`` (each defaults to 1).
 
     ``ep == 1``: every replica holds all experts, tensor-split over its tp chips.
-    ``ep == tp * dp``: attention is data-parallel over dp replicas, the experts of a
+    ``ep == tp * dp``: attention is data-parallel over dp ranks, the experts of a
     pipeline stage are spread over all of its tp*dp chips (DeepSeek-style serving).
     """
 
@@ -97,6 +169,11 @@ class Layout(BaseModel):
         """The dimensions above 1 (``tp4 dp2``), ``tp1`` for one chip."""
         return " ".join(f"{k}{v}" for k, v in self.model_dump().items() if v > 1) or "tp1"
 
+    def simplicity(self) -> tuple[int, int, int, int]:
+        """Sort key, simplest first: fewer pipeline stages, no expert all-to-all, fewer
+        chips per model copy (less to coordinate), then fewer replicas."""
+        return (self.pp, int(self.ep > 1), self.tp * self.pp, self.dp)
+
     def __str__(self) -> str:
         s = f"tp{self.tp}"
         if self.pp > 1:
@@ -113,11 +190,9 @@ def _divisors(n: int) -> list[int]:
 
 
 @lru_cache(maxsize=4096)
-def layouts_for(model: ModelSpec, count: int) -> list[Layout]:
-    """Every layout of ``count`` chips worth considering for ``model``.
-
-    Pipeline depth is limited to powers of two up to 8: deeper pipelines only add
-    latency for serving, and the search stays small."""
+def _structural_layouts(model: ModelSpec, count: int) -> tuple[Layout, ...]:
+    """Every layout of ``count`` chips the model's shape allows (pp a power of two up
+    to 8, tp at most the heads, ep at most the experts)."""
     out = []
     for tp in _divisors(count):
         if tp > model.num_attention_heads:
@@ -129,7 +204,37 @@ def layouts_for(model: ModelSpec, count: int) -> list[Layout]:
             out.append(Layout(tp, pp, dp, 1))
             if model.is_moe and tp * dp > 1 and model.num_experts >= tp * dp:
                 out.append(Layout(tp, pp, dp, tp * dp))
-    return out
+    return tuple(out)
+
+
+def as_engines_run(lo: Layout, count: int, accel: Accelerator, engine: EngineProfile,
+                   model: ModelSpec | None = None) -> bool:
+    """Whether engines run this layout on this chip: tensor parallel inside the scale-up
+    domain, pipeline only when the unit spans domains (each stage inside one), expert
+    parallel with dp > 1 (attention-DP) only where the engine has it and, by default,
+    only for MLA models — the engines' recipes turn attention-DP on for DeepSeek-style
+    MLA (whose latent KV every TP rank would otherwise hold whole: SGLang
+    --enable-dp-attention, TRT-LLM enable_attention_dp, vLLM DP+EP docs) and serve GQA
+    MoE models (Qwen3, Llama 4, gpt-oss) tensor-parallel. Ask --dp/--ep to get it."""
+    domain = accel.scaleup_domain
+    if lo.tp > domain:
+        return False
+    if lo.pp > 1 and (count <= domain or count // lo.pp > domain):
+        return False
+    if lo.ep > 1 and lo.dp > 1:
+        return engine.attention_dp and (model is None or model.is_mla)
+    return True
+
+
+def layouts_for(model: ModelSpec, count: int, accel: Accelerator | None = None,
+                engine: str | None = None) -> list[Layout]:
+    """Layouts of ``count`` chips worth considering for ``model``; with ``accel``, only
+    those engines run (:func:`as_engines_run`)."""
+    out = list(_structural_layouts(model, count))
+    if accel is None:
+        return out
+    prof = engine_profile(engine)
+    return [lo for lo in out if as_engines_run(lo, count, accel, prof, model)]
 
 
 @dataclass(frozen=True)
@@ -137,17 +242,84 @@ class MemoryFit:
     """Per-chip memory budget of one layout (bytes), and the concurrency it allows."""
 
     weights_per_chip: float
-    workspace_per_chip: float
+    workspace_per_chip: float  # runtime reserve + activation workspace
     kv_budget_per_chip: float
     kv_per_seq_per_chip: float  # at the length the engine holds per sequence
     kv_per_token_unit: float  # bytes of KV one token costs summed over a replica's chips
-    max_concurrency: int  # whole unit (all dp replicas)
+    max_concurrency: int  # whole unit (all dp ranks)
     fits: bool
     reason: str
 
 
+@dataclass(frozen=True)
+class StepCoefficients:
+    """Batch-independent factors of one stage step (seconds; see :meth:`UnitModel.step_s`).
+
+    * ``c_gemm`` — s of dense-GEMM math per token; ``c_lm`` — s of LM-head math per
+      decode token; ``m_weights`` — s to stream the dense weights once;
+    * ``c_moe`` — s of expert math per routed token at full efficiency; ``moe_half`` —
+      MOE_HALF_TOKENS / k; ``m_expert`` — s to stream one expert of every MoE layer of
+      the stage; ``moe_e``, ``moe_keep`` (1 - k/e), ``moe_routed`` (tokens that reach
+      the experts per local token: dp under attention-DP, else 1);
+    * ``c_dec`` — s per decode token per attended token-layer (max of KV read and
+      absorbed-form math); ``c_pre`` — s per prefill-attention FLOP (model FLOPs);
+    * ``att_full``, ``att_sliding``, ``att_window`` — layers of each attention kind and
+      the window (inf without sliding layers);
+    * ``c_comm`` — s of collective bytes per token; ``fixed`` — s per step (host,
+      launch gaps, collective latencies); ``c_seq`` — host s per decoding sequence;
+      ``c_a2a`` — s of expert all-to-all bytes per token, hidden under the step's math
+      when ``a2a_overlap`` is 1 (engines that overlap two micro-batches: SGLang's
+      two-batch overlap, TRT-LLM's), added to it otherwise; ``pp`` stages.
+    """
+
+    c_gemm: float
+    c_lm: float
+    m_weights: float
+    c_moe: float
+    moe_half: float
+    m_expert: float
+    moe_e: float
+    moe_keep: float
+    moe_routed: float
+    c_dec: float
+    c_pre: float
+    att_full: float
+    att_sliding: float
+    att_window: float
+    c_comm: float
+    fixed: float
+    c_seq: float
+    c_a2a: float
+    a2a_overlap: float
+    pp: float
+
+
+def stage_step_s(g: StepCoefficients, dec: np.ndarray, context: np.ndarray | float,
+                 pre: np.ndarray | float, pre_att_flops: np.ndarray | float,
+                 expert_tokens: np.ndarray | float | None = None) -> np.ndarray:
+    """Seconds of one stage step: the sum of the operators' rooflines (array-friendly).
+
+    ``pre_att_flops`` is the prefill-attention FLOPs of the step's prompt tokens
+    (model FLOPs, before the per-chip split). ``expert_tokens``: tokens per rank that
+    reach the experts when they differ from ``dec + pre`` (attention-DP: the busiest
+    rank's prefill sets the dense and attention time, the mean feeds the experts)."""
+    tokens = dec + pre
+    attended = g.att_full * context + g.att_sliding * np.minimum(context, g.att_window)
+    t = np.maximum(tokens * g.c_gemm + dec * g.c_lm, g.m_weights)
+    # MoE term (zero for dense models: moe_e = 0, c_moe = m_expert = 0)
+    if expert_tokens is not None:
+        tokens = expert_tokens
+    routed = tokens * g.moe_routed
+    touched = g.moe_e * (1.0 - g.moe_keep ** routed)
+    t = t + np.maximum(g.c_moe * (routed + g.moe_half * touched), touched * g.m_expert)
+    t = t + dec * attended * g.c_dec + pre_att_flops * g.c_pre
+    a2a = tokens * g.c_a2a
+    t = np.where(g.a2a_overlap > 0, np.maximum(t, a2a), t + a2a)
+    return t + tokens * g.c_comm + dec * g.c_seq + g.fixed
+
+
 class UnitModel:
-    """Physics of one (model, chip, precision, layout) with given efficiencies.
+    """Physics of one (model, chip, precision, layout, engine) with given efficiencies.
 
     Precomputes everything that does not depend on the batch so that step times can
     be evaluated over NumPy arrays of batch sizes.
@@ -161,45 +333,39 @@ class UnitModel:
         kv_precision: str,
         layout: Layout,
         eff: Efficiency,
+        engine: str | None = None,
     ) -> None:
         self.model, self.accel, self.precision, self.layout, self.eff = (
-            model,
-            accel,
-            precision,
-            layout,
-            eff,
-        )
+            model, accel, precision, layout, eff)
         self.kv_precision = kv_precision
+        self.engine = engine_profile(engine)
         m, lo = model, layout
         pc = arch.param_counts(m)
         wb = precision.weight_bytes
-        peak = accel.peak_tflops(precision.compute)
-        self.peak_flops = (peak or 0.0) * 1e12
+        self.peak_flops = (accel.peak_tflops(precision.compute) or 0.0) * 1e12
+        # Flash attention runs in BF16; a chip that lists no BF16 peak is taken at half
+        # its FP8 peak (the ratio of every chip that lists both).
+        bf16 = accel.bf16_tflops or (accel.fp8_tflops or 0.0) / 2
+        self.attn_flops = bf16 * 1e12 or self.peak_flops
         self.hbm_bw = accel.hbm_tbps * 1e12
 
         self.n_moe_layers = arch.moe_layer_count(m)
-        # Dense-path parameters every token multiplies with (per replica).
-        lm_head = pc.embedding if pc.tied_embeddings else pc.embedding // 2
-        self.p_dense_active = pc.attention + pc.dense_mlp + pc.shared + lm_head
+        self.lm_head_params = pc.embedding if pc.tied_embeddings else pc.embedding // 2
+        self.p_dense_active = pc.attention + pc.dense_mlp + pc.shared
         self.p_expert_active = pc.experts_active
         self.one_expert_params = (
             arch.mlp_params(m.hidden_size, m.moe_intermediate_size or 0, m.gated_mlp)
-            if m.is_moe
-            else 0
-        )
+            if m.is_moe else 0)
         # Heads that do not divide evenly over tp are padded: the busiest chip sets the pace.
         self.head_pad = math.ceil(m.num_attention_heads / lo.tp) * lo.tp / m.num_attention_heads
-        expert_split = lo.ep if lo.ep > 1 else lo.tp
-        self.expert_split = expert_split
-        self.weights_per_chip = (
-            (pc.non_expert * wb) / (lo.tp * lo.pp) + (pc.experts * wb) / (expert_split * lo.pp)
-        )
+        self.expert_split = lo.ep if lo.ep > 1 else lo.tp
+        self.weights_per_chip = ((pc.non_expert * wb) / (lo.tp * lo.pp)
+                                 + (pc.experts * wb) / (self.expert_split * lo.pp))
         # Bytes every step streams: all non-expert weights except the input embedding
         # table, of which a step reads only the looked-up rows.
         read_params = pc.non_expert - (0 if pc.tied_embeddings else pc.embedding // 2)
         self.non_expert_bytes_per_chip = read_params * wb / (lo.tp * lo.pp)
 
-        # KV bytes per cached token per layer on one chip.
         kvb = kv_bytes(kv_precision)
         if m.is_mla:
             # The latent is shared by all heads, so every TP rank keeps all of it.
@@ -211,60 +377,157 @@ class UnitModel:
             kv_replication = kv_heads_chip * lo.tp / m.num_kv_heads
         self.kv_bytes_per_elem = kvb
         self.kv_replication = kv_replication
+        # The slowest stage holds ceil(layers / pp) layers (uneven split = bubble).
+        self.layers_per_stage = float(math.ceil(m.num_layers / lo.pp))
+        self.stage_share = self.layers_per_stage / m.num_layers
+        self.coeffs = self._coefficients()
 
-        # Link bandwidths (one direction, bytes/s) for the groups that talk.
-        def uni(group: int) -> float:
-            gbps = accel.scaleup_gbps if group <= accel.scaleup_domain else accel.scaleout_gbps
-            return gbps / 2 * 1e9
+    # ---- links --------------------------------------------------------------------
 
-        self.tp_bw = uni(lo.tp)
-        self.ep_bw = uni(lo.ep)
-        self.pp_bw = uni(lo.tp * lo.pp)
-        self.layers_per_stage = m.num_layers / lo.pp
-        self._precompute_step()
+    def _link(self, group: int, latency: dict[str, float] = COLLECTIVE_LATENCY_S
+              ) -> tuple[float, float]:
+        """(one-direction bytes/s at the collective efficiency, latency s) of a group."""
+        a = self.accel
+        inside = group <= a.scaleup_domain
+        gbps = a.scaleup_gbps if inside else a.scaleout_gbps
+        lat = latency["scaleup" if inside else "scaleout"]
+        return gbps / 2 * 1e9 * self.eff.collective, lat
+
+    # ---- coefficients ---------------------------------------------------------------
+
+    def _coefficients(self) -> StepCoefficients:
+        lo, m, eff = self.layout, self.model, self.eff
+        share = self.stage_share
+        gemm_flops = self.peak_flops * eff.gemm
+        # Attention projections are padded with the heads; MLPs are not.
+        pc = arch.param_counts(m)
+        dense = (pc.attention * self.head_pad + pc.dense_mlp + pc.shared) * share / lo.tp
+        c_gemm = 2.0 * dense / gemm_flops if gemm_flops else math.inf
+        # The LM head runs on the last stage only; it is charged to every stage (the
+        # slowest stage sets the pace), split over tp.
+        c_lm = 2.0 * self.lm_head_params / lo.tp / gemm_flops if gemm_flops else math.inf
+        bw = eff.bandwidth * self.hbm_bw
+        m_weights = self.non_expert_bytes_per_chip * lo.pp * share / bw
+        if self.n_moe_layers:
+            e, k = m.num_experts, m.experts_per_token
+            moe_layers = self.n_moe_layers * share
+            # Under expert parallelism the busiest rank sets the pace.
+            imbalance = EP_IMBALANCE if lo.ep > 1 else 1.0
+            c_moe = (2.0 * self.one_expert_params * k * moe_layers / self.expert_split
+                     * imbalance / (gemm_flops * eff.moe)) if gemm_flops else math.inf
+            m_expert = (self.one_expert_params * self.precision.weight_bytes * moe_layers
+                        / self.expert_split / bw)
+            moe_e, moe_keep, moe_half = float(e), 1.0 - k / e, MOE_HALF_TOKENS / k
+            routed = float(lo.dp if lo.ep > 1 else 1)
+        else:
+            c_moe = m_expert = moe_e = moe_half = 0.0
+            moe_keep, routed = 1.0, 1.0
+        # Decode attention per attended token-layer: KV bytes vs absorbed-form math.
+        dk, dv = arch.attention_dims(m)
+        dec_flops = 2.0 * m.num_attention_heads * (dk + dv) * self.head_pad / lo.tp
+        c_dec = max(self.kv_tok_layer_chip / (eff.kv_bandwidth * self.hbm_bw),
+                    dec_flops / (eff.attention * self.attn_flops)) * share
+        c_pre = self.head_pad / lo.tp * share / (eff.attention * self.attn_flops)
+        full, sliding = arch.attention_layer_counts(m)
+        window = float(m.sliding_window) if (sliding and m.sliding_window) else math.inf
+        c_comm, c_a2a, lat = self._collectives()
+        fixed = eff.host_overhead_s + eff.launch_gap_s_per_layer * self.layers_per_stage + lat
+        return StepCoefficients(
+            c_gemm=c_gemm, c_lm=c_lm, m_weights=m_weights, c_moe=c_moe, moe_half=moe_half,
+            m_expert=m_expert, moe_e=moe_e, moe_keep=moe_keep, moe_routed=routed,
+            c_dec=c_dec, c_pre=c_pre, att_full=float(full), att_sliding=float(sliding),
+            att_window=window, c_comm=c_comm, fixed=fixed, c_seq=eff.host_per_seq_s,
+            c_a2a=c_a2a, a2a_overlap=float(self.engine.overlaps_a2a), pp=float(lo.pp))
+
+    def _collectives(self) -> tuple[float, float, float]:
+        """(s per token of TP/PP collective bytes, s per token of expert all-to-all
+        bytes, s of collective latency) per stage step."""
+        lo, m = self.layout, self.model
+        act = m.hidden_size * ACTIVATION_BYTES
+        layers = self.layers_per_stage
+        per_tok = a2a = lat = 0.0
+        if lo.tp > 1:  # two all-reduces per layer (attention out, MLP out), ring
+            bw, l1 = self._link(lo.tp)
+            per_tok += 2 * layers * 2 * (lo.tp - 1) / lo.tp * act / bw
+            lat += 2 * layers * l1
+        moe_layers = self.n_moe_layers * self.stage_share
+        if lo.ep > 1 and moe_layers:
+            # Dispatch (FP8 where the math is FP8/FP4, as DeepEP and TRT-LLM do) and
+            # combine (BF16) of each token's k expert copies leaving the rank.
+            bw, l1 = self._link(lo.ep, A2A_LATENCY_S)
+            dispatch = 1.0 if self.precision.compute in ("fp8", "fp4") else ACTIVATION_BYTES
+            # Across scale-up domains a token travels once per destination domain and
+            # fans out inside it (DeepEP's internode kernels); inside one, once per expert.
+            domains = lo.ep // self.accel.scaleup_domain
+            copies = min(m.experts_per_token, domains) if domains > 1 else m.experts_per_token
+            sent = m.hidden_size * copies * (lo.ep - 1) / lo.ep
+            a2a += moe_layers * sent * (dispatch + ACTIVATION_BYTES) / lo.tp / bw
+            lat += 2 * moe_layers * l1
+        if lo.pp > 1:
+            bw, l1 = self._link(lo.tp * lo.pp)
+            per_tok += act / bw
+            lat += l1
+        return per_tok, a2a, lat
 
     # ---- memory -------------------------------------------------------------------
 
     def kv_seq_bytes_per_chip(self, seq_len: float) -> float:
         """KV bytes one sequence of ``seq_len`` tokens occupies on one chip of a stage."""
-        # Sum over layers of tokens kept (sliding layers keep at most the window).
         token_layers = arch.attended_tokens(self.model, seq_len)
         return token_layers / self.layout.pp * self.kv_tok_layer_chip
 
-    def memory(self, input_len: int, output_len: int, reserve_full: bool = False) -> MemoryFit:
+    def runtime_reserve_per_chip(self) -> float:
+        """Bytes per chip the runtime holds: framework, graphs, collective buffers, the
+        activation workspace of one full token budget, sampling logits, EP buffers."""
+        m, lo, eng = self.model, self.layout, self.engine
+        fixed = RUNTIME_RESERVE_GB[chip_class(self.accel)] * 1e9
+        if lo.ep > 1:
+            fixed += EP_BUFFER_GB * 1e9
+        width = 4 * m.hidden_size + 2 * max(m.intermediate_size / lo.tp,
+                                            (m.moe_intermediate_size or 0)
+                                            * m.experts_per_token / self.expert_split)
+        workspace = eng.max_num_batched_tokens * width * ACTIVATION_BYTES
+        logits = eng.max_num_seqs * m.vocab_size / lo.tp * 4.0  # FP32 logits to sample
+        return fixed + workspace + logits
+
+    def memory(self, input_len: int, output_len: int, reserve_full: bool | None = None
+               ) -> MemoryFit:
         """Per-chip memory budget and the concurrency it allows.
 
-        ``reserve_full``: the engine admits a request only when KV for its whole length
-        fits (TensorRT-LLM's default GUARANTEED_NO_EVICT scheduler); otherwise admission
-        follows current use (vLLM, SGLang), which averages I + O/2 tokens per sequence.
+        ``reserve_full`` (default: the engine's policy): admit a request only when KV
+        for its whole length fits (TensorRT-LLM's GUARANTEED_NO_EVICT, static Neuron
+        slots); otherwise admission follows current use (vLLM, SGLang), which averages
+        I + O/2 tokens per sequence.
         """
-        m, lo = self.model, self.layout
+        lo, eng = self.layout, self.engine
+        full_res = eng.reserve_full if reserve_full is None else reserve_full
         hbm = self.accel.hbm_gb * 1e9
-        workspace = PREFILL_CHUNK_TOKENS * (
-            4 * m.hidden_size + 2 * m.intermediate_size / lo.tp
-        ) * ACTIVATION_BYTES
-        budget = hbm * MEMORY_FRACTION - self.weights_per_chip - workspace
-        held_len = input_len + (output_len if reserve_full else output_len / 2)
+        reserve = self.runtime_reserve_per_chip()
+        if eng.kv_of_free:
+            budget = eng.memory_fraction * (hbm - self.weights_per_chip - reserve)
+        else:
+            budget = eng.memory_fraction * hbm - self.weights_per_chip - reserve
+        held_len = input_len + (output_len if full_res else output_len / 2)
         per_seq = self.kv_seq_bytes_per_chip(held_len)
         full_seq = self.kv_seq_bytes_per_chip(input_len + output_len)
-        kv_per_token_unit = (
-            self.kv_seq_bytes_per_chip(1.0) * lo.tp * lo.pp
-        )
-        if self.weights_per_chip > hbm * MEMORY_FRACTION - workspace:
-            need = (self.weights_per_chip + workspace) / MEMORY_FRACTION / 1e9
-            return MemoryFit(self.weights_per_chip, workspace, budget, per_seq, kv_per_token_unit,
+        kv_per_token_unit = self.kv_seq_bytes_per_chip(1.0) * lo.tp * lo.pp
+        usable = eng.memory_fraction * hbm - reserve
+        if self.weights_per_chip > usable:
+            need = (self.weights_per_chip + reserve) / eng.memory_fraction / 1e9
+            return MemoryFit(self.weights_per_chip, reserve, budget, per_seq, kv_per_token_unit,
                              0, False,
                              f"weights need {self.weights_per_chip / 1e9:.1f} GB per chip with "
-                             f"{lo}; {self.accel.id} has {self.accel.hbm_gb:g} GB "
-                             f"(needs ≥ {need:.0f} GB at {MEMORY_FRACTION:.0%} usable)")
+                             f"{lo} (+{reserve / 1e9:.1f} GB runtime); {self.accel.id} has "
+                             f"{self.accel.hbm_gb:g} GB (needs ≥ {need:.0f} GB at "
+                             f"{eng.memory_fraction:.0%} usable)")
         if full_seq > budget:
-            return MemoryFit(self.weights_per_chip, workspace, budget, per_seq, kv_per_token_unit,
+            return MemoryFit(self.weights_per_chip, reserve, budget, per_seq, kv_per_token_unit,
                              0, False,
                              f"one sequence of {input_len + output_len} tokens needs "
                              f"{full_seq / 1e9:.2f} GB of KV per chip; "
-                             f"{max(budget, 0) / 1e9:.2f} GB left after weights")
-        per_replica = min(int(budget // per_seq), MAX_BATCH_PER_REPLICA)
-        return MemoryFit(self.weights_per_chip, workspace, budget, per_seq, kv_per_token_unit,
+                             f"{max(budget, 0) / 1e9:.2f} GB left after weights and runtime")
+        per_replica = min(int(budget // per_seq), eng.max_num_seqs)
+        return MemoryFit(self.weights_per_chip, reserve, budget, per_seq, kv_per_token_unit,
                          per_replica * lo.dp, True, "")
 
     # ---- time ---------------------------------------------------------------------
@@ -275,60 +538,34 @@ class UnitModel:
         context: float,
         prefill_tokens: np.ndarray | float = 0.0,
         prompt_len: int = 1,
+        busiest_prefill: np.ndarray | float | None = None,
     ) -> np.ndarray:
         """Seconds for one pipeline stage to run one engine step (per chip view).
 
         The step carries ``decode_tokens`` decode tokens at mean ``context`` and
         ``prefill_tokens`` prompt tokens of prompts ``prompt_len`` long (chunked
         prefill mixes both; the weights are streamed once for the whole step).
-        Every term is linear in the token counts except the MoE expert reads, so the
-        per-token coefficients are scalars and the arrays see a handful of operations.
-        """
-        lo, m, eff = self.layout, self.model, self.eff
+        ``busiest_prefill``: under attention-DP, the prompt tokens of the busiest rank,
+        which every rank waits for at each expert layer."""
         dec = np.asarray(decode_tokens, dtype=float)
         pre = np.asarray(prefill_tokens, dtype=float)
-        tokens = dec + pre
-        # Decode attention is a KV-cache read (costed below); its few FLOPs run with the
-        # GEMMs. Prefill attention is compute-bound flash attention with its own factor.
-        attn_dec = arch.attention_flops_per_token(m, context) * self.attn_scale
-        attn_pre = (arch.prefill_attention_flops(m, prompt_len) / max(prompt_len, 1)
-                    * self.attn_scale)
-        sec_per_flop = 1.0 / self.peak_flops
-        t_compute = (tokens * (self.matmul_flops * sec_per_flop / eff.compute)
-                     + dec * (attn_dec * sec_per_flop / eff.compute)
-                     + pre * (attn_pre * sec_per_flop / eff.attention))
-        kv_per_dec = self.kv_seq_bytes_per_chip(context) / (eff.kv_bandwidth * self.hbm_bw)
-        t_memory = self.weights_s + dec * kv_per_dec
-        if self.n_moe_layers:
-            e, k = m.num_experts, m.experts_per_token
-            routed = tokens * (lo.dp if lo.ep > 1 else 1)
-            # Distinct experts the step's tokens touch per layer, with uniform routing.
-            touched = e * (1.0 - (1.0 - k / e) ** routed)
-            t_memory = t_memory + touched * self.expert_s
-        return np.maximum(t_compute, t_memory) + tokens * self.comm_s_per_token + self.fixed_s
+        per_tok = arch.prefill_attention_flops(self.model, prompt_len) / max(prompt_len, 1)
+        if busiest_prefill is None:
+            return stage_step_s(self.coeffs, dec, context, pre, pre * per_tok)
+        busy = np.maximum(np.asarray(busiest_prefill, dtype=float), pre)
+        return stage_step_s(self.coeffs, dec, context, busy, busy * per_tok, dec + pre)
 
-    def _precompute_step(self) -> None:
-        """Batch-independent coefficients of :meth:`step_s` (seconds, FLOPs per token)."""
-        lo, m, eff = self.layout, self.model, self.eff
-        tp_pp = lo.tp * lo.pp
-        # Expert GEMMs are grouped and routed: they get their own relative efficiency.
-        self.matmul_flops = 2.0 * (self.p_dense_active + self.p_expert_active / eff.moe) / tp_pp
-        self.attn_scale = self.head_pad / tp_pp
-        self.weights_s = self.non_expert_bytes_per_chip / (eff.bandwidth * self.hbm_bw)
-        self.expert_s = (self.one_expert_params * self.precision.weight_bytes
-                         * self.n_moe_layers / lo.pp / self.expert_split
-                         / (eff.bandwidth * self.hbm_bw))
-        act = m.hidden_size * ACTIVATION_BYTES  # bytes per token crossing a link
-        comm = 0.0
-        if lo.tp > 1:  # two all-reduces per layer (attention out, MLP out), ring algorithm
-            comm += 2 * self.layers_per_stage * 2 * (lo.tp - 1) / lo.tp * act / self.tp_bw
-        if lo.ep > 1 and self.n_moe_layers:  # dispatch + combine all-to-all per MoE layer
-            sent = act / lo.tp * m.experts_per_token * 2 * (lo.ep - 1) / lo.ep
-            comm += self.n_moe_layers / lo.pp * sent / self.ep_bw
-        if lo.pp > 1:
-            comm += act / self.pp_bw
-        self.comm_s_per_token = comm
-        self.fixed_s = eff.overhead_us_per_layer * 1e-6 * self.layers_per_stage
+    def _busiest_prefill(self, pre: np.ndarray, chunk: np.ndarray) -> np.ndarray | None:
+        """Under attention-DP (ep > 1, dp > 1) prompts arrive whole (chunked up to
+        ``chunk``) on one rank at a time, and the ranks meet at every expert layer: a
+        step lasts as long as the busiest rank's. With ``pre`` prompt tokens per rank
+        per step on average, some rank runs a chunk with probability
+        1 - exp(-dp * pre / chunk)."""
+        lo = self.layout
+        if not (lo.ep > 1 and lo.dp > 1):
+            return None
+        p_any = 1.0 - np.exp(-lo.dp * pre / np.maximum(chunk, 1.0))
+        return np.maximum(pre, chunk * p_any)
 
     # ---- operating points -----------------------------------------------------------
 
@@ -337,31 +574,42 @@ class UnitModel:
         """Steady-state continuous batching with chunked prefill at ``concurrency``
         sequences per unit (see the module docstring)."""
         lo = self.layout
+        budget = float(self.engine.max_num_batched_tokens)
         c = np.maximum(np.asarray(concurrency, dtype=float) / lo.dp, 1.0)
         o = max(output_len, 1)
         ctx = input_len + o / 2
         micro = np.maximum(c / lo.pp, 1.0)
-        # Each iteration admits c / o new requests, whose prompts ride along.
-        t_iter = lo.pp * self.step_s(micro, ctx, micro / o * input_len, input_len)
-        t_prompt = lo.pp * self.step_s(micro, ctx, float(input_len), input_len)
+        # The token budget bounds decode + the prompts admitted with them.
+        dec = np.minimum(micro, budget * o / (input_len + o))
+        pre = dec * input_len / o
+        # A new prompt gets what the decodes leave of the budget, chunk by chunk.
+        chunk = np.minimum(float(input_len), np.maximum(budget - dec, 1.0))
+        busy = self._busiest_prefill(pre, chunk)
+        t_iter = lo.pp * self.step_s(dec, ctx, pre, input_len, busy)
+        chunks = np.ceil(input_len / chunk)
+        t_chunk = lo.pp * self.step_s(dec, ctx, chunk, input_len)
+        live = dec * lo.pp
         return {
-            "ttft_s": t_iter / 2 + t_prompt,
+            "ttft_s": t_iter / 2 + chunks * t_chunk,
             "tpot_s": t_iter,
-            "output_tokens_per_s": c / t_iter * lo.dp,
+            "output_tokens_per_s": live / t_iter * lo.dp,
             "concurrency": c * lo.dp,
         }
 
-    def static(self, batch: int, input_len: int, output_len: int) -> dict[str, float]:
-        """Static batching (all sequences start and end together), per replica of ``batch``."""
+    def static(self, batch: np.ndarray | int, input_len: int, output_len: int
+               ) -> dict[str, np.ndarray]:
+        """Static batching (all sequences start and end together), ``batch`` sequences
+        per engine instance (dp rank)."""
         lo = self.layout
-        one = np.asarray([0.0])
-        ttft = float(self.step_s(one, 0.0, float(batch * input_len), input_len)[0]) * lo.pp
-        micro = np.asarray([max(batch / lo.pp, 1.0)])
-        tpot = float(self.step_s(micro, input_len + output_len / 2)[0]) * lo.pp
+        b = np.maximum(np.asarray(batch, dtype=float), 1.0)
+        zero = np.zeros_like(b)
+        ttft = self.step_s(zero, 0.0, b * input_len, input_len) * lo.pp
+        micro = np.maximum(b / lo.pp, 1.0)
+        tpot = self.step_s(micro, input_len + output_len / 2) * lo.pp
         total = ttft + max(output_len - 1, 0) * tpot
         return {
             "ttft_s": ttft,
             "tpot_s": tpot,
-            "output_tokens_per_s": batch * output_len / total * lo.dp,
-            "concurrency": float(batch * lo.dp),
+            "output_tokens_per_s": b * output_len / total * lo.dp,
+            "concurrency": b * lo.dp,
         }

@@ -215,7 +215,7 @@ def build_candidates(
                 # A pool runs one layout for all its traffic: pick the layout that serves
                 # the tier's mix (most buckets, then least replica-time) best.
                 best: tuple[tuple[int, float], Layout] | None = None
-                for lo in layouts_for(model, n):
+                for lo in layouts_for(model, n, accel, t.engine):
                     if lo.dp > 1 and lo.ep == 1:  # plain replicas: the MILP's job
                         continue
                     served, replica_time = 0, 0.0

@@ -43,8 +43,8 @@ def unit_model(model: str, accelerator: str, precision: str, kv_precision: str |
         kv_bytes(kv)
     except TokenfleetError as e:
         raise TokenfleetError(f"{where('precision')}: {e}") from None
-    eff, group = cal.efficiency(accel.family, engine)
-    return UnitModel(spec, accel, prec, kv, layout, eff), group
+    eff, group = cal.efficiency(accel, engine)
+    return UnitModel(spec, accel, prec, kv, layout, eff, engine), group
 
 
 def plan_unit_model(unit: PlanUnit, catalog: Catalog | None = None,

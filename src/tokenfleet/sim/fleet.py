@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
-from tokenfleet.perf.unit import MAX_BATCH_PER_REPLICA, PREFILL_CHUNK_TOKENS, UnitModel
+from tokenfleet.perf.unit import UnitModel
 from tokenfleet.plan.schema import Plan, PlanUnit
 from tokenfleet.plan.units import plan_unit_model
 from tokenfleet.sim.stepcost import StageCoefficients
@@ -30,11 +30,11 @@ BLOCK_TOKENS = 16
 class EngineConfig:
     """Scheduler limits of every engine lane (``None`` = the perf model's defaults).
 
-    * ``max_num_seqs`` — sequences one lane runs at once (default
-      ``perf.unit.MAX_BATCH_PER_REPLICA``, the cap the estimate assumes);
+    * ``max_num_seqs`` — sequences one lane runs at once (default: the pool's engine's
+      cap in ``perf.engines``, the cap the estimate assumes);
     * ``max_batched_tokens`` — token budget of one iteration: decode tokens plus prefill
-      chunk (default ``perf.unit.PREFILL_CHUNK_TOKENS``, the chunk the memory model
-      reserves workspace for);
+      chunk (default: the engine's budget, the one the memory model reserves workspace
+      for);
     * ``kv_watermark`` — fraction of KV blocks kept free when admitting new requests
       (vLLM's default 0.01) so running sequences can grow before anyone is preempted.
     """
@@ -129,8 +129,9 @@ def build_pool(unit: PlanUnit, i: int, engine: EngineConfig, catalog: Catalog,
     # what long sequences hold, which errs towards preempting too early, never too late.
     per_token = um.kv_seq_bytes_per_chip(1.0)
     kv_tokens = int(mem.kv_budget_per_chip // per_token) // BLOCK_TOKENS * BLOCK_TOKENS
-    max_seqs = engine.max_num_seqs or MAX_BATCH_PER_REPLICA
-    budget = engine.max_batched_tokens or PREFILL_CHUNK_TOKENS
+    # The serving engine's own caps (perf.engines), as the estimate assumes them.
+    max_seqs = engine.max_num_seqs or um.engine.max_num_seqs
+    budget = engine.max_batched_tokens or um.engine.max_num_batched_tokens
     headroom = {c.bucket: c.concurrency / layout.dp for c in unit.capacity}
     replicas = max(unit.replicas, 1)
     return SimPool(

@@ -70,8 +70,9 @@ SLOT_DTYPES: dict[str, type] = {
 
 # Rows of the step-cost coefficient table, in the order of
 # :data:`tokenfleet.sim.stepcost.COEFFS` (``tests/sim/test_kernels.py`` holds them equal).
-(C_TOK, C_ATT, C_PRE, M_WEIGHTS, M_EXPERT, MOE_E, MOE_KEEP, MOE_ROUTED, C_KV, ATT_FULL,
- ATT_SLIDING, ATT_WINDOW, C_COMM, OVERHEAD, PP) = range(15)
+(C_GEMM, C_LM, M_WEIGHTS, C_MOE, MOE_HALF, M_EXPERT, MOE_E, MOE_KEEP, MOE_ROUTED, C_DEC,
+ C_PRE, ATT_FULL, ATT_SLIDING, ATT_WINDOW, C_COMM, FIXED, C_SEQ, C_A2A, A2A_OVERLAP,
+ PP) = range(20)
 
 
 @njit(cache=True, nogil=True)
@@ -473,14 +474,16 @@ def iteration_s(table, r, decode, context, prefill, prefill_attention, sliding, 
     attended = table[ATT_FULL, r] * context
     if sliding:
         attended += table[ATT_SLIDING, r] * min(context, table[ATT_WINDOW, r])
-    dec_att = dec * attended
-    t_compute = tokens * table[C_TOK, r] + dec_att * table[C_ATT, r] \
-        + (prefill_attention / pp) * table[C_PRE, r]
-    t_memory = table[M_WEIGHTS, r] + dec_att * table[C_KV, r]
-    if moe:
-        t_memory += table[MOE_E, r] * (1.0 - table[MOE_KEEP, r] ** (tokens * table[MOE_ROUTED, r])
-                                       ) * table[M_EXPERT, r]
-    return pp * (max(t_compute, t_memory) + tokens * table[C_COMM, r] + table[OVERHEAD, r])
+    t = max(tokens * table[C_GEMM, r] + dec * table[C_LM, r], table[M_WEIGHTS, r])
+    if moe and table[M_EXPERT, r] > 0.0:
+        routed = tokens * table[MOE_ROUTED, r]
+        touched = table[MOE_E, r] * (1.0 - table[MOE_KEEP, r] ** routed)
+        t += max(table[C_MOE, r] * (routed + table[MOE_HALF, r] * touched),
+                 touched * table[M_EXPERT, r])
+    t += dec * attended * table[C_DEC, r] + (prefill_attention / pp) * table[C_PRE, r]
+    a2a = tokens * table[C_A2A, r]
+    t = max(t, a2a) if table[A2A_OVERLAP, r] > 0.0 else t + a2a
+    return pp * (t + tokens * table[C_COMM, r] + dec * table[C_SEQ, r] + table[FIXED, r])
 
 
 @njit(cache=True, nogil=True)

@@ -25,88 +25,24 @@ Units: seconds, tokens, FLOPs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from tokenfleet.perf import architecture as arch
-from tokenfleet.perf.unit import UnitModel
+from tokenfleet.perf.unit import StepCoefficients, UnitModel, stage_step_s
 
-COEFFS = (
-    "c_tok", "c_att", "c_pre", "m_weights", "m_expert", "moe_e", "moe_keep", "moe_routed",
-    "c_kv", "att_full", "att_sliding", "att_window", "c_comm", "overhead", "pp",
-)
+COEFFS = tuple(StepCoefficients.__dataclass_fields__)
 
 
-@dataclass(frozen=True)
-class StageCoefficients:
-    """Batch-independent factors of one unit's stage step (see module docstring).
-
-    * ``c_tok`` — s of GEMM compute per token;
-    * ``c_att`` — s of attention compute per decode token per attended token-layer;
-    * ``c_pre`` — s per prefill-attention FLOP (model FLOPs, before the per-chip split);
-    * ``m_weights`` — s to stream the non-expert weights once;
-    * ``m_expert`` — s to stream one expert of every MoE layer of the stage;
-    * ``moe_e``, ``moe_keep`` (1 - k/e), ``moe_routed`` (dp when ep > 1, else 1);
-    * ``c_kv`` — s of KV read per decode token per attended token-layer;
-    * ``att_full``, ``att_sliding``, ``att_window`` — layers of each attention kind and
-      the window (tokens; inf without sliding layers);
-    * ``c_comm`` — s of collectives per token; ``overhead`` — s per step; ``pp`` stages.
-    """
-
-    c_tok: float
-    c_att: float
-    c_pre: float
-    m_weights: float
-    m_expert: float
-    moe_e: float
-    moe_keep: float
-    moe_routed: float
-    c_kv: float
-    att_full: float
-    att_sliding: float
-    att_window: float
-    c_comm: float
-    overhead: float
-    pp: float
+class StageCoefficients(StepCoefficients):
+    """A unit's per-stage step coefficients (``tokenfleet.perf.unit.StepCoefficients``,
+    the very numbers ``UnitModel.step_s`` uses)."""
 
     @classmethod
     def of(cls, u: UnitModel) -> StageCoefficients:
-        """Read a unit's per-token coefficients (``UnitModel._precompute_step``) and
-        split the context-dependent ones into per-attended-token factors."""
-        m, lo, eff = u.model, u.layout, u.eff
-        peak, bw = u.peak_flops, u.hbm_bw
-        dk, dv = arch.attention_dims(m)
-        full, sliding = arch.attention_layer_counts(m)
-        attn_per_attended = 2.0 * m.num_attention_heads * (dk + dv) * u.attn_scale
-        if u.n_moe_layers:
-            e, k = m.num_experts, m.experts_per_token
-            moe_e, moe_keep = float(e), 1.0 - k / e
-            routed = float(lo.dp if lo.ep > 1 else 1)
-        else:
-            moe_e, moe_keep, routed = 0.0, 1.0, 1.0
-        window = float(m.sliding_window) if (sliding and m.sliding_window) else float("inf")
-        return cls(
-            c_tok=u.matmul_flops / eff.compute / peak,
-            # decode attention runs with the GEMMs (step_s divides it by eff.compute)
-            c_att=attn_per_attended / eff.compute / peak,
-            c_pre=u.attn_scale / eff.attention / peak,
-            m_weights=u.weights_s,
-            m_expert=u.expert_s if u.n_moe_layers else 0.0,
-            moe_e=moe_e,
-            moe_keep=moe_keep,
-            moe_routed=routed,
-            c_kv=u.kv_tok_layer_chip / lo.pp / eff.kv_bandwidth / bw,
-            att_full=float(full),
-            att_sliding=float(sliding),
-            att_window=window,
-            c_comm=u.comm_s_per_token,
-            overhead=u.fixed_s,
-            pp=float(lo.pp),
-        )
+        return cls(**{k: getattr(u.coeffs, k) for k in COEFFS})
 
 
-def stage_time(c: StageCoefficients | dict[str, np.ndarray], decode_tokens: np.ndarray,
+def stage_time(c: StepCoefficients | dict[str, np.ndarray], decode_tokens: np.ndarray,
                context: np.ndarray, prefill_tokens: np.ndarray,
                prefill_attention: np.ndarray) -> np.ndarray:
     """Seconds of one stage step: ``UnitModel.step_s`` over arrays (all broadcast).
@@ -114,14 +50,8 @@ def stage_time(c: StageCoefficients | dict[str, np.ndarray], decode_tokens: np.n
     ``context`` is the mean context of the decoding sequences (tokens) and
     ``prefill_attention`` the prefill-attention FLOPs of the step's prompt chunks.
     """
-    g = c.__dict__ if isinstance(c, StageCoefficients) else c
-    dec, pre = decode_tokens, prefill_tokens
-    tokens = dec + pre
-    attended = g["att_full"] * context + g["att_sliding"] * np.minimum(context, g["att_window"])
-    t_compute = tokens * g["c_tok"] + dec * attended * g["c_att"] + prefill_attention * g["c_pre"]
-    touched = g["moe_e"] * (1.0 - g["moe_keep"] ** (tokens * g["moe_routed"]))
-    t_memory = g["m_weights"] + touched * g["m_expert"] + dec * attended * g["c_kv"]
-    return np.maximum(t_compute, t_memory) + tokens * g["c_comm"] + g["overhead"]
+    g = c if isinstance(c, StepCoefficients) else StepCoefficients(**c)  # type: ignore[arg-type]
+    return stage_step_s(g, decode_tokens, context, prefill_tokens, prefill_attention)
 
 
 class FleetStepCost:
@@ -173,7 +103,7 @@ class PrefillAttention:
         coef, full, sliding, window = [], [], [], []
         for u in units:
             m = u.model
-            dk, dv = arch.attention_dims(m)
+            dk, dv = arch.prefill_attention_dims(m)
             f, s = arch.attention_layer_counts(m)
             coef.append(2.0 * m.num_attention_heads * (dk + dv))
             full.append(f)
