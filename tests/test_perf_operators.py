@@ -141,7 +141,7 @@ def test_tp_inside_the_domain_and_pp_only_across_it():
 def test_concurrency_is_the_whole_unit_and_limits_replicas():
     e = estimate(Query(model="llama-3-8b", accelerator="trainium1", count=16, precision="int8",
                        engine="neuron", input_len=128, output_len=128, concurrency=1), cal=PRIORS)
-    assert e.fits and e.layout and e.layout["dp"] == 1
+    assert e.fits and e.layout and e.layout.dp == 1
     assert e.concurrency == 1
 
 
@@ -149,7 +149,7 @@ def test_explicit_layout_subset_and_batching():
     q = dict(model="llama-3.1-70b", accelerator="h200", count=8, precision="fp8",
              input_len=1024, output_len=256, concurrency=64)
     e = estimate(Query(**q, tp=8), cal=PRIORS)
-    assert e.layout == {"tp": 8, "pp": 1, "ep": 1, "dp": 1}
+    assert e.layout == Layout(tp=8)
     s = estimate(Query(**q, tp=8, batching="static"), cal=PRIORS)
     assert s.batching == "static" and e.batching == "continuous"
     # static batching waits for the whole batch: never more throughput than continuous
@@ -165,7 +165,7 @@ def test_simpler_layout_wins_a_near_tie_and_says_why():
     e = estimate(Query(model="llama-3.1-8b", accelerator="h100-sxm", count=8, precision="fp8",
                        input_len=1024, output_len=256), cal=PRIORS)
     assert e.layout_why
-    assert e.layout and e.layout["pp"] == 1
+    assert e.layout and e.layout.pp == 1
 
 
 # ---- precision: weights vs compute ---------------------------------------------------

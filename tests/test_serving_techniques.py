@@ -153,7 +153,10 @@ def test_prefix_cache_raises_r1_long_prompt_throughput() -> None:
               input_len=8000, output_len=300)
     e0, e1 = estimate(q), estimate(q.model_copy(update={"prefix_hit_rate": 0.5}))
     assert e1.output_tokens_per_s > 1.2 * e0.output_tokens_per_s
-    assert e1.memory == e0.memory
+    # The cache skips compute, not memory: at one layout the KV held is the same.
+    fixed = q.model_copy(update={"layout": Layout(tp=8, ep=8)})
+    m0, m1 = estimate(fixed), estimate(fixed.model_copy(update={"prefix_hit_rate": 0.5}))
+    assert m1.memory == m0.memory
 
 
 # AWS Neuron, Trn2 (16 chips, TP=64 logical cores at LNC=2), 10,000 in / 1,500 out, batch 1,
@@ -182,8 +185,13 @@ def test_prefill_role_reports_prompt_rate_and_handover() -> None:
     assert e.role == "prefill" and e.tpot_s is None and e.kv_transfer_s > 0
     assert e.prompt_tokens_per_s == pytest.approx(e.requests_per_s * 4000 * 0.75)
     slow = estimate(q.model_copy(update={"role": "prefill", "kv_link_gbps": 0.5}))
-    assert slow.kv_transfer_s > e.kv_transfer_s and slow.ttft_s > e.ttft_s
+    assert slow.kv_transfer_s > e.kv_transfer_s
     assert slow.output_tokens_per_s <= e.output_tokens_per_s * (1 + 1e-9)
+    # Under a TTFT SLO both sit near the SLO; at one batch the slow link adds its time.
+    at = {"role": "prefill", "slo_ttft": None, "concurrency": 8, "layout": Layout(tp=4)}
+    fast_c = estimate(q.model_copy(update=at))
+    slow_c = estimate(q.model_copy(update={**at, "kv_link_gbps": 0.5}))
+    assert slow_c.ttft_s > fast_c.ttft_s
 
 
 def test_decode_role_carries_no_prefill() -> None:

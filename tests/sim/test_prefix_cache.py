@@ -19,7 +19,7 @@ from tokenfleet.workload.samples import sample_path
 def setup():
     trace = read_trace(sample_path("mooncake_conversation"))
     plan = quick_plan([TierSpec("t", "llama-3.1-8b", None, None, [(12000, 350, 1.0)])],
-                      [QuickPool("t", "h100-sxm", 2, count=1)], load=0.5)
+                      [QuickPool("t", "h100-sxm", 4, count=1)], load=0.5)
     w = label_trace(plan, trace, tier="t")
     plain = dataclasses.replace(w, prefix_row=None, prefix_offsets=None, prefix_hashes=None)
     return trace, plan, w, plain

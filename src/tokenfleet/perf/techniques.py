@@ -179,45 +179,53 @@ class TechniqueUnit(UnitModel):
                    ) -> dict[str, np.ndarray]:
         if self.tech.role == "prefill":
             return self._prefill_only(concurrency, input_len, output_len)
-        lo, spec = self.layout, self.tech.speculation
-        c = np.maximum(np.asarray(concurrency, dtype=float) / lo.dp, 1.0)
-        o = max(output_len, 1)
-        ctx = input_len + o / 2
-        micro = np.maximum(c / lo.pp, 1.0)
-        e = self.tech.tokens_per_step
-        k = spec.k if spec else 0
+        spec = self.tech.speculation
         fresh, attn_len = self._prefill_shape(input_len)
-        # Prompt tokens per sequence per iteration (none when prompts arrive as KV).
-        p_per_seq = 0.0 if self.tech.role == "decode" else e / o * fresh
-        # Prompt tokens (mean context I(1+h)/2) and verify positions (context ctx) share one
-        # prompt_len: their ratio does not depend on the batch, so one mean prices both.
-        both = p_per_seq + k
-        mixed_len = max(int(round((p_per_seq * attn_len + 2 * k * ctx) / both)), 1) if both else 1
-        t_target = lo.pp * self.step_s(micro, ctx, micro * both, mixed_len)
-        t_iter = t_target + self._drafter_s(c, micro, ctx, c * p_per_seq, attn_len)
-        if self.tech.role == "decode":
-            ttft = 1.5 * t_iter  # join the running batch, then one step
-        else:
-            one_len = max(int(round((fresh * attn_len + 2 * k * ctx) / (fresh + k))), 1)
-            t_prompt = lo.pp * self.step_s(micro, ctx, micro * k + fresh, one_len)
-            ttft = t_iter / 2 + t_prompt + self._drafter_prefill_s(fresh, attn_len)
+        if self.tech.role == "decode":  # prompts arrive as KV caches
+            fresh = 0.0
+        return self.steady_state(concurrency, input_len, output_len, fresh_len=fresh,
+                                 attn_len=attn_len, verify=spec.k if spec else 0,
+                                 advance=self.tech.tokens_per_step)
+
+    def static(self, batch: np.ndarray | int, input_len: int, output_len: int
+               ) -> dict[str, np.ndarray]:
+        """Static batches (Neuron) with the techniques on: the batch's prompts, less their
+        cached prefix, in one prefill; then steps that verify ``k`` proposals and advance
+        ``E`` tokens each. A disaggregated role is a continuous-batching pool."""
+        if self.tech.role != "both":
+            return self.continuous(np.asarray(batch, dtype=float) * self.layout.dp,
+                                   input_len, output_len)
+        lo, spec = self.layout, self.tech.speculation
+        b = np.maximum(np.asarray(batch, dtype=float), 1.0)
+        fresh, attn_len = self._prefill_shape(input_len)
+        ttft = (self.step_s(np.zeros_like(b), 0.0, b * fresh, attn_len) * lo.pp
+                + self.drafter_prefill_s(fresh, attn_len))
+        micro = np.maximum(b / lo.pp, 1.0)
+        k = spec.k if spec else 0
+        ctx = input_len + output_len / 2
+        mixed = self._mixed_len(0.0, k, attn_len, ctx)
+        step = (self.step_s(micro, ctx, micro * k, mixed) * lo.pp
+                + self.drafter_s(b, micro, ctx, np.zeros_like(b), attn_len))
+        tpot = step / self.tech.tokens_per_step
+        total = ttft + max(output_len - 1, 0) * tpot
         return {
             "ttft_s": ttft,
-            "tpot_s": t_iter / e,
-            "output_tokens_per_s": c * e / t_iter * lo.dp,
-            "concurrency": c * lo.dp,
+            "tpot_s": tpot,
+            "output_tokens_per_s": b * output_len / total * lo.dp,
+            "concurrency": b * lo.dp,
         }
 
-    def _drafter_s(self, c: np.ndarray, micro: np.ndarray, ctx: float, prompt_tokens: np.ndarray,
-                   attn_len: int) -> np.ndarray:
+    def drafter_s(self, live: np.ndarray, micro: np.ndarray, ctx: float,
+                  prompt_tokens: np.ndarray, attn_len: int) -> np.ndarray:
         """Seconds the drafter adds to one iteration: ``k`` proposal steps for every
         sequence, the first also prefilling the newly admitted prompts."""
         spec = self.tech.speculation
+        c = np.asarray(live, dtype=float)
         if spec is None:
             return np.zeros_like(c)
         if self.draft_unit is not None:
             d = self.draft_unit
-            # fused into the target's step: no per-layer launch/sync overhead of its own
+            # fused into the target's step: no fixed per-step host/launch cost of its own
             fixed = d.coeffs.fixed if spec.kind == "fused" else 0.0
             return (d.step_s(c, ctx, prompt_tokens, attn_len)
                     + (spec.k - 1) * d.step_s(c, ctx) - spec.k * fixed)
@@ -227,7 +235,7 @@ class TechniqueUnit(UnitModel):
         rest = lo.pp * self.step_s(micro, ctx)
         return (first + (spec.k - 1) * rest) / self.model.num_layers
 
-    def _drafter_prefill_s(self, fresh: float, attn_len: int) -> float:
+    def drafter_prefill_s(self, fresh: float, attn_len: int) -> float:
         """Extra TTFT: the draft model prefills the prompt too (MTP rides in the target)."""
         if self.draft_unit is None:
             return 0.0

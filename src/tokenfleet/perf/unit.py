@@ -573,28 +573,73 @@ class UnitModel:
                    ) -> dict[str, np.ndarray]:
         """Steady-state continuous batching with chunked prefill at ``concurrency``
         sequences per unit (see the module docstring)."""
+        return self.steady_state(concurrency, input_len, output_len)
+
+    def steady_state(self, concurrency: np.ndarray, input_len: int, output_len: int,
+                     fresh_len: float | None = None, attn_len: int | None = None,
+                     verify: int = 0, advance: float = 1.0) -> dict[str, np.ndarray]:
+        """:meth:`continuous`, generalised for the serving techniques
+        (``perf/techniques.py``); the defaults are plain serving.
+
+        ``fresh_len``: prompt tokens computed per request (a prefix cache skips the rest;
+        the KV still holds all ``input_len``); ``attn_len``: the prompt length that prices
+        their attention; ``verify``: positions each decoding sequence verifies per step
+        besides its own token (speculative decoding), priced like prompt tokens at the
+        sequence's context; ``advance``: output tokens a sequence gains per step."""
         lo = self.layout
         budget = float(self.engine.max_num_batched_tokens)
         c = np.maximum(np.asarray(concurrency, dtype=float) / lo.dp, 1.0)
         o = max(output_len, 1)
         ctx = input_len + o / 2
+        fresh = float(input_len) if fresh_len is None else float(fresh_len)
+        attn = input_len if attn_len is None else attn_len
         micro = np.maximum(c / lo.pp, 1.0)
-        # The token budget bounds decode + the prompts admitted with them.
-        dec = np.minimum(micro, budget * o / (input_len + o))
-        pre = dec * input_len / o
+        # Each decoding sequence takes 1 + verify tokens of the step's budget, plus its
+        # share of the prompts admitted to replace the sequences that finish.
+        share = advance * fresh / o
+        dec = np.minimum(micro, budget / (1.0 + verify + share))
+        pre = dec * share
         # A new prompt gets what the decodes leave of the budget, chunk by chunk.
-        chunk = np.minimum(float(input_len), np.maximum(budget - dec, 1.0))
+        chunk = np.minimum(fresh, np.maximum(budget - dec * (1 + verify), 1.0))
         busy = self._busiest_prefill(pre, chunk)
-        t_iter = lo.pp * self.step_s(dec, ctx, pre, input_len, busy)
-        chunks = np.ceil(input_len / chunk)
-        t_chunk = lo.pp * self.step_s(dec, ctx, chunk, input_len)
-        live = dec * lo.pp
+        mixed = self._mixed_len(pre, dec * verify, attn, ctx)
+        t_iter = lo.pp * self.step_s(dec, ctx, pre + dec * verify, mixed, busy)
+        t_iter = t_iter + self.drafter_s(dec * lo.pp, dec, ctx, pre * lo.pp, attn)
+        if fresh > 0:
+            chunks = np.ceil(fresh / chunk)
+            one = self._mixed_len(chunk, dec * verify, attn, ctx)
+            t_chunk = lo.pp * self.step_s(dec, ctx, chunk + dec * verify, one)
+            ttft = t_iter / 2 + chunks * t_chunk + self.drafter_prefill_s(fresh, attn)
+        else:  # prompts arrive as KV (a decode pool): join the batch, then one step
+            ttft = 1.5 * t_iter
         return {
-            "ttft_s": t_iter / 2 + chunks * t_chunk,
-            "tpot_s": t_iter,
-            "output_tokens_per_s": live / t_iter * lo.dp,
+            "ttft_s": ttft,
+            "tpot_s": t_iter / advance,
+            "output_tokens_per_s": dec * lo.pp * advance / t_iter * lo.dp,
             "concurrency": c * lo.dp,
         }
+
+    @staticmethod
+    def _mixed_len(prompt_tokens: np.ndarray | float, verify_tokens: np.ndarray | float,
+                   attn_len: int, ctx: float) -> int:
+        """One prompt length that prices prompt tokens (at ``attn_len``) and verify
+        positions (attending to ``ctx`` tokens, i.e. a prompt of ``2 ctx``) together:
+        their ratio does not depend on the batch, so the mean of one element does."""
+        p = float(np.ravel(prompt_tokens)[0])
+        v = float(np.ravel(verify_tokens)[0])
+        if v <= 0.0 or p + v <= 0.0:
+            return attn_len
+        return max(int(round((p * attn_len + v * 2 * ctx) / (p + v))), 1)
+
+    def drafter_s(self, live: np.ndarray, micro: np.ndarray, ctx: float,
+                  prompt_tokens: np.ndarray, attn_len: int) -> np.ndarray:
+        """Seconds a speculative drafter adds to one iteration (none here; see
+        ``perf/techniques.py``)."""
+        return np.zeros_like(np.asarray(live, dtype=float))
+
+    def drafter_prefill_s(self, fresh: float, attn_len: int) -> float:
+        """Seconds a drafter adds to a prompt's prefill (none here)."""
+        return 0.0
 
     def static(self, batch: np.ndarray | int, input_len: int, output_len: int
                ) -> dict[str, np.ndarray]:

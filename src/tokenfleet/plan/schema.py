@@ -21,7 +21,7 @@ PLAN_VERSION = 1
 HOURS_PER_MONTH = 730.0  # 8,760 h / 12
 
 PriceKind = Literal["on_demand", "reserved"]
-PrecisionName = Literal["bf16", "fp8", "fp4", "int8"]
+PrecisionName = Literal["bf16", "fp8", "fp4", "int8", "w4a16", "w4a8"]
 KvPrecisionName = Literal["bf16", "fp16", "fp8", "int8", "fp4"]
 # The Literals spell out perf.precision's registries for the plan.json schema; they move
 # together (a new precision there must be named here before a plan can carry it).
