@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -10,13 +11,16 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from tokenfleet.catalog.loader import load_catalog
+from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.gates import precision_gate
-from tokenfleet.plan.planner import plan_scenario
-from tokenfleet.plan.scenario import explain_schema, load_scenario
+from tokenfleet.plan.planner import plan_scenario, prepare, solve_plan
+from tokenfleet.plan.scenario import Scenario, Tier, explain_schema, load_scenario
 from tokenfleet.plan.schema import Plan
+from tokenfleet.sim.verify import VerifyOptions, verify
+
+Gate = Callable[[Tier, str], tuple[bool, str]] | None
 
 
 def _money(x: float | None) -> str:
@@ -95,6 +99,15 @@ def plan_cmd(
     explain_schema_: Annotated[bool, typer.Option(
         "--explain-schema", help="print every scenario field and exit")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print plan JSON on stdout")] = False,
+    verify_: Annotated[bool, typer.Option(
+        "--verify/--no-verify",
+        help="replay each tier's traffic through the simulator (every vendor up, and each "
+             "down when N-1 is on) and re-size the pools that miss their SLO percentile; "
+             "--no-verify gives the model's answer in a few seconds")] = True,
+    verify_window: Annotated[float, typer.Option(
+        help="seconds of each tier's traffic replayed with everything up")] = 900.0,
+    outage_window: Annotated[float, typer.Option(
+        help="seconds replayed with each N-1 group down")] = 300.0,
 ) -> None:
     """The cheapest multi-vendor fleet that meets every SLO and policy.
 
@@ -123,8 +136,13 @@ def plan_cmd(
         def step(label: str, i: int, n: int) -> None:
             prog.update(task, description=label, completed=i, total=n)
 
-        plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
-                             progress=step, compare_policies=baselines)
+        if verify_:
+            plan = _verified(sc, base, cat, gate, step, baselines, str(scenario),
+                             VerifyOptions(window_s=verify_window,
+                                           outage_window_s=outage_window))
+        else:
+            plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
+                                 progress=step, compare_policies=baselines)
     out.write_text(plan.model_dump_json(indent=2))
     html_path = None
     if report is None or str(report) != "-":
@@ -137,6 +155,33 @@ def plan_cmd(
         return
     print_plan(plan, console())
     err.print(f"wrote {out}" + (f" and {html_path}" if html_path else ""))
+
+
+def _verified(sc: Scenario, base: Path, cat: Catalog, gate: Gate,
+              step: Callable[[str, int, int], None], baselines: bool, scenario: str,
+              opts: VerifyOptions) -> Plan:
+    """Plan, verify by simulation (re-sizing and re-solving), then price the constraints
+    and solve the baselines once, on the capacities the simulation settled on."""
+    cs = prepare(sc, base, cat, None, gate, step)
+
+    def solve(scale: dict[str, float]) -> Plan:
+        return solve_plan(sc, cs, sc.name, cat, scale=scale, compare_policies=False)
+
+    plan = verify(solve({}), solve, scenario, opts, step)
+    if not baselines:
+        return plan
+    v = plan.verification
+    assert v is not None
+    final = solve_plan(sc, cs, sc.name, cat, scale=v.resized, progress=step)
+    same = ({u.pool: u.replicas for u in final.units}
+            == {u.pool: u.replicas for u in plan.units})
+    if not same:  # the re-solve is deterministic; keep the verified fleet if not
+        plan.baselines, plan.constraints = final.baselines, final.constraints
+        plan.notes.append("baselines and constraint prices come from a re-solve that "
+                          "picked a different fleet of the same cost bound")
+        return plan
+    final.verification = v
+    return final
 
 
 def register(app: typer.Typer) -> None:
