@@ -72,16 +72,66 @@ def print_plan(plan: Plan, console: Console) -> None:
     console.print(t)
     for n in plan.notes:
         console.print(f"  note: {n}")
+    if plan.verification is not None:
+        print_verification(plan, console)
     if plan.baselines:
         t = Table(title="Side by side")
-        for col in ("fleet", "$/month", "vs plan"):
+        for col in ("fleet", "$/month", "vs plan", "solved without"):
             t.add_column(col)
-        t.add_row("this plan", _money(c.usd_per_month), "")
+        t.add_row("this plan", _money(c.usd_per_month), "", "")
         for b in plan.baselines:
             rel = (f"{b.usd_per_month / c.usd_per_month - 1:+.1%}"
                    if b.usd_per_month and c.usd_per_month else b.note)
-            t.add_row(b.name, _money(b.usd_per_month), rel)
+            t.add_row(b.name, _money(b.usd_per_month), rel, ", ".join(b.drops) or "—")
         console.print(t)
+
+
+def _share(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1%}"
+
+
+def print_verification(plan: Plan, console: Console) -> None:
+    """What the simulator measured on the plan's own traffic, per tier and outage."""
+    v = plan.verification
+    assert v is not None
+    t = Table(title=f"Verified by simulation: first {v.window_s:g} s of each tier's traffic "
+                    f"({v.rounds} rounds, {v.seconds:.0f} s): "
+                    + ("every SLO met" if v.met else "NOT MET"))
+    for col in ("tier", "requests", "TTFT at pct / SLO", "within TTFT", "TPOT at pct / SLO",
+                "within TPOT"):
+        t.add_column(col, justify="left" if col == "tier" else "right")
+    slo = {x.name: x for x in plan.tiers}
+    for c in v.tiers:
+        s = slo[c.tier]
+        t.add_row(c.tier, f"{c.requests:,}",
+                  f"p{s.slo_ttft_percentile:g} {_sec(c.ttft_s)} / {_sec(s.slo_ttft_s)}",
+                  _share(c.ttft_attainment),
+                  f"p{s.slo_tpot_percentile:g} {_sec(c.tpot_s)} / {_sec(s.slo_tpot_s)}",
+                  _share(c.tpot_attainment))
+    console.print(t)
+    if v.outages:
+        o = Table(title=f"N-1: first {v.outage_window_s:g} s with each group down, shedding "
+                        "like the gateway: share of arrived requests within both SLOs")
+        o.add_column("down")
+        for c in v.tiers:
+            o.add_column(c.tier, justify="right")
+        o.add_column("promise", justify="right")
+        o.add_column("window $", justify="right")
+        for out in v.outages:
+            got = {c.tier: c for c in out.tiers}
+            o.add_row(out.down, *[_share(got[c.tier].attainment) + ("" if got[c.tier].met
+                                                                    else " ✗")
+                                  if c.tier in got else "—" for c in v.tiers],
+                      f"≥ {out.tiers[0].target:.0%}" if out.tiers else "—", f"{out.usd:,.2f}")
+        console.print(o)
+    for n in v.notes:
+        console.print(f"  verification: {n}")
+    for cmd in v.reproduce:
+        console.print(f"  reproduce: {cmd}")
+
+
+def _sec(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3g} s"
 
 
 def plan_cmd(
@@ -107,7 +157,7 @@ def plan_cmd(
     verify_window: Annotated[float, typer.Option(
         help="seconds of each tier's traffic replayed with everything up")] = 900.0,
     outage_window: Annotated[float, typer.Option(
-        help="seconds replayed with each N-1 group down")] = 300.0,
+        help="seconds replayed with each N-1 group down")] = 120.0,
 ) -> None:
     """The cheapest multi-vendor fleet that meets every SLO and policy.
 

@@ -19,9 +19,9 @@ window late. So the plan is checked the way ``tokenfleet simulate`` checks it:
    run out, or a constraint (supply, power, ...) makes the re-sized plan infeasible,
    which the notes name.
 
-Tiers whose pools a re-solve left unchanged keep their last replay (tiers share no
-pools, so their replays are independent). ``tokenfleet simulate`` reproduces the
-recorded figures with the commands in ``Verification.reproduce``.
+Each replay is the whole fleet in one process, as ``tokenfleet simulate`` runs it, so
+the commands in ``Verification.reproduce`` give the recorded figures; the outage
+replays run in parallel processes.
 """
 
 from __future__ import annotations
@@ -33,15 +33,13 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.metrics import attainment
 from tokenfleet.plan.schema import Outage, Plan, TierCheck, TierSummary, Verification
 from tokenfleet.sim.engine import RunRecord, SimOptions, Simulator, auto_sample_s
 from tokenfleet.sim.fleet import build_fleet
 from tokenfleet.sim.metrics import count_within
-from tokenfleet.sim.results import merge_records, summarize
+from tokenfleet.sim.results import SimSummary, summarize
 from tokenfleet.sim.shocks import Failure, parse_failure
 from tokenfleet.sim.traffic import Workload, scenario_traffic
 
@@ -67,7 +65,6 @@ class _Replay:
     pools: dict[str, int]
     check: TierCheck
     pool_pct: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
-    record: RunRecord | None = None
 
 
 def _key(pct: float) -> str:
@@ -82,64 +79,49 @@ def _window(plan: Plan, scenario: str, window_s: float, seed: int) -> Workload:
     return cut
 
 
-def _run_tier(plan: Plan, tier: str, w: Workload, failures: list[Failure],
-              admission: str, seed: int) -> RunRecord | None:
-    """Replay one tier's requests through its own pools (as ``simulate`` does: tiers
-    share no pools, so a tier's run is independent of the others')."""
-    pool_ids = [u.pool for u in plan.units if u.tier == tier]
-    key_ids = [i for i, k in enumerate(w.keys) if k.tier == tier]
-    mask = np.isin(w.key, np.asarray(key_ids, dtype=np.int32))
-    if not mask.any() or not pool_ids:
-        return None
+def _run(plan: Plan, w: Workload, failures: list[Failure], admission: str, seed: int
+         ) -> RunRecord:
+    """One replay of the whole fleet, exactly as ``tokenfleet simulate`` runs it (one
+    process, default engine and routing window), so its figures reproduce."""
     opt = SimOptions(seed=seed, admission=admission,
                      sample_s=auto_sample_s(w.duration_s, SimOptions().sync_s),
                      max_time_s=w.duration_s + 7 * 86400.0)
-    failures = [f for f in failures
-                if any(f.matches(u) for u in plan.units if u.pool in pool_ids)]
-    fleet = build_fleet(plan, None, pool_ids=pool_ids)
-    return Simulator(fleet, w, opt, failures, []).run()
+    return Simulator(build_fleet(plan, None), w, opt, failures, []).run()
 
 
-Job = tuple[str, list[Failure], str]  # tier, failures, admission
+Job = tuple[list[Failure], str]  # failures, admission
 
 
-def _job(args: tuple[str, Workload, Job, int]) -> RunRecord | None:
-    plan_json, w, (tier, failures, admission), seed = args
-    return _run_tier(Plan.model_validate_json(plan_json), tier, w, failures, admission, seed)
+def _job(args: tuple[str, Workload, Job, int]) -> RunRecord:
+    plan_json, w, (failures, admission), seed = args
+    return _run(Plan.model_validate_json(plan_json), w, failures, admission, seed)
 
 
 class _Runner:
-    """Tier replays in worker processes (forked: the compiled kernels come along), one
-    per core: replays of different tiers or outages are independent."""
+    """Replays in worker processes (forked: the compiled kernels come along), one per
+    core: the outage replays are independent of each other."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.pool: ProcessPoolExecutor | None = None
 
-    def run(self, plan: Plan, w: Workload, jobs: list[Job], seed: int
-            ) -> list[RunRecord | None]:
+    def run(self, plan: Plan, w: Workload, jobs: list[Job], seed: int) -> list[RunRecord]:
         if self.workers <= 1 or len(jobs) <= 1:
-            return [_run_tier(plan, t, w, f, a, seed) for t, f, a in jobs]
+            return [_run(plan, w, f, a, seed) for f, a in jobs]
         if self.pool is None:
             self.pool = ProcessPoolExecutor(self.workers,
                                             mp_context=multiprocessing.get_context("fork"))
         text = plan.model_dump_json()
-        # longest first (the small tier's trace is the heaviest): the cores finish together
-        order = sorted(range(len(jobs)), key=lambda i: -_weight(w, jobs[i][0]))
-        futures = {i: self.pool.submit(_job, (text, w, jobs[i], seed)) for i in order}
-        return [futures[i].result() for i in range(len(jobs))]
+        futures = [self.pool.submit(_job, (text, w, job, seed)) for job in jobs]
+        return [f.result() for f in futures]
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
 
 
-def _weight(w: Workload, tier: str) -> int:
-    key_ids = [i for i, k in enumerate(w.keys) if k.tier == tier]
-    return int(np.isin(w.key, np.asarray(key_ids, dtype=np.int32)).sum())
-
-
-def tier_check(rec: RunRecord, t: TierSummary, target: float | None = None) -> TierCheck:
+def tier_check(rec: RunRecord, t: TierSummary, target: float | None = None,
+               summary: SimSummary | None = None) -> TierCheck:
     """Attainment of a tier in a run: each SLO at its percentile (``target`` None), or
     both SLOs together against ``target`` (an N-1 promise)."""
     g = rec.tiers
@@ -150,7 +132,7 @@ def tier_check(rec: RunRecord, t: TierSummary, target: float | None = None) -> T
     one_token = done - int(g.counts["tpot"][i])  # no TPOT: cannot miss a TPOT SLO
     tpot_in = (float(done) if t.slo_tpot_s is None
                else one_token + count_within(g.hist["tpot"][i], t.slo_tpot_s))
-    s = summarize(rec).tiers[t.name]
+    s = (summary or summarize(rec)).tiers[t.name]
     a_ttft = attainment(int(round(ttft_in)), arrived)
     a_tpot = attainment(int(round(tpot_in)), arrived)
     both = attainment(int(g.slo_met[i]), arrived)
@@ -168,9 +150,8 @@ def tier_check(rec: RunRecord, t: TierSummary, target: float | None = None) -> T
         met=met)
 
 
-def _pool_percentiles(rec: RunRecord, t: TierSummary) -> dict[str, tuple[float | None,
-                                                                         float | None]]:
-    s = summarize(rec)
+def _pool_percentiles(s: SimSummary, t: TierSummary
+                      ) -> dict[str, tuple[float | None, float | None]]:
     return {pid: (getattr(p.ttft_s, _key(t.slo_ttft_percentile)),
                   getattr(p.tpot_s, _key(t.slo_tpot_percentile)))
             for pid, p in s.pools.items() if p.tier == t.name}
@@ -214,21 +195,16 @@ def _resize(plan: Plan, t: TierSummary, rep: _Replay, scale: dict[str, float],
     return hit
 
 
-def _replay_all_up(plan: Plan, w: Workload, last: dict[str, _Replay], seed: int,
-                   runner: _Runner) -> dict[str, _Replay]:
+def _replay_all_up(plan: Plan, w: Workload, seed: int, runner: _Runner
+                   ) -> tuple[dict[str, _Replay], RunRecord]:
+    rec = runner.run(plan, w, [([], "none")], seed)[0]
+    summ = summarize(rec)
     out = {}
-    todo = []
     for t in plan.tiers:
-        pools = {u.pool: u.replicas for u in plan.pools_for(t.name)}
-        if t.name in last and last[t.name].pools == pools:
-            out[t.name] = last[t.name]
-        else:
-            todo.append((t, pools))
-    recs = runner.run(plan, w, [(t.name, [], "none") for t, _ in todo], seed)
-    for (t, pools), rec in zip(todo, recs, strict=True):
-        if rec is not None:
-            out[t.name] = _Replay(pools, tier_check(rec, t), _pool_percentiles(rec, t), rec)
-    return out
+        if int(rec.tiers.arrived[rec.tiers.row(t.name)]):
+            out[t.name] = _Replay({u.pool: u.replicas for u in plan.pools_for(t.name)},
+                                  tier_check(rec, t, None, summ), _pool_percentiles(summ, t))
+    return out, rec
 
 
 def verify(plan: Plan, solve: Callable[[dict[str, float]], Plan], scenario: str,
@@ -251,7 +227,6 @@ def _loop(plan: Plan, solve: Callable[[dict[str, float]], Plan], scenario: str,
           opts: VerifyOptions, progress: Callable[[str, int, int], None] | None,
           runner: _Runner, n1: dict | None, t0: float) -> Plan:
     scale: dict[str, float] = {}
-    replays: dict[str, _Replay] = {}
     outages: list[Outage] = []
     notes: list[str] = []
     rounds = 0
@@ -261,7 +236,7 @@ def _loop(plan: Plan, solve: Callable[[dict[str, float]], Plan], scenario: str,
         if progress:
             progress("verifying by simulation", rounds, opts.max_rounds)
         w = _window(plan, scenario, opts.window_s, opts.seed)
-        replays = _replay_all_up(plan, w, replays, opts.seed, runner)
+        replays, up = _replay_all_up(plan, w, opts.seed, runner)
         missing = [t for t in plan.tiers if t.name in replays and not replays[t.name].check.met]
         outages = []
         if not missing and n1:
@@ -287,8 +262,8 @@ def _loop(plan: Plan, solve: Callable[[dict[str, float]], Plan], scenario: str,
             notes.append(f"re-sizing {', '.join(sorted(set(resized)))} to meet the SLOs "
                          f"the simulator measured makes the plan impossible: {e}")
             break
-    return _record(plan, replays, outages, scale, opts, rounds, time.perf_counter() - t0,
-                   met, notes, scenario)
+    return _record(plan, replays, up, outages, scale, opts, rounds,
+                   time.perf_counter() - t0, met, notes, scenario)
 
 
 def _why_not(missing: list[TierSummary], missing_n1: list, rounds: int,
@@ -302,53 +277,40 @@ def _why_not(missing: list[TierSummary], missing_n1: list, rounds: int,
 
 def _outages(plan: Plan, scenario: str, opts: VerifyOptions, n1: dict, runner: _Runner
              ) -> tuple[list[Outage], list[tuple[TierSummary, set[str], _Replay]]]:
-    """Replays with each group down (shedding as the gateway does); which tiers break
-    the N-1 promise, with the pools that were down. A tier with no pool in the group
-    is replayed once and its result reused (its run does not depend on the outage)."""
+    """Replays with each group down (shedding as the gateway does), as ``simulate
+    --fail-each`` runs them; which tiers break the N-1 promise, with the pools that
+    were down."""
     by = n1.get("by", "vendor")
     floor = float(n1.get("min_fraction", 0.0))
     w = _window(plan, scenario, opts.outage_window_s, opts.seed)
     groups = sorted({str(getattr(u, by)) for u in plan.units if u.replicas})
-    down = {v: {u.pool for u in plan.units if str(getattr(u, by)) == v} for v in groups}
-    jobs: list[Job] = [(t.name, [], "ttft") for t in plan.tiers]
-    where: dict[tuple[str, str], int] = {}
-    for v in groups:
-        for t in plan.tiers:
-            if any(u.pool in down[v] for u in plan.pools_for(t.name)):
-                where[(v, t.name)] = len(jobs)
-                jobs.append((t.name, [parse_failure(f"{by}={v}")], "ttft"))
-    recs = runner.run(plan, w, jobs, opts.seed)
+    recs = runner.run(plan, w, [([parse_failure(f"{by}={v}")], "ttft") for v in groups],
+                      opts.seed)
     out, short = [], []
-    for v in groups:
-        checks, mine = [], []
-        for k, t in enumerate(plan.tiers):
-            rec = recs[where.get((v, t.name), k)]
-            if rec is None:
+    for v, rec in zip(groups, recs, strict=True):
+        down = {u.pool for u in plan.units if str(getattr(u, by)) == v}
+        checks = []
+        summ = summarize(rec)
+        for t in plan.tiers:
+            if not int(rec.tiers.arrived[rec.tiers.row(t.name)]):
                 continue
-            mine.append(rec)
-            chk = tier_check(rec, t, floor)
+            chk = tier_check(rec, t, floor, summ)
             checks.append(chk)
             if not chk.met:
-                short.append((t, down[v], _Replay({}, chk, _pool_percentiles(rec, t))))
-        out.append(Outage(down=f"{by}={v}", tiers=checks,
-                          usd=_bill(mine, plan, [parse_failure(f"{by}={v}")])))
+                short.append((t, down, _Replay({}, chk, _pool_percentiles(summ, t))))
+        out.append(Outage(down=f"{by}={v}", tiers=checks, usd=_bill(rec, plan)))
     return out, short
 
 
-def _bill(recs: list[RunRecord], plan: Plan, failures: list[Failure] | None = None
-          ) -> float:
+def _bill(rec: RunRecord, plan: Plan) -> float:
     """The simulated bill of the window (the plan's formula; failed pools billed)."""
-    if not recs:
-        return 0.0
-    rec = merge_records(recs) if len(recs) > 1 else recs[0]
-    rec.failures = list(failures or [])
     return summarize(rec, plan.limits, {u.pool for u in plan.units if u.prepaid}).cost_usd
 
 
-def _record(plan: Plan, replays: dict[str, _Replay], outages: list[Outage],
+def _record(plan: Plan, replays: dict[str, _Replay], up: RunRecord, outages: list[Outage],
             scale: dict[str, float], opts: VerifyOptions, rounds: int, seconds: float,
             met: bool, notes: list[str], scenario: str) -> Plan:
-    usd = _bill([r.record for r in replays.values() if r.record is not None], plan)
+    usd = _bill(up, plan)
     by = (plan.limits.get("n_minus_1") or {}).get("by", "vendor")
     reproduce = [f"tokenfleet simulate plan.json --scenario {scenario} --duration "
                  f"{opts.window_s:g} --seed {opts.seed} --json"]
