@@ -1,0 +1,50 @@
+"""The tail model: capacity at an SLO percentile from the occupancy of a replica."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import poisson
+
+from tokenfleet.plan.scenario import Slo
+from tokenfleet.plan.tail import binding_percentile, occupancy_quantile, tail_rate_factor
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=st.floats(1, 2000), pct=st.sampled_from([50.0, 90.0, 99.0]))
+def test_factor_keeps_the_percentile_of_occupancy_within_the_batch(c, pct):
+    f = tail_rate_factor(c, pct)
+    assert 0 < f <= 1
+    if f > 0.05:  # not clamped: the defining property holds, and barely
+        assert poisson.ppf(pct / 100, f * c) <= c
+        assert poisson.ppf(pct / 100, min(f * 1.02, 1.0) * c) >= c * 0.98 or f == 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.floats(2, 2000))
+def test_higher_percentiles_and_smaller_batches_cost_more_capacity(c):
+    assert tail_rate_factor(c, 99) <= tail_rate_factor(c, 90) <= tail_rate_factor(c, 50)
+    assert tail_rate_factor(c, 99) <= tail_rate_factor(c * 4, 99) + 1e-9
+
+
+def test_known_values():
+    # a steady batch of 100: p90 of Poisson(L) <= 100 at L ~ 87.6
+    assert tail_rate_factor(100, 90) == pytest.approx(0.876, abs=0.01)
+    assert tail_rate_factor(1000, 99) > 0.92  # big batches: the tail costs little
+    assert occupancy_quantile(50, 90, burst=4) > occupancy_quantile(50, 90)  # bursts widen
+
+
+def test_binding_percentile_follows_the_bound_that_limits_the_batch():
+    # TPOT at its bound: decode speed limits the batch -> TPOT's percentile
+    assert binding_percentile(0.1, 0.049, 1.0, 0.05, 99, 90) == 90
+    # TPOT far below: memory or the sequence cap limits it; excess waits -> TTFT's
+    assert binding_percentile(0.1, 0.02, 1.0, 0.05, 99, 90) == 99
+
+
+def test_slo_percentiles_default_and_validate():
+    s = Slo(ttft_s=1, tpot_s=0.05)
+    assert (s.ttft_percentile, s.tpot_percentile) == (99, 90)
+    assert Slo(ttft_s=1, percentile=90).ttft_percentile == 90
+    with pytest.raises(ValueError, match="50, 90, 99"):
+        Slo(ttft_s=1, ttft_percentile=95)
