@@ -55,7 +55,7 @@ class TierResult(BaseModel):
                           "as slo_attainment): what an N-1 promise (serve >= min_fraction "
                           "of peak at SLO) is checked on")
     mean_ttft_within_slo: bool | None = Field(description="mean TTFT <= SLO (the plan's "
-                                                          "promise is on means)")
+                                                          "promise is on its percentiles)")
     mean_tpot_within_slo: bool | None
     output_tokens_per_s: float
     goodput_requests_per_s: float
