@@ -48,3 +48,37 @@ def test_slo_percentiles_default_and_validate():
     assert Slo(ttft_s=1, percentile=90).ttft_percentile == 90
     with pytest.raises(ValueError, match="50, 90, 99"):
         Slo(ttft_s=1, ttft_percentile=95)
+
+
+def test_confidence_is_the_lower_quantile_of_the_held_out_error():
+    from tokenfleet.plan.risk import confidence_factor, shortfall_odds
+
+    # a band is the p90 absolute error: at 95 % one-sided confidence the plan counts
+    # on exactly the low end of the band, at 50 % on the point estimate
+    assert confidence_factor(0.3, 0.95) == pytest.approx(0.7)
+    assert confidence_factor(0.3, 0.5) == pytest.approx(1.0)
+    assert confidence_factor(0.3, 0.9) > confidence_factor(0.3, 0.99)
+    # a pool loaded to the capacity it is sure of with probability q falls short 1 - q
+    p, per = shortfall_odds({"a": confidence_factor(0.3, 0.9)}, {"a": 0.3}, {"a": "f"},
+                            samples=40_000)
+    assert per["a"] == pytest.approx(0.10, abs=0.01) and p == pytest.approx(0.90, abs=0.01)
+    # two pools of one family fail together; of two families, either may
+    same, _ = shortfall_odds({"a": 0.8, "b": 0.8}, {"a": 0.3, "b": 0.3},
+                             {"a": "f", "b": "f"}, samples=40_000)
+    apart, _ = shortfall_odds({"a": 0.8, "b": 0.8}, {"a": 0.3, "b": 0.3},
+                              {"a": "f", "b": "g"}, samples=40_000)
+    assert apart < same
+
+
+def test_confidence_and_derate_are_exclusive():
+    from tokenfleet.plan.scenario import Scenario
+
+    base = {"name": "x", "tiers": [{"name": "t", "model": "llama-3.1-8b",
+                                    "traffic": {"rate_per_s": 1, "mix": [
+                                        {"input_len": 10, "output_len": 10, "share": 1}]},
+                                    "slo": {"tpot_s": 0.05}}],
+            "supply": [{"accelerator": "h100-sxm", "cloud": "a", "region": "r",
+                        "max_chips": 8}]}
+    with pytest.raises(ValueError, match="not both"):
+        Scenario.model_validate({**base, "derate": 1.0, "confidence": 0.9})
+    assert Scenario.model_validate({**base, "confidence": 0.9}).confidence == 0.9

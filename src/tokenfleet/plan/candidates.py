@@ -24,6 +24,7 @@ from tokenfleet.perf.estimate import Estimate, Query, estimate, layout_screen
 from tokenfleet.perf.operating import OperatingPoint
 from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.unit import Layout, layouts_for
+from tokenfleet.plan.risk import confidence_factor
 from tokenfleet.plan.scenario import Scenario, Supply, Tier
 from tokenfleet.plan.tail import binding_percentile, tail_rate_factor
 from tokenfleet.workload import SizeBuckets, read_trace
@@ -323,10 +324,22 @@ def _capacities(models: _Models, t: Tier, accel: Accelerator, prec: str, layout:
         e = models.est(accel.id, layout, prec, d)
         if e.fits and e.requests_per_s:
             u = e.uncertainty.relative if e.uncertainty else 0.0
-            caps[d.bucket] = (e.requests_per_s * tail_factor(t, e)
-                              * max(1.0 - models.sc.derate * u, 0.05))
+            caps[d.bucket] = e.requests_per_s * tail_factor(t, e) * risk_factor(models.sc, u)
             ests[d.bucket] = e
     return caps, ests
+
+
+def risk_factor(sc: Scenario, band: float) -> float:
+    """What the plan counts on of a point estimate with a ± ``band``: its lower quantile
+    at the scenario's confidence (:mod:`tokenfleet.plan.risk`), or the older ``derate``
+    multiple of the band."""
+    if sc.derate is not None:
+        return max(1.0 - sc.derate * band, 0.05)
+    return confidence_factor(band, sc.confidence if sc.confidence is not None
+                             else DEFAULT_CONFIDENCE)
+
+
+DEFAULT_CONFIDENCE = 0.9
 
 
 def tail_factor(t: Tier, e: Estimate) -> float:

@@ -11,11 +11,19 @@ from dataclasses import replace as dc_replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.plan.billing import bill_usd
-from tokenfleet.plan.candidates import Candidate, CandidateSet, build_candidates
+from tokenfleet.plan.candidates import (
+    DEFAULT_CONFIDENCE,
+    Candidate,
+    CandidateSet,
+    build_candidates,
+    risk_factor,
+)
 from tokenfleet.plan.check import check_plan
 from tokenfleet.plan.milp import (
     POLICY_FAMILIES,
@@ -24,6 +32,7 @@ from tokenfleet.plan.milp import (
     fixed_monthly_cost,
     solve_fleet,
 )
+from tokenfleet.plan.risk import shortfall_odds
 from tokenfleet.plan.scenario import Scenario, Tier
 from tokenfleet.plan.schema import (
     Baseline,
@@ -33,6 +42,8 @@ from tokenfleet.plan.schema import (
     Cost,
     Plan,
     PlanUnit,
+    PoolRisk,
+    Risk,
     TierSummary,
 )
 
@@ -362,6 +373,32 @@ def _baselines(sc: Scenario, cs: CandidateSet, total: float) -> list[Baseline]:
     return out
 
 
+def _risk(sc: Scenario, cs: CandidateSet, chosen: list[tuple[Candidate, int]],
+          f: Formulation, x: np.ndarray, confidence: float | None) -> Risk:
+    """Chance each tier's pools cover their planned peak load, one model error per chip
+    family (:func:`tokenfleet.plan.risk.shortfall_odds`)."""
+    loads: dict[str, float] = {}
+    bands: dict[str, float] = {}
+    family: dict[str, str] = {}
+    for c, reps in chosen:
+        margin = risk_factor(sc, c.uncertainty)  # what the plan took off the point rate
+        used = sum(float(x[f.x[(c.id, d.bucket)]]) / (c.capacity[d.bucket] / margin)
+                   for d in cs.demands if (c.id, d.bucket) in f.x)
+        loads[c.id] = used / reps
+        bands[c.id] = c.uncertainty
+        family[c.id] = c.accelerator.family or c.accelerator.id
+    tiers, pools = {}, {}
+    for t in sc.tiers:
+        mine = [c.id for c, _ in chosen if c.tier == t.name]
+        p, per = shortfall_odds({k: loads[k] for k in mine}, bands, family)
+        tiers[t.name] = p
+        pools.update(per)
+    ranked = sorted(pools.items(), key=lambda kv: -kv[1])
+    return Risk(confidence=confidence, tiers=tiers,
+                pools=[PoolRisk(pool=k, band=bands[k], shortfall_probability=v)
+                       for k, v in ranked if v > 0])
+
+
 def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, name: str,
               constraints: list[ConstraintReport], baselines: list[Baseline],
               catalog: Catalog) -> Plan:
@@ -428,6 +465,8 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
         "hours_per_month": sc.hours_per_month,
         "headroom": sc.headroom,
         "derate": sc.derate,
+        "confidence": (None if sc.derate is not None else
+                       sc.confidence if sc.confidence is not None else DEFAULT_CONFIDENCE),
         "max_vendor_share": pol.max_vendor_share,
         "vendor_share_basis": pol.vendor_share_basis,
         "n_minus_1": pol.n_minus_1.model_dump() if pol.n_minus_1 else None,
@@ -440,7 +479,10 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
                       for k in sc.contracts},
         "residency": {t.name: t.regions for t in sc.tiers if t.regions},
     }
+    risk = _risk(sc, cs, chosen, f, x, None if sc.derate is not None else (
+        sc.confidence if sc.confidence is not None else DEFAULT_CONFIDENCE))
     return Plan(
+        risk=risk,
         scenario=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
         objective=sc.objective, tiers=tiers, units=units, traffic_split=splits, cost=cost,
         vendor_share={v: tok / all_tokens for v, tok in sorted(tokens_by_vendor.items())

@@ -166,9 +166,14 @@ class Scenario(_M):
     objective: Literal["cost", "energy"] = "cost"
     hours_per_month: float = 730.0
     headroom: float = Field(0.2, ge=0, description="capacity over peak demand, fraction")
-    derate: float = Field(
-        1.0, ge=0, le=3,
-        description="multiple of each estimate's uncertainty band taken off its capacity")
+    derate: float | None = Field(
+        None, ge=0, le=3,
+        description="older scenarios: multiple of each estimate's uncertainty band taken "
+                    "off its capacity (use confidence)")
+    confidence: float | None = Field(
+        None, ge=0.5, lt=1,
+        description="probability each pool has at least the capacity the plan counts on, "
+                    "given the model's held-out error for its chip (default 0.9)")
     buckets: Buckets = Field(default_factory=Buckets)
     tiers: list[Tier] = Field(min_length=1)
     supply: list[Supply] = Field(min_length=1)
@@ -178,6 +183,12 @@ class Scenario(_M):
     mip_gap: float = Field(
         0.01, gt=0, description="relative optimality gap (of the monthly bill) to stop at")
     time_limit_s: float = Field(30.0, gt=0, description="solver time limit per solve, s")
+
+    @model_validator(mode="after")
+    def _risk(self) -> Scenario:
+        if self.derate is not None and self.confidence is not None:
+            raise ValueError("give confidence (a probability) or derate (older), not both")
+        return self
 
     @model_validator(mode="after")
     def _names(self) -> Scenario:

@@ -58,7 +58,8 @@ class PlanUnit(_Model):
     watts: float = Field(description="whole pool, at TDP")
     capacity: list[BucketCapacity]
     provenance: str
-    uncertainty: float = Field(description="± fraction used to derate capacity")
+    uncertainty: float = Field(description="± held-out error of its estimate (p90), which "
+                                           "the scenario's confidence turns into a margin")
 
     def capacity_for(self, bucket: str) -> BucketCapacity | None:
         return next((c for c in self.capacity if c.bucket == bucket), None)
@@ -137,6 +138,24 @@ class Outage(_Model):
     usd: float = Field(description="simulated bill of the window")
 
 
+class PoolRisk(_Model):
+    pool: str
+    band: float = Field(description="± held-out throughput error of its estimate (p90)")
+    shortfall_probability: float = Field(
+        description="chance its true capacity is below its planned load at peak")
+
+
+class Risk(_Model):
+    """How sure the plan is, given the model's uncertainty per chip."""
+
+    confidence: float | None = Field(description="each pool has at least the capacity "
+                                                 "the plan counts on with this probability")
+    tiers: dict[str, float] = Field(description="tier -> probability every pool of it "
+                                                "covers its planned load at peak")
+    pools: list[PoolRisk] = Field(description="the pools that carry the risk, riskiest "
+                                              "first")
+
+
 class Verification(_Model):
     """How the plan was checked by replaying its traffic through the simulator."""
 
@@ -184,6 +203,7 @@ class Plan(_Model):
     constraints: list[ConstraintReport]
     solver: dict[str, Any]
     verification: Verification | None = None
+    risk: Risk | None = None
     notes: list[str] = []
 
     def pools_for(self, tier: str) -> list[PlanUnit]:
