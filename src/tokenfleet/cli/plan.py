@@ -73,14 +73,14 @@ def print_plan(plan: Plan, console: Console) -> None:
     for n in plan.notes:
         console.print(f"  note: {n}")
     if plan.risk is not None:
-        r = plan.risk
-        conf = f"each pool at {r.confidence:.0%} confidence; " if r.confidence else ""
+        risk = plan.risk
+        conf = f"each pool at {risk.confidence:.0%} confidence; " if risk.confidence else ""
         console.print(f"  risk: {conf}chance every pool of a tier covers its peak load: "
-                      + ", ".join(f"{t} {p:.1%}" for t, p in r.tiers.items()))
-        if r.pools:
+                      + ", ".join(f"{t} {p:.1%}" for t, p in risk.tiers.items()))
+        if risk.pools:
             console.print("  risk carried by: " + ", ".join(
                 f"{p.pool} ({p.shortfall_probability:.1%} short, ±{p.band:.0%})"
-                for p in r.pools[:4]))
+                for p in risk.pools[:4]))
     if plan.verification is not None:
         print_verification(plan, console)
     if plan.baselines:
