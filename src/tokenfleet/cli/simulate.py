@@ -251,17 +251,18 @@ def _print_n_minus_1(plan: Plan, by: str, base: SimResult, runs: dict[str, SimRe
             short = [f"{v}: {name} {r.summary.tiers[name].goodput_fraction:.1%}"
                      for v, r in runs.items() for name in tiers
                      if (r.summary.tiers[name].goodput_fraction or 0.0) < floor]
-            console.print(f"goodput >= {floor:.0%} of offered in every tier with any one "
-                          f"{by} down: " + ("yes" if not short else
-                                            "NO (" + "; ".join(short) + ")"))
+            console.print(f"the plan's N-1 promise, >= {floor:.0%} of arrived requests within "
+                          f"both SLOs (rejected and shed count as misses) in every tier with "
+                          f"any one {by} down: " + ("yes" if not short else
+                                                    "NO (" + "; ".join(short) + ")"))
             misses = [f"{v}: {name} {why}" for v, r in runs.items() for t in plan.tiers
                       for name in [t.name]
                       if (why := _planned_slo_miss(r.summary.tiers[name],
                                                    _percentiles(t), floor))]
             console.print(
-                f"served >= {floor:.0%} of offered with the tier's SLO percentile of TTFT "
-                f"and TPOT within the SLO (what the planner promises) with any one {by} "
-                "down: " + ("yes" if not misses else "NO (" + "; ".join(misses) + ")"))
+                f"the tiers' SLO percentiles with one {by} down (information; the promise "
+                "with a group down is the share above): " + (
+                    "all within" if not misses else "; ".join(misses)))
 
 
 def _percentiles(t: TierSummary) -> tuple[float, float]:
