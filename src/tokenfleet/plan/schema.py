@@ -168,8 +168,9 @@ class Verification(_Model):
     seconds: float
     resized: dict[str, float] = Field(
         default_factory=dict,
-        description="candidate pool -> factor its modelled capacity was scaled by after "
-                    "the simulator found it missing an SLO")
+        description="candidate pool id, or tier:NAME for every candidate of a tier -> "
+                    "factor its modelled capacity was scaled by after the simulator found "
+                    "it missing an SLO (the factors multiply)")
     tiers: list[TierCheck]
     outages: list[Outage] = []
     usd: float = Field(description="simulated bill of the window, every group up")
