@@ -327,3 +327,22 @@ def test_capacity_scale_only_touches_the_named_pools_and_tiers():
     assert out.candidates[1].capacity["b2"] == pytest.approx(1.2 * 0.8)
     assert cs.candidates[0].capacity["b1"] == 2.0  # the input is left alone
     assert scaled(cs, {}) is cs
+
+
+@pytest.mark.parametrize("q", [0.8, 0.95])
+def test_risk_pools_fall_short_at_most_one_minus_the_confidence(q):
+    from tokenfleet.plan.planner import solve_plan
+
+    sc = _scenario().model_copy(update={"confidence": q})
+    cs = _estimated(_cands(CAPS, PRICES))
+    for c in cs.candidates:  # a ±30 % band, the plan counting on the q-lower quantile
+        c.uncertainty = 0.3
+        from tokenfleet.plan.risk import confidence_factor
+
+        c.capacity = {b: v * confidence_factor(0.3, q) for b, v in c.capacity.items()}
+    plan = solve_plan(sc, cs, "tiny", CAT, compare_policies=False)
+    assert plan.risk is not None and plan.risk.confidence == q
+    assert all(p.shortfall_probability <= 1 - q + 0.02 for p in plan.risk.pools)
+    # a fully loaded pool sits right at the quantile: its shortfall is close to 1 - q
+    assert max(p.shortfall_probability for p in plan.risk.pools) > (1 - q) * 0.5
+    assert 0 < plan.risk.tiers["t"] <= 1

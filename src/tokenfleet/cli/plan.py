@@ -73,14 +73,7 @@ def print_plan(plan: Plan, console: Console) -> None:
     for n in plan.notes:
         console.print(f"  note: {n}")
     if plan.risk is not None:
-        risk = plan.risk
-        conf = f"each pool at {risk.confidence:.0%} confidence; " if risk.confidence else ""
-        console.print(f"  risk: {conf}chance every pool of a tier covers its peak load: "
-                      + ", ".join(f"{t} {p:.1%}" for t, p in risk.tiers.items()))
-        if risk.pools:
-            console.print("  risk carried by: " + ", ".join(
-                f"{p.pool} ({p.shortfall_probability:.1%} short, ±{p.band:.0%})"
-                for p in risk.pools[:4]))
+        print_risk(plan, console)
     if plan.verification is not None:
         print_verification(plan, console)
     if plan.baselines:
@@ -93,6 +86,18 @@ def print_plan(plan: Plan, console: Console) -> None:
                    if b.usd_per_month and c.usd_per_month else b.note)
             t.add_row(b.name, _money(b.usd_per_month), rel, ", ".join(b.drops) or "—")
         console.print(t)
+
+
+def print_risk(plan: Plan, console: Console) -> None:
+    risk = plan.risk
+    assert risk is not None
+    conf = f"each pool at {risk.confidence:.0%} confidence; " if risk.confidence else ""
+    console.print(f"  risk: {conf}chance every pool of a tier covers its peak load: "
+                  + ", ".join(f"{t} {p:.1%}" for t, p in risk.tiers.items()))
+    if risk.pools:
+        console.print("  risk carried by: " + ", ".join(
+            f"{p.pool} ({p.shortfall_probability:.1%} short, ±{p.band:.0%})"
+            for p in risk.pools[:4]))
 
 
 def _share(x: float | None) -> str:

@@ -383,7 +383,7 @@ def _risk(sc: Scenario, cs: CandidateSet, chosen: list[tuple[Candidate, int]],
     for c, reps in chosen:
         margin = risk_factor(sc, c.uncertainty)  # what the plan took off the point rate
         used = sum(float(x[f.x[(c.id, d.bucket)]]) / (c.capacity[d.bucket] / margin)
-                   for d in cs.demands if (c.id, d.bucket) in f.x)
+                   for d in cs.demands if d.tier == c.tier and (c.id, d.bucket) in f.x)
         loads[c.id] = used / reps
         bands[c.id] = c.uncertainty
         family[c.id] = c.accelerator.family or c.accelerator.id
