@@ -103,3 +103,7 @@ def test_a_plan_that_cannot_be_resized_says_which_constraint(tmp_path: Path):
     v = plan.verification
     assert not v.met
     assert any("makes the plan impossible" in n and "at most" in n for n in v.notes), v.notes
+    # the plan returned is the last feasible one, with the scale it was solved with
+    again = solve(v.resized)
+    assert {u.pool: u.replicas for u in again.units} == {
+        u.pool: u.replicas for u in plan.units}

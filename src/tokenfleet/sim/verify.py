@@ -253,13 +253,14 @@ def _loop(plan: Plan, solve: Callable[[dict[str, float]], Plan], scenario: str,
             notes.append(_why_not(missing, missing_n1, rounds, time.perf_counter() - t0))
             break
         resized: list[str] = []
+        trial = dict(scale)  # the recorded scale stays the one the returned plan used
         for t in missing:
-            resized += _resize(plan, t, replays[t.name], scale)
+            resized += _resize(plan, t, replays[t.name], trial)
         for t, down, rep in missing_n1:
             survivors = {u.pool for u in plan.pools_for(t.name)} - down
-            resized += _resize(plan, t, rep, scale, survivors)
+            resized += _resize(plan, t, rep, trial, survivors)
         try:
-            plan = solve(scale)
+            plan, scale = solve(trial), trial
         except TokenfleetError as e:
             notes.append(f"re-sizing {', '.join(sorted(set(resized)))} to meet the SLOs "
                          f"the simulator measured makes the plan impossible: {e}")
