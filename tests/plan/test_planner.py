@@ -281,3 +281,68 @@ def test_prepaid_block_is_a_fixed_cost():
     assert sol.ok and expected is not None
     assert bill(sc, f, sol) == pytest.approx(expected, rel=1e-6)
     assert bill(sc, f, sol) >= 2 * 10.0 * sc.hours_per_month + 2000  # block + commitment
+
+
+def _estimated(cs: CandidateSet) -> CandidateSet:
+    from tokenfleet.perf.estimate import Query, estimate
+
+    e = estimate(Query(model="llama-3.1-8b", accelerator="h100-sxm", precision="fp8",
+                       input_len=100, output_len=50))
+    for c in cs.candidates:
+        c.estimates = {b: e for b in c.capacity}
+    return cs
+
+
+@pytest.mark.parametrize("policy", [{}, {"max_vendor_share": 0.7},
+                                    {"n_minus_1": {"by": "vendor", "min_fraction": 0.4}},
+                                    {"n_minus_1": {"by": "region", "min_fraction": 0.4}}])
+def test_baselines_say_what_they_drop_and_never_beat_a_same_constraint_plan(policy):
+    from tokenfleet.plan.planner import solve_plan
+
+    sc = _scenario(**policy)
+    cs = _estimated(_cands(CAPS, PRICES))
+    plan = solve_plan(sc, cs, "tiny", CAT)
+    assert plan.baselines and all(isinstance(b.drops, list) for b in plan.baselines)
+    cheapest = plan.baselines[0]
+    if not policy:  # nothing to drop: the same constraints, the same optimum
+        assert cheapest.drops == [] and cheapest.usd_per_month == pytest.approx(
+            plan.cost.usd_per_month, rel=1e-6)
+    else:
+        assert cheapest.drops and cheapest.usd_per_month <= plan.cost.usd_per_month * 1.000001
+    for b in plan.baselines:
+        if b.feasible and not b.drops:
+            assert plan.cost.usd_per_month <= b.usd_per_month * (1 + 1e-6)
+        # a single-vendor fleet keeps N-1 by region (it can meet it) but not by vendor
+        if b.name != "cheapest mix, no policy constraints" and "n_minus_1" in policy:
+            by = policy["n_minus_1"]["by"]
+            assert any(d.startswith("n-1") for d in b.drops) == (by == "vendor")
+
+
+def test_capacity_scale_only_touches_the_named_pools_and_tiers():
+    from tokenfleet.plan.planner import scaled
+
+    cs = _cands(CAPS, PRICES)
+    out = scaled(cs, {"p0": 0.5, "tier:t": 0.8})
+    assert out.candidates[0].capacity["b1"] == pytest.approx(2.0 * 0.5 * 0.8)
+    assert out.candidates[1].capacity["b2"] == pytest.approx(1.2 * 0.8)
+    assert cs.candidates[0].capacity["b1"] == 2.0  # the input is left alone
+    assert scaled(cs, {}) is cs
+
+
+@pytest.mark.parametrize("q", [0.8, 0.95])
+def test_risk_pools_fall_short_at_most_one_minus_the_confidence(q):
+    from tokenfleet.plan.planner import solve_plan
+
+    sc = _scenario().model_copy(update={"confidence": q})
+    cs = _estimated(_cands(CAPS, PRICES))
+    for c in cs.candidates:  # a ±30 % band, the plan counting on the q-lower quantile
+        c.uncertainty = 0.3
+        from tokenfleet.plan.risk import confidence_factor
+
+        c.capacity = {b: v * confidence_factor(0.3, q) for b, v in c.capacity.items()}
+    plan = solve_plan(sc, cs, "tiny", CAT, compare_policies=False)
+    assert plan.risk is not None and plan.risk.confidence == q
+    assert all(p.shortfall_probability <= 1 - q + 0.02 for p in plan.risk.pools)
+    # a fully loaded pool sits right at the quantile: its shortfall is close to 1 - q
+    assert max(p.shortfall_probability for p in plan.risk.pools) > (1 - q) * 0.5
+    assert 0 < plan.risk.tiers["t"] <= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -10,13 +11,16 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from tokenfleet.catalog.loader import load_catalog
+from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.gates import precision_gate
-from tokenfleet.plan.planner import plan_scenario
-from tokenfleet.plan.scenario import explain_schema, load_scenario
+from tokenfleet.plan.planner import plan_scenario, prepare, solve_plan
+from tokenfleet.plan.scenario import Scenario, Tier, explain_schema, load_scenario
 from tokenfleet.plan.schema import Plan
+from tokenfleet.sim.verify import VerifyOptions, verify
+
+Gate = Callable[[Tier, str], tuple[bool, str]] | None
 
 
 def _money(x: float | None) -> str:
@@ -68,16 +72,80 @@ def print_plan(plan: Plan, console: Console) -> None:
     console.print(t)
     for n in plan.notes:
         console.print(f"  note: {n}")
+    if plan.risk is not None:
+        print_risk(plan, console)
+    if plan.verification is not None:
+        print_verification(plan, console)
     if plan.baselines:
         t = Table(title="Side by side")
-        for col in ("fleet", "$/month", "vs plan"):
+        for col in ("fleet", "$/month", "vs plan", "solved without"):
             t.add_column(col)
-        t.add_row("this plan", _money(c.usd_per_month), "")
+        t.add_row("this plan", _money(c.usd_per_month), "", "")
         for b in plan.baselines:
             rel = (f"{b.usd_per_month / c.usd_per_month - 1:+.1%}"
                    if b.usd_per_month and c.usd_per_month else b.note)
-            t.add_row(b.name, _money(b.usd_per_month), rel)
+            t.add_row(b.name, _money(b.usd_per_month), rel, ", ".join(b.drops) or "—")
         console.print(t)
+
+
+def print_risk(plan: Plan, console: Console) -> None:
+    risk = plan.risk
+    assert risk is not None
+    conf = f"each pool at {risk.confidence:.0%} confidence; " if risk.confidence else ""
+    console.print(f"  risk: {conf}chance every pool of a tier covers its peak load: "
+                  + ", ".join(f"{t} {p:.1%}" for t, p in risk.tiers.items()))
+    if risk.pools:
+        console.print("  risk carried by: " + ", ".join(
+            f"{p.pool} ({p.shortfall_probability:.1%} short, ±{p.band:.0%})"
+            for p in risk.pools[:4]))
+
+
+def _share(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1%}"
+
+
+def print_verification(plan: Plan, console: Console) -> None:
+    """What the simulator measured on the plan's own traffic, per tier and outage."""
+    v = plan.verification
+    assert v is not None
+    t = Table(title=f"Verified by simulation: first {v.window_s:g} s of each tier's traffic "
+                    f"({v.rounds} rounds, {v.seconds:.0f} s): "
+                    + ("every SLO met" if v.met else "NOT MET"))
+    for col in ("tier", "requests", "TTFT at pct / SLO", "within TTFT", "TPOT at pct / SLO",
+                "within TPOT"):
+        t.add_column(col, justify="left" if col == "tier" else "right")
+    slo = {x.name: x for x in plan.tiers}
+    for c in v.tiers:
+        s = slo[c.tier]
+        t.add_row(c.tier, f"{c.requests:,}",
+                  f"p{s.slo_ttft_percentile:g} {_sec(c.ttft_s)} / {_sec(s.slo_ttft_s)}",
+                  _share(c.ttft_attainment),
+                  f"p{s.slo_tpot_percentile:g} {_sec(c.tpot_s)} / {_sec(s.slo_tpot_s)}",
+                  _share(c.tpot_attainment))
+    console.print(t)
+    if v.outages:
+        o = Table(title=f"N-1: first {v.outage_window_s:g} s with each group down, shedding "
+                        "like the gateway: share of arrived requests within both SLOs")
+        o.add_column("down")
+        for c in v.tiers:
+            o.add_column(c.tier, justify="right")
+        o.add_column("promise", justify="right")
+        o.add_column("window $", justify="right")
+        for out in v.outages:
+            got = {c.tier: c for c in out.tiers}
+            o.add_row(out.down, *[_share(got[c.tier].attainment) + ("" if got[c.tier].met
+                                                                    else " ✗")
+                                  if c.tier in got else "—" for c in v.tiers],
+                      f"≥ {out.tiers[0].target:.0%}" if out.tiers else "—", f"{out.usd:,.2f}")
+        console.print(o)
+    for n in v.notes:
+        console.print(f"  verification: {n}")
+    for cmd in v.reproduce:
+        console.print(f"  reproduce: {cmd}")
+
+
+def _sec(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3g} s"
 
 
 def plan_cmd(
@@ -95,6 +163,15 @@ def plan_cmd(
     explain_schema_: Annotated[bool, typer.Option(
         "--explain-schema", help="print every scenario field and exit")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print plan JSON on stdout")] = False,
+    verify_: Annotated[bool, typer.Option(
+        "--verify/--no-verify",
+        help="replay each tier's traffic through the simulator (every vendor up, and each "
+             "down when N-1 is on) and re-size the pools that miss their SLO percentile; "
+             "--no-verify gives the model's answer in a few seconds")] = True,
+    verify_window: Annotated[float, typer.Option(
+        help="seconds of each tier's traffic replayed with everything up")] = 900.0,
+    outage_window: Annotated[float, typer.Option(
+        help="seconds replayed with each N-1 group down")] = 120.0,
 ) -> None:
     """The cheapest multi-vendor fleet that meets every SLO and policy.
 
@@ -123,8 +200,13 @@ def plan_cmd(
         def step(label: str, i: int, n: int) -> None:
             prog.update(task, description=label, completed=i, total=n)
 
-        plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
-                             progress=step, compare_policies=baselines)
+        if verify_:
+            plan = _verified(sc, base, cat, gate, step, baselines, str(scenario),
+                             VerifyOptions(window_s=verify_window,
+                                           outage_window_s=outage_window))
+        else:
+            plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
+                                 progress=step, compare_policies=baselines)
     out.write_text(plan.model_dump_json(indent=2))
     html_path = None
     if report is None or str(report) != "-":
@@ -137,6 +219,33 @@ def plan_cmd(
         return
     print_plan(plan, console())
     err.print(f"wrote {out}" + (f" and {html_path}" if html_path else ""))
+
+
+def _verified(sc: Scenario, base: Path, cat: Catalog, gate: Gate,
+              step: Callable[[str, int, int], None], baselines: bool, scenario: str,
+              opts: VerifyOptions) -> Plan:
+    """Plan, verify by simulation (re-sizing and re-solving), then price the constraints
+    and solve the baselines once, on the capacities the simulation settled on."""
+    cs = prepare(sc, base, cat, None, gate, step)
+
+    def solve(scale: dict[str, float]) -> Plan:
+        return solve_plan(sc, cs, sc.name, cat, scale=scale, compare_policies=False)
+
+    plan = verify(solve({}), solve, scenario, opts, step)
+    if not baselines:
+        return plan
+    v = plan.verification
+    assert v is not None
+    final = solve_plan(sc, cs, sc.name, cat, scale=v.resized, progress=step)
+    same = ({u.pool: u.replicas for u in final.units}
+            == {u.pool: u.replicas for u in plan.units})
+    if not same:  # the re-solve is deterministic; keep the verified fleet if not
+        plan.baselines, plan.constraints = final.baselines, final.constraints
+        plan.notes.append("baselines and constraint prices come from a re-solve that "
+                          "picked a different fleet of the same cost bound")
+        return plan
+    final.verification = v
+    return final
 
 
 def register(app: typer.Typer) -> None:

@@ -11,9 +11,12 @@ Every number tokenfleet prints, predicts, simulates or measures uses these defin
 * **Throughput**: output tokens per second of the whole unit or fleet, unless a name
   says otherwise (``total_tokens_per_s`` counts prompt tokens too).
 * **Goodput**: requests per second that met every SLO of their tier.
-* **SLO attainment**: fraction of *arrived* requests that finished within every SLO
-  of their tier; rejected and failed requests count as misses (a fleet that sheds load
-  cannot look better for it). Per pool, the requests routed to it.
+* **SLO attainment**: of the *arrived* requests, the fraction that completed within
+  every SLO of their tier; rejected, shed and failed requests count as misses
+  (:func:`attainment`). The planner's promise, the simulator, the sweep and the live
+  gateway's summary all use this one definition.
+* **Attainment of one SLO at a percentile**: an SLO "TTFT p99 <= 1 s" holds when at
+  least 99 % of arrived requests have TTFT <= 1 s (:func:`attainment` of those).
 """
 
 from __future__ import annotations
@@ -78,10 +81,13 @@ def meets_slo(ttft_s: np.ndarray, tpot_s: np.ndarray,
     return ok
 
 
-def slo_attainment(met: int, arrived: int) -> float | None:
-    """Fraction of ``arrived`` requests that met every SLO (``met``); rejected and failed
-    requests are in ``arrived`` and not in ``met``. None when nothing arrived."""
-    return met / arrived if arrived else None
+def attainment(met: int, arrived: int) -> float | None:
+    """Fraction of arrived requests that met the SLO(s); None when none arrived.
+    ``met`` counts completed requests within the bound only, so rejected, shed and
+    failed requests are misses."""
+    if arrived <= 0:
+        return None
+    return min(met, arrived) / arrived
 
 
 class Latency(BaseModel):

@@ -24,8 +24,11 @@ from tokenfleet.perf.estimate import Estimate, Query, estimate, layout_screen
 from tokenfleet.perf.operating import OperatingPoint
 from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.unit import Layout, layouts_for
+from tokenfleet.plan.risk import confidence_factor
 from tokenfleet.plan.scenario import Scenario, Supply, Tier
+from tokenfleet.plan.tail import binding_percentile, tail_rate_factor
 from tokenfleet.workload import SizeBuckets, read_trace
+from tokenfleet.workload.trace import Trace
 
 MAX_COUNT = 64
 
@@ -39,6 +42,9 @@ class Demand:
     input_len: int
     output_len: int
     rate_per_s: float
+    # prompt tokens at the tier's TTFT percentile within the bucket: the long prompts
+    # a unit must still prefill within the TTFT SLO (0: the bucket has no spread known)
+    input_len_tail: int = 0
 
 
 @dataclass
@@ -90,13 +96,15 @@ def tier_demand(tier: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
         if not path.is_absolute():
             path = base / path
         trace = read_trace(path, format=t.format)
+        tails = _tail_inputs(trace, buckets, float(tier.slo.ttft_percentile or 99))
         for d in buckets.demand(trace, peak_window_s=t.peak_window_s):
             if d.count == 0 or d.rate_at_peak_per_s <= 0:
                 continue
             out.append(Demand(tier.name, d.bucket.label,
                               max(int(round(d.mean_input_tokens or 0)), 1),
                               max(int(round(d.mean_output_tokens or 0)), 1),
-                              d.rate_at_peak_per_s * t.scale * t.growth))
+                              d.rate_at_peak_per_s * t.scale * t.growth,
+                              tails.get(d.bucket.label, 0)))
         return out
     assert t.rate_per_s is not None and t.mix
     total = sum(m.share for m in t.mix)
@@ -112,6 +120,17 @@ def tier_demand(tier: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
     for label, (w, i_sum, o_sum) in merged.items():
         out.append(Demand(tier.name, label, int(round(i_sum / w)), int(round(o_sum / w)),
                           t.rate_per_s * w * t.growth))
+    return out
+
+
+def _tail_inputs(trace: Trace, buckets: SizeBuckets, percentile: float) -> dict[str, int]:
+    """Bucket label -> prompt tokens at ``percentile`` of the bucket's requests."""
+    which = buckets.assign(trace)
+    out = {}
+    for i, b in enumerate(buckets.buckets):
+        mine = trace.input_tokens[which == i]
+        if mine.size:
+            out[b.label] = int(np.percentile(mine, percentile))
     return out
 
 
@@ -132,6 +151,63 @@ def default_counts(accel: Accelerator) -> list[int]:
     return sorted(counts)
 
 
+@dataclass
+class _Models:
+    """The performance model as the candidate builder asks it (cached: the same chip in
+    several clouds or regions performs the same)."""
+
+    sc: Scenario
+    catalog: Catalog
+    cal: Calibration
+    demands: list[Demand]
+    tiers: dict[str, Tier] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tiers = {t.name: t for t in self.sc.tiers}
+        self.screener = cache(self._screener)
+        self.screen = cache(self._screen)
+        self.est = cache(self._est)
+
+    def query(self, accel: str, layout: Layout, precision: str, d: Demand,
+              ttft_only: bool = False) -> Query:
+        t = self.tiers[d.tier]
+        # Fields were validated with the scenario; skip re-validating thousands of
+        # queries (model_construct still fills the defaults).
+        return Query.model_construct(
+            model=t.model, accelerator=accel, count=layout.chips, precision=precision,
+            engine=t.engine, input_len=d.input_len, output_len=d.output_len,
+            slo_ttft=t.slo.ttft_s, slo_tpot=None if ttft_only else t.slo.tpot_s,
+            usd_per_hour=1.0, layout=layout)
+
+    def _screener(self, accel: str, layout: Layout, precision: str, tier: str,
+                  ttft_only: bool = False) -> Callable[[int, int], OperatingPoint] | None:
+        first = next(d for d in self.demands if d.tier == tier)
+        return layout_screen(self.query(accel, layout, precision, first, ttft_only),
+                             self.catalog, self.cal)
+
+    def _screen(self, accel: str, layout: Layout, precision: str, d: Demand
+                ) -> OperatingPoint | None:
+        at = self.screener(accel, layout, precision, d.tier)
+        op = at(d.input_len, d.output_len) if at else None
+        if op is None or not op.fits or d.input_len_tail <= d.input_len:
+            return op
+        # prompt-length spread: the bucket's long prompts must prefill within the TTFT
+        # SLO too (their TPOT is the mean's business: a percentile SLO allows some)
+        tail = self.screener(accel, layout, precision, d.tier, True)
+        op_tail = tail(d.input_len_tail, d.output_len) if tail else None
+        if op_tail is not None and not op_tail.fits:
+            return op_tail
+        return op
+
+    def _est(self, accel: str, layout: Layout, precision: str, d: Demand) -> Estimate:
+        return estimate(self.query(accel, layout, precision, d), self.catalog, self.cal)
+
+
+def tier_buckets(sc: Scenario) -> SizeBuckets:
+    return SizeBuckets(input_edges=tuple(sc.buckets.input_edges),
+                       output_edges=tuple(sc.buckets.output_edges))
+
+
 def build_candidates(
     sc: Scenario,
     base: Path,
@@ -141,42 +217,14 @@ def build_candidates(
     progress: Callable[[int, int], None] | None = None,
 ) -> CandidateSet:
     """Demand and every feasible candidate pool of the scenario."""
-    buckets = SizeBuckets(input_edges=tuple(sc.buckets.input_edges),
-                          output_edges=tuple(sc.buckets.output_edges))
+    buckets = tier_buckets(sc)
     demands: list[Demand] = []
     for t in sc.tiers:
         tier_d = tier_demand(t, buckets, base)
         if not tier_d:
             raise TokenfleetError(f"tier '{t.name}': traffic has no requests")
         demands.extend(tier_d)
-
-    tiers = {t.name: t for t in sc.tiers}
-
-    def query(accel: str, layout: Layout, precision: str, d: Demand) -> Query:
-        t = tiers[d.tier]
-        # Fields were validated with the scenario; skip re-validating thousands of
-        # queries (model_construct still fills the defaults).
-        return Query.model_construct(
-            model=t.model, accelerator=accel, count=layout.chips, precision=precision,
-            engine=t.engine, input_len=d.input_len, output_len=d.output_len,
-            slo_ttft=t.slo.ttft_s, slo_tpot=t.slo.tpot_s, usd_per_hour=1.0,
-            layout=layout)
-
-    @cache  # the same chip in several clouds or regions performs the same
-    def screener(accel: str, layout: Layout, precision: str, tier: str
-                 ) -> Callable[[int, int], OperatingPoint] | None:
-        first = next(d for d in demands if d.tier == tier)
-        return layout_screen(query(accel, layout, precision, first), catalog, cal)
-
-    @cache
-    def screen(accel: str, layout: Layout, precision: str, d: Demand) -> OperatingPoint | None:
-        at = screener(accel, layout, precision, d.tier)
-        return at(d.input_len, d.output_len) if at else None
-
-    @cache
-    def est(accel: str, layout: Layout, precision: str, d: Demand) -> Estimate:
-        return estimate(query(accel, layout, precision, d), catalog, cal)
-
+    models = _Models(sc, catalog, cal, demands)
     cs = CandidateSet(demands, [])
     jobs = [(t, i, s) for t in sc.tiers for i, s in enumerate(sc.supply)]
     for j, (t, i, s) in enumerate(jobs):
@@ -185,74 +233,123 @@ def build_candidates(
         if t.regions is not None and s.region not in t.regions:
             continue
         accel = catalog.accelerator(s.accelerator)
-        model = catalog.model(t.model)
-        price, kind = _price(s, accel)
-        mine = [d for d in demands if d.tier == t.name]
         for prec in t.precisions:
-            if not accel.peak_tflops(get_precision(prec).compute):
-                cs.rejected[(t.name, "*", accel.id, prec)] = f"{accel.id} cannot run {prec}"
-                continue
-            if precision_gate is not None:
-                ok, why = precision_gate(t, prec)
-                notes = cs.precision_notes.setdefault(t.name, [])
-                if why and why not in notes:
-                    notes.append(why)
-                if not ok:
-                    cs.rejected[(t.name, "*", accel.id, prec)] = why
-                    continue
-            smallest_fit: int | None = None
-            all_served = False
-            for n in s.counts or default_counts(accel):
-                if n > s.max_chips:
-                    continue
-                # Units far larger than the smallest that holds the model only add
-                # replicas' worth of capacity, which the MILP gets from replica counts;
-                # keep growing only while some bucket still misses its SLO (latency can
-                # need more chips per replica).
-                if (s.counts is None and smallest_fit is not None
-                        and (n > 4 * smallest_fit or (n > 2 * smallest_fit and all_served))):
-                    break
-                # A pool runs one layout for all its traffic: pick the layout that serves
-                # the tier's mix (most buckets, then least replica-time) best.
-                best: tuple[tuple[int, float], Layout] | None = None
-                for lo in layouts_for(model, n, accel, t.engine):
-                    if lo.dp > 1 and lo.ep == 1:  # plain replicas: the MILP's job
-                        continue
-                    served, replica_time = 0, 0.0
-                    for d in mine:
-                        op = screen(accel.id, lo, prec, d)
-                        if op is None or not op.fits or op.output_tokens_per_s <= 0:
-                            cs.rejected[(t.name, d.bucket, accel.id, prec)] = (
-                                f"x{n}: {op.reason if op else 'unsupported'}")
-                            continue
-                        served += 1
-                        replica_time += d.rate_per_s * d.output_len / op.output_tokens_per_s
-                    if served and (best is None or (-served, replica_time) < best[0]):
-                        best = ((-served, replica_time), lo)
-                if best is None:
-                    continue
-                layout = best[1]
-                caps: dict[str, float] = {}
-                ests: dict[str, Estimate] = {}
-                for d in mine:
-                    e = est(accel.id, layout, prec, d)
-                    if e.fits and e.requests_per_s:
-                        u = e.uncertainty.relative if e.uncertainty else 0.0
-                        caps[d.bucket] = e.requests_per_s * max(1.0 - sc.derate * u, 0.05)
-                        ests[d.bucket] = e
-                band = max((e.uncertainty.relative if e.uncertainty else 0.0)
-                           for e in ests.values())
-                smallest_fit = smallest_fit or n
-                all_served = len(caps) == len(mine)
-                cid = f"{t.name}/{accel.id}/{s.cloud}/{s.region}/{prec}/x{n}"
-                cs.candidates.append(Candidate(
-                    id=cid, tier=t.name, supply_index=i, accelerator=accel, cloud=s.cloud,
-                    region=s.region, precision=prec, count=n, usd_per_chip_hour=price,
-                    price_kind=kind, capacity=caps, estimates=ests, uncertainty=band))
+            if _precision_allowed(cs, t, accel, prec, precision_gate):
+                _add_sizes(cs, models, t, i, s, accel, prec)
     if progress:
         progress(len(jobs), len(jobs))
     _prune_dominated(cs)
     return cs
+
+
+def _precision_allowed(cs: CandidateSet, t: Tier, accel: Accelerator, prec: str,
+                       gate: Callable[[Tier, str], tuple[bool, str]] | None) -> bool:
+    """Whether the chip runs ``prec`` and the tier's quality gate allows it (the reason
+    is recorded when not)."""
+    if not accel.peak_tflops(get_precision(prec).compute):
+        cs.rejected[(t.name, "*", accel.id, prec)] = f"{accel.id} cannot run {prec}"
+        return False
+    if gate is None:
+        return True
+    ok, why = gate(t, prec)
+    notes = cs.precision_notes.setdefault(t.name, [])
+    if why and why not in notes:
+        notes.append(why)
+    if not ok:
+        cs.rejected[(t.name, "*", accel.id, prec)] = why
+    return ok
+
+
+def _add_sizes(cs: CandidateSet, models: _Models, t: Tier, supply_index: int, s: Supply,
+               accel: Accelerator, prec: str) -> None:
+    """Candidates of one (tier, supply entry, precision), one per unit size tried."""
+    model = models.catalog.model(t.model)
+    price, kind = _price(s, accel)
+    mine = [d for d in cs.demands if d.tier == t.name]
+    smallest_fit: int | None = None
+    all_served = False
+    for n in s.counts or default_counts(accel):
+        if n > s.max_chips:
+            continue
+        # Units far larger than the smallest that holds the model only add replicas'
+        # worth of capacity, which the MILP gets from replica counts; keep growing only
+        # while some bucket still misses its SLO (latency can need more chips per replica).
+        if (s.counts is None and smallest_fit is not None
+                and (n > 4 * smallest_fit or (n > 2 * smallest_fit and all_served))):
+            break
+        layout = _best_layout(cs, models, t, accel, prec, n,
+                              layouts_for(model, n, accel, t.engine), mine)
+        if layout is None:
+            continue
+        caps, ests = _capacities(models, t, accel, prec, layout, mine)
+        band = max((e.uncertainty.relative if e.uncertainty else 0.0) for e in ests.values())
+        smallest_fit = smallest_fit or n
+        all_served = len(caps) == len(mine)
+        cs.candidates.append(Candidate(
+            id=f"{t.name}/{accel.id}/{s.cloud}/{s.region}/{prec}/x{n}", tier=t.name,
+            supply_index=supply_index, accelerator=accel, cloud=s.cloud, region=s.region,
+            precision=prec, count=n, usd_per_chip_hour=price, price_kind=kind,
+            capacity=caps, estimates=ests, uncertainty=band))
+
+
+def _best_layout(cs: CandidateSet, models: _Models, t: Tier, accel: Accelerator, prec: str,
+                 n: int, layouts: list[Layout], mine: list[Demand]) -> Layout | None:
+    """A pool runs one layout for all its traffic: the one that serves the tier's mix
+    best (most buckets, then least replica-time)."""
+    best: tuple[tuple[int, float], Layout] | None = None
+    for lo in layouts:
+        if lo.dp > 1 and lo.ep == 1:  # plain replicas: the MILP's job
+            continue
+        served, replica_time = 0, 0.0
+        for d in mine:
+            op = models.screen(accel.id, lo, prec, d)
+            if op is None or not op.fits or op.output_tokens_per_s <= 0:
+                cs.rejected[(t.name, d.bucket, accel.id, prec)] = (
+                    f"x{n}: {op.reason if op else 'unsupported'}")
+                continue
+            served += 1
+            replica_time += d.rate_per_s * d.output_len / op.output_tokens_per_s
+        if served and (best is None or (-served, replica_time) < best[0]):
+            best = ((-served, replica_time), lo)
+    return None if best is None else best[1]
+
+
+def _capacities(models: _Models, t: Tier, accel: Accelerator, prec: str, layout: Layout,
+                mine: list[Demand]) -> tuple[dict[str, float], dict[str, Estimate]]:
+    """Requests/s per replica and bucket the plan counts on: the model's SLO-mode rate,
+    at the tier's SLO percentile (:mod:`tokenfleet.plan.tail`), derated by the
+    estimate's uncertainty band."""
+    caps: dict[str, float] = {}
+    ests: dict[str, Estimate] = {}
+    for d in mine:
+        e = models.est(accel.id, layout, prec, d)
+        if e.fits and e.requests_per_s:
+            u = e.uncertainty.relative if e.uncertainty else 0.0
+            caps[d.bucket] = e.requests_per_s * tail_factor(t, e) * risk_factor(models.sc, u)
+            ests[d.bucket] = e
+    return caps, ests
+
+
+def risk_factor(sc: Scenario, band: float) -> float:
+    """What the plan counts on of a point estimate with a ± ``band``: its lower quantile
+    at the scenario's confidence (:mod:`tokenfleet.plan.risk`), or the older ``derate``
+    multiple of the band."""
+    if sc.derate is not None:
+        return max(1.0 - sc.derate * band, 0.05)
+    return confidence_factor(band, sc.confidence if sc.confidence is not None
+                             else DEFAULT_CONFIDENCE)
+
+
+DEFAULT_CONFIDENCE = 0.9
+
+
+def tail_factor(t: Tier, e: Estimate) -> float:
+    """Share of the steady SLO rate that keeps the tier's SLO percentile (Poisson
+    arrivals; bursts beyond Poisson are left to the simulation in the loop)."""
+    pct = binding_percentile(e.ttft_s, e.tpot_s, t.slo.ttft_s, t.slo.tpot_s,
+                             float(t.slo.ttft_percentile or 99),
+                             float(t.slo.tpot_percentile or 90))
+    return tail_rate_factor(float(e.concurrency or 1.0), pct)
 
 
 def _prune_dominated(cs: CandidateSet, keep_per_group: int = 1) -> None:

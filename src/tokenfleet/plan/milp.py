@@ -226,6 +226,24 @@ def group_of(c: Candidate, by: str) -> str:
     return {"vendor": c.vendor, "region": c.region, "cloud": c.cloud}[by]
 
 
+@dataclass
+class _Build:
+    """What every constraint-family builder reads: the scenario, the demand, the
+    candidate pools and their variables."""
+
+    sc: Scenario
+    cs: CandidateSet
+    cands: list[Candidate]
+    p: Program
+    n: dict[str, int]
+    x: dict[tuple[str, str], int]
+    od: dict[str, int]
+    drop: frozenset[str]
+
+    def dropped(self, name: str, family: str) -> bool:
+        return name in self.drop or family in self.drop
+
+
 def formulate(
     sc: Scenario,
     cs: CandidateSet,
@@ -241,16 +259,27 @@ def formulate(
 
     N-1 resilience is modelled exactly (a copy of the routing per failure group) for the
     groups in ``n1_exact`` (all groups when None), and by the cuts ``n1_cuts`` (see
-    :mod:`tokenfleet.plan.n1`) otherwise."""
+    :mod:`tokenfleet.plan.n1`) otherwise. One builder per constraint family below."""
+    b = _variables(sc, cs, candidates if candidates is not None else cs.candidates, drop)
+    _demand_rows(b)
+    _capacity_rows(b)
+    _supply_rows(b)
+    _power_rows(b)
+    _contract_rows(b)
+    _vendor_share_rows(b)
+    groups = _n_minus_1_rows(b, n1_exact, n1_cuts)
+    if elastic:
+        _make_elastic(b.p)
+    return Formulation(b.p, b.n, b.x, b.od, b.cands, groups)
+
+
+def _variables(sc: Scenario, cs: CandidateSet, cands: list[Candidate],
+               drop: frozenset[str]) -> _Build:
+    """Replica counts (with their cost), routed rates, spend beyond each contract."""
     p = Program()
-    cands = candidates if candidates is not None else cs.candidates
     hours = sc.hours_per_month
     contract_clouds = {k.cloud for k in sc.contracts}
     eps = 1e-6  # tie-breaker: among equal bills, use fewer chip-hours
-
-    def dropped(name: str, family: str) -> bool:
-        return name in drop or family in drop
-
     n: dict[str, int] = {}
     x: dict[tuple[str, str], int] = {}
     for c in cands:
@@ -268,8 +297,8 @@ def formulate(
                     for d in cs.demands if d.tier == c.tier and d.bucket in c.capacity)
         ub = min(s.max_chips // c.count, int(np.ceil(alone)) + 1)
         n[c.id] = p.var(f"n[{c.id}]", obj, 0, ub, integer=True)
-        for b in c.capacity:
-            x[(c.id, b)] = p.var(f"x[{c.id},{b}]")
+        for bk in c.capacity:
+            x[(c.id, bk)] = p.var(f"x[{c.id},{bk}]")
     od: dict[str, int] = {}
     for k in sc.contracts:
         od[k.name] = p.var(f"od[{k.name}]", 1.0 if sc.objective == "cost" else 0.0)
@@ -278,96 +307,124 @@ def formulate(
         # Commitments and prepaid blocks are paid anyway: a constant in the bill. Carrying
         # it as a fixed variable makes the solver's relative gap relative to the whole bill.
         p.var("committed", committed, 1.0, 1.0)
+    return _Build(sc, cs, cands, p, n, x, od, drop)
 
-    # demand: served exactly the peak plus headroom (equality keeps shares meaningful)
-    for d in cs.demands:
-        need = d.rate_per_s * (1 + sc.headroom)
-        coefs = {x[(c.id, d.bucket)]: 1.0 for c in cands
-                 if c.tier == d.tier and (c.id, d.bucket) in x}
-        p.row(f"demand {d.tier}/{d.bucket}", "demand", coefs, need, need,
-              f"{need:.3g} req/s at peak incl. {sc.headroom:.0%} headroom")
-    # capacity: a replica's time is shared by the buckets it serves
-    for c in cands:
-        coefs = {x[(c.id, b)]: 1.0 / cap for b, cap in c.capacity.items()}
-        coefs[n[c.id]] = -1.0
-        p.row(f"capacity {c.id}", "capacity", coefs, ub=0.0)
-    # supply caps
+
+def _demand_rows(b: _Build) -> None:
+    """Each (tier, bucket) served exactly its peak plus headroom (equality keeps the
+    shares meaningful)."""
+    for d in b.cs.demands:
+        need = d.rate_per_s * (1 + b.sc.headroom)
+        coefs = {b.x[(c.id, d.bucket)]: 1.0 for c in b.cands
+                 if c.tier == d.tier and (c.id, d.bucket) in b.x}
+        b.p.row(f"demand {d.tier}/{d.bucket}", "demand", coefs, need, need,
+                f"{need:.3g} req/s at peak incl. {b.sc.headroom:.0%} headroom")
+
+
+def _capacity_rows(b: _Build) -> None:
+    """A replica's time is shared by the buckets it serves."""
+    for c in b.cands:
+        coefs = {b.x[(c.id, bk)]: 1.0 / cap for bk, cap in c.capacity.items()}
+        coefs[b.n[c.id]] = -1.0
+        b.p.row(f"capacity {c.id}", "capacity", coefs, ub=0.0)
+
+
+def _supply_rows(b: _Build) -> None:
+    """At most ``max_chips`` of each supply entry."""
     by_supply: dict[int, list[Candidate]] = defaultdict(list)
-    for c in cands:
+    for c in b.cands:
         by_supply[c.supply_index].append(c)
     for i, group in by_supply.items():
-        s = sc.supply[i]
+        s = b.sc.supply[i]
         name = f"supply {s.accelerator}@{s.cloud}/{s.region}"
-        if not dropped(name, "supply"):
-            p.row(name, "supply", {n[c.id]: float(c.count) for c in group}, ub=s.max_chips,
-                  detail=f"at most {s.max_chips} chips")
-    # power caps
-    for r in sc.regions:
+        if not b.dropped(name, "supply"):
+            b.p.row(name, "supply", {b.n[c.id]: float(c.count) for c in group},
+                    ub=s.max_chips, detail=f"at most {s.max_chips} chips")
+
+
+def _power_rows(b: _Build) -> None:
+    """Each region's power cap, at TDP."""
+    for r in b.sc.regions:
         if r.power_mw is None:
             continue
-        members = [c for c in cands if c.region == r.name]
+        members = [c for c in b.cands if c.region == r.name]
         name = f"power {r.name}"
-        if members and not dropped(name, "power"):
-            p.row(name, "power", {n[c.id]: c.watts for c in members}, ub=r.power_mw * 1e6,
-                  detail=f"cap {r.power_mw:g} MW")
-    # committed spend: usage in the contract's cloud beyond the commitment is on-demand
-    for k in sc.contracts:
-        members = [c for c in cands if c.cloud == k.cloud
-                   and not sc.supply[c.supply_index].prepaid]
-        coefs = {n[c.id]: c.usd_per_hour * hours for c in members}
-        coefs[od[k.name]] = -1.0
-        p.row(f"contract {k.name}", "contract", coefs, ub=k.committed_usd_per_month,
-              detail=f"{k.committed_usd_per_month:,.0f} USD/month committed in {k.cloud}")
-    # vendor share
-    pol = sc.policy
-    vendors = sorted({c.vendor for c in cands})
-    by_id = {c.id: c for c in cands}
-    if pol.max_vendor_share is not None and not dropped("vendor-share", "vendor-share"):
-        out_len = {(d.tier, d.bucket): d.output_len for d in cs.demands}
-        for v in vendors:
-            share: dict[int, float] = defaultdict(float)
-            if pol.vendor_share_basis == "spend":
-                for c in cands:
-                    w = c.usd_per_hour * hours
-                    share[n[c.id]] += w * ((1.0 if c.vendor == v else 0.0) - pol.max_vendor_share)
-            else:
-                for (cid, b), j in x.items():
-                    c = by_id[cid]
-                    w = out_len[(c.tier, b)]
-                    share[j] += w * ((1.0 if c.vendor == v else 0.0) - pol.max_vendor_share)
-            p.row(f"vendor-share {v}", "vendor-share", dict(share), ub=0.0,
-                  detail=f"≤ {pol.max_vendor_share:.0%} of {pol.vendor_share_basis}")
-    # N-1: without any one group, the rest still serves min_fraction of peak at SLO
-    groups: dict[str, list[str]] = {}
-    if pol.n_minus_1 is not None and not dropped("n-1", "n-1"):
-        by = pol.n_minus_1.by
-        for g in sorted({group_of(c, by) for c in cands}):
-            groups[g] = [c.id for c in cands if group_of(c, by) == g]
-        for ci, cut in enumerate(n1_cuts):
-            if cut.group not in groups:
-                continue
-            p.row(f"n-1 without {by} {cut.group}: {cut.tier} (cut {ci})", "n-1",
-                  _cut_coefs(cut, cands, n, by), lb=cut.rhs,
-                  detail=f"{pol.n_minus_1.min_fraction:.0%} of peak without {cut.group}")
-        for g in groups:
-            if n1_exact is not None and g not in n1_exact:
-                continue
-            rest = [c for c in cands if group_of(c, by) != g]
-            y = {(c.id, b): p.var(f"y[{g}][{c.id},{b}]") for c in rest for b in c.capacity}
-            for d in cs.demands:
-                need = d.rate_per_s * pol.n_minus_1.min_fraction
-                coefs = {y[(c.id, d.bucket)]: 1.0 for c in rest
-                         if c.tier == d.tier and (c.id, d.bucket) in y}
-                p.row(f"n-1 without {by} {g}: {d.tier}/{d.bucket}", "n-1", coefs, lb=need,
-                      detail=f"{pol.n_minus_1.min_fraction:.0%} of peak without {g}")
-            for c in rest:
-                coefs = {y[(c.id, b)]: 1.0 / cap for b, cap in c.capacity.items()}
-                coefs[n[c.id]] = -1.0
-                p.row(f"n-1 capacity without {g}: {c.id}", "n-1-capacity", coefs, ub=0.0)
+        if members and not b.dropped(name, "power"):
+            b.p.row(name, "power", {b.n[c.id]: c.watts for c in members},
+                    ub=r.power_mw * 1e6, detail=f"cap {r.power_mw:g} MW")
 
-    if elastic:
-        _make_elastic(p)
-    return Formulation(p, n, x, od, cands, groups)
+
+def _contract_rows(b: _Build) -> None:
+    """Committed spend: usage in the contract's cloud beyond it is on-demand."""
+    hours = b.sc.hours_per_month
+    for k in b.sc.contracts:
+        members = [c for c in b.cands if c.cloud == k.cloud
+                   and not b.sc.supply[c.supply_index].prepaid]
+        coefs = {b.n[c.id]: c.usd_per_hour * hours for c in members}
+        coefs[b.od[k.name]] = -1.0
+        b.p.row(f"contract {k.name}", "contract", coefs, ub=k.committed_usd_per_month,
+                detail=f"{k.committed_usd_per_month:,.0f} USD/month committed in {k.cloud}")
+
+
+def _vendor_share_rows(b: _Build) -> None:
+    """No vendor above ``max_vendor_share`` of output tokens at peak (or of spend)."""
+    pol = b.sc.policy
+    cap = pol.max_vendor_share
+    if cap is None or b.dropped("vendor-share", "vendor-share"):
+        return
+    by_id = {c.id: c for c in b.cands}
+    out_len = {(d.tier, d.bucket): d.output_len for d in b.cs.demands}
+    for v in sorted({c.vendor for c in b.cands}):
+        share: dict[int, float] = defaultdict(float)
+        if pol.vendor_share_basis == "spend":
+            for c in b.cands:
+                w = c.usd_per_hour * b.sc.hours_per_month
+                share[b.n[c.id]] += w * ((1.0 if c.vendor == v else 0.0) - cap)
+        else:
+            for (cid, bk), j in b.x.items():
+                c = by_id[cid]
+                w = out_len[(c.tier, bk)]
+                share[j] += w * ((1.0 if c.vendor == v else 0.0) - cap)
+        b.p.row(f"vendor-share {v}", "vendor-share", dict(share), ub=0.0,
+                detail=f"≤ {cap:.0%} of {pol.vendor_share_basis}")
+
+
+def _n_minus_1_rows(b: _Build, n1_exact: Collection[str] | None,
+                    n1_cuts: Sequence[N1Cut]) -> dict[str, list[str]]:
+    """Without any one group, the rest still serves ``min_fraction`` of peak at SLO:
+    cuts over the replica counts, and an exact copy of the routing per group in
+    ``n1_exact`` (all when None). Returns the groups and their pools."""
+    n1 = b.sc.policy.n_minus_1
+    groups: dict[str, list[str]] = {}
+    if n1 is None or b.dropped("n-1", "n-1"):
+        return groups
+    by = n1.by
+    for g in sorted({group_of(c, by) for c in b.cands}):
+        groups[g] = [c.id for c in b.cands if group_of(c, by) == g]
+    for ci, cut in enumerate(n1_cuts):
+        if cut.group in groups:
+            b.p.row(f"n-1 without {by} {cut.group}: {cut.tier} (cut {ci})", "n-1",
+                    _cut_coefs(cut, b.cands, b.n, by), lb=cut.rhs,
+                    detail=f"{n1.min_fraction:.0%} of peak without {cut.group}")
+    for g in groups:
+        if n1_exact is None or g in n1_exact:
+            _n_minus_1_copy(b, g, by, n1.min_fraction)
+    return groups
+
+
+def _n_minus_1_copy(b: _Build, g: str, by: str, fraction: float) -> None:
+    """The routing re-solved without group ``g``: its own demand and capacity rows."""
+    rest = [c for c in b.cands if group_of(c, by) != g]
+    y = {(c.id, bk): b.p.var(f"y[{g}][{c.id},{bk}]") for c in rest for bk in c.capacity}
+    for d in b.cs.demands:
+        coefs = {y[(c.id, d.bucket)]: 1.0 for c in rest
+                 if c.tier == d.tier and (c.id, d.bucket) in y}
+        b.p.row(f"n-1 without {by} {g}: {d.tier}/{d.bucket}", "n-1", coefs,
+                lb=d.rate_per_s * fraction, detail=f"{fraction:.0%} of peak without {g}")
+    for c in rest:
+        coefs = {y[(c.id, bk)]: 1.0 / cap for bk, cap in c.capacity.items()}
+        coefs[b.n[c.id]] = -1.0
+        b.p.row(f"n-1 capacity without {g}: {c.id}", "n-1-capacity", coefs, ub=0.0)
 
 
 MAX_CUTS_PER_PAIR = 3  # then that group gets its exact routing copy

@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace as dc_replace
 from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
 
 from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.unit import Layout
-from tokenfleet.plan.candidates import Candidate, CandidateSet, build_candidates
+from tokenfleet.plan.billing import bill_usd
+from tokenfleet.plan.candidates import (
+    DEFAULT_CONFIDENCE,
+    Candidate,
+    CandidateSet,
+    build_candidates,
+    risk_factor,
+)
 from tokenfleet.plan.check import check_plan
 from tokenfleet.plan.milp import (
     POLICY_FAMILIES,
@@ -23,6 +33,7 @@ from tokenfleet.plan.milp import (
     fixed_monthly_cost,
     solve_fleet,
 )
+from tokenfleet.plan.risk import shortfall_odds
 from tokenfleet.plan.scenario import Scenario, Tier
 from tokenfleet.plan.schema import (
     Baseline,
@@ -35,6 +46,8 @@ from tokenfleet.plan.schema import (
     Plan,
     PlanLimits,
     PlanUnit,
+    PoolRisk,
+    Risk,
     SolverInfo,
     TierSummary,
 )
@@ -70,26 +83,32 @@ def _solve_many(sc: Scenario, cs: CandidateSet, jobs: list[dict],
 
 
 def cost_breakdown(sc: Scenario, chosen: list[tuple[Candidate, int]]) -> Cost:
-    """The monthly bill of a fleet: commitments and prepaid blocks (paid whatever is
-    used) plus on-demand spend beyond the commitments."""
+    """The monthly bill of a fleet (:func:`tokenfleet.plan.billing.bill_usd`, the formula
+    the simulator bills a replayed window with)."""
     hours = sc.hours_per_month
-    usage: dict[str, float] = defaultdict(float)  # metered spend per cloud
-    fleet = 0.0
+    metered: dict[str, float] = defaultdict(float)
+    prepaid_used = 0.0
     for c, reps in chosen:
-        fleet += c.usd_per_hour * reps * hours
-        if not sc.supply[c.supply_index].prepaid:
-            usage[c.cloud] += c.usd_per_hour * reps * hours
-    commit: dict[str, float] = defaultdict(float)
+        if sc.supply[c.supply_index].prepaid:
+            prepaid_used += c.usd_per_hour * reps * hours
+        else:
+            metered[c.cloud] += c.usd_per_hour * reps * hours
+    b = bill_usd(metered, committed_by_cloud(sc), prepaid_monthly_usd(sc), prepaid_used)
+    return Cost(usd_per_month=b.usd, fleet_usd_per_month=b.fleet_usd,
+                committed_usd_per_month=b.fixed_usd,
+                committed_used_usd_per_month=b.committed_used_usd,
+                on_demand_usd_per_month=b.on_demand_usd)
+
+
+def committed_by_cloud(sc: Scenario) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
     for k in sc.contracts:
-        commit[k.cloud] += k.committed_usd_per_month
-    fixed = fixed_monthly_cost(sc)
-    on_demand = sum(max(u - commit.get(cl, 0.0), 0.0) for cl, u in usage.items())
-    used = sum(min(usage.get(cl, 0.0), v) for cl, v in commit.items())
-    used += sum(c.usd_per_hour * reps * hours for c, reps in chosen
-                if sc.supply[c.supply_index].prepaid)
-    return Cost(usd_per_month=fixed + on_demand, fleet_usd_per_month=fleet,
-                committed_usd_per_month=fixed, committed_used_usd_per_month=used,
-                on_demand_usd_per_month=on_demand)
+        out[k.cloud] += k.committed_usd_per_month
+    return dict(out)
+
+
+def prepaid_monthly_usd(sc: Scenario) -> float:
+    return fixed_monthly_cost(sc) - sum(committed_by_cloud(sc).values())
 
 
 def chosen_units(f: Formulation, sol: Solution) -> list[tuple[Candidate, int]]:
@@ -160,7 +179,17 @@ def plan_scenario(
     progress: Callable[[str, int, int], None] | None = None,
     compare_policies: bool = True,
 ) -> Plan:
+    """Candidates, then the cheapest plan (:func:`solve_plan`)."""
     catalog = catalog or load_catalog()
+    cs = prepare(sc, base, catalog, cal, precision_gate, progress)
+    return solve_plan(sc, cs, name, catalog, progress=progress,
+                      compare_policies=compare_policies)
+
+
+def prepare(sc: Scenario, base: Path, catalog: Catalog, cal: Calibration | None = None,
+            precision_gate: Callable[[Tier, str], tuple[bool, str]] | None = None,
+            progress: Callable[[str, int, int], None] | None = None) -> CandidateSet:
+    """Demand and candidate pools, or :class:`Infeasible` when some demand has none."""
     cal = cal or load_fit()
     step = (lambda label: (lambda i, n: progress(label, i, n))) if progress else (
         lambda label: None)
@@ -169,6 +198,32 @@ def plan_scenario(
                  if not any(c.tier == d.tier and d.bucket in c.capacity for c in cs.candidates)]
     if uncovered:
         raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
+    return cs
+
+
+def scaled(cs: CandidateSet, scale: Mapping[str, float]) -> CandidateSet:
+    """The candidates with the capacity of some pools scaled (the simulator found them
+    slower than modelled): keys are pool ids, or ``tier:NAME`` for every candidate of
+    a tier (both multiply); the same demand, every other pool unchanged."""
+    if not scale:
+        return cs
+
+    def factor(c: Candidate) -> float:
+        return scale.get(c.id, 1.0) * scale.get(f"tier:{c.tier}", 1.0)
+
+    cands = [c if factor(c) == 1.0 else dc_replace(
+        c, capacity={b: v * factor(c) for b, v in c.capacity.items()})
+        for c in cs.candidates]
+    return dc_replace(cs, candidates=cands)
+
+
+def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
+               scale: Mapping[str, float] | None = None,
+               progress: Callable[[str, int, int], None] | None = None,
+               compare_policies: bool = True) -> Plan:
+    """The cheapest plan over ``cs`` (capacities scaled by ``scale``), its baselines
+    (the same capacities) and the price of each constraint, independently checked."""
+    cs = scaled(cs, scale or {})
     f, sol = solve_fleet(sc, cs)
     if sol.timed_out:
         raise TokenfleetError(f"scenario '{sc.name}': no plan found within time_limit_s="
@@ -265,24 +320,46 @@ def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Sol
     return out
 
 
+def _policy_drops(sc: Scenario, families: frozenset[str]) -> list[str]:
+    """The scenario's policy constraints among ``families``, as a baseline lists them."""
+    pol = sc.policy
+    out = []
+    if "vendor-share" in families and pol.max_vendor_share is not None:
+        out.append(f"vendor-share (max {pol.max_vendor_share:.0%})")
+    if "n-1" in families and pol.n_minus_1 is not None:
+        out.append(f"n-1 (by {pol.n_minus_1.by}, {pol.n_minus_1.min_fraction:.0%})")
+    return out
+
+
 def _baselines(sc: Scenario, cs: CandidateSet, total: float) -> list[Baseline]:
-    """Reference fleets without the policy constraints (vendor cap, N-1)."""
-    drop = frozenset(POLICY_FAMILIES)
+    """Reference fleets, each solved under every constraint of the plan (SLOs through
+    the same candidate capacities, supply, power, commitments) it can meet; ``drops``
+    names the rest. A fleet of one vendor cannot meet a vendor cap below 100 % nor N-1
+    by vendor, so those baselines drop them (and say so); the others keep them."""
+    pol = sc.policy
+    policy = frozenset(POLICY_FAMILIES)
     nv = [c for c in cs.candidates if c.vendor.upper().startswith("NVIDIA")]
     accels = sorted({c.accelerator.id for c in cs.candidates})
-    jobs = [{"drop": drop}] + ([{"candidates": nv, "drop": drop}] if nv else []) + [
-        {"candidates": [c for c in cs.candidates if c.accelerator.id == a], "drop": drop}
-        for a in accels]
+    one_family = frozenset(
+        ({"vendor-share"} if pol.max_vendor_share is not None and pol.max_vendor_share < 1
+         else set())
+        | ({"n-1"} if pol.n_minus_1 is not None and pol.n_minus_1.by == "vendor" else set()))
+    one_drops = _policy_drops(sc, one_family)
+    jobs = [{"drop": policy}] + ([{"candidates": nv, "drop": one_family}] if nv else []) + [
+        {"candidates": [c for c in cs.candidates if c.accelerator.id == a],
+         "drop": one_family} for a in accels]
     results = iter(_solve_many(sc, cs, jobs))
     out = []
     g, s = next(results)
     out.append(Baseline(name="cheapest mix, no policy constraints",
                         usd_per_month=bill(sc, g, s) if s.ok else None, feasible=s.ok,
-                        note="supply, power and SLOs only"))
+                        note="supply, power, commitments and SLOs only",
+                        drops=_policy_drops(sc, policy)))
     if nv:
         g, s = next(results)
         out.append(Baseline(name="NVIDIA only", usd_per_month=bill(sc, g, s) if s.ok else None,
-                            feasible=s.ok, note="" if s.ok else "NVIDIA supply cannot serve it"))
+                            feasible=s.ok, note="" if s.ok else "NVIDIA supply cannot serve it",
+                            drops=one_drops))
     best: tuple[float, str] | None = None
     for accel, (g, s) in zip(accels, results, strict=True):
         if s.ok:
@@ -292,8 +369,36 @@ def _baselines(sc: Scenario, cs: CandidateSet, total: float) -> list[Baseline]:
     out.append(Baseline(name=f"best single chip type ({best[1]})" if best else
                         "best single chip type", usd_per_month=best[0] if best else None,
                         feasible=best is not None,
-                        note="" if best else "no single chip type can serve every tier"))
+                        note="" if best else "no single chip type can serve every tier",
+                        drops=one_drops))
+    del total
     return out
+
+
+def _risk(sc: Scenario, cs: CandidateSet, chosen: list[tuple[Candidate, int]],
+          f: Formulation, x: np.ndarray, confidence: float | None) -> Risk:
+    """Chance each tier's pools cover their planned peak load, one model error per chip
+    family (:func:`tokenfleet.plan.risk.shortfall_odds`)."""
+    loads: dict[str, float] = {}
+    bands: dict[str, float] = {}
+    family: dict[str, str] = {}
+    for c, reps in chosen:
+        margin = risk_factor(sc, c.uncertainty)  # what the plan took off the point rate
+        used = sum(float(x[f.x[(c.id, d.bucket)]]) / (c.capacity[d.bucket] / margin)
+                   for d in cs.demands if d.tier == c.tier and (c.id, d.bucket) in f.x)
+        loads[c.id] = used / reps
+        bands[c.id] = c.uncertainty
+        family[c.id] = c.accelerator.family or c.accelerator.id
+    tiers, pools = {}, {}
+    for t in sc.tiers:
+        mine = [c.id for c, _ in chosen if c.tier == t.name]
+        p, per = shortfall_odds({k: loads[k] for k in mine}, bands, family)
+        tiers[t.name] = p
+        pools.update(per)
+    ranked = sorted(pools.items(), key=lambda kv: -kv[1])
+    return Risk(confidence=confidence, tiers=tiers,
+                pools=[PoolRisk(pool=k, band=bands[k], shortfall_probability=v)
+                       for k, v in ranked if v > 0])
 
 
 def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, name: str,
@@ -319,7 +424,8 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
                                      concurrency=e.concurrency or 0.0,
                                      ttft_s=e.ttft_s or 0.0, tpot_s=e.tpot_s or 0.0)
                       for b, cap in c.capacity.items() for e in [c.estimates[b]]],
-            provenance=any_est.provenance, uncertainty=c.uncertainty))
+            provenance=any_est.provenance, uncertainty=c.uncertainty,
+            prepaid=sc.supply[c.supply_index].prepaid))
     splits = []
     tokens_by_vendor: dict[str, float] = defaultdict(float)
     tier_tokens: dict[str, float] = defaultdict(float)
@@ -346,7 +452,8 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
         toks = tier_tokens[t.name]
         tiers.append(TierSummary(
             name=t.name, model=catalog.model(t.model).id, slo_ttft_s=t.slo.ttft_s,
-            slo_tpot_s=t.slo.tpot_s, slo_percentile=t.slo.percentile,
+            slo_tpot_s=t.slo.tpot_s, slo_ttft_percentile=float(t.slo.ttft_percentile or 99),
+            slo_tpot_percentile=float(t.slo.tpot_percentile or 90),
             peak_requests_per_s=sum(d.rate_per_s for d in cs.demands if d.tier == t.name),
             output_tokens_per_s=toks,
             usd_per_million_output_tokens=spend_h / 3600 / toks * 1e6 if toks else 0.0,
@@ -360,6 +467,9 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
         hours_per_month=sc.hours_per_month,
         headroom=sc.headroom,
         derate=sc.derate,
+        confidence=(None if sc.derate is not None else
+                    sc.confidence if sc.confidence is not None else DEFAULT_CONFIDENCE),
+        prepaid_usd_per_month=prepaid_monthly_usd(sc),
         max_vendor_share=pol.max_vendor_share,
         vendor_share_basis=pol.vendor_share_basis,
         n_minus_1=(NMinusOneLimit.model_validate(pol.n_minus_1.model_dump())
@@ -372,7 +482,10 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
                    for k in sc.contracts},
         residency={t.name: t.regions for t in sc.tiers if t.regions},
     )
+    risk = _risk(sc, cs, chosen, f, x, None if sc.derate is not None else (
+        sc.confidence if sc.confidence is not None else DEFAULT_CONFIDENCE))
     return Plan(
+        risk=risk,
         scenario=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
         objective=sc.objective, tiers=tiers, units=units, traffic_split=splits,
         buckets=SizeBuckets(input_edges=tuple(sc.buckets.input_edges),

@@ -51,13 +51,36 @@ class Traffic(_M):
         return self
 
 
+SLO_PERCENTILES = (50.0, 90.0, 99.0)  # what plans, simulations and live summaries report
+
+
 class Slo(_M):
+    """Latency bounds on a percentile of the tier's requests: ``ttft_percentile: 99``
+    means 99 % of arrived requests get their first token within ``ttft_s`` (rejected
+    and failed requests count as misses; tokenfleet.perf.metrics)."""
+
     ttft_s: float | None = Field(None, gt=0, description="time to first token bound, seconds")
     tpot_s: float | None = Field(None, gt=0, description="time per output token bound, seconds")
-    percentile: float = Field(
-        50, gt=0, le=100,
-        description="percentile the SLO applies to; the model predicts means, so the "
-                    "planner's uncertainty derating is the margin for tails")
+    ttft_percentile: float | None = Field(
+        None, description="percentile of requests the TTFT bound holds for: 50, 90 or 99 "
+                          "(default: percentile, else 99)")
+    tpot_percentile: float | None = Field(
+        None, description="percentile of requests the TPOT bound holds for: 50, 90 or 99 "
+                          "(default: percentile, else 90)")
+    percentile: float | None = Field(
+        None, description="shorthand: one percentile for both bounds (50, 90 or 99)")
+
+    @model_validator(mode="after")
+    def _percentiles(self) -> Slo:
+        for name in ("ttft_percentile", "tpot_percentile", "percentile"):
+            v = getattr(self, name)
+            if v is not None and float(v) not in SLO_PERCENTILES:
+                raise ValueError(f"{name} must be one of 50, 90, 99 (got {v:g})")
+        if self.ttft_percentile is None:
+            self.ttft_percentile = self.percentile if self.percentile is not None else 99.0
+        if self.tpot_percentile is None:
+            self.tpot_percentile = self.percentile if self.percentile is not None else 90.0
+        return self
 
 
 PrecisionName = Literal["bf16", "fp8", "fp4", "int8"]
@@ -143,9 +166,14 @@ class Scenario(_M):
     objective: Literal["cost", "energy"] = "cost"
     hours_per_month: float = 730.0
     headroom: float = Field(0.2, ge=0, description="capacity over peak demand, fraction")
-    derate: float = Field(
-        1.0, ge=0, le=3,
-        description="multiple of each estimate's uncertainty band taken off its capacity")
+    derate: float | None = Field(
+        None, ge=0, le=3,
+        description="older scenarios: multiple of each estimate's uncertainty band taken "
+                    "off its capacity (use confidence)")
+    confidence: float | None = Field(
+        None, ge=0.5, lt=1,
+        description="probability each pool has at least the capacity the plan counts on, "
+                    "given the model's held-out error for its chip (default 0.9)")
     buckets: Buckets = Field(default_factory=Buckets)
     tiers: list[Tier] = Field(min_length=1)
     supply: list[Supply] = Field(min_length=1)
@@ -155,6 +183,12 @@ class Scenario(_M):
     mip_gap: float = Field(
         0.01, gt=0, description="relative optimality gap (of the monthly bill) to stop at")
     time_limit_s: float = Field(30.0, gt=0, description="solver time limit per solve, s")
+
+    @model_validator(mode="after")
+    def _risk(self) -> Scenario:
+        if self.derate is not None and self.confidence is not None:
+            raise ValueError("give confidence (a probability) or derate (older), not both")
+        return self
 
     @model_validator(mode="after")
     def _names(self) -> Scenario:

@@ -63,12 +63,15 @@ class PlanUnit(_Model):
     replicas: int
     chips: int
     price_kind: PriceKind
+    prepaid: bool = Field(False, description="a prepaid capacity block: paid in full "
+                                             "whatever is used (limits.prepaid_usd_per_month)")
     usd_per_chip_hour: float
     usd_per_hour: float = Field(description="whole pool")
     watts: float = Field(description="whole pool, at TDP")
     capacity: list[BucketCapacity]
     provenance: Provenance
-    uncertainty: float = Field(description="± fraction used to derate capacity")
+    uncertainty: float = Field(description="± held-out error of its estimate (p90), which "
+                                           "the scenario's confidence turns into a margin")
 
     def capacity_for(self, bucket: str) -> BucketCapacity | None:
         return next((c for c in self.capacity if c.bucket == bucket), None)
@@ -90,7 +93,12 @@ class TierSummary(_Model):
     model: str
     slo_ttft_s: float | None
     slo_tpot_s: float | None
-    slo_percentile: float = Field(50.0, description="percentile the SLO bounds apply to")
+    slo_ttft_percentile: float = Field(
+        50.0, description="percentile of arrived requests the TTFT bound holds for")
+    slo_tpot_percentile: float = Field(
+        50.0, description="percentile of arrived requests the TPOT bound holds for")
+    slo_percentile: float | None = Field(
+        None, description="older plans: one percentile for both bounds (read, not written)")
     peak_requests_per_s: float
     output_tokens_per_s: float = Field(description="at peak")
     usd_per_million_output_tokens: float
@@ -112,6 +120,76 @@ class Baseline(_Model):
     usd_per_month: float | None
     feasible: bool
     note: str = ""
+    drops: list[str] = Field(
+        default_factory=list,
+        description="constraints this baseline was solved without (empty: the same "
+                    "constraints as the plan, so the plan is never dearer)")
+
+
+class TierCheck(_Model):
+    """One tier in one simulated replay: attainment of each SLO at its percentile."""
+
+    tier: str
+    requests: int
+    ttft_s: float | None = Field(description="simulated TTFT at the SLO's percentile")
+    tpot_s: float | None = Field(description="simulated TPOT at the SLO's percentile")
+    ttft_attainment: float | None = Field(
+        description="arrived requests with TTFT within the SLO (rejected count as misses)")
+    tpot_attainment: float | None
+    attainment: float | None = Field(description="arrived requests within both SLOs")
+    target: float = Field(description="what the plan promises: the SLO percentile with "
+                                      "every group up, min_fraction with one down")
+    met: bool
+
+
+class Outage(_Model):
+    """A simulated replay with one failure group (vendor, region or cloud) down."""
+
+    down: str = Field(description="e.g. vendor=AMD")
+    tiers: list[TierCheck]
+    usd: float = Field(description="simulated bill of the window")
+
+
+class PoolRisk(_Model):
+    pool: str
+    band: float = Field(description="± held-out throughput error of its estimate (p90)")
+    shortfall_probability: float = Field(
+        description="chance its true capacity is below its planned load at peak")
+
+
+class Risk(_Model):
+    """How sure the plan is, given the model's uncertainty per chip."""
+
+    confidence: float | None = Field(description="each pool has at least the capacity "
+                                                 "the plan counts on with this probability")
+    tiers: dict[str, float] = Field(description="tier -> probability every pool of it "
+                                                "covers its planned load at peak")
+    pools: list[PoolRisk] = Field(description="the pools that carry the risk, riskiest "
+                                              "first")
+
+
+class Verification(_Model):
+    """How the plan was checked by replaying its traffic through the simulator."""
+
+    window_s: float = Field(description="first seconds of each tier's traffic replayed")
+    outage_window_s: float | None = None
+    seed: int = 0
+    admission: str = "none"
+    outage_admission: str = "ttft"
+    rounds: int = Field(description="simulate -> re-size -> re-solve rounds")
+    seconds: float
+    resized: dict[str, float] = Field(
+        default_factory=dict,
+        description="candidate pool id, or tier:NAME for every candidate of a tier -> "
+                    "factor its modelled capacity was scaled by after the simulator found "
+                    "it missing an SLO (the factors multiply)")
+    tiers: list[TierCheck]
+    outages: list[Outage] = []
+    usd: float = Field(description="simulated bill of the window, every group up")
+    met: bool
+    reproduce: list[str] = Field(default_factory=list,
+                                 description="commands that replay the same figures")
+    notes: list[str] = []
 
 
 class ConstraintReport(_Model):
@@ -139,7 +217,11 @@ class PlanLimits(_Model):
 
     hours_per_month: float = Field(HOURS_PER_MONTH, description="hours billed per month")
     headroom: float = Field(0.0, description="capacity over peak demand, fraction")
-    derate: float = Field(1.0, description="multiple of the uncertainty band taken off")
+    derate: float | None = Field(None, description="multiple of the uncertainty band taken off "
+                                               "(older scenarios; else confidence)")
+    confidence: float | None = Field(None, description="probability the plan meets its SLOs "
+                                                      "given the estimates' uncertainty")
+    prepaid_usd_per_month: float = Field(0.0, description="prepaid capacity blocks, $/month")
     max_vendor_share: float | None = None
     vendor_share_basis: Literal["traffic", "spend"] = "traffic"
     n_minus_1: NMinusOneLimit | None = None
@@ -182,6 +264,8 @@ class Plan(_Model):
     baselines: list[Baseline]
     constraints: list[ConstraintReport]
     solver: SolverInfo = Field(default_factory=SolverInfo)
+    verification: Verification | None = None
+    risk: Risk | None = None
     notes: list[str] = []
 
     def pools_for(self, tier: str) -> list[PlanUnit]:

@@ -94,8 +94,11 @@ def _summary(plan: Plan) -> str:
         f"</header><div class=\"cards\">{''.join(cards)}</div>"
         f"<p>Vendor share of output tokens at peak: {esc(shares or '—')}. "
         f"Capacity planned with {pct(lim.headroom, 0)} headroom over peak demand, "
-        f"each estimate derated by {esc(lim.derate)}× its uncertainty band.</p>"
-        f"{trust}")
+        + (f"each estimate derated by {esc(lim.derate)}× its uncertainty band.</p>"
+           if lim.derate is not None else
+           f"each pool counted at the capacity it has with {pct(lim.confidence, 0)} "
+           "probability, given the model's held-out error for its chip.</p>")
+        + f"{trust}")
 
 
 def _trust_summary(plan: Plan) -> str:
@@ -216,6 +219,7 @@ def _value(v: Any) -> str:
 
 
 LIMIT_UNITS = {"headroom": "fraction over peak", "derate": "× uncertainty band",
+               "confidence": "probability per pool",
                "max_vendor_share": "fraction", "power_mw": "MW per region",
                "supply_max_chips": "chips per supply entry",
                "contracts": "USD / month committed"}

@@ -26,7 +26,7 @@ import aiohttp
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.perf.metrics import Latency, meets_slo, slo_attainment, tpot, ttft
+from tokenfleet.perf.metrics import Latency, attainment, meets_slo, tpot, ttft
 from tokenfleet.route.openai_api import load_json, prompt_of_tokens
 from tokenfleet.route.summary import LivePoolResult, LiveTierResult, RunSummary, latency
 from tokenfleet.workload.generate import EmpiricalLengths, FixedLengths, poisson
@@ -360,7 +360,7 @@ def summarize(result: LoadResult, tiers: dict[str, TierInfo] | None = None,
             retried=sum(1 for r in rs if r.attempts > 1),
             slo_ttft_s=ti.slo_ttft_s, slo_tpot_s=ti.slo_tpot_s,
             ttft_s=ttft, tpot_s=tpot, e2e_s=e2e,
-            slo_attainment=slo_attainment(met, len(rs)) if has_slo else None,
+            slo_attainment=attainment(met, len(rs)) if has_slo else None,
             mean_ttft_within_slo=(None if ti.slo_ttft_s is None or ttft.mean is None
                                   else ttft.mean <= ti.slo_ttft_s),
             mean_tpot_within_slo=(None if ti.slo_tpot_s is None or tpot.mean is None

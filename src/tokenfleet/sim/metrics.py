@@ -183,3 +183,15 @@ class CompletionBuffer:
         tiers.add(tier, vals, met, out, inp)
         pools.add(pool, vals, met, out, inp)
         self.__init__()  # type: ignore[misc]
+
+
+def count_within(counts: np.ndarray, bound_s: float) -> float:
+    """How many values of a histogram are at most ``bound_s`` (the bin that holds the
+    bound counted in proportion, geometric within the bin, as :func:`percentile`)."""
+    if bound_s <= LO_S:
+        return 0.0
+    pos = (math.log10(bound_s) - _LOG_LO) * PER_DECADE
+    b = int(math.floor(pos))
+    if b >= N_BINS:
+        return float(counts.sum())
+    return float(counts[:b].sum() + counts[b] * (pos - b))

@@ -2,11 +2,15 @@
 time series, the capacity timeline (failures, prices) and exact merging of runs of
 independent parts of a fleet.
 
-Money and power are integrated over the simulated span ``[0, end]`` from the capacity
-timeline, which depends only on the plan and the shocks: replicas that are up are
-billed at their current $/chip-hour and draw their TDP (``energy_kwh``, the same
-at-TDP accounting as the plan's watts); ``energy_busy_kwh`` counts TDP only while a
-replica computes (a lower bound).
+Power is integrated over the simulated span ``[0, end]`` from the capacity timeline,
+which depends only on the plan and the shocks; money over the traffic's window
+(:func:`billed_span_s`). Every planned replica is billed at its current $/chip-hour,
+failed or not, and the fleet's bill is the plan's
+formula (:func:`tokenfleet.plan.billing.bill_usd`: commitments and prepaid blocks in
+full, pro rata to the span, plus metered usage beyond them), so an outage never lowers
+the bill. Replicas that are up draw their TDP (``energy_kwh``, the same at-TDP
+accounting as the plan's watts); ``energy_busy_kwh`` counts TDP only while a replica
+computes (a lower bound).
 
 Units: seconds, USD, kWh, tokens.
 """
@@ -20,7 +24,9 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
-from tokenfleet.perf.metrics import Latency, slo_attainment
+from tokenfleet.perf.metrics import Latency, attainment
+from tokenfleet.plan.billing import bill_usd, period_fraction
+from tokenfleet.plan.schema import PlanLimits
 from tokenfleet.sim.engine import SERIES_LEVELS, SERIES_TOTALS, RunRecord
 from tokenfleet.sim.fleet import PoolInfo
 from tokenfleet.sim.metrics import GroupStats, percentile
@@ -49,7 +55,7 @@ class TierResult(BaseModel):
                           "as slo_attainment): what an N-1 promise (serve >= min_fraction "
                           "of peak at SLO) is checked on")
     mean_ttft_within_slo: bool | None = Field(description="mean TTFT <= SLO (the plan's "
-                                                          "promise is on means)")
+                                                          "promise is on its percentiles)")
     mean_tpot_within_slo: bool | None
     output_tokens_per_s: float
     goodput_requests_per_s: float
@@ -73,7 +79,7 @@ class PoolResult(BaseModel):
     tpot_s: Latency
     e2e_s: Latency
     slo_attainment: float | None = Field(
-        description="of the requests routed to it; failed or moved away count as misses "
+        description="of the requests routed to it; failed, shed or moved away count as misses "
                     "(tokenfleet.perf.metrics)")
     utilization: float | None = Field(description="busy time / up time of its engines")
     kv_occupancy_mean: float | None
@@ -221,7 +227,40 @@ def _hit_rate(rec: RunRecord, tier: str | None = None, pool: str | None = None
     return sum(v[0] for v in got) / looked if looked else None
 
 
-def summarize(rec: RunRecord) -> SimSummary:
+def billed_span_s(rec: RunRecord) -> float:
+    """The window a run bills: from 0 to the end of the last arrival's fine bin. The
+    fleet is rented continuously, so a window costs its length at the fleet's rate;
+    the same traffic gives the same window whatever failed or how long queues took to
+    drain, so an outage never shortens (lowers) the bill."""
+    nz = np.flatnonzero(rec.arrivals_fine)
+    return float(nz[-1] + 1) * rec.fine_s if nz.size else rec.end_s
+
+
+def window_bill_usd(rec: RunRecord, pool_usd: dict[str, float],
+                    limits: PlanLimits | None, prepaid: set[str]) -> float:
+    """The fleet's bill over the simulated span: the plan's formula with commitments
+    and prepaid blocks pro rata to the span (without the plan's limits: the sum of the
+    pools' list value)."""
+    if not limits:
+        return sum(pool_usd.values())
+    frac = period_fraction(billed_span_s(rec), limits.hours_per_month)
+    metered: dict[str, float] = {}
+    for pid, usd in pool_usd.items():
+        if pid not in prepaid:
+            cloud = rec.pool_info[pid].unit.cloud
+            metered[cloud] = metered.get(cloud, 0.0) + usd
+    commit: dict[str, float] = {}
+    for k in limits.contracts.values():
+        commit[k.cloud] = commit.get(k.cloud, 0.0) + k.committed_usd_per_month * frac
+    fixed_prepaid = limits.prepaid_usd_per_month * frac
+    used_prepaid = sum(usd for pid, usd in pool_usd.items() if pid in prepaid)
+    return bill_usd(metered, commit, max(fixed_prepaid, used_prepaid), used_prepaid).usd
+
+
+def summarize(rec: RunRecord, limits: PlanLimits | None = None,
+              prepaid: set[str] | None = None) -> SimSummary:
+    """The summary of a run; ``limits`` (a plan's) bills its commitments and prepaid
+    blocks (``prepaid``: pool ids) with the plan's formula."""
     span = max(rec.end_s, 1e-9)
     tiers: dict[str, TierResult] = {}
     for name in rec.tier_names:
@@ -236,8 +275,8 @@ def summarize(rec: RunRecord) -> SimSummary:
             retried=int(g.retried[i]), slo_ttft_s=slo_ttft, slo_tpot_s=slo_tpot,
             ttft_s=ttft, tpot_s=tpot, e2e_s=_latency(g, i, "e2e"),
             queue_s=_latency(g, i, "queue"),
-            slo_attainment=slo_attainment(int(g.slo_met[i]), arrived),
-            goodput_fraction=slo_attainment(int(g.slo_met[i]), arrived),
+            slo_attainment=attainment(int(g.slo_met[i]), arrived),
+            goodput_fraction=attainment(int(g.slo_met[i]), arrived),
             mean_ttft_within_slo=(None if slo_ttft is None or ttft.mean is None
                                   else ttft.mean <= slo_ttft),
             mean_tpot_within_slo=(None if slo_tpot is None or tpot.mean is None
@@ -248,19 +287,23 @@ def summarize(rec: RunRecord) -> SimSummary:
             prefix_cache_hit_rate=_hit_rate(rec, name),
         )
     pools: dict[str, PoolResult] = {}
-    total_cost = total_energy = busy_energy = 0.0
+    total_energy = busy_energy = 0.0
+    pool_usd: dict[str, float] = {}
+    bill_s = billed_span_s(rec)
     for pid, info in rec.pool_info.items():
         g = rec.pools
         i = g.row(pid)
         segs = capacity_segments(info, pid, rec.failures, rec.prices, rec.end_s)
-        cost = sum((t1 - t0) * up * usd * info.unit.chips_per_replica for t0, t1, up, usd
-                   in segs) / 3600.0
+        # every planned replica is paid for, failed or not, over the traffic's window
+        cost = sum((t1 - t0) * info.unit.replicas * usd * info.unit.chips_per_replica
+                   for t0, t1, _, usd in capacity_segments(info, pid, [], rec.prices,
+                                                            bill_s)) / 3600.0
+        pool_usd[pid] = cost
         up_s = sum((t1 - t0) * up for t0, t1, up, _ in segs)
         energy = up_s * info.watts_per_replica / 3.6e6
         lanes = info.lanes_per_replica
         busy = rec.busy_s[pid]
         busy_energy += busy * info.watts_per_replica / lanes / 3.6e6
-        total_cost += cost
         total_energy += energy
         ser = rec.series[pid]
         occ = _occupancy(rec, pid, info)
@@ -271,7 +314,7 @@ def summarize(rec: RunRecord) -> SimSummary:
             requests=int(g.arrived[i]), completed=done, moved_away=int(g.retried[i]),
             ttft_s=_latency(g, i, "ttft"), tpot_s=_latency(g, i, "tpot"),
             e2e_s=_latency(g, i, "e2e"),
-            slo_attainment=slo_attainment(int(g.slo_met[i]), int(g.arrived[i])),
+            slo_attainment=attainment(int(g.slo_met[i]), int(g.arrived[i])),
             utilization=(busy / (up_s * lanes)) if up_s > 0 else None,
             kv_occupancy_mean=float(np.mean(occ)) if occ.size else None,
             kv_occupancy_max=float(np.max(occ)) if occ.size else None,
@@ -288,6 +331,7 @@ def summarize(rec: RunRecord) -> SimSummary:
     l_mean = float(n_in.mean()) if n_in.size else 0.0
     rel = abs(l_mean - lam * w_mean) / max(lam * w_mean, 1e-12) if rec.requests else 0.0
     in_flight = rec.requests - rec.completed - rec.rejected
+    total_cost = window_bill_usd(rec, pool_usd, limits, prepaid or set())
     out_tokens = int(rec.tiers.output_tokens.sum())
     shocks = [f.text for f in rec.failures] + [p.text for p in rec.prices]
     return SimSummary(

@@ -100,7 +100,8 @@ def simulate(plan: Plan, workload: Workload, *, failures: list[Failure] | None =
                          prices, engine, workers, address)
         rec = merge_records(recs, wall_s=time.perf_counter() - t0)
         rec.source = workload.source
-    return SimResult(rec, summarize(rec))
+    return SimResult(rec, summarize(rec, plan.limits,
+                                    {u.pool for u in plan.units if u.prepaid}))
 
 
 def run_part(plan_json: str, pool_ids: list[str], workload: Workload, opt: SimOptions,
