@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tokenfleet.plan.billing import bill_usd, period_fraction
-from tokenfleet.plan.schema import Plan
+from tokenfleet.plan.schema import ContractLimit, Plan
 from tokenfleet.sim.results import billed_span_s
 from tokenfleet.sim.run import simulate
 from tokenfleet.sim.shocks import parse_failure
@@ -17,9 +17,10 @@ def _with_commitment(plan: Plan, usd_per_month: float) -> Plan:
     """The plan with a commitment in the AMD pool's cloud and its H100s reserved."""
     p = plan.model_copy(deep=True)
     amd = next(u for u in p.units if u.vendor == "AMD")
-    p.limits = {**p.limits, "hours_per_month": 730.0,
-                "contracts": {"amd-commit": {"cloud": amd.cloud,
-                                             "committed_usd_per_month": usd_per_month}}}
+    p.limits = p.limits.model_copy(update={
+        "hours_per_month": 730.0,
+        "contracts": {"amd-commit": ContractLimit(cloud=amd.cloud,
+                                                  committed_usd_per_month=usd_per_month)}})
     for u in p.units:
         if u.vendor == "NVIDIA":
             u.price_kind = "reserved"
