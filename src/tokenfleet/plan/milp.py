@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import highspy
@@ -25,6 +25,7 @@ from tokenfleet.plan import highs
 from tokenfleet.plan.candidates import Candidate, CandidateSet, Demand
 from tokenfleet.plan.n1 import N1Cut, starting_cuts, violated
 from tokenfleet.plan.scenario import Scenario
+from tokenfleet.plan.whatrows import add_whatif_rows
 
 POLICY_FAMILIES = ("vendor-share", "n-1")
 
@@ -76,16 +77,20 @@ class Program:
                 data.append(v)
         return csc_array((data, (ri, ci)), shape=(len(self.rows), len(self.cost)))
 
-    def solve(self, mip_gap: float, time_limit: float, *, heuristic_start: bool = True
-              ) -> Solution:
+    def solve(self, mip_gap: float, time_limit: float, *, heuristic_start: bool = True,
+              start_by_name: Mapping[str, float] | None = None) -> Solution:
         """Solve with HiGHS; with ``heuristic_start``, seed it with a plan found by
         diving on the LP relaxation (:func:`_dive`), which HiGHS's own heuristics do not
-        always find on large fleets."""
+        always find on large fleets. ``start_by_name`` (variable name -> value) is a
+        known feasible point instead, e.g. the plan itself when re-solving it with one
+        constraint relaxed (:mod:`tokenfleet.plan.prices`)."""
         t0 = time.perf_counter()
         a = self.matrix()
         integer = np.asarray(self.integer, bool)
         start = None
-        if heuristic_start and integer.any():
+        if start_by_name is not None:
+            start = np.array([start_by_name.get(v, 0.0) for v in self.names], float)
+        elif heuristic_start and integer.any():
             start = _dive(self, a, integer, deadline=t0 + DIVE_SHARE * time_limit)
         h = _highs_model(self, a, integer)
         h.setOptionValue("mip_rel_gap", mip_gap)
@@ -305,7 +310,8 @@ def formulate(
         members = [c for c in cands if c.region == r.name]
         name = f"power {r.name}"
         if members and not dropped(name, "power"):
-            p.row(name, "power", {n[c.id]: c.watts for c in members}, ub=r.power_mw * 1e6,
+            p.row(name, "power", {n[c.id]: c.watts * r.pue for c in members},
+                  ub=r.power_mw * 1e6,
                   detail=f"cap {r.power_mw:g} MW")
     # committed spend: usage in the contract's cloud beyond the commitment is on-demand
     for k in sc.contracts:
@@ -361,6 +367,9 @@ def formulate(
                 coefs = {y[(c.id, b)]: 1.0 / cap for b, cap in c.capacity.items()}
                 coefs[n[c.id]] = -1.0
                 p.row(f"n-1 capacity without {g}: {c.id}", "n-1-capacity", coefs, ub=0.0)
+
+    # what-if rows (min share of a tier on a vendor, fleet-wide power): tokenfleet.plan.whatrows
+    add_whatif_rows(p, sc, cs, cands, n, x, drop)
 
     if elastic:
         _make_elastic(p)
@@ -419,6 +428,7 @@ def solve_fleet(
     candidates: list[Candidate] | None = None,
     drop: frozenset[str] = frozenset(),
     elastic: bool = False,
+    start: Mapping[str, float] | None = None,
 ) -> tuple[Formulation, Solution]:
     """Formulate and solve; N-1 by cuts (:mod:`tokenfleet.plan.n1`) unless the scenario
     asks for the exact formulation or the program is elastic (infeasibility reports
@@ -433,7 +443,7 @@ def solve_fleet(
         method = "exact" if copies <= AUTO_EXACT_MAX_COPIES else "cuts"
     if n1 is None or "n-1" in drop or elastic or method == "exact":
         f = formulate(sc, cs, candidates=candidates, drop=drop, elastic=elastic)
-        return f, f.program.solve(sc.mip_gap, sc.time_limit_s)
+        return f, f.program.solve(sc.mip_gap, sc.time_limit_s, start_by_name=start)
     by, fraction = n1.by, n1.min_fraction
     groups = {g: [c.id for c in cands if group_of(c, by) == g]
               for g in sorted({group_of(c, by) for c in cands})}
@@ -452,7 +462,8 @@ def solve_fleet(
         f = formulate(sc, cs, candidates=cands, drop=drop, n1_exact=exact, n1_cuts=cuts)
         # A master whose incumbent still breaks N-1 is thrown away, so no round may
         # take the whole budget; the round that passes keeps what HiGHS proved by then.
-        sol = f.program.solve(sc.mip_gap, max((deadline - time.perf_counter()) / 3, 1.0))
+        sol = f.program.solve(sc.mip_gap, max((deadline - time.perf_counter()) / 3, 1.0),
+                              start_by_name=start)
         spent += sol.seconds
         # Every master relaxes the full program: its proved bound bounds the optimum.
         bound = max(bound, sol.bound if sol.bound is not None else -np.inf)

@@ -22,6 +22,7 @@ from tokenfleet.plan.milp import (
     fixed_monthly_cost,
     solve_fleet,
 )
+from tokenfleet.plan.prices import price_constraints
 from tokenfleet.plan.scenario import Scenario, Tier
 from tokenfleet.plan.schema import (
     Baseline,
@@ -176,7 +177,8 @@ def plan_scenario(
         raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
     total = bill(sc, f, sol)
 
-    constraints = _constraint_reports(sc, cs, f, sol, total, compare_policies, progress)
+    constraints = (price_constraints(sc, cs, f, sol, total, bill, progress) if compare_policies
+                   else _constraint_reports(sc, cs, f, sol, total, False, progress))
     baselines = _baselines(sc, cs, total) if compare_policies else []
     plan = _assemble(sc, cs, f, sol, name, constraints, baselines, catalog)
     # Verify with code that shares nothing with the MILP (tokenfleet.plan.check).

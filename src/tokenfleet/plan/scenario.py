@@ -88,7 +88,7 @@ class Supply(_M):
     accelerator: str
     cloud: str
     region: str
-    max_chips: int = Field(gt=0)
+    max_chips: int = Field(ge=0, description="chips available (0: none, for what-ifs)")
     usd_per_chip_hour: float | None = Field(
         None, gt=0, description="price; default: the catalog's price for this cloud")
     price_kind: Literal["on_demand", "reserved"] = "on_demand"
@@ -102,7 +102,10 @@ class Supply(_M):
 
 class Region(_M):
     name: str
-    power_mw: float | None = Field(None, gt=0, description="power cap for this fleet, MW")
+    power_mw: float | None = Field(None, gt=0, description="power cap for this fleet, MW "
+                                   "(facility power: chips at TDP times pue)")
+    pue: float = Field(1.0, ge=1.0, description="power usage effectiveness: facility watts "
+                       "per chip watt (1.0 counts the chips' TDP only)")
 
 
 class Contract(_M):
@@ -125,8 +128,20 @@ class NMinusOne(_M):
         "stay small")
 
 
+class MinShare(_M):
+    """A floor on one vendor's share of one tier's traffic (a negotiated migration)."""
+
+    tier: str
+    vendor: str = Field(description="vendor name as in the catalog, e.g. Microsoft, AMD")
+    min_fraction: float = Field(gt=0, le=1, description="share of the tier's output "
+                                "tokens at peak served on this vendor's chips")
+
+
 class Policy(_M):
     max_vendor_share: float | None = Field(None, gt=0, le=1)
+    min_share: list[MinShare] = Field(
+        default_factory=list, description="floors on a vendor's share of a tier "
+        "(`plan --require 'large: Microsoft >= 0.3'`)")
     vendor_share_basis: Literal["traffic", "spend"] = Field(
         "traffic", description="traffic = share of output tokens served at peak")
     n_minus_1: NMinusOne | None = None
@@ -155,6 +170,9 @@ class Scenario(_M):
     mip_gap: float = Field(
         0.01, gt=0, description="relative optimality gap (of the monthly bill) to stop at")
     time_limit_s: float = Field(30.0, gt=0, description="solver time limit per solve, s")
+    max_power_mw: float | None = Field(
+        None, gt=0, description="fleet-wide power cap over every region, MW (facility "
+                                "power; `plan --power-mw`)")
 
     @model_validator(mode="after")
     def _names(self) -> Scenario:

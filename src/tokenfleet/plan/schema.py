@@ -106,8 +106,21 @@ class ConstraintReport(_Model):
     name: str
     binding: bool
     marginal_usd_per_month: float | None = Field(
-        description="how much the plan would save per month without this constraint")
+        description="how much the plan would save per month without this constraint: "
+                    "the plan re-solved without it (tokenfleet.plan.prices)")
     detail: str = ""
+    price_low_usd_per_month: float | None = Field(
+        None, description="the saving is proved at least this (solver bounds)")
+    price_high_usd_per_month: float | None = Field(
+        None, description="the saving is proved at most this (solver bounds)")
+    price_proved: bool = Field(
+        True, description="false when a re-solve ran out of time: the price is then "
+                          "'at least price_low_usd_per_month'")
+    per_unit_usd_per_month: float | None = Field(
+        None, description="saving per month of one more unit of the cap (see unit)")
+    unit: str | None = Field(None, description="unit of the cap: MW, chip, point of share")
+    limit: float | None = Field(None, description="the cap, in unit")
+    used: float | None = Field(None, description="what the plan uses of it, in unit")
 
 
 class Plan(_Model):
