@@ -11,6 +11,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tokenfleet.catalog.loader import load_catalog
+from tokenfleet.cli import plan_whatif as whatif
 from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.gates import precision_gate
@@ -60,11 +61,16 @@ def print_plan(plan: Plan, console: Console) -> None:
     console.print(f"  vendor share (output tokens at peak): {shares}")
     console.print(f"  power at TDP: {power}")
     t = Table(title="Constraints")
-    for col in ("constraint", "binding", "saves if dropped, $/month", "detail"):
+    for col in ("constraint", "binding", "saves if dropped, $/month", "per unit more",
+                "detail"):
         t.add_column(col, overflow="fold")
     for r in plan.constraints:
-        t.add_row(r.name, "yes" if r.binding else "", _money(r.marginal_usd_per_month),
-                  r.detail)
+        price = _money(r.marginal_usd_per_month)
+        if not r.price_proved and r.price_low_usd_per_month is not None:
+            price = f"≥ {_money(r.price_low_usd_per_month)}"
+        per = (f"{_money(r.per_unit_usd_per_month)}/{r.unit}"
+               if r.per_unit_usd_per_month is not None and r.unit else "")
+        t.add_row(r.name, "yes" if r.binding else "", price, per, r.detail)
     console.print(t)
     for n in plan.notes:
         console.print(f"  note: {n}")
@@ -95,6 +101,24 @@ def plan_cmd(
     explain_schema_: Annotated[bool, typer.Option(
         "--explain-schema", help="print every scenario field and exit")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print plan JSON on stdout")] = False,
+    without: Annotated[list[str] | None, typer.Option(
+        "--without", help="plan with no chips of this accelerator, vendor or cloud and "
+                          "compare with the scenario as given (repeatable)")] = None,
+    require: Annotated[list[str] | None, typer.Option(
+        "--require", help="a floor on a vendor's share of a tier's output tokens, e.g. "
+                          "'large: Microsoft >= 0.3' (repeatable); compared as --without")] = None,
+    versus: Annotated[Path | None, typer.Option(
+        "--versus", help="another scenario YAML or plan.json: print both plans side by side "
+                         "with the saving and its band")] = None,
+    budget: Annotated[float | None, typer.Option(
+        "--budget", help="USD per month: plan the largest traffic (a multiple of the "
+                         "scenario's) served at every SLO within this bill")] = None,
+    power_mw: Annotated[float | None, typer.Option(
+        "--power-mw", help="MW over all regions: plan the largest traffic served within "
+                           "this power (facility power, PUE included)")] = None,
+    band: Annotated[bool, typer.Option(
+        help="with a comparison, re-solve both sides at the ends of the estimates' "
+             "uncertainty bands for a band on the saving")] = True,
 ) -> None:
     """The cheapest multi-vendor fleet that meets every SLO and policy.
 
@@ -115,6 +139,8 @@ def plan_cmd(
                               "(or --explain-schema)")
     sc, base = load_scenario(scenario, set_ or [])
     cat = load_catalog(catalog or [])
+    w = whatif.apply(sc, base, cat, without or [], require or [], budget, power_mw)
+    sc = w.sc
     gate = precision_gate(sc, base, str(scenario))
     err = console(stderr=True)
     with Progress(console=err, transient=True) as prog:
@@ -125,6 +151,9 @@ def plan_cmd(
 
         plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
                              progress=step, compare_policies=baselines)
+        prog.update(task, description="planning the other side", total=None)
+        cmp = whatif.comparison(plan, w, base, cat, versus, band)
+    whatif.record(plan, w, cmp)
     out.write_text(plan.model_dump_json(indent=2))
     html_path = None
     if report is None or str(report) != "-":
@@ -135,7 +164,12 @@ def plan_cmd(
     if json_out:
         print(plan.model_dump_json(indent=2))
         return
-    print_plan(plan, console())
+    out_console = console()
+    print_plan(plan, out_console)
+    if w.scale is not None:
+        whatif.print_scale(w.scale, out_console)
+    if cmp is not None:
+        whatif.print_comparison(cmp, out_console)
     err.print(f"wrote {out}" + (f" and {html_path}" if html_path else ""))
 
 

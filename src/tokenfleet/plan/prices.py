@@ -227,8 +227,8 @@ def price_constraints(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solut
         if (p.point or 0.0) <= 0.0:
             for n in loose_caps:
                 loose_price[n] = Price(0.0, 0.0, p.high, p.proved,
-                                       "room for another replica; dropping every such cap "
-                                       "together saves nothing")
+                                       "room for another replica (all such caps "
+                                       "dropped at once save $0)")
         else:  # some loose cap matters after all: price each alone
             more = {n: Job(n, sc, frozenset({n})) for n in loose_caps}
             _solve_jobs(ctx, list(more.values()), progress, len(jobs), len(jobs) + len(more))

@@ -139,6 +139,9 @@ class Plan(_Model):
     constraints: list[ConstraintReport]
     solver: dict[str, Any]
     notes: list[str] = []
+    whatif: dict[str, Any] | None = Field(
+        None, description="what-ifs applied (--without, --require, --budget, --power-mw) and "
+                          "the side-by-side comparison (--versus), see tokenfleet.plan.whatif")
 
     def pools_for(self, tier: str) -> list[PlanUnit]:
         return [u for u in self.units if u.tier == tier]
