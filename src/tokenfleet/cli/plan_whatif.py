@@ -149,9 +149,9 @@ def print_comparison(c: Comparison, out: Console) -> None:
     t.add_row("vendor share, spend", _shares(a.vendor_share_spend),
               _shares(b.vendor_share_spend), "")
     for tier in sorted(set(a.slo_margin) | set(b.slo_margin)):
-        x, y = a.slo_margin.get(tier), b.slo_margin.get(tier)
-        t.add_row(f"SLO margin {tier}", "—" if x is None else f"{x:.0%}",
-                  "—" if y is None else f"{y:.0%}", "")
+        ma, mb = a.slo_margin.get(tier), b.slo_margin.get(tier)
+        t.add_row(f"SLO margin {tier}", "—" if ma is None else f"{ma:.0%}",
+                  "—" if mb is None else f"{mb:.0%}", "")
     out.print(t)
     s = c.saving_usd_per_month
     sign = 1.0 if s >= 0 else -1.0  # report the band in the headline's direction

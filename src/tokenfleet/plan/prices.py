@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokenfleet.plan.candidates import CandidateSet
-from tokenfleet.plan.milp import Formulation, Solution, Row, solve_fleet
+from tokenfleet.plan.milp import Formulation, Row, Solution, solve_fleet
 from tokenfleet.plan.n1 import violated
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.plan.schema import ConstraintReport
@@ -158,24 +158,28 @@ def _cap_unit(ctx: _Ctx, r: Row, act: float) -> tuple[str, float, float]:
 def _stepped(sc: Scenario, r: Row) -> tuple[Scenario, float] | None:
     """The scenario with one step more of cap or policy ``r`` and the step in its unit."""
     s2 = sc.model_copy(deep=True)
+    # a cap grows by 10 % of itself, and at least by its largest replica (so one more
+    # of any pool fits); the price is per unit of that step
+    biggest = max(r.coefs.values(), default=0.0)
     if r.family == "supply":
         hit = [s for s in s2.supply
                if r.name == f"supply {s.accelerator}@{s.cloud}/{s.region}"]
         if not hit:
             return None
-        step = max(1, int(round(STEP_CAP * sum(s.max_chips for s in hit))))
+        step = max(int(round(STEP_CAP * sum(s.max_chips for s in hit))), int(biggest), 1)
+        each = max(1, -(-step // len(hit)))
         for s in hit:
-            s.max_chips += max(1, step // len(hit))
-        return s2, float(max(1, step // len(hit)) * len(hit))
+            s.max_chips += each
+        return s2, float(each * len(hit))
     if r.family == "power":
         reg = next((x for x in s2.regions if r.name == f"power {x.name}"), None)
         if reg is None or reg.power_mw is None:
             return None
-        step_mw = STEP_CAP * reg.power_mw
+        step_mw = max(STEP_CAP * reg.power_mw, biggest / 1e6)
         reg.power_mw += step_mw
         return s2, step_mw
     if r.family == FLEET_POWER and s2.max_power_mw is not None:
-        step_mw = STEP_CAP * s2.max_power_mw
+        step_mw = max(STEP_CAP * s2.max_power_mw, biggest / 1e6)
         s2.max_power_mw += step_mw
         return s2, step_mw
     if r.family == "vendor-share" and s2.policy.max_vendor_share is not None:
@@ -231,8 +235,12 @@ def price_constraints(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solut
                                        "dropped at once save $0)")
         else:  # some loose cap matters after all: price each alone
             more = {n: Job(n, sc, frozenset({n})) for n in loose_caps}
-            _solve_jobs(ctx, list(more.values()), progress, len(jobs), len(jobs) + len(more))
+            more_steps = {n: (Job(n + " +step", st[0]), st[1]) for n in loose_caps
+                          for st in [_stepped(sc, ctx.rows[n][0][0])] if st is not None}
+            wave = list(more.values()) + [j for j, _ in more_steps.values()]
+            _solve_jobs(ctx, wave, progress, len(jobs), len(jobs) + len(wave))
             drops.update(more)
+            steps.update(more_steps)
     return _reports(ctx, drops, steps, loose_price)
 
 
@@ -259,7 +267,7 @@ def _reports(ctx: _Ctx, drops: Mapping[str, Job], steps: Mapping[str, tuple[Job,
     def report(name: str, detail: str, unit: str | None = None, limit: float | None = None,
                used: float | None = None, binding_hint: bool = False) -> ConstraintReport:
         p = loose_price.get(name) or _price(ctx, drops[name], meets_for(name))
-        per_unit = None
+        per_unit = step = None
         if name in steps and (p.point or 0.0) > 0:
             sj, step = steps[name]
             sp = _price(ctx, sj, None)
@@ -271,7 +279,7 @@ def _reports(ctx: _Ctx, drops: Mapping[str, Job], steps: Mapping[str, tuple[Job,
             price_low_usd_per_month=None if p.low is None else max(p.low, 0.0),
             price_high_usd_per_month=None if p.high is None else max(p.high, 0.0),
             price_proved=p.proved, per_unit_usd_per_month=per_unit, unit=unit, limit=limit,
-            used=used)
+            used=used, per_unit_step=step)
 
     for name, rs in ctx.rows.items():
         r, act = rs[0]

@@ -119,6 +119,9 @@ class ConstraintReport(_Model):
     per_unit_usd_per_month: float | None = Field(
         None, description="saving per month of one more unit of the cap (see unit)")
     unit: str | None = Field(None, description="unit of the cap: MW, chip, point of share")
+    per_unit_step: float | None = Field(
+        None, description="the cap was raised by this many units for per_unit_usd_per_month "
+                          "(10 % of it, at least one more replica)")
     limit: float | None = Field(None, description="the cap, in unit")
     used: float | None = Field(None, description="what the plan uses of it, in unit")
 
