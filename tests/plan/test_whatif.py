@@ -1,0 +1,103 @@
+"""What-ifs (tokenfleet.plan.whatif): --without, --require, the inverse question."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenfleet.catalog import load_catalog
+from tokenfleet.errors import TokenfleetError
+from tokenfleet.plan.milp import solve_fleet
+from tokenfleet.plan.planner import bill, chosen_units
+from tokenfleet.plan.scenario import apply_overrides
+from tokenfleet.plan.whatif import (
+    apply_require,
+    apply_without,
+    max_traffic_scale,
+    parse_require,
+    scaled,
+)
+
+from .test_planner import CAPS, PRICES, _cands, _scenario
+
+CAT = load_catalog()
+
+
+def test_parse_require_reads_fractions_and_percentages():
+    sc = _scenario()
+    m = parse_require("t: Microsoft >= 0.3", sc)
+    assert (m.tier, m.vendor, m.min_fraction) == ("t", "Microsoft", 0.3)
+    assert parse_require(" t :AMD>=25% ", sc).min_fraction == pytest.approx(0.25)
+    for bad in ("t Microsoft 0.3", "nope: AMD >= 0.3", "t: AMD >= 1.5"):
+        with pytest.raises(TokenfleetError):
+            parse_require(bad, sc)
+
+
+def test_without_matches_accelerator_vendor_or_cloud():
+    sc = _scenario()
+    for name, gone in (("maia-200", {"maia-200"}), ("AMD", {"mi300x"}), ("azure", {"maia-200"}),
+                       ("NVIDIA", {"h100-sxm"})):
+        out, said = apply_without(sc, CAT, [name])
+        assert {s.accelerator for s in out.supply if s.max_chips == 0} == gone, name
+        assert name in said
+    assert all(s.max_chips > 0 for s in sc.supply)  # the input is not edited
+    with pytest.raises(TokenfleetError, match="allowed: .*maia-200"):
+        apply_without(sc, CAT, ["tpu-v9"])
+
+
+def test_set_max_chips_zero_is_accepted():
+    data = _scenario().model_dump()
+    out = apply_overrides(data, ["supply.maia-200.max_chips=0"])
+    assert out["supply"][1]["max_chips"] == 0
+    type(_scenario()).model_validate(out)  # validates
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6])
+def test_required_share_holds_and_costs_at_least_as_much(fraction):
+    sc = _scenario().model_copy(update={"mip_gap": 1e-9})
+    cs = _cands(CAPS, PRICES)
+    f0, s0 = solve_fleet(sc, cs)
+    floor = parse_require(f"t: Microsoft >= {fraction}", sc)
+    sc2 = apply_require(sc, [floor])
+    f, sol = solve_fleet(sc2, cs)
+    assert sol.ok and sol.x is not None
+    out_len = {d.bucket: d.output_len for d in cs.demands}
+    tokens = {c.id: sum(sol.x[f.x[(c.id, b)]] * out_len[b] for b in c.capacity)
+              for c in cs.candidates}
+    share = sum(v for cid, v in tokens.items() if cid == "p1") / sum(tokens.values())
+    assert share >= fraction - 1e-6
+    assert bill(sc2, f, sol) >= bill(sc, f0, s0) - 1e-6
+    assert any(r.family == "min-share" for r in f.program.rows)
+
+
+def test_unknown_vendor_in_a_floor_is_a_clear_error():
+    sc = apply_require(_scenario(), [parse_require("t: Cerebras >= 0.1", _scenario())])
+    with pytest.raises(TokenfleetError, match="no candidate pool on vendor 'Cerebras'"):
+        solve_fleet(sc, _cands(CAPS, PRICES))
+
+
+def test_budget_answer_is_the_largest_scale_within_it():
+    sc = _scenario().model_copy(update={"mip_gap": 1e-9})
+    cs = _cands(CAPS, PRICES)
+    f, s = solve_fleet(sc, cs)
+    budget = bill(sc, f, s) * 1.3
+    ans = max_traffic_scale(sc, cs, budget, None, rel_tol=0.01)
+    assert ans.scale > 1.0 and ans.usd_per_month is not None
+    assert ans.usd_per_month <= budget
+    lo, hi = ans.bracket
+    assert hi / lo <= 1.0101
+    f2, s2 = solve_fleet(sc, scaled(cs, hi))
+    assert not s2.ok or bill(sc, f2, s2) > budget  # one step more does not fit
+
+
+def test_power_answer_respects_the_fleet_cap():
+    sc = _scenario().model_copy(update={"mip_gap": 1e-9})
+    cs = _cands(CAPS, PRICES)
+    ans = max_traffic_scale(sc, cs, None, 0.004, rel_tol=0.01)
+    assert ans.power_mw is not None and ans.power_mw <= 0.004 + 1e-12
+    sc2 = sc.model_copy(update={"max_power_mw": 0.004})
+    f, s = solve_fleet(sc2, scaled(cs, ans.scale))
+    assert s.ok
+    watts = sum(c.watts * k for c, k in chosen_units(f, s))
+    assert watts <= 4000 + 1e-6
+    f, s = solve_fleet(sc2, scaled(cs, ans.bracket[1]))
+    assert not s.ok
