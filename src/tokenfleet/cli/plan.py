@@ -59,7 +59,23 @@ def print_plan(plan: Plan, console: Console) -> None:
     shares = ", ".join(f"{v} {s:.0%}" for v, s in plan.vendor_share.items())
     power = ", ".join(f"{r} {mw:.2f} MW" for r, mw in plan.power_mw.items())
     console.print(f"  vendor share (output tokens at peak): {shares}")
+    spend = plan.vendor_shares.get("spend")
+    if spend:
+        console.print("  vendor share (spend): "
+                      + ", ".join(f"{v} {s:.0%}" for v, s in spend.items()))
     console.print(f"  power at TDP: {power}")
+    if plan.energy:
+        e = plan.energy
+        cost = (f", {_money(e['usd_per_month'])}/month" if e.get("usd_per_month") is not None
+                else "")
+        console.print(f"  energy: {e['mwh_per_month']:,.0f} MWh/month at "
+                      f"{e['facility_mw']:.3g} MW facility power (PUE per region){cost}")
+    for k in plan.contracts:
+        ramp = (" ramp " + "/".join(f"{y / 1e6:g}M" for y in k["yearly_minimum_usd"])
+                + f" a year, year {k['year']}" if k.get("yearly_minimum_usd") else "")
+        console.print(f"  contract {k['name']} ({k['cloud']}): {_money(k['total_usd'])} over "
+                      f"{k['term_months']} months{ramp}; this month's minimum "
+                      f"{_money(k['minimum_usd_per_month'])}, used {k['used_fraction']:.0%}")
     t = Table(title="Constraints")
     for col in ("constraint", "binding", "saves if dropped, $/month", "per unit more",
                 "detail"):

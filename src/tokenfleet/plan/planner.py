@@ -15,6 +15,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.plan.candidates import Candidate, CandidateSet, build_candidates
 from tokenfleet.plan.check import check_plan
+from tokenfleet.plan.contracts import enrich
 from tokenfleet.plan.milp import (
     POLICY_FAMILIES,
     Formulation,
@@ -181,6 +182,7 @@ def plan_scenario(
                    else _constraint_reports(sc, cs, f, sol, total, False, progress))
     baselines = _baselines(sc, cs, total) if compare_policies else []
     plan = _assemble(sc, cs, f, sol, name, constraints, baselines, catalog)
+    enrich(plan, sc)  # contracts as signed, vendor shares by basis, energy (plan.contracts)
     # Verify with code that shares nothing with the MILP (tokenfleet.plan.check).
     violations = check_plan(plan, sc, catalog)
     if violations:

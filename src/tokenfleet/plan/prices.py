@@ -34,7 +34,7 @@ from tokenfleet.plan.milp import Formulation, Row, Solution, solve_fleet
 from tokenfleet.plan.n1 import violated
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.plan.schema import ConstraintReport
-from tokenfleet.plan.whatrows import FLEET_POWER, MIN_SHARE
+from tokenfleet.plan.whatrows import FLEET_POWER, MIN_SHARE, contract_power_name
 
 Bill = Callable[[Scenario, Formulation, Solution], float]
 Progress = Callable[[str, int, int], None]
@@ -171,6 +171,11 @@ def _stepped(sc: Scenario, r: Row) -> tuple[Scenario, float] | None:
         for s in hit:
             s.max_chips += each
         return s2, float(each * len(hit))
+    k = next((k for k in s2.contracts if r.name == contract_power_name(k.name)), None)
+    if r.family == "power" and k is not None and k.power_mw is not None:
+        step_mw = max(STEP_CAP * k.power_mw, biggest / 1e6)
+        k.power_mw += step_mw
+        return s2, step_mw
     if r.family == "power":
         reg = next((x for x in s2.regions if r.name == f"power {x.name}"), None)
         if reg is None or reg.power_mw is None:

@@ -106,15 +106,59 @@ class Region(_M):
                                    "(facility power: chips at TDP times pue)")
     pue: float = Field(1.0, ge=1.0, description="power usage effectiveness: facility watts "
                        "per chip watt (1.0 counts the chips' TDP only)")
+    usd_per_mwh: float | None = Field(
+        None, gt=0, description="energy price, for the energy cost in plan.json (cloud "
+                                "chip-hour prices already include power: informational)")
 
 
 class Contract(_M):
-    """Committed spend: paid whether used or not; usage in that cloud draws it down."""
+    """Committed spend: paid whether used or not (take-or-pay); usage in that cloud draws
+    it down. Give the monthly amount, or the deal as signed: a total over the term, or
+    a ramp of yearly minimums; the plan is for one month of contract year ``year``."""
 
     name: str
     cloud: str
-    committed_usd_per_month: float = Field(gt=0)
-    term_months: int = Field(12, gt=0, description="length of the commitment (reported)")
+    committed_usd_per_month: float = Field(
+        0.0, ge=0, description="take-or-pay minimum for the planned month (derived from "
+                               "total_usd or yearly_minimum_usd when those are given)")
+    term_months: int = Field(12, gt=0, description="length of the commitment")
+    total_usd: float | None = Field(
+        None, gt=0, description="total commitment over the term (spread evenly over its "
+                                "months unless yearly_minimum_usd gives a ramp)")
+    yearly_minimum_usd: list[float] | None = Field(
+        None, description="ramp: minimum spend in each contract year, USD (one entry per "
+                          "year of the term)")
+    year: int = Field(1, gt=0, description="contract year the plan is for (picks the ramp "
+                                           "step)")
+    power_mw: float | None = Field(
+        None, gt=0, description="power cap over this contract's pools (its cloud), MW, "
+                                "facility power")
+
+    @model_validator(mode="after")
+    def _monthly(self) -> Contract:
+        derived = None
+        if self.yearly_minimum_usd:
+            years = -(-self.term_months // 12)
+            if len(self.yearly_minimum_usd) != years:
+                raise ValueError(f"yearly_minimum_usd has {len(self.yearly_minimum_usd)} "
+                                 f"entries; the {self.term_months}-month term has {years} "
+                                 "years")
+            if self.year > years:
+                raise ValueError(f"year {self.year} is past the {years}-year term")
+            if self.total_usd is not None and sum(self.yearly_minimum_usd) > self.total_usd:
+                raise ValueError("the yearly minimums add up to more than total_usd")
+            derived = self.yearly_minimum_usd[self.year - 1] / 12
+        elif self.total_usd:
+            derived = self.total_usd / self.term_months
+        if derived is not None:
+            if self.committed_usd_per_month and not math.isclose(
+                    self.committed_usd_per_month, derived, rel_tol=1e-9):
+                raise ValueError("give committed_usd_per_month or the deal as signed "
+                                 "(total_usd / yearly_minimum_usd), not both")
+            self.committed_usd_per_month = derived
+        if self.committed_usd_per_month <= 0:
+            raise ValueError("give committed_usd_per_month, total_usd or yearly_minimum_usd")
+        return self
 
 
 class NMinusOne(_M):

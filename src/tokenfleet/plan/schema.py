@@ -142,6 +142,14 @@ class Plan(_Model):
     constraints: list[ConstraintReport]
     solver: dict[str, Any]
     notes: list[str] = []
+    vendor_shares: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="basis (tokens, spend, chips) -> vendor -> share")
+    energy: dict[str, Any] = Field(
+        default_factory=dict, description="per region and in total: IT and facility MW "
+                                          "(PUE), MWh per month, and its cost where priced")
+    contracts: list[dict[str, Any]] = Field(
+        default_factory=list, description="each commitment as signed (term, total, ramp, "
+                                          "the month's minimum) and what this plan uses")
     whatif: dict[str, Any] | None = Field(
         None, description="what-ifs applied (--without, --require, --budget, --power-mw) and "
                           "the side-by-side comparison (--versus), see tokenfleet.plan.whatif")

@@ -28,6 +28,10 @@ def min_share_name(tier: str, vendor: str) -> str:
     return f"{MIN_SHARE} {tier}: {vendor}"
 
 
+def contract_power_name(contract: str) -> str:
+    return f"power contract {contract}"
+
+
 def region_pue(sc: Scenario) -> dict[str, float]:
     return {r.name: r.pue for r in sc.regions}
 
@@ -62,6 +66,15 @@ def add_whatif_rows(p: Program, sc: Scenario, cs: CandidateSet, cands: Sequence[
             coefs[j] += w * ((1.0 if c.vendor == vendor else 0.0) - m.min_fraction)
         p.row(name, MIN_SHARE, dict(coefs), lb=0.0,
               detail=f"≥ {m.min_fraction:.0%} of {m.tier}'s output tokens on {vendor}")
+    for k in sc.contracts:
+        name = contract_power_name(k.name)
+        if k.power_mw is None or name in drop or "power" in drop:
+            continue
+        pue = region_pue(sc)
+        members = [c for c in cands if c.cloud == k.cloud]
+        if members:
+            p.row(name, "power", {n[c.id]: c.watts * pue.get(c.region, 1.0) for c in members},
+                  ub=k.power_mw * 1e6, detail=f"cap {k.power_mw:g} MW on contract {k.name}")
     if sc.max_power_mw is not None and FLEET_POWER not in drop:
         pue = region_pue(sc)
         p.row(FLEET_POWER, FLEET_POWER,

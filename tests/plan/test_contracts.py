@@ -1,0 +1,68 @@
+"""Contracts as signed, contract power caps, and plan.json's money and power fields."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenfleet.errors import TokenfleetError
+from tokenfleet.plan.contracts import enrich
+from tokenfleet.plan.milp import solve_fleet
+from tokenfleet.plan.planner import _assemble, chosen_units
+from tokenfleet.plan.scenario import Contract, Scenario
+from tokenfleet.yamlio import validate
+
+from .test_planner import CAPS, CAT, PRICES, _cands, _scenario, _with_estimates
+
+
+def test_ramp_and_total_give_the_months_minimum():
+    k = Contract(name="k", cloud="azure", term_months=36, total_usd=54e6,
+                 yearly_minimum_usd=[12e6, 18e6, 24e6], year=3)
+    assert k.committed_usd_per_month == pytest.approx(2e6)
+    assert Contract(name="k", cloud="azure", term_months=24,
+                    total_usd=48e6).committed_usd_per_month == pytest.approx(2e6)
+    # a model_dump round trip keeps it valid (derived and given agree)
+    assert Contract.model_validate(k.model_dump()).committed_usd_per_month == 2e6
+
+
+@pytest.mark.parametrize(("fields", "msg"), [
+    ({"term_months": 36, "yearly_minimum_usd": [1e6, 2e6]}, "3 years"),
+    ({"term_months": 12, "yearly_minimum_usd": [1e6], "year": 2}, "past the 1-year term"),
+    ({"term_months": 24, "total_usd": 1e6, "yearly_minimum_usd": [1e6, 1e6]}, "more than"),
+    ({"committed_usd_per_month": 5.0, "total_usd": 1e6}, "not both"),
+    ({}, "give committed_usd_per_month"),
+])
+def test_bad_contract_terms_are_one_line_errors(fields, msg):
+    with pytest.raises(TokenfleetError, match=msg):
+        validate(Contract, {"name": "k", "cloud": "azure", **fields}, "s.yaml", None)
+
+
+def _plan(sc: Scenario):
+    cs = _cands(CAPS, PRICES)
+    _with_estimates(cs)
+    f, sol = solve_fleet(sc, cs)
+    assert sol.ok
+    plan = _assemble(sc, cs, f, sol, "tiny", [], [], CAT)
+    enrich(plan, sc)
+    return plan, f, sol
+
+
+def test_contract_power_cap_holds_and_energy_counts_pue():
+    d = _scenario().model_dump()
+    d["regions"][1]["pue"] = 1.25
+    d["regions"][1]["usd_per_mwh"] = 80.0
+    d["contracts"][0]["power_mw"] = 0.0016  # azure pools: at most 1.6 kW with PUE
+    d["mip_gap"] = 1e-9
+    sc = Scenario.model_validate(d)
+    plan, f, sol = _plan(sc)
+    azure_w = sum(c.watts * 1.25 * k for c, k in chosen_units(f, sol) if c.cloud == "azure")
+    assert azure_w <= 1600 + 1e-6
+    assert any(r.name == "power contract c" for r in f.program.rows)
+    r2 = plan.energy["regions"]["r2"]
+    assert r2["facility_mw"] == pytest.approx(plan.power_mw["r2"] * 1.25)
+    assert r2["mwh_per_month"] == pytest.approx(plan.power_mw["r2"] * 1.25 * 730)
+    assert r2["usd_per_month"] == pytest.approx(r2["mwh_per_month"] * 80.0)
+    k = plan.contracts[0]
+    assert k["minimum_usd_per_month"] == 2000 and 0 <= k["used_fraction"] <= 1
+    assert k["power_mw"] == pytest.approx(azure_w / 1e6)
+    for basis in ("tokens", "spend", "chips"):
+        assert sum(plan.vendor_shares[basis].values()) == pytest.approx(1.0)
