@@ -21,7 +21,7 @@ from tokenfleet.plan.schema import Plan
 
 
 def _money(x: float | None) -> str:
-    return "—" if x is None else f"${x:,.0f}"
+    return "—" if x is None else f"${x + 0.0 if abs(x) >= 0.5 else 0.0:,.0f}"
 
 
 def print_plan(plan: Plan, console: Console) -> None:

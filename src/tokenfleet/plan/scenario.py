@@ -67,6 +67,13 @@ def _default_precisions() -> list[PrecisionName]:
     return ["bf16", "fp8"]
 
 
+class Quality(_M):
+    max_loss: float = Field(
+        0.02, ge=0, le=1, description="largest relative drop in any published benchmark "
+                                      "score (1 - quantized / reference) this tier accepts; "
+                                      "default 2 %, an assumption")
+
+
 class Tier(_M):
     name: str
     model: str = Field(description="catalog model id, or a Hugging Face config.json path")
@@ -80,6 +87,11 @@ class Tier(_M):
                     "min_cosine: 0.99, format: nvfp4, ...} (see validate-precision)")
     regions: list[str] | None = Field(None, description="residency: allowed regions only")
     engine: str | None = Field(None, description="calibration engine (trtllm, vllm, ...)")
+    quality: Quality = Field(
+        default_factory=lambda: Quality(),
+        description="quality tolerance: a precision below bf16 runs only where a published "
+                    "figure (catalog quality_deltas.yaml) or a precision_rules report shows "
+                    "it within max_loss")
 
 
 class Supply(_M):
