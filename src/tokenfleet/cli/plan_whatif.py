@@ -114,7 +114,7 @@ def record(plan: Plan, w: WhatIf, cmp: Comparison | None) -> None:
 
 
 def _money(x: float | None) -> str:
-    return "—" if x is None else f"${x:,.0f}"
+    return "—" if x is None else f"${x + 0.0 if abs(x) >= 0.5 else 0.0:,.0f}"
 
 
 def _shares(d: dict[str, float]) -> str:
@@ -148,6 +148,9 @@ def print_comparison(c: Comparison, out: Console) -> None:
               _shares(b.vendor_share_traffic), "")
     t.add_row("vendor share, spend", _shares(a.vendor_share_spend),
               _shares(b.vendor_share_spend), "")
+    for tier in sorted(set(a.tier_vendor_share) | set(b.tier_vendor_share)):
+        t.add_row(f"vendor share, {tier}", _shares(a.tier_vendor_share.get(tier, {})),
+                  _shares(b.tier_vendor_share.get(tier, {})), "")
     for tier in sorted(set(a.slo_margin) | set(b.slo_margin)):
         ma, mb = a.slo_margin.get(tier), b.slo_margin.get(tier)
         t.add_row(f"SLO margin {tier}", "—" if ma is None else f"{ma:.0%}",

@@ -89,6 +89,8 @@ class PlanSide(BaseModel):
     vendor_share_traffic: dict[str, float]
     vendor_share_spend: dict[str, float]
     power_mw: float
+    tier_vendor_share: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="tier -> vendor -> share of its output tokens")
     slo_margin: dict[str, float] = Field(
         description="tier -> spare capacity at its SLO of its busiest pool at peak "
                     "(1 - load / point capacity; see slo_margins)")
@@ -134,6 +136,19 @@ def slo_margins(plan: Plan) -> dict[str, float]:
     return out
 
 
+def tier_vendor_shares(plan: Plan) -> dict[str, dict[str, float]]:
+    vendor = {u.pool: u.vendor for u in plan.units}
+    by: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for sp in plan.traffic_split:
+        for pool, share in sp.shares.items():
+            by[sp.tier][vendor[pool]] += share * sp.peak_requests_per_s * sp.output_len
+    out = {}
+    for tier, d in by.items():
+        tot = sum(d.values()) or 1.0
+        out[tier] = {v: x / tot for v, x in sorted(d.items()) if x > 0}
+    return out
+
+
 def side(plan: Plan, label: str) -> PlanSide:
     chips: dict[str, int] = defaultdict(int)
     for u in plan.units:
@@ -142,7 +157,8 @@ def side(plan: Plan, label: str) -> PlanSide:
                     chips=dict(sorted(chips.items())),
                     vendor_share_traffic=dict(plan.vendor_share),
                     vendor_share_spend=spend_shares(plan),
-                    power_mw=sum(plan.power_mw.values()), slo_margin=slo_margins(plan))
+                    power_mw=sum(plan.power_mw.values()),
+                    tier_vendor_share=tier_vendor_shares(plan), slo_margin=slo_margins(plan))
 
 
 PlanFn = Callable[[Scenario, Path], Plan]  # plans a scenario without pricing
