@@ -170,6 +170,8 @@ def plan_cmd(
         prog.update(task, description="planning the other side", total=None)
         cmp = whatif.comparison(plan, w, base, cat, versus, band)
     whatif.record(plan, w, cmp)
+    plan.source = whatif.source(scenario, set_ or [], without or [], require or [], budget,
+                                power_mw)
     out.write_text(plan.model_dump_json(indent=2))
     html_path = None
     if report is None or str(report) != "-":

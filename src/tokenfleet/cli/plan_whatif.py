@@ -84,7 +84,9 @@ def comparison(plan: Plan, w: WhatIf, base: Path, cat: Catalog, versus: Path | N
     other_sc: Scenario | None
     if versus is not None:
         if versus.suffix == ".json":
-            other, other_sc, other_base, label = load_plan(versus), None, base, versus.name
+            other, label = load_plan(versus), versus.name
+            other_sc, other_base = _replan_source(other, cat)
+            other_base = other_base or base
         else:
             other_sc, other_base = load_scenario(versus)
             other, label = plan_fn(other_sc, other_base), str(versus)
@@ -101,6 +103,26 @@ def comparison(plan: Plan, w: WhatIf, base: Path, cat: Catalog, versus: Path | N
         c = compare(plan, other, this_label, label)
         c.band_note = f"no band: at one end of the estimates' bands {e}".splitlines()[0]
         return c
+
+
+def source(scenario: Path, overrides: list[str], without: list[str], require: list[str],
+           budget: float | None, power_mw: float | None) -> dict[str, Any]:
+    return {"scenario": str(scenario.resolve()), "set": overrides, "without": without,
+            "require": require, "budget": budget, "power_mw": power_mw}
+
+
+def _replan_source(plan: Plan, cat: Catalog) -> tuple[Scenario | None, Path | None]:
+    """The scenario a plan.json came from, with its overrides and what-ifs, when it says
+    so and the file is still there (traffic scaled by --budget/--power-mw is not
+    replayed: no band then)."""
+    src = plan.source or {}
+    path = Path(str(src.get("scenario", "")))
+    if not src or not path.is_file() or src.get("budget") or src.get("power_mw"):
+        return None, None
+    sc, base = load_scenario(path, list(src.get("set") or []))
+    w = apply(sc, base, cat, list(src.get("without") or []), list(src.get("require") or []),
+              None, None)
+    return w.sc, base
 
 
 def record(plan: Plan, w: WhatIf, cmp: Comparison | None) -> None:

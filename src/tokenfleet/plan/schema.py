@@ -150,6 +150,9 @@ class Plan(_Model):
     contracts: list[dict[str, Any]] = Field(
         default_factory=list, description="each commitment as signed (term, total, ramp, "
                                           "the month's minimum) and what this plan uses")
+    source: dict[str, Any] | None = Field(
+        None, description="how to plan it again: scenario path, --set overrides and "
+                          "what-ifs (`plan --versus` re-solves it for a band)")
     whatif: dict[str, Any] | None = Field(
         None, description="what-ifs applied (--without, --require, --budget, --power-mw) and "
                           "the side-by-side comparison (--versus), see tokenfleet.plan.whatif")

@@ -171,7 +171,8 @@ def compare(this: Plan, other: Plan, this_label: str, other_label: str,
     re-solve at both ends of the estimates' bands for the band on the saving."""
     a, b = side(this, this_label), side(other, other_label)
     saving = b.usd_per_month - a.usd_per_month
-    band, note = None, "the other side is a plan.json: no scenario to re-solve for a band"
+    band, note = None, ("the other side is a plan.json whose scenario is not at hand (or "
+                        "was scaled by --budget/--power-mw): no band")
     if ends and plan_fn is not None:
         savings = [saving]
         for sa, da, sb, db in ends:
