@@ -123,3 +123,30 @@ def test_example_prices_match_re_solves(capped_example, name):
     if name == "power us-central":
         assert diff > 0.3 * total  # the cap costs a lot: it must be binding and priced
         assert r.binding
+
+
+def test_a_re_solve_out_of_time_reports_at_least_its_proved_bound(monkeypatch):
+    """A re-solve stopped by the time limit keeps the plan it started from (or better)
+    and a bound: the price is then reported as a range, 'at least' its low end."""
+    import tokenfleet.plan.prices as prices
+
+    real = prices.solve_fleet
+
+    def out_of_time(*a, **kw):
+        f, s = real(*a, **kw)
+        s.status, s.bound = 1, s.objective * 0.9  # as if HiGHS had stopped with a 10 % gap
+        return f, s
+
+    sc = _scenario(max_vendor_share=0.7).model_copy(update={"mip_gap": 1e-9})
+    cs = _cands(CAPS, PRICES)
+    f, sol = solve_fleet(sc, cs)
+    total = bill(sc, f, sol)
+    monkeypatch.setattr(prices, "solve_fleet", out_of_time)
+    reports = price_constraints(sc, cs, f, sol, total, bill)
+    r2 = next(r for r in reports if r.name == "power r2")
+    assert not r2.price_proved
+    assert r2.price_low_usd_per_month is not None and r2.price_high_usd_per_month is not None
+    eps = 1e-5 * total  # the objective's tie-breaker on chip-hours
+    assert r2.price_low_usd_per_month - eps <= r2.marginal_usd_per_month
+    assert r2.marginal_usd_per_month <= r2.price_high_usd_per_month + eps
+    assert r2.price_high_usd_per_month > r2.price_low_usd_per_month + 0.05 * total

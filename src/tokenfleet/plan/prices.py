@@ -8,8 +8,9 @@ the difference of the two bills. The re-solves
 
 * start from the plan itself (still feasible once a constraint is relaxed), so a
   re-solve never returns a worse plan and a price is never negative from solver noise;
-* run in parallel threads (HiGHS releases the GIL), each within the scenario's
-  ``time_limit_s``; one that runs out reports "at least" the saving its bound proves;
+* run in parallel threads (HiGHS releases the GIL), all within one budget, the
+  scenario's ``time_limit_s``; one that runs out reports "at least" the saving its
+  bound proves;
 * are screened: every cap with room for another replica of its largest pool is
   dropped together in one re-solve; if that saves nothing, by monotonicity (dropping
   more constraints never costs more) none of them saves anything alone, and only
@@ -23,6 +24,7 @@ is then priced 0 and the note says so.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ CAPS = ("supply", "power", FLEET_POWER)
 POLICIES = ("vendor-share", "n-1", MIN_SHARE)
 STEP_SHARE = 0.01  # one point of share
 STEP_CAP = 0.1  # a cap's marginal price is measured on +10 % of it, per unit
+MIN_SOLVE_S = 1.0  # the least time a re-solve gets, even past the pricing budget
 
 
 @dataclass
@@ -70,13 +73,20 @@ class _Ctx:
     total: float
     bill: Bill
     start: dict[str, float]
+    deadline: float = float("inf")  # time.perf_counter() by which pricing should be done
     rows: dict[str, list[tuple[Row, float]]] = field(default_factory=dict)
 
 
 def _solve_jobs(ctx: _Ctx, jobs: list[Job], progress: Progress | None, done0: int,
                 total_jobs: int) -> None:
     def run(j: Job) -> tuple[Formulation, Solution]:
-        return solve_fleet(j.sc, ctx.cs, drop=j.drop, start=ctx.start)
+        # all pricing shares one budget, the scenario's time_limit_s: a re-solve that
+        # starts late gets what is left (at least MIN_SOLVE_S) and, started from the plan,
+        # always returns a plan; out of time, its price is "at least" its proved bound
+        left = max(ctx.deadline - time.perf_counter(), MIN_SOLVE_S)
+        sc = j.sc if left >= j.sc.time_limit_s else j.sc.model_copy(
+            update={"time_limit_s": left})
+        return solve_fleet(sc, ctx.cs, drop=j.drop, start=ctx.start)
 
     workers = max(1, min(len(jobs), os.cpu_count() or 1, 4))
     with ThreadPoolExecutor(workers) as pool:
@@ -198,7 +208,8 @@ def price_constraints(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solut
                       ) -> list[ConstraintReport]:
     """A report per cap, commitment and policy with its price (see the module doc)."""
     assert sol.activity is not None and sol.x is not None
-    ctx = _Ctx(sc, cs, f, sol, total, bill, _by_name(f, sol))
+    ctx = _Ctx(sc, cs, f, sol, total, bill, _by_name(f, sol),
+               deadline=time.perf_counter() + sc.time_limit_s)
     for i, r in enumerate(f.program.rows):
         if r.family in CAPS or r.family in POLICIES or r.family == "contract":
             ctx.rows.setdefault(r.name, []).append((r, float(sol.activity[i])))
