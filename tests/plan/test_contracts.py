@@ -66,3 +66,52 @@ def test_contract_power_cap_holds_and_energy_counts_pue():
     assert k["power_mw"] == pytest.approx(azure_w / 1e6)
     for basis in ("tokens", "spend", "chips"):
         assert sum(plan.vendor_shares[basis].values()) == pytest.approx(1.0)
+
+
+def _brute(sc: Scenario, cs) -> float:
+    """Cheapest bill by enumeration, with the contract's eligibility and discount."""
+    import itertools
+
+    from .test_planner import _routable
+
+    hours = sc.hours_per_month
+    k = sc.contracts[0]
+    best = float("inf")
+    bounds = [sc.supply[c.supply_index].max_chips // c.count for c in cs.candidates]
+    for n in itertools.product(*[range(b + 1) for b in bounds]):
+        watts = {r.name: 0.0 for r in sc.regions}
+        for c, m in zip(cs.candidates, n, strict=True):
+            watts[c.region] += m * c.watts
+        if any(r.power_mw is not None and watts[r.name] > r.power_mw * 1e6 for r in sc.regions):
+            continue
+        if not _routable(sc, cs, n):
+            continue
+        covered = listed = 0.0
+        for c, m in zip(cs.candidates, n, strict=True):
+            spend = m * c.usd_per_hour * hours
+            if k.eligible(c.accelerator.id, c.cloud, c.region):
+                covered += spend * (1 - k.discount)
+            else:
+                listed += spend
+        minimum = k.committed_usd_per_month if k.take_or_pay else 0.0
+        best = min(best, minimum + max(covered - minimum, 0.0) + listed)
+    return best
+
+
+@pytest.mark.parametrize("terms", [
+    {"discount": 0.3},
+    {"discount": 0.3, "take_or_pay": False},
+    {"regions": ["r1"]},  # azure's pool is in r2: the commitment covers nothing
+    {"accelerators": ["maia-200"], "discount": 0.5, "committed_usd_per_month": 500},
+])
+def test_contract_terms_match_enumeration(terms):
+    from tokenfleet.plan.planner import bill
+
+    d = _scenario().model_dump()
+    d["contracts"][0].update(terms)
+    d["mip_gap"] = 1e-9
+    sc = Scenario.model_validate(d)
+    cs = _cands(CAPS, PRICES)
+    f, sol = solve_fleet(sc, cs)
+    assert sol.ok
+    assert bill(sc, f, sol) == pytest.approx(_brute(sc, cs), rel=1e-6)

@@ -50,32 +50,37 @@ def energy(plan: Plan, sc: Scenario) -> dict[str, Any]:
 
 
 def contract_use(plan: Plan, sc: Scenario) -> list[dict[str, Any]]:
-    """Each contract's terms and this plan's use of its month's minimum (usage in the
-    contract's cloud draws contracts down in the order they are listed)."""
+    """Each contract's terms and this plan's use of its month's minimum: the usage of
+    the pools it covers (``Scenario.contract_for``), at its discount."""
     hours = sc.hours_per_month
     prepaid = {(s.accelerator, s.cloud, s.region) for s in sc.supply if s.prepaid}
     usage: dict[str, float] = defaultdict(float)
     mw: dict[str, float] = defaultdict(float)
     pue = {r.name: r.pue for r in sc.regions}
     for u in plan.units:
+        k = sc.contract_for(u.accelerator, u.cloud, u.region)
+        if k is None:
+            continue
         if (u.accelerator, u.cloud, u.region) not in prepaid:
-            usage[u.cloud] += u.usd_per_hour * hours
-        mw[u.cloud] += u.watts * pue.get(u.region, 1.0) / 1e6
+            usage[k.name] += u.usd_per_hour * hours * (1 - k.discount)
+        mw[k.name] += u.watts * pue.get(u.region, 1.0) / 1e6
     out = []
     for k in sc.contracts:
-        used = min(usage[k.cloud], k.committed_usd_per_month)
-        usage[k.cloud] -= used
+        minimum = k.committed_usd_per_month
+        used = min(usage[k.name], minimum)
         total = k.total_usd or (sum(k.yearly_minimum_usd) if k.yearly_minimum_usd else
-                                k.committed_usd_per_month * k.term_months)
+                                minimum * k.term_months)
         out.append({
             "name": k.name, "cloud": k.cloud, "term_months": k.term_months,
             "total_usd": total, "yearly_minimum_usd": k.yearly_minimum_usd, "year": k.year,
-            "take_or_pay": True,
-            "minimum_usd_per_month": k.committed_usd_per_month,
+            "take_or_pay": k.take_or_pay, "discount": k.discount,
+            "accelerators": k.accelerators, "regions": k.regions,
+            "minimum_usd_per_month": minimum,
+            "usage_usd_per_month": usage[k.name],
             "used_usd_per_month": used,
-            "used_fraction": used / k.committed_usd_per_month,
-            "unused_usd_per_month": k.committed_usd_per_month - used,
-            "power_cap_mw": k.power_mw, "power_mw": mw[k.cloud]})
+            "used_fraction": used / minimum,
+            "unused_usd_per_month": minimum - used if k.take_or_pay else 0.0,
+            "power_cap_mw": k.power_mw, "power_mw": mw[k.name]})
     return out
 
 

@@ -221,7 +221,7 @@ def fixed_monthly_cost(sc: Scenario) -> float:
     """USD per month paid whatever the plan: commitments and prepaid capacity blocks."""
     prepaid = sum(s.max_chips * (s.usd_per_chip_hour or 0.0) * sc.hours_per_month
                   for s in sc.supply if s.prepaid)
-    return sum(k.committed_usd_per_month for k in sc.contracts) + prepaid
+    return sum(k.fixed_usd_per_month for k in sc.contracts) + prepaid
 
 
 def group_of(c: Candidate, by: str) -> str:
@@ -247,7 +247,6 @@ def formulate(
     p = Program()
     cands = candidates if candidates is not None else cs.candidates
     hours = sc.hours_per_month
-    contract_clouds = {k.cloud for k in sc.contracts}
     eps = 1e-6  # tie-breaker: among equal bills, use fewer chip-hours
 
     def dropped(name: str, family: str) -> bool:
@@ -263,7 +262,9 @@ def formulate(
         elif s.prepaid:  # paid for already (a constant below)
             obj = eps * monthly
         else:
-            obj = (0.0 if c.cloud in contract_clouds else monthly) + eps * monthly
+            # usage under a contract is paid through its row (minimum + overage, od)
+            under = sc.contract_for(c.accelerator.id, c.cloud, c.region) is not None
+            obj = (0.0 if under else monthly) + eps * monthly
         # Never more replicas than serving the tier's whole demand alone would take: a
         # valid bound that keeps branch-and-bound small.
         alone = sum(d.rate_per_s * (1 + sc.headroom) / c.capacity[d.bucket]
@@ -315,11 +316,11 @@ def formulate(
                   detail=f"cap {r.power_mw:g} MW")
     # committed spend: usage in the contract's cloud beyond the commitment is on-demand
     for k in sc.contracts:
-        members = [c for c in cands if c.cloud == k.cloud
-                   and not sc.supply[c.supply_index].prepaid]
-        coefs = {n[c.id]: c.usd_per_hour * hours for c in members}
+        members = [c for c in cands if sc.contract_for(c.accelerator.id, c.cloud, c.region)
+                   is k and not sc.supply[c.supply_index].prepaid]
+        coefs = {n[c.id]: c.usd_per_hour * hours * (1 - k.discount) for c in members}
         coefs[od[k.name]] = -1.0
-        p.row(f"contract {k.name}", "contract", coefs, ub=k.committed_usd_per_month,
+        p.row(f"contract {k.name}", "contract", coefs, ub=k.fixed_usd_per_month,
               detail=f"{k.committed_usd_per_month:,.0f} USD/month committed in {k.cloud}")
     # vendor share
     pol = sc.policy

@@ -71,22 +71,28 @@ def _solve_many(sc: Scenario, cs: CandidateSet, jobs: list[dict],
 
 def cost_breakdown(sc: Scenario, chosen: list[tuple[Candidate, int]]) -> Cost:
     """The monthly bill of a fleet: commitments and prepaid blocks (paid whatever is
-    used) plus on-demand spend beyond the commitments."""
+    used) plus spend beyond them: usage a contract covers (at its discount) beyond its
+    minimum, and usage no contract covers, at list."""
     hours = sc.hours_per_month
-    usage: dict[str, float] = defaultdict(float)  # metered spend per cloud
-    fleet = 0.0
+    usage: dict[str, float] = defaultdict(float)  # metered spend per contract
+    fleet = on_demand = 0.0
+    prepaid_used = 0.0
     for c, reps in chosen:
-        fleet += c.usd_per_hour * reps * hours
-        if not sc.supply[c.supply_index].prepaid:
-            usage[c.cloud] += c.usd_per_hour * reps * hours
-    commit: dict[str, float] = defaultdict(float)
+        spend = c.usd_per_hour * reps * hours
+        fleet += spend
+        if sc.supply[c.supply_index].prepaid:
+            prepaid_used += spend
+            continue
+        k = sc.contract_for(c.accelerator.id, c.cloud, c.region)
+        if k is None:
+            on_demand += spend
+        else:
+            usage[k.name] += spend * (1 - k.discount)
+    used = prepaid_used
     for k in sc.contracts:
-        commit[k.cloud] += k.committed_usd_per_month
+        on_demand += max(usage[k.name] - k.fixed_usd_per_month, 0.0)
+        used += min(usage[k.name], k.fixed_usd_per_month)
     fixed = fixed_monthly_cost(sc)
-    on_demand = sum(max(u - commit.get(cl, 0.0), 0.0) for cl, u in usage.items())
-    used = sum(min(usage.get(cl, 0.0), v) for cl, v in commit.items())
-    used += sum(c.usd_per_hour * reps * hours for c, reps in chosen
-                if sc.supply[c.supply_index].prepaid)
     return Cost(usd_per_month=fixed + on_demand, fleet_usd_per_month=fleet,
                 committed_usd_per_month=fixed, committed_used_usd_per_month=used,
                 on_demand_usd_per_month=on_demand)

@@ -145,6 +145,27 @@ class Contract(_M):
     power_mw: float | None = Field(
         None, gt=0, description="power cap over this contract's pools (its cloud), MW, "
                                 "facility power")
+    accelerators: list[str] | None = Field(
+        None, description="chips whose usage burns the commitment (default: all in its "
+                          "cloud); other chips in the cloud are billed at list, on-demand")
+    regions: list[str] | None = Field(
+        None, description="regions whose usage burns the commitment (default: all)")
+    discount: float = Field(
+        0.0, ge=0, lt=1, description="fraction off list price on eligible usage, within "
+                                     "and beyond the commitment")
+    take_or_pay: bool = Field(
+        True, description="the monthly minimum is paid whether used or not; false: only "
+                          "usage is paid (a discount agreement without a minimum)")
+
+    def eligible(self, accelerator: str, cloud: str, region: str) -> bool:
+        return (cloud == self.cloud
+                and (self.accelerators is None or accelerator in self.accelerators)
+                and (self.regions is None or region in self.regions))
+
+    @property
+    def fixed_usd_per_month(self) -> float:
+        """What the plan pays whatever it uses."""
+        return self.committed_usd_per_month if self.take_or_pay else 0.0
 
     @model_validator(mode="after")
     def _monthly(self) -> Contract:
@@ -229,6 +250,12 @@ class Scenario(_M):
     max_power_mw: float | None = Field(
         None, gt=0, description="fleet-wide power cap over every region, MW (facility "
                                 "power; `plan --power-mw`)")
+
+    def contract_for(self, accelerator: str, cloud: str, region: str) -> Contract | None:
+        """The contract whose commitment a pool's usage burns: the first listed that it
+        is eligible for (a pool draws on one contract only)."""
+        return next((k for k in self.contracts if k.eligible(accelerator, cloud, region)),
+                    None)
 
     @model_validator(mode="after")
     def _names(self) -> Scenario:

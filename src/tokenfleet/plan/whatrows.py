@@ -71,7 +71,8 @@ def add_whatif_rows(p: Program, sc: Scenario, cs: CandidateSet, cands: Sequence[
         if k.power_mw is None or name in drop or "power" in drop:
             continue
         pue = region_pue(sc)
-        members = [c for c in cands if c.cloud == k.cloud]
+        members = [c for c in cands if sc.contract_for(c.accelerator.id, c.cloud, c.region)
+                   is k]
         if members:
             p.row(name, "power", {n[c.id]: c.watts * pue.get(c.region, 1.0) for c in members},
                   ub=k.power_mw * 1e6, detail=f"cap {k.power_mw:g} MW on contract {k.name}")
