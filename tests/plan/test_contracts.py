@@ -115,3 +115,16 @@ def test_contract_terms_match_enumeration(terms):
     f, sol = solve_fleet(sc, cs)
     assert sol.ok
     assert bill(sc, f, sol) == pytest.approx(_brute(sc, cs), rel=1e-6)
+
+
+def test_volume_discount_tier_follows_the_total_commitment():
+    tiers = [{"min_total_usd": 0, "discount": 0.05}, {"min_total_usd": 5e7, "discount": 0.2}]
+    small = Contract(name="k", cloud="azure", term_months=36, total_usd=3e7,
+                     discount_tiers=tiers)
+    big = Contract(name="k", cloud="azure", term_months=36, total_usd=5.4e7,
+                   discount_tiers=tiers)
+    assert (small.discount, big.discount) == (0.05, 0.2)
+    assert Contract.model_validate(big.model_dump()).discount == 0.2  # round trip
+    with pytest.raises(TokenfleetError, match="disagrees"):
+        validate(Contract, {"name": "k", "cloud": "azure", "total_usd": 3e7,
+                            "discount": 0.3, "discount_tiers": tiers}, "s.yaml", None)

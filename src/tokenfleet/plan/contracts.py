@@ -74,6 +74,7 @@ def contract_use(plan: Plan, sc: Scenario) -> list[dict[str, Any]]:
             "name": k.name, "cloud": k.cloud, "term_months": k.term_months,
             "total_usd": total, "yearly_minimum_usd": k.yearly_minimum_usd, "year": k.year,
             "take_or_pay": k.take_or_pay, "discount": k.discount,
+            "discount_tiers": [t.model_dump() for t in k.discount_tiers or []],
             "accelerators": k.accelerators, "regions": k.regions,
             "minimum_usd_per_month": minimum,
             "usage_usd_per_month": usage[k.name],

@@ -123,6 +123,13 @@ class Region(_M):
                                 "chip-hour prices already include power: informational)")
 
 
+class DiscountTier(_M):
+    """Commit at least this much over the term, get this much off list."""
+
+    min_total_usd: float = Field(ge=0, description="total commitment over the term, USD")
+    discount: float = Field(ge=0, lt=1, description="fraction off list price")
+
+
 class Contract(_M):
     """Committed spend: paid whether used or not (take-or-pay); usage in that cloud draws
     it down. Give the monthly amount, or the deal as signed: a total over the term, or
@@ -153,6 +160,10 @@ class Contract(_M):
     discount: float = Field(
         0.0, ge=0, lt=1, description="fraction off list price on eligible usage, within "
                                      "and beyond the commitment")
+    discount_tiers: list[DiscountTier] | None = Field(
+        None, description="volume discount: the tier the total commitment reaches sets "
+                          "`discount` (e.g. [{min_total_usd: 0, discount: 0.1}, "
+                          "{min_total_usd: 5.0e7, discount: 0.2}])")
     take_or_pay: bool = Field(
         True, description="the monthly minimum is paid whether used or not; false: only "
                           "usage is paid (a discount agreement without a minimum)")
@@ -191,6 +202,15 @@ class Contract(_M):
             self.committed_usd_per_month = derived
         if self.committed_usd_per_month <= 0:
             raise ValueError("give committed_usd_per_month, total_usd or yearly_minimum_usd")
+        if self.discount_tiers:
+            total = self.total_usd or (sum(self.yearly_minimum_usd) if self.yearly_minimum_usd
+                                       else self.committed_usd_per_month * self.term_months)
+            reached = [t.discount for t in self.discount_tiers if t.min_total_usd <= total]
+            tier = max(reached, default=0.0)
+            if self.discount and not math.isclose(self.discount, tier, rel_tol=1e-9):
+                raise ValueError(f"discount {self.discount} disagrees with discount_tiers, "
+                                 f"which give {tier} for a {total:,.0f} USD commitment")
+            self.discount = tier
         return self
 
 
