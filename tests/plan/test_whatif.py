@@ -101,3 +101,12 @@ def test_power_answer_respects_the_fleet_cap():
     assert watts <= 4000 + 1e-6
     f, s = solve_fleet(sc2, scaled(cs, ans.bracket[1]))
     assert not s.ok
+
+
+def test_budget_below_the_commitment_or_too_small_is_a_clear_error():
+    sc = _scenario().model_copy(update={"mip_gap": 1e-9})
+    cs = _cands(CAPS, PRICES)
+    with pytest.raises(TokenfleetError, match="below what the scenario pays"):
+        max_traffic_scale(sc, cs, 100.0, None)
+    with pytest.raises(TokenfleetError, match="no traffic fits"):
+        max_traffic_scale(sc, cs, None, 1e-9)

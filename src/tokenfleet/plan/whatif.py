@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from tokenfleet.catalog.loader import Catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.candidates import CandidateSet
-from tokenfleet.plan.milp import solve_fleet
+from tokenfleet.plan.milp import fixed_monthly_cost, solve_fleet
 from tokenfleet.plan.planner import bill, chosen_units
 from tokenfleet.plan.scenario import MinShare, Scenario
 from tokenfleet.plan.schema import Plan
@@ -219,6 +219,11 @@ def max_traffic_scale(sc: Scenario, cs: CandidateSet, budget_usd_per_month: floa
     to ``rel_tol`` (and the solver's gap on the bill)."""
     if budget_usd_per_month is None and power_mw is None:
         raise TokenfleetError("give --budget USD_PER_MONTH or --power-mw MW")
+    fixed = fixed_monthly_cost(sc)
+    if budget_usd_per_month is not None and budget_usd_per_month < fixed:
+        raise TokenfleetError(f"--budget {budget_usd_per_month:,.0f} USD/month is below what "
+                              f"the scenario pays whatever it serves ({fixed:,.0f}: "
+                              "commitments and prepaid blocks)")
     sc2 = sc.model_copy(update={"max_power_mw": power_mw}) if power_mw else sc
     pue = {r.name: r.pue for r in sc.regions}
     solves = 0
@@ -247,14 +252,17 @@ def max_traffic_scale(sc: Scenario, cs: CandidateSet, budget_usd_per_month: floa
     why = why_hi
     if lo == 0.0:  # not even today's traffic: shrink until something fits
         hi_ok = 1.0
-        while solves < max_solves:
+        while solves < min(max_solves, 12):  # down to 1/2048 of today's traffic
             hi_ok /= 2
             ok, cost, mw, w = fits(hi_ok)
             if ok:
                 lo, best = hi_ok, (cost, mw)
                 break
             hi, why = hi_ok, w
-    while lo > 0 and hi / lo > 1 + rel_tol and solves < max_solves:
+    if lo == 0.0:
+        raise TokenfleetError(f"no traffic fits within the budget and power given "
+                              f"(tried down to {hi:.2g}x the scenario's; {why})")
+    while hi / lo > 1 + rel_tol and solves < max_solves:
         mid = math.sqrt(lo * hi)
         ok, cost, mw, w = fits(mid)
         if ok:
