@@ -98,7 +98,10 @@ def comparison(plan: Plan, w: WhatIf, base: Path, cat: Catalog, versus: Path | N
     ends = [(w.sc, base, other_sc, other_base)] if band and other_sc is not None else None
     this_label = "; ".join(w.applied) or "this plan"
     try:
-        return compare(plan, other, this_label, label, ends, plan_fn)
+        c = compare(plan, other, this_label, label, ends, plan_fn)
+        if not band:
+            c.band_note = "no band asked for (--no-band)"
+        return c
     except Infeasible as e:
         c = compare(plan, other, this_label, label)
         c.band_note = f"no band: at one end of the estimates' bands {e}".splitlines()[0]
