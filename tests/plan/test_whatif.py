@@ -110,3 +110,44 @@ def test_budget_below_the_commitment_or_too_small_is_a_clear_error():
         max_traffic_scale(sc, cs, 100.0, None)
     with pytest.raises(TokenfleetError, match="no traffic fits"):
         max_traffic_scale(sc, cs, None, 1e-9)
+
+
+def _plan_json(result_output: str) -> dict:
+    import json
+
+    return json.loads(result_output[result_output.index("{"):])
+
+
+def test_cli_what_ifs_answer_in_one_command(tmp_path):
+    """--without, --require and --versus (scenario and plan.json) on a small scenario:
+    both sides, the saving, and a band from both ends of the estimates' bands."""
+    from typer.testing import CliRunner
+
+    from tokenfleet.cli import app
+
+    from .test_scenario import SMALL, _write
+
+    p = _write(tmp_path, {**SMALL, "policy": {}})
+    run = CliRunner().invoke
+    base = tmp_path / "base.json"
+    r = run(app, ["plan", str(p), "--out", str(base), "--report", "-", "--no-baselines"])
+    assert r.exit_code == 0, r.output
+    r = run(app, ["plan", str(p), "--without", "AMD", "--out", str(tmp_path / "w.json"),
+                  "--report", "-", "--no-baselines", "--json"])
+    assert r.exit_code == 0, r.output
+    w = _plan_json(r.output)
+    assert {u["vendor"] for u in w["units"]} == {"NVIDIA"}
+    c = w["whatif"]["comparison"]
+    assert c["other"]["label"] == "as given" and c["this"]["label"] == "without AMD"
+    assert c["saving_usd_per_month"] == pytest.approx(
+        c["other"]["usd_per_month"] - c["this"]["usd_per_month"])
+    lo, hi = c["band_usd_per_month"]
+    assert lo <= c["saving_usd_per_month"] <= hi
+    r = run(app, ["plan", str(p), "--require", "chat: AMD >= 0.9", "--versus", str(base),
+                  "--out", str(tmp_path / "r.json"), "--report", "-", "--json"])
+    assert r.exit_code == 0, r.output
+    rq = _plan_json(r.output)
+    assert rq["whatif"]["comparison"]["this"]["tier_vendor_share"]["chat"]["AMD"] >= 0.9 - 1e-6
+    assert rq["whatif"]["comparison"]["band_usd_per_month"] is not None  # base.json re-solved
+    floor = next(k for k in rq["constraints"] if k["name"].startswith("min-share chat"))
+    assert floor["marginal_usd_per_month"] is not None  # priced like every constraint

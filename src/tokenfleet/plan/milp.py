@@ -27,7 +27,7 @@ from tokenfleet.plan.n1 import N1Cut, starting_cuts, violated
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.plan.whatrows import add_whatif_rows
 
-POLICY_FAMILIES = ("vendor-share", "n-1")
+POLICY_FAMILIES = ("vendor-share", "n-1", "min-share")  # min-share: plan.whatrows
 
 
 @dataclass

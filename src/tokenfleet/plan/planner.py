@@ -264,6 +264,8 @@ def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Sol
                      if r.family == fam)
         if fam == "vendor-share":
             detail = f"max {pol.max_vendor_share:.0%} per vendor ({pol.vendor_share_basis})"
+        elif fam != "n-1":
+            detail = "; ".join(r.detail for r in f.program.rows if r.family == fam)
         else:
             assert pol.n_minus_1 is not None
             detail = (f"without any one {pol.n_minus_1.by}, ≥ "

@@ -47,6 +47,8 @@ def add_whatif_rows(p: Program, sc: Scenario, cs: CandidateSet, cands: Sequence[
         if m.tier not in tiers:
             raise TokenfleetError(f"policy.min_share: no tier '{m.tier}' (tiers: "
                                   f"{', '.join(sorted(tiers))})")
+        if MIN_SHARE in drop:  # baselines drop every policy
+            continue
         vendors = {c.vendor for c in cands if c.tier == m.tier}
         vendor = next((v for v in vendors if v.lower() == m.vendor.lower()), None)
         if vendor is None:
@@ -54,7 +56,7 @@ def add_whatif_rows(p: Program, sc: Scenario, cs: CandidateSet, cands: Sequence[
                                   f"on vendor '{m.vendor}' (vendors: "
                                   f"{', '.join(sorted(vendors)) or 'none'})")
         name = min_share_name(m.tier, vendor)
-        if name in drop or MIN_SHARE in drop:
+        if name in drop:
             continue
         # sum over the tier's routed output tokens of (on vendor - fraction) >= 0
         coefs: dict[int, float] = defaultdict(float)
