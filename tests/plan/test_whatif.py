@@ -151,3 +151,14 @@ def test_cli_what_ifs_answer_in_one_command(tmp_path):
     assert rq["whatif"]["comparison"]["band_usd_per_month"] is not None  # base.json re-solved
     floor = next(k for k in rq["constraints"] if k["name"].startswith("min-share chat"))
     assert floor["marginal_usd_per_month"] is not None  # priced like every constraint
+
+
+def test_conflicting_floors_are_named_when_infeasible():
+    from tokenfleet.plan.planner import explain_infeasible
+
+    sc = _scenario()
+    sc = apply_require(sc, [parse_require("t: Microsoft >= 0.8", sc),
+                            parse_require("t: AMD >= 0.5", sc)])
+    cs = _cands(CAPS, PRICES)
+    assert not solve_fleet(sc, cs)[1].ok
+    assert "min-share t:" in explain_infeasible(sc, cs)

@@ -527,12 +527,12 @@ def _repair(sc: Scenario, cs: CandidateSet, cands: list[Candidate], drop: frozen
 
 def _make_elastic(p: Program) -> None:
     """Replace the objective by total relative violation of relaxable rows."""
-    relaxable = {"demand", "supply", "power", "vendor-share", "n-1"}
+    relaxable = {"demand", "supply", "power", "vendor-share", "n-1", "min-share"}
     p.cost = [0.0] * len(p.cost)
     for r in list(p.rows):
         if r.family not in relaxable:
             continue
-        if r.family == "vendor-share":
+        if r.family in ("vendor-share", "min-share"):
             # scale by the row's largest coefficient: slack in "token-rate" units
             scale = max((abs(v) for v in r.coefs.values()), default=1.0)
         elif r.family == "demand" or r.family == "n-1":

@@ -142,7 +142,7 @@ def explain_infeasible(sc: Scenario, cs: CandidateSet) -> str:
         elif r.family in ("demand", "n-1"):
             lines.append(f"{r.name}: needs {r.lb:.3g} req/s; at most "
                          f"{r.lb - s:.3g} can be served within the other limits")
-        elif r.family == "vendor-share":
+        elif r.family in ("vendor-share", "min-share"):
             lines.append(f"{r.name}: {r.detail} cannot hold with the supply available")
         del act
     if not lines:
