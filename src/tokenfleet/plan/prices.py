@@ -122,11 +122,21 @@ def _price(ctx: _Ctx, job: Job, meets: Callable[[Formulation, Solution], bool] |
         if b2 is not None and ctx.sol.objective is not None:
             high = ctx.sol.objective - b2
     note = ""
+    if ctx.sc.objective == "energy":
+        # the re-solves minimise MW at TDP; what dropping the constraint saves in energy
+        mwh = (_fleet_mw(ctx.f, ctx.sol) - _fleet_mw(g, s2)) * ctx.sc.hours_per_month
+        note = f"energy objective: saves {mwh:,.0f} MWh/month (the $ is the bill's change)"
     if point > 0 and meets is not None and meets(g, s2):
         note = (f"the re-solve found a plan ${point:,.0f}/month cheaper that meets this "
                 "constraint too: solver slack, not a price")
         point = 0.0
     return Price(point, low, high, proved, note)
+
+
+def _fleet_mw(f: Formulation, s: Solution) -> float:
+    """Chips at TDP, MW (what the energy objective minimises)."""
+    assert s.x is not None
+    return sum(c.watts * round(float(s.x[f.n[c.id]])) for c in f.cands) / 1e6
 
 
 def _by_name(f: Formulation, s: Solution) -> dict[str, float]:
