@@ -12,6 +12,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from tokenfleet.catalog.loader import Catalog, load_catalog
+from tokenfleet.cli import plan_whatif as whatif
 from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.gates import precision_gate
@@ -24,7 +25,45 @@ Gate = Callable[[Tier, str], tuple[bool, str]] | None
 
 
 def _money(x: float | None) -> str:
-    return "—" if x is None else f"${x:,.0f}"
+    return "—" if x is None else f"${x + 0.0 if abs(x) >= 0.5 else 0.0:,.0f}"
+
+
+def _print_shares_power_contracts(plan: Plan, console: Console) -> None:
+    shares = ", ".join(f"{v} {s:.0%}" for v, s in plan.vendor_share.items())
+    power = ", ".join(f"{r} {mw:.2f} MW" for r, mw in plan.power_mw.items())
+    console.print(f"  vendor share (output tokens at peak): {shares}")
+    spend = plan.vendor_shares.get("spend")
+    if spend:
+        console.print("  vendor share (spend): "
+                      + ", ".join(f"{v} {s:.0%}" for v, s in spend.items()))
+    console.print(f"  power at TDP: {power}")
+    if plan.energy:
+        e = plan.energy
+        cost = (f", {_money(e['usd_per_month'])}/month" if e.get("usd_per_month") is not None
+                else "")
+        console.print(f"  energy: {e['mwh_per_month']:,.0f} MWh/month at "
+                      f"{e['facility_mw']:.3g} MW facility power (PUE per region){cost}")
+    for k in plan.contracts:
+        ramp = (" ramp " + "/".join(f"{y / 1e6:g}M" for y in k["yearly_minimum_usd"])
+                + f" a year, year {k['year']}" if k.get("yearly_minimum_usd") else "")
+        console.print(f"  contract {k['name']} ({k['cloud']}): {_money(k['total_usd'])} over "
+                      f"{k['term_months']} months{ramp}; this month's minimum "
+                      f"{_money(k['minimum_usd_per_month'])}, used {k['used_fraction']:.0%}")
+
+
+def _print_constraints(plan: Plan, console: Console) -> None:
+    t = Table(title="Constraints")
+    for col in ("constraint", "binding", "saves if dropped, $/month", "per unit more",
+                "detail"):
+        t.add_column(col, overflow="fold")
+    for r in plan.constraints:
+        price = _money(r.marginal_usd_per_month)
+        if not r.price_proved and r.price_low_usd_per_month is not None:
+            price = f"≥ {_money(r.price_low_usd_per_month)}"
+        per = (f"{_money(r.per_unit_usd_per_month)}/{r.unit}"
+               if r.per_unit_usd_per_month is not None and r.unit else "")
+        t.add_row(r.name, "yes" if r.binding else "", price, per, r.detail)
+    console.print(t)
 
 
 def print_plan(plan: Plan, console: Console) -> None:
@@ -59,17 +98,8 @@ def print_plan(plan: Plan, console: Console) -> None:
     for tier in plan.tiers:
         for n in tier.precision_notes:
             console.print(f"  {tier.name}: {n}")
-    shares = ", ".join(f"{v} {s:.0%}" for v, s in plan.vendor_share.items())
-    power = ", ".join(f"{r} {mw:.2f} MW" for r, mw in plan.power_mw.items())
-    console.print(f"  vendor share (output tokens at peak): {shares}")
-    console.print(f"  power at TDP: {power}")
-    t = Table(title="Constraints")
-    for col in ("constraint", "binding", "saves if dropped, $/month", "detail"):
-        t.add_column(col, overflow="fold")
-    for r in plan.constraints:
-        t.add_row(r.name, "yes" if r.binding else "", _money(r.marginal_usd_per_month),
-                  r.detail)
-    console.print(t)
+    _print_shares_power_contracts(plan, console)
+    _print_constraints(plan, console)
     for n in plan.notes:
         console.print(f"  note: {n}")
     if plan.risk is not None:
@@ -172,6 +202,24 @@ def plan_cmd(
         help="seconds of each tier's traffic replayed with everything up")] = 900.0,
     outage_window: Annotated[float, typer.Option(
         help="seconds replayed with each N-1 group down")] = 120.0,
+    without: Annotated[list[str] | None, typer.Option(
+        "--without", help="plan with no chips of this accelerator, vendor or cloud and "
+                          "compare with the scenario as given (repeatable)")] = None,
+    require: Annotated[list[str] | None, typer.Option(
+        "--require", help="a floor on a vendor's share of a tier's output tokens, e.g. "
+                          "'large: Microsoft >= 0.3' (repeatable); compared as --without")] = None,
+    versus: Annotated[Path | None, typer.Option(
+        "--versus", help="another scenario YAML or plan.json: print both plans side by side "
+                         "with the saving and its band")] = None,
+    budget: Annotated[float | None, typer.Option(
+        "--budget", help="USD per month: plan the largest traffic (a multiple of the "
+                         "scenario's) served at every SLO within this bill")] = None,
+    power_mw: Annotated[float | None, typer.Option(
+        "--power-mw", help="MW over all regions: plan the largest traffic served within "
+                           "this power (facility power, PUE included)")] = None,
+    band: Annotated[bool, typer.Option(
+        help="with a comparison, re-solve both sides at the ends of the estimates' "
+             "uncertainty bands for a band on the saving")] = True,
 ) -> None:
     """The cheapest multi-vendor fleet that meets every SLO and policy.
 
@@ -192,6 +240,8 @@ def plan_cmd(
                               "(or --explain-schema)")
     sc, base = load_scenario(scenario, set_ or [])
     cat = load_catalog(catalog or [])
+    w = whatif.apply(sc, base, cat, without or [], require or [], budget, power_mw)
+    sc = w.sc
     gate = precision_gate(sc, base, str(scenario))
     err = console(stderr=True)
     with Progress(console=err, transient=True) as prog:
@@ -207,6 +257,11 @@ def plan_cmd(
         else:
             plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
                                  progress=step, compare_policies=baselines)
+        prog.update(task, description="planning the other side", total=None)
+        cmp = whatif.comparison(plan, w, base, cat, versus, band)
+    whatif.record(plan, w, cmp)
+    plan.source = whatif.source(scenario, set_ or [], without or [], require or [], budget,
+                                power_mw)
     out.write_text(plan.model_dump_json(indent=2))
     html_path = None
     if report is None or str(report) != "-":
@@ -217,7 +272,12 @@ def plan_cmd(
     if json_out:
         print(plan.model_dump_json(indent=2))
         return
-    print_plan(plan, console())
+    out_console = console()
+    print_plan(plan, out_console)
+    if w.scale is not None:
+        whatif.print_scale(w.scale, out_console)
+    if cmp is not None:
+        whatif.print_comparison(cmp, out_console)
     err.print(f"wrote {out}" + (f" and {html_path}" if html_path else ""))
 
 

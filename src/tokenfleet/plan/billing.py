@@ -31,9 +31,10 @@ class Bill:
 def bill_usd(metered_usd_by_cloud: Mapping[str, float],
              committed_usd_by_cloud: Mapping[str, float],
              prepaid_fixed_usd: float = 0.0, prepaid_used_usd: float = 0.0) -> Bill:
-    """The bill of a period from metered usage per cloud (on-demand and reserved
-    chip-hours at their price), commitments per cloud and prepaid capacity blocks
-    (``prepaid_fixed_usd`` paid in full; ``prepaid_used_usd`` of it used)."""
+    """The bill of a period from metered usage per account (on-demand and reserved
+    chip-hours at their price: per cloud, or per contract where contracts name what they
+    cover), commitments per account and prepaid capacity blocks (``prepaid_fixed_usd``
+    paid in full; ``prepaid_used_usd`` of it used)."""
     committed = sum(committed_usd_by_cloud.values())
     on_demand = sum(max(u - committed_usd_by_cloud.get(cl, 0.0), 0.0)
                     for cl, u in metered_usd_by_cloud.items())

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import highspy
@@ -28,8 +28,9 @@ from tokenfleet.plan import highs
 from tokenfleet.plan.candidates import Candidate, CandidateSet, Demand
 from tokenfleet.plan.n1 import N1Cut, starting_cuts, violated
 from tokenfleet.plan.scenario import Scenario
+from tokenfleet.plan.whatrows import add_whatif_rows
 
-POLICY_FAMILIES = ("vendor-share", "n-1")
+POLICY_FAMILIES = ("vendor-share", "n-1", "min-share")  # min-share: plan.whatrows
 
 
 @dataclass
@@ -79,16 +80,20 @@ class Program:
                 data.append(v)
         return csc_array((data, (ri, ci)), shape=(len(self.rows), len(self.cost)))
 
-    def solve(self, mip_gap: float, time_limit: float, *, heuristic_start: bool = True
-              ) -> Solution:
+    def solve(self, mip_gap: float, time_limit: float, *, heuristic_start: bool = True,
+              start_by_name: Mapping[str, float] | None = None) -> Solution:
         """Solve with HiGHS; with ``heuristic_start``, seed it with a plan found by
         diving on the LP relaxation (:func:`_dive`), which HiGHS's own heuristics do not
-        always find on large fleets."""
+        always find on large fleets. ``start_by_name`` (variable name -> value) is a
+        known feasible point instead, e.g. the plan itself when re-solving it with one
+        constraint relaxed (:mod:`tokenfleet.plan.prices`)."""
         t0 = time.perf_counter()
         a = self.matrix()
         integer = np.asarray(self.integer, bool)
         start = None
-        if heuristic_start and integer.any():
+        if start_by_name is not None:
+            start = np.array([start_by_name.get(v, 0.0) for v in self.names], float)
+        elif heuristic_start and integer.any():
             start = _dive(self, a, integer, deadline=t0 + DIVE_SHARE * time_limit)
         h = _highs_model(self, a, integer)
         h.setOptionValue("mip_rel_gap", mip_gap)
@@ -219,7 +224,7 @@ def fixed_monthly_cost(sc: Scenario) -> float:
     """USD per month paid whatever the plan: commitments and prepaid capacity blocks."""
     prepaid = sum(s.max_chips * (s.usd_per_chip_hour or 0.0) * sc.hours_per_month
                   for s in sc.supply if s.prepaid)
-    return sum(k.committed_usd_per_month for k in sc.contracts) + prepaid
+    return sum(k.fixed_usd_per_month for k in sc.contracts) + prepaid
 
 
 def group_of(c: Candidate, by: str) -> str:
@@ -268,6 +273,8 @@ def formulate(
     _contract_rows(b)
     _vendor_share_rows(b)
     groups = _n_minus_1_rows(b, n1_exact, n1_cuts)
+    # what-if rows (min share of a tier on a vendor, fleet-wide power): plan/whatrows.py
+    add_whatif_rows(b.p, b.sc, b.cs, b.cands, b.n, b.x, b.drop)
     if elastic:
         _make_elastic(b.p)
     return Formulation(b.p, b.n, b.x, b.od, b.cands, groups)
@@ -278,7 +285,6 @@ def _variables(sc: Scenario, cs: CandidateSet, cands: list[Candidate],
     """Replica counts (with their cost), routed rates, spend beyond each contract."""
     p = Program()
     hours = sc.hours_per_month
-    contract_clouds = {k.cloud for k in sc.contracts}
     eps = 1e-6  # tie-breaker: among equal bills, use fewer chip-hours
     n: dict[str, int] = {}
     x: dict[tuple[str, str], int] = {}
@@ -286,11 +292,13 @@ def _variables(sc: Scenario, cs: CandidateSet, cands: list[Candidate],
         s = sc.supply[c.supply_index]
         monthly = c.usd_per_hour * hours
         if sc.objective == "energy":
-            obj = c.watts / 1e6 + eps * monthly
+            obj = c.watts / 1e6 + eps * 1e-3 * monthly  # MW first; $ only breaks ties
         elif s.prepaid:  # paid for already (a constant below)
             obj = eps * monthly
         else:
-            obj = (0.0 if c.cloud in contract_clouds else monthly) + eps * monthly
+            # usage under a contract is paid through its row (minimum + overage, od)
+            under = sc.contract_for(c.accelerator.id, c.cloud, c.region) is not None
+            obj = (0.0 if under else monthly) + eps * monthly
         # Never more replicas than serving the tier's whole demand alone would take: a
         # valid bound that keeps branch-and-bound small.
         alone = sum(d.rate_per_s * (1 + sc.headroom) / c.capacity[d.bucket]
@@ -350,7 +358,7 @@ def _power_rows(b: _Build) -> None:
         members = [c for c in b.cands if c.region == r.name]
         name = f"power {r.name}"
         if members and not b.dropped(name, "power"):
-            b.p.row(name, "power", {b.n[c.id]: c.watts for c in members},
+            b.p.row(name, "power", {b.n[c.id]: c.watts * r.pue for c in members},
                     ub=r.power_mw * 1e6, detail=f"cap {r.power_mw:g} MW")
 
 
@@ -358,11 +366,12 @@ def _contract_rows(b: _Build) -> None:
     """Committed spend: usage in the contract's cloud beyond it is on-demand."""
     hours = b.sc.hours_per_month
     for k in b.sc.contracts:
-        members = [c for c in b.cands if c.cloud == k.cloud
+        members = [c for c in b.cands
+                   if b.sc.contract_for(c.accelerator.id, c.cloud, c.region) is k
                    and not b.sc.supply[c.supply_index].prepaid]
-        coefs = {b.n[c.id]: c.usd_per_hour * hours for c in members}
+        coefs = {b.n[c.id]: c.usd_per_hour * hours * (1 - k.discount) for c in members}
         coefs[b.od[k.name]] = -1.0
-        b.p.row(f"contract {k.name}", "contract", coefs, ub=k.committed_usd_per_month,
+        b.p.row(f"contract {k.name}", "contract", coefs, ub=k.fixed_usd_per_month,
                 detail=f"{k.committed_usd_per_month:,.0f} USD/month committed in {k.cloud}")
 
 
@@ -479,6 +488,7 @@ def solve_fleet(
     candidates: list[Candidate] | None = None,
     drop: frozenset[str] = frozenset(),
     elastic: bool = False,
+    start: Mapping[str, float] | None = None,
 ) -> tuple[Formulation, Solution]:
     """Formulate and solve; N-1 by cuts (:mod:`tokenfleet.plan.n1`) unless the scenario
     asks for the exact formulation or the program is elastic (infeasibility reports
@@ -493,7 +503,7 @@ def solve_fleet(
         method = "exact" if copies <= AUTO_EXACT_MAX_COPIES else "cuts"
     if n1 is None or "n-1" in drop or elastic or method == "exact":
         f = formulate(sc, cs, candidates=candidates, drop=drop, elastic=elastic)
-        return f, f.program.solve(sc.mip_gap, sc.time_limit_s)
+        return f, f.program.solve(sc.mip_gap, sc.time_limit_s, start_by_name=start)
     by, fraction = n1.by, n1.min_fraction
     groups = {g: [c.id for c in cands if group_of(c, by) == g]
               for g in sorted({group_of(c, by) for c in cands})}
@@ -512,7 +522,8 @@ def solve_fleet(
         f = formulate(sc, cs, candidates=cands, drop=drop, n1_exact=exact, n1_cuts=cuts)
         # A master whose incumbent still breaks N-1 is thrown away, so no round may
         # take the whole budget; the round that passes keeps what HiGHS proved by then.
-        sol = f.program.solve(sc.mip_gap, max((deadline - time.perf_counter()) / 3, 1.0))
+        sol = f.program.solve(sc.mip_gap, max((deadline - time.perf_counter()) / 3, 1.0),
+                              start_by_name=start)
         spent += sol.seconds
         # Every master relaxes the full program: its proved bound bounds the optimum.
         bound = max(bound, sol.bound if sol.bound is not None else -np.inf)
@@ -575,12 +586,12 @@ def _repair(sc: Scenario, cs: CandidateSet, cands: list[Candidate], drop: frozen
 
 def _make_elastic(p: Program) -> None:
     """Replace the objective by total relative violation of relaxable rows."""
-    relaxable = {"demand", "supply", "power", "vendor-share", "n-1"}
+    relaxable = {"demand", "supply", "power", "vendor-share", "n-1", "min-share"}
     p.cost = [0.0] * len(p.cost)
     for r in list(p.rows):
         if r.family not in relaxable:
             continue
-        if r.family == "vendor-share":
+        if r.family in ("vendor-share", "min-share"):
             # scale by the row's largest coefficient: slack in "token-rate" units
             scale = max((abs(v) for v in r.coefs.values()), default=1.0)
         elif r.family == "demand" or r.family == "n-1":

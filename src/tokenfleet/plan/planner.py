@@ -26,6 +26,7 @@ from tokenfleet.plan.candidates import (
     risk_factor,
 )
 from tokenfleet.plan.check import check_plan
+from tokenfleet.plan.contracts import enrich
 from tokenfleet.plan.milp import (
     POLICY_FAMILIES,
     Formulation,
@@ -33,6 +34,7 @@ from tokenfleet.plan.milp import (
     fixed_monthly_cost,
     solve_fleet,
 )
+from tokenfleet.plan.prices import price_constraints
 from tokenfleet.plan.risk import shortfall_odds
 from tokenfleet.plan.scenario import Scenario, Tier
 from tokenfleet.plan.schema import (
@@ -84,31 +86,30 @@ def _solve_many(sc: Scenario, cs: CandidateSet, jobs: list[dict],
 
 def cost_breakdown(sc: Scenario, chosen: list[tuple[Candidate, int]]) -> Cost:
     """The monthly bill of a fleet (:func:`tokenfleet.plan.billing.bill_usd`, the formula
-    the simulator bills a replayed window with)."""
+    the simulator bills a replayed window with): usage a contract covers, at its discount,
+    draws down that contract's minimum; usage beyond it, and usage no contract covers, is
+    paid at list; commitments and prepaid blocks are paid whatever is used."""
     hours = sc.hours_per_month
-    metered: dict[str, float] = defaultdict(float)
-    prepaid_used = 0.0
+    metered: dict[str, float] = defaultdict(float)  # by contract; "" = under none
+    fleet = prepaid_used = 0.0
     for c, reps in chosen:
+        spend = c.usd_per_hour * reps * hours
+        fleet += spend
         if sc.supply[c.supply_index].prepaid:
-            prepaid_used += c.usd_per_hour * reps * hours
-        else:
-            metered[c.cloud] += c.usd_per_hour * reps * hours
-    b = bill_usd(metered, committed_by_cloud(sc), prepaid_monthly_usd(sc), prepaid_used)
-    return Cost(usd_per_month=b.usd, fleet_usd_per_month=b.fleet_usd,
+            prepaid_used += spend
+            continue
+        k = sc.contract_for(c.accelerator.id, c.cloud, c.region)
+        metered[k.name if k else ""] += spend * (1 - k.discount) if k else spend
+    b = bill_usd(metered, {k.name: k.fixed_usd_per_month for k in sc.contracts},
+                 prepaid_monthly_usd(sc), prepaid_used)
+    return Cost(usd_per_month=b.usd, fleet_usd_per_month=fleet,
                 committed_usd_per_month=b.fixed_usd,
                 committed_used_usd_per_month=b.committed_used_usd,
                 on_demand_usd_per_month=b.on_demand_usd)
 
 
-def committed_by_cloud(sc: Scenario) -> dict[str, float]:
-    out: dict[str, float] = defaultdict(float)
-    for k in sc.contracts:
-        out[k.cloud] += k.committed_usd_per_month
-    return dict(out)
-
-
 def prepaid_monthly_usd(sc: Scenario) -> float:
-    return fixed_monthly_cost(sc) - sum(committed_by_cloud(sc).values())
+    return fixed_monthly_cost(sc) - sum(k.fixed_usd_per_month for k in sc.contracts)
 
 
 def chosen_units(f: Formulation, sol: Solution) -> list[tuple[Candidate, int]]:
@@ -155,7 +156,7 @@ def explain_infeasible(sc: Scenario, cs: CandidateSet) -> str:
         elif r.family in ("demand", "n-1"):
             lines.append(f"{r.name}: needs {r.lb:.3g} req/s; at most "
                          f"{r.lb - s:.3g} can be served within the other limits")
-        elif r.family == "vendor-share":
+        elif r.family in ("vendor-share", "min-share"):
             lines.append(f"{r.name}: {r.detail} cannot hold with the supply available")
         del act
     if not lines:
@@ -233,9 +234,11 @@ def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
         raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
     total = bill(sc, f, sol)
 
-    constraints = _constraint_reports(sc, cs, f, sol, total, compare_policies, progress)
+    constraints = (price_constraints(sc, cs, f, sol, total, bill, progress) if compare_policies
+                   else _constraint_reports(sc, cs, f, sol, total, False, progress))
     baselines = _baselines(sc, cs, total) if compare_policies else []
     plan = _assemble(sc, cs, f, sol, name, constraints, baselines, catalog)
+    enrich(plan, sc)  # contracts as signed, vendor shares by basis, energy (plan.contracts)
     # Verify with code that shares nothing with the MILP (tokenfleet.plan.check).
     violations = check_plan(plan, sc, catalog)
     if violations:
@@ -311,6 +314,8 @@ def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Sol
                      if r.family == fam)
         if fam == "vendor-share":
             detail = f"max {pol.max_vendor_share:.0%} per vendor ({pol.vendor_share_basis})"
+        elif fam != "n-1":
+            detail = "; ".join(r.detail for r in f.program.rows if r.family == fam)
         else:
             assert pol.n_minus_1 is not None
             detail = (f"without any one {pol.n_minus_1.by}, ≥ "
@@ -478,7 +483,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
         supply_max_chips={f"{s.accelerator}@{s.cloud}/{s.region}": s.max_chips
                           for s in sc.supply},
         contracts={k.name: ContractLimit(cloud=k.cloud,
-                                         committed_usd_per_month=k.committed_usd_per_month)
+                                         committed_usd_per_month=k.fixed_usd_per_month)
                    for k in sc.contracts},
         residency={t.name: t.regions for t in sc.tiers if t.regions},
     )

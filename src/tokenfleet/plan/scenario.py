@@ -90,6 +90,13 @@ def _default_precisions() -> list[PrecisionName]:
     return ["bf16", "fp8"]
 
 
+class Quality(_M):
+    max_loss: float = Field(
+        0.02, ge=0, le=1, description="largest relative drop in any published benchmark "
+                                      "score (1 - quantized / reference) this tier accepts; "
+                                      "default 2 %, an assumption")
+
+
 class Tier(_M):
     name: str
     model: str = Field(description="catalog model id, or a Hugging Face config.json path")
@@ -103,6 +110,11 @@ class Tier(_M):
                     "min_cosine: 0.99, format: nvfp4, ...} (see validate-precision)")
     regions: list[str] | None = Field(None, description="residency: allowed regions only")
     engine: str | None = Field(None, description="calibration engine (trtllm, vllm, ...)")
+    quality: Quality = Field(
+        default_factory=lambda: Quality(),
+        description="quality tolerance: a precision below bf16 runs only where a published "
+                    "figure (catalog quality_deltas.yaml) or a precision_rules report shows "
+                    "it within max_loss")
 
 
 class Supply(_M):
@@ -111,7 +123,7 @@ class Supply(_M):
     accelerator: str
     cloud: str
     region: str
-    max_chips: int = Field(gt=0)
+    max_chips: int = Field(ge=0, description="chips available (0: none, for what-ifs)")
     usd_per_chip_hour: float | None = Field(
         None, gt=0, description="price; default: the catalog's price for this cloud")
     price_kind: Literal["on_demand", "reserved"] = "on_demand"
@@ -125,16 +137,104 @@ class Supply(_M):
 
 class Region(_M):
     name: str
-    power_mw: float | None = Field(None, gt=0, description="power cap for this fleet, MW")
+    power_mw: float | None = Field(None, gt=0, description="power cap for this fleet, MW "
+                                   "(facility power: chips at TDP times pue)")
+    pue: float = Field(1.0, ge=1.0, description="power usage effectiveness: facility watts "
+                       "per chip watt (1.0 counts the chips' TDP only)")
+    usd_per_mwh: float | None = Field(
+        None, gt=0, description="energy price, for the energy cost in plan.json (cloud "
+                                "chip-hour prices already include power: informational)")
+
+
+class DiscountTier(_M):
+    """Commit at least this much over the term, get this much off list."""
+
+    min_total_usd: float = Field(ge=0, description="total commitment over the term, USD")
+    discount: float = Field(ge=0, lt=1, description="fraction off list price")
 
 
 class Contract(_M):
-    """Committed spend: paid whether used or not; usage in that cloud draws it down."""
+    """Committed spend: paid whether used or not (take-or-pay); usage in that cloud draws
+    it down. Give the monthly amount, or the deal as signed: a total over the term, or
+    a ramp of yearly minimums; the plan is for one month of contract year ``year``."""
 
     name: str
     cloud: str
-    committed_usd_per_month: float = Field(gt=0)
-    term_months: int = Field(12, gt=0, description="length of the commitment (reported)")
+    committed_usd_per_month: float = Field(
+        0.0, ge=0, description="take-or-pay minimum for the planned month (derived from "
+                               "total_usd or yearly_minimum_usd when those are given)")
+    term_months: int = Field(12, gt=0, description="length of the commitment")
+    total_usd: float | None = Field(
+        None, gt=0, description="total commitment over the term (spread evenly over its "
+                                "months unless yearly_minimum_usd gives a ramp)")
+    yearly_minimum_usd: list[float] | None = Field(
+        None, description="ramp: minimum spend in each contract year, USD (one entry per "
+                          "year of the term)")
+    year: int = Field(1, gt=0, description="contract year the plan is for (picks the ramp "
+                                           "step)")
+    power_mw: float | None = Field(
+        None, gt=0, description="power cap over this contract's pools (its cloud), MW, "
+                                "facility power")
+    accelerators: list[str] | None = Field(
+        None, description="chips whose usage burns the commitment (default: all in its "
+                          "cloud); other chips in the cloud are billed at list, on-demand")
+    regions: list[str] | None = Field(
+        None, description="regions whose usage burns the commitment (default: all)")
+    discount: float = Field(
+        0.0, ge=0, lt=1, description="fraction off list price on eligible usage, within "
+                                     "and beyond the commitment")
+    discount_tiers: list[DiscountTier] | None = Field(
+        None, description="volume discount: the tier the total commitment reaches sets "
+                          "`discount` (e.g. [{min_total_usd: 0, discount: 0.1}, "
+                          "{min_total_usd: 5.0e7, discount: 0.2}])")
+    take_or_pay: bool = Field(
+        True, description="the monthly minimum is paid whether used or not; false: only "
+                          "usage is paid (a discount agreement without a minimum)")
+
+    def eligible(self, accelerator: str, cloud: str, region: str) -> bool:
+        return (cloud == self.cloud
+                and (self.accelerators is None or accelerator in self.accelerators)
+                and (self.regions is None or region in self.regions))
+
+    @property
+    def fixed_usd_per_month(self) -> float:
+        """What the plan pays whatever it uses."""
+        return self.committed_usd_per_month if self.take_or_pay else 0.0
+
+    @model_validator(mode="after")
+    def _monthly(self) -> Contract:
+        derived = None
+        if self.yearly_minimum_usd:
+            years = -(-self.term_months // 12)
+            if len(self.yearly_minimum_usd) != years:
+                raise ValueError(f"yearly_minimum_usd has {len(self.yearly_minimum_usd)} "
+                                 f"entries; the {self.term_months}-month term has {years} "
+                                 "years")
+            if self.year > years:
+                raise ValueError(f"year {self.year} is past the {years}-year term")
+            if self.total_usd is not None and sum(self.yearly_minimum_usd) > self.total_usd:
+                raise ValueError("the yearly minimums add up to more than total_usd")
+            derived = self.yearly_minimum_usd[self.year - 1] / 12
+        elif self.total_usd:
+            derived = self.total_usd / self.term_months
+        if derived is not None:
+            if self.committed_usd_per_month and not math.isclose(
+                    self.committed_usd_per_month, derived, rel_tol=1e-9):
+                raise ValueError("give committed_usd_per_month or the deal as signed "
+                                 "(total_usd / yearly_minimum_usd), not both")
+            self.committed_usd_per_month = derived
+        if self.committed_usd_per_month <= 0:
+            raise ValueError("give committed_usd_per_month, total_usd or yearly_minimum_usd")
+        if self.discount_tiers:
+            total = self.total_usd or (sum(self.yearly_minimum_usd) if self.yearly_minimum_usd
+                                       else self.committed_usd_per_month * self.term_months)
+            reached = [t.discount for t in self.discount_tiers if t.min_total_usd <= total]
+            tier = max(reached, default=0.0)
+            if self.discount and not math.isclose(self.discount, tier, rel_tol=1e-9):
+                raise ValueError(f"discount {self.discount} disagrees with discount_tiers, "
+                                 f"which give {tier} for a {total:,.0f} USD commitment")
+            self.discount = tier
+        return self
 
 
 class NMinusOne(_M):
@@ -148,8 +248,20 @@ class NMinusOne(_M):
         "stay small")
 
 
+class MinShare(_M):
+    """A floor on one vendor's share of one tier's traffic (a negotiated migration)."""
+
+    tier: str
+    vendor: str = Field(description="vendor name as in the catalog, e.g. Microsoft, AMD")
+    min_fraction: float = Field(gt=0, le=1, description="share of the tier's output "
+                                "tokens at peak served on this vendor's chips")
+
+
 class Policy(_M):
     max_vendor_share: float | None = Field(None, gt=0, le=1)
+    min_share: list[MinShare] = Field(
+        default_factory=list, description="floors on a vendor's share of a tier "
+        "(`plan --require 'large: Microsoft >= 0.3'`)")
     vendor_share_basis: Literal["traffic", "spend"] = Field(
         "traffic", description="traffic = share of output tokens served at peak")
     n_minus_1: NMinusOne | None = None
@@ -183,6 +295,15 @@ class Scenario(_M):
     mip_gap: float = Field(
         0.01, gt=0, description="relative optimality gap (of the monthly bill) to stop at")
     time_limit_s: float = Field(30.0, gt=0, description="solver time limit per solve, s")
+    max_power_mw: float | None = Field(
+        None, gt=0, description="fleet-wide power cap over every region, MW (facility "
+                                "power; `plan --power-mw`)")
+
+    def contract_for(self, accelerator: str, cloud: str, region: str) -> Contract | None:
+        """The contract whose commitment a pool's usage burns: the first listed that it
+        is eligible for (a pool draws on one contract only)."""
+        return next((k for k in self.contracts if k.eligible(accelerator, cloud, region)),
+                    None)
 
     @model_validator(mode="after")
     def _risk(self) -> Scenario:

@@ -7,7 +7,7 @@ in watts (per pool) and megawatts (per region).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -196,8 +196,24 @@ class ConstraintReport(_Model):
     name: str
     binding: bool
     marginal_usd_per_month: float | None = Field(
-        description="how much the plan would save per month without this constraint")
+        description="how much the plan would save per month without this constraint: "
+                    "the plan re-solved without it (tokenfleet.plan.prices)")
     detail: str = ""
+    price_low_usd_per_month: float | None = Field(
+        None, description="the saving is proved at least this (solver bounds)")
+    price_high_usd_per_month: float | None = Field(
+        None, description="the saving is proved at most this (solver bounds)")
+    price_proved: bool = Field(
+        True, description="false when a re-solve ran out of time: the price is then "
+                          "'at least price_low_usd_per_month'")
+    per_unit_usd_per_month: float | None = Field(
+        None, description="saving per month of one more unit of the cap (see unit)")
+    unit: str | None = Field(None, description="unit of the cap: MW, chip, point of share")
+    per_unit_step: float | None = Field(
+        None, description="the cap was raised by this many units for per_unit_usd_per_month "
+                          "(10 % of it, at least one more replica)")
+    limit: float | None = Field(None, description="the cap, in unit")
+    used: float | None = Field(None, description="what the plan uses of it, in unit")
 
 
 class NMinusOneLimit(_Model):
@@ -267,6 +283,20 @@ class Plan(_Model):
     verification: Verification | None = None
     risk: Risk | None = None
     notes: list[str] = []
+    vendor_shares: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="basis (tokens, spend, chips) -> vendor -> share")
+    energy: dict[str, Any] = Field(
+        default_factory=dict, description="per region and in total: IT and facility MW "
+                                          "(PUE), MWh per month, and its cost where priced")
+    contracts: list[dict[str, Any]] = Field(
+        default_factory=list, description="each commitment as signed (term, total, ramp, "
+                                          "the month's minimum) and what this plan uses")
+    source: dict[str, Any] | None = Field(
+        None, description="how to plan it again: scenario path, --set overrides and "
+                          "what-ifs (`plan --versus` re-solves it for a band)")
+    whatif: dict[str, Any] | None = Field(
+        None, description="what-ifs applied (--without, --require, --budget, --power-mw) and "
+                          "the side-by-side comparison (--versus), see tokenfleet.plan.whatif")
 
     def pools_for(self, tier: str) -> list[PlanUnit]:
         return [u for u in self.units if u.tier == tier]
