@@ -53,6 +53,7 @@ from tokenfleet.plan.schema import (
     SolverInfo,
     TierSummary,
 )
+from tokenfleet.plan.whatrows import MIN_SHARE
 from tokenfleet.workload import SizeBuckets
 
 ACTIVE = 1e-6  # relative slack under which a ≤ row counts as binding
@@ -333,6 +334,9 @@ def _policy_drops(sc: Scenario, families: frozenset[str]) -> list[str]:
         out.append(f"vendor-share (max {pol.max_vendor_share:.0%})")
     if "n-1" in families and pol.n_minus_1 is not None:
         out.append(f"n-1 (by {pol.n_minus_1.by}, {pol.n_minus_1.min_fraction:.0%})")
+    if MIN_SHARE in families:
+        out.extend(f"min-share ({m.tier}: {m.vendor} >= {m.min_fraction:.0%})"
+                   for m in pol.min_share)
     return out
 
 
@@ -348,7 +352,9 @@ def _baselines(sc: Scenario, cs: CandidateSet, total: float) -> list[Baseline]:
     one_family = frozenset(
         ({"vendor-share"} if pol.max_vendor_share is not None and pol.max_vendor_share < 1
          else set())
-        | ({"n-1"} if pol.n_minus_1 is not None and pol.n_minus_1.by == "vendor" else set()))
+        | ({"n-1"} if pol.n_minus_1 is not None and pol.n_minus_1.by == "vendor" else set())
+        # a floor on another vendor's share cannot be met by one vendor or one chip
+        | ({MIN_SHARE} if pol.min_share else set()))
     one_drops = _policy_drops(sc, one_family)
     jobs = [{"drop": policy}] + ([{"candidates": nv, "drop": one_family}] if nv else []) + [
         {"candidates": [c for c in cs.candidates if c.accelerator.id == a],
