@@ -29,9 +29,9 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from tokenfleet.cli import catalog, estimate, plan, quality, serve, simulate, trace
+    from tokenfleet.cli import catalog, estimate, export, plan, quality, serve, simulate, trace
 
-    for module in (catalog, estimate, trace, plan, simulate, serve, quality):
+    for module in (catalog, estimate, trace, plan, export, simulate, serve, quality):
         module.register(app)
 
 
