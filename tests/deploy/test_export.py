@@ -113,7 +113,7 @@ def test_engine_arguments_carry_the_plans_layout_and_limits(vendor_plan: Plan) -
     result = export_plan(vendor_plan)
     for p in result.pools:
         u = p.target.unit
-        for eng, launch in p.launches.items():
+        for launch in p.launches.values():
             engines.check_flags(launch.family, launch.argv)
             if launch.family == "vllm":
                 a = launch.argv
