@@ -6,19 +6,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from tokenfleet.catalog.loader import load_catalog
 from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.perf.estimate import Estimate, Query, breakeven, compare, estimate
 from tokenfleet.perf.measurements import ENGINES
-from tokenfleet.yamlio import format_validation_error
+
+# The performance model (numpy, the calibration) and pydantic are imported inside the
+# commands, so that `--help` answers without loading them.
+if TYPE_CHECKING:
+    from tokenfleet.perf.estimate import Estimate, Query
 
 Model = Annotated[str, typer.Option("--model", "-m",
                                     help="catalog id/alias, or a Hugging Face config.json path")]
@@ -36,6 +37,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a t
 
 
 def _query(**kw) -> Query:
+    from pydantic import ValidationError
+
+    from tokenfleet.perf.estimate import Query
+    from tokenfleet.yamlio import format_validation_error
+
     try:
         return Query(**{k: v for k, v in kw.items() if v is not None})
     except ValidationError as e:
@@ -119,6 +125,9 @@ def estimate_cmd(
     --precision fp8 --input-len 2048 --output-len 256 --slo-ttft 1.0
     --slo-tpot 0.05
     """
+    from tokenfleet.catalog.loader import load_catalog
+    from tokenfleet.perf.estimate import estimate
+
     cat = load_catalog(catalog or [])
     if batch is not None:
         _run_batch(batch, cat)
@@ -137,6 +146,11 @@ def estimate_cmd(
 
 
 def _run_batch(path: Path, cat) -> None:
+    from pydantic import ValidationError
+
+    from tokenfleet.perf.estimate import Query, estimate
+    from tokenfleet.yamlio import format_validation_error
+
     try:
         lines = path.read_text().splitlines()
     except OSError as e:
@@ -183,6 +197,9 @@ def compare_cmd(
     (one output token), priced at the chip's catalog price (* = assumed
     price).
     """
+    from tokenfleet.catalog.loader import load_catalog
+    from tokenfleet.perf.estimate import compare
+
     cat = load_catalog(catalog or [])
     q = _query(model=model, accelerator="h100-sxm", precision=precision, engine=engine,
                input_len=input_len, output_len=output_len, slo_ttft=slo_ttft,
@@ -246,6 +263,9 @@ def breakeven_cmd(
     tokens per dollar" true, and at what price?). Both chips use their
     cheapest count and layout for this model and traffic.
     """
+    from tokenfleet.catalog.loader import load_catalog
+    from tokenfleet.perf.estimate import breakeven
+
     cat = load_catalog(catalog or [])
     q = _query(model=model, accelerator=accelerator, precision=precision, engine=engine,
                input_len=input_len, output_len=output_len, slo_ttft=slo_ttft,

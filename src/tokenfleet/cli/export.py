@@ -72,9 +72,11 @@ def export_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="print the export summary as "
                                                           "JSON")] = False,
 ) -> None:
-    """Write what it takes to run the plan: per pool, engine launch arguments (vLLM,
-    SGLang, TensorRT-LLM), a Kubernetes Deployment (LeaderWorkerSet when a replica spans
-    nodes) and Service, an llm-d InferencePool, and the gateway's backends.yaml.
+    """Write engine arguments, Kubernetes manifests and backends.yaml for a plan's pools.
+
+    Per pool: launch arguments for vLLM, SGLang and TensorRT-LLM (where they run on the
+    pool's chips), a Kubernetes Deployment (a LeaderWorkerSet when a replica spans
+    nodes) and Service, an llm-d InferencePool; and the gateway's backends.yaml.
 
     Where plan.json names no engine, export picks one per vendor (vLLM on NVIDIA and
     AMD, vLLM-TPU on Google TPU, vLLM-Neuron on Trainium, an assumed vLLM build on Maia)

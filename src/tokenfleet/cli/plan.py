@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
-from tokenfleet.catalog.loader import load_catalog
 from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.plan.gates import precision_gate
-from tokenfleet.plan.planner import plan_scenario
-from tokenfleet.plan.scenario import explain_schema, load_scenario
-from tokenfleet.plan.schema import Plan
+
+if TYPE_CHECKING:
+    from tokenfleet.plan.schema import Plan
 
 
 def _money(x: float | None) -> str:
@@ -107,6 +104,15 @@ def plan_cmd(
     Example: tokenfleet plan examples/frontier-lab.yaml --set
     supply.maia-200.price=4
     """
+    # Imported here, not at the top: the planner pulls in scipy, numba and polars, and
+    # `tokenfleet plan --help` must not wait for them.
+    from rich.progress import Progress
+
+    from tokenfleet.catalog.loader import load_catalog
+    from tokenfleet.plan.gates import precision_gate
+    from tokenfleet.plan.planner import plan_scenario
+    from tokenfleet.plan.scenario import explain_schema, load_scenario
+
     if explain_schema_:
         print(explain_schema())
         return

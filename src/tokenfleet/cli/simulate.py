@@ -6,24 +6,22 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.plan.schema import Plan, load_plan
 from tokenfleet.routing.policies import POLICIES
-from tokenfleet.sim.engine import ADMISSION_MODES, DEFAULT_SYNC_S, SimOptions
-from tokenfleet.sim.fleet import EngineConfig
-from tokenfleet.sim.results import SimSummary, TierResult
-from tokenfleet.sim.run import SimResult, prepare_workload, simulate
-from tokenfleet.sim.shocks import parse_failure, parse_price, parse_surge
-from tokenfleet.sim.sources import build_traffic
-from tokenfleet.sim.sweep import AXES
-from tokenfleet.sim.traffic import Workload
+
+# The simulator (numba, polars) is imported inside the commands, so that `--help`
+# answers without compiling or loading it.
+if TYPE_CHECKING:
+    from tokenfleet.plan.schema import Plan
+    from tokenfleet.sim.results import SimSummary, TierResult
+    from tokenfleet.sim.run import SimResult
+    from tokenfleet.sim.traffic import Workload
 
 TRACE_HELP = (
     "Requests to replay: a trace file (CSV/JSONL/Parquet, Azure, BurstGPT, Mooncake; "
@@ -97,6 +95,10 @@ def print_summary(s: SimSummary, console: Console) -> None:
 
 
 def _run_with_progress(plan: Plan, w: Workload, show: bool, **kw) -> SimResult:
+    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from tokenfleet.sim.run import simulate
+
     if not show:
         return simulate(plan, w, **kw)
     cols = (*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeElapsedColumn())
@@ -148,8 +150,9 @@ def simulate_cmd(
         help="split independent tiers over this many Ray workers (1 = this process)")] = 1,
     address: Annotated[str | None, typer.Option(
         help="Ray cluster to join (host:port or auto) instead of a local one")] = None,
-    sync_s: Annotated[float, typer.Option(
-        help="routing window, s: the router sees pool states this fresh")] = DEFAULT_SYNC_S,
+    sync_s: Annotated[float | None, typer.Option(
+        help="routing window, s: the router sees pool states this fresh (default: the "
+             "simulator's, sim.engine.DEFAULT_SYNC_S)")] = None,
     sample_s: Annotated[float | None, typer.Option(
         help="time-series interval, s (default ~1/500 of the traffic span)")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(
@@ -173,6 +176,14 @@ def simulate_cmd(
 
       tokenfleet simulate plan.json --scenario examples/frontier-lab.yaml --fail-each vendor
     """
+    from tokenfleet.plan.schema import load_plan
+    from tokenfleet.sim.engine import ADMISSION_MODES, DEFAULT_SYNC_S, SimOptions
+    from tokenfleet.sim.fleet import EngineConfig
+    from tokenfleet.sim.run import prepare_workload
+    from tokenfleet.sim.shocks import parse_failure, parse_price, parse_surge
+    from tokenfleet.sim.sources import build_traffic
+
+    sync_s = DEFAULT_SYNC_S if sync_s is None else sync_s
     plan = load_plan(plan_file)
     failures = [parse_failure(f) for f in fail or []]
     surges = [parse_surge(s) for s in surge or []]
@@ -305,6 +316,8 @@ def sweep_cmd(
     Writes one row per point (failed points too, with the error) to --out, a summary
     plot next to it (.html), and prints a table.
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
     from tokenfleet.report.sweep_html import write_sweep
     from tokenfleet.sim.sweep import load_grid, run_sweep
 
@@ -329,6 +342,8 @@ def register(app: typer.Typer) -> None:
 
 
 def print_sweep(rows: list[dict[str, Any]], console: Console) -> None:
+    from tokenfleet.sim.sweep import AXES
+
     if not rows:
         return
     axes = [k for k in rows[0] if k not in ("point", "status", "error")
