@@ -106,9 +106,8 @@ def plan_cmd(
     """
     # Imported here, not at the top: the planner pulls in scipy, numba and polars, and
     # `tokenfleet plan --help` must not wait for them.
-    from rich.progress import Progress
-
     from tokenfleet.catalog.loader import load_catalog
+    from tokenfleet.cli.progress import progress
     from tokenfleet.plan.gates import precision_gate
     from tokenfleet.plan.planner import plan_scenario
     from tokenfleet.plan.scenario import explain_schema, load_scenario
@@ -123,11 +122,10 @@ def plan_cmd(
     cat = load_catalog(catalog or [])
     gate = precision_gate(sc, base, str(scenario))
     err = console(stderr=True)
-    with Progress(console=err, transient=True) as prog:
-        task = prog.add_task("planning", total=None)
+    with progress("planning") as tick:
 
         def step(label: str, i: int, n: int) -> None:
-            prog.update(task, description=label, completed=i, total=n)
+            tick(i, n, label)
 
         plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
                              progress=step, compare_policies=baselines)

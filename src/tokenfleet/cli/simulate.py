@@ -4,7 +4,6 @@ from ``tokenfleet.sim.run`` and ``tokenfleet.sim.sweep``."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -95,17 +94,12 @@ def print_summary(s: SimSummary, console: Console) -> None:
 
 
 def _run_with_progress(plan: Plan, w: Workload, show: bool, **kw) -> SimResult:
-    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
-
+    from tokenfleet.cli.progress import progress
     from tokenfleet.sim.run import simulate
 
-    if not show:
-        return simulate(plan, w, **kw)
-    cols = (*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, console=Console(stderr=True), transient=True) as prog:
-        task = prog.add_task("simulating", total=len(w))
+    with progress("simulating", len(w), quiet=not show) as tick:
         opt = kw.pop("options")
-        opt.progress = lambda done, total: prog.update(task, completed=done)
+        opt.progress = lambda done, total: tick(done, total)
         return simulate(plan, w, options=opt, **kw)
 
 
@@ -198,7 +192,7 @@ def simulate_cmd(
     w = build_traffic(plan, trace or [], fmt, mapping, scenario, tier, rate, duration, seed)
     w = prepare_workload(plan, w, growth=growth, surges=surges, seed=seed)
     engine = EngineConfig(max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens)
-    show = sys.stderr.isatty() and not as_json
+    show = True  # on stderr: a bar on a terminal, periodic lines elsewhere
 
     def one(extra: list) -> SimResult:
         opt = SimOptions(policy=policy, seed=seed, sync_s=sync_s, sample_s=sample_s,
@@ -316,20 +310,20 @@ def sweep_cmd(
     Writes one row per point (failed points too, with the error) to --out, a summary
     plot next to it (.html), and prints a table.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
+    from tokenfleet.cli.progress import progress
     from tokenfleet.report.sweep_html import write_sweep
     from tokenfleet.sim.sweep import load_grid, run_sweep
 
     spec = load_grid(grid)
     points = spec.points()
     err = Console(stderr=True)
-    with Progress(*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=False,
-                  disable=not err.is_terminal) as prog:
-        task = prog.add_task("sweep", total=len(points))
-        rows = run_sweep(spec, workers=workers, address=address,
-                         on_point=lambda i, row: prog.advance(task))
+    done = [0]
+    with progress("sweep points", len(points)) as tick:
+        def on_point(i: int, row: dict[str, Any]) -> None:
+            done[0] += 1
+            tick(done[0])
+
+        rows = run_sweep(spec, workers=workers, address=address, on_point=on_point)
     paths = write_sweep(rows, spec, out)
 
     print_sweep(rows, Console(width=None if Console().is_terminal else 160))
