@@ -185,6 +185,11 @@ def compare_cmd(
     slo_tpot: SloTpot = None,
     accelerators: Annotated[str | None, typer.Option(
         help="comma list of chips (default: the whole catalog)")] = None,
+    cloud: Annotated[str | None, typer.Option(
+        help="price every chip in this cloud (chips it does not list are left out); "
+             "default: each chip's median price across the clouds that list one")] = None,
+    price_kind: Annotated[str, typer.Option(
+        help="on-demand | reserved | spot")] = "on-demand",
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -194,13 +199,23 @@ def compare_cmd(
     Each chip gets its cheapest count (1–64 chips, plus its scale-up domain)
     and layout that meets the SLOs. Chips that cannot serve it are listed
     last with the reason. Equal-cost comparison: every row is the same work
-    (one output token), priced at the chip's catalog price (* = assumed
-    price).
+    (one output token), priced like for like: every chip in --cloud at
+    --price-kind, or (default) each chip's median --price-kind price across the
+    clouds that list one (* = assumed price).
     """
     from tokenfleet.catalog.loader import load_catalog
+    from tokenfleet.catalog.pricing import parse_price_kind, priced_catalog
     from tokenfleet.perf.estimate import compare
 
-    cat = load_catalog(catalog or [])
+    kind = parse_price_kind(price_kind)
+    cat, choices = priced_catalog(load_catalog(catalog or []), cloud, kind)
+    if cloud is not None and not accelerators:
+        listed = [a for a, ch in choices.items() if ch.price is not None]
+        if not listed:
+            raise TokenfleetError(f"--cloud {cloud}: no chip lists a {kind} price there")
+        accelerators = ",".join(listed)
+    basis = (f"{cloud} {kind.replace('_', '-')} prices" if cloud else
+             f"each chip's median {kind.replace('_', '-')} price across clouds")
     q = _query(model=model, accelerator="h100-sxm", precision=precision, engine=engine,
                input_len=input_len, output_len=output_len, slo_ttft=slo_ttft,
                slo_tpot=slo_tpot)
@@ -217,7 +232,8 @@ def compare_cmd(
     if slo_tpot:
         slo.append(f"TPOT ≤ {slo_tpot * 1e3:g}ms")
     t = Table(title=f"{rows[0].model}: {input_len} in / {output_len} out"
-                    + (f", {', '.join(slo)}" if slo else ", offline max throughput"))
+                    + (f", {', '.join(slo)}" if slo else ", offline max throughput"),
+              caption=f"priced at {basis}")
     for col in ("#", "chip", "prec", "chips", "layout", "$/M out tok", "tok/s", "tok/J",
                 "TTFT ms", "TPOT ms", "trust", "why not"):
         t.add_column(col, justify="left" if col in ("chip", "layout", "trust", "why not",
