@@ -30,31 +30,31 @@ def print_plan(plan: Plan, console: Console) -> None:
                   f"(used {_money(c.committed_used_usd_per_month)})"
                   f" + on-demand {_money(c.on_demand_usd_per_month)}; fleet at list "
                   f"{_money(c.fleet_usd_per_month)}")
-    t = Table(title="Pools")
+    roles = plan.economics.pool_roles if plan.economics else {}
+    t = Table(title="Pools (standby: held for N-1, no traffic at peak)")
     for col in ("tier", "chip", "cloud/region", "prec", "layout", "replicas", "chips",
-                "$/month", "kW", "trust"):
+                "$/month", "kW", "trust", "role"):
         t.add_column(col, justify="right" if col in ("replicas", "chips", "$/month", "kW")
                      else "left", overflow="fold")
     for u in sorted(plan.units, key=lambda u: (u.tier, -u.usd_per_hour)):
         lay = " ".join(f"{k}{v}" for k, v in u.layout.items() if v > 1) or "tp1"
         t.add_row(u.tier, u.accelerator, f"{u.cloud}/{u.region}", u.precision, lay,
                   str(u.replicas), str(u.chips), _money(u.usd_per_hour * 730),
-                  f"{u.watts / 1e3:,.0f}", f"{u.provenance} ±{u.uncertainty:.0%}")
+                  f"{u.watts / 1e3:,.0f}", f"{u.provenance} ±{u.uncertainty:.0%}",
+                  roles.get(u.pool, ""))
     console.print(t)
-    t = Table(title="Tiers")
-    for col in ("tier", "model", "peak req/s", "out tok/s", "$/M out tok", "precisions"):
-        t.add_column(col)
-    for tier in plan.tiers:
-        t.add_row(tier.name, tier.model, f"{tier.peak_requests_per_s:,.1f}",
-                  f"{tier.output_tokens_per_s:,.0f}", f"{tier.usd_per_million_output_tokens:.3f}",
-                  ", ".join(tier.precisions))
-    console.print(t)
+    _print_tiers(plan, console)
     for tier in plan.tiers:
         for n in tier.precision_notes:
             console.print(f"  {tier.name}: {n}")
     shares = ", ".join(f"{v} {s:.0%}" for v, s in plan.vendor_share.items())
     power = ", ".join(f"{r} {mw:.2f} MW" for r, mw in plan.power_mw.items())
-    console.print(f"  vendor share (output tokens at peak): {shares}")
+    basis = plan.limits.get("vendor_share_basis", "traffic")
+    console.print(f"  vendor share (as the policy counts it, by {basis}): {shares}")
+    if plan.economics:
+        console.print("  vendor share by spend / chips / tokens: " + "; ".join(
+            f"{v} {s.spend:.0%} / {s.chips:.0%} / {s.tokens:.0%}"
+            for v, s in plan.economics.vendor_share.items()))
     console.print(f"  power at TDP: {power}")
     t = Table(title="Constraints")
     for col in ("constraint", "binding", "saves if dropped, $/month", "detail"):
@@ -75,6 +75,30 @@ def print_plan(plan: Plan, console: Console) -> None:
                    if b.usd_per_month and c.usd_per_month else b.note)
             t.add_row(b.name, _money(b.usd_per_month), rel)
         console.print(t)
+
+
+def _usd(x: float | None, spec: str = ".3f") -> str:
+    return "—" if x is None else "$" + format(x, spec)
+
+
+def _print_tiers(plan: Plan, console: Console) -> None:
+    econ = {t.tier: t for t in plan.economics.tiers} if plan.economics else {}
+    t = Table(title="Tiers (unit costs at peak demand, list prices)")
+    for col in ("tier", "model", "peak req/s", "out tok/s", "$/M in", "$/M out", "$/M blend",
+                "$/1k req", "Mtok/$", "precisions"):
+        t.add_column(col, overflow="fold")
+    for tier in plan.tiers:
+        e = econ.get(tier.name)
+        t.add_row(tier.name, tier.model, f"{tier.peak_requests_per_s:,.1f}",
+                  f"{tier.output_tokens_per_s:,.0f}",
+                  _usd(e.usd_per_million_input_tokens if e else None),
+                  _usd(e.usd_per_million_output_tokens if e else
+                       tier.usd_per_million_output_tokens),
+                  _usd(e.usd_per_million_tokens if e else None),
+                  _usd(e.usd_per_request * 1e3 if e and e.usd_per_request else None),
+                  f"{e.tokens_per_usd / 1e6:,.2f}" if e and e.tokens_per_usd else "—",
+                  ", ".join(tier.precisions))
+    console.print(t)
 
 
 def plan_cmd(
@@ -108,6 +132,7 @@ def plan_cmd(
     # `tokenfleet plan --help` must not wait for them.
     from tokenfleet.catalog.loader import load_catalog
     from tokenfleet.cli.progress import progress
+    from tokenfleet.plan.economics import plan_economics
     from tokenfleet.plan.gates import precision_gate
     from tokenfleet.plan.planner import plan_scenario
     from tokenfleet.plan.scenario import explain_schema, load_scenario
@@ -129,6 +154,7 @@ def plan_cmd(
 
         plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
                              progress=step, compare_policies=baselines)
+    plan = plan.model_copy(update={"economics": plan_economics(plan)})
     out.write_text(plan.model_dump_json(indent=2))
     html_path = None
     if report is None or str(report) != "-":

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.plan.economics import PlanEconomics
 
 PLAN_VERSION = 1
 HOURS_PER_MONTH = 730.0  # 8,760 h / 12
@@ -126,6 +127,9 @@ class Plan(_Model):
     constraints: list[ConstraintReport]
     solver: dict[str, Any]
     notes: list[str] = []
+    economics: PlanEconomics | None = Field(
+        None, description="unit costs, vendor shares by spend/chips/tokens, pool roles "
+                          "(tokenfleet.plan.economics.plan_economics)")
 
     def pools_for(self, tier: str) -> list[PlanUnit]:
         return [u for u in self.units if u.tier == tier]
