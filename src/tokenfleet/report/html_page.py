@@ -175,8 +175,12 @@ def page(title: str, body: str, figures: Sequence[Figure]) -> str:
 
 
 def figure_html(f: Figure) -> str:
-    """The placeholder a figure renders into, with its caption."""
-    return (f"<figure><div id=\"{esc(f.id)}\" class=\"{PLOT_CLASS}\"></div>"
+    """The placeholder a figure renders into, with its caption. A figure that sets its
+    own height gets a box that tall: Plotly draws at the layout's height whatever the
+    box, and a shorter box let the plot spill over the next card."""
+    h = f.figure.layout.height
+    style = f" style=\"height:{int(h)}px\"" if h else ""
+    return (f"<figure><div id=\"{esc(f.id)}\" class=\"{PLOT_CLASS}\"{style}></div>"
             f"<figcaption>{esc(f.caption)}</figcaption></figure>")
 
 
