@@ -26,3 +26,35 @@ def test_plan_report_fits_at_1400px(plan: Plan, tmp_path: Path) -> None:
     out = tmp_path / "plan.html"
     write_plan_report(plan, out)
     assert overflows(out, tmp_path) == []
+
+
+def test_simulation_report_fits_at_1400px(plan: Plan, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    units = [u.model_copy(update={"layout": {"tp": u.layout["tp"], "pp": 1, "dp": 1, "ep": 1}})
+             for u in plan.units]
+    (tmp_path / "plan.json").write_text(plan.model_copy(update={"units": units})
+                                        .model_dump_json())
+    tf = str(Path(sys.executable).parent / "tokenfleet")
+    r = subprocess.run([tf, "simulate", "plan.json", "--duration", "60", "--out", "sim"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert overflows(tmp_path / "sim/report.html", tmp_path) == []
+
+
+def test_sweep_report_fits_at_1400px(tmp_path: Path) -> None:
+    from tokenfleet.report.sweep_html import write_sweep
+    from tokenfleet.sim.sweep import GridSpec
+
+    spec = GridSpec(plan="plan.json", grid={
+        "set:supply.maia-200.price": [3.0, 4.0, 5.0], "growth": [1.0, 1.5],
+        "fail": ["none", "vendor=NVIDIA", "vendor=Microsoft"]})
+    rows = [{"point": i, "status": "ok", "set:supply.maia-200.price": p, "growth": g,
+             "fail": f, "chat.slo_attainment": 0.99 - 0.01 * i, "cost_usd": 1000.0 + 10 * i}
+            for i, (p, g, f) in enumerate((p, g, f) for p in (3.0, 4.0, 5.0)
+                                          for g in (1.0, 1.5)
+                                          for f in ("none", "vendor=NVIDIA",
+                                                    "vendor=Microsoft"))]
+    _, html_path = write_sweep(rows, spec, tmp_path / "sweep.parquet")
+    assert overflows(html_path, tmp_path) == []
