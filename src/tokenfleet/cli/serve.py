@@ -72,6 +72,9 @@ def serve_cmd(
     no_auth: Annotated[bool, typer.Option(
         "--no-auth", help="allow running without API keys on a non-loopback address")] = False,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="the model's tokenizer.json: count prompt tokens with it (default: an "
+             "estimate, characters / 4)")] = None,
 ) -> None:
     """Run the OpenAI-compatible gateway that routes each request by the plan.
 
@@ -103,7 +106,7 @@ def serve_cmd(
                 f"no API keys and --host {host} is reachable from other machines; give "
                 f"--api-keys-file or $TOKENFLEET_API_KEYS, or --no-auth to accept anyone")
         typer.secho("warning: API-key authentication is off", fg=typer.colors.YELLOW, err=True)
-    gateway = Gateway(the_plan, spec, keys, policy=policy)
+    gateway = Gateway(the_plan, spec, keys, policy=policy, tokenizer=tokenizer)
     install_uvloop()
     raise_fd_limit()
     freeze_startup_heap()
