@@ -180,3 +180,35 @@ def test_engine_named_in_the_plan_wins(vendor_plan: Plan) -> None:
                                   if f.path.startswith("k8s/")))
     cmd = next(iter(dep))["spec"]["template"]["spec"]["containers"][0]["command"]
     assert cmd[:3] == ["python3", "-m", "sglang.launch_server"]
+
+
+# Keys of a modelSpec entry and of its vllmConfig in the chart's values.yaml
+# (vllm-project/production-stack@00c38d1a15cc61b9691da2b66898690dc8745f25:helm/values.yaml).
+CHART_MODELSPEC_KEYS = {
+    "name", "enabled", "annotations", "podAnnotations", "serviceAccountName",
+    "priorityClassName", "runtimeClassName", "repository", "tag", "imagePullSecret",
+    "modelURL", "chatTemplate", "replicaCount", "resources", "requestCPU", "requestMemory",
+    "requestGPU", "requestGPUType", "limitCPU", "limitMemory", "pvcStorage", "pvcAccessMode",
+    "storageClass", "extraVolumes", "extraVolumeMounts", "initContainer", "vllmConfig",
+    "lmcacheConfig", "hf_token", "envFromSecret", "env", "affinity", "nodeSelectorTerms",
+    "nodeName", "tolerations", "tolerationsPolicy", "shmSize", "enableLoRA", "keda", "raySpec"}
+CHART_VLLMCONFIG_KEYS = {"v0", "enablePrefixCaching", "enableChunkedPrefill", "maxModelLen",
+                         "dtype", "tensorParallelSize", "maxNumSeqs", "maxLoras",
+                         "gpuMemoryUtilization", "runner", "convert", "extraArgs"}
+
+
+def test_helm_values_use_the_charts_keys_and_the_plans_numbers(vendor_plan: Plan) -> None:
+    f = next(f for f in export_plan(vendor_plan).files
+             if f.path == "helm/production-stack-values.yaml")
+    specs = yaml.safe_load(f.text)["servingEngineSpec"]["modelSpec"]
+    by_name = {k8s_name(u.pool): u for u in vendor_plan.units}
+    # single-node vLLM pools on NVIDIA and AMD only
+    assert {by_name[s["name"]].vendor for s in specs} == {"NVIDIA", "AMD"}
+    assert "chat/gb200/azure/us-central/fp4/x8" in f.text.split("servingEngineSpec")[0]
+    for s in specs:
+        assert set(s) <= CHART_MODELSPEC_KEYS
+        assert set(s["vllmConfig"]) <= CHART_VLLMCONFIG_KEYS
+        u = by_name[s["name"]]
+        assert s["replicaCount"] == u.replicas and s["requestGPU"] == u.chips_per_replica
+        assert s["vllmConfig"]["tensorParallelSize"] == u.layout["tp"]
+        engines.check_flags("vllm", s["vllmConfig"]["extraArgs"])

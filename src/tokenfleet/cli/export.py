@@ -52,7 +52,7 @@ def export_cmd(
     plan: Annotated[Path, typer.Argument(help="plan.json written by `tokenfleet plan`")],
     out: Annotated[Path, typer.Option(help="directory to write into")] = Path("deploy"),
     to: Annotated[str | None, typer.Option(
-        help="formats, comma-separated: vllm, sglang, trtllm, k8s, llm-d, backends "
+        help="formats, comma-separated: vllm, sglang, trtllm, k8s, llm-d, helm, backends "
              "(default: all)")] = None,
     namespace: Annotated[str, typer.Option(help="Kubernetes namespace")] = "tokenfleet",
     image: Annotated[list[str] | None, typer.Option(
@@ -76,7 +76,8 @@ def export_cmd(
 
     Per pool: launch arguments for vLLM, SGLang and TensorRT-LLM (where they run on the
     pool's chips), a Kubernetes Deployment (a LeaderWorkerSet when a replica spans
-    nodes) and Service, an llm-d InferencePool; and the gateway's backends.yaml.
+    nodes) and Service, an llm-d InferencePool; vLLM production-stack Helm values for
+    the GPU pools; and the gateway's backends.yaml.
 
     Where plan.json names no engine, export picks one per vendor (vLLM on NVIDIA and
     AMD, vLLM-TPU on Google TPU, vLLM-Neuron on Trainium, an assumed vLLM build on Maia)

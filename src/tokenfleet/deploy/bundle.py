@@ -29,7 +29,7 @@ from tokenfleet.deploy.platforms import EngineChoice, choose_engine, engines_for
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan, PlanUnit
 
-FORMATS = ("vllm", "sglang", "trtllm", "k8s", "llm-d", "backends")
+FORMATS = ("vllm", "sglang", "trtllm", "k8s", "llm-d", "helm", "backends")
 
 
 @dataclass
@@ -180,6 +180,26 @@ def _backends(pools: list[PoolExport]) -> str:
     return backends_yaml(entries, header)
 
 
+def _helm(pools: list[PoolExport]) -> ExportedFile:
+    """production-stack values for the pools that run plain vLLM on GPUs (the chart
+    requests GPUs and runs the vLLM image); other pools are listed in a comment."""
+    from tokenfleet.deploy.helm import HELM_SOURCE, helm_values
+
+    def fits(p: PoolExport) -> bool:
+        return (p.engine.engine == "vllm" and "vllm" in p.launches
+                and p.target.nodes_per_replica == 1)
+
+    gpu = [(p.target, p.launches["vllm"]) for p in pools if fits(p)]
+    skipped = [p.pool for p in pools if not fits(p)]
+    head = (f"# vLLM production-stack Helm values (keys as in {HELM_SOURCE}).\n"
+            "# helm install fleet vllm/vllm-stack -f production-stack-values.yaml\n"
+            "# requestCPU / requestMemory are assumptions (8 CPUs, 64 GiB per pod): size them\n"
+            + "".join(f"# not here (not single-node vLLM on GPUs; see k8s/): {s}\n"
+                      for s in skipped))
+    return ExportedFile("helm/production-stack-values.yaml",
+                        head + yaml.safe_dump(helm_values(gpu), sort_keys=False))
+
+
 def export_plan(plan: Plan, formats: list[str] | None = None,
                 options: ExportOptions | None = None, catalog: Any = None) -> ExportResult:
     """Every file of ``formats`` (default: all) for ``plan``; nothing is written."""
@@ -204,6 +224,8 @@ def export_plan(plan: Plan, formats: list[str] | None = None,
         if "llm-d" in formats:
             files.append(ExportedFile(f"llm-d/{p.name}.inferencepool.yaml",
                                       _dump_all([m.inference_pool(p.target)])))
+    if "helm" in formats:
+        files.append(_helm(pools))
     if "backends" in formats:
         files.append(ExportedFile("backends.yaml", _backends(pools)))
     result = ExportResult(files, pools)
