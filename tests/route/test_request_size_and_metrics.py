@@ -100,3 +100,54 @@ def test_token_counter_uses_the_tokenizer_when_given(tmp_path: Path) -> None:
     # without a tokenizer: ceil(chars / 4) per text = ceil(17/4) + ceil(3/4) = 5 + 1
     assert TokenCounter().count("chat", body) == 6
     assert TokenCounter(path).count("completion", {"prompt": [1, 2, 3]}) == 3
+
+
+def test_least_kv_routes_away_from_the_backend_whose_metrics_say_full(two_pool_plan) -> None:
+    import aiohttp
+
+    from tokenfleet.route.auth import ApiKeys
+    from tokenfleet.route.config import BackendsFile
+    from tokenfleet.route.gateway import Gateway
+    from tokenfleet.route.server import RunningServer
+
+    from .conftest import Stack, wait_for
+
+    async def run() -> None:
+        async with Stack() as st:
+            ems = []
+            for _ in range(2):
+                eng, _u = build_engine(PoolSpec(model="llama-3.1-8b", accelerator="h100-sxm",
+                                                count=1, precision="fp8", max_batch=8))
+                em = Emulator(eng, "llama-3.1-8b")
+                st.servers.append(await em.serve())
+                ems.append(em)
+            busy, idle = ems
+            for _ in range(6):  # 6 of 8 slots: the busy pool reports 75 % KV in use
+                busy.engine.submit(100, 1_000_000)
+            backends = BackendsFile.model_validate({
+                "gateway": {"policy": "least-kv"},
+                "pools": {"chat/cheap": {"backends": [busy.server.url]},
+                          "chat/dear": {"backends": [idle.server.url]}}})
+            gw = Gateway(two_pool_plan, backends, ApiKeys([]))
+            srv = await RunningServer(gw.make_app()).start()
+            st.servers.append(srv)
+            assert gw._scraper is not None
+            scraper = gw._scraper
+
+            def scraped() -> bool:
+                hot, cold = scraper.load(busy.server.url), scraper.load(idle.server.url)
+                return (hot is not None and cold is not None and hot.kv_used == 0.75
+                        and cold.kv_used == 0.0)
+
+            await wait_for(scraped)
+            pools = []
+            async with aiohttp.ClientSession() as s:
+                for _ in range(5):
+                    async with s.post(srv.url + "/v1/chat/completions", json={
+                            "model": "chat", "max_tokens": 2,
+                            "messages": [{"role": "user", "content": "hi"}]}) as r:
+                        assert r.status == 200
+                        pools.append(r.headers["X-Tokenfleet-Pool"])
+            assert pools == ["chat/dear"] * 5
+
+    asyncio.run(run())
