@@ -49,20 +49,23 @@ _banner_done = False
 
 
 def _new_highs() -> highspy.Highs:
-    """A HiGHS instance. The first one a process makes prints HiGHS's copyright banner
-    from C on file descriptor 1, before any option can be set; send it to stderr so that
-    ``--json`` output on stdout stays exactly one document."""
+    """A HiGHS instance. The first one a process makes prints HiGHS's version banner
+    from C on file descriptor 1, before any option can be set: it would break
+    ``--json`` (one document on stdout) and open every printed plan, so it goes to
+    /dev/null (plan.json's ``solver`` field names the solver)."""
     global _banner_done
     if _banner_done:
         return highspy.Highs()
     sys.stdout.flush()
     saved_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(2, 1)
+        os.dup2(devnull, 1)
         h = highspy.Highs()
     finally:
         os.dup2(saved_fd, 1)
         os.close(saved_fd)
+        os.close(devnull)
         _banner_done = True
     return h
 
