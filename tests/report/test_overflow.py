@@ -60,3 +60,14 @@ def test_sweep_report_fits_at_1400px(tmp_path: Path) -> None:
     _, html_path = write_sweep(rows, spec, tmp_path / "sweep.parquet")
     assert overflows(html_path, tmp_path) == []
     assert "plan $/month" in html_path.read_text()
+
+
+def test_tokens_per_dollar_by_chip_by_hand(plan: Plan) -> None:
+    from tokenfleet.report.plan_figures import tokens_per_usd_fig
+
+    # h100-sxm pools: A serves 0.6 x 10 req/s of 200+100 tokens and 0.75 x 2 of 2000+100,
+    # D 0.25 x 12 of 300+50: 1,800 + 3,150 + 1,050 = 6,000 tokens/s = 21.6 M/h for
+    # 12 + 4 = 16 $/h -> 1.35 M tokens per $.
+    bar = tokens_per_usd_fig(plan).figure.data[0]
+    got = dict(zip(bar.x, bar.y, strict=True))
+    assert abs(got["h100-sxm"] - 1.35) < 1e-9
