@@ -30,7 +30,7 @@ from .conftest import EVIL_SCENARIO, EVIL_TIER, LONG, SHORT, run_chromium
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURE_IDS = ["fig-cost-vendor", "fig-cost-cloud", "fig-chips", "fig-power", "fig-token-cost",
-              "fig-vendor-share", "fig-constraints", "fig-baselines"]
+              "fig-vendor-share", "fig-tokens-per-usd", "fig-constraints", "fig-baselines"]
 
 
 class Dom(HTMLParser):

@@ -6,19 +6,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from tokenfleet.catalog.loader import load_catalog
 from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.perf.estimate import Estimate, Query, breakeven, compare, estimate
 from tokenfleet.perf.measurements import ENGINES
-from tokenfleet.yamlio import format_validation_error
+
+# The performance model (numpy, the calibration) and pydantic are imported inside the
+# commands, so that `--help` answers without loading them.
+if TYPE_CHECKING:
+    from tokenfleet.perf.estimate import Estimate, Query
 
 Model = Annotated[str, typer.Option("--model", "-m",
                                     help="catalog id/alias, or a Hugging Face config.json path")]
@@ -53,6 +54,11 @@ KvLink = Annotated[float | None, typer.Option(
     "--kv-link-gbps", help="prefill role: GB/s per chip (one direction) to the decode pool; "
                            "default the chip's scale-out network")]
 def _query(**kw) -> Query:
+    from pydantic import ValidationError
+
+    from tokenfleet.perf.estimate import Query
+    from tokenfleet.yamlio import format_validation_error
+
     try:
         return Query(**{k: v for k, v in kw.items() if v is not None})
     except ValidationError as e:
@@ -184,6 +190,9 @@ def estimate_cmd(
     (speculative decoding / MTP), --role prefill|decode (one pool of
     disaggregated serving).
     """
+    from tokenfleet.catalog.loader import load_catalog
+    from tokenfleet.perf.estimate import estimate
+
     cat = load_catalog(catalog or [])
     if batch is not None:
         _run_batch(batch, cat)
@@ -204,6 +213,11 @@ def estimate_cmd(
 
 
 def _run_batch(path: Path, cat) -> None:
+    from pydantic import ValidationError
+
+    from tokenfleet.perf.estimate import Query, estimate
+    from tokenfleet.yamlio import format_validation_error
+
     try:
         lines = path.read_text().splitlines()
     except OSError as e:
@@ -245,6 +259,11 @@ def compare_cmd(
     slo_tpot: SloTpot = None,
     accelerators: Annotated[str | None, typer.Option(
         help="comma list of chips (default: the whole catalog)")] = None,
+    cloud: Annotated[str | None, typer.Option(
+        help="price every chip in this cloud (chips it does not list are left out); "
+             "default: each chip's median price across the clouds that list one")] = None,
+    price_kind: Annotated[str, typer.Option(
+        help="on-demand | reserved | spot")] = "on-demand",
     catalog: CatalogOpt = None,
     json_out: JsonOpt = False,
     prefix_hit_rate: PrefixHit = 0.0,
@@ -255,10 +274,23 @@ def compare_cmd(
     Each chip gets its cheapest count (1–64 chips, plus its scale-up domain)
     and layout that meets the SLOs. Chips that cannot serve it are listed
     last with the reason. Equal-cost comparison: every row is the same work
-    (one output token), priced at the chip's catalog price (* = assumed
-    price).
+    (one output token), priced like for like: every chip in --cloud at
+    --price-kind, or (default) each chip's median --price-kind price across the
+    clouds that list one (* = assumed price).
     """
-    cat = load_catalog(catalog or [])
+    from tokenfleet.catalog.loader import load_catalog
+    from tokenfleet.catalog.pricing import parse_price_kind, priced_catalog
+    from tokenfleet.perf.estimate import compare
+
+    kind = parse_price_kind(price_kind)
+    cat, choices = priced_catalog(load_catalog(catalog or []), cloud, kind)
+    if cloud is not None and not accelerators:
+        listed = [a for a, ch in choices.items() if ch.price is not None]
+        if not listed:
+            raise TokenfleetError(f"--cloud {cloud}: no chip lists a {kind} price there")
+        accelerators = ",".join(listed)
+    basis = (f"{cloud} {kind.replace('_', '-')} prices" if cloud else
+             f"each chip's median {kind.replace('_', '-')} price across clouds")
     q = _query(model=model, accelerator="h100-sxm", precision=precision, engine=engine,
                input_len=input_len, output_len=output_len, slo_ttft=slo_ttft,
                slo_tpot=slo_tpot, prefix_hit_rate=prefix_hit_rate or None)
@@ -275,7 +307,8 @@ def compare_cmd(
     if slo_tpot:
         slo.append(f"TPOT ≤ {slo_tpot * 1e3:g}ms")
     t = Table(title=f"{rows[0].model}: {input_len} in / {output_len} out"
-                    + (f", {', '.join(slo)}" if slo else ", offline max throughput"))
+                    + (f", {', '.join(slo)}" if slo else ", offline max throughput"),
+              caption=f"priced at {basis}")
     for col in ("#", "chip", "prec", "chips", "layout", "$/M out tok", "tok/s", "tok/J",
                 "TTFT ms", "TPOT ms", "trust", "rests on", "why not"):
         t.add_column(col, justify="left" if col in ("chip", "layout", "trust", "why not",
@@ -322,6 +355,9 @@ def breakeven_cmd(
     tokens per dollar" true, and at what price?). Both chips use their
     cheapest count and layout for this model and traffic.
     """
+    from tokenfleet.catalog.loader import load_catalog
+    from tokenfleet.perf.estimate import breakeven
+
     cat = load_catalog(catalog or [])
     q = _query(model=model, accelerator=accelerator, precision=precision, engine=engine,
                input_len=input_len, output_len=output_len, slo_ttft=slo_ttft,

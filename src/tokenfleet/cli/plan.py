@@ -4,24 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
-from tokenfleet.catalog.loader import Catalog, load_catalog
-from tokenfleet.cli import plan_whatif as whatif
 from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.plan.gates import precision_gate
-from tokenfleet.plan.planner import plan_scenario, prepare, solve_plan
-from tokenfleet.plan.scenario import Scenario, Tier, explain_schema, load_scenario
-from tokenfleet.plan.schema import Plan
-from tokenfleet.sim.verify import VerifyOptions, verify
 
-Gate = Callable[[Tier, str], tuple[bool, str]] | None
+if TYPE_CHECKING:
+    from tokenfleet.catalog.loader import Catalog
+    from tokenfleet.plan.scenario import Scenario, Tier
+    from tokenfleet.plan.schema import Plan
+    from tokenfleet.sim.verify import VerifyOptions
+
+    Gate = Callable[[Tier, str], tuple[bool, str]] | None
 
 
 def _money(x: float | None) -> str:
@@ -32,6 +30,10 @@ def _print_shares_power_contracts(plan: Plan, console: Console) -> None:
     shares = ", ".join(f"{v} {s:.0%}" for v, s in plan.vendor_share.items())
     power = ", ".join(f"{r} {mw:.2f} MW" for r, mw in plan.power_mw.items())
     console.print(f"  vendor share (output tokens at peak): {shares}")
+    if plan.economics:
+        console.print("  vendor share by spend / chips / tokens: " + "; ".join(
+            f"{v} {s.spend:.0%} / {s.chips:.0%} / {s.tokens:.0%}"
+            for v, s in plan.economics.vendor_share.items()))
     spend = plan.vendor_shares.get("spend")
     if spend:
         console.print("  vendor share (spend): "
@@ -76,25 +78,20 @@ def print_plan(plan: Plan, console: Console) -> None:
                   f"(used {_money(c.committed_used_usd_per_month)})"
                   f" + on-demand {_money(c.on_demand_usd_per_month)}; fleet at list "
                   f"{_money(c.fleet_usd_per_month)}")
-    t = Table(title="Pools")
+    roles = plan.economics.pool_roles if plan.economics else {}
+    t = Table(title="Pools (standby: held for N-1, no traffic at peak)")
     for col in ("tier", "chip", "cloud/region", "prec", "layout", "replicas", "chips",
-                "$/month", "kW", "trust"):
+                "$/month", "kW", "trust", "role"):
         t.add_column(col, justify="right" if col in ("replicas", "chips", "$/month", "kW")
                      else "left", overflow="fold")
     for u in sorted(plan.units, key=lambda u: (u.tier, -u.usd_per_hour)):
         lay = u.layout.short
         t.add_row(u.tier, u.accelerator, f"{u.cloud}/{u.region}", u.precision, lay,
                   str(u.replicas), str(u.chips), _money(u.usd_per_hour * 730),
-                  f"{u.watts / 1e3:,.0f}", f"{u.provenance} ±{u.uncertainty:.0%}")
+                  f"{u.watts / 1e3:,.0f}", f"{u.provenance} ±{u.uncertainty:.0%}",
+                  roles.get(u.pool, ""))
     console.print(t)
-    t = Table(title="Tiers")
-    for col in ("tier", "model", "peak req/s", "out tok/s", "$/M out tok", "precisions"):
-        t.add_column(col)
-    for tier in plan.tiers:
-        t.add_row(tier.name, tier.model, f"{tier.peak_requests_per_s:,.1f}",
-                  f"{tier.output_tokens_per_s:,.0f}", f"{tier.usd_per_million_output_tokens:.3f}",
-                  ", ".join(tier.precisions))
-    console.print(t)
+    _print_tiers(plan, console)
     for tier in plan.tiers:
         for n in tier.precision_notes:
             console.print(f"  {tier.name}: {n}")
@@ -178,6 +175,30 @@ def _sec(x: float | None) -> str:
     return "—" if x is None else f"{x:.3g} s"
 
 
+def _usd(x: float | None, spec: str = ".3f") -> str:
+    return "—" if x is None else "$" + format(x, spec)
+
+
+def _print_tiers(plan: Plan, console: Console) -> None:
+    econ = {t.tier: t for t in plan.economics.tiers} if plan.economics else {}
+    t = Table(title="Tiers (unit costs at peak demand, list prices)")
+    for col in ("tier", "model", "peak req/s", "out tok/s", "$/M in", "$/M out", "$/M blend",
+                "$/1k req", "Mtok/$", "precisions"):
+        t.add_column(col, overflow="fold")
+    for tier in plan.tiers:
+        e = econ.get(tier.name)
+        t.add_row(tier.name, tier.model, f"{tier.peak_requests_per_s:,.1f}",
+                  f"{tier.output_tokens_per_s:,.0f}",
+                  _usd(e.usd_per_million_input_tokens if e else None),
+                  _usd(e.usd_per_million_output_tokens if e else
+                       tier.usd_per_million_output_tokens),
+                  _usd(e.usd_per_million_tokens if e else None),
+                  _usd(e.usd_per_request * 1e3 if e and e.usd_per_request else None),
+                  f"{e.tokens_per_usd / 1e6:,.2f}" if e and e.tokens_per_usd else "—",
+                  ", ".join(tier.precisions))
+    console.print(t)
+
+
 def plan_cmd(
     scenario: Annotated[Path | None, typer.Argument(help="scenario YAML")] = None,
     out: Annotated[Path, typer.Option(help="where to write plan.json")] = Path("plan.json"),
@@ -232,6 +253,17 @@ def plan_cmd(
     Example: tokenfleet plan examples/frontier-lab.yaml --set
     supply.maia-200.price=4
     """
+    # Imported here, not at the top: the planner pulls in scipy, numba and polars, and
+    # `tokenfleet plan --help` must not wait for them.
+    from tokenfleet.catalog.loader import load_catalog
+    from tokenfleet.cli import plan_whatif as whatif
+    from tokenfleet.cli.progress import progress
+    from tokenfleet.plan.economics import plan_economics
+    from tokenfleet.plan.gates import precision_gate
+    from tokenfleet.plan.planner import plan_scenario
+    from tokenfleet.plan.scenario import explain_schema, load_scenario
+    from tokenfleet.sim.verify import VerifyOptions
+
     if explain_schema_:
         print(explain_schema())
         return
@@ -244,11 +276,10 @@ def plan_cmd(
     sc = w.sc
     gate = precision_gate(sc, base, str(scenario))
     err = console(stderr=True)
-    with Progress(console=err, transient=True) as prog:
-        task = prog.add_task("planning", total=None)
+    with progress("planning") as tick:
 
         def step(label: str, i: int, n: int) -> None:
-            prog.update(task, description=label, completed=i, total=n)
+            tick(i, n, label)
 
         if verify_:
             plan = _verified(sc, base, cat, gate, step, baselines, str(scenario),
@@ -257,8 +288,9 @@ def plan_cmd(
         else:
             plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
                                  progress=step, compare_policies=baselines)
-        prog.update(task, description="planning the other side", total=None)
+        tick(0, 0, "planning the other side")
         cmp = whatif.comparison(plan, w, base, cat, versus, band)
+    plan = plan.model_copy(update={"economics": plan_economics(plan)})
     whatif.record(plan, w, cmp)
     plan.source = whatif.source(scenario, set_ or [], without or [], require or [], budget,
                                 power_mw)
@@ -286,6 +318,9 @@ def _verified(sc: Scenario, base: Path, cat: Catalog, gate: Gate,
               opts: VerifyOptions) -> Plan:
     """Plan, verify by simulation (re-sizing and re-solving), then price the constraints
     and solve the baselines once, on the capacities the simulation settled on."""
+    from tokenfleet.plan.planner import prepare, solve_plan
+    from tokenfleet.sim.verify import verify
+
     cs = prepare(sc, base, cat, None, gate, step)
 
     def solve(scale: dict[str, float]) -> Plan:

@@ -16,11 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.quality.assessment import QualityReport
 from tokenfleet.quality.formats import FORMAT_NAMES, INT4_DEFAULT_GROUP, parse_formats
 from tokenfleet.quality.sources import MODEL_SHORTCUTS, read_texts, resolve_model_dir
 
 if TYPE_CHECKING:
+    from tokenfleet.quality.assessment import QualityReport
     from tokenfleet.quality.validate import PrecisionValidator
 
 _QUALITY_PACKAGES = {"torch", "transformers", "safetensors", "tokenizers"}

@@ -72,6 +72,9 @@ def serve_cmd(
     no_auth: Annotated[bool, typer.Option(
         "--no-auth", help="allow running without API keys on a non-loopback address")] = False,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="the model's tokenizer.json: count prompt tokens with it (default: an "
+             "estimate, characters / 4)")] = None,
 ) -> None:
     """Run the OpenAI-compatible gateway that routes each request by the plan.
 
@@ -103,7 +106,7 @@ def serve_cmd(
                 f"no API keys and --host {host} is reachable from other machines; give "
                 f"--api-keys-file or $TOKENFLEET_API_KEYS, or --no-auth to accept anyone")
         typer.secho("warning: API-key authentication is off", fg=typer.colors.YELLOW, err=True)
-    gateway = Gateway(the_plan, spec, keys, policy=policy)
+    gateway = Gateway(the_plan, spec, keys, policy=policy, tokenizer=tokenizer)
     install_uvloop()
     raise_fd_limit()
     freeze_startup_heap()
@@ -136,9 +139,12 @@ def emulate_cmd(
     precision: Annotated[str, typer.Option(help="bf16 | fp8 | fp4 | int8 | auto")] = "auto",
     engine: Annotated[str | None, typer.Option(help="calibration: vllm, sglang, trtllm, "
                                                     "...")] = None,
-    plan: Annotated[Path | None, typer.Option(help="emulate a pool of this plan.json "
-                                                   "(with --pool)")] = None,
+    plan: Annotated[Path | None, typer.Option(help="emulate this plan.json: every pool "
+                                                   "(one port each), or --pool")] = None,
     pool: Annotated[str | None, typer.Option(help="pool id in --plan")] = None,
+    backends_out: Annotated[Path, typer.Option(
+        help="with --plan and no --pool: where to write the gateway's backends.yaml"
+    )] = Path("backends.yaml"),
     served_model: Annotated[str | None, typer.Option(
         help="model name clients must send (default: the catalog model id)")] = None,
     max_batch: Annotated[int | None, typer.Option(
@@ -158,14 +164,18 @@ def emulate_cmd(
     seed: Annotated[int, typer.Option(help="seed of the error-rate draws")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run an OpenAI-compatible server that behaves like a pool of one chip kind.
+    """Run OpenAI-compatible servers that behave like pools of a chip kind.
 
+    With --plan and no --pool: every pool of the plan in this process, on ports
+    --port, --port+1, ... (0: free ports), and a backends.yaml for `tokenfleet serve`.
     Tokens are paced by the performance model with continuous batching; faults can be
     injected with the flags or at run time: POST /admin/faults {"slowdown": 3},
     {"error_rate": 0.2} or {"die": true}.
 
     Example: tokenfleet emulate --accelerator maia-200 --model llama-3.1-70b --replicas 2
     --port 9001
+
+    Example: tokenfleet emulate --plan plan.json --port 9100 --backends-out backends.yaml
     """
     from tokenfleet.plan.schema import load_plan
     from tokenfleet.route.emulator import Emulator, Faults, PoolSpec, build_engine
@@ -180,6 +190,14 @@ def emulate_cmd(
     if (fixed_ttft is None) != (fixed_tpot is None):
         raise TokenfleetError("give both --fixed-ttft and --fixed-tpot, or neither")
     info: dict[str, object]
+    if plan is not None and pool is None:
+        from tokenfleet.cli.emulate_plan import emulate_plan
+
+        install_uvloop()
+        raise_fd_limit()
+        emulate_plan(plan, host, port, backends_out, max_queue, seed, json_out,
+                     _serve_until_signal)
+        return
     if plan is not None or pool is not None:
         if plan is None or pool is None:
             raise TokenfleetError("--plan and --pool go together")

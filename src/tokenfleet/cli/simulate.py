@@ -4,26 +4,23 @@ from ``tokenfleet.sim.run`` and ``tokenfleet.sim.sweep``."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.plan.schema import Plan, TierSummary, load_plan
 from tokenfleet.routing.policies import POLICIES
-from tokenfleet.sim.engine import ADMISSION_MODES, DEFAULT_SYNC_S, SimOptions
-from tokenfleet.sim.fleet import EngineConfig
-from tokenfleet.sim.results import SimSummary, TierResult
-from tokenfleet.sim.run import SimResult, prepare_workload, simulate
-from tokenfleet.sim.shocks import parse_failure, parse_price, parse_surge
-from tokenfleet.sim.sources import build_traffic
-from tokenfleet.sim.sweep import AXES
-from tokenfleet.sim.traffic import Workload
+
+# The simulator (numba, polars) is imported inside the commands, so that `--help`
+# answers without compiling or loading it.
+if TYPE_CHECKING:
+    from tokenfleet.plan.schema import Plan, TierSummary
+    from tokenfleet.sim.results import SimSummary, TierResult
+    from tokenfleet.sim.run import SimResult
+    from tokenfleet.sim.traffic import Workload
 
 TRACE_HELP = (
     "Requests to replay: a trace file (CSV/JSONL/Parquet, Azure, BurstGPT, Mooncake; "
@@ -102,13 +99,12 @@ def print_summary(s: SimSummary, console: Console) -> None:
 
 
 def _run_with_progress(plan: Plan, w: Workload, show: bool, **kw) -> SimResult:
-    if not show:
-        return simulate(plan, w, **kw)
-    cols = (*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, console=Console(stderr=True), transient=True) as prog:
-        task = prog.add_task("simulating", total=len(w))
+    from tokenfleet.cli.progress import progress
+    from tokenfleet.sim.run import simulate
+
+    with progress("simulating", len(w), quiet=not show) as tick:
         opt = kw.pop("options")
-        opt.progress = lambda done, total: prog.update(task, completed=done)
+        opt.progress = lambda done, total: tick(done, total)
         return simulate(plan, w, options=opt, **kw)
 
 
@@ -153,8 +149,9 @@ def simulate_cmd(
         help="split independent tiers over this many Ray workers (1 = this process)")] = 1,
     address: Annotated[str | None, typer.Option(
         help="Ray cluster to join (host:port or auto) instead of a local one")] = None,
-    sync_s: Annotated[float, typer.Option(
-        help="routing window, s: the router sees pool states this fresh")] = DEFAULT_SYNC_S,
+    sync_s: Annotated[float | None, typer.Option(
+        help="routing window, s: the router sees pool states this fresh (default: the "
+             "simulator's, sim.engine.DEFAULT_SYNC_S)")] = None,
     sample_s: Annotated[float | None, typer.Option(
         help="time-series interval, s (default ~1/500 of the traffic span)")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(
@@ -178,6 +175,14 @@ def simulate_cmd(
 
       tokenfleet simulate plan.json --scenario examples/frontier-lab.yaml --fail-each vendor
     """
+    from tokenfleet.plan.schema import load_plan
+    from tokenfleet.sim.engine import ADMISSION_MODES, DEFAULT_SYNC_S, SimOptions
+    from tokenfleet.sim.fleet import EngineConfig
+    from tokenfleet.sim.run import prepare_workload
+    from tokenfleet.sim.shocks import parse_failure, parse_price, parse_surge
+    from tokenfleet.sim.sources import build_traffic
+
+    sync_s = DEFAULT_SYNC_S if sync_s is None else sync_s
     plan = load_plan(plan_file)
     failures = [parse_failure(f) for f in fail or []]
     surges = [parse_surge(s) for s in surge or []]
@@ -192,7 +197,7 @@ def simulate_cmd(
     w = build_traffic(plan, trace or [], fmt, mapping, scenario, tier, rate, duration, seed)
     w = prepare_workload(plan, w, growth=growth, surges=surges, seed=seed)
     engine = EngineConfig(max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens)
-    show = sys.stderr.isatty() and not as_json
+    show = True  # on stderr: a bar on a terminal, periodic lines elsewhere
 
     def one(extra: list) -> SimResult:
         opt = SimOptions(policy=policy, seed=seed, sync_s=sync_s, sample_s=sample_s,
@@ -320,18 +325,20 @@ def sweep_cmd(
     Writes one row per point (failed points too, with the error) to --out, a summary
     plot next to it (.html), and prints a table.
     """
+    from tokenfleet.cli.progress import progress
     from tokenfleet.report.sweep_html import write_sweep
     from tokenfleet.sim.sweep import load_grid, run_sweep
 
     spec = load_grid(grid)
     points = spec.points()
     err = Console(stderr=True)
-    with Progress(*Progress.get_default_columns()[:2], BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=False,
-                  disable=not err.is_terminal) as prog:
-        task = prog.add_task("sweep", total=len(points))
-        rows = run_sweep(spec, workers=workers, address=address,
-                         on_point=lambda i, row: prog.advance(task))
+    done = [0]
+    with progress("sweep points", len(points)) as tick:
+        def on_point(i: int, row: dict[str, Any]) -> None:
+            done[0] += 1
+            tick(done[0])
+
+        rows = run_sweep(spec, workers=workers, address=address, on_point=on_point)
     paths = write_sweep(rows, spec, out)
 
     print_sweep(rows, Console(width=None if Console().is_terminal else 160))
@@ -344,6 +351,8 @@ def register(app: typer.Typer) -> None:
 
 
 def print_sweep(rows: list[dict[str, Any]], console: Console) -> None:
+    from tokenfleet.sim.sweep import AXES
+
     if not rows:
         return
     axes = [k for k in rows[0] if k not in ("point", "status", "error")

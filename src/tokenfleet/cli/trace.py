@@ -9,22 +9,28 @@ from __future__ import annotations
 import math
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.workload.buckets import SizeBuckets
-from tokenfleet.workload.generate import fit_lengths, gamma_bursty, poisson
-from tokenfleet.workload.readers import read_trace, trace_formats, write_trace
-from tokenfleet.workload.samples import sample_path
-from tokenfleet.workload.stats import HistogramBin, TraceStats, trace_stats
-from tokenfleet.workload.trace import Trace
+
+# The trace readers and statistics (numpy, polars) are imported inside the commands, so
+# that `--help` answers without loading them.
+if TYPE_CHECKING:
+    from tokenfleet.workload.buckets import SizeBuckets
+    from tokenfleet.workload.stats import HistogramBin, TraceStats
+    from tokenfleet.workload.trace import Trace
+
+# The formats workload.readers registers, named here so that --help need not import the
+# readers; tests/test_cli_help.py checks the two lists agree.
+TRACE_FORMATS = ("azure", "burstgpt", "mooncake", "csv", "jsonl", "parquet")
 
 _FORMAT_HELP = (
     "Trace format; detected from the extension and header when omitted. One of: "
-    + ", ".join(trace_formats())
+    + ", ".join(TRACE_FORMATS)
     + "."
 )
 _MAP_HELP = (
@@ -62,6 +68,8 @@ def _edges(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
 
 def _buckets(input_edges: str | None, output_edges: str | None) -> SizeBuckets:
     from pydantic import ValidationError
+
+    from tokenfleet.workload.buckets import SizeBuckets
 
     base = SizeBuckets()
     try:
@@ -176,6 +184,8 @@ def _print_stats(s: TraceStats, console: Console) -> None:
 def _load(
     path: Path, fmt: str | None, mapping: str | None, model: str | None, keep_failed: bool
 ) -> Trace:
+    from tokenfleet.workload.readers import read_trace
+
     return read_trace(path, format=fmt, mapping=mapping, model=model, drop_failed=not keep_failed)
 
 
@@ -255,6 +265,8 @@ def register(app: typer.Typer) -> None:
 
         A CSV with other column names: --map arrival=ts,input=prompt,output=completion,unit=ms
         """
+        from tokenfleet.workload.stats import trace_stats
+
         trace = _load(file, fmt, mapping, model, keep_failed)
         stats = trace_stats(trace, _buckets(input_edges, output_edges))
         if as_json:
@@ -345,6 +357,11 @@ def register(app: typer.Typer) -> None:
 
             tokenfleet trace generate --like conv.csv.gz --kind gamma --growth 2 -o x2.parquet
         """
+        from tokenfleet.workload.generate import fit_lengths, gamma_bursty, poisson
+        from tokenfleet.workload.readers import read_trace, write_trace
+        from tokenfleet.workload.samples import sample_path
+        from tokenfleet.workload.stats import trace_stats
+
         ref = (
             read_trace(like, format=like_format, mapping=like_map)
             if like

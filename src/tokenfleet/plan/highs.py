@@ -8,6 +8,8 @@ CLI the ~0.3 s import of ``scipy.optimize``.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
 import highspy
@@ -22,7 +24,7 @@ def model(cost: np.ndarray, a: sparray, col_lower: np.ndarray, col_upper: np.nda
     ``row_lower <= a @ x <= row_upper`` and the column bounds (a MILP when ``integer``
     marks any column)."""
     a = csc_array(a)
-    h = highspy.Highs()
+    h = _new_highs()
     h.setOptionValue("output_flag", False)
     lp = highspy.HighsLp()
     lp.num_col_, lp.num_row_ = a.shape[1], a.shape[0]
@@ -40,6 +42,31 @@ def model(cost: np.ndarray, a: sparray, col_lower: np.ndarray, col_upper: np.nda
         lp.integrality_ = [highspy.HighsVarType.kInteger if i else
                            highspy.HighsVarType.kContinuous for i in integer]
     h.passModel(lp)
+    return h
+
+
+_banner_done = False
+
+
+def _new_highs() -> highspy.Highs:
+    """A HiGHS instance. The first one a process makes prints HiGHS's version banner
+    from C on file descriptor 1, before any option can be set: it would break
+    ``--json`` (one document on stdout) and open every printed plan, so it goes to
+    /dev/null (plan.json's ``solver`` field names the solver)."""
+    global _banner_done
+    if _banner_done:
+        return highspy.Highs()
+    sys.stdout.flush()
+    saved_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        h = highspy.Highs()
+    finally:
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        os.close(devnull)
+        _banner_done = True
     return h
 
 

@@ -15,6 +15,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.estimate import Provenance
 from tokenfleet.perf.precision import KV_BYTES, PRECISIONS
 from tokenfleet.perf.unit import Layout
+from tokenfleet.plan.economics import PlanEconomics
 from tokenfleet.workload.buckets import SizeBuckets
 
 PLAN_VERSION = 1
@@ -297,6 +298,9 @@ class Plan(_Model):
     whatif: dict[str, Any] | None = Field(
         None, description="what-ifs applied (--without, --require, --budget, --power-mw) and "
                           "the side-by-side comparison (--versus), see tokenfleet.plan.whatif")
+    economics: PlanEconomics | None = Field(
+        None, description="unit costs, vendor shares by spend/chips/tokens, pool roles "
+                          "(tokenfleet.plan.economics.plan_economics)")
 
     def pools_for(self, tier: str) -> list[PlanUnit]:
         return [u for u in self.units if u.tier == tier]

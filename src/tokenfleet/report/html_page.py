@@ -133,11 +133,19 @@ figcaption { color:var(--muted); font-size: 13px; padding: 4px 6px 0; }
 table { border-collapse: collapse; width: 100%; font-size: 13.5px; }
 th, td { padding: 6px 10px; border-bottom: 1px solid var(--line); text-align: left;
          vertical-align: top; }
-th { background:#eef1f5; font-weight:600; white-space: nowrap; position: sticky; top: 0; }
+th { background:#eef1f5; font-weight:600; position: sticky; top: 0; }
 tr:nth-child(even) td { background:#fafbfc; }
-td.num, th.num { text-align:right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num, th.num { text-align:right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
+td, th { overflow-wrap: anywhere; }
 code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
               font-size: 12.5px; }
+/* ids such as tier/chip/cloud/region/precision/xN break at any character rather than
+   push the table's last columns out of view */
+td .mono { word-break: break-all; }
+table.kv { width: auto; font-size: 12.5px; margin: 0; }
+table.kv th, table.kv td { padding: 1px 8px 1px 0; border: 0; background: none;
+                           position: static; }
 .badge { display:inline-block; padding: 0 7px; border-radius: 10px; font-size: 12px;
          border:1px solid var(--line); background:#eef1f5; white-space: nowrap; }
 .badge.calibrated { background:#e3f2e5; border-color:#a5d6a7; }
@@ -167,8 +175,12 @@ def page(title: str, body: str, figures: Sequence[Figure]) -> str:
 
 
 def figure_html(f: Figure) -> str:
-    """The placeholder a figure renders into, with its caption."""
-    return (f"<figure><div id=\"{esc(f.id)}\" class=\"{PLOT_CLASS}\"></div>"
+    """The placeholder a figure renders into, with its caption. A figure that sets its
+    own height gets a box that tall: Plotly draws at the layout's height whatever the
+    box, and a shorter box let the plot spill over the next card."""
+    h = f.figure.layout.height
+    style = f" style=\"height:{int(h)}px\"" if h else ""
+    return (f"<figure><div id=\"{esc(f.id)}\" class=\"{PLOT_CLASS}\"{style}></div>"
             f"<figcaption>{esc(f.caption)}</figcaption></figure>")
 
 

@@ -219,21 +219,61 @@ def baselines_fig(plan: Plan) -> Figure:
 
 
 def vendor_share_fig(plan: Plan) -> Figure:
-    vendors = list(plan.vendor_share)
+    """Each vendor's share as the policy counts it (against the cap), and by spend, by
+    chips and by tokens: a vendor can hold a small share of traffic and a large one of
+    the bill (standby pools for N-1, dear chips)."""
+    from tokenfleet.plan.economics import plan_economics
+
+    econ = plan.economics or plan_economics(plan)
+    vendors = sorted(set(plan.vendor_share) | set(econ.vendor_share))
+    basis = plan.limits.vendor_share_basis
+    series = [(f"as the cap counts it ({basis})", [plan.vendor_share.get(v) for v in vendors],
+               PLAN_COLOUR)]
+    for key, label, colour in (("spend", "of spend", "#E69F00"), ("chips", "of chips", "#009E73"),
+                               ("tokens", "of tokens at peak", "#56B4E9")):
+        series.append((label, [getattr(econ.vendor_share[v], key)
+                               if v in econ.vendor_share else None for v in vendors], colour))
     fig = go.Figure()
-    fig.add_bar(x=[_t(v) for v in vendors], y=[plan.vendor_share[v] * 100 for v in vendors],
-                marker_color=PLAN_COLOUR,
-                text=[f"{plan.vendor_share[v]:.1%}" for v in vendors], textposition="outside",
-                hovertemplate="%{x}: %{y:.1f}% of output tokens at peak<extra></extra>")
-    _layout(fig, "Vendor share of output tokens at peak", "% of output tokens", barmode=None)
+    for label, vals, colour in series:
+        fig.add_bar(x=[_t(v) for v in vendors], y=[None if x is None else x * 100 for x in vals],
+                    name=_t(label), marker_color=colour,
+                    hovertemplate="%{x}: %{y:.1f}% " + _t(label) + "<extra></extra>")
+    _layout(fig, "Vendor share", "% of the fleet", barmode="group")
     cap = plan.limits.max_vendor_share
     if cap is not None:
         fig.add_hline(y=float(cap) * 100, line_dash="dash", line_color="#D55E00",
                       annotation_text=f"cap {float(cap):.0%}", annotation_position="top left")
     fig.update_yaxes(range=[0, 105], ticksuffix="%")
+    return Figure("fig-vendor-share", "Share per chip vendor, percent: as the scenario's "
+                  "vendor-share cap counts it (dashed line: the cap), and of the fleet's spend "
+                  "(list prices), chips and input + output tokens at peak.", fig)
+
+
+def tokens_per_usd_fig(plan: Plan) -> Figure:
+    """Input + output tokens per dollar per chip type, at peak (a standby pool's chips
+    are paid for and serve nothing, so they lower their chip's figure)."""
+    from tokenfleet.plan.economics import pool_tokens_per_s
+
+    tok = pool_tokens_per_s(plan)
+    per_chip: dict[str, list[float]] = {}
+    for u in plan.units:
+        acc = per_chip.setdefault(u.accelerator, [0.0, 0.0])
+        acc[0] += tok.get(u.pool, 0.0) * 3600.0
+        acc[1] += u.usd_per_hour
+    chips = sorted(per_chip, key=lambda c: -(per_chip[c][0] / per_chip[c][1]
+                                             if per_chip[c][1] else 0.0))
+    vals = [per_chip[c][0] / per_chip[c][1] / 1e6 if per_chip[c][1] else None for c in chips]
+    fig = go.Figure()
+    fig.add_bar(x=[_t(c) for c in chips], y=vals, marker_color=PLAN_COLOUR,
+                text=[f"{v:,.2f}" if v is not None else "" for v in vals],
+                textposition="outside",
+                hovertemplate="%{x}: %{y:.2f} M tokens per $<extra></extra>")
+    _layout(fig, "Tokens per dollar by chip", "M tokens per $ (log)", barmode=None)
+    fig.update_yaxes(type="log")
     fig.update_layout(showlegend=False)
-    return Figure("fig-vendor-share", "Share of the output tokens served at peak per chip "
-                  "vendor, percent, against the scenario's vendor-share cap.", fig)
+    return Figure("fig-tokens-per-usd", "Input + output tokens served at peak per dollar of "
+                  "the chip's pools (list prices), millions, all tiers together: the chips the "
+                  "plan leans on for cheap work stand out.", fig)
 
 
 def plan_figures(plan: Plan) -> list[Figure]:
@@ -243,6 +283,6 @@ def plan_figures(plan: Plan) -> list[Figure]:
     tiers += sorted({u.tier for u in plan.units} - set(tiers))
     figs = [cost_by_vendor(plan, tiers), cost_by_cloud(plan), chips_by_region_fig(plan),
             power_fig(plan), token_cost_fig(plan, tiers), vendor_share_fig(plan),
-            constraints_fig(plan)]
+            tokens_per_usd_fig(plan), constraints_fig(plan)]
     figs.append(baselines_fig(plan))
     return figs

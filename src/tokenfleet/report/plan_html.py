@@ -9,12 +9,12 @@ uncertainty band. All text from the plan is HTML-escaped.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from tokenfleet.plan.check import Finding, check_plan, pool_load
+from tokenfleet.plan.economics import PlanEconomics
 from tokenfleet.plan.schema import Plan, PlanUnit
 from tokenfleet.report.html_page import esc, figure_html, page, table
 from tokenfleet.report.plan_figures import plan_figures
@@ -137,6 +137,7 @@ def _tiers_table(plan: Plan) -> str:
 def _pools_table(plan: Plan) -> str:
     hours = plan.limits.hours_per_month
     loads = pool_load(plan)
+    roles = _economics(plan).pool_roles
     rows = []
     for u in sorted(plan.units, key=lambda u: (u.tier, -u.usd_per_hour, u.pool)):
         load = loads.get(u.pool)
@@ -152,12 +153,13 @@ def _pools_table(plan: Plan) -> str:
             usd(u.usd_per_hour * hours), num(u.watts / 1e3, 1),
             "—" if load is None else (f"<span class=\"warn\">{load:.0%}</span>"
                                       if load > 1.001 else f"{load:.0%}"),
-            _badge(u.provenance, u.uncertainty)])
-    return table([("pool (tier/chip/cloud/region/precision/chips)", False),
+            _badge(u.provenance, u.uncertainty), esc(roles.get(u.pool, "—"))])
+    return table([("pool: tier / chip / cloud / region / precision / chips", False),
                   ("chip (vendor)", False), ("cloud/region", False), ("precision", False),
                   ("layout", False), ("replicas", True), ("chips / replica", True),
                   ("chips", True), ("$ / chip-hour", True), ("$ / month", True),
-                  ("kW at TDP", True), ("load at peak", True), ("trust", False)], rows)
+                  ("kW at TDP", True), ("load at peak", True), ("trust", False),
+                  ("role", False)], rows)
 
 
 def _capacity_table(plan: Plan) -> str:
@@ -213,8 +215,14 @@ def _baselines_table(plan: Plan) -> str:
 
 
 def _value(v: Any) -> str:
-    if isinstance(v, (dict, list)):
-        return f"<span class=\"mono\">{esc(json.dumps(v, ensure_ascii=False))}</span>"
+    """A limit's value: nested mappings as small key/value tables, lists as lines."""
+    if isinstance(v, dict):
+        if not v:
+            return "—"
+        rows = "".join(f"<tr><th>{esc(k)}</th><td>{_value(x)}</td></tr>" for k, x in v.items())
+        return f"<table class=\"kv\">{rows}</table>"
+    if isinstance(v, list):
+        return "<br>".join(_value(x) for x in v) or "—"
     return esc("—" if v is None else v)
 
 
@@ -247,6 +255,34 @@ def _findings(found: list[Finding]) -> str:
             f"<ul class=\"findings\">{items}{more}</ul></div>")
 
 
+def _economics(plan: Plan) -> PlanEconomics:
+    from tokenfleet.plan.economics import plan_economics
+
+    return plan.economics or plan_economics(plan)
+
+
+def _unit_costs_table(plan: Plan) -> str:
+    rows = [[esc(t.tier), usd(t.usd_per_million_input_tokens, 3),
+             usd(t.usd_per_million_output_tokens, 3), usd(t.usd_per_million_tokens, 3),
+             usd(t.usd_per_request * 1e3 if t.usd_per_request is not None else None, 3),
+             num(t.tokens_per_usd / 1e6 if t.tokens_per_usd else None, 2),
+             num(t.tokens_per_s_per_mw / 1e6 if t.tokens_per_s_per_mw else None, 2)]
+            for t in _economics(plan).tiers]
+    return table([("tier", False), ("$ / M input tokens", True), ("$ / M output tokens", True),
+                  ("$ / M tokens, blended", True), ("$ / 1k requests", True),
+                  ("M tokens per $", True), ("M tokens/s per MW", True)], rows)
+
+
+def _vendor_share_table(plan: Plan) -> str:
+    policy = plan.vendor_share
+    rows = [[esc(v), pct(s.spend), pct(s.chips), pct(s.tokens), pct(policy.get(v))]
+            for v, s in _economics(plan).vendor_share.items()]
+    basis = esc(plan.limits.vendor_share_basis)
+    return table([("vendor", False), ("of spend", True), ("of chips", True),
+                  ("of tokens at peak", True), (f"as the cap counts it ({basis})", True)],
+                 rows)
+
+
 def render_plan_report(plan: Plan) -> str:
     """The report as one HTML document (plotly.js inlined; no network at view time)."""
     figs = plan_figures(plan)
@@ -258,10 +294,18 @@ def render_plan_report(plan: Plan) -> str:
         "<section id=\"plots\"><h2>Plots</h2><div class=\"plots\">"
         f"{''.join(figure_html(f) for f in figs)}</div></section>"
         f"<section id=\"tiers\"><h2>Tiers</h2>{_tiers_table(plan)}</section>"
+        "<section id=\"unit-costs\"><h2>Unit costs per tier</h2>"
+        f"{_unit_costs_table(plan)}<p class=\"muted\">{esc(_economics(plan).basis)}. "
+        "Each column spreads the tier's whole cost over one kind of work, so $ / M input "
+        "and $ / M output are not additive.</p></section>"
+        "<section id=\"vendor-share\"><h2>Vendor share</h2>"
+        f"{_vendor_share_table(plan)}</section>"
         f"<section id=\"pools\"><h2>Pools</h2>{_pools_table(plan)}"
         "<p class=\"muted\">Load at peak: the pool's share of its tier's traffic at peak "
         "(headroom included) over its derated capacity; 100 % means no slack at the "
-        "pessimistic end of the band.</p></section>"
+        "pessimistic end of the band. Role: active pools take traffic at peak; standby "
+        "pools take none and are held so the tier survives losing a vendor (N-1).</p>"
+        "</section>"
         f"<section id=\"traffic\"><h2>Traffic split per tier and size bucket</h2>"
         f"{_split_table(plan)}</section>"
         "<section id=\"capacity\"><h2>Capacity per replica at the SLO</h2>"

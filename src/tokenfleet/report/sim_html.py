@@ -80,8 +80,11 @@ def load_over_time(result: SimResult, ts: pl.DataFrame) -> Figure:
     end = float(ts["t_s"].to_numpy().max()) if ts.height else 0.0
     _outage_shapes(fig, result, end, rows=3)
     fig.update_xaxes(title_text="simulated time, s", row=3, col=1)
-    return Figure("load", "Per pool, per sample interval: busy share of up engine time, "
-                          "KV blocks in use, and the waiting queue. Shaded: failures.",
+    return Figure("load", "Per pool, per sample interval: engine utilization (time the "
+                          "engines spent running steps / time they were up; a step is "
+                          "counted in the interval where it ends, so a step longer than the "
+                          "interval lifts that one point above 1), KV blocks in use, and "
+                          "the waiting queue. Shaded: failures.",
                   _style(fig, "Load over time", 760))
 
 
@@ -157,6 +160,10 @@ def render(result: SimResult, ts: pl.DataFrame) -> str:
         f"Little's law L = {lit.in_system_mean:.2f} vs λW = "
         f"{lit.arrival_rate_per_s * lit.sojourn_mean_s:.2f} ({lit.relative_error:.1%}).</p>"
         f"<h2>Tiers</h2>{tiers}{_prefix_line(s)}<h2>Pools</h2>{pools}"
+        "<p class=\"muted\">Utilization: the share of the run the pool's engines spent "
+        "running batches (busy time / up time, over the whole run; 100 % = never idle). "
+        "It measures how often an engine works, not how full its batches are: KV mean / "
+        "max shows that.</p>"
     )
     figs = [latency_cdfs(result), load_over_time(result, ts), outage_timeline(result, ts)]
     body += "".join(figure_html(f) for f in figs)

@@ -33,12 +33,15 @@ def _plot(df: pl.DataFrame, spec: GridSpec) -> str:
     labels = [", ".join(f"{a}={r[a]}" for a in axes) or "base" for r in ok.iter_rows(named=True)]
     tiers = sorted({c.split(".")[0] for c in ok.columns if c.endswith(".slo_attainment")})
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("SLO attainment per tier", "simulated cost, $"))
+                        subplot_titles=("SLO attainment per tier",
+                                        "the point's plan, USD / month"))
     for t in tiers:
         fig.add_bar(x=labels, y=ok[f"{t}.slo_attainment"].to_list(), name=esc(t), row=1, col=1)
-    if "cost_usd" in ok.columns:
-        fig.add_bar(x=labels, y=ok["cost_usd"].to_list(), name="cost", row=2, col=1,
-                    marker_color="#7f7f7f")
+    # The plan's monthly bill, not the simulated window's cost: a window of minutes
+    # costs dollars, which says nothing next to a plan priced per month.
+    if "plan_usd_per_month" in ok.columns:
+        fig.add_bar(x=labels, y=ok["plan_usd_per_month"].to_list(), name="plan $/month",
+                    row=2, col=1, marker_color="#7f7f7f")
     fig.update_layout(template="plotly_white", height=640, barmode="group",
                       title={"text": "What-if sweep", "x": 0.01},
                       margin={"l": 70, "r": 20, "t": 70, "b": 160})

@@ -147,6 +147,7 @@ class Emulator:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/stats", self._stats)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/admin/faults", self._get_faults)
         app.router.add_post("/admin/faults", self._set_faults)
 
@@ -204,6 +205,18 @@ class Emulator:
                                   "completed": e.completed, "cancelled": e.cancelled,
                                   "errors_injected": self.errors_injected,
                                   "rejected": self.rejected, **self.info})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """vLLM's load gauges (see route.backend_metrics). KV use is approximated by
+        running sequences over the batch slots, which the emulator sizes from KV
+        memory at typical lengths."""
+        from tokenfleet.route.backend_metrics import prometheus_text
+
+        e = self.engine
+        slots = getattr(e, "max_batch", 0) * max(len(getattr(e, "_replicas", [])), 1)
+        kv = min(1.0, e.running / slots) if slots else 0.0
+        return web.Response(text=prometheus_text(e.running, e.waiting, kv, self.served_model),
+                            content_type="text/plain")
 
     async def _get_faults(self, request: web.Request) -> web.Response:
         f = self.faults

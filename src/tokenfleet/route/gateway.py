@@ -33,6 +33,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -43,6 +44,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.metrics import tpot
 from tokenfleet.plan.schema import Plan
 from tokenfleet.route.auth import ApiKeys
+from tokenfleet.route.backend_metrics import MetricsScraper
 from tokenfleet.route.breaker import BreakerState
 from tokenfleet.route.config import BackendsFile
 from tokenfleet.route.metrics import CONTENT_TYPE, NO_POOL, GatewayMetrics
@@ -136,8 +138,16 @@ class Gateway:
     """
 
     def __init__(self, plan: Plan, backends: BackendsFile, keys: ApiKeys | None = None,
-                 policy: str | None = None, seed: int = 0) -> None:
+                 policy: str | None = None, seed: int = 0,
+                 tokenizer: str | Path | None = None) -> None:
+        from tokenfleet.route.tokens import OutputLengthPredictor, TokenCounter
+
         self.plan = plan
+        # Request size for bucketing: real prompt tokens with a tokenizer.json (else the
+        # chars/4 estimate), output length predicted from the tier's traffic.
+        self.tokens: TokenCounter | None = TokenCounter(tokenizer) if tokenizer else None
+        self.lengths = OutputLengthPredictor(plan)
+        self._scraper: MetricsScraper | None = None
         self.settings = backends.gateway
         self.router = Router(plan, backends, policy=policy, seed=seed)
         self.keys = keys or ApiKeys()
@@ -192,8 +202,15 @@ class Gateway:
             self._health_session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=64, force_close=True))
             self._health_task = asyncio.create_task(self._health_loop())
+        if self.router.policy_name == "least-kv":
+            # least-kv routes on the backends' own KV use: read it from their /metrics.
+            self._scraper = MetricsScraper(b.url for b in self.router.all_backends())
+            await self._scraper.start()
+            self.router.backend_load = self._scraper.load
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        if self._scraper is not None:
+            await self._scraper.stop()
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -344,11 +361,17 @@ class Gateway:
         finally:
             self.in_flight -= 1
 
+    def request_size(self, tier: str, parsed: ParsedRequest) -> tuple[int, int]:
+        """(prompt tokens, expected output tokens) of a request, for its size bucket."""
+        prompt = (self.tokens.count(parsed.kind, parsed.body) if self.tokens is not None
+                  else parsed.prompt_tokens)
+        return prompt, self.lengths.predict(tier, prompt, parsed.max_tokens)
+
     async def _route(self, ctx: _Ctx) -> web.StreamResponse:
         s = self.settings
         m = self.metrics
         tier = ctx.tier
-        bucket = self.router.bucket_label(ctx.parsed.prompt_tokens, ctx.parsed.output_tokens)
+        bucket = self.router.bucket_label(*self.request_size(tier.name, ctx.parsed))
         tried: set[Backend] = set()
         failed_pool: Pool | None = None
         last: _Retry | None = None

@@ -17,11 +17,12 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
 from tokenfleet.plan.schema import Plan, PlanUnit
+from tokenfleet.route.backend_metrics import BackendLoad
 from tokenfleet.route.breaker import CircuitBreaker
 from tokenfleet.route.config import BackendsFile
 from tokenfleet.routing.buckets import plan_buckets
@@ -88,15 +89,23 @@ class Pool:
     def usd_per_replica_hour(self) -> float:
         return self.unit.usd_per_hour / max(self.unit.replicas, 1)
 
-    def state(self, share: float, now: float, exclude: frozenset[Backend] | set[Backend]
-              ) -> PoolState:
-        """Snapshot for the routing policies over the backends usable now."""
+    def state(self, share: float, now: float, exclude: frozenset[Backend] | set[Backend],
+              loads: Callable[[str], BackendLoad | None] | None = None) -> PoolState:
+        """Snapshot for the routing policies over the backends usable now; with
+        ``loads`` (scraped /metrics), the backends' own mean KV-cache use. (Their
+        waiting requests are not added to ``queued``: the gateway's in-flight count
+        already holds every request it sent.)"""
         usable = [b for b in self.backends if b not in exclude and b.available(now)]
+        kv_used, queued = 0.0, 0
+        if loads is not None:
+            kvs = [x.kv_used for x in (loads(b.url) for b in usable)
+                   if x is not None and x.kv_used is not None]
+            kv_used = sum(kvs) / len(kvs) if kvs else 0.0
         return PoolState(
             pool=self.name, share=share, usd_per_replica_hour=self.usd_per_replica_hour,
             replicas=len(self.backends), healthy_replicas=len(usable),
-            in_flight=sum(b.in_flight for b in usable), queued=0,
-            max_in_flight=sum(b.max_in_flight for b in usable))
+            in_flight=sum(b.in_flight for b in usable), queued=queued,
+            max_in_flight=sum(b.max_in_flight for b in usable), kv_used=kv_used)
 
     def pick_backend(self, now: float, exclude: frozenset[Backend] | set[Backend]
                      ) -> Backend | None:
@@ -154,6 +163,8 @@ class Router:
         self._buckets = plan_buckets(plan)
         self.buckets = self._buckets.edges  # None: a hand-written plan without edges
         self.rng = random.Random(seed)
+        # Backends' scraped /metrics (route.backend_metrics), set by the gateway.
+        self.backend_load: Callable[[str], BackendLoad | None] | None = None
         self._failover_policy = get_policy("cost-spill")
         units = {u.pool: u for u in plan.units}
         self.pools: dict[str, Pool] = {}
@@ -228,7 +239,8 @@ class Router:
         else:
             policy = tier.policy
         shares = tier.shares_for(bucket)
-        states = [p.state(shares.get(p.name, 0.0), now, exclude) for p in tier.pools]
+        states = [p.state(shares.get(p.name, 0.0), now, exclude, self.backend_load)
+                  for p in tier.pools]
         cand = [i for i, s in enumerate(states) if s.has_headroom]
         if not cand:
             return (Verdict.saturated if any(s.healthy for s in states)

@@ -7,7 +7,7 @@ Ray is imported only here, so the rest of the simulator works without it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,6 +28,24 @@ def _import_ray() -> Any:
         raise TokenfleetError("Ray is not installed: `pip install ray` to run on several "
                               "workers (or use --workers 1)") from None
     return ray
+
+
+def ray_connect_hint(message: str, address: str | None, env: Mapping[str, str]) -> str:
+    """What to try when joining a cluster fails. Ray clusters started with token
+    authentication (``RAY_AUTH_MODE=token``) refuse a driver without the token, and Ray
+    reports it only as a failed connection."""
+    if not address:
+        return ""
+    if env.get("RAY_AUTH_MODE") == "token" and (env.get("RAY_AUTH_TOKEN")
+                                                 or env.get("RAY_AUTH_TOKEN_PATH")):
+        return (". RAY_AUTH_MODE=token and a token are set: check the token is the "
+                "cluster's, and that the address and port (GCS, default 6379) are right")
+    return (". If the cluster uses token authentication, run with RAY_AUTH_MODE=token and "
+            "the cluster's token in RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH; "
+            "default ~/.ray/auth_token), e.g. RAY_AUTH_MODE=token RAY_AUTH_TOKEN=... "
+            "tokenfleet sweep grid.yaml --address HOST:6379"
+            + (" (the cluster said: invalid or missing authentication token)"
+               if "authenticat" in message.lower() or "UNAUTHENTICATED" in message else ""))
 
 
 @contextmanager
@@ -57,7 +75,8 @@ def ray_session(workers: int | None = None, address: str | None = None) -> Itera
             ray.init(num_cpus=workers or os.cpu_count() or 1, **kwargs)
     except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError...
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise TokenfleetError(f"could not start or join {where}: {e}") from None
+        raise TokenfleetError(f"could not start or join {where}: {e}"
+                              + ray_connect_hint(str(e), address, os.environ)) from None
     try:
         yield ray
     finally:

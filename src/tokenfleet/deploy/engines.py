@@ -1,0 +1,218 @@
+"""Launch arguments of one pool for vLLM (and its TPU / Neuron builds), SGLang and
+TensorRT-LLM's ``trtllm-serve``, checked against the documented flags in
+``data/engine_flags.yaml``.
+
+The numbers come from the plan, so the engine runs the unit the planner priced:
+parallel sizes from the pool's layout, weight and KV precision, a batch cap at the
+concurrency the planner sized the pool for (more sequences would break the TPOT SLO;
+they wait in the engine's queue instead), the token budget and memory fraction the
+performance model assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from tokenfleet.errors import TokenfleetError
+from tokenfleet.plan.schema import PlanUnit
+
+# The performance model's assumptions (perf/unit.py), repeated here so that export does
+# not import the numerical model; tests/deploy checks that they agree.
+MEMORY_FRACTION = 0.9  # perf.unit.MEMORY_FRACTION: HBM handed to weights + KV cache
+PREFILL_CHUNK_TOKENS = 8192  # perf.unit.PREFILL_CHUNK_TOKENS: tokens per engine step
+MAX_BATCH_PER_REPLICA = 1024  # perf.unit.MAX_BATCH_PER_REPLICA
+SERVE_PORT = 8000
+
+
+class FlagTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: list[str]
+    positional: str | None
+    sources: dict[str, str]
+    version: str
+    flags: dict[str, str]
+
+    def source_of(self, flag: str) -> str:
+        return self.sources[self.flags[flag]]
+
+
+@lru_cache(maxsize=1)
+def flag_tables() -> dict[str, FlagTable]:
+    text = resources.files("tokenfleet.deploy").joinpath("data/engine_flags.yaml").read_text()
+    return {k: FlagTable.model_validate(v) for k, v in yaml.safe_load(text).items()}
+
+
+def check_flags(family: str, argv: list[str]) -> None:
+    """Raise when ``argv`` holds a flag the engine's documented table lacks."""
+    table = flag_tables()[family]
+    unknown = [a for a in argv if a.startswith("--") and a not in table.flags]
+    if unknown:
+        raise TokenfleetError(f"{family}: flag(s) {', '.join(unknown)} are not in the "
+                              f"documented table deploy/data/engine_flags.yaml")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What every engine is told about one pool (per replica, per data-parallel rank)."""
+
+    model_ref: str  # Hugging Face repository or local path of the weights
+    served_name: str  # the name clients (the gateway) send
+    tp: int
+    pp: int
+    dp: int
+    ep: int
+    precision: str
+    kv_precision: str
+    max_seqs_per_rank: int
+    max_batched_tokens: int
+    max_model_len: int
+    port: int = SERVE_PORT
+    moe: bool = False
+
+
+def max_seqs_per_rank(unit: PlanUnit) -> int:
+    """Sequences one data-parallel rank may run: the most the planner put on a replica
+    in any bucket (its SLO operating point), rounded up to a multiple of 8."""
+    planned = max((c.concurrency for c in unit.capacity), default=0.0)
+    per_rank = math.ceil(planned / max(unit.layout.dp, 1))
+    return int(min(MAX_BATCH_PER_REPLICA, max(8, 8 * math.ceil(per_rank / 8))))
+
+
+def settings_for(unit: PlanUnit, model_ref: str, max_model_len: int, moe: bool
+                 ) -> EngineSettings:
+    lay = unit.layout
+    return EngineSettings(
+        model_ref=model_ref, served_name=unit.model, tp=lay.tp, pp=lay.pp,
+        dp=lay.dp, ep=lay.ep, precision=unit.precision,
+        kv_precision=unit.kv_precision, max_seqs_per_rank=max_seqs_per_rank(unit),
+        max_batched_tokens=PREFILL_CHUNK_TOKENS, max_model_len=max_model_len, moe=moe)
+
+
+@dataclass
+class LaunchArgs:
+    engine: str
+    family: str
+    argv: list[str]
+    config_yaml: dict[str, object] | None = None  # TRT-LLM's --config file
+    notes: list[str] = field(default_factory=list)
+
+    def shell(self) -> str:
+        """One shell command line, arguments quoted where needed."""
+        import shlex
+
+        return " ".join(shlex.quote(a) for a in self.argv)
+
+
+def _weights_note(s: EngineSettings, engine: str) -> str | None:
+    if s.precision == "fp4":
+        return (f"fp4: serve an FP4 checkpoint of {s.served_name} (NVFP4 from NVIDIA ModelOpt "
+                f"on Blackwell, MXFP4 on AMD CDNA4/gpt-oss); {engine} reads the scheme from "
+                f"the checkpoint's quantization_config, so no --quantization flag is set")
+    if s.precision == "int8":
+        return (f"int8: serve a weight-only INT8 (W8A16) checkpoint; {engine} reads the "
+                f"scheme from its quantization_config")
+    return None
+
+
+def vllm_args(s: EngineSettings, engine: str = "vllm") -> LaunchArgs:
+    table = flag_tables()["vllm"]
+    a = [*table.command, s.model_ref, "--host", "0.0.0.0", "--port", str(s.port),
+         "--served-model-name", s.served_name,
+         "--tensor-parallel-size", str(s.tp), "--pipeline-parallel-size", str(s.pp)]
+    notes: list[str] = []
+    if s.dp > 1:
+        a += ["--data-parallel-size", str(s.dp)]
+    if s.moe and s.ep > 1:
+        a += ["--enable-expert-parallel"]
+        if s.ep != s.tp * s.dp:
+            notes.append(f"vLLM's expert-parallel group is tp x dp = {s.tp * s.dp}; the "
+                         f"plan's layout assumed ep={s.ep}")
+    if s.precision == "fp8":
+        a += ["--quantization", "fp8"]
+    elif s.precision == "bf16":
+        a += ["--dtype", "bfloat16"]
+    if s.kv_precision == "fp8":
+        a += ["--kv-cache-dtype", "fp8"]
+    a += ["--max-num-seqs", str(s.max_seqs_per_rank),
+          "--max-num-batched-tokens", str(s.max_batched_tokens),
+          "--max-model-len", str(s.max_model_len), "--enable-prefix-caching",
+          "--gpu-memory-utilization", str(MEMORY_FRACTION)]
+    if (n := _weights_note(s, "vLLM")) is not None:
+        notes.append(n)
+    check_flags("vllm", a)
+    return LaunchArgs(engine, "vllm", a, notes=notes)
+
+
+def sglang_args(s: EngineSettings) -> LaunchArgs:
+    table = flag_tables()["sglang"]
+    a = [*table.command, "--model-path", s.model_ref, "--host", "0.0.0.0",
+         "--port", str(s.port), "--served-model-name", s.served_name,
+         "--tp-size", str(s.tp), "--pp-size", str(s.pp)]
+    if s.dp > 1:
+        a += ["--dp-size", str(s.dp)]
+    if s.moe and s.ep > 1:
+        a += ["--ep-size", str(s.ep)]
+    if s.precision == "fp8":
+        a += ["--quantization", "fp8"]
+    if s.kv_precision == "fp8":
+        a += ["--kv-cache-dtype", "fp8_e4m3"]
+    # SGLang caps running requests per server, not per DP rank.
+    a += ["--max-running-requests", str(s.max_seqs_per_rank * s.dp),
+          "--chunked-prefill-size", str(s.max_batched_tokens),
+          "--context-length", str(s.max_model_len),
+          "--mem-fraction-static", str(MEMORY_FRACTION)]
+    notes = ["prefix caching: SGLang's radix cache is on by default (--disable-radix-cache "
+             "turns it off)"]
+    if (n := _weights_note(s, "SGLang")) is not None:
+        notes.append(n)
+    check_flags("sglang", a)
+    return LaunchArgs("sglang", "sglang", a, notes=notes)
+
+
+def trtllm_args(s: EngineSettings) -> LaunchArgs:
+    table = flag_tables()["trtllm"]
+    a = [*table.command, s.model_ref, "--backend", "pytorch", "--host", "0.0.0.0",
+         "--port", str(s.port), "--tp_size", str(s.tp), "--pp_size", str(s.pp)]
+    if s.moe and s.ep > 1:
+        a += ["--ep_size", str(s.ep)]
+    a += ["--max_batch_size", str(s.max_seqs_per_rank * s.dp),
+          "--max_num_tokens", str(s.max_batched_tokens),
+          "--max_seq_len", str(s.max_model_len),
+          "--kv_cache_free_gpu_memory_fraction", str(MEMORY_FRACTION),
+          "--config", "extra-llm-api-config.yaml"]
+    config: dict[str, object] = {"kv_cache_config": {"enable_block_reuse": True}}
+    if s.dp > 1:
+        config["enable_attention_dp"] = True
+    notes = ["trtllm-serve names the model by its path: set `model:` in backends.yaml to "
+             f"{s.model_ref!r} for this pool",
+             "weights and KV-cache precision come from the (ModelOpt) checkpoint's "
+             f"quantization config: serve a {s.precision} checkpoint with "
+             f"{s.kv_precision} KV cache",
+             "extra-llm-api-config.yaml keys (kv_cache_config.enable_block_reuse, "
+             "enable_attention_dp) are LLM-API options, not checked against the flag table"]
+    check_flags("trtllm", a)
+    return LaunchArgs("trtllm", "trtllm", a, config_yaml=config, notes=notes)
+
+
+def launch_args(engine: str, family: str, s: EngineSettings) -> LaunchArgs:
+    if family == "vllm":
+        return vllm_args(s, engine)
+    if family == "sglang":
+        return sglang_args(s)
+    if family == "trtllm":
+        return trtllm_args(s)
+    raise TokenfleetError(f"unknown engine family '{family}'")
+
+
+def speculative_note() -> str:
+    return ("speculative decoding: plan.json carries no speculative setting, so none is "
+            "set (vLLM: --speculative-config '" + json.dumps({"method": "eagle3"})
+            + "', SGLang: --speculative-algorithm)")
