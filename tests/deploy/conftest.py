@@ -23,7 +23,7 @@ def unit(pool: str, accelerator: str, vendor: str, layout: dict[str, int], repli
         capacity=[BucketCapacity(bucket=BUCKET, requests_per_s=5, requests_per_s_point=6,
                                  output_tokens_per_s=600, concurrency=concurrency, ttft_s=0.3,
                                  tpot_s=0.04)],
-        provenance="test", uncertainty=0.2)
+        provenance="spec-sheet", uncertainty=0.2)
 
 
 UNITS = [

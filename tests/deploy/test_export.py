@@ -117,11 +117,11 @@ def test_engine_arguments_carry_the_plans_layout_and_limits(vendor_plan: Plan) -
             engines.check_flags(launch.family, launch.argv)
             if launch.family == "vllm":
                 a = launch.argv
-                assert _flag(a, "--tensor-parallel-size") == str(u.layout["tp"])
-                assert _flag(a, "--pipeline-parallel-size") == str(u.layout["pp"])
+                assert _flag(a, "--tensor-parallel-size") == str(u.layout.tp)
+                assert _flag(a, "--pipeline-parallel-size") == str(u.layout.pp)
                 assert _flag(a, "--served-model-name") == u.model
                 seqs = int(_flag(a, "--max-num-seqs"))
-                assert seqs * u.layout["dp"] >= u.capacity[0].concurrency
+                assert seqs * u.layout.dp >= u.capacity[0].concurrency
                 assert _flag(a, "--kv-cache-dtype") == "fp8"
                 assert ("--quantization" in a) == (u.precision == "fp8")
     moe = next(p for p in result.pools if p.target.unit.model == "deepseek-r1")
@@ -148,12 +148,23 @@ def test_flag_table_names_a_source_for_every_flag() -> None:
             assert "@" in table.sources[key] or "docs" in table.sources[key]
 
 
-def test_exports_engine_limits_match_the_performance_model() -> None:
-    from tokenfleet.perf import unit
+def test_exports_engine_limits_match_the_performance_model(vendor_plan: Plan) -> None:
+    """The memory fraction and token budget the engines are told are the ones the
+    performance model priced the pool with (perf.engines)."""
+    from tokenfleet.perf.engines import engine_profile
 
-    assert engines.MEMORY_FRACTION == unit.MEMORY_FRACTION
-    assert engines.PREFILL_CHUNK_TOKENS == unit.PREFILL_CHUNK_TOKENS
-    assert engines.MAX_BATCH_PER_REPLICA == unit.MAX_BATCH_PER_REPLICA
+    checked = 0
+    for p in export_plan(vendor_plan).pools:
+        prof = engine_profile(p.target.unit.engine)
+        launch = p.launches.get("vllm")
+        if launch is None:
+            continue
+        a = launch.argv
+        assert _flag(a, "--gpu-memory-utilization") == str(engine_profile("vllm").memory_fraction)
+        assert int(_flag(a, "--max-num-batched-tokens")) == prof.max_num_batched_tokens
+        assert int(_flag(a, "--max-num-seqs")) <= prof.max_num_seqs
+        checked += 1
+    assert checked
 
 
 def test_backends_yaml_loads_in_the_gateway(vendor_plan: Plan, tmp_path: Path) -> None:
@@ -210,5 +221,5 @@ def test_helm_values_use_the_charts_keys_and_the_plans_numbers(vendor_plan: Plan
         assert set(s["vllmConfig"]) <= CHART_VLLMCONFIG_KEYS
         u = by_name[s["name"]]
         assert s["replicaCount"] == u.replicas and s["requestGPU"] == u.chips_per_replica
-        assert s["vllmConfig"]["tensorParallelSize"] == u.layout["tp"]
+        assert s["vllmConfig"]["tensorParallelSize"] == u.layout.tp
         engines.check_flags("vllm", s["vllmConfig"]["extraArgs"])

@@ -17,7 +17,7 @@ def _unit(pool: str, vendor: str, usd_per_hour: float, chips: int, watts: float)
                     capacity=[BucketCapacity(bucket="b", requests_per_s=1,
                                              requests_per_s_point=1, output_tokens_per_s=1,
                                              concurrency=1, ttft_s=0.1, tpot_s=0.01)],
-                    provenance="test", uncertainty=0.0)
+                    provenance="spec-sheet", uncertainty=0.0)
 
 
 def test_hand_worked_plan() -> None:

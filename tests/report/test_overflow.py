@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokenfleet.perf.unit import Layout
 from tokenfleet.plan.schema import Plan
 from tokenfleet.report.plan_html import write_plan_report
 
@@ -32,7 +33,7 @@ def test_simulation_report_fits_at_1400px(plan: Plan, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    units = [u.model_copy(update={"layout": {"tp": u.layout["tp"], "pp": 1, "dp": 1, "ep": 1}})
+    units = [u.model_copy(update={"layout": Layout(tp=u.layout.tp)})
              for u in plan.units]
     (tmp_path / "plan.json").write_text(plan.model_copy(update={"units": units})
                                         .model_dump_json())

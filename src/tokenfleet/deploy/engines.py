@@ -21,13 +21,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.perf.engines import engine_profile
 from tokenfleet.plan.schema import PlanUnit
 
-# The performance model's assumptions (perf/unit.py), repeated here so that export does
-# not import the numerical model; tests/deploy checks that they agree.
-MEMORY_FRACTION = 0.9  # perf.unit.MEMORY_FRACTION: HBM handed to weights + KV cache
-PREFILL_CHUNK_TOKENS = 8192  # perf.unit.PREFILL_CHUNK_TOKENS: tokens per engine step
-MAX_BATCH_PER_REPLICA = 1024  # perf.unit.MAX_BATCH_PER_REPLICA
 SERVE_PORT = 8000
 
 
@@ -83,7 +79,9 @@ def max_seqs_per_rank(unit: PlanUnit) -> int:
     in any bucket (its SLO operating point), rounded up to a multiple of 8."""
     planned = max((c.concurrency for c in unit.capacity), default=0.0)
     per_rank = math.ceil(planned / max(unit.layout.dp, 1))
-    return int(min(MAX_BATCH_PER_REPLICA, max(8, 8 * math.ceil(per_rank / 8))))
+    # never above the cap the performance model assumed for the pool's engine
+    cap = engine_profile(unit.engine).max_num_seqs
+    return int(min(cap, max(8, 8 * math.ceil(per_rank / 8))))
 
 
 def settings_for(unit: PlanUnit, model_ref: str, max_model_len: int, moe: bool
@@ -93,7 +91,8 @@ def settings_for(unit: PlanUnit, model_ref: str, max_model_len: int, moe: bool
         model_ref=model_ref, served_name=unit.model, tp=lay.tp, pp=lay.pp,
         dp=lay.dp, ep=lay.ep, precision=unit.precision,
         kv_precision=unit.kv_precision, max_seqs_per_rank=max_seqs_per_rank(unit),
-        max_batched_tokens=PREFILL_CHUNK_TOKENS, max_model_len=max_model_len, moe=moe)
+        max_batched_tokens=engine_profile(unit.engine).max_num_batched_tokens,
+        max_model_len=max_model_len, moe=moe)
 
 
 @dataclass
@@ -144,7 +143,7 @@ def vllm_args(s: EngineSettings, engine: str = "vllm") -> LaunchArgs:
     a += ["--max-num-seqs", str(s.max_seqs_per_rank),
           "--max-num-batched-tokens", str(s.max_batched_tokens),
           "--max-model-len", str(s.max_model_len), "--enable-prefix-caching",
-          "--gpu-memory-utilization", str(MEMORY_FRACTION)]
+          "--gpu-memory-utilization", str(engine_profile("vllm").memory_fraction)]
     if (n := _weights_note(s, "vLLM")) is not None:
         notes.append(n)
     check_flags("vllm", a)
@@ -168,7 +167,7 @@ def sglang_args(s: EngineSettings) -> LaunchArgs:
     a += ["--max-running-requests", str(s.max_seqs_per_rank * s.dp),
           "--chunked-prefill-size", str(s.max_batched_tokens),
           "--context-length", str(s.max_model_len),
-          "--mem-fraction-static", str(MEMORY_FRACTION)]
+          "--mem-fraction-static", str(engine_profile("sglang").memory_fraction)]
     notes = ["prefix caching: SGLang's radix cache is on by default (--disable-radix-cache "
              "turns it off)"]
     if (n := _weights_note(s, "SGLang")) is not None:
@@ -186,7 +185,8 @@ def trtllm_args(s: EngineSettings) -> LaunchArgs:
     a += ["--max_batch_size", str(s.max_seqs_per_rank * s.dp),
           "--max_num_tokens", str(s.max_batched_tokens),
           "--max_seq_len", str(s.max_model_len),
-          "--kv_cache_free_gpu_memory_fraction", str(MEMORY_FRACTION),
+          "--kv_cache_free_gpu_memory_fraction",
+          str(engine_profile("trtllm").memory_fraction),
           "--config", "extra-llm-api-config.yaml"]
     config: dict[str, object] = {"kv_cache_config": {"enable_block_reuse": True}}
     if s.dp > 1:

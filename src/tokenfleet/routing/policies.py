@@ -22,10 +22,12 @@ import heapq
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.workload.blockcache import LruBlockCache
+
+if TYPE_CHECKING:  # the workload package loads NumPy and Polars; routing stays light
+    from tokenfleet.workload.blockcache import LruBlockCache
 
 
 @dataclass(slots=True)
@@ -288,6 +290,8 @@ class PrefixAffinity(_Policy):
         self._turn += 1
         name = pools[pick].pool
         if name not in self.index:
+            from tokenfleet.workload.blockcache import LruBlockCache
+
             self.index[name] = LruBlockCache(self.capacity_blocks)
         self.index[name].touch(blocks)
         pools[pick].queued += 1
