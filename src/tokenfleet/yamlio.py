@@ -33,10 +33,9 @@ class LazyNode:
 
 def read_yaml(path: Path) -> tuple[Any, LazyNode | None]:
     """Parse ``path``; return the data and its (lazily built) node tree, for line numbers."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise TokenfleetError(f"{path}: cannot read file ({e.strerror})") from None
+    from tokenfleet.fileio import read_text
+
+    text = read_text(path, "YAML file")
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
         node = LazyNode(text)

@@ -137,10 +137,9 @@ def estimate_cmd(
 
 
 def _run_batch(path: Path, cat) -> None:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise TokenfleetError(f"{path}: cannot read ({e.strerror})") from None
+    from tokenfleet.fileio import read_text
+
+    lines = read_text(path, "batch file").splitlines()
     out = sys.stdout
     for i, line in enumerate(lines, start=1):
         if not line.strip():

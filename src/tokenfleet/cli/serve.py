@@ -4,6 +4,7 @@ the work is in ``gateway``, ``emulator`` and ``loadgen`` next to this module."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -42,17 +43,31 @@ def _logging(level: str) -> None:
 
 
 async def _serve_until_signal(start: Callable[[], Awaitable[None]],
-                              stop: Callable[[], Awaitable[None]]) -> None:
-    """Run ``start()``, wait for SIGINT/SIGTERM, run ``stop()``."""
+                              stop: Callable[[], Awaitable[None]],
+                              on_hup: Callable[[], None] | None = None) -> None:
+    """Run ``start()``, wait for SIGINT/SIGTERM, run ``stop()`` (a second signal
+    during ``stop()`` ends at once); SIGHUP calls ``on_hup``."""
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
+    if on_hup is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     await start()
     try:
         await done.wait()
+        done.clear()
+        stopping = asyncio.ensure_future(stop())
+        again = asyncio.ensure_future(done.wait())
+        await asyncio.wait({stopping, again}, return_when=asyncio.FIRST_COMPLETED)
+        again.cancel()
+        if not stopping.done():
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopping
     finally:
-        await stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 # ---- serve ---------------------------------------------------------------------------
@@ -104,10 +119,27 @@ def serve_cmd(
                 f"--api-keys-file or $TOKENFLEET_API_KEYS, or --no-auth to accept anyone")
         typer.secho("warning: API-key authentication is off", fg=typer.colors.YELLOW, err=True)
     gateway = Gateway(the_plan, spec, keys, policy=policy)
+
+    def reload_files() -> list[str]:
+        """Re-read plan and backends (SIGHUP, POST /admin/reload); a bad file raises
+        TokenfleetError and the running configuration stays."""
+        new_plan = load_plan(plan)
+        new_spec = load_backends(backends)
+        return gateway.reload(new_plan, new_spec)
+
+    gateway.reloader = reload_files
     install_uvloop()
     raise_fd_limit()
     freeze_startup_heap()
     server = RunningServer(gateway.make_app(), host, port)
+    log = logging.getLogger("tokenfleet.serve")
+
+    def on_hup() -> None:
+        try:
+            for w in reload_files():
+                log.warning("reload: %s", w)
+        except TokenfleetError as e:
+            log.error("reload refused, old configuration kept: %s", e)
 
     async def start() -> None:
         await server.start()
@@ -118,10 +150,23 @@ def serve_cmd(
                    f"{'on (' + str(len(keys)) + ' keys)' if keys.enabled else 'off'}",
                    err=True)
 
-    asyncio.run(_serve_until_signal(start, server.stop))
+    async def stop() -> None:
+        await gateway.drain()
+        await server.stop()
+
+    asyncio.run(_serve_until_signal(start, stop, on_hup))
 
 
 # ---- emulate -------------------------------------------------------------------------
+
+def _context_of(model: str) -> int | None:
+    from tokenfleet.catalog.loader import load_catalog
+
+    try:
+        return load_catalog().model(model).max_context_tokens
+    except (TokenfleetError, KeyError):
+        return None
+
 
 def emulate_cmd(
     accelerator: Annotated[str | None, typer.Option("--accelerator", "-a",
@@ -206,7 +251,8 @@ def emulate_cmd(
                 "precision": unit_model.precision.name, "layout": unit_model.layout.as_dict(),
                 "max_batch_per_replica": eng.max_batch, "pacing": "model"}
     emulator = Emulator(eng, served_model or spec.model, faults, seed=seed,
-                        exit_on_die=True, info=info)
+                        exit_on_die=True, info=info,
+                        max_context_tokens=_context_of(spec.model))
     install_uvloop()
     raise_fd_limit()
     freeze_startup_heap()

@@ -27,6 +27,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan, PlanUnit
 from tokenfleet.route.breaker import CircuitBreaker
 from tokenfleet.route.config import BackendsFile
+from tokenfleet.route.outlier import LatencyStats
 from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
 from tokenfleet.workload.buckets import SizeBuckets
 
@@ -62,7 +63,7 @@ class Backend:
     """One OpenAI-compatible server behind a pool, with its live state."""
 
     __slots__ = ("url", "pool", "max_in_flight", "breaker", "healthy", "in_flight",
-                 "_good_checks", "_bad_checks")
+                 "_good_checks", "_bad_checks", "stats", "weight")
 
     def __init__(self, url: str, pool: str, max_in_flight: int, breaker: CircuitBreaker
                  ) -> None:
@@ -74,10 +75,12 @@ class Backend:
         self.in_flight = 0
         self._good_checks = 0
         self._bad_checks = 0
+        self.stats = LatencyStats()  # gray-failure detection (route/outlier.py)
+        self.weight = 1.0  # observed speed relative to its pool's peers, (0, 1]
 
     def available(self, now: float) -> bool:
-        """Health checks pass and the circuit lets traffic through."""
-        return self.healthy and self.breaker.allows(now)
+        """Health checks pass, the circuit lets traffic through, not ejected as slow."""
+        return self.healthy and self.breaker.allows(now) and self.stats.allows(now)
 
     @property
     def has_room(self) -> bool:
@@ -122,21 +125,25 @@ class Pool:
               ) -> PoolState:
         """Snapshot for the routing policies over the backends usable now."""
         usable = [b for b in self.backends if b not in exclude and b.available(now)]
+        # The plan's share scaled by the capacity the backends show now: an ejected or
+        # slow backend takes its part of the pool's share with it.
+        capacity = sum(b.weight for b in usable) / max(len(self.backends), 1)
         return PoolState(
-            pool=self.name, share=share, usd_per_replica_hour=self.usd_per_replica_hour,
+            pool=self.name, share=share * capacity, usd_per_replica_hour=self.usd_per_replica_hour,
             replicas=len(self.backends), healthy_replicas=len(usable),
             in_flight=sum(b.in_flight for b in usable), queued=0,
             max_in_flight=sum(b.max_in_flight for b in usable))
 
     def pick_backend(self, now: float, exclude: frozenset[Backend] | set[Backend]
                      ) -> Backend | None:
-        """Least loaded (by in-flight fraction) available backend with room."""
+        """Least loaded available backend with room, by in-flight fraction of its
+        limit scaled by its observed speed (a backend half as fast takes half)."""
         best: Backend | None = None
         best_load = math.inf
         for b in self.backends:
             if b in exclude or not b.has_room or not b.available(now):
                 continue
-            load = b.in_flight / b.max_in_flight
+            load = (b.in_flight + 1) / (b.max_in_flight * b.weight)
             if load < best_load:
                 best, best_load = b, load
         return best

@@ -179,7 +179,10 @@ class TraceFile:
         suffixes = [s.lower() for s in p.suffixes]
         if suffixes and suffixes[-1] in (".gz", ".xz"):
             suffixes = suffixes[:-1]
-        return cls(p, compression, suffixes[-1] if suffixes else "")
+        src = cls(p, compression, suffixes[-1] if suffixes else "")
+        if src.suffix in (".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".txt"):
+            _check_text(src.head(), p)
+        return src
 
     def data(self) -> bytes:
         """The decompressed bytes (only used for compressed files; cached)."""
@@ -209,6 +212,19 @@ class TraceFile:
         """What to hand to Polars: the path itself (mmap, multi-threaded) when
         uncompressed, else an in-memory buffer of the decompressed bytes."""
         return self.path if self.compression is None else io.BytesIO(self.data())
+
+
+def _check_text(head: bytes, path: Path) -> None:
+    """One clear line for a text trace that is binary (NUL bytes) or not UTF-8."""
+    import codecs
+
+    if b"\x00" in head:
+        raise TokenfleetError(f"{path}: this trace is a binary file, not text")
+    try:  # incremental: a character cut at the end of the head is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as e:
+        raise TokenfleetError(f"{path}: this trace is not UTF-8 text (byte {e.start}); is "
+                              f"it a binary file?") from None
 
 
 def _csv_header(src: TraceFile) -> list[str]:
