@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tokenfleet.errors import TokenfleetError
 
@@ -76,3 +78,10 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
     """Write ``text`` to ``path`` atomically."""
     write_bytes(path, text.encode(encoding))
+
+
+def write_parquet(path: str | Path, frame: Any) -> None:
+    """Write a Polars data frame to ``path`` as Parquet, atomically."""
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    write_bytes(path, buf.getvalue())

@@ -16,6 +16,7 @@ from rich.table import Table
 from tokenfleet.catalog.loader import load_catalog
 from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.fileio import write_text
 from tokenfleet.perf.estimate import Estimate, Query, breakeven, compare, estimate
 from tokenfleet.perf.measurements import ENGINES
 from tokenfleet.yamlio import format_validation_error
@@ -302,7 +303,7 @@ def calibrate_cmd(
         path = write_fit(cal)
         console(stderr=True).print(f"wrote {path}")
     if out:
-        out.write_text(json.dumps(ev.rows, indent=1))
+        write_text(out, json.dumps(ev.rows, indent=1))
     if json_out:
         print(json.dumps(cal.to_json(), indent=2))
         return

@@ -13,6 +13,7 @@ from rich.table import Table
 from tokenfleet.catalog.loader import load_catalog
 from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.fileio import write_text
 from tokenfleet.plan.gates import precision_gate
 from tokenfleet.plan.planner import plan_scenario
 from tokenfleet.plan.scenario import explain_schema, load_scenario
@@ -125,7 +126,7 @@ def plan_cmd(
 
         plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
                              progress=step, compare_policies=baselines)
-    out.write_text(plan.model_dump_json(indent=2))
+    write_text(out, plan.model_dump_json(indent=2))
     html_path = None
     if report is None or str(report) != "-":
         from tokenfleet.report.plan_html import write_plan_report

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.fileio import write_text
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output (JSON)")]
 HostOpt = Annotated[str, typer.Option(help="address to listen on (127.0.0.1 = this machine "
@@ -399,7 +400,7 @@ def loadtest_cmd(
     summary = summarize(result, target=target)
     text = summary.model_dump_json(indent=2)
     if out is not None:
-        out.write_text(text + "\n")
+        write_text(out, text + "\n")
     if json_out:
         typer.echo(text)
         return

@@ -190,8 +190,13 @@ def _resolve(q: Query, catalog: Catalog, cal: Calibration) -> _Resolved:
     mode = ("slo" if (q.slo_ttft or q.slo_tpot) else
             "concurrency" if q.concurrency else "offline")
     engine = q.engine or (group.split("/")[1] if group else None)
-    return _Resolved(catalog.model(q.model), accel, precision, kv_prec, eff, group, engine,
-                     mode)
+    model = catalog.model(q.model)
+    ctx = model.max_context_tokens
+    if ctx is not None and q.input_len + q.output_len > ctx:
+        raise TokenfleetError(
+            f"input {q.input_len} + output {q.output_len} tokens is beyond {model.id}'s context "
+            f"of {ctx} tokens (catalog max_context_tokens): no server would accept it")
+    return _Resolved(model, accel, precision, kv_prec, eff, group, engine, mode)
 
 
 def _operating_point(q: Query, r: _Resolved) -> OperatingPoint:

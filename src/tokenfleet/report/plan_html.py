@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tokenfleet.fileio import write_text
 from tokenfleet.plan.schema import Plan, PlanUnit
 from tokenfleet.report.html_page import esc, figure_html, page, table
 from tokenfleet.report.plan_checks import Finding, check_plan
@@ -281,4 +282,4 @@ def write_plan_report(plan: Plan, path: Path) -> None:
     """Write the report to ``path`` (UTF-8), creating its directory if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_plan_report(plan), encoding="utf-8")
+    write_text(path, render_plan_report(plan))

@@ -53,6 +53,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.fileio import write_bytes, write_parquet
 from tokenfleet.workload.trace import FloatArray, IntArray, Trace
 
 TimeUnit = Literal["s", "ms", "us", "ns", "datetime"]
@@ -754,7 +755,7 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
     kind = (suffixes[-2] if gz and len(suffixes) > 1 else suffixes[-1]) if suffixes else ""
     df = trace.to_polars()
     if kind == ".parquet" and not gz:
-        df.write_parquet(p)
+        write_parquet(p, df)
         return p
     if kind not in (".csv", ".jsonl"):
         raise TokenfleetError(
@@ -767,5 +768,5 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
     else:
         df.write_ndjson(buf)
     data = buf.getvalue()
-    p.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    write_bytes(p, gzip.compress(data, mtime=0) if gz else data)
     return p
