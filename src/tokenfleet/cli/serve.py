@@ -113,6 +113,10 @@ def serve_cmd(
     for w in check_against_plan(spec, the_plan, str(backends)):
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
     keys = ApiKeys.load(api_keys_file)
+    if not keys.enabled and os.environ.get("TOKENFLEET_API_KEY"):
+        keys = ApiKeys.load(api_keys_file, env_var="TOKENFLEET_API_KEY")
+        typer.secho("note: $TOKENFLEET_API_KEY is deprecated for serve; set "
+                    "$TOKENFLEET_API_KEYS (comma-separated)", fg=typer.colors.YELLOW, err=True)
     if not keys.enabled:
         if not _is_loopback(host) and not no_auth:
             raise TokenfleetError(
@@ -339,8 +343,9 @@ def loadtest_cmd(
                                                      )] = None,
     output_tokens: Annotated[int | None, typer.Option(help="fixed output tokens (with "
                                                            "--rate)")] = None,
-    api_key_env: Annotated[str, typer.Option(help="environment variable with the API key"
-                                             )] = "TOKENFLEET_API_KEY",
+    api_key_env: Annotated[str, typer.Option(
+        help="environment variable with the API key (the first, if it lists several: the "
+             "variable `serve` reads)")] = "TOKENFLEET_API_KEYS",
     completions: Annotated[bool, typer.Option(help="use /v1/completions instead of chat"
                                               )] = False,
     stream: Annotated[bool, typer.Option(help="streaming requests (needed for TTFT/TPOT)"
@@ -366,7 +371,13 @@ def loadtest_cmd(
     from tokenfleet.route.server import freeze_startup_heap, install_uvloop, raise_fd_limit
     from tokenfleet.workload.readers import read_trace
 
-    api_key = os.environ.get(api_key_env) or None
+    api_key = (os.environ.get(api_key_env) or "").split(",")[0].strip() or None
+    if api_key is None and api_key_env == "TOKENFLEET_API_KEYS" \
+            and os.environ.get("TOKENFLEET_API_KEY"):
+        # The name loadtest used before serve and loadtest shared one.
+        api_key = os.environ["TOKENFLEET_API_KEY"].strip()
+        typer.secho("note: $TOKENFLEET_API_KEY is deprecated; set $TOKENFLEET_API_KEYS (the "
+                    "variable serve reads)", fg=typer.colors.YELLOW, err=True)
     tr = read_trace(trace, format=format) if trace is not None else None
     if tier_mix:
         mix = _mix(tier_mix)
