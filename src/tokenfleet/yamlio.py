@@ -42,7 +42,7 @@ def read_yaml(path: Path) -> tuple[Any, LazyNode | None]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e)
+        problem = (getattr(e, "problem", None) or str(e)).strip().splitlines()[0]
         raise TokenfleetError(f"{where}: malformed YAML: {problem}") from None
     return data, node
 
