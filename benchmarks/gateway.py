@@ -200,6 +200,7 @@ async def isolated_rate(workdir: Path, rate: float, duration_s: float, tokens: i
     backend, gateway, burl, gurl = _start_isolated(workdir, 0.002, 0.001, 20000)
     try:
         await asyncio.sleep(1.0)
+        load = os.getloadavg()[0]  # how busy the (shared) machine was
         runs = []
         for target, model in ((burl, MODEL), (gurl, "chat")):
             cpu0 = gateway.cpu_s()
@@ -224,6 +225,8 @@ async def isolated_rate(workdir: Path, rate: float, duration_s: float, tokens: i
                 "added_ms": [(g["p50"] - d["p50"]) * 1e3, (g["p99"] - d["p99"]) * 1e3],
                 "gateway_cpu_s": cpu, "events": events,
                 "cpu_ms_per_1000_events": cpu / max(events, 1) * 1e6,
+                "cpu_ms_per_request": cpu / max(via["completed"], 1) * 1e3,
+                "load_avg_1min": [load, os.getloadavg()[0]],
                 "notes": via.get("notes", [])}
     finally:
         gateway.stop()
@@ -240,6 +243,7 @@ async def isolated_concurrency(workdir: Path, n: int, hold_ttft_s: float, hold_t
     try:
         await asyncio.sleep(1.0)
         rss0 = gateway.rss_mib()
+        load = os.getloadavg()[0]
         proc = await asyncio.create_subprocess_exec(
             *_loadtest_args(gurl, "chat", float(n), 1.0, tokens), env=_loadtest_env(),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -263,7 +267,8 @@ async def isolated_concurrency(workdir: Path, n: int, hold_ttft_s: float, hold_t
                     res["tiers"]["chat"]["ttft_s"]["p50"] * 1e3,
                     res["tiers"]["chat"]["ttft_s"]["p99"] * 1e3]
                 if res["completed"] else None,
-                "hold": [hold_ttft_s, hold_tpot_s, tokens]}
+                "hold": [hold_ttft_s, hold_tpot_s, tokens],
+                "load_avg_1min": [load, os.getloadavg()[0]]}
     finally:
         gateway.stop()
         backend.stop()
@@ -300,14 +305,16 @@ def render_isolated(out: dict) -> str:
         "[DONE]).", "",
         "| rate req/s | tokens/stream | completed / sent | direct TTFT p50 / p99 ms | "
         "gateway TTFT p50 / p99 ms | **added p50 / p99 ms** | gateway CPU ms per 1,000 "
-        "events |", "|---|---|---|---|---|---|---|"]
+        "events (per request) | machine load avg before → after |",
+        "|---|---|---|---|---|---|---|---|"]
     for r in out["rates"]:
         lines.append(
             f"| {r['rate']:.0f} | {r['tokens']} | {r['completed']} / {r['requests']} | "
             f"{r['direct_ttft_ms'][0]:.2f} / {r['direct_ttft_ms'][1]:.2f} | "
             f"{r['gateway_ttft_ms'][0]:.2f} / {r['gateway_ttft_ms'][1]:.2f} | "
             f"**{r['added_ms'][0]:.2f} / {r['added_ms'][1]:.2f}** | "
-            f"{r['cpu_ms_per_1000_events']:.1f} |")
+            f"{r['cpu_ms_per_1000_events']:.1f} ({r.get('cpu_ms_per_request', 0):.2f}) | "
+            f"{r['load_avg_1min'][0]:.1f} → {r['load_avg_1min'][1]:.1f} |")
     if out["concurrency"]:
         h = out["concurrency"][0]["hold"]
         lines += ["", f"Concurrent streams: a generator process opens about N streams "
@@ -316,12 +323,14 @@ def render_isolated(out: dict) -> str:
                       f"the gateway's /health reported it (sampled every 0.25 s); RSS of the "
                       f"gateway process.", "",
                   "| N | completed / sent | failed | peak in flight | gateway RSS start → "
-                  "peak MiB | slowest /health s |", "|---|---|---|---|---|---|"]
+                  "peak MiB | slowest /health s | load avg before → after |",
+                  "|---|---|---|---|---|---|---|"]
         for c in out["concurrency"]:
             lines.append(f"| {c['target']} | {c['completed']} / {c['requests']} | "
                          f"{c['failed']} {c['errors'] or ''} | {c['peak_in_flight']} | "
                          f"{c['rss_start_mib']:.0f} → {c['rss_peak_mib']:.0f} | "
-                         f"{c['health_max_s']:.2f} |")
+                         f"{c['health_max_s']:.2f} | {c['load_avg_1min'][0]:.1f} → "
+                         f"{c['load_avg_1min'][1]:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -835,6 +835,10 @@ class Gateway:
         except (UpstreamError, TimeoutError):
             body = b""
         text = body.decode("utf-8", "replace").strip()[:500]
+        if ctx.resp is not None:
+            # A continuation refused (the client already has a stream): another backend
+            # may take it; the client cannot get a JSON answer any more.
+            raise _Retry("continuation_refused", f"HTTP {status} from backend: {text}", status)
         if status in _RETRY_STATUSES:
             kind = "status_429" if status == 429 else "status_5xx"
             raise _Retry(kind, f"HTTP {status} from backend: {text}", status)
