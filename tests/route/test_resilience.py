@@ -348,3 +348,49 @@ def test_emulator_continues_an_assistant_message_and_checks_context():
                     assert (await r.json())["error"]["code"] == "context_length_exceeded"
 
     asyncio.run(run())
+
+
+def test_serve_process_reloads_on_sighup_and_drains_on_sigterm(tmp_path):
+    import signal
+
+    from tokenfleet.route.child import TOKENFLEET, ChildProcess
+
+    emu = ChildProcess([*TOKENFLEET, "emulate", "--model", "llama-3.1-8b", "--port", "0",
+                        "--json", "--fixed-ttft", "0.01", "--fixed-tpot", "0.02"])
+    gw = None
+    try:
+        url = json.loads(emu.wait_for(r"^\{.*\"url\".*\}$").group(0))["url"]
+        (tmp_path / "plan.json").write_text(_plan().model_dump_json())
+        good = (f"gateway: {{drain_accept_s: 0.5}}\npools:\n  chat/a: {{model: llama-3.1-8b, "
+                f"backends: [{url}]}}\n")
+        backends = tmp_path / "backends.yaml"
+        backends.write_text(good)
+        gw = ChildProcess([*TOKENFLEET, "serve", "--plan", str(tmp_path / "plan.json"),
+                           "--backends", str(backends), "--port", "0"])
+        base = gw.wait_for(r"gateway on (http://127\.0\.0\.1:\d+)").group(1)
+
+        async def run() -> list[tuple[int, list[dict], bool]]:
+            async with aiohttp.ClientSession() as s:
+                streams = [asyncio.create_task(_stream(s, base + CHAT, _chat(50)))
+                           for _ in range(10)]
+                await asyncio.sleep(0.3)
+                backends.write_text("pools: [not, a, mapping")  # a broken file
+                gw.p.send_signal(signal.SIGHUP)
+                await asyncio.sleep(0.3)
+                async with s.get(base + "/health") as r:
+                    assert r.status == 200  # still serving on the old configuration
+                backends.write_text(good)
+                gw.p.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.1)
+                async with s.get(base + "/health") as r:
+                    assert r.status == 503 and (await r.json())["status"] == "draining"
+                return await asyncio.gather(*streams)
+
+        results = asyncio.run(run())
+        assert gw.p.wait(15) == 0
+        assert all(st_ == 200 and done and _text_tokens(ev) == 50 for st_, ev, done in results)
+        assert any("reload refused" in line for line in gw.lines)
+    finally:
+        if gw is not None:
+            gw.stop()
+        emu.stop()
