@@ -382,6 +382,7 @@ class Gateway:
             } for p in tier.pools]
             data.append({"id": tier.name, "object": "model", "created": self.created,
                          "owned_by": "tokenfleet",
+                         "max_context_tokens": self._contexts.get(tier.name),
                          "tokenfleet": {"model": tier.model, "slo_ttft_s": tier.slo_ttft_s,
                                         "slo_tpot_s": tier.slo_tpot_s, "pools": pools}})
         return _json(200, {"object": "list", "data": data})

@@ -20,8 +20,9 @@ from typing import Any
 from tokenfleet.route.openai_api import ParsedRequest, dump_json, load_json
 
 # Raw events kept per stream before they are folded into text (bytes): a long stream
-# is held as its text (~1/30 of the events' size), not as its events.
-_FOLD_BYTES = 64 * 1024
+# is held as its text (~1/30 of the events' size), not as its events; 10,000 streams
+# hold at most ~160 MiB of events.
+_FOLD_BYTES = 16 * 1024
 
 
 @dataclass(slots=True)
