@@ -197,40 +197,58 @@ def _loadtest_env() -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1"}
 
 
-async def isolated_rate(workdir: Path, rate: float, duration_s: float, tokens: int) -> dict:
-    """Added TTFT (gateway path minus direct, back to back, each from its own generator
-    process) and gateway CPU per 1,000 streamed events at ``rate``."""
+async def isolated_rate(workdir: Path, rate: float, duration_s: float, tokens: int,
+                        slices: int = 3) -> dict:
+    """Added TTFT (gateway path minus direct) and gateway CPU per 1,000 streamed events at
+    ``rate``. Direct and gateway runs alternate in ``slices`` pairs of
+    ``duration_s / slices`` each, each from its own generator process, and the medians
+    over the pairs are reported: on a shared machine, other work comes and goes between
+    two runs, and alternating spreads it over both sides."""
     backend, gateway, burl, gurl = _start_isolated(workdir, 0.002, 0.001, 20000)
+    part_s = duration_s / slices
     try:
         await asyncio.sleep(1.0)
         load = os.getloadavg()[0]  # how busy the (shared) machine was
-        runs = []
-        for target, model in ((burl, MODEL), (gurl, "chat")):
-            cpu0 = gateway.cpu_s()
-            r = subprocess.run(_loadtest_args(target, model, rate, duration_s, tokens),
-                               capture_output=True, text=True, env=_loadtest_env(),
-                               timeout=duration_s + 300)
-            cpu = gateway.cpu_s() - cpu0
-            if r.returncode != 0:
-                raise RuntimeError(f"loadtest failed: {r.stderr[-500:]}")
-            runs.append((json.loads(r.stdout), cpu))
-        (direct, _), (via, cpu) = runs
-        d, g = direct["tiers"][MODEL]["ttft_s"], via["tiers"]["chat"]["ttft_s"]
+        pairs = []
+        for _ in range(slices):
+            pair = []
+            for target, model in ((burl, MODEL), (gurl, "chat")):
+                cpu0 = gateway.cpu_s()
+                r = subprocess.run(_loadtest_args(target, model, rate, part_s, tokens),
+                                   capture_output=True, text=True, env=_loadtest_env(),
+                                   timeout=part_s + 300)
+                cpu = gateway.cpu_s() - cpu0
+                if r.returncode != 0:
+                    raise RuntimeError(f"loadtest failed: {r.stderr[-500:]}")
+                res = json.loads(r.stdout)
+                pair.append((res, res["tiers"][model]["ttft_s"], cpu))
+            pairs.append(pair)
+
+        def med(xs: list[float]) -> float:
+            return float(np.median(xs))
+
+        d50 = [p[0][1]["p50"] * 1e3 for p in pairs]
+        d99 = [p[0][1]["p99"] * 1e3 for p in pairs]
+        g50 = [p[1][1]["p50"] * 1e3 for p in pairs]
+        g99 = [p[1][1]["p99"] * 1e3 for p in pairs]
+        completed = sum(p[1][0]["completed"] for p in pairs)
+        cpu = sum(p[1][2] for p in pairs)
         # Events per stream: one per token, the final (finish_reason) one, the usage one
         # and [DONE].
-        events = via["completed"] * (tokens + 3)
-        return {"rate": rate, "duration_s": duration_s, "tokens": tokens,
-                "requests": via["requests"], "completed": via["completed"],
-                "failed": via["failed"], "achieved_per_s": via["requests"] / max(
-                    via["wall_s"], 1e-9),
-                "direct_ttft_ms": [d["p50"] * 1e3, d["p99"] * 1e3],
-                "gateway_ttft_ms": [g["p50"] * 1e3, g["p99"] * 1e3],
-                "added_ms": [(g["p50"] - d["p50"]) * 1e3, (g["p99"] - d["p99"]) * 1e3],
+        events = completed * (tokens + 3)
+        return {"rate": rate, "duration_s": duration_s, "slices": slices, "tokens": tokens,
+                "requests": sum(p[1][0]["requests"] for p in pairs), "completed": completed,
+                "failed": sum(p[1][0]["failed"] for p in pairs),
+                "direct_ttft_ms": [med(d50), med(d99)],
+                "gateway_ttft_ms": [med(g50), med(g99)],
+                "added_ms": [med([g - d for g, d in zip(g50, d50, strict=True)]),
+                             med([g - d for g, d in zip(g99, d99, strict=True)])],
+                "per_slice_added_ms": [[g - d for g, d in zip(g50, d50, strict=True)],
+                                       [g - d for g, d in zip(g99, d99, strict=True)]],
                 "gateway_cpu_s": cpu, "events": events,
                 "cpu_ms_per_1000_events": cpu / max(events, 1) * 1e6,
-                "cpu_ms_per_request": cpu / max(via["completed"], 1) * 1e3,
-                "load_avg_1min": [load, os.getloadavg()[0]],
-                "notes": via.get("notes", [])}
+                "cpu_ms_per_request": cpu / max(completed, 1) * 1e3,
+                "load_avg_1min": [load, os.getloadavg()[0]]}
     finally:
         gateway.stop()
         backend.stop()
@@ -280,7 +298,7 @@ async def isolated_concurrency(workdir: Path, n: int, hold_ttft_s: float, hold_t
 async def isolated_main(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        rates = [await isolated_rate(workdir, r, args.duration, args.tokens)
+        rates = [await isolated_rate(workdir, r, args.duration, args.tokens, args.slices)
                  for r in (float(x) for x in args.rates.split(",") if x)]
         conc = [await isolated_concurrency(workdir, n, args.hold_ttft, args.hold_tpot,
                                            args.hold_tokens, args.ramp)
@@ -303,7 +321,8 @@ def render_isolated(out: dict) -> str:
         "serve`), and the load generator (`tokenfleet loadtest --rate R --json`, a separate "
         "process for each run). Added TTFT = p50/p99 of client TTFT through the gateway "
         "minus the same of a run straight at the backend right before it (same rate and "
-        "length). CPU = the gateway process's CPU time over its run, per 1,000 SSE events "
+        "length), median over alternating pairs (`--slices`). CPU = the gateway process's "
+        "CPU time over its run, per 1,000 SSE events "
         "forwarded (each stream: one event per token, the finish event, the usage event, "
         "[DONE]).", "",
         "| rate req/s | tokens/stream | completed / sent | direct TTFT p50 / p99 ms | "
@@ -920,6 +939,8 @@ def main() -> None:
                          "events, and --isolated-concurrency streams")
     ap.add_argument("--isolated-concurrency", default="2000,10000",
                     help="concurrent streams to hold (with --isolated)")
+    ap.add_argument("--slices", type=int, default=3,
+                    help="alternating direct/gateway pairs per rate (with --isolated)")
     ap.add_argument("--ramp", type=float, default=5.0,
                     help="seconds over which --isolated-concurrency streams are opened")
     ap.add_argument("--write-results", action="store_true",

@@ -98,3 +98,34 @@ def test_outlier_detection_against_pool_peers():
     slow.ejected_until = 100.0
     assert not may_eject([fast, slow], 50.0, cfg)  # half the pool is out already
     assert may_eject([fast, slow, other, LatencyStats()], 50.0, cfg)
+
+
+def test_loadtest_summary_says_what_to_fix_when_every_request_fails_alike():
+    from tokenfleet.route.loadgen import LoadResult, RequestResult, summarize
+
+    res = [RequestResult(tier="chat", outcome="failed", status=401, reason="http_401",
+                         message="missing API key") for _ in range(5)]
+    notes = summarize(LoadResult(res, 1.0)).notes
+    assert any("all 5 requests failed with http_401" in n and "TOKENFLEET_API_KEYS" in n
+               for n in notes)
+    mixed = [*res, RequestResult(tier="chat", outcome="ok")]
+    assert not any("requests failed with" in n for n in summarize(LoadResult(mixed, 1.0)).notes)
+
+
+def test_loadtest_reads_the_serve_key_variable_and_the_old_one():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENFLEET_API_KEY")}
+    # No gateway listens there: the run fails to connect, and says so; what matters is
+    # which key variable it read (the deprecation note names the old one).
+    args = [sys.executable, "-m", "tokenfleet.cli", "loadtest", "--target",
+            "http://127.0.0.1:9", "-m", "chat", "--rate", "5", "--duration", "0.3",
+            "--input-tokens", "4", "--output-tokens", "2", "--timeout", "2"]
+    old = subprocess.run(args, env={**env, "TOKENFLEET_API_KEY": "old-key-123456"},
+                         capture_output=True, text=True, timeout=120)
+    assert "TOKENFLEET_API_KEY is deprecated" in old.stderr
+    new = subprocess.run(args, env={**env, "TOKENFLEET_API_KEYS": "k-12345678,k2-12345678"},
+                         capture_output=True, text=True, timeout=120)
+    assert "deprecated" not in new.stderr
+    assert "cannot connect to the target" in " ".join(new.stdout.split())  # the hint
