@@ -315,7 +315,8 @@ def render_isolated(out: dict) -> str:
         f"`{out['command'].replace(str(Path.cwd()) + '/', '')}`)",
         f"Date: {out['date']}; machine: {out['machine']}, {out['cores']} cores, **shared** "
         f"with other users' work during the run (no CPU pinning, no quiet-wait in this "
-        f"mode): figures are upper bounds of what the gateway costs.", "",
+        f"mode): the figures include that contention; its 1-minute load average is in "
+        f"the tables.", "",
         "Each component is its own process: the backend (`tokenfleet emulate --fixed-ttft "
         "0.002 --fixed-tpot 0.001`, near-free: pre-built events), the gateway (`tokenfleet "
         "serve`), and the load generator (`tokenfleet loadtest --rate R --json`, a separate "
@@ -356,6 +357,8 @@ def render_isolated(out: dict) -> str:
                          f"{c['rss_start_mib']:.0f} → {c['rss_peak_mib']:.0f} | "
                          f"{c['health_max_s']:.2f} | {c['load_avg_1min'][0]:.1f} → "
                          f"{c['load_avg_1min'][1]:.1f} |")
+    for note in out.get("notes", []):  # observations recorded with the run's JSON
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
