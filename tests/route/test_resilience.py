@@ -169,7 +169,7 @@ def test_ten_times_slower_backend_is_ejected_and_tpot_stays_healthy():
     asyncio.run(run())
 
 
-def test_half_errors_and_restart_lose_nothing():
+def test_half_errors_lose_nothing():
     async def run() -> None:
         async with Stack() as st:
             good = await start_fixed_backend(st, ttft_s=0.005, tpot_s=0.002)
@@ -181,6 +181,36 @@ def test_half_errors_and_restart_lose_nothing():
                 results = await asyncio.gather(*[_stream(s, srv.url + CHAT, _chat(5))
                                                  for _ in range(60)])
         assert all(status == 200 and done for status, _, done in results)
+
+    asyncio.run(run())
+
+
+def test_backend_restart_loses_nothing_and_it_comes_back():
+    async def run() -> None:
+        async with Stack() as st:
+            a = await start_fixed_backend(st, ttft_s=0.01, tpot_s=0.01)
+            b = await start_fixed_backend(st, ttft_s=0.01, tpot_s=0.01)
+            gw, srv = await start_gateway(st, _plan(), {
+                "gateway": {"health": {"interval_s": 0.1, "timeout_s": 0.5},
+                            "breaker": {"cooldown_s": 0.2}},
+                "pools": {"chat/a": {"backends": [a.server.url, b.server.url]}}})
+            port = a.server.port  # type: ignore[union-attr]
+            async with aiohttp.ClientSession() as s:
+                first = [asyncio.create_task(_stream(s, srv.url + CHAT, _chat(30)))
+                         for _ in range(20)]
+                await asyncio.sleep(0.15)
+                await a.die()  # crashes with streams on it
+                await asyncio.sleep(0.3)
+                again = Emulator(FixedLatencyEngine(FixedPacing(0.01, 0.01)), "llama-3.1-8b")
+                st.servers.append(await again.serve(port=port))  # restarted, same port
+                await asyncio.sleep(0.5)  # a health check sees it up
+                second = [asyncio.create_task(_stream(s, srv.url + CHAT, _chat(5)))
+                          for _ in range(20)]
+                results = await asyncio.gather(*first, *second)
+            assert _backend(gw, a).healthy
+        assert all(status == 200 and done for status, _, done in results)
+        assert all(_text_tokens(ev) == 30 for _, ev, _ in results[:20])
+        assert again.engine.completed >= 1  # the restarted backend serves again
 
     asyncio.run(run())
 

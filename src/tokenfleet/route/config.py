@@ -60,7 +60,6 @@ class OutlierSettings(_Strict):
                                                       "factor: an outlier")
     min_samples: int = Field(3, ge=1, description="samples on each side before judging")
     min_difference_s: float = Field(0.005, ge=0, description="ignore smaller gaps (noise)")
-    consecutive_errors: int = Field(5, ge=1, description="failed requests in a row: ejected")
     base_ejection_s: float = Field(10.0, gt=0, description="first cool-down; x times ejected")
     max_ejection_s: float = Field(300.0, gt=0)
     max_ejection_percent: float = Field(50.0, ge=0, le=100,

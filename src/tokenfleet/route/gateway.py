@@ -741,16 +741,17 @@ class Gateway:
         if not cfg.enabled:
             return
         st = backend.stats
+        # Only the trial request (sent after the cool-down) decides; requests sent before
+        # the ejection and ending after it say nothing new. Consecutive failures of a
+        # backend in rotation are the circuit breaker's (gateway.breaker).
+        if not (st.trial and st.trial_in_flight) or st.ejected(time.monotonic()):
+            return
         if verdict is False:
-            st.errors_in_row += 1
-            if st.trial or st.errors_in_row >= cfg.consecutive_errors:
-                self._eject(backend, f"{st.errors_in_row} failed request(s) in a row")
+            self._eject(backend, "its trial request failed")
         elif verdict is True:
-            st.errors_in_row = 0
-            if st.trial and st.trial_in_flight:
-                self._restore(backend)  # a trial with no latency verdict that succeeded
-        if st.trial:
-            st.trial_in_flight = False
+            self._restore(backend)  # a trial with no latency verdict that succeeded
+        else:
+            st.trial_in_flight = False  # no verdict (client left): another trial
 
     def _observe(self, backend: Backend, ttft_s: float | None = None,
                  tpot_s: float | None = None) -> None:
@@ -799,7 +800,6 @@ class Gateway:
         st.trial = True  # when the cool-down ends, one request decides
         st.trial_in_flight = False
         st.reset_latency()
-        st.errors_in_row = 0
         self.metrics.child(self.metrics.ejections, backend.pool, safe_url(backend.url)).inc()
         log.warning("backend %s (pool %s) ejected for %g s: %s", safe_url(backend.url),
                     backend.pool, cool_s, reason)

@@ -4,12 +4,15 @@ out of rotation for a cool-down, then probed back — as Envoy's outlier detecti
 Each backend keeps exponentially weighted moving averages (EWMA) of its TTFT and TPOT,
 fed by the requests it serves. A backend is an *outlier* when, with enough samples on
 both sides, its average is more than ``slow_factor`` times the median of its peers' (the
-other backends of its pool: same model on the same chips, so they should be alike), or
-when ``consecutive_errors`` requests in a row failed. An outlier is *ejected* for
+other backends of its pool: same model on the same chips, so they should be alike).
+(A backend whose requests fail in a row is taken out by its circuit breaker,
+``route/breaker.py``: the other half of Envoy's outlier detection.) An outlier is
+*ejected* for
 ``base_ejection_s`` times the number of times it was ejected (a backend that keeps being
 slow stays out longer), but never more than ``max_ejection_percent`` of a pool at once
 (always at least one, as in Envoy). When the cool-down ends, one trial request goes
-through; its sample decides whether the backend is back or ejected again.
+through; its sample (or its failure) decides whether the backend is back or ejected
+again.
 
 Between "healthy" and "ejected", :func:`relative_speed` gives each backend a weight
 (its peers' median over its own average, at most 1) that the router uses to send a
@@ -29,24 +32,22 @@ class OutlierConfig(Protocol):
     slow_factor: float
     min_samples: int
     min_difference_s: float
-    consecutive_errors: int
     base_ejection_s: float
     max_ejection_s: float
     max_ejection_percent: float
 
 
 class LatencyStats:
-    """EWMAs of one backend's TTFT and TPOT (seconds) and its error streak."""
+    """EWMAs of one backend's TTFT and TPOT (seconds) and its ejection state."""
 
-    __slots__ = ("ttft_s", "tpot_s", "ttft_n", "tpot_n", "errors_in_row", "ejected_until",
-                 "ejections", "trial", "trial_in_flight")
+    __slots__ = ("ttft_s", "tpot_s", "ttft_n", "tpot_n", "ejected_until", "ejections",
+                 "trial", "trial_in_flight")
 
     def __init__(self) -> None:
         self.ttft_s = 0.0
         self.tpot_s = 0.0
         self.ttft_n = 0
         self.tpot_n = 0
-        self.errors_in_row = 0
         self.ejected_until = 0.0  # monotonic s; 0 = not ejected
         self.ejections = 0
         self.trial = False  # the cool-down ended: one request decides
