@@ -84,7 +84,7 @@ def test_a_refused_request_takes_nothing_from_its_other_scopes():
 def test_outlier_detection_against_pool_peers():
     cfg = OutlierSettings()
     fast, slow, other = LatencyStats(), LatencyStats(), LatencyStats()
-    for _ in range(3):
+    for _ in range(cfg.min_samples):
         fast.add_tpot(0.02, cfg.ewma_alpha)
         other.add_tpot(0.025, cfg.ewma_alpha)
         slow.add_tpot(0.2, cfg.ewma_alpha)
@@ -129,3 +129,20 @@ def test_loadtest_reads_the_serve_key_variable_and_the_old_one():
                          capture_output=True, text=True, timeout=120)
     assert "deprecated" not in new.stderr
     assert "cannot connect to the target" in " ".join(new.stdout.split())  # the hint
+
+
+def test_when_every_backend_up_is_ejected_the_slow_one_still_serves():
+    from tokenfleet.route.breaker import CircuitBreaker
+    from tokenfleet.route.router import Backend, Pool
+
+    from .conftest import unit
+
+    down = Backend("http://a", "p", 4, CircuitBreaker())
+    slow = Backend("http://b", "p", 4, CircuitBreaker())
+    down.healthy = False
+    slow.stats.ejected_until = 100.0
+    pool = Pool(unit("p"), [down, slow], "m")
+    assert pool.pick_backend(50.0, set()) is slow  # panic mode: slow beats nothing
+    assert pool.state(1.0, 50.0, set()).healthy_replicas == 1
+    slow.healthy = False
+    assert pool.pick_backend(50.0, set()) is None

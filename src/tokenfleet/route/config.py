@@ -58,8 +58,8 @@ class OutlierSettings(_Strict):
     ewma_alpha: float = Field(0.3, gt=0, le=1, description="weight of a new latency sample")
     slow_factor: float = Field(3.0, gt=1, description="slower than its peers' median by this "
                                                       "factor: an outlier")
-    min_samples: int = Field(3, ge=1, description="samples on each side before judging")
-    min_difference_s: float = Field(0.005, ge=0, description="ignore smaller gaps (noise)")
+    min_samples: int = Field(5, ge=1, description="samples on each side before judging")
+    min_difference_s: float = Field(0.01, ge=0, description="ignore smaller gaps (noise)")
     base_ejection_s: float = Field(10.0, gt=0, description="first cool-down; x times ejected")
     max_ejection_s: float = Field(300.0, gt=0)
     max_ejection_percent: float = Field(50.0, ge=0, le=100,

@@ -82,6 +82,10 @@ class Backend:
         """Health checks pass, the circuit lets traffic through, not ejected as slow."""
         return self.healthy and self.breaker.allows(now) and self.stats.allows(now)
 
+    def up(self, now: float) -> bool:
+        """Health checks pass and the circuit lets traffic through (ejected or not)."""
+        return self.healthy and self.breaker.allows(now)
+
     @property
     def has_room(self) -> bool:
         return self.in_flight < self.max_in_flight
@@ -125,6 +129,8 @@ class Pool:
               ) -> PoolState:
         """Snapshot for the routing policies over the backends usable now."""
         usable = [b for b in self.backends if b not in exclude and b.available(now)]
+        if not usable:
+            usable = self._panic(now, exclude)
         # The plan's share scaled by the capacity the backends show now: an ejected or
         # slow backend takes its part of the pool's share with it.
         capacity = sum(b.weight for b in usable) / max(len(self.backends), 1)
@@ -146,7 +152,16 @@ class Pool:
             load = (b.in_flight + 1) / (b.max_in_flight * b.weight)
             if load < best_load:
                 best, best_load = b, load
+        if best is None:
+            for b in self._panic(now, exclude):
+                if b.has_room and (b.in_flight + 1) / b.max_in_flight < best_load:
+                    best, best_load = b, (b.in_flight + 1) / b.max_in_flight
         return best
+
+    def _panic(self, now: float, exclude: frozenset[Backend] | set[Backend]) -> list[Backend]:
+        """When every backend that is up has been ejected as slow, the slow ones serve
+        (Envoy's panic mode): a slow answer beats none."""
+        return [b for b in self.backends if b not in exclude and b.up(now)]
 
 
 @dataclass
