@@ -142,6 +142,9 @@ def test_when_every_backend_up_is_ejected_the_slow_one_still_serves():
     down.healthy = False
     slow.stats.ejected_until = 100.0
     pool = Pool(unit("p"), [down, slow], "m")
+    ok = Backend("http://c", "p", 4, CircuitBreaker())
+    # The plan policy sees the capacity the backends show: one of two out, half the share.
+    assert Pool(unit("p"), [ok, slow], "m").state(0.8, 50.0, set()).share == 0.4
     assert pool.pick_backend(50.0, set()) is slow  # panic mode: slow beats nothing
     assert pool.state(1.0, 50.0, set()).healthy_replicas == 1
     slow.healthy = False

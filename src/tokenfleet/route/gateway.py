@@ -15,10 +15,18 @@ What happens to one request (see ``Gateway._proxy``):
    was sent to the client* (connection refused or reset, HTTP 5xx/429 from the
    backend) is retried on another backend of the pool, then on the next-cheapest
    pool with headroom, up to ``max_attempts``;
-4. every accepted request ends in exactly one of: a full response, an OpenAI error
-   response (429 saturated, 502 all attempts failed, 503 no healthy backend, 504
-   timeout), or — once streaming has started — an SSE ``error`` event. A client that
-   disconnects cancels the upstream request (the connection to the backend is closed).
+4. a stream whose backend fails after the client got tokens is resumed on another
+   backend (same pool first) with the prompt plus the text so far and ``max_tokens``
+   less what was delivered, and stitched into one response (``route/resume.py``);
+5. every accepted request ends in exactly one of: a full response, an OpenAI error
+   response (429 saturated or over a key's / tier's limit, 502 all attempts failed,
+   503 no healthy backend or draining, 504 timeout), or — only when every attempt to
+   resume failed — an SSE ``error`` event. A client that disconnects cancels the
+   upstream request (the connection to the backend is closed).
+
+Slow backends are ejected by outlier detection (``route/outlier.py``); SIGTERM drains
+(:meth:`Gateway.drain`), SIGHUP and ``POST /admin/reload`` swap in new files
+(:meth:`Gateway.reload`).
 
 The gateway keeps no per-request state after a request ends: counters, breakers and
 histograms are per backend / tier / pool only.
