@@ -156,6 +156,223 @@ def start_stack(workdir: Path, ttft_s: float, tpot_s: float
     return backend, gateway, info["url"], url
 
 
+# ---- the gateway in isolation (issue 18) ----------------------------------------------
+
+ISOLATED_SECTION = "## Gateway in isolation (issue 18)"
+
+
+def _start_isolated(workdir: Path, ttft_s: float, tpot_s: float, limit: int,
+                    health: bool = True) -> tuple[ChildProcess, ChildProcess, str, str]:
+    """Backend (emulator) and gateway, each its own process; room for ``limit``
+    concurrent streams everywhere. ``health=False``: no active health checks (a backend
+    swamped by the test's own load is not taken for dead)."""
+    backend = ChildProcess([*TOKENFLEET, "emulate", "--model", MODEL, "--port", "0", "--json",
+                            "--fixed-ttft", str(ttft_s), "--fixed-tpot", str(tpot_s),
+                            "--max-queue", str(limit)])
+    info = json.loads(backend.wait_for(r"^\{.*\"url\".*\}$").group(0))
+    (workdir / "plan.json").write_text(_plan().model_dump_json())
+    (workdir / "backends.yaml").write_text(
+        f"gateway:\n  max_in_flight: {limit}\n  default_max_in_flight: {limit}\n"
+        f"  health: {{path: {'/health' if health else 'null'}}}\n"
+        f"  connect_timeout_s: 10.0\npools:\n"
+        f"  chat/bench: {{model: {MODEL}, backends: [{info['url']}]}}\n")
+    gateway = ChildProcess([*TOKENFLEET, "serve", "--plan", str(workdir / "plan.json"),
+                            "--backends", str(workdir / "backends.yaml"), "--port", "0",
+                            "--log-level", "warning"])
+    url = gateway.wait_for(r"gateway on (http://127\.0\.0\.1:\d+)").group(1)
+    return backend, gateway, info["url"], url
+
+
+def _loadtest_args(target: str, model: str, rate: float, duration_s: float, tokens: int
+                   ) -> list[str]:
+    """`tokenfleet loadtest` as a process of its own: the generator does not share the
+    gateway's (or this script's) event loop."""
+    return [*TOKENFLEET, "loadtest", "--target", target, "--model", model, "--rate",
+            str(rate), "--duration", str(duration_s), "--input-tokens", "64",
+            "--output-tokens", str(tokens), "--timeout", "300", "--json"]
+
+
+def _loadtest_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENFLEET_API_KEY")}
+    return {**env, "PYTHONUNBUFFERED": "1"}
+
+
+async def isolated_rate(workdir: Path, rate: float, duration_s: float, tokens: int,
+                        slices: int = 3) -> dict:
+    """Added TTFT (gateway path minus direct) and gateway CPU per 1,000 streamed events at
+    ``rate``. Direct and gateway runs alternate in ``slices`` pairs of
+    ``duration_s / slices`` each, each from its own generator process, and the medians
+    over the pairs are reported: on a shared machine, other work comes and goes between
+    two runs, and alternating spreads it over both sides."""
+    backend, gateway, burl, gurl = _start_isolated(workdir, 0.002, 0.001, 20000)
+    part_s = duration_s / slices
+    try:
+        await asyncio.sleep(1.0)
+        load = os.getloadavg()[0]  # how busy the (shared) machine was
+        pairs = []
+        for _ in range(slices):
+            pair = []
+            for target, model in ((burl, MODEL), (gurl, "chat")):
+                cpu0 = gateway.cpu_s()
+                r = subprocess.run(_loadtest_args(target, model, rate, part_s, tokens),
+                                   capture_output=True, text=True, env=_loadtest_env(),
+                                   timeout=part_s + 300)
+                cpu = gateway.cpu_s() - cpu0
+                if r.returncode != 0:
+                    raise RuntimeError(f"loadtest failed: {r.stderr[-500:]}")
+                res = json.loads(r.stdout)
+                pair.append((res, res["tiers"][model]["ttft_s"], cpu))
+            pairs.append(pair)
+
+        def med(xs: list[float]) -> float:
+            return float(np.median(xs))
+
+        d50 = [p[0][1]["p50"] * 1e3 for p in pairs]
+        d99 = [p[0][1]["p99"] * 1e3 for p in pairs]
+        g50 = [p[1][1]["p50"] * 1e3 for p in pairs]
+        g99 = [p[1][1]["p99"] * 1e3 for p in pairs]
+        completed = sum(p[1][0]["completed"] for p in pairs)
+        cpu = sum(p[1][2] for p in pairs)
+        # Events per stream: one per token, the final (finish_reason) one, the usage one
+        # and [DONE].
+        events = completed * (tokens + 3)
+        return {"rate": rate, "duration_s": duration_s, "slices": slices, "tokens": tokens,
+                "requests": sum(p[1][0]["requests"] for p in pairs), "completed": completed,
+                "failed": sum(p[1][0]["failed"] for p in pairs),
+                "direct_ttft_ms": [med(d50), med(d99)],
+                "gateway_ttft_ms": [med(g50), med(g99)],
+                "added_ms": [med([g - d for g, d in zip(g50, d50, strict=True)]),
+                             med([g - d for g, d in zip(g99, d99, strict=True)])],
+                "per_slice_added_ms": [[g - d for g, d in zip(g50, d50, strict=True)],
+                                       [g - d for g, d in zip(g99, d99, strict=True)]],
+                "gateway_cpu_s": cpu, "events": events,
+                "cpu_ms_per_1000_events": cpu / max(events, 1) * 1e6,
+                "cpu_ms_per_request": cpu / max(completed, 1) * 1e3,
+                "load_avg_1min": [load, os.getloadavg()[0]]}
+    finally:
+        gateway.stop()
+        backend.stop()
+
+
+async def isolated_concurrency(workdir: Path, n: int, hold_ttft_s: float, hold_tpot_s: float,
+                               tokens: int, ramp_s: float = 5.0) -> dict:
+    """About ``n`` streams opened within ``ramp_s`` by a generator process, each held
+    ~``hold_ttft_s + tokens * hold_tpot_s`` by the backend: peak in flight, losses and
+    the gateway's peak resident memory."""
+    backend, gateway, _burl, gurl = _start_isolated(workdir, hold_ttft_s, hold_tpot_s,
+                                                    2 * n + 1000, health=False)
+    try:
+        await asyncio.sleep(1.0)
+        rss0 = gateway.rss_mib()
+        load = os.getloadavg()[0]
+        proc = await asyncio.create_subprocess_exec(
+            *_loadtest_args(gurl, "chat", n / ramp_s, ramp_s, tokens), env=_loadtest_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        peak, rss_peak, health_max_s = 0, rss0, 0.0
+        comm = asyncio.create_task(proc.communicate())
+        while not comm.done():
+            await asyncio.sleep(0.25)
+            rss_peak = max(rss_peak, gateway.rss_mib())
+            t0 = time.perf_counter()
+            with contextlib.suppress(aiohttp.ClientError, KeyError, ValueError, TimeoutError):
+                peak = max(peak, await _in_flight(gurl))
+                health_max_s = max(health_max_s, time.perf_counter() - t0)
+        out, err = comm.result()
+        if proc.returncode != 0:
+            raise RuntimeError(f"loadtest failed: {err.decode()[-500:]}")
+        res = json.loads(out)
+        return {"target": n, "requests": res["requests"], "completed": res["completed"],
+                "failed": res["failed"], "rejected": res["rejected"], "errors": res["errors"],
+                "peak_in_flight": peak, "rss_start_mib": rss0, "rss_peak_mib": rss_peak,
+                "health_max_s": health_max_s, "ttft_ms": [
+                    res["tiers"]["chat"]["ttft_s"]["p50"] * 1e3,
+                    res["tiers"]["chat"]["ttft_s"]["p99"] * 1e3]
+                if res["completed"] else None,
+                "hold": [hold_ttft_s, hold_tpot_s, tokens], "ramp_s": ramp_s,
+                "load_avg_1min": [load, os.getloadavg()[0]]}
+    finally:
+        gateway.stop()
+        backend.stop()
+
+
+async def isolated_main(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        rates = [await isolated_rate(workdir, r, args.duration, args.tokens, args.slices)
+                 for r in (float(x) for x in args.rates.split(",") if x)]
+        conc = [await isolated_concurrency(workdir, n, args.hold_ttft, args.hold_tpot,
+                                           args.hold_tokens, args.ramp)
+                for n in (int(x) for x in args.isolated_concurrency.split(",") if x)]
+    return {"isolated": True, "machine": _machine(), "cores": os.cpu_count(),
+            "date": dt.date.today().isoformat(), "rates": rates, "concurrency": conc,
+            "command": " ".join(sys.argv)}
+
+
+def render_isolated(out: dict) -> str:
+    lines = [
+        ISOLATED_SECTION, "",
+        f"Command: `.venv/bin/python benchmarks/gateway.py --isolated` (this run: "
+        f"`{out['command'].replace(str(Path.cwd()) + '/', '')}`)",
+        f"Date: {out['date']}; machine: {out['machine']}, {out['cores']} cores, **shared** "
+        f"with other users' work during the run (no CPU pinning, no quiet-wait in this "
+        f"mode): the figures include that contention; its 1-minute load average is in "
+        f"the tables.", "",
+        "Each component is its own process: the backend (`tokenfleet emulate --fixed-ttft "
+        "0.002 --fixed-tpot 0.001`, near-free: pre-built events), the gateway (`tokenfleet "
+        "serve`), and the load generator (`tokenfleet loadtest --rate R --json`, a separate "
+        "process for each run). Added TTFT = p50/p99 of client TTFT through the gateway "
+        "minus the same of a run straight at the backend right before it (same rate and "
+        "length), median over alternating pairs (`--slices`). CPU = the gateway process's "
+        "CPU time over its run, per 1,000 SSE events "
+        "forwarded (each stream: one event per token, the finish event, the usage event, "
+        "[DONE]).", "",
+        "| rate req/s | tokens/stream | completed / sent | direct TTFT p50 / p99 ms | "
+        "gateway TTFT p50 / p99 ms | **added p50 / p99 ms** | gateway CPU ms per 1,000 "
+        "events (per request) | machine load avg before → after |",
+        "|---|---|---|---|---|---|---|---|"]
+    for r in out["rates"]:
+        lines.append(
+            f"| {r['rate']:.0f} | {r['tokens']} | {r['completed']} / {r['requests']} | "
+            f"{r['direct_ttft_ms'][0]:.2f} / {r['direct_ttft_ms'][1]:.2f} | "
+            f"{r['gateway_ttft_ms'][0]:.2f} / {r['gateway_ttft_ms'][1]:.2f} | "
+            f"**{r['added_ms'][0]:.2f} / {r['added_ms'][1]:.2f}** | "
+            f"{r['cpu_ms_per_1000_events']:.1f} ({r.get('cpu_ms_per_request', 0):.2f}) | "
+            f"{r['load_avg_1min'][0]:.1f} → {r['load_avg_1min'][1]:.1f} |")
+    if out["concurrency"]:
+        h = out["concurrency"][0]["hold"]
+        ramp = out["concurrency"][0].get("ramp_s", 1.0)
+        lines += ["", f"Concurrent streams: a generator process opens about N streams "
+                      f"within {ramp:g} s (Poisson); the backend holds each "
+                      f"~{h[0] + h[1] * h[2]:g} s (TTFT {h[0]:g} s, {h[2]} tokens {h[1]:g} s "
+                      f"apart). Active health checks off (the backend is known alive; on a "
+                      f"starved machine its /health can be slower than the check's timeout). "
+                      f"Peak in flight as the gateway's /health reported it (sampled every "
+                      f"0.25 s); RSS of the gateway process.", "",
+                  "| N | completed / sent | failed | peak in flight | gateway RSS start → "
+                  "peak MiB | slowest /health s | load avg before → after |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in out["concurrency"]:
+            lines.append(f"| {c['target']} | {c['completed']} / {c['requests']} | "
+                         f"{c['failed']} {c['errors'] or ''} | {c['peak_in_flight']} | "
+                         f"{c['rss_start_mib']:.0f} → {c['rss_peak_mib']:.0f} | "
+                         f"{c['health_max_s']:.2f} | {c['load_avg_1min'][0]:.1f} → "
+                         f"{c['load_avg_1min'][1]:.1f} |")
+    for note in out.get("notes", []):  # observations recorded with the run's JSON
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(name: str, section: str) -> None:
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    start = text.find(name)
+    if start >= 0:
+        nxt = text.find("\n## ", start + len(name))
+        text = text[:start] + section.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
+    RESULTS.write_text(text)
+
+
 def null_proxy_main(backend: str, port: int) -> None:
     """The floor of the stack: the same aiohttp server and pooled client, passing bytes
     through with no parsing, routing, auth, retries or metrics. Run as a subprocess."""
@@ -720,6 +937,15 @@ def main() -> None:
     ap.add_argument("--render", type=Path,
                     help="measure nothing: print (and with --write-results, write) the "
                          "section for the raw results of an earlier --json")
+    ap.add_argument("--isolated", action="store_true",
+                    help="issue 18: generator in its own process; added TTFT, CPU per 1,000 "
+                         "events, and --isolated-concurrency streams")
+    ap.add_argument("--isolated-concurrency", default="2000,10000",
+                    help="concurrent streams to hold (with --isolated)")
+    ap.add_argument("--slices", type=int, default=3,
+                    help="alternating direct/gateway pairs per rate (with --isolated)")
+    ap.add_argument("--ramp", type=float, default=5.0,
+                    help="seconds over which --isolated-concurrency streams are opened")
     ap.add_argument("--write-results", action="store_true",
                     help=f"replace the '{SECTION}' section of benchmarks/RESULTS.md")
     args = ap.parse_args()
@@ -730,6 +956,17 @@ def main() -> None:
     freeze_startup_heap()
     if args.null_proxy:
         null_proxy_main(args.null_proxy, 0)
+        return
+    if args.isolated:
+        out = (json.loads(args.render.read_text()) if args.render
+               else asyncio.run(isolated_main(args)))
+        if args.json and not args.render:
+            args.json.write_text(json.dumps(out, indent=2))
+        section = render_isolated(out)
+        print(section)
+        if args.write_results:
+            write_section(ISOLATED_SECTION, section)
+            print(f"updated {RESULTS}")
         return
     if args.render:
         out = json.loads(args.render.read_text())

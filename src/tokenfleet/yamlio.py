@@ -33,17 +33,16 @@ class LazyNode:
 
 def read_yaml(path: Path) -> tuple[Any, LazyNode | None]:
     """Parse ``path``; return the data and its (lazily built) node tree, for line numbers."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise TokenfleetError(f"{path}: cannot read file ({e.strerror})") from None
+    from tokenfleet.fileio import read_text
+
+    text = read_text(path, "YAML file")
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
         node = LazyNode(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e)
+        problem = (getattr(e, "problem", None) or str(e)).strip().splitlines()[0]
         raise TokenfleetError(f"{where}: malformed YAML: {problem}") from None
     return data, node
 
@@ -73,6 +72,13 @@ def _line_in(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x01``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def format_validation_error(
     err: ValidationError, source: str, node: yaml.Node | LazyNode | None = None,
     prefix: tuple = ()
@@ -80,10 +86,11 @@ def format_validation_error(
     lines = []
     for e in err.errors():
         loc = prefix + tuple(e["loc"])
-        field = ".".join(str(p) for p in loc) or "(top level)"
+        # Escaped: a key with a line break in it must not split the message.
+        field = _printable(".".join(str(p) for p in loc)) or "(top level)"
         ln = line_of(node, loc)
         where = f"{source}:{ln}" if ln else source
-        msg = e["msg"]
+        msg = _printable(e["msg"])
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif e["type"] == "literal_error":

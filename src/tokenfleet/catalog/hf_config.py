@@ -121,10 +121,9 @@ class _Config:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise TokenfleetError(f"{path}: cannot read file ({e.strerror})") from None
+    from tokenfleet.fileio import read_text
+
+    text = read_text(path, "config.json")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

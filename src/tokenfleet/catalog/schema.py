@@ -8,7 +8,7 @@ source gives (a Maia 200 price, a TPU's TDP) is an *assumption*: it is listed in
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -116,6 +116,9 @@ class ModelSpec(_Strict):
     intermediate_size: int = Field(gt=0, description="FFN width of dense layers")
     gated_mlp: bool = Field(True, description="SwiGLU/GeGLU (3 matrices) vs plain MLP (2)")
     max_context: int = Field(gt=0, description="max position embeddings, tokens")
+    max_context_tokens: int | None = Field(
+        None, gt=0, description="longest prompt + output served by default, tokens (vLLM's "
+                                "default max_model_len); default: max_context")
 
     # Multi-latent attention (DeepSeek-V2/V3/R1). When kv_lora_rank is set the KV cache
     # holds one compressed latent plus the decoupled RoPE key per token and layer.
@@ -151,6 +154,14 @@ class ModelSpec(_Strict):
     @property
     def is_mla(self) -> bool:
         return self.kv_lora_rank is not None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_context(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_context_tokens") is None \
+                and "max_context" in data:
+            data = {**data, "max_context_tokens": data["max_context"]}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:

@@ -215,13 +215,11 @@ def estimate_cmd(
 def _run_batch(path: Path, cat) -> None:
     from pydantic import ValidationError
 
+    from tokenfleet.fileio import read_text
     from tokenfleet.perf.estimate import Query, estimate
     from tokenfleet.yamlio import format_validation_error
 
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise TokenfleetError(f"{path}: cannot read ({e.strerror})") from None
+    lines = read_text(path, "batch file").splitlines()
     out = sys.stdout
     for i, line in enumerate(lines, start=1):
         if not line.strip():
@@ -417,7 +415,9 @@ def calibrate_cmd(
         path = write_fit(cal)
         console(stderr=True).print(f"wrote {path}")
     if out:
-        out.write_text(json.dumps(ev.rows, indent=1))
+        from tokenfleet.fileio import write_text
+
+        write_text(out, json.dumps(ev.rows, indent=1))
     if json_out:
         print(json.dumps(cal.to_json(), indent=2))
         return

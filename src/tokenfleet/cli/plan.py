@@ -294,7 +294,9 @@ def plan_cmd(
     whatif.record(plan, w, cmp)
     plan.source = whatif.source(scenario, set_ or [], without or [], require or [], budget,
                                 power_mw)
-    out.write_text(plan.model_dump_json(indent=2))
+    from tokenfleet.fileio import write_text
+
+    write_text(out, plan.model_dump_json(indent=2))
     html_path = None
     if report is None or str(report) != "-":
         from tokenfleet.report.plan_html import write_plan_report

@@ -4,6 +4,7 @@ the work is in ``gateway``, ``emulator`` and ``loadgen`` next to this module."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.fileio import write_text
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output (JSON)")]
 HostOpt = Annotated[str, typer.Option(help="address to listen on (127.0.0.1 = this machine "
@@ -42,17 +44,31 @@ def _logging(level: str) -> None:
 
 
 async def _serve_until_signal(start: Callable[[], Awaitable[None]],
-                              stop: Callable[[], Awaitable[None]]) -> None:
-    """Run ``start()``, wait for SIGINT/SIGTERM, run ``stop()``."""
+                              stop: Callable[[], Awaitable[None]],
+                              on_hup: Callable[[], None] | None = None) -> None:
+    """Run ``start()``, wait for SIGINT/SIGTERM, run ``stop()`` (a second signal
+    during ``stop()`` ends at once); SIGHUP calls ``on_hup``."""
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
+    if on_hup is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     await start()
     try:
         await done.wait()
+        done.clear()
+        stopping = asyncio.ensure_future(stop())
+        again = asyncio.ensure_future(done.wait())
+        await asyncio.wait({stopping, again}, return_when=asyncio.FIRST_COMPLETED)
+        again.cancel()
+        if not stopping.done():
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopping
     finally:
-        await stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 # ---- serve ---------------------------------------------------------------------------
@@ -100,6 +116,10 @@ def serve_cmd(
     for w in check_against_plan(spec, the_plan, str(backends)):
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
     keys = ApiKeys.load(api_keys_file)
+    if not keys.enabled and os.environ.get("TOKENFLEET_API_KEY"):
+        keys = ApiKeys.load(api_keys_file, env_var="TOKENFLEET_API_KEY")
+        typer.secho("note: $TOKENFLEET_API_KEY is deprecated for serve; set "
+                    "$TOKENFLEET_API_KEYS (comma-separated)", fg=typer.colors.YELLOW, err=True)
     if not keys.enabled:
         if not _is_loopback(host) and not no_auth:
             raise TokenfleetError(
@@ -107,10 +127,27 @@ def serve_cmd(
                 f"--api-keys-file or $TOKENFLEET_API_KEYS, or --no-auth to accept anyone")
         typer.secho("warning: API-key authentication is off", fg=typer.colors.YELLOW, err=True)
     gateway = Gateway(the_plan, spec, keys, policy=policy, tokenizer=tokenizer)
+
+    def reload_files() -> list[str]:
+        """Re-read plan and backends (SIGHUP, POST /admin/reload); a bad file raises
+        TokenfleetError and the running configuration stays."""
+        new_plan = load_plan(plan)
+        new_spec = load_backends(backends)
+        return gateway.reload(new_plan, new_spec)
+
+    gateway.reloader = reload_files
     install_uvloop()
     raise_fd_limit()
     freeze_startup_heap()
     server = RunningServer(gateway.make_app(), host, port)
+    log = logging.getLogger("tokenfleet.serve")
+
+    def on_hup() -> None:
+        try:
+            for w in reload_files():
+                log.warning("reload: %s", w)
+        except TokenfleetError as e:
+            log.error("reload refused, old configuration kept: %s", e)
 
     async def start() -> None:
         await server.start()
@@ -121,10 +158,23 @@ def serve_cmd(
                    f"{'on (' + str(len(keys)) + ' keys)' if keys.enabled else 'off'}",
                    err=True)
 
-    asyncio.run(_serve_until_signal(start, server.stop))
+    async def stop() -> None:
+        await gateway.drain()
+        await server.stop()
+
+    asyncio.run(_serve_until_signal(start, stop, on_hup))
 
 
 # ---- emulate -------------------------------------------------------------------------
+
+def _context_of(model: str) -> int | None:
+    from tokenfleet.catalog.loader import load_catalog
+
+    try:
+        return load_catalog().model(model).max_context_tokens
+    except (TokenfleetError, KeyError):
+        return None
+
 
 def emulate_cmd(
     accelerator: Annotated[str | None, typer.Option("--accelerator", "-a",
@@ -224,7 +274,8 @@ def emulate_cmd(
                 "precision": unit_model.precision.name, "layout": unit_model.layout.model_dump(),
                 "max_batch_per_replica": eng.max_batch, "pacing": "model"}
     emulator = Emulator(eng, served_model or spec.model, faults, seed=seed,
-                        exit_on_die=True, info=info)
+                        exit_on_die=True, info=info,
+                        max_context_tokens=_context_of(spec.model))
     install_uvloop()
     raise_fd_limit()
     freeze_startup_heap()
@@ -310,8 +361,9 @@ def loadtest_cmd(
                                                      )] = None,
     output_tokens: Annotated[int | None, typer.Option(help="fixed output tokens (with "
                                                            "--rate)")] = None,
-    api_key_env: Annotated[str, typer.Option(help="environment variable with the API key"
-                                             )] = "TOKENFLEET_API_KEY",
+    api_key_env: Annotated[str, typer.Option(
+        help="environment variable with the API key (the first, if it lists several: the "
+             "variable `serve` reads)")] = "TOKENFLEET_API_KEYS",
     completions: Annotated[bool, typer.Option(help="use /v1/completions instead of chat"
                                               )] = False,
     stream: Annotated[bool, typer.Option(help="streaming requests (needed for TTFT/TPOT)"
@@ -337,7 +389,13 @@ def loadtest_cmd(
     from tokenfleet.route.server import freeze_startup_heap, install_uvloop, raise_fd_limit
     from tokenfleet.workload.readers import read_trace
 
-    api_key = os.environ.get(api_key_env) or None
+    api_key = (os.environ.get(api_key_env) or "").split(",")[0].strip() or None
+    if api_key is None and api_key_env == "TOKENFLEET_API_KEYS" \
+            and os.environ.get("TOKENFLEET_API_KEY"):
+        # The name loadtest used before serve and loadtest shared one.
+        api_key = os.environ["TOKENFLEET_API_KEY"].strip()
+        typer.secho("note: $TOKENFLEET_API_KEY is deprecated; set $TOKENFLEET_API_KEYS (the "
+                    "variable serve reads)", fg=typer.colors.YELLOW, err=True)
     tr = read_trace(trace, format=format) if trace is not None else None
     if tier_mix:
         mix = _mix(tier_mix)
@@ -371,7 +429,7 @@ def loadtest_cmd(
     summary = summarize(result, target=target)
     text = summary.model_dump_json(indent=2)
     if out is not None:
-        out.write_text(text + "\n")
+        write_text(out, text + "\n")
     if json_out:
         typer.echo(text)
         return

@@ -307,6 +307,9 @@ def sweep_cmd(
         help="Ray cluster to join (host:port or auto); default: a local Ray")] = None,
     workers: Annotated[int | None, typer.Option(
         help="local Ray CPUs (default: all cores)")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="skip the points a crashed or stopped run already finished (kept "
+                         "in OUT.points.jsonl as each completes)")] = False,
 ) -> None:
     """Run a grid of what-ifs (plan + simulate per point) in parallel on Ray.
 
@@ -327,18 +330,36 @@ def sweep_cmd(
     """
     from tokenfleet.cli.progress import progress
     from tokenfleet.report.sweep_html import write_sweep
-    from tokenfleet.sim.sweep import load_grid, run_sweep
+    from tokenfleet.sim.sweep import (
+        append_journal,
+        journal_path,
+        load_grid,
+        read_journal,
+        run_sweep,
+    )
 
     spec = load_grid(grid)
     points = spec.points()
+    journal = journal_path(out)
+    done_rows = read_journal(journal, spec) if resume else {}
+    if not resume:
+        journal.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
     err = Console(stderr=True)
-    done = [0]
     with progress("sweep points", len(points)) as tick:
-        def on_point(i: int, row: dict[str, Any]) -> None:
+        done = [len(done_rows)]
+        tick(done[0])
+
+        def finished(i: int, row: dict[str, Any]) -> None:
+            append_journal(journal, spec, i, row)  # each point on disk as it completes
             done[0] += 1
             tick(done[0])
 
-        rows = run_sweep(spec, workers=workers, address=address, on_point=on_point)
+        rows = run_sweep(spec, workers=workers, address=address, on_point=finished,
+                         done_rows=done_rows)
+    if done_rows:
+        err.print(f"resumed: {len(done_rows)} of {len(points)} point(s) were already done")
     paths = write_sweep(rows, spec, out)
 
     print_sweep(rows, Console(width=None if Console().is_terminal else 160))

@@ -40,6 +40,7 @@ import numpy as np
 
 from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.catalog.schema import Accelerator
+from tokenfleet.fileio import write_text
 from tokenfleet.perf import architecture as arch
 from tokenfleet.perf.measurements import (
     ASSUMPTIONS,
@@ -473,6 +474,6 @@ def load_fit(path: Path | None = None) -> Calibration:
 
 def write_fit(cal: Calibration, path: Path | None = None) -> Path:
     p = path or fit_path()
-    p.write_text(json.dumps(cal.to_json(), indent=2, sort_keys=False) + "\n")
+    write_text(p, json.dumps(cal.to_json(), indent=2, sort_keys=False) + "\n")
     _CACHE.pop(str(p), None)
     return p

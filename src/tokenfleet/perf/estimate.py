@@ -304,8 +304,14 @@ def _resolve(q: Query, catalog: Catalog, cal: Calibration) -> _Resolved:
             "concurrency" if q.concurrency else "offline")
     engine = q.engine or (b.group.split("/")[1] if b.group else DEFAULT_ENGINE)
     batching = q.batching or engine_profile(engine).batching
-    return _Resolved(catalog.model(q.model), accel, precision, kv_prec, b, engine, mode,
-                     batching, _techniques(q, catalog))
+    model = catalog.model(q.model)
+    ctx = model.max_context_tokens
+    if ctx is not None and q.input_len + q.output_len > ctx:
+        raise TokenfleetError(
+            f"input {q.input_len} + output {q.output_len} tokens is beyond {model.id}'s context "
+            f"of {ctx} tokens (catalog max_context_tokens): no server would accept it")
+    return _Resolved(model, accel, precision, kv_prec, b, engine, mode, batching,
+                     _techniques(q, catalog))
 
 
 def _operating_point(q: Query, r: _Resolved) -> OperatingPoint:

@@ -310,13 +310,11 @@ def load_plan(path: str | Path) -> Plan:
     """Read a ``plan.json``; errors name the file and field."""
     from pydantic import ValidationError
 
+    from tokenfleet.fileio import read_text
     from tokenfleet.yamlio import format_validation_error
 
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise TokenfleetError(f"{p}: cannot read plan ({e.strerror})") from None
+    text = read_text(p, "plan")
     try:
         return Plan.model_validate_json(text)
     except ValidationError as e:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tokenfleet import __version__
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.fileio import write_text
 from tokenfleet.quality.formats import FORMAT_NAMES, PLANNER_FORMATS, PLANNER_PRECISIONS
 
 Kind = Literal["causal-lm", "encoder"]
@@ -130,7 +131,7 @@ class QualityReport(BaseModel):
 
     def write(self, path: str | Path) -> None:
         """Write :meth:`to_json` to ``path``."""
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        write_text(path, self.to_json() + "\n")
 
 
 def load_report(path: str | Path) -> QualityReport:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tokenfleet.fileio import write_text
 from tokenfleet.plan.check import Finding, check_plan, pool_load
 from tokenfleet.plan.economics import PlanEconomics
 from tokenfleet.plan.schema import Plan, PlanUnit
@@ -329,4 +330,4 @@ def write_plan_report(plan: Plan, path: Path) -> None:
     """Write the report to ``path`` (UTF-8), creating its directory if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_plan_report(plan), encoding="utf-8")
+    write_text(path, render_plan_report(plan))

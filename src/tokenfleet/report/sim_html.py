@@ -14,6 +14,7 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.fileio import write_parquet, write_text
 from tokenfleet.report.html_page import Figure, esc, figure_html, page, table
 from tokenfleet.sim.metrics import cdf_points
 
@@ -172,7 +173,7 @@ def render(result: SimResult, ts: pl.DataFrame) -> str:
 
 def write_report(result: SimResult, path: Path, ts: pl.DataFrame | None = None) -> Path:
     ts = ts if ts is not None else result.timeseries()
-    path.write_text(render(result, ts))
+    write_text(path, render(result, ts))
     return path
 
 
@@ -186,9 +187,9 @@ def write_simulation(result: SimResult, out_dir: str | Path, html: bool = True
         raise TokenfleetError(f"--out {out}: cannot create directory ({e.strerror})"
                               ) from None
     paths = {"summary": out / "summary.json", "timeseries": out / "timeseries.parquet"}
-    paths["summary"].write_text(result.summary.model_dump_json(indent=2))
+    write_text(paths["summary"], result.summary.model_dump_json(indent=2))
     ts = result.timeseries()
-    ts.write_parquet(paths["timeseries"])
+    write_parquet(paths["timeseries"], ts)
     if html:
         paths["report"] = write_report(result, out / "report.html", ts)
     return paths

@@ -8,6 +8,7 @@ from typing import Any
 import polars as pl
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.fileio import write_parquet, write_text
 from tokenfleet.report.html_page import Figure, esc, figure_html, page
 from tokenfleet.sim.sweep import GridSpec, results_frame
 
@@ -17,11 +18,11 @@ def write_sweep(rows: list[dict[str, Any]], spec: GridSpec, out: Path) -> list[P
     df = results_frame(rows)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        df.write_parquet(out)
+        write_parquet(out, df)
     except OSError as e:
         raise TokenfleetError(f"--out {out}: cannot write ({e.strerror})") from None
     html = out.with_suffix(".html")
-    html.write_text(_plot(df, spec))
+    write_text(html, _plot(df, spec))
     return [out, html]
 
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.fileio import read_text
 
 ENV_VAR = "TOKENFLEET_API_KEYS"
 MIN_KEY_CHARS = 8  # shorter keys are guessable; refuse them at start-up
@@ -46,6 +47,12 @@ class ApiKeys:
         """True when ``Authorization: Bearer <key>`` (or ``api-key: <key>``) is accepted."""
         if not self._digests:
             return True
+        return self.identify(authorization, api_key_header) is not None
+
+    def identify(self, authorization: str | None, api_key_header: str | None = None
+                 ) -> bytes | None:
+        """The digest of the accepted key the request carries (None: none accepted);
+        what per-key limits are kept under."""
         key = None
         if authorization:
             scheme, _, value = authorization.partition(" ")
@@ -53,7 +60,10 @@ class ApiKeys:
                 key = value.strip()
         if key is None and api_key_header:
             key = api_key_header.strip()
-        return bool(key) and _digest(key) in self._digests  # type: ignore[arg-type]
+        if not key:
+            return None
+        d = _digest(key)
+        return d if d in self._digests else None
 
     @classmethod
     def load(cls, path: str | Path | None = None, env_var: str | None = ENV_VAR) -> ApiKeys:
@@ -61,10 +71,7 @@ class ApiKeys:
         keys = cls()
         if path is not None:
             p = Path(path)
-            try:
-                lines = p.read_text().splitlines()
-            except OSError as e:
-                raise TokenfleetError(f"{p}: cannot read API keys ({e.strerror})") from None
+            lines = read_text(p, "API keys").splitlines()
             for n, line in enumerate(lines, 1):
                 line = line.strip()
                 if not line or line.startswith("#"):  # '#' inside a key is allowed

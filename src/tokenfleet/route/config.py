@@ -51,6 +51,38 @@ class BreakerSettings(_Strict):
     cooldown_s: float = Field(5.0, gt=0, description="open time before one trial request")
 
 
+class OutlierSettings(_Strict):
+    """Gray-failure detection per backend (see ``route/outlier.py``)."""
+
+    enabled: bool = True
+    ewma_alpha: float = Field(0.3, gt=0, le=1, description="weight of a new latency sample")
+    slow_factor: float = Field(3.0, gt=1, description="slower than its peers' median by this "
+                                                      "factor: an outlier")
+    min_samples: int = Field(5, ge=1, description="samples on each side before judging")
+    min_difference_s: float = Field(0.01, ge=0, description="ignore smaller gaps (noise)")
+    base_ejection_s: float = Field(10.0, gt=0, description="first cool-down; x times ejected")
+    max_ejection_s: float = Field(300.0, gt=0)
+    max_ejection_percent: float = Field(50.0, ge=0, le=100,
+                                        description="of a pool at once (at least one)")
+
+
+class Limits(_Strict):
+    """Token buckets and a concurrency cap; beyond them: HTTP 429 + Retry-After."""
+
+    requests_per_s: float | None = Field(None, gt=0, description="sustained request rate")
+    burst_requests: float | None = Field(None, gt=0, description="bucket size; default: "
+                                                                 "one second of rate, >= 1")
+    tokens_per_min: float | None = Field(None, gt=0, description="prompt + max_tokens")
+    max_in_flight: int | None = Field(None, ge=1, description="concurrent requests")
+
+
+class TierSettings(_Strict):
+    resume_streams: bool | None = Field(None, description="override gateway.resume_streams")
+    max_context_tokens: int | None = Field(None, ge=1, description="prompt + max_tokens "
+                                           "limit; default: the catalog model's")
+    limits: Limits = Limits()
+
+
 class GatewaySettings(_Strict):
     policy: str = Field("plan", description=f"routing policy: {', '.join(POLICIES)}")
     max_attempts: int = Field(3, ge=1, le=10,
@@ -66,6 +98,15 @@ class GatewaySettings(_Strict):
                                        description="per backend when its pool gives none")
     health: HealthSettings = HealthSettings()
     breaker: BreakerSettings = BreakerSettings()
+    outlier: OutlierSettings = OutlierSettings()
+    resume_streams: bool = Field(True, description="continue a stream on another backend "
+                                                   "when its backend fails mid-way")
+    max_resumes: int = Field(3, ge=0, le=10, description="resumptions per stream")
+    drain_accept_s: float = Field(5.0, ge=0, description="after SIGTERM, keep accepting new "
+                                                         "requests this long")
+    drain_timeout_s: float = Field(30.0, gt=0, description="after SIGTERM, wait this long for "
+                                                           "requests in flight")
+    per_key: Limits = Field(Limits(), description="limits of each API key")
 
     @field_validator("policy")
     @classmethod
@@ -106,6 +147,8 @@ class PoolBackends(_Strict):
 
 class BackendsFile(_Strict):
     gateway: GatewaySettings = GatewaySettings()
+    tiers: dict[str, TierSettings] = Field(default_factory=dict,
+                                           description="per tier: limits, resume_streams")
     pools: dict[str, PoolBackends] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -135,6 +178,12 @@ def check_against_plan(backends: BackendsFile, plan: Plan, source: str = "backen
     """Raise when the backends file names pools the plan lacks, or leaves a tier with
     no backend at all; return warnings (plan pools without backends, missing keys)."""
     known = {u.pool: u for u in plan.units}
+    tiers = {t.name for t in plan.tiers}
+    bad_tiers = [t for t in backends.tiers if t not in tiers]
+    if bad_tiers:
+        raise TokenfleetError(
+            f"{source}: tier(s) {', '.join(repr(t) for t in bad_tiers)} under 'tiers:' are not "
+            f"in the plan; plan tiers: {', '.join(sorted(tiers))}")
     unknown = [p for p in backends.pools if p not in known]
     if unknown:
         raise TokenfleetError(

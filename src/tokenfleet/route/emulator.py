@@ -30,7 +30,14 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.unit import Layout, UnitModel
 from tokenfleet.plan.schema import PlanUnit
 from tokenfleet.plan.units import unit_model
-from tokenfleet.route.openai_api import ApiError, Kind, ParsedRequest, error_body, parse_request
+from tokenfleet.route.openai_api import (
+    ApiError,
+    Kind,
+    ParsedRequest,
+    check_context,
+    error_body,
+    parse_request,
+)
 from tokenfleet.route.pace import (
     Engine,
     FixedLatencyEngine,
@@ -70,6 +77,23 @@ class Faults:
                 raise ApiError(400, "'error_rate' must be a number in [0, 1]",
                                param="error_rate")
             self.error_rate = float(v)
+
+
+def _check_continuation(parsed: ParsedRequest) -> None:
+    """``continue_final_message`` as vLLM takes it: the last message is the assistant's
+    and is continued (so no generation prompt is added); the prompt counted includes it,
+    and only ``max_tokens`` more are generated — how the gateway resumes a stream."""
+    b = parsed.body
+    if not b.get("continue_final_message"):
+        return
+    msgs = b.get("messages")
+    if parsed.kind != "chat" or not isinstance(msgs, list) or not msgs \
+            or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
+        raise ApiError(400, "continue_final_message needs a final message with role "
+                            "'assistant'", param="continue_final_message")
+    if b.get("add_generation_prompt", True) is not False:
+        raise ApiError(400, "continue_final_message and add_generation_prompt cannot both "
+                            "be true", param="add_generation_prompt")
 
 
 @dataclass(frozen=True)
@@ -126,7 +150,8 @@ class Emulator:
 
     def __init__(self, engine: Engine | FixedLatencyEngine, served_model: str,
                  faults: Faults | None = None, seed: int = 0, exit_on_die: bool = False,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None,
+                 max_context_tokens: int | None = None) -> None:
         self.engine = engine
         self.served_model = served_model
         self.faults = faults or Faults()
@@ -134,6 +159,7 @@ class Emulator:
         self.rng = random.Random(seed)
         self.exit_on_die = exit_on_die
         self.info = info or {}
+        self.max_context_tokens = max_context_tokens  # prompt + max_tokens; None: no limit
         self.server: RunningServer | None = None
         self.errors_injected = 0
         self.rejected = 0
@@ -253,6 +279,8 @@ class Emulator:
             raise ApiError(404, f"The model `{parsed.model[:200]}` does not exist; this "
                                 f"server serves `{self.served_model}`",
                            code="model_not_found", param="model")
+        check_context(parsed, self.max_context_tokens)
+        _check_continuation(parsed)
         if self.faults.error_rate and self.rng.random() < self.faults.error_rate:
             self.errors_injected += 1
             raise ApiError(500, "injected fault: internal server error", "server_error",

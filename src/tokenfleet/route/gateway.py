@@ -15,10 +15,18 @@ What happens to one request (see ``Gateway._proxy``):
    was sent to the client* (connection refused or reset, HTTP 5xx/429 from the
    backend) is retried on another backend of the pool, then on the next-cheapest
    pool with headroom, up to ``max_attempts``;
-4. every accepted request ends in exactly one of: a full response, an OpenAI error
-   response (429 saturated, 502 all attempts failed, 503 no healthy backend, 504
-   timeout), or — once streaming has started — an SSE ``error`` event. A client that
-   disconnects cancels the upstream request (the connection to the backend is closed).
+4. a stream whose backend fails after the client got tokens is resumed on another
+   backend (same pool first) with the prompt plus the text so far and ``max_tokens``
+   less what was delivered, and stitched into one response (``route/resume.py``);
+5. every accepted request ends in exactly one of: a full response, an OpenAI error
+   response (429 saturated or over a key's / tier's limit, 502 all attempts failed,
+   503 no healthy backend or draining, 504 timeout), or — only when every attempt to
+   resume failed — an SSE ``error`` event. A client that disconnects cancels the
+   upstream request (the connection to the backend is closed).
+
+Slow backends are ejected by outlier detection (``route/outlier.py``); SIGTERM drains
+(:meth:`Gateway.drain`), SIGHUP and ``POST /admin/reload`` swap in new files
+(:meth:`Gateway.reload`).
 
 The gateway keeps no per-request state after a request ends: counters, breakers and
 histograms are per backend / tier / pool only.
@@ -32,7 +40,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +56,32 @@ from tokenfleet.plan.schema import Plan
 from tokenfleet.route.auth import ApiKeys
 from tokenfleet.route.backend_metrics import MetricsScraper
 from tokenfleet.route.breaker import BreakerState
-from tokenfleet.route.config import BackendsFile
+from tokenfleet.route.config import BackendsFile, check_against_plan
+from tokenfleet.route.limits import Bucket, admit, release
 from tokenfleet.route.metrics import CONTENT_TYPE, NO_POOL, GatewayMetrics
 from tokenfleet.route.openai_api import (
     ApiError,
     Kind,
     ParsedRequest,
+    check_context,
     dump_json,
     error_body,
     load_json,
     parse_request,
+)
+from tokenfleet.route.outlier import (
+    ejection_s,
+    may_eject,
+    relative_speed,
+    slow_reason,
+)
+from tokenfleet.route.resume import (
+    Delivered,
+    can_resume,
+    continuation_body,
+    first_id,
+    rewrite_usage,
+    split_events,
 )
 from tokenfleet.route.router import Backend, Choice, Pool, Router, TierRoutes, Verdict
 from tokenfleet.route.upstream import (
@@ -75,13 +101,26 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
                 "X-Accel-Buffering": "no"}
 # Upstream statuses worth another backend: overloaded (429) or broken (5xx).
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_MAX_ERROR_BODY = 4096  # bytes of an upstream error body quoted back to the client
+_MAX_ERROR_BODY = 4096
+# Events of a stream after which its backend's TPOT is sampled for outlier detection.
+_TPOT_SAMPLE_EVENTS = 6  # bytes of an upstream error body quoted back to the client
 
 
 def safe_url(url: str) -> str:
     """``url`` without user:password, for logs and metric labels."""
     u = URL(url)
     return str(u.with_user(None)) if u.user or u.password else url
+
+
+@cache
+def _catalog_context(model: str) -> int | None:
+    """The catalog's context length of ``model`` (None for a model it does not know)."""
+    from tokenfleet.catalog.loader import load_catalog
+
+    try:
+        return load_catalog().model(model).max_context_tokens
+    except (TokenfleetError, KeyError):
+        return None
 
 
 def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -106,6 +145,15 @@ class _SSEResponse(web.StreamResponse):
     _send_headers_immediately = False
 
 
+class _Resume(Exception):
+    """The backend failed after the client got part of the stream: continue it at
+    another backend (see ``route/resume.py``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class _Retry(Exception):
     """An attempt failed before anything reached the client: try elsewhere."""
 
@@ -128,6 +176,14 @@ class _Ctx:
     deadline: float  # monotonic, seconds
     request_id: str
     attempts: int = 0
+    # Streams only: what the client got so far and the response it gets it on, kept
+    # across backends when a stream is resumed elsewhere.
+    delivered: Delivered | None = None
+    resp: web.StreamResponse | None = None
+    resumes: int = 0
+    t_first: float | None = None
+    events: int = 0
+    limits: tuple[Bucket, ...] = ()
 
 
 class Gateway:
@@ -154,27 +210,83 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.in_flight = 0
         self.created = int(time.time())
+        self.draining_since: float | None = None  # monotonic s of SIGTERM
+        # Called by POST /admin/reload (set by `tokenfleet serve`: it knows the files).
+        self.reloader: Callable[[], list[str]] | None = None
+        self._policy = policy
+        self._seed = seed
         self._upstream: UpstreamClient | None = None
         self._health_session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task[None] | None = None
-        for b in self.router.all_backends():
-            self.metrics.child(self.metrics.backend_up, b.pool, safe_url(b.url)).set(1)
+        self._key_buckets: dict[bytes, Bucket] = {}
+        self._install(plan, backends, Router(plan, backends, policy=policy, seed=seed))
+
+    def _install(self, plan: Plan, backends: BackendsFile, router: Router) -> None:
+        """Make ``router`` (and the files it came from) the live configuration. All that
+        can fail is computed before anything is replaced."""
         # Per request only bytes are joined: each backend's request line and Host
         # header, and each pool's Authorization line, are built once here.
-        self._targets: dict[tuple[Backend, Kind], Target] = {}
-        for b in self.router.all_backends():
+        targets: dict[tuple[Backend, Kind], Target] = {}
+        for b in router.all_backends():
             for kind, path in _PATHS.items():
                 try:
-                    self._targets[(b, kind)] = make_target(b.url, path)
+                    targets[(b, kind)] = make_target(b.url, path)
                 except ValueError as e:
                     raise TokenfleetError(f"pool '{b.pool}': {e}") from None
-        self._auth_lines: dict[str, bytes] = {}
-        for p in self.router.pools.values():
+        auth_lines: dict[str, bytes] = {}
+        for p in router.pools.values():
             if p.api_key and any(c in p.api_key for c in "\r\n"):
                 raise TokenfleetError(f"pool '{p.name}': the backend API key contains a line "
                                       f"break")
-            self._auth_lines[p.name] = (f"Authorization: Bearer {p.api_key}\r\n".encode()
-                                        if p.api_key else b"")
+            auth_lines[p.name] = (f"Authorization: Bearer {p.api_key}\r\n".encode()
+                                  if p.api_key else b"")
+        now = time.monotonic()
+        tier_buckets: dict[str, Bucket] = {}
+        contexts: dict[str, int | None] = {}
+        resume: dict[str, bool] = {}
+        for name, tier in router.tiers.items():
+            ts = backends.tiers.get(name)
+            lim = ts.limits if ts is not None else None
+            if lim is not None:
+                tier_buckets[name] = Bucket(f"tier {name}", lim.requests_per_s,
+                                            lim.burst_requests, lim.tokens_per_min,
+                                            lim.max_in_flight, now)
+            contexts[name] = (ts.max_context_tokens if ts is not None
+                              and ts.max_context_tokens else _catalog_context(tier.model))
+            resume[name] = (ts.resume_streams if ts is not None
+                            and ts.resume_streams is not None
+                            else backends.gateway.resume_streams)
+        self.plan = plan
+        self.backends = backends
+        self.settings = backends.gateway
+        self.router = router
+        self._targets = targets
+        self._auth_lines = auth_lines
+        self._tier_buckets = tier_buckets
+        self._contexts = contexts
+        self._resume = resume
+        self._key_buckets.clear()
+        for b in router.all_backends():
+            self._set_up_gauge(b)
+
+    def reload(self, plan: Plan, backends: BackendsFile) -> list[str]:
+        """Swap in a new plan and backends file without dropping a connection: requests
+        in flight finish on the configuration they started with; backends kept (same
+        pool and URL) keep their live state. Raises :class:`TokenfleetError` (and keeps
+        the old configuration) when the new one is invalid; returns warnings."""
+        warnings = check_against_plan(backends, plan)
+        router = Router(plan, backends, policy=self._policy, seed=self._seed)
+        old = {(b.pool, b.url): b for b in self.router.all_backends()}
+        for p in router.pools.values():
+            for i, b in enumerate(p.backends):
+                prev = old.get((b.pool, b.url))
+                if prev is not None:
+                    prev.max_in_flight = b.max_in_flight
+                    p.backends[i] = prev
+        self._install(plan, backends, router)
+        log.warning("configuration reloaded: %d tier(s), %d pool(s), %d backend(s)",
+                    len(router.tiers), len(router.pools), sum(1 for _ in router.all_backends()))
+        return warnings
 
     # ---- application ----------------------------------------------------------------
 
@@ -188,6 +300,7 @@ class Gateway:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/admin/reload", self._admin_reload)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -228,7 +341,9 @@ class Gateway:
         escapes as a crash. (One middleware, not two: each is a coroutine layer on
         every request.)"""
         try:
-            if self.keys.enabled and request.path.startswith("/v1/"):
+            if request.path.startswith("/admin/"):
+                self._authenticate_admin(request)
+            elif self.keys.enabled and request.path.startswith("/v1/"):
                 self._authenticate(request)
             return await handler(request)
         except ApiError as e:
@@ -249,6 +364,30 @@ class Gateway:
             log.exception("internal error on %s %s", request.method, request.path)
             return _json(500, error_body("internal gateway error", "server_error",
                                          "internal_error"))
+
+    def _authenticate_admin(self, request: web.Request) -> None:
+        """Admin calls need an API key; with authentication off, only this machine may
+        make them."""
+        if self.keys.enabled:
+            self._authenticate(request)
+            return
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        host = peer[0] if isinstance(peer, tuple) and peer else ""
+        if host not in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+            raise ApiError(403, "admin calls without API keys are accepted from this "
+                                "machine only", code="forbidden")
+
+    async def _admin_reload(self, request: web.Request) -> web.Response:
+        if self.reloader is None:
+            raise ApiError(501, "this gateway was not started from files; nothing to reload",
+                           "server_error", "not_implemented")
+        try:
+            warnings = self.reloader()
+        except TokenfleetError as e:
+            log.error("reload refused, old configuration kept: %s", e)
+            raise ApiError(400, f"reload refused, old configuration kept: {e}",
+                           code="invalid_configuration") from None
+        return _json(200, {"status": "reloaded", "warnings": warnings})
 
     def _authenticate(self, request: web.Request) -> None:
         auth = request.headers.get("Authorization")
@@ -272,6 +411,7 @@ class Gateway:
             } for p in tier.pools]
             data.append({"id": tier.name, "object": "model", "created": self.created,
                          "owned_by": "tokenfleet",
+                         "max_context_tokens": self._contexts.get(tier.name),
                          "tokenfleet": {"model": tier.model, "slo_ttft_s": tier.slo_ttft_s,
                                         "slo_tpot_s": tier.slo_tpot_s, "pools": pools}})
         return _json(200, {"object": "list", "data": data})
@@ -284,6 +424,10 @@ class Gateway:
             tiers[tier.name] = {"backends": len(backends),
                                 "healthy_backends": sum(1 for b in backends if b.available(now))}
         ok = all(t["healthy_backends"] > 0 for t in tiers.values())
+        if self.draining_since is not None:
+            # A load balancer must stop sending here now.
+            return _json(503, {"status": "draining", "in_flight": self.in_flight,
+                               "tiers": tiers}, {"Retry-After": str(self.settings.retry_after_s)})
         return _json(200 if ok else 503, {"status": "ok" if ok else "degraded",
                                           "in_flight": self.in_flight, "tiers": tiers})
 
@@ -326,7 +470,8 @@ class Gateway:
         self._set_up_gauge(backend)
 
     def _set_up_gauge(self, backend: Backend) -> None:
-        up = backend.healthy and backend.breaker.state is BreakerState.closed
+        up = (backend.healthy and backend.breaker.state is BreakerState.closed
+              and not backend.stats.ejected(time.monotonic()))
         self.metrics.child(self.metrics.backend_up, backend.pool, safe_url(backend.url)).set(
             1 if up else 0)
 
@@ -339,6 +484,10 @@ class Gateway:
             raise ApiError(413, f"request body of {request.content_length} bytes is larger "
                                 f"than the limit of {s.max_body_bytes} bytes",
                            code="request_too_large")
+        if self.draining_since is not None and t0 - self.draining_since > s.drain_accept_s:
+            raise ApiError(503, f"gateway is shutting down; retry after {s.retry_after_s} s "
+                                f"(at another instance)", "server_error", "shutting_down",
+                           headers={"Retry-After": str(s.retry_after_s)})
         raw = await request.read()
         parsed = parse_request(raw, kind)
         tier = self.router.tier_for(parsed.model)
@@ -346,6 +495,7 @@ class Gateway:
             raise ApiError(404, f"the model '{parsed.model[:200]}' does not exist; available: "
                                 f"{', '.join(self.router.tiers)}", code="model_not_found",
                            param="model")
+        check_context(parsed, self._contexts.get(tier.name))
         # Not a secret (it is echoed to the client): a PRNG draw, no system call.
         request_id = f"{random.getrandbits(64):016x}"
         if self.in_flight >= s.max_in_flight:
@@ -355,11 +505,66 @@ class Gateway:
                            "rate_limit_error", "rate_limit_exceeded",
                            headers={"Retry-After": str(s.retry_after_s)})
         ctx = _Ctx(request, parsed, raw, tier, t0, t0 + s.request_timeout_s, request_id)
+        ctx.limits = self._buckets(request, tier)
+        if ctx.limits:
+            refusal = admit(ctx.limits, parsed.prompt_tokens + parsed.output_tokens, t0)
+            if refusal is not None:
+                m = self.metrics
+                m.child(m.requests, tier.name, NO_POOL, "rejected").inc()
+                m.child(m.limited, tier.name, refusal.scope.split(" ")[0], refusal.what).inc()
+                raise ApiError(429, f"{refusal.scope}: over its {refusal.what} limit; retry "
+                                    f"after {refusal.retry_after_s} s", "rate_limit_error",
+                               "rate_limit_exceeded",
+                               headers={"Retry-After": str(refusal.retry_after_s)})
         self.in_flight += 1
         try:
             return await self._route(ctx)
         finally:
             self.in_flight -= 1
+            if ctx.limits:
+                release(ctx.limits)
+
+    def _buckets(self, request: web.Request, tier: TierRoutes) -> tuple[Bucket, ...]:
+        """The limit buckets a request counts against: its tier's and its key's."""
+        out: list[Bucket] = []
+        tb = self._tier_buckets.get(tier.name)
+        if tb is not None and tb.limited:
+            out.append(tb)
+        if self.keys.enabled:
+            digest = self.keys.identify(request.headers.get("Authorization"),
+                                        request.headers.get("api-key"))
+            if digest is not None:
+                kb = self._key_buckets.get(digest)
+                if kb is None:
+                    lim = self.settings.per_key
+                    # No key may hold more than its share of the gateway's capacity.
+                    share = -(-self.settings.max_in_flight // len(self.keys))
+                    kb = self._key_buckets[digest] = Bucket(
+                        f"key {digest[:4].hex()}", lim.requests_per_s, lim.burst_requests,
+                        lim.tokens_per_min, min(lim.max_in_flight or share, share),
+                        time.monotonic())
+                if kb.limited:
+                    out.append(kb)
+        return tuple(out)
+
+    async def drain(self) -> bool:
+        """Graceful shutdown (SIGTERM): ``/health`` answers 503 ``draining`` at once,
+        new requests are accepted for ``drain_accept_s`` (a load balancer notices
+        meanwhile) and refused with 503 + Retry-After after; returns once that time has
+        passed and nothing is in flight (True), or at ``drain_timeout_s`` (False)."""
+        s = self.settings
+        start = self.draining_since = time.monotonic()
+        log.warning("draining: %d request(s) in flight; accepting new ones for %g s, waiting "
+                    "at most %g s", self.in_flight, s.drain_accept_s, s.drain_timeout_s)
+        while True:
+            now = time.monotonic()
+            if now - start >= s.drain_accept_s and self.in_flight == 0:
+                return True
+            if now - start >= s.drain_timeout_s:
+                log.error("drain timeout: %d request(s) still in flight are cut",
+                          self.in_flight)
+                return False
+            await asyncio.sleep(0.05)
 
     def request_size(self, tier: str, parsed: ParsedRequest) -> tuple[int, int]:
         """(prompt tokens, expected output tokens) of a request, for its size bucket."""
@@ -376,7 +581,10 @@ class Gateway:
         failed_pool: Pool | None = None
         last: _Retry | None = None
         verdict: Verdict | None = None
-        while ctx.attempts < s.max_attempts:
+        budget = s.max_attempts
+        while ctx.attempts < budget:
+            # The live tier (a reload may have replaced it since the request came in).
+            tier = self.router.tiers.get(tier.name, tier)
             choice = self.router.choose(tier, bucket, time.monotonic(), tried, failed_pool)
             if isinstance(choice, Verdict):
                 verdict = choice
@@ -387,6 +595,30 @@ class Gateway:
                 m.child(m.failovers, tier.name, choice.pool.name).inc()
             try:
                 return await self._attempt(ctx, choice)
+            except ApiError as e:
+                if ctx.resp is None:
+                    raise
+                last = _Retry("timeout", e.message)  # a resumed stream timed out
+                break
+            except _Resume as e:
+                # Part of the stream reached the client: go on elsewhere (same pool
+                # first), with a fresh budget of attempts for the continuation.
+                failed_pool = choice.pool
+                m.child(m.errors, tier.name, choice.pool.name, "mid_stream").inc()
+                log.warning("request %s: backend %s (pool %s) failed mid-stream (%s); "
+                            "resuming elsewhere", ctx.request_id, safe_url(choice.backend.url),
+                            choice.pool.name, e.message)
+                d = ctx.delivered
+                assert d is not None and ctx.resp is not None
+                if continuation_body(ctx.parsed, "", d) is None or d.finished:
+                    # Everything was generated; only the end of the stream was missing.
+                    await self._end_stream(ctx, choice.pool)
+                    return ctx.resp
+                ctx.resumes += 1
+                m.child(m.resumes, tier.name, choice.pool.name, "resumed").inc()
+                tried = {choice.backend}
+                budget = ctx.attempts + s.max_attempts
+                last = _Retry("mid_stream", e.message)
             except _Retry as e:
                 last = e
                 failed_pool = choice.pool
@@ -398,6 +630,13 @@ class Gateway:
                     m.child(m.retries, tier.name, choice.pool.name).inc()
         pool_label = failed_pool.name if failed_pool else NO_POOL
         retry_after = {"Retry-After": str(s.retry_after_s)}
+        if ctx.resp is not None:
+            # The client has part of a stream: end it with an error event.
+            why = last.message if last is not None else f"no backend available ({verdict})"
+            m.child(m.resumes, tier.name, pool_label, "failed").inc()
+            await self._stream_failed(ctx, failed_pool, ctx.resp, why)
+            m.child(m.duration, tier.name, pool_label).observe(time.monotonic() - ctx.t0)
+            return ctx.resp
         if last is None:
             saturated = verdict is Verdict.saturated
             m.child(m.requests, tier.name, NO_POOL,
@@ -423,6 +662,10 @@ class Gateway:
         return _error_response(err, ctx.request_id)
 
     def _upstream_body(self, ctx: _Ctx, pool: Pool) -> bytes:
+        if ctx.delivered is not None and ctx.resp is not None and ctx.resp.prepared:
+            body = continuation_body(ctx.parsed, pool.upstream_model, ctx.delivered)
+            assert body is not None  # checked before resuming
+            return body
         if pool.upstream_model == ctx.parsed.model:
             return ctx.raw
         return dump_json({**ctx.parsed.body, "model": pool.upstream_model},
@@ -438,10 +681,16 @@ class Gateway:
         if ctx.deadline - now <= 0:
             raise ApiError(504, f"request timed out after {s.request_timeout_s} s",
                            "server_error", "timeout")
+        target = self._targets.get((backend, ctx.parsed.kind))
+        if target is None:
+            raise _Retry("connect", "backend removed by a reload")
         headers = b"Content-Type: application/json\r\nX-Request-Id: %b\r\n%b" % (
-            ctx.request_id.encode(), self._auth_lines[pool.name])
+            ctx.request_id.encode(), self._auth_lines.get(pool.name, b""))
         backend.in_flight += 1
         backend.breaker.on_dispatch(now)
+        st = backend.stats
+        if st.trial:
+            st.trial_in_flight = True
         gauge = m.child(m.in_flight, tier, pool.name)
         gauge.inc()
         upstream: UpstreamResponse | None = None
@@ -449,7 +698,7 @@ class Gateway:
         try:
             try:
                 upstream = await self._upstream.post(
-                    self._targets[(backend, ctx.parsed.kind)], headers,
+                    target, headers,
                     self._upstream_body(ctx, pool), connect_timeout=s.connect_timeout_s,
                     read_timeout=s.first_byte_timeout_s, deadline=ctx.deadline)
             except ConnectTimeout:
@@ -473,13 +722,16 @@ class Gateway:
                 verdict, resp = await self._non_200(ctx, pool, upstream)
                 return resp
             if ctx.parsed.stream:
-                verdict, resp = await self._stream(ctx, pool, upstream)
+                verdict, resp = await self._stream(ctx, pool, backend, upstream, now)
             else:
                 verdict, resp = await self._buffered(ctx, pool, upstream)
             return resp
         except _Retry as e:
             # A backend answering 429 is alive, only busy: no verdict for its breaker.
             verdict = None if e.kind == "status_429" else False
+            raise
+        except _Resume:
+            verdict = False
             raise
         except ApiError:  # timed out
             verdict = False
@@ -515,6 +767,87 @@ class Gateway:
                 log.warning("circuit of backend %s (pool %s) opened after %d failures",
                             safe_url(backend.url), backend.pool, b.consecutive_failures)
             self._set_up_gauge(backend)
+        self._judge_outlier(backend, verdict)
+
+    # ---- gray failures (route/outlier.py) ---------------------------------------------
+
+    def _judge_outlier(self, backend: Backend, verdict: bool | None) -> None:
+        cfg = self.settings.outlier
+        if not cfg.enabled:
+            return
+        st = backend.stats
+        # Only the trial request (sent after the cool-down) decides; requests sent before
+        # the ejection and ending after it say nothing new. Consecutive failures of a
+        # backend in rotation are the circuit breaker's (gateway.breaker).
+        if not (st.trial and st.trial_in_flight) or st.ejected(time.monotonic()):
+            return
+        if verdict is False:
+            self._eject(backend, "its trial request failed")
+        elif verdict is True:
+            self._restore(backend)  # a trial with no latency verdict that succeeded
+        else:
+            st.trial_in_flight = False  # no verdict (client left): another trial
+
+    def _observe(self, backend: Backend, ttft_s: float | None = None,
+                 tpot_s: float | None = None) -> None:
+        """A latency sample of one request at ``backend``: update its averages and
+        eject it, or restore it from trial, against its pool's peers."""
+        cfg = self.settings.outlier
+        if not cfg.enabled:
+            return
+        st = backend.stats
+        if ttft_s is not None:
+            st.add_ttft(ttft_s, cfg.ewma_alpha)
+        if tpot_s is not None:
+            st.add_tpot(tpot_s, cfg.ewma_alpha)
+        pool = self.router.pools.get(backend.pool)
+        if pool is None or len(pool.backends) < 2:
+            return  # no peers to compare with
+        peers = [b.stats for b in pool.backends if b is not backend]
+        now = time.monotonic()
+        if st.trial and (st.ejected(now) or not st.trial_in_flight):
+            return  # samples of requests sent before the ejection decide nothing
+        if st.trial:
+            if tpot_s is None and ttft_s is not None and st.tpot_n == 0:
+                reason = slow_reason(st, peers, cfg, own_samples=1)
+                if reason is not None:
+                    self._eject(backend, reason)
+                return  # TTFT fine: the TPOT sample decides
+            reason = slow_reason(st, peers, cfg, own_samples=1)
+            if reason is not None:
+                self._eject(backend, reason)
+            else:
+                self._restore(backend)
+        elif not st.ejected(now):
+            reason = slow_reason(st, peers, cfg)
+            if reason is not None and may_eject([b.stats for b in pool.backends], now, cfg):
+                self._eject(backend, reason)
+        for b in pool.backends:
+            b.weight = relative_speed(b.stats, [p.stats for p in pool.backends if p is not b],
+                                      cfg)
+
+    def _eject(self, backend: Backend, reason: str) -> None:
+        cfg = self.settings.outlier
+        st = backend.stats
+        cool_s = ejection_s(st, cfg)
+        st.ejections += 1
+        st.ejected_until = time.monotonic() + cool_s
+        st.trial = True  # when the cool-down ends, one request decides
+        st.trial_in_flight = False
+        st.reset_latency()
+        self.metrics.child(self.metrics.ejections, backend.pool, safe_url(backend.url)).inc()
+        log.warning("backend %s (pool %s) ejected for %g s: %s", safe_url(backend.url),
+                    backend.pool, cool_s, reason)
+        self._set_up_gauge(backend)
+
+    def _restore(self, backend: Backend) -> None:
+        st = backend.stats
+        st.trial = False
+        st.trial_in_flight = False
+        st.ejected_until = 0.0
+        log.warning("backend %s (pool %s) is back in rotation (trial request passed)",
+                    safe_url(backend.url), backend.pool)
+        self._set_up_gauge(backend)
 
     def _timeout(self, ctx: _Ctx, pool: Pool, what: str) -> ApiError:
         m = self.metrics
@@ -538,6 +871,10 @@ class Gateway:
         except (UpstreamError, TimeoutError):
             body = b""
         text = body.decode("utf-8", "replace").strip()[:500]
+        if ctx.resp is not None:
+            # A continuation refused (the client already has a stream): another backend
+            # may take it; the client cannot get a JSON answer any more.
+            raise _Retry("continuation_refused", f"HTTP {status} from backend: {text}", status)
         if status in _RETRY_STATUSES:
             kind = "status_429" if status == 429 else "status_5xx"
             raise _Retry(kind, f"HTTP {status} from backend: {text}", status)
@@ -569,76 +906,146 @@ class Gateway:
         return True, web.Response(status=200, body=body, content_type="application/json",
                                   headers=self._headers(ctx, pool))
 
-    async def _stream(self, ctx: _Ctx, pool: Pool, upstream: UpstreamResponse
+    def _resume_on(self, ctx: _Ctx) -> bool:
+        return (self._resume.get(ctx.tier.name, self.settings.resume_streams)
+                and self.settings.max_resumes > 0 and can_resume(ctx.parsed))
+
+    async def _stream(self, ctx: _Ctx, pool: Pool, backend: Backend,
+                      upstream: UpstreamResponse, t_sent: float
                       ) -> tuple[bool | None, web.StreamResponse]:
         m, tier = self.metrics, ctx.tier.name
+        resuming = ctx.resp is not None
         # Built (not sent) while the backend is still working on the first token, so
         # that the first token is not kept waiting for it.
-        resp = _SSEResponse(status=200, headers={**_SSE_HEADERS, **self._headers(ctx, pool)})
+        resp = ctx.resp or _SSEResponse(
+            status=200, headers={**_SSE_HEADERS, **self._headers(ctx, pool)})
         # Wait for the first bytes before answering the client: until then a failure
         # can still be retried elsewhere without the client noticing.
         try:
             first = await upstream.readany()
         except TimeoutError:
+            if resuming:
+                raise _Retry("timeout", "no first token of the continuation") from None
             raise self._timeout(ctx, pool, "no first token") from None
         except UpstreamError as e:
             raise _Retry("mid_stream", f"before the first token: {e}") from None
         if not first:
             raise _Retry("mid_stream", "backend closed the stream before the first token")
         t_first = time.monotonic()
-        events = first.count(b"data:")
+        self._observe(backend, ttft_s=t_first - t_sent)
+        if ctx.t_first is None:
+            ctx.t_first = t_first
+        d = ctx.delivered
+        if d is None and self._resume_on(ctx):
+            d = ctx.delivered = Delivered()
+        prior = 0  # tokens the client got from earlier backends
+        swap: tuple[bytes, bytes] | None = None  # this backend's id -> the client's id
+        if resuming and d is not None:
+            d.fold()
+            prior = d.tokens
+            d.segments += 1
+        pending = b""
+        seg_events = 0
+        sampled = False
         t_last = t_first
         tail = first
         chunk = first
         ended = False  # the client has the whole stream (through "[DONE]")
         while chunk:
-            # Writes and reads are guarded apart: a reset while writing is the client
-            # leaving; a failure while reading is the backend's.
-            try:
-                if not resp.prepared:
-                    await resp.prepare(ctx.request)
-                if ended:
-                    pass  # nothing may follow "[DONE]"; keep draining the backend
-                elif chunk.endswith(b"[DONE]\n\n"):
-                    await resp.write_eof(chunk)  # last chunk and terminator in one send
-                    ended = True
-                else:
-                    await resp.write(chunk)
-            except ConnectionResetError:
-                m.child(m.requests, tier, pool.name, "cancelled").inc()
-                return None, resp
+            if d is None:
+                events = chunk
+            else:
+                # Only whole events go out: a resumed stream must not follow half a one.
+                events, pending = split_events(pending, chunk)
+                if events:
+                    if d.id_bytes is None:
+                        d.id_bytes = first_id(events)
+                    elif resuming and swap is None:
+                        new = first_id(events)
+                        swap = ((b'"id":"' + new + b'"', b'"id":"' + d.id_bytes + b'"')
+                                if new and new != d.id_bytes else (b"", b""))
+                    if swap and swap[0]:
+                        events = events.replace(*swap)
+                    if resuming:
+                        events = rewrite_usage(events, prior)
+                    d.add(events)
+            if events:
+                n = events.count(b"data:")
+                seg_events += n
+                ctx.events += n
+                tail = events
+                # Writes and reads are guarded apart: a reset while writing is the
+                # client leaving; a failure while reading is the backend's.
+                try:
+                    if not resp.prepared:
+                        await resp.prepare(ctx.request)
+                        ctx.resp = resp
+                    if ended:
+                        pass  # nothing may follow "[DONE]"; keep draining the backend
+                    elif events.endswith(b"[DONE]\n\n"):
+                        await resp.write_eof(events)  # last chunk and terminator in one send
+                        ended = True
+                    else:
+                        await resp.write(events)
+                except ConnectionResetError:
+                    m.child(m.requests, tier, pool.name, "cancelled").inc()
+                    return None, resp
+            if not sampled and seg_events >= _TPOT_SAMPLE_EVENTS:
+                # An early TPOT sample: a slow backend shows within a few tokens.
+                sampled = True
+                self._observe(backend, tpot_s=tpot(t_first, time.monotonic(), seg_events))
             try:
                 chunk = await upstream.readany()
             except (TimeoutError, UpstreamError) as e:
-                await self._stream_failed(ctx, pool, resp, e)
+                if ended:
+                    break  # the client has everything; only the backend's end is missing
+                if (d is not None and d.resumable and resp.prepared
+                        and ctx.resumes < self.settings.max_resumes):
+                    raise _Resume(f"{type(e).__name__}: {e}") from None
+                m.child(m.errors, tier, pool.name,
+                        "timeout" if isinstance(e, TimeoutError) else "mid_stream").inc()
+                await self._stream_failed(ctx, pool, resp, f"{type(e).__name__}: {e}")
                 return False, resp
             if chunk:
-                events += chunk.count(b"data:")
                 t_last = time.monotonic()
-                tail = chunk
+        if pending and not ended:
+            with contextlib.suppress(ConnectionError):
+                await resp.write(pending)
         with contextlib.suppress(ConnectionError):
             await resp.write_eof()
+        if not sampled and seg_events > 2:
+            self._observe(backend, tpot_s=tpot(t_first, t_last, seg_events))
         tokens = _usage_tokens(tail)
         if tokens is None:  # one SSE event per token, less the final "[DONE]"
-            tokens = events - 1 if b"[DONE]" in tail else events
+            tokens = ctx.events - 1 if b"[DONE]" in tail else ctx.events
+        if resuming:
+            m.child(m.resumes, tier, pool.name, "completed").inc()
         m.child(m.requests, tier, pool.name, "ok").inc()
-        m.child(m.ttft, tier, pool.name).observe(t_first - ctx.t0)
+        m.child(m.ttft, tier, pool.name).observe(ctx.t_first - ctx.t0)
         if tokens > 1:  # tokens that arrive in one read count as 0 s apart, not as missing
-            m.child(m.tpot, tier, pool.name).observe(tpot(t_first, t_last, tokens))
+            m.child(m.tpot, tier, pool.name).observe(tpot(ctx.t_first, t_last, tokens))
         m.child(m.duration, tier, pool.name).observe(t_last - ctx.t0)
         return True, resp
 
-    async def _stream_failed(self, ctx: _Ctx, pool: Pool, resp: web.StreamResponse,
-                             e: BaseException) -> None:
-        """The backend failed after the client got the first bytes: end the stream with
-        an SSE ``error`` event (OpenAI's format) so the client knows it is incomplete."""
+    async def _end_stream(self, ctx: _Ctx, pool: Pool) -> None:
+        """Everything was generated before the backend failed; only ``[DONE]`` was
+        missing: send it."""
+        m = self.metrics
+        m.child(m.requests, ctx.tier.name, pool.name, "ok").inc()
+        assert ctx.resp is not None
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ctx.resp.write_eof(b"data: [DONE]\n\n")
+
+    async def _stream_failed(self, ctx: _Ctx, pool: Pool | None, resp: web.StreamResponse,
+                             why: str) -> None:
+        """Every attempt failed after the client got the first bytes: end the stream
+        with an SSE ``error`` event (OpenAI's format) so the client knows it is
+        incomplete."""
         m, tier = self.metrics, ctx.tier.name
-        timed_out = isinstance(e, TimeoutError)
-        msg = (f"backend of pool '{pool.name}' "
-               + ("stalled" if timed_out else "failed") + " during the stream")
-        m.child(m.errors, tier, pool.name, "timeout" if timed_out else "mid_stream").inc()
-        m.child(m.requests, tier, pool.name, "upstream_error").inc()
-        log.warning("request %s: %s (%s)", ctx.request_id, msg, type(e).__name__)
+        name = pool.name if pool is not None else NO_POOL
+        msg = f"backend of pool '{name}' failed during the stream"
+        m.child(m.requests, tier, name, "upstream_error").inc()
+        log.warning("request %s: %s (%s)", ctx.request_id, msg, why)
         with contextlib.suppress(ConnectionError, RuntimeError):
             event = error_body(msg, "server_error", "upstream_stream_error")
             await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")

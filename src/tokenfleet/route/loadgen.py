@@ -378,6 +378,9 @@ def summarize(result: LoadResult, tiers: dict[str, TierInfo] | None = None,
     energy = sum(t.watts for t in used) * wall / 3.6e6 if used else None
     reasons = Counter(r.reason or "unknown" for r in res if r.outcome != "ok")
     notes = []
+    hint = _failure_hint(res, target)
+    if hint:
+        notes.append(hint)
     if result.late_s_p99 > 0.05:
         notes.append(f"the load generator fell behind its schedule (p99 "
                      f"{result.late_s_p99 * 1e3:.0f} ms late): the offered load was lower "
@@ -390,6 +393,42 @@ def summarize(result: LoadResult, tiers: dict[str, TierInfo] | None = None,
         failed=sum(1 for r in res if r.outcome == "failed"),
         errors=dict(sorted(reasons.items())), cost_usd=cost, energy_kwh=energy, wall_s=wall,
         offered_requests_per_s=result.offered_per_s, tiers=out, pools=pools, notes=notes)
+
+
+_HINTS = {
+    "http_401": "the target wants an API key: set $TOKENFLEET_API_KEYS (the variable `serve` "
+                "reads; the first key is used) or name yours with --api-key-env",
+    "http_403": "the key was refused for this call: check the key and its permissions",
+    "http_404": "the model (tier) is unknown at the target: list them with GET /v1/models "
+                "and pass one with --model",
+    "http_400": "the target refused the requests as invalid (see the message): check "
+                "--input-tokens/--output-tokens against the model's context",
+    "http_429": "every request was rate-limited: lower --rate, or raise the limits in "
+                "backends.yaml (tiers: / gateway.per_key)",
+    "http_503": "the target has no healthy backend (or is shutting down): check its /health "
+                "and backends.yaml",
+    "http_502": "every backend failed: check the backends' own logs and /health",
+    "connection": "cannot connect to the target: is the gateway running and is --target "
+                  "its URL?",
+    "timeout": "every request timed out: the target is overloaded or stalled; lower --rate "
+               "or raise --timeout",
+}
+
+
+def _failure_hint(res: list[RequestResult], target: str) -> str | None:
+    """When every request failed the same way, what to fix."""
+    if not res or any(r.outcome == "ok" for r in res):
+        return None
+    reasons = Counter(r.reason for r in res)
+    if len(reasons) != 1:
+        return None
+    reason = next(iter(reasons))
+    if reason is None:
+        return None
+    msg = next((r.message for r in res if r.message), None)
+    what = _HINTS.get(reason, "see the error message")
+    return (f"all {len(res)} requests failed with {reason}"
+            + (f" ({msg[:160]})" if msg else "") + f": {what}")
 
 
 def _latencies(ok: list[RequestResult]) -> tuple[Latency, Latency, Latency]:

@@ -61,6 +61,16 @@ class GatewayMetrics:
                                 "and the circuit is not open", ["pool", "backend"], registry=r)
         self.circuit_opened = Counter("tokenfleet_gateway_circuit_opened", "Times a backend's "
                                       "circuit breaker opened", ["pool", "backend"], registry=r)
+        self.limited = Counter("tokenfleet_gateway_limited", "Requests refused (429) by a "
+                               "per-tier or per-key limit", ["tier", "scope", "limit"],
+                               registry=r)
+        self.resumes = Counter("tokenfleet_gateway_stream_resumes", "Streams continued on "
+                               "another backend after theirs failed mid-stream, by outcome "
+                               "(resumed, completed, failed)", ["tier", "pool", "outcome"],
+                               registry=r)
+        self.ejections = Counter("tokenfleet_gateway_outlier_ejections", "Backends ejected by "
+                                 "outlier detection (slow or failing)", ["pool", "backend"],
+                                 registry=r)
         # Resolving label children costs a dict lookup plus locking; cache them.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

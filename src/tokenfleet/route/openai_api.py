@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -130,6 +131,42 @@ def _prompt_tokens(kind: Kind, body: dict[str, Any]) -> int:
                    param="prompt")
 
 
+# Deepest nesting of arrays/objects accepted in a request body. OpenAI's bodies need a
+# handful of levels; a deep body could only be an attack on the parser's recursion.
+MAX_JSON_DEPTH = 64
+_BRACKET_OR_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_depth(raw: bytes, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of the JSON text ``raw`` (brackets inside strings do not count),
+    scanning no further than the first point it exceeds ``limit``."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return 0  # cannot be deeper than the limit: skip the scan (the common case)
+    depth = deepest = 0
+    for m in _BRACKET_OR_STRING.finditer(raw):
+        c = m.group()
+        if c in (b"[", b"{"):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif c in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return v
+
+
 # 19+ digits in a row may be an integer beyond 64 bits, which orjson would read as a
 # float (json reads it exactly). Found by mapping every digit to "0" and searching for
 # a run of zeros: several times faster than a regular expression.
@@ -142,13 +179,16 @@ def load_json(raw: bytes) -> tuple[Any, bool]:
     request bodies, which the gateway parses on every request); what orjson refuses or
     would read differently (NaN, Infinity, integers beyond 64 bits, lone surrogates,
     non-UTF-8 encodings) goes to ``json``, with ``strict=False``. Raises ``ValueError``
-    (``json``'s error) for invalid JSON."""
+    (``json``'s error) for invalid JSON, nesting deeper than :data:`MAX_JSON_DEPTH`,
+    and non-finite numbers (``NaN``, ``Infinity``, ``1e999``)."""
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise ValueError(f"nesting deeper than {MAX_JSON_DEPTH} levels")
     if raw.translate(_DIGITS_TO_0).find(_LONG_RUN) < 0:
-        try:
+        try:  # orjson refuses NaN, Infinity and 1e999 itself
             return orjson.loads(raw), True
         except orjson.JSONDecodeError:
             pass
-    return json.loads(raw), False
+    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float), False
 
 
 def dump_json(obj: Any, strict: bool = True) -> bytes:
@@ -167,7 +207,7 @@ def parse_request(raw: bytes, kind: Kind) -> ParsedRequest:
     body. Raises :class:`ApiError` (HTTP 400) with a message naming the field."""
     try:
         body, strict = load_json(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError too
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
@@ -189,3 +229,20 @@ def parse_request(raw: bytes, kind: Kind) -> ParsedRequest:
     return ParsedRequest(kind=kind, model=model, stream=stream, max_tokens=max_tokens,
                          prompt_tokens=_prompt_tokens(kind, body), include_usage=include_usage,
                          body=body, strict_json=strict)
+
+
+def check_context(parsed: ParsedRequest, max_context_tokens: int | None) -> None:
+    """Refuse (HTTP 400 ``context_length_exceeded``, as vLLM and OpenAI answer) a
+    request whose prompt plus ``max_tokens`` cannot fit the model's context. The prompt
+    length is the estimate of :func:`approx_tokens`; the backend checks exactly."""
+    if max_context_tokens is None:
+        return
+    want = parsed.prompt_tokens + (parsed.max_tokens or 0)
+    if parsed.prompt_tokens >= max_context_tokens or want > max_context_tokens:
+        raise ApiError(400, f"This model's maximum context length is {max_context_tokens} "
+                            f"tokens. However, you requested about {want} tokens "
+                            f"({parsed.prompt_tokens} in the prompt, {parsed.max_tokens or 0} "
+                            f"in the completion). Please reduce the length of the prompt or "
+                            f"max_tokens.", code="context_length_exceeded",
+                       param="max_tokens" if parsed.prompt_tokens < max_context_tokens
+                       else "messages")

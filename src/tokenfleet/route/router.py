@@ -25,6 +25,7 @@ from tokenfleet.plan.schema import Plan, PlanUnit
 from tokenfleet.route.backend_metrics import BackendLoad
 from tokenfleet.route.breaker import CircuitBreaker
 from tokenfleet.route.config import BackendsFile
+from tokenfleet.route.outlier import LatencyStats
 from tokenfleet.routing.buckets import plan_buckets
 from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
 
@@ -33,7 +34,7 @@ class Backend:
     """One OpenAI-compatible server behind a pool, with its live state."""
 
     __slots__ = ("url", "pool", "max_in_flight", "breaker", "healthy", "in_flight",
-                 "_good_checks", "_bad_checks")
+                 "_good_checks", "_bad_checks", "stats", "weight")
 
     def __init__(self, url: str, pool: str, max_in_flight: int, breaker: CircuitBreaker
                  ) -> None:
@@ -45,9 +46,15 @@ class Backend:
         self.in_flight = 0
         self._good_checks = 0
         self._bad_checks = 0
+        self.stats = LatencyStats()  # gray-failure detection (route/outlier.py)
+        self.weight = 1.0  # observed speed relative to its pool's peers, (0, 1]
 
     def available(self, now: float) -> bool:
-        """Health checks pass and the circuit lets traffic through."""
+        """Health checks pass, the circuit lets traffic through, not ejected as slow."""
+        return self.healthy and self.breaker.allows(now) and self.stats.allows(now)
+
+    def up(self, now: float) -> bool:
+        """Health checks pass and the circuit lets traffic through (ejected or not)."""
         return self.healthy and self.breaker.allows(now)
 
     @property
@@ -96,29 +103,44 @@ class Pool:
         waiting requests are not added to ``queued``: the gateway's in-flight count
         already holds every request it sent.)"""
         usable = [b for b in self.backends if b not in exclude and b.available(now)]
+        if not usable:
+            usable = self._panic(now, exclude)
+        # The plan's share scaled by the capacity the backends show now: an ejected or
+        # slow backend takes its part of the pool's share with it.
+        capacity = sum(b.weight for b in usable) / max(len(self.backends), 1)
         kv_used, queued = 0.0, 0
         if loads is not None:
             kvs = [x.kv_used for x in (loads(b.url) for b in usable)
                    if x is not None and x.kv_used is not None]
             kv_used = sum(kvs) / len(kvs) if kvs else 0.0
         return PoolState(
-            pool=self.name, share=share, usd_per_replica_hour=self.usd_per_replica_hour,
+            pool=self.name, share=share * capacity, usd_per_replica_hour=self.usd_per_replica_hour,
             replicas=len(self.backends), healthy_replicas=len(usable),
             in_flight=sum(b.in_flight for b in usable), queued=queued,
             max_in_flight=sum(b.max_in_flight for b in usable), kv_used=kv_used)
 
     def pick_backend(self, now: float, exclude: frozenset[Backend] | set[Backend]
                      ) -> Backend | None:
-        """Least loaded (by in-flight fraction) available backend with room."""
+        """Least loaded available backend with room, by in-flight fraction of its
+        limit scaled by its observed speed (a backend half as fast takes half)."""
         best: Backend | None = None
         best_load = math.inf
         for b in self.backends:
             if b in exclude or not b.has_room or not b.available(now):
                 continue
-            load = b.in_flight / b.max_in_flight
+            load = (b.in_flight + 1) / (b.max_in_flight * b.weight)
             if load < best_load:
                 best, best_load = b, load
+        if best is None:
+            for b in self._panic(now, exclude):
+                if b.has_room and (b.in_flight + 1) / b.max_in_flight < best_load:
+                    best, best_load = b, (b.in_flight + 1) / b.max_in_flight
         return best
+
+    def _panic(self, now: float, exclude: frozenset[Backend] | set[Backend]) -> list[Backend]:
+        """When every backend that is up has been ejected as slow, the slow ones serve
+        (Envoy's panic mode): a slow answer beats none."""
+        return [b for b in self.backends if b not in exclude and b.up(now)]
 
 
 @dataclass

@@ -24,6 +24,8 @@ so the plan is sized for the grown traffic it is then tested with. A point that 
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -195,14 +197,59 @@ def _label(v: Any) -> Any:
     return "none" if _none(v) else v
 
 
+def journal_path(out: Path) -> Path:
+    """Where a sweep writing ``out`` records each finished point as it completes."""
+    return out.with_name(out.name + ".points.jsonl")
+
+
+def _point_key(i: int, point: dict[str, Any]) -> str:
+    return json.dumps([i, {k: _label(v) for k, v in point.items()}], sort_keys=True,
+                      default=str)
+
+
+def read_journal(path: Path, spec: GridSpec) -> dict[int, dict[str, Any]]:
+    """Rows of the points already finished (for ``--resume``): those whose index and
+    axis values still match the grid. A torn last line (a crash mid-write) is skipped."""
+    if not path.exists():
+        return {}
+    from tokenfleet.fileio import read_text
+
+    points = spec.points()
+    done: dict[int, dict[str, Any]] = {}
+    for line in read_text(path, "sweep journal").splitlines():
+        try:
+            entry = json.loads(line)
+            i, row = entry["key"][0], entry["row"]
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+        if isinstance(i, int) and 0 <= i < len(points) \
+                and json.loads(_point_key(i, points[i])) == entry["key"]:
+            done[i] = row
+    return done
+
+
+def append_journal(path: Path, spec: GridSpec, i: int, row: dict[str, Any]) -> None:
+    """Append one finished point, flushed to disk before returning."""
+    line = json.dumps({"key": json.loads(_point_key(i, spec.points()[i])), "row": row},
+                      default=str)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def run_sweep(spec: GridSpec, workers: int | None = None, address: str | None = None,
               on_point: Callable[[int, dict[str, Any]], None] | None = None,
-              local: bool = False) -> list[dict[str, Any]]:
+              local: bool = False, done_rows: dict[int, dict[str, Any]] | None = None
+              ) -> list[dict[str, Any]]:
     """Run every point (on Ray unless ``local``); rows in grid order, each with the
-    point's axis values, ``status`` and ``error``."""
+    point's axis values, ``status`` and ``error``. Points in ``done_rows`` (index ->
+    row, from :func:`read_journal`) are not run again."""
     points = spec.points()
     spec_json = spec.model_dump_json()
-    rows: list[dict[str, Any] | None] = [None] * len(points)
+    done_rows = done_rows or {}
+    rows: list[dict[str, Any] | None] = [done_rows.get(i) for i in range(len(points))]
+    todo = [i for i in range(len(points)) if i not in done_rows]
 
     def done(i: int, res: Any) -> None:
         if isinstance(res, Exception):  # Ray itself failed to run the task
@@ -213,12 +260,13 @@ def run_sweep(spec: GridSpec, workers: int | None = None, address: str | None = 
             on_point(i, row)
 
     if local:
-        for i, p in enumerate(points):
-            done(i, _point_task(spec_json, p))
-    else:
+        for i in todo:
+            done(i, _point_task(spec_json, points[i]))
+    elif todo:
         from tokenfleet.sim.distributed import run_tasks
 
-        run_tasks(_point_task, [(spec_json, p) for p in points], workers, address, done)
+        run_tasks(_point_task, [(spec_json, points[i]) for i in todo], workers, address,
+                  lambda k, res: done(todo[k], res))
     return [r for r in rows if r is not None]
 
 

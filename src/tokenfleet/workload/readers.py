@@ -55,6 +55,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.fileio import write_bytes, write_parquet
 from tokenfleet.workload.trace import FloatArray, IntArray, Trace, take_blocks
 
 TimeUnit = Literal["s", "ms", "us", "ns", "datetime"]
@@ -181,7 +182,10 @@ class TraceFile:
         suffixes = [s.lower() for s in p.suffixes]
         if suffixes and suffixes[-1] in (".gz", ".xz"):
             suffixes = suffixes[:-1]
-        return cls(p, compression, suffixes[-1] if suffixes else "")
+        src = cls(p, compression, suffixes[-1] if suffixes else "")
+        if src.suffix in (".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".txt"):
+            _check_text(src.head(), p)
+        return src
 
     def data(self) -> bytes:
         """The decompressed bytes (only used for compressed files; cached)."""
@@ -211,6 +215,19 @@ class TraceFile:
         """What to hand to Polars: the path itself (mmap, multi-threaded) when
         uncompressed, else an in-memory buffer of the decompressed bytes."""
         return self.path if self.compression is None else io.BytesIO(self.data())
+
+
+def _check_text(head: bytes, path: Path) -> None:
+    """One clear line for a text trace that is binary (NUL bytes) or not UTF-8."""
+    import codecs
+
+    if b"\x00" in head:
+        raise TokenfleetError(f"{path}: this trace is a binary file, not text")
+    try:  # incremental: a character cut at the end of the head is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as e:
+        raise TokenfleetError(f"{path}: this trace is not UTF-8 text (byte {e.start}); is "
+                              f"it a binary file?") from None
 
 
 def _csv_header(src: TraceFile) -> list[str]:
@@ -781,7 +798,7 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
     kind = (suffixes[-2] if gz and len(suffixes) > 1 else suffixes[-1]) if suffixes else ""
     df = trace.to_polars()
     if kind == ".parquet" and not gz:
-        df.write_parquet(p)
+        write_parquet(p, df)
         return p
     if kind not in (".csv", ".jsonl"):
         raise TokenfleetError(
@@ -794,5 +811,5 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
     else:
         df.write_ndjson(buf)
     data = buf.getvalue()
-    p.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    write_bytes(p, gzip.compress(data, mtime=0) if gz else data)
     return p
