@@ -186,6 +186,45 @@ class _Ctx:
     limits: tuple[Bucket, ...] = ()
 
 
+@dataclass(slots=True)
+class _Segment:
+    """One backend's part of a stream (lives only as long as that backend serves it):
+    the resume bookkeeping and the timing of this segment."""
+
+    delivered: Delivered | None  # the stream's record, when it may be resumed
+    resuming: bool  # the client already got an earlier segment
+    t_first: float  # monotonic first bytes of this segment, seconds
+    t_last: float  # monotonic last bytes of this segment, seconds
+    tail: bytes  # the last events sent (they hold the usage, if any)
+    prior: int = 0  # tokens the client got from earlier backends
+    swap: tuple[bytes, bytes] | None = None  # this backend's id -> the client's id
+    pending: bytes = b""  # a partial event, held back until it is whole
+    events: int = 0  # SSE events of this segment
+    sampled: bool = False  # an early TPOT sample was taken
+    ended: bool = False  # the client has the whole stream (through "[DONE]")
+
+    def take(self, chunk: bytes) -> bytes:
+        """The events of ``chunk`` to send to the client, recorded for a resume."""
+        d = self.delivered
+        if d is None:
+            return chunk
+        # Only whole events go out: a resumed stream must not follow half a one.
+        events, self.pending = split_events(self.pending, chunk)
+        if events:
+            if d.id_bytes is None:
+                d.id_bytes = first_id(events)
+            elif self.resuming and self.swap is None:
+                new = first_id(events)
+                self.swap = ((b'"id":"' + new + b'"', b'"id":"' + d.id_bytes + b'"')
+                             if new and new != d.id_bytes else (b"", b""))
+            if self.swap and self.swap[0]:
+                events = events.replace(*self.swap)
+            if self.resuming:
+                events = rewrite_usage(events, self.prior)
+            d.add(events)
+        return events
+
+
 class Gateway:
     """Holds the router, the pooled HTTP client, health checks and metrics.
 
@@ -676,16 +715,9 @@ class Gateway:
         anything reached the client; otherwise returns the client's response."""
         assert self._upstream is not None
         pool, backend = choice.pool, choice.backend
-        m, s, tier = self.metrics, self.settings, ctx.tier.name
+        m, tier = self.metrics, ctx.tier.name
         now = time.monotonic()
-        if ctx.deadline - now <= 0:
-            raise ApiError(504, f"request timed out after {s.request_timeout_s} s",
-                           "server_error", "timeout")
-        target = self._targets.get((backend, ctx.parsed.kind))
-        if target is None:
-            raise _Retry("connect", "backend removed by a reload")
-        headers = b"Content-Type: application/json\r\nX-Request-Id: %b\r\n%b" % (
-            ctx.request_id.encode(), self._auth_lines.get(pool.name, b""))
+        target, headers = self._request_head(ctx, pool, backend, now)
         backend.in_flight += 1
         backend.breaker.on_dispatch(now)
         st = backend.stats
@@ -696,35 +728,9 @@ class Gateway:
         upstream: UpstreamResponse | None = None
         verdict: bool | None = None  # True ok, False failure, None no judgement
         try:
-            try:
-                upstream = await self._upstream.post(
-                    target, headers,
-                    self._upstream_body(ctx, pool), connect_timeout=s.connect_timeout_s,
-                    read_timeout=s.first_byte_timeout_s, deadline=ctx.deadline)
-            except ConnectTimeout:
-                verdict = False
-                raise _Retry("connect", f"connect timeout after {s.connect_timeout_s} s"
-                             ) from None
-            except TimeoutError:
-                verdict = False
-                raise self._timeout(ctx, pool, "no response headers") from None
-            except ConnectError as e:
-                verdict = False
-                if pool.health_path:  # a refused connection: down until a check passes
-                    backend.healthy = False
-                raise _Retry("connect", f"cannot connect: {e}") from None
-            except UpstreamError as e:
-                verdict = False
-                raise _Retry("connect", f"connection lost before the response: {e}"
-                             ) from None
+            upstream = await self._post(ctx, pool, backend, target, headers)
             resp: web.StreamResponse
-            if upstream.status != 200:
-                verdict, resp = await self._non_200(ctx, pool, upstream)
-                return resp
-            if ctx.parsed.stream:
-                verdict, resp = await self._stream(ctx, pool, backend, upstream, now)
-            else:
-                verdict, resp = await self._buffered(ctx, pool, upstream)
+            verdict, resp = await self._answer(ctx, pool, backend, upstream, now)
             return resp
         except _Retry as e:
             # A backend answering 429 is alive, only busy: no verdict for its breaker.
@@ -750,6 +756,55 @@ class Gateway:
                 else:
                     upstream.close()
             self._judge(backend, verdict)
+
+    def _request_head(self, ctx: _Ctx, pool: Pool, backend: Backend, now: float
+                      ) -> tuple[Target, bytes]:
+        """The target and extra header lines of an attempt at ``backend``; raises when
+        the request is out of time or the backend is gone."""
+        if ctx.deadline - now <= 0:
+            raise ApiError(504, f"request timed out after {self.settings.request_timeout_s} s",
+                           "server_error", "timeout")
+        target = self._targets.get((backend, ctx.parsed.kind))
+        if target is None:
+            raise _Retry("connect", "backend removed by a reload")
+        headers = b"Content-Type: application/json\r\nX-Request-Id: %b\r\n%b" % (
+            ctx.request_id.encode(), self._auth_lines.get(pool.name, b""))
+        return target, headers
+
+    async def _post(self, ctx: _Ctx, pool: Pool, backend: Backend, target: Target,
+                    headers: bytes) -> UpstreamResponse:
+        """Send the request and wait for the response headers. A failure raises
+        :class:`_Retry` or (timed out) :class:`ApiError`; the caller judges both as the
+        backend's failure."""
+        assert self._upstream is not None
+        s = self.settings
+        try:
+            return await self._upstream.post(
+                target, headers,
+                self._upstream_body(ctx, pool), connect_timeout=s.connect_timeout_s,
+                read_timeout=s.first_byte_timeout_s, deadline=ctx.deadline)
+        except ConnectTimeout:
+            raise _Retry("connect", f"connect timeout after {s.connect_timeout_s} s"
+                         ) from None
+        except TimeoutError:
+            raise self._timeout(ctx, pool, "no response headers") from None
+        except ConnectError as e:
+            if pool.health_path:  # a refused connection: down until a check passes
+                backend.healthy = False
+            raise _Retry("connect", f"cannot connect: {e}") from None
+        except UpstreamError as e:
+            raise _Retry("connect", f"connection lost before the response: {e}"
+                         ) from None
+
+    async def _answer(self, ctx: _Ctx, pool: Pool, backend: Backend,
+                      upstream: UpstreamResponse, t_sent: float
+                      ) -> tuple[bool | None, web.StreamResponse]:
+        """The client's response from the backend's: (verdict on the backend, response)."""
+        if upstream.status != 200:
+            return await self._non_200(ctx, pool, upstream)
+        if ctx.parsed.stream:
+            return await self._stream(ctx, pool, backend, upstream, t_sent)
+        return await self._buffered(ctx, pool, upstream)
 
     def _judge(self, backend: Backend, verdict: bool | None) -> None:
         b = backend.breaker
@@ -913,14 +968,42 @@ class Gateway:
     async def _stream(self, ctx: _Ctx, pool: Pool, backend: Backend,
                       upstream: UpstreamResponse, t_sent: float
                       ) -> tuple[bool | None, web.StreamResponse]:
-        m, tier = self.metrics, ctx.tier.name
         resuming = ctx.resp is not None
         # Built (not sent) while the backend is still working on the first token, so
         # that the first token is not kept waiting for it.
         resp = ctx.resp or _SSEResponse(
             status=200, headers={**_SSE_HEADERS, **self._headers(ctx, pool)})
-        # Wait for the first bytes before answering the client: until then a failure
-        # can still be retried elsewhere without the client noticing.
+        first = await self._first_bytes(ctx, pool, upstream, resuming)
+        t_first = time.monotonic()
+        self._observe(backend, ttft_s=t_first - t_sent)
+        if ctx.t_first is None:
+            ctx.t_first = t_first
+        seg = self._segment(ctx, resuming, first, t_first)
+        chunk = first
+        while chunk:
+            events = seg.take(chunk)
+            if events and not await self._forward(ctx, pool, resp, seg, events):
+                return None, resp  # the client left
+            if not seg.sampled and seg.events >= _TPOT_SAMPLE_EVENTS:
+                # An early TPOT sample: a slow backend shows within a few tokens.
+                seg.sampled = True
+                self._observe(backend, tpot_s=tpot(seg.t_first, time.monotonic(), seg.events))
+            try:
+                chunk = await upstream.readany()
+            except (TimeoutError, UpstreamError) as e:
+                if seg.ended:
+                    break  # the client has everything; only the backend's end is missing
+                await self._read_failed(ctx, pool, resp, seg, e)
+                return False, resp
+            if chunk:
+                seg.t_last = time.monotonic()
+        await self._finish_stream(ctx, pool, backend, resp, seg)
+        return True, resp
+
+    async def _first_bytes(self, ctx: _Ctx, pool: Pool, upstream: UpstreamResponse,
+                           resuming: bool) -> bytes:
+        """Wait for the first bytes before answering the client: until then a failure
+        can still be retried elsewhere without the client noticing."""
         try:
             first = await upstream.readany()
         except TimeoutError:
@@ -931,101 +1014,83 @@ class Gateway:
             raise _Retry("mid_stream", f"before the first token: {e}") from None
         if not first:
             raise _Retry("mid_stream", "backend closed the stream before the first token")
-        t_first = time.monotonic()
-        self._observe(backend, ttft_s=t_first - t_sent)
-        if ctx.t_first is None:
-            ctx.t_first = t_first
+        return first
+
+    def _segment(self, ctx: _Ctx, resuming: bool, first: bytes, t_first: float) -> _Segment:
+        """The bookkeeping of the part of ``ctx``'s stream that one backend serves."""
         d = ctx.delivered
         if d is None and self._resume_on(ctx):
             d = ctx.delivered = Delivered()
-        prior = 0  # tokens the client got from earlier backends
-        swap: tuple[bytes, bytes] | None = None  # this backend's id -> the client's id
+        seg = _Segment(delivered=d, resuming=resuming, t_first=t_first, t_last=t_first,
+                       tail=first)
         if resuming and d is not None:
             d.fold()
-            prior = d.tokens
+            seg.prior = d.tokens
             d.segments += 1
-        pending = b""
-        seg_events = 0
-        sampled = False
-        t_last = t_first
-        tail = first
-        chunk = first
-        ended = False  # the client has the whole stream (through "[DONE]")
-        while chunk:
-            if d is None:
-                events = chunk
+        return seg
+
+    async def _forward(self, ctx: _Ctx, pool: Pool, resp: web.StreamResponse, seg: _Segment,
+                       events: bytes) -> bool:
+        """Send ``events`` to the client (the headers with the first); False when the
+        client has left."""
+        n = events.count(b"data:")
+        seg.events += n
+        ctx.events += n
+        seg.tail = events
+        # Writes and reads are guarded apart: a reset while writing is the
+        # client leaving; a failure while reading is the backend's.
+        try:
+            if not resp.prepared:
+                await resp.prepare(ctx.request)
+                ctx.resp = resp
+            if seg.ended:
+                pass  # nothing may follow "[DONE]"; keep draining the backend
+            elif events.endswith(b"[DONE]\n\n"):
+                await resp.write_eof(events)  # last chunk and terminator in one send
+                seg.ended = True
             else:
-                # Only whole events go out: a resumed stream must not follow half a one.
-                events, pending = split_events(pending, chunk)
-                if events:
-                    if d.id_bytes is None:
-                        d.id_bytes = first_id(events)
-                    elif resuming and swap is None:
-                        new = first_id(events)
-                        swap = ((b'"id":"' + new + b'"', b'"id":"' + d.id_bytes + b'"')
-                                if new and new != d.id_bytes else (b"", b""))
-                    if swap and swap[0]:
-                        events = events.replace(*swap)
-                    if resuming:
-                        events = rewrite_usage(events, prior)
-                    d.add(events)
-            if events:
-                n = events.count(b"data:")
-                seg_events += n
-                ctx.events += n
-                tail = events
-                # Writes and reads are guarded apart: a reset while writing is the
-                # client leaving; a failure while reading is the backend's.
-                try:
-                    if not resp.prepared:
-                        await resp.prepare(ctx.request)
-                        ctx.resp = resp
-                    if ended:
-                        pass  # nothing may follow "[DONE]"; keep draining the backend
-                    elif events.endswith(b"[DONE]\n\n"):
-                        await resp.write_eof(events)  # last chunk and terminator in one send
-                        ended = True
-                    else:
-                        await resp.write(events)
-                except ConnectionResetError:
-                    m.child(m.requests, tier, pool.name, "cancelled").inc()
-                    return None, resp
-            if not sampled and seg_events >= _TPOT_SAMPLE_EVENTS:
-                # An early TPOT sample: a slow backend shows within a few tokens.
-                sampled = True
-                self._observe(backend, tpot_s=tpot(t_first, time.monotonic(), seg_events))
-            try:
-                chunk = await upstream.readany()
-            except (TimeoutError, UpstreamError) as e:
-                if ended:
-                    break  # the client has everything; only the backend's end is missing
-                if (d is not None and d.resumable and resp.prepared
-                        and ctx.resumes < self.settings.max_resumes):
-                    raise _Resume(f"{type(e).__name__}: {e}") from None
-                m.child(m.errors, tier, pool.name,
-                        "timeout" if isinstance(e, TimeoutError) else "mid_stream").inc()
-                await self._stream_failed(ctx, pool, resp, f"{type(e).__name__}: {e}")
-                return False, resp
-            if chunk:
-                t_last = time.monotonic()
-        if pending and not ended:
+                await resp.write(events)
+        except ConnectionResetError:
+            m = self.metrics
+            m.child(m.requests, ctx.tier.name, pool.name, "cancelled").inc()
+            return False
+        return True
+
+    async def _read_failed(self, ctx: _Ctx, pool: Pool, resp: web.StreamResponse,
+                           seg: _Segment, e: TimeoutError | UpstreamError) -> None:
+        """The backend failed mid-stream: raise :class:`_Resume` when the stream may go
+        on elsewhere, else end it with an error event."""
+        d = seg.delivered
+        if (d is not None and d.resumable and resp.prepared
+                and ctx.resumes < self.settings.max_resumes):
+            raise _Resume(f"{type(e).__name__}: {e}") from None
+        m = self.metrics
+        m.child(m.errors, ctx.tier.name, pool.name,
+                "timeout" if isinstance(e, TimeoutError) else "mid_stream").inc()
+        await self._stream_failed(ctx, pool, resp, f"{type(e).__name__}: {e}")
+
+    async def _finish_stream(self, ctx: _Ctx, pool: Pool, backend: Backend,
+                             resp: web.StreamResponse, seg: _Segment) -> None:
+        """The backend ended the stream: end the client's and record the metrics."""
+        if seg.pending and not seg.ended:
             with contextlib.suppress(ConnectionError):
-                await resp.write(pending)
+                await resp.write(seg.pending)
         with contextlib.suppress(ConnectionError):
             await resp.write_eof()
-        if not sampled and seg_events > 2:
-            self._observe(backend, tpot_s=tpot(t_first, t_last, seg_events))
-        tokens = _usage_tokens(tail)
+        if not seg.sampled and seg.events > 2:
+            self._observe(backend, tpot_s=tpot(seg.t_first, seg.t_last, seg.events))
+        tokens = _usage_tokens(seg.tail)
         if tokens is None:  # one SSE event per token, less the final "[DONE]"
-            tokens = ctx.events - 1 if b"[DONE]" in tail else ctx.events
-        if resuming:
+            tokens = ctx.events - 1 if b"[DONE]" in seg.tail else ctx.events
+        m, tier = self.metrics, ctx.tier.name
+        assert ctx.t_first is not None  # set when this segment's first bytes came
+        if seg.resuming:
             m.child(m.resumes, tier, pool.name, "completed").inc()
         m.child(m.requests, tier, pool.name, "ok").inc()
         m.child(m.ttft, tier, pool.name).observe(ctx.t_first - ctx.t0)
         if tokens > 1:  # tokens that arrive in one read count as 0 s apart, not as missing
-            m.child(m.tpot, tier, pool.name).observe(tpot(ctx.t_first, t_last, tokens))
-        m.child(m.duration, tier, pool.name).observe(t_last - ctx.t0)
-        return True, resp
+            m.child(m.tpot, tier, pool.name).observe(tpot(ctx.t_first, seg.t_last, tokens))
+        m.child(m.duration, tier, pool.name).observe(seg.t_last - ctx.t0)
 
     async def _end_stream(self, ctx: _Ctx, pool: Pool) -> None:
         """Everything was generated before the backend failed; only ``[DONE]`` was
