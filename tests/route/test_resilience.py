@@ -10,7 +10,7 @@ import json
 import time
 
 import aiohttp
-from tokenfleet.route.engine import FixedLatencyEngine, FixedPacing
+from tokenfleet.route.pace import FixedLatencyEngine, FixedPacing
 
 from tokenfleet.route.config import BackendsFile
 from tokenfleet.route.emulator import Emulator
