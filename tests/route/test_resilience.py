@@ -10,11 +10,11 @@ import json
 import time
 
 import aiohttp
-from tokenfleet.route.pace import FixedLatencyEngine, FixedPacing
 
 from tokenfleet.route.config import BackendsFile
 from tokenfleet.route.emulator import Emulator
 from tokenfleet.route.openai_api import parse_request
+from tokenfleet.route.pace import FixedLatencyEngine, FixedPacing
 from tokenfleet.route.resume import Delivered, continuation_body, rewrite_usage, split_events
 
 from .conftest import BUCKET, Stack, make_plan, start_fixed_backend, start_gateway, unit
