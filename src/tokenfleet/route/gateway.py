@@ -101,9 +101,9 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
                 "X-Accel-Buffering": "no"}
 # Upstream statuses worth another backend: overloaded (429) or broken (5xx).
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_MAX_ERROR_BODY = 4096
+_MAX_ERROR_BODY = 4096  # bytes of an upstream error body quoted back to the client
 # Events of a stream after which its backend's TPOT is sampled for outlier detection.
-_TPOT_SAMPLE_EVENTS = 6  # bytes of an upstream error body quoted back to the client
+_TPOT_SAMPLE_EVENTS = 6
 
 
 def safe_url(url: str) -> str:
