@@ -319,7 +319,7 @@ def _operating_point(q: Query, r: _Resolved) -> OperatingPoint:
         return tech_mod.best_technique_point(
             r.model, r.accel, get_precision(r.precision), r.kv_precision, q.count, r.eff,
             q.input_len, q.output_len, r.mode, r.techniques, q.concurrency, q.slo_ttft,
-            q.slo_tpot, engine=r.engine,
+            q.slo_tpot, engine=r.engine, batching=r.batching,
             data_parallel=q.data_parallel,
             layouts=[_layout(q.layout, q.count)] if q.layout else None)
     return best_operating_point(

@@ -5,6 +5,7 @@ wins, and every result says which layout it took and why."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -160,8 +161,12 @@ def best_operating_point(
     data_parallel: bool = True,
     engine: str | None = None,
     batching: str | None = None,
+    unit_of: Callable[[Layout], UnitModel] | None = None,
 ) -> OperatingPoint:
     """The layout engines would run for this operating point (see :func:`choose`).
+
+    ``unit_of`` builds the unit of a layout (default: a plain :class:`UnitModel`; the
+    serving techniques pass theirs).
 
     ``layouts`` default: those engines run on this chip (``layouts_for`` with
     ``accel``). A layout with more dp ranks than the unit has sequences
@@ -182,7 +187,8 @@ def best_operating_point(
             min(candidates, key=lambda lo: lo.dp)]
     points = []
     for lo in candidates:
-        unit = UnitModel(model, accel, precision, kv_precision, lo, eff, engine)
+        unit = (unit_of(lo) if unit_of is not None
+                else UnitModel(model, accel, precision, kv_precision, lo, eff, engine))
         op = evaluate_layout(unit, input_len, output_len, mode, concurrency, slo_ttft, slo_tpot,
                              reserve_full, batching)
         points.append(op)

@@ -55,7 +55,7 @@ import numpy as np
 from tokenfleet.catalog.schema import Accelerator, ModelSpec
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.disagg import Link, link_between, prompt_kv_bytes, transfer_s
-from tokenfleet.perf.operating import OperatingPoint, evaluate_layout
+from tokenfleet.perf.operating import OperatingPoint, best_operating_point
 from tokenfleet.perf.precision import Precision
 from tokenfleet.perf.speculative import Speculation
 from tokenfleet.perf.unit import (
@@ -63,7 +63,6 @@ from tokenfleet.perf.unit import (
     Layout,
     MemoryFit,
     UnitModel,
-    layouts_for,
 )
 
 Role = Literal["both", "prefill", "decode"]
@@ -281,28 +280,15 @@ def best_technique_point(
     layouts: list[Layout] | None = None,
     data_parallel: bool = True,
     engine: str | None = None,
+    batching: str | None = None,
 ) -> OperatingPoint:
-    """:func:`~tokenfleet.perf.operating.best_operating_point` for a :class:`TechniqueUnit`:
-    the layout with the highest throughput; when none works, the one that came closest."""
+    """:func:`~tokenfleet.perf.operating.best_operating_point` with each layout's unit a
+    :class:`TechniqueUnit`: the same layout search, choice and reasons."""
     if tech.speculation is not None and tech.draft is not None:
         check_draft(model, tech.draft)
-    best: OperatingPoint | None = None
-    closest: OperatingPoint | None = None
-    candidates = layouts or layouts_for(model, count, accel, engine)
-    if not data_parallel:
-        candidates = [lo for lo in candidates if lo.dp == 1 or lo.ep > 1] or candidates
-    for lo in candidates:
-        unit = TechniqueUnit(model, accel, precision, kv_precision, lo, eff, tech, engine)
-        op = evaluate_layout(unit, input_len, output_len, mode, concurrency, slo_ttft, slo_tpot)
-        if op.fits:
-            if best is None or op.output_tokens_per_s > best.output_tokens_per_s * (1 + 1e-9):
-                best = op
-        elif closest is None or (
-            (op.memory.fits, -op.violation, -op.memory.weights_per_chip)
-            > (closest.memory.fits, -closest.violation, -closest.memory.weights_per_chip)
-        ):
-            closest = op
-    if best is not None:
-        return best
-    assert closest is not None
-    return closest
+    return best_operating_point(
+        model, accel, precision, kv_precision, count, eff, input_len, output_len, mode,
+        concurrency, slo_ttft, slo_tpot, layouts=layouts, data_parallel=data_parallel,
+        engine=engine, batching=batching,
+        unit_of=lambda lo: TechniqueUnit(model, accel, precision, kv_precision, lo, eff, tech,
+                                         engine))
