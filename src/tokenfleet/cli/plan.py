@@ -34,10 +34,6 @@ def _print_shares_power_contracts(plan: Plan, console: Console) -> None:
         console.print("  vendor share by spend / chips / tokens: " + "; ".join(
             f"{v} {s.spend:.0%} / {s.chips:.0%} / {s.tokens:.0%}"
             for v, s in plan.economics.vendor_share.items()))
-    spend = plan.vendor_shares.get("spend")
-    if spend:
-        console.print("  vendor share (spend): "
-                      + ", ".join(f"{v} {s:.0%}" for v, s in spend.items()))
     console.print(f"  power at TDP: {power}")
     if plan.energy:
         e = plan.energy

@@ -7,22 +7,18 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from tokenfleet.plan.economics import vendor_shares as by_vendor
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.plan.schema import Plan
 
 
-def _shares(by: dict[str, float]) -> dict[str, float]:
-    tot = sum(by.values())
-    return {v: x / tot for v, x in sorted(by.items()) if x > 0} if tot > 0 else {}
-
-
 def vendor_shares(plan: Plan) -> dict[str, dict[str, float]]:
-    spend: dict[str, float] = defaultdict(float)
-    chips: dict[str, float] = defaultdict(float)
-    for u in plan.units:
-        spend[u.vendor] += u.usd_per_hour
-        chips[u.vendor] += u.chips
-    return {"tokens": dict(plan.vendor_share), "spend": _shares(spend), "chips": _shares(chips)}
+    """Basis -> vendor -> share: tokens as the vendor cap counts them, spend and chips as
+    :func:`tokenfleet.plan.economics.vendor_shares` counts them (one computation)."""
+    econ = by_vendor(plan)
+    return {"tokens": dict(plan.vendor_share),
+            "spend": {v: s.spend for v, s in econ.items() if s.spend > 0},
+            "chips": {v: s.chips for v, s in econ.items() if s.chips > 0}}
 
 
 def energy(plan: Plan, sc: Scenario) -> dict[str, Any]:
