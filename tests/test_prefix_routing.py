@@ -50,7 +50,8 @@ def test_affinity_is_deterministic() -> None:
 
 def test_load_gap_keeps_a_hot_prefix_from_piling_up() -> None:
     pools = _pools(2)
-    pa = PrefixAffinity(capacity_blocks=100, max_load_gap=2.0)
+    # load is outstanding over the concurrency limit (64): a gap of 2 requests
+    pa = PrefixAffinity(capacity_blocks=100, max_load_gap=2.0 / 64)
     rng = random.Random(0)
     picks = [pa.choose_prefix(pools, [1, 2, 3], rng) for _ in range(10)]
     # the first pool takes the prefix; once 2 requests ahead, the other gets the overflow

@@ -79,7 +79,7 @@ def test_place_takes_the_least_loaded_lane_in_turn(seed: int) -> None:
     n_wait, wait_head, routed = np.zeros(n_lanes, np.int64), np.full(n_lanes, np.inf), \
         np.zeros(5, np.int64)
     coef = np.ones(5)
-    got = kernels.place(slots, picks, o, first, lanes, routed, sl, q_head, q_tail,
+    got = kernels.place(slots, picks, np.full(m, -1), o, first, lanes, routed, sl, q_head, q_tail,
                         n_wait, wait_head, coef, coef, np.zeros(5), np.zeros(5, np.int64))
     assert got.tolist() == want
     np.testing.assert_array_equal(o, want_o)

@@ -22,12 +22,11 @@ import heapq
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.routing.affinity import MAX_LOAD_GAP, MIN_MATCH, PrefixIndex, pick_affine
 
-if TYPE_CHECKING:  # the workload package loads NumPy and Polars; routing stays light
-    from tokenfleet.workload.blockcache import LruBlockCache
 
 
 @dataclass(slots=True)
@@ -237,36 +236,39 @@ class PrefixAffinity(_Policy):
     cache-aware router): a request goes to the pool that already holds the longest
     leading run of its prefix blocks, so a conversation's turns meet their own KV cache.
 
-    The router keeps its own index of what it sent where: per pool (by name) an LRU of
-    the last ``capacity_blocks`` prefix blocks routed there (``workload.prefix``'s
-    cache rule; set it to the pool's cache size), so it needs nothing from the backends.
-    Filter -> score -> pick: pools with headroom (else every healthy pool); score = the
-    matched run, counted only when it covers at least ``min_match`` of the request's
-    blocks (SGLang's cache-aware router has the same kind of threshold: a shared system
-    prompt alone must not pull all traffic to one pool); among pools no more than
-    ``max_load_gap`` outstanding requests per replica above the least loaded (so one hot
-    prefix cannot pile onto one pool), the best score wins, ties to the least loaded,
-    then in turn. A request without hashes (or
-    ``choose_many``, which carries none) is routed by load, as ``jsq``.
-
-    Not in ``POLICIES`` yet: the simulator's and the gateway's routing calls pass no
-    prefix blocks; ``choose_prefix`` is the call they need (see tests/test_prefix_routing.py).
+    The rule is :mod:`tokenfleet.routing.affinity`'s, shared with the simulator (which
+    applies it to engine lanes): the router keeps its own index of what it sent where
+    (per pool an LRU of the last ``capacity_blocks`` prefix blocks routed there; set it
+    to the pool's cache size), so it needs nothing from the backends. Filter -> score ->
+    pick: pools with headroom (else every healthy pool); :func:`~tokenfleet.routing.
+    affinity.pick_affine` among them (longest run covering ``min_match`` of the blocks,
+    within ``max_load_gap`` of the least loaded, load = outstanding over the pool's
+    concurrency limit); a request no pool qualifies for goes to the least loaded pool,
+    equals in turn. A request without hashes (or ``choose_many``, which carries none)
+    is routed by load, as ``jsq``.
     """
 
     name = "prefix-affinity"
 
-    def __init__(self, capacity_blocks: int = 65536, max_load_gap: float = 8.0,
-                 min_match: float = 0.5) -> None:
+    def __init__(self, capacity_blocks: int = 65536, max_load_gap: float = MAX_LOAD_GAP,
+                 min_match: float = MIN_MATCH) -> None:
         self.min_match = min_match
         self.capacity_blocks = capacity_blocks
         self.max_load_gap = max_load_gap
-        self.index: dict[str, LruBlockCache] = {}
+        self._ids: dict[str, int] = {}  # pool name -> target number in the index
+        self.index = PrefixIndex(0, capacity_blocks)
         self._turn = 0
 
     def choose_many(self, pools: Sequence[PoolState], n: int, rng: random.Random
                     ) -> list[int | None]:
         idx = _healthy(pools)
         return list(_by_load(pools, idx, n)) if idx else [None] * n
+
+    def _target(self, name: str) -> int:
+        t = self._ids.get(name)
+        if t is None:
+            t = self._ids[name] = self.index.add_target()
+        return t
 
     def choose_prefix(self, pools: Sequence[PoolState], blocks: Sequence[int],
                       rng: random.Random) -> int | None:
@@ -275,25 +277,19 @@ class PrefixAffinity(_Policy):
         idx = [i for i, p in enumerate(pools) if p.room > 0] or _healthy(pools)
         if not idx:
             return None
-        least = min(pools[i].load for i in idx)
-        near = [i for i in idx if pools[i].load <= least + self.max_load_gap]
-        caches = [self.index.get(pools[i].pool) for i in near]
-        score = [c.leading_run(blocks) if c is not None else 0 for c in caches]
-        # A short match (a system prompt every pool holds) is no reason to pile on a pool.
-        floor = self.min_match * len(blocks)
-        score = [sc if sc and sc >= floor else 0 for sc in score]
-        best = max(score)
-        tied = [i for i, sc in zip(near, score, strict=True) if sc == best]
-        low = min(pools[i].load for i in tied)
-        tied = [i for i in tied if pools[i].load == low]
-        pick = tied[self._turn % len(tied)]  # equals take turns, as round-robin
-        self._turn += 1
-        name = pools[pick].pool
-        if name not in self.index:
-            from tokenfleet.workload.blockcache import LruBlockCache
-
-            self.index[name] = LruBlockCache(self.capacity_blocks)
-        self.index[name].touch(blocks)
+        targets = [self._target(pools[i].pool) for i in idx]
+        load = [(pools[i].in_flight + pools[i].queued) / max(pools[i].max_in_flight, 1)
+                for i in idx]
+        t = pick_affine(self.index.matches(blocks), targets, load, len(blocks),
+                        self.max_load_gap, self.min_match)
+        if t is not None:
+            pick = idx[targets.index(t)]
+        else:
+            low = min(load)
+            tied = [i for i, ld in zip(idx, load, strict=True) if ld == low]
+            pick = tied[self._turn % len(tied)]  # equals take turns, as round-robin
+            self._turn += 1
+        self.index.touch(self._target(pools[pick].pool), blocks)
         pools[pick].queued += 1
         return pick
 

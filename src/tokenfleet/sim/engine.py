@@ -71,7 +71,7 @@ from tokenfleet.sim.admission import SHED, Admission
 from tokenfleet.sim.dispatch import NO_HEALTHY, REASON_CODES, KeyRouter
 from tokenfleet.sim.fleet import Fleet, PoolInfo
 from tokenfleet.sim.metrics import CompletionBuffer, GroupStats
-from tokenfleet.sim.prefix_cache import LanePrefixCaches
+from tokenfleet.sim.prefix_cache import LaneAffinity, LanePrefixCaches
 from tokenfleet.sim.shocks import Failure, PriceChange
 from tokenfleet.sim.stepcost import FleetStepCost, PrefillAttention
 from tokenfleet.sim.traffic import Workload
@@ -108,6 +108,7 @@ class SimOptions:
     max_time_s: float | None = None  # stop (and reject what is left) after this time
     progress: object | None = None  # callable(done_requests, total) for progress bars
     admission: str = "none"  # one of ADMISSION_MODES
+    cache_affinity: bool = True  # prefix-hashed requests follow their cache (prefix_cache.py)
 
 
 @dataclass
@@ -207,7 +208,9 @@ class Simulator:
         self.admission = Admission(
             fleet.plan, pools, dict(zip(self.tier_names, self.slo_ttft.tolist(), strict=True)))
         # Prefix caching, when the traffic carries prefix hashes (sim/prefix_cache.py).
-        self.prefix = LanePrefixCaches.of(workload, self.lane_pool, self.n_pools)
+        self.prefix = LanePrefixCaches.of(
+            workload, self.lane_pool, self.n_pools,
+            LaneAffinity.of(self.router, pools) if self.opt.cache_affinity else None)
         self.sample_s = self.opt.sample_s or auto_sample_s(workload.duration_s, self.opt.sync_s)
         self.sample_s = max(self.opt.sync_s,
                             round(self.sample_s / self.opt.sync_s) * self.opt.sync_s)
@@ -379,7 +382,11 @@ class Simulator:
             if not slots.size:
                 return
         att = self.prefill_att
-        lanes = kernels.place(slots, picks, self.outstanding, self.pool_first_arr,
+        # Cache-affinity routing (sim/prefix_cache.py): a lane per request, or -1.
+        prefer = (self.prefix.prefer(slots, picks, self.sl.rid, self.sl.key,
+                                     self.sl.inp[slots] + self.sl.out[slots], self.outstanding)
+                  if self.prefix is not None else np.full(slots.size, -1, np.int64))
+        lanes = kernels.place(slots, picks, prefer, self.outstanding, self.pool_first_arr,
                               self.pool_lanes_arr, self.routed, self.sl, self.q_head, self.q_tail,
                               self.n_wait, self.wait_head, att.coef, att.full, att.sliding,
                               att.window)

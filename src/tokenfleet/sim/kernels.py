@@ -565,12 +565,14 @@ def prefill_attention_per_token(pool, prompt, coef, full, sliding, window
 
 
 @njit(cache=True, nogil=True)
-def place(slots, picks, outstanding, pool_first, pool_lanes, routed, sl, q_head, q_tail, n_wait,
-          wait_head, att_coef, att_full, att_sliding, att_window):  # pragma: no cover - compiled
+def place(slots, picks, prefer, outstanding, pool_first, pool_lanes, routed, sl, q_head, q_tail,
+          n_wait, wait_head, att_coef, att_full, att_sliding,
+          att_window):  # pragma: no cover - compiled
     """Routed requests (in arrival order) join the waiting queue of the lane of their
     pool ``picks[i]`` with the fewest outstanding requests (lowest index on ties),
-    counting earlier ones, with their prompt-attention cost per token. Returns each
-    one's lane; -1 (and nothing done) where every lane of the pool is down."""
+    counting earlier ones, with their prompt-attention cost per token; or of lane
+    ``prefer[i]`` (an up lane of that pool) where it is >= 0 (cache affinity). Returns
+    each one's lane; -1 (and nothing done) where every lane of the pool is down."""
     n_pools = pool_first.size
     # A binary heap of each pool's lanes that gets requests, ordered by (outstanding,
     # index); the pools' heaps share one array.
@@ -595,12 +597,20 @@ def place(slots, picks, outstanding, pool_first, pool_lanes, routed, sl, q_head,
         p = picks[i]
         n = pool_lanes[p]
         h = heap[start[p]:start[p] + n]
-        if n == 0 or outstanding[h[0]] == np.inf:
+        if prefer[i] >= 0:  # cache affinity chose the lane: restore the heap below it
+            r = prefer[i]
+            outstanding[r] += 1.0
+            k = 0
+            while h[k] != r:
+                k += 1
+            _sift_down(h, n, k, outstanding)
+        elif n == 0 or outstanding[h[0]] == np.inf:
             lanes[i] = -1  # every lane of the pool is down
             continue
-        r = h[0]
-        outstanding[r] += 1.0
-        _sift_down(h, n, 0, outstanding)
+        else:
+            r = h[0]
+            outstanding[r] += 1.0
+            _sift_down(h, n, 0, outstanding)
         lanes[i] = r
         s = slots[i]
         sl.pool[s] = p

@@ -27,11 +27,21 @@ class LruBlockCache:
     def __len__(self) -> int:
         return len(self._blocks)
 
-    def resize(self, capacity_blocks: int) -> None:
-        """Set the capacity (e.g. to the KV memory free now), evicting the LRU blocks."""
+    def __contains__(self, block: int) -> bool:
+        return block in self._blocks
+
+    def resize(self, capacity_blocks: int) -> list[int]:
+        """Set the capacity (e.g. to the KV memory free now), evicting the LRU blocks;
+        returns the evicted blocks (``routing.affinity`` keeps an index of them)."""
         self.capacity_blocks = max(int(capacity_blocks), 0)
-        while len(self._blocks) > self.capacity_blocks:
-            self._blocks.popitem(last=False)
+        return self._evict()
+
+    def _evict(self) -> list[int]:
+        cache = self._blocks
+        out = []
+        while len(cache) > self.capacity_blocks:
+            out.append(cache.popitem(last=False)[0])
+        return out
 
     def leading_run(self, blocks: Sequence[int]) -> int:
         """How many of ``blocks``, from the first, are cached."""
@@ -42,14 +52,14 @@ class LruBlockCache:
             n += 1
         return n
 
-    def touch(self, blocks: Sequence[int]) -> None:
-        """Make ``blocks`` the most recently used (the first one last), evicting the LRU."""
+    def touch(self, blocks: Sequence[int]) -> list[int]:
+        """Make ``blocks`` the most recently used (the first one last), evicting the LRU;
+        returns the evicted blocks."""
         cache = self._blocks
         for h in reversed(blocks):
             cache[h] = None
             cache.move_to_end(h)
-        while len(cache) > self.capacity_blocks:
-            cache.popitem(last=False)
+        return self._evict() if len(cache) > self.capacity_blocks else []
 
     def serve(self, blocks: Sequence[int], prompt_tokens: int, block_tokens: int) -> int:
         """Prompt tokens a request finds cached; then its blocks enter the cache."""
