@@ -67,3 +67,38 @@ def test_no_healthy_pool_and_no_hashes() -> None:
     pools = _pools(3)
     pools[0].queued = 5
     assert PrefixAffinity().choose_prefix(pools, [], random.Random(0)) == 1  # least loaded
+
+
+def test_index_matches_each_cache_leading_run() -> None:
+    """The inverted index answers what asking every target's cache would, through
+    evictions and resizes (random chained prefixes, small caches)."""
+    from tokenfleet.routing.affinity import PrefixIndex
+
+    rng = random.Random(3)
+    idx = PrefixIndex(5, 12)
+    roots = list(range(6))
+    for step in range(3000):
+        root = rng.choice(roots)
+        blocks = [root * 1000 + j for j in range(rng.randint(1, 9))]
+        t = rng.randrange(5)
+        if step % 97 == 0:
+            idx.resize(t, rng.randint(0, 20))
+        want = {u: c.leading_run(blocks) for u, c in enumerate(idx.caches)}
+        assert idx.matches(blocks) == {u: n for u, n in want.items() if n}
+        idx.serve(t, blocks, 512 * len(blocks), 512)
+    held = {h for c in idx.caches for h in c._blocks}
+    assert set(idx._owners) == held  # nothing evicted lingers in the index
+
+
+def test_pick_affine_load_bound_and_floor() -> None:
+    from tokenfleet.routing.affinity import pick_affine
+
+    m = {0: 8, 1: 5, 2: 1}
+    assert pick_affine(m, [0, 1, 2, 3], [0.2, 0.1, 0.0, 0.0], 10) == 0  # longest run
+    # lane 0 is more than the gap above the emptiest: the next best within it
+    assert pick_affine(m, [0, 1, 2, 3], [0.9, 0.1, 0.0, 0.0], 10, max_load_gap=0.5) == 1
+    assert pick_affine(m, [0, 1], [0.9, 0.1], 10, max_load_gap=0.5, least=0.0) == 1
+    assert pick_affine(m, [0, 1], [0.9, 0.8], 10, max_load_gap=0.5, least=0.0) is None
+    # a run under the floor (min_match of the blocks) is no reason to pick a target
+    assert pick_affine({2: 1}, [2, 3], [0.0, 0.0], 40, min_match=0.05) is None
+    assert pick_affine({0: 4, 1: 4}, [0, 1], [0.3, 0.2], 10) == 1  # ties: less loaded

@@ -138,3 +138,49 @@ def test_growth_adds_users_not_repeats(setup) -> None:
     assert base.unbounded_hit_rate() == pytest.approx(prefix_reuse(trace).unbounded_hit_rate())
     assert grown.requests == 3 * len(trace)
     assert grown.unbounded_hit_rate() == pytest.approx(base.unbounded_hit_rate(), abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def lanes8():
+    """Eight lanes in two pools of different chips, the sample's arrivals spread 5x (so
+    running sequences leave most of each lane's KV to the cache)."""
+    trace = read_trace(sample_path("mooncake_conversation")).scale_rate(0.2, mode="compress")
+    plan = quick_plan([TierSpec("t", "llama-3.1-8b", None, None, [(12000, 350, 1.0)])],
+                      [QuickPool("t", "h100-sxm", 4, count=1),
+                       QuickPool("t", "mi300x", 4, count=1)], load=0.5)
+    return trace, plan, label_trace(plan, trace, tier="t")
+
+
+def test_cache_affinity_beats_round_robin_and_reaches_the_offline_count(lanes8) -> None:
+    """Round-robin scatters a conversation's turns over the lanes; cache affinity sends
+    them to the lane that holds their prefix, so the lanes' caches together reuse about
+    what one cache of all their KV would (the exact offline count at that size)."""
+    from tokenfleet.sim.engine import SimOptions
+
+    trace, plan, w = lanes8
+    rr = simulate(plan, w, options=SimOptions(policy="round-robin", cache_affinity=False))
+    plain = simulate(plan, w, options=SimOptions(cache_affinity=False))
+    aff = simulate(plan, w)
+    for r in (rr, plain, aff):
+        s = r.summary
+        assert s.checks.conservation_ok and s.completed == s.requests == len(trace)
+        assert _tokens_out(r) == int(w.output_tokens.sum())
+    hit = {k: r.summary.tiers["t"].prefix_cache_hit_rate for k, r in
+           (("rr", rr), ("plain", plain), ("aff", aff))}
+    assert hit["aff"] > 1.5 * hit["rr"] and hit["aff"] > 1.5 * hit["plain"], hit
+    total_kv = sum(p.unit.replicas * p.lanes_per_replica * p.kv_tokens_per_lane
+                   for p in aff.record.pool_info.values())
+    offline = prefix_reuse(trace).hit_rate(total_kv // 512)
+    assert hit["aff"] <= offline + 1e-9
+    assert hit["aff"] == pytest.approx(offline, abs=0.05), (hit, offline)
+    # both pools took a share: affinity does not pile everything onto one
+    assert all(p.completed > 0.2 * len(trace) for p in aff.summary.pools.values())
+
+
+def test_affinity_routing_is_deterministic(lanes8) -> None:
+    _, plan, w = lanes8
+    a, b = simulate(plan, w), simulate(plan, w)
+    assert a.record.prefix_tokens == b.record.prefix_tokens
+    assert {k: p.completed for k, p in a.summary.pools.items()} == {
+        k: p.completed for k, p in b.summary.pools.items()}
+    assert a.summary.tiers["t"].ttft_s == b.summary.tiers["t"].ttft_s

@@ -28,7 +28,6 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.routing.affinity import MAX_LOAD_GAP, MIN_MATCH, PrefixIndex, pick_affine
 
 
-
 @dataclass(slots=True)
 class PoolState:
     """What a router knows about one pool when a request for one (tier, bucket) arrives."""
