@@ -9,7 +9,7 @@ estimate's uncertainty band so the plan holds at the pessimistic end of the band
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -26,6 +26,7 @@ from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.unit import Layout, layouts_for
 from tokenfleet.plan.risk import confidence_factor
 from tokenfleet.plan.scenario import Scenario, Supply, Tier
+from tokenfleet.plan.schema import TierPrefixCache
 from tokenfleet.plan.tail import binding_percentile, tail_rate_factor
 from tokenfleet.workload import SizeBuckets, read_trace
 from tokenfleet.workload.trace import Trace
@@ -86,6 +87,8 @@ class CandidateSet:
     # (for a bucket: the reason at the largest unit size tried)
     rejected: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
     precision_notes: dict[str, list[str]] = field(default_factory=dict)
+    # tier -> prefix caching priced into its candidates (plan/prefix.py)
+    prefix_cache: dict[str, TierPrefixCache] = field(default_factory=dict)
 
 
 def tier_demand(tier: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
@@ -161,6 +164,7 @@ class _Models:
     cal: Calibration
     demands: list[Demand]
     tiers: dict[str, Tier] = field(default_factory=dict)
+    prefix_hit_rates: Mapping[str, float] = field(default_factory=dict)  # plan/prefix.py
 
     def __post_init__(self) -> None:
         self.tiers = {t.name: t for t in self.sc.tiers}
@@ -177,7 +181,8 @@ class _Models:
             model=t.model, accelerator=accel, count=layout.chips, precision=precision,
             engine=t.engine, input_len=d.input_len, output_len=d.output_len,
             slo_ttft=t.slo.ttft_s, slo_tpot=None if ttft_only else t.slo.tpot_s,
-            usd_per_hour=1.0, layout=layout)
+            usd_per_hour=1.0, layout=layout,
+            prefix_hit_rate=self.prefix_hit_rates.get(d.tier, 0.0))
 
     def _screener(self, accel: str, layout: Layout, precision: str, tier: str,
                   ttft_only: bool = False) -> Callable[[int, int], OperatingPoint] | None:
@@ -215,8 +220,10 @@ def build_candidates(
     cal: Calibration,
     precision_gate: Callable[[Tier, str], tuple[bool, str]] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    prefix_hit_rates: Mapping[str, float] | None = None,
 ) -> CandidateSet:
-    """Demand and every feasible candidate pool of the scenario."""
+    """Demand and every feasible candidate pool of the scenario (``prefix_hit_rates``:
+    tier -> prefix-cache hit rate priced in, ``plan/prefix.py``)."""
     buckets = tier_buckets(sc)
     demands: list[Demand] = []
     for t in sc.tiers:
@@ -224,7 +231,7 @@ def build_candidates(
         if not tier_d:
             raise TokenfleetError(f"tier '{t.name}': traffic has no requests")
         demands.extend(tier_d)
-    models = _Models(sc, catalog, cal, demands)
+    models = _Models(sc, catalog, cal, demands, prefix_hit_rates=prefix_hit_rates or {})
     cs = CandidateSet(demands, [])
     jobs = [(t, i, s) for t in sc.tiers for i, s in enumerate(sc.supply)]
     for j, (t, i, s) in enumerate(jobs):

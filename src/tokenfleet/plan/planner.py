@@ -34,6 +34,7 @@ from tokenfleet.plan.milp import (
     fixed_monthly_cost,
     solve_fleet,
 )
+from tokenfleet.plan.prefix import with_prefix_caching
 from tokenfleet.plan.prices import price_constraints
 from tokenfleet.plan.risk import shortfall_odds
 from tokenfleet.plan.scenario import Scenario, Tier
@@ -200,7 +201,22 @@ def prepare(sc: Scenario, base: Path, catalog: Catalog, cal: Calibration | None 
                  if not any(c.tier == d.tier and d.bucket in c.capacity for c in cs.candidates)]
     if uncovered:
         raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
-    return cs
+    return _with_prefix_caching(sc, base, cs, catalog, cal, precision_gate)
+
+
+def _with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Catalog,
+                         cal: Calibration,
+                         gate: Callable[[Tier, str], tuple[bool, str]] | None) -> CandidateSet:
+    """Tiers whose trace has prefix hashes priced at the hit rate it shows at the KV the
+    plan buys (plan/prefix.py: a fixed point of plain solves)."""
+    def solve(c: CandidateSet) -> tuple[list[tuple[Candidate, int]], float] | None:
+        f, sol = solve_fleet(sc, c)
+        return (chosen_units(f, sol), bill(sc, f, sol)) if sol.ok else None
+
+    return with_prefix_caching(
+        sc, base, cs, catalog, cal,
+        lambda sub, hits: build_candidates(sub, base, catalog, cal, gate,
+                                           prefix_hit_rates=hits), solve)
 
 
 def scaled(cs: CandidateSet, scale: Mapping[str, float]) -> CandidateSet:
@@ -469,7 +485,8 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
             output_tokens_per_s=toks,
             usd_per_million_output_tokens=spend_h / 3600 / toks * 1e6 if toks else 0.0,
             precisions=sorted({c.precision for c, _ in chosen if c.tier == t.name}),
-            precision_notes=cs.precision_notes.get(t.name, [])))
+            precision_notes=cs.precision_notes.get(t.name, []),
+            prefix_cache=cs.prefix_cache.get(t.name)))
     power: dict[str, float] = defaultdict(float)
     for c, reps in chosen:
         power[c.region] += c.watts * reps / 1e6

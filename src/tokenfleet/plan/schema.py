@@ -89,6 +89,29 @@ class BucketSplit(_Model):
     shares: dict[str, float] = Field(description="pool id -> fraction of this bucket's requests")
 
 
+class TierPrefixCache(_Model):
+    """Prefix (KV) caching of a tier whose trace carries prefix-block hashes
+    (``plan/prefix.py``): the hit rate priced into its units and what it saves."""
+
+    hit_rate: float = Field(description="fraction of prompt tokens served from the cache, "
+                                        "priced into the tier's candidates")
+    hit_rate_at_plan_kv: float = Field(
+        description="the exact offline count at this plan's KV (cache_tokens): what "
+                    "`simulate` should report for the tier, with cache-affinity routing")
+    unbounded_hit_rate: float = Field(description="with a cache that never evicts")
+    cache_tokens: int = Field(description="KV tokens the plan buys for the tier "
+                                          "(replicas x lanes x KV per lane)")
+    block_tokens: int = Field(description="tokens per prefix block of the trace")
+    iterations: int = Field(description="fixed-point solves (price at the hit rate of the "
+                                        "previous solve's KV)")
+    method: str = Field(description="how the hit rate was obtained")
+    plain_usd_per_month: float = Field(description="the tier's spend in the plan solved "
+                                                   "without caching")
+    usd_per_month: float = Field(description="the tier's spend with caching")
+    saving_usd_per_month: float = Field(description="the whole plan's bill without caching "
+                                                    "minus with it")
+
+
 class TierSummary(_Model):
     name: str
     model: str
@@ -105,6 +128,8 @@ class TierSummary(_Model):
     usd_per_million_output_tokens: float
     precisions: list[str]
     precision_notes: list[str] = []
+    prefix_cache: TierPrefixCache | None = Field(
+        None, description="prefix caching priced in (tiers whose trace has prefix hashes)")
 
 
 class Cost(_Model):

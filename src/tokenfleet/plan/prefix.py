@@ -1,0 +1,148 @@
+"""Prefix caching in the planner: per tier whose trace carries prefix-block hashes, the
+hit rate the trace shows at the KV capacity the plan buys, priced into its candidates.
+
+**The cache size the plan buys** is the tier's KV capacity: over its pools, replicas x
+engine lanes (data-parallel ranks) x each lane's KV capacity in tokens (whole 512-token
+blocks of the memory left after weights and activations, :func:`lane_kv_tokens`, the
+simulator's figure too), in blocks of the trace's block size.
+
+**The hit rate there** is the exact offline LRU count (``workload.prefix``) on the
+tier's trace as the simulator replays it (scaled by ``scale * growth``: copies are other
+users with their own hashes), with one cache of that size: what the tier's lanes reuse
+together when cache-affinity routing keeps a conversation on the lane holding its
+prefix (the simulator's default; it lands within about 1 point of this count on the
+example, benchmarks/RESULTS.md). Per-lane caches hold only their free KV, so a loaded
+fleet finds a little less.
+
+**Fixed point.** Caching lowers prefill work, so fewer units serve the tier, so less KV
+is bought, so the hit rate falls. :func:`with_prefix_caching` solves plain, counts the
+hit rate at the KV bought, re-prices the tier's candidates with it
+(``Query.prefix_hit_rate``, ``perf/techniques.py``) and solves again, ``ITERATIONS``
+times; the hit rate of the last fleet is the one priced in (reported as is, not
+averaged). The saving is the plain solve's bill minus the last one's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from tokenfleet.catalog.loader import Catalog
+from tokenfleet.perf.calibration import Calibration
+from tokenfleet.perf.unit import UnitModel
+from tokenfleet.plan.candidates import Candidate, CandidateSet
+from tokenfleet.plan.scenario import Scenario, Tier
+from tokenfleet.plan.schema import TierPrefixCache
+from tokenfleet.plan.units import unit_model
+from tokenfleet.workload.prefix import PrefixReuse, prefix_reuse
+from tokenfleet.workload.readers import read_trace
+
+ITERATIONS = 2
+MAX_HIT_RATE = 0.95  # the performance model takes rates below 1; no trace comes near
+BLOCK_TOKENS = 512  # the simulator's KV block (whole blocks of free memory)
+
+# One solve: the chosen units and the plan's bill in USD per month (None: infeasible).
+Solve = Callable[[CandidateSet], tuple[list[tuple[Candidate, int]], float] | None]
+Rebuild = Callable[[Scenario, dict[str, float]], CandidateSet]
+
+
+def lane_kv_tokens(um: UnitModel) -> int:
+    """KV capacity of one engine lane (one data-parallel rank) in tokens, whole blocks:
+    the memory left for the KV cache over one token's KV (full-attention tokens)."""
+    mem = um.memory(1, 1)
+    per_token = um.kv_seq_bytes_per_chip(1.0)
+    if not mem.fits or per_token <= 0:
+        return 0
+    return int(mem.kv_budget_per_chip // per_token) // BLOCK_TOKENS * BLOCK_TOKENS
+
+
+def candidate_kv_tokens(c: Candidate, catalog: Catalog, cal: Calibration) -> int:
+    """KV tokens one replica of candidate ``c`` holds (every lane)."""
+    e = next(iter(c.estimates.values()))
+    if e.layout is None:
+        return 0
+    um, _ = unit_model(e.model, c.accelerator.id, c.precision, e.kv_precision, e.layout,
+                       e.engine, catalog, cal)
+    return lane_kv_tokens(um) * e.layout.dp
+
+
+def tier_reuse(t: Tier, base: Path) -> PrefixReuse | None:
+    """The exact offline reuse of the tier's trace as simulated, or None (no trace, or
+    one without prefix hashes)."""
+    tr = t.traffic
+    if not tr.trace:
+        return None
+    p = Path(tr.trace)
+    trace = read_trace(p if p.is_absolute() else base / p, format=tr.format)
+    if trace.prefix_offsets is None:
+        return None
+    return prefix_reuse(trace.scale_rate(tr.scale * tr.growth))
+
+
+def _tier_usd(chosen: list[tuple[Candidate, int]], tier: str, hours: float) -> float:
+    return sum(c.usd_per_hour * n for c, n in chosen if c.tier == tier) * hours
+
+
+def _merge(cs: CandidateSet, part: CandidateSet, tiers: set[str]) -> CandidateSet:
+    """``cs`` with the candidates and demand of ``tiers`` taken from ``part``."""
+    keep_rej = {k: v for k, v in cs.rejected.items() if k[0] not in tiers}
+    notes = {k: v for k, v in cs.precision_notes.items() if k not in tiers}
+    return replace(
+        cs,
+        demands=[d for d in cs.demands if d.tier not in tiers] + part.demands,
+        candidates=[c for c in cs.candidates if c.tier not in tiers] + part.candidates,
+        rejected={**keep_rej, **part.rejected},
+        precision_notes={**notes, **part.precision_notes},
+        prefix_cache=dict(cs.prefix_cache))
+
+
+def with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Catalog,
+                        cal: Calibration, rebuild: Rebuild, solve: Solve) -> CandidateSet:
+    """``cs`` with the candidates of every tier whose trace carries prefix hashes priced
+    at the hit rate its trace shows at the KV the plan buys (module docstring), and that
+    hit rate, its method and saving in ``prefix_cache``. ``cs`` unchanged when no tier
+    has hashes or the plain problem has no solution (the caller explains that)."""
+    reuse = {t.name: r for t in sc.tiers if (r := tier_reuse(t, base)) is not None}
+    if not reuse:
+        return cs
+    first = solve(cs)
+    if first is None:
+        return cs
+    chosen, plain_usd = first
+    plain_tier = {n: _tier_usd(chosen, n, sc.hours_per_month) for n in reuse}
+    sub = sc.model_copy(update={"tiers": [t for t in sc.tiers if t.name in reuse]})
+    kv_per_replica: dict[str, int] = {}
+    out, last_usd = cs, plain_usd
+    hits: dict[str, float] = {}
+    for _ in range(ITERATIONS):
+        for c, _n in chosen:
+            if c.tier in reuse and c.id not in kv_per_replica:
+                kv_per_replica[c.id] = candidate_kv_tokens(c, catalog, cal)
+        kv_blocks = {n: sum(kv_per_replica[c.id] * k for c, k in chosen if c.tier == n)
+                     // r.block_tokens for n, r in reuse.items()}
+        hits = {n: min(r.hit_rate(kv_blocks[n]), MAX_HIT_RATE) for n, r in reuse.items()}
+        out = _merge(cs, rebuild(sub, hits), set(reuse))
+        nxt = solve(out)
+        if nxt is None:
+            return cs
+        chosen, last_usd = nxt
+    for n, r in reuse.items():
+        tier_usd = _tier_usd(chosen, n, sc.hours_per_month)
+        blocks = sum(kv_per_replica.get(c.id, 0) * k for c, k in chosen
+                     if c.tier == n) // r.block_tokens
+        if any(c.id not in kv_per_replica for c, _k in chosen if c.tier == n):
+            blocks = sum(candidate_kv_tokens(c, catalog, cal) * k for c, k in chosen
+                         if c.tier == n) // r.block_tokens
+        out.prefix_cache[n] = TierPrefixCache(
+            hit_rate=hits[n], cache_tokens=blocks * r.block_tokens,
+            hit_rate_at_plan_kv=r.hit_rate(blocks), block_tokens=r.block_tokens,
+            unbounded_hit_rate=r.unbounded_hit_rate(), iterations=ITERATIONS,
+            method=(f"exact offline LRU count of the tier's trace as simulated (scaled, "
+                    f"{r.requests:,} requests) with one cache the size of the KV the "
+                    f"plan buys (replicas x lanes x each lane's KV after weights, in "
+                    f"{r.block_tokens}-token blocks); candidates re-priced at the rate "
+                    f"of the previous solve's fleet, {ITERATIONS} times"),
+            plain_usd_per_month=plain_tier[n], usd_per_month=tier_usd,
+            saving_usd_per_month=plain_usd - last_usd)
+    return out
