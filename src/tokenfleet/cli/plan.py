@@ -16,7 +16,7 @@ from tokenfleet.errors import TokenfleetError
 if TYPE_CHECKING:
     from tokenfleet.catalog.loader import Catalog
     from tokenfleet.plan.scenario import Scenario, Tier
-    from tokenfleet.plan.schema import Plan
+    from tokenfleet.plan.schema import Plan, TierPrefixCache
     from tokenfleet.sim.verify import VerifyOptions
 
     Gate = Callable[[Tier, str], tuple[bool, str]] | None
@@ -91,6 +91,8 @@ def print_plan(plan: Plan, console: Console) -> None:
     for tier in plan.tiers:
         for n in tier.precision_notes:
             console.print(f"  {tier.name}: {n}")
+        if tier.prefix_cache is not None:
+            console.print(f"  {tier.name}: {prefix_cache_line(tier.prefix_cache)}")
     _print_shares_power_contracts(plan, console)
     _print_constraints(plan, console)
     for n in plan.notes:
@@ -173,6 +175,18 @@ def _sec(x: float | None) -> str:
 
 def _usd(x: float | None, spec: str = ".3f") -> str:
     return "—" if x is None else "$" + format(x, spec)
+
+
+def prefix_cache_line(pc: TierPrefixCache) -> str:
+    """One line on a tier's prefix caching: the hit rate, how it was found, the saving."""
+    return (f"prefix caching on, hit rate {pc.hit_rate:.1%} (exact offline count of its "
+            f"trace at the {pc.cache_tokens / 1e6:,.1f}M KV tokens the plan buys; "
+            f"{pc.unbounded_hit_rate:.1%} with no eviction): the tier costs "
+            f"{_money(pc.usd_per_month)}/month instead of {_money(pc.plain_usd_per_month)}, "
+            f"saving {_money(pc.saving_usd_per_month)}; the plan's bill "
+            f"{_money(pc.bill_saving_usd_per_month)}"
+            + (" (committed spend is paid either way)"
+               if pc.bill_saving_usd_per_month < pc.saving_usd_per_month - 1 else ""))
 
 
 def _print_tiers(plan: Plan, console: Console) -> None:

@@ -2,9 +2,9 @@
 hit rate the trace shows at the KV capacity the plan buys, priced into its candidates.
 
 **The cache size the plan buys** is the tier's KV capacity: over its pools, replicas x
-engine lanes (data-parallel ranks) x each lane's KV capacity in tokens (whole 512-token
-blocks of the memory left after weights and activations, :func:`lane_kv_tokens`, the
-simulator's figure too), in blocks of the trace's block size.
+engine lanes (data-parallel ranks) x each lane's KV capacity in tokens (the memory left
+after weights and activations, :func:`lane_kv_tokens`, the simulator's figure too), in
+whole blocks of the trace's block size (512 tokens for Mooncake).
 
 **The hit rate there** is the exact offline LRU count (``workload.prefix``) on the
 tier's trace as the simulator replays it (scaled by ``scale * growth``: copies are other
@@ -19,7 +19,8 @@ is bought, so the hit rate falls. :func:`with_prefix_caching` solves plain, coun
 hit rate at the KV bought, re-prices the tier's candidates with it
 (``Query.prefix_hit_rate``, ``perf/techniques.py``) and solves again, ``ITERATIONS``
 times; the hit rate of the last fleet is the one priced in (reported as is, not
-averaged). The saving is the plain solve's bill minus the last one's.
+averaged). The saving: the tier's spend in the plain solve minus in the last one, and
+the whole bill's (smaller where committed spend is paid whether used or not).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from tokenfleet.workload.readers import read_trace
 
 ITERATIONS = 2
 MAX_HIT_RATE = 0.95  # the performance model takes rates below 1; no trace comes near
-BLOCK_TOKENS = 512  # the simulator's KV block (whole blocks of free memory)
+# vLLM's and TensorRT-LLM's default KV-cache page size, tokens per block: a lane's KV
+# capacity is whole pages (the simulator's ``sim.fleet.BLOCK_TOKENS``).
+KV_PAGE_TOKENS = 16
 
 # One solve: the chosen units and the plan's bill in USD per month (None: infeasible).
 Solve = Callable[[CandidateSet], tuple[list[tuple[Candidate, int]], float] | None]
@@ -48,13 +51,14 @@ Rebuild = Callable[[Scenario, dict[str, float]], CandidateSet]
 
 
 def lane_kv_tokens(um: UnitModel) -> int:
-    """KV capacity of one engine lane (one data-parallel rank) in tokens, whole blocks:
-    the memory left for the KV cache over one token's KV (full-attention tokens)."""
+    """KV capacity of one engine lane (one data-parallel rank) in tokens, whole pages:
+    the memory left for the KV cache over one token's KV (full-attention tokens). The
+    simulator's lanes hold this much (``sim.fleet``)."""
     mem = um.memory(1, 1)
     per_token = um.kv_seq_bytes_per_chip(1.0)
     if not mem.fits or per_token <= 0:
         return 0
-    return int(mem.kv_budget_per_chip // per_token) // BLOCK_TOKENS * BLOCK_TOKENS
+    return int(mem.kv_budget_per_chip // per_token) // KV_PAGE_TOKENS * KV_PAGE_TOKENS
 
 
 def candidate_kv_tokens(c: Candidate, catalog: Catalog, cal: Calibration) -> int:
@@ -144,5 +148,6 @@ def with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Cat
                     f"{r.block_tokens}-token blocks); candidates re-priced at the rate "
                     f"of the previous solve's fleet, {ITERATIONS} times"),
             plain_usd_per_month=plain_tier[n], usd_per_month=tier_usd,
-            saving_usd_per_month=plain_usd - last_usd)
+            saving_usd_per_month=plain_tier[n] - tier_usd,
+            bill_saving_usd_per_month=plain_usd - last_usd)
     return out

@@ -108,8 +108,11 @@ class TierPrefixCache(_Model):
     plain_usd_per_month: float = Field(description="the tier's spend in the plan solved "
                                                    "without caching")
     usd_per_month: float = Field(description="the tier's spend with caching")
-    saving_usd_per_month: float = Field(description="the whole plan's bill without caching "
-                                                    "minus with it")
+    saving_usd_per_month: float = Field(description="the tier's spend without caching minus "
+                                                    "with it (list value of its chip-hours)")
+    bill_saving_usd_per_month: float = Field(
+        description="the whole plan's bill without caching minus with it (less than the "
+                    "tier's saving when committed spend is paid anyway)")
 
 
 class TierSummary(_Model):

@@ -135,6 +135,26 @@ def _tiers_table(plan: Plan) -> str:
                   ("precisions used", False), ("precision notes", False)], rows)
 
 
+def _prefix_cache_table(plan: Plan) -> str:
+    """Per tier with prefix caching priced in: the hit rate, how it was found, the saving."""
+    rows = []
+    for t in plan.tiers:
+        pc = t.prefix_cache
+        if pc is None:
+            continue
+        rows.append([esc(t.name), pct(pc.hit_rate), num(pc.cache_tokens / 1e6, 1),
+                     pct(pc.unbounded_hit_rate), usd(pc.plain_usd_per_month),
+                     usd(pc.usd_per_month), usd(pc.saving_usd_per_month),
+                     usd(pc.bill_saving_usd_per_month), esc(pc.method)])
+    if not rows:
+        return "<p class=\"muted\">No tier's trace carries prefix hashes: no caching priced.</p>"
+    return table([("tier", False), ("hit rate priced in", True), ("KV bought, M tokens", True),
+                  ("hit rate, no eviction", True), ("tier $/month without", True),
+                  ("tier $/month with", True), ("tier saves $/month", True),
+                  ("bill saves $/month", True), ("how the hit rate was obtained", False)],
+                 rows)
+
+
 def _pools_table(plan: Plan) -> str:
     hours = plan.limits.hours_per_month
     loads = pool_load(plan)
@@ -295,6 +315,8 @@ def render_plan_report(plan: Plan) -> str:
         "<section id=\"plots\"><h2>Plots</h2><div class=\"plots\">"
         f"{''.join(figure_html(f) for f in figs)}</div></section>"
         f"<section id=\"tiers\"><h2>Tiers</h2>{_tiers_table(plan)}</section>"
+        "<section id=\"prefix-cache\"><h2>Prefix caching</h2>"
+        f"{_prefix_cache_table(plan)}</section>"
         "<section id=\"unit-costs\"><h2>Unit costs per tier</h2>"
         f"{_unit_costs_table(plan)}<p class=\"muted\">{esc(_economics(plan).basis)}. "
         "Each column spreads the tier's whole cost over one kind of work, so $ / M input "

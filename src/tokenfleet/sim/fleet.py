@@ -18,12 +18,13 @@ from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.unit import UnitModel
+from tokenfleet.plan.prefix import KV_PAGE_TOKENS, lane_kv_tokens
 from tokenfleet.plan.schema import Plan, PlanUnit
 from tokenfleet.plan.units import plan_unit_model
 from tokenfleet.sim.stepcost import StageCoefficients
 
 # vLLM's and TensorRT-LLM's default KV-cache page size, tokens per block.
-BLOCK_TOKENS = 16
+BLOCK_TOKENS = KV_PAGE_TOKENS
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,8 @@ def build_pool(unit: PlanUnit, i: int, engine: EngineConfig, catalog: Catalog,
                               f"{mem.reason}")
     # KV is tracked in full-attention tokens: for sliding-window layers this overstates
     # what long sequences hold, which errs towards preempting too early, never too late.
-    per_token = um.kv_seq_bytes_per_chip(1.0)
-    kv_tokens = int(mem.kv_budget_per_chip // per_token) // BLOCK_TOKENS * BLOCK_TOKENS
+    # (The planner sizes prefix caches with the same figure: plan/prefix.py.)
+    kv_tokens = lane_kv_tokens(um)
     # The serving engine's own caps (perf.engines), as the estimate assumes them.
     max_seqs = engine.max_num_seqs or um.engine.max_num_seqs
     budget = engine.max_batched_tokens or um.engine.max_num_batched_tokens
