@@ -183,7 +183,7 @@ def prefix_cache_line(pc: TierPrefixCache) -> str:
             f"trace at the {pc.cache_tokens / 1e6:,.1f}M KV tokens the plan buys; "
             f"{pc.unbounded_hit_rate:.1%} with no eviction): the tier costs "
             f"{_money(pc.usd_per_month)}/month instead of {_money(pc.plain_usd_per_month)}, "
-            f"saving {_money(pc.saving_usd_per_month)}; the plan's bill "
+            f"saving {_money(pc.saving_usd_per_month)}; the plan's bill drops by "
             f"{_money(pc.bill_saving_usd_per_month)}"
             + (" (committed spend is paid either way)"
                if pc.bill_saving_usd_per_month < pc.saving_usd_per_month - 1 else ""))

@@ -2,8 +2,10 @@
 the KV memory it has free, and a request that finds a leading run of its prompt's
 blocks there skips that part of its prefill.
 
-Kept beside the event loop rather than inside it: the engine calls :meth:`place` once
-routing has put requests on lanes, and this module lowers each request's prompt work
+Kept beside the event loop rather than inside it: the engine asks :meth:`prefer` for a
+lane per request (cache-affinity routing, :class:`LaneAffinity`; -1 leaves the plan's
+split and the least loaded lane) before ``kernels.place`` queues them, and calls
+:meth:`place` once they are on lanes; this module lowers each request's prompt work
 (``need``, the prompt tokens still to prefill) by its hit. What it models:
 
 * one cache per lane (an engine instance has its own KV cache), holding 512-token
@@ -21,7 +23,9 @@ routing has put requests on lanes, and this module lowers each request's prompt 
   read the prefix's KV (it understates decode time by up to the hit fraction of the
   context) and the prefix does not take memory from the lane. Keeping the context
   (for attention) apart from the KV a request owns is a change inside the engine's
-  kernels (``enter_decode`` and the completion ring use ``s_inp`` for both);
+  hot kernels (a slot column for the shared prefix, added to ``dec_ctx`` in
+  ``enter_decode`` and taken off again where the completion ring, preemption and moves
+  take ``s_inp``), left for when the kernels are not being reworked;
 * a request preempted (recompute) prefills its own part again; one moved after a
   failure gets its whole prompt back and is looked up again where it lands;
 * the tier's ``input_tokens`` (completed requests) then count the prompt tokens
