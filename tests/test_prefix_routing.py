@@ -102,3 +102,16 @@ def test_pick_affine_load_bound_and_floor() -> None:
     # a run under the floor (min_match of the blocks) is no reason to pick a target
     assert pick_affine({2: 1}, [2, 3], [0.0, 0.0], 40, min_match=0.05) is None
     assert pick_affine({0: 4, 1: 4}, [0, 1], [0.3, 0.2], 10) == 1  # ties: less loaded
+
+
+def test_prompt_blocks_are_chained() -> None:
+    from tokenfleet.routing.affinity import prompt_blocks
+
+    a = list(range(1300))
+    b = a[:512] + [7] * 788
+    ha, hb = prompt_blocks(a), prompt_blocks(b)
+    assert len(ha) == 2 and len(hb) == 2  # whole blocks only
+    assert ha[0] == hb[0] and ha[1] != hb[1]
+    c = [9] + a[1:]  # differs in block 0: every later block differs too
+    assert all(x != y for x, y in zip(prompt_blocks(c), ha, strict=True))
+    assert prompt_blocks(a) == ha and prompt_blocks(a[:100]) == []

@@ -42,6 +42,24 @@ MAX_LOAD_GAP = 0.5
 MIN_MATCH = 0.05
 
 
+def prompt_blocks(token_ids: Sequence[int], block_tokens: int = 512) -> list[int]:
+    """Chained hashes of a prompt's whole ``block_tokens`` blocks (the Mooncake
+    ``hash_ids`` convention: block ``j``'s hash covers blocks ``0..j``, so two prompts
+    share block ``j`` only if they share everything before it); the gateway's way to
+    give :class:`~tokenfleet.routing.policies.PrefixAffinity` a live request's blocks.
+    A partial last block is left out (engines cache whole blocks only). Deterministic
+    across processes (no ``hash()`` randomisation)."""
+    import hashlib
+
+    out: list[int] = []
+    h = hashlib.blake2b(digest_size=8)
+    for j in range(len(token_ids) // block_tokens):
+        chunk = token_ids[j * block_tokens:(j + 1) * block_tokens]
+        h.update(b"".join(int(t).to_bytes(4, "little", signed=False) for t in chunk))
+        out.append(int.from_bytes(h.copy().digest(), "little") >> 1)  # fits an int64
+    return out
+
+
 class PrefixIndex:
     """Per target an LRU block cache, plus block -> targets that hold it."""
 

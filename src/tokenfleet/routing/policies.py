@@ -245,6 +245,11 @@ class PrefixAffinity(_Policy):
     concurrency limit); a request no pool qualifies for goes to the least loaded pool,
     equals in turn. A request without hashes (or ``choose_many``, which carries none)
     is routed by load, as ``jsq``.
+
+    Not in ``POLICIES``: the gateway's router (``route/router.py``) calls ``choose``,
+    which carries no blocks; wiring it means passing ``routing.affinity.prompt_blocks``
+    of each request's token ids to ``choose_prefix``. The simulator applies the same
+    rule per lane (``sim/prefix_cache.py``).
     """
 
     name = "prefix-affinity"
