@@ -184,3 +184,29 @@ def test_affinity_routing_is_deterministic(lanes8) -> None:
     assert {k: p.completed for k, p in a.summary.pools.items()} == {
         k: p.completed for k, p in b.summary.pools.items()}
     assert a.summary.tiers["t"].ttft_s == b.summary.tiers["t"].ttft_s
+
+
+def test_place_takes_preferred_lanes_and_keeps_least_loaded_order() -> None:
+    """``kernels.place`` with a preferred lane queues there; the other requests still
+    go to their pool's least loaded lane, counting the preferred ones."""
+    from tokenfleet.sim import kernels
+
+    first, lanes = np.array([0, 3]), np.array([3, 2])
+    o = np.array([0.0, 1.0, 2.0, 0.0, 0.0])
+    picks = np.array([0, 0, 0, 0, 1])
+    prefer = np.array([0, 0, -1, -1, 4])
+    m = picks.size
+    cols = {f: np.zeros(m, kernels.SLOT_DTYPES[f]) for f in kernels.Slots._fields}
+    cols["need"] = np.full(m, 100)
+    sl = kernels.Slots(**cols)
+    q_head, q_tail = np.full(5, -1), np.full(5, -1)
+    n_wait, wait_head, routed = np.zeros(5, np.int64), np.full(5, np.inf), np.zeros(2, np.int64)
+    coef = np.ones(2)
+    got = kernels.place(np.arange(m), picks, prefer, o, first, lanes, routed, sl, q_head,
+                        q_tail, n_wait, wait_head, coef, coef, np.zeros(2),
+                        np.zeros(2, np.int64))
+    # lane 0 (outstanding 0) preferred twice -> 2; the plain picks: lane 1 (1), then the
+    # three tie at 2 and the lowest index wins (the heap was restored under lane 0)
+    assert got.tolist() == [0, 0, 1, 0, 4]
+    assert o.tolist() == [3.0, 2.0, 2.0, 0.0, 1.0]
+    assert routed.tolist() == [4, 1]
