@@ -84,6 +84,20 @@ def test_output_length_comes_from_the_tiers_traffic_capped_by_max_tokens() -> No
     assert pred.predict("no-such-tier", 100, None) == 256  # the stated default
 
 
+def test_output_length_follows_the_prompt_band_from_edges_or_nearest_split() -> None:
+    plan = make_plan([unit("chat/a")], {("chat", BUCKET): {"chat/a": 1.0},
+                                        ("chat", OTHER_BUCKET): {"chat/a": 1.0}})
+    short, long_ = plan.traffic_split
+    long_.input_len, long_.output_len = 4000, 900  # the long-prompt band answers longer
+    pred = OutputLengthPredictor(plan)
+    assert pred.predict("chat", 100, None) == 64  # in the [0, 512) band by the edges
+    assert pred.predict("chat", 600, None) == 900  # [512, inf): 600 is nearer 256 in log
+    plan.buckets = None  # a hand-made plan without edges: the nearest split's length
+    pred = OutputLengthPredictor(plan)
+    assert pred.predict("chat", 300, None) == 64
+    assert pred.predict("chat", 3000, None) == 900
+
+
 def test_token_counter_uses_the_tokenizer_when_given(tmp_path: Path) -> None:
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers.models import WordLevel

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,6 @@ from typing import Any
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan
 from tokenfleet.route.openai_api import DEFAULT_MAX_TOKENS, Kind, approx_tokens
-
-_LABEL = re.compile(r"^in(\d+)-(\d+|inf)_out(\d+)-(\d+|inf)$")
 
 
 def prompt_texts(kind: Kind, body: dict[str, Any]) -> list[str] | int:
@@ -79,21 +76,25 @@ class TokenCounter:
 
 @dataclass(frozen=True)
 class _Band:
-    in_lo: float
-    in_hi: float
+    in_lo: float  # prompt tokens, [in_lo, in_hi); a plan without edges: both the
+    in_hi: float  # representative prompt length of its split (matched by nearness)
     output_len: float  # peak-weighted mean output length of the tier's buckets here
 
 
 class OutputLengthPredictor:
-    """Expected output tokens of a request of a tier, from the plan's traffic split."""
+    """Expected output tokens of a request of a tier, from the plan's traffic split.
+
+    Prompt bands come from the plan's bucket edges (numbers, never parsed from labels);
+    a plan given by hand without edges matches a prompt to the split whose
+    representative prompt length is nearest in log space, as the router does."""
 
     def __init__(self, plan: Plan) -> None:
+        by_label = {b.label: b for b in plan.buckets.buckets} if plan.buckets else {}
         acc: dict[tuple[str, float, float], tuple[float, float]] = {}
         for s in plan.traffic_split:
-            m = _LABEL.match(s.bucket)
-            if not m:
-                continue
-            lo, hi = (math.inf if x == "inf" else float(x) for x in m.groups()[:2])
+            b = by_label.get(s.bucket)
+            lo, hi = ((float(b.input_lo), math.inf if b.input_hi is None else float(b.input_hi))
+                      if b is not None else (float(s.input_len), float(s.input_len)))
             w, wl = acc.get((s.tier, lo, hi), (0.0, 0.0))
             acc[(s.tier, lo, hi)] = (w + s.peak_requests_per_s,
                                      wl + s.peak_requests_per_s * s.output_len)
@@ -106,10 +107,19 @@ class OutputLengthPredictor:
             ws = [acc[(tier, b.in_lo, b.in_hi)] for b in bands]
             self._tier_mean[tier] = sum(wl for _, wl in ws) / sum(w for w, _ in ws)
 
+    def _band(self, tier: str, prompt_tokens: int) -> _Band | None:
+        bands = self._bands.get(tier)
+        if not bands:
+            return None
+        inside = next((b for b in bands if b.in_lo <= prompt_tokens < b.in_hi), None)
+        if inside is not None or bands[0].in_lo < bands[0].in_hi:
+            return inside
+        x = math.log1p(prompt_tokens)
+        return min(bands, key=lambda b: abs(math.log1p(b.in_lo) - x))
+
     def predict(self, tier: str, prompt_tokens: int, max_tokens: int | None) -> int:
         """Expected output tokens, never above the client's ``max_tokens``."""
-        band = next((b for b in self._bands.get(tier, [])
-                     if b.in_lo <= prompt_tokens < b.in_hi), None)
+        band = self._band(tier, prompt_tokens)
         guess = band.output_len if band else self._tier_mean.get(tier, DEFAULT_MAX_TOKENS)
         n = max(1, round(guess))
         return min(n, max_tokens) if max_tokens is not None else n
