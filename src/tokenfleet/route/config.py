@@ -107,6 +107,9 @@ class GatewaySettings(_Strict):
     drain_timeout_s: float = Field(30.0, gt=0, description="after SIGTERM, wait this long for "
                                                            "requests in flight")
     per_key: Limits = Field(Limits(), description="limits of each API key")
+    prefix_cache_tokens: int = Field(
+        2_097_152, ge=512, description="prefix-affinity policy: prompt tokens of prefix cache "
+        "the gateway assumes per backend (an LRU of what it sent there)")
 
     @field_validator("policy")
     @classmethod

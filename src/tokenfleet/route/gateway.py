@@ -241,6 +241,7 @@ class Gateway:
         # Request size for bucketing: real prompt tokens with a tokenizer.json (else the
         # chars/4 estimate), output length predicted from the tier's traffic.
         self.tokens: TokenCounter | None = TokenCounter(tokenizer) if tokenizer else None
+        self.prefix_counter = self.tokens or TokenCounter()  # prefix blocks (ids or text)
         self.lengths = OutputLengthPredictor(plan)
         self._scraper: MetricsScraper | None = None
         self.settings = backends.gateway
@@ -616,6 +617,8 @@ class Gateway:
         m = self.metrics
         tier = ctx.tier
         bucket = self.router.bucket_label(*self.request_size(tier.name, ctx.parsed))
+        blocks = (self.prefix_counter.prefix_blocks(ctx.parsed.kind, ctx.parsed.body)
+                  if tier.policy.name == "prefix-affinity" else [])
         tried: set[Backend] = set()
         failed_pool: Pool | None = None
         last: _Retry | None = None
@@ -624,7 +627,8 @@ class Gateway:
         while ctx.attempts < budget:
             # The live tier (a reload may have replaced it since the request came in).
             tier = self.router.tiers.get(tier.name, tier)
-            choice = self.router.choose(tier, bucket, time.monotonic(), tried, failed_pool)
+            choice = self.router.choose(tier, bucket, time.monotonic(), tried, failed_pool,
+                                        blocks)
             if isinstance(choice, Verdict):
                 verdict = choice
                 break

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -26,8 +26,9 @@ from tokenfleet.route.backend_metrics import BackendLoad
 from tokenfleet.route.breaker import CircuitBreaker
 from tokenfleet.route.config import BackendsFile
 from tokenfleet.route.outlier import LatencyStats
+from tokenfleet.routing.affinity import PREFIX_BLOCK_TOKENS, PrefixIndex, pick_affine
 from tokenfleet.routing.buckets import plan_buckets
-from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
+from tokenfleet.routing.policies import PoolState, PrefixAffinity, RoutingPolicy, get_policy
 
 
 class Backend:
@@ -87,6 +88,10 @@ class Pool:
     upstream_model: str  # the model name the backends serve
     api_key: str | None = field(default=None, repr=False)  # sent upstream; never logged
     health_path: str | None = None
+    # Cache-affinity routing (prefix-affinity policy): what was sent to which backend,
+    # as an LRU of prefix blocks per backend the size of an engine's prefix cache.
+    prefix_cache_blocks: int = 4096
+    prefix_index: PrefixIndex | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -119,10 +124,17 @@ class Pool:
             in_flight=sum(b.in_flight for b in usable), queued=queued,
             max_in_flight=sum(b.max_in_flight for b in usable), kv_used=kv_used)
 
-    def pick_backend(self, now: float, exclude: frozenset[Backend] | set[Backend]
-                     ) -> Backend | None:
+    def pick_backend(self, now: float, exclude: frozenset[Backend] | set[Backend],
+                     blocks: Sequence[int] = ()) -> Backend | None:
         """Least loaded available backend with room, by in-flight fraction of its
-        limit scaled by its observed speed (a backend half as fast takes half)."""
+        limit scaled by its observed speed (a backend half as fast takes half); with a
+        request's prefix ``blocks`` (the ``prefix-affinity`` policy), the backend that
+        was sent the longest run of them, within the load bound of
+        :func:`~tokenfleet.routing.affinity.pick_affine`."""
+        if blocks:
+            b = self._pick_affine(now, exclude, blocks)
+            if b is not None:
+                return b
         best: Backend | None = None
         best_load = math.inf
         for b in self.backends:
@@ -136,6 +148,22 @@ class Pool:
                 if b.has_room and (b.in_flight + 1) / b.max_in_flight < best_load:
                     best, best_load = b, (b.in_flight + 1) / b.max_in_flight
         return best
+
+    def _pick_affine(self, now: float, exclude: frozenset[Backend] | set[Backend],
+                     blocks: Sequence[int]) -> Backend | None:
+        idx = [i for i, b in enumerate(self.backends)
+               if b not in exclude and b.has_room and b.available(now)]
+        if not idx:
+            return None
+        if self.prefix_index is None:
+            self.prefix_index = PrefixIndex(len(self.backends), self.prefix_cache_blocks)
+        bs = self.backends
+        load = [(bs[i].in_flight + 1) / (bs[i].max_in_flight * bs[i].weight) for i in idx]
+        t = pick_affine(self.prefix_index.matches(blocks), idx, load, len(blocks))
+        if t is None:
+            t = idx[load.index(min(load))]
+        self.prefix_index.touch(t, blocks)
+        return bs[t]
 
     def _panic(self, now: float, exclude: frozenset[Backend] | set[Backend]) -> list[Backend]:
         """When every backend that is up has been ejected as slow, the slow ones serve
@@ -199,7 +227,8 @@ class Router:
                 for b in spec.backends]
             key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
             self.pools[name] = Pool(unit, pool_backends, spec.model or unit.model, key,
-                                    spec.health_path or settings.health.path)
+                                    spec.health_path or settings.health.path,
+                                    settings.prefix_cache_tokens // PREFIX_BLOCK_TOKENS)
         self.tiers: dict[str, TierRoutes] = {}
         for t in plan.tiers:
             pools = [self.pools[u.pool] for u in plan.pools_for(t.name) if u.pool in self.pools]
@@ -246,12 +275,15 @@ class Router:
 
     def choose(self, tier: TierRoutes, bucket: str, now: float,
                exclude: frozenset[Backend] | set[Backend] = frozenset(),
-               after_failure_in: Pool | None = None) -> Choice | Verdict:
+               after_failure_in: Pool | None = None, blocks: Sequence[int] = ()
+               ) -> Choice | Verdict:
         """Pick a pool and a backend for one attempt.
 
         First attempt (``after_failure_in`` None): the tier's policy over pools with
         headroom. Retry: another backend of the failed pool, else the next-cheapest
         pool with headroom. Backends in ``exclude`` (already tried) are skipped.
+        ``blocks``: the request's prefix-block hashes, for the ``prefix-affinity`` policy
+        (pool, then backend, by cached prefix).
         """
         if after_failure_in is not None:
             b = after_failure_in.pick_backend(now, exclude)
@@ -269,13 +301,16 @@ class Router:
                     else Verdict.unavailable)
         first_choice = None
         while cand:
-            pick = policy.choose([states[i] for i in cand], self.rng)
+            sub = [states[i] for i in cand]
+            pick = (policy.choose_prefix(sub, blocks, self.rng)
+                    if blocks and isinstance(policy, PrefixAffinity)
+                    else policy.choose(sub, self.rng))
             if pick is None:
                 break
             i = cand[pick]
             if first_choice is None:
                 first_choice = i
-            b = tier.pools[i].pick_backend(now, exclude)
+            b = tier.pools[i].pick_backend(now, exclude, blocks)
             if b is not None:
                 return Choice(tier.pools[i], b, failover=after_failure_in is not None
                               or i != first_choice)

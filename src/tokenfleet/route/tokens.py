@@ -21,6 +21,7 @@ from typing import Any
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.schema import Plan
 from tokenfleet.route.openai_api import DEFAULT_MAX_TOKENS, Kind, approx_tokens
+from tokenfleet.routing.affinity import prompt_blocks, text_blocks
 
 
 def prompt_texts(kind: Kind, body: dict[str, Any]) -> list[str] | int:
@@ -64,6 +65,22 @@ class TokenCounter:
             except Exception as e:  # tokenizers raises its own Exception subclass
                 raise TokenfleetError(f"{tokenizer_json}: not a tokenizer.json ({e})") from None
             self.source = f"tokenizer {tokenizer_json}"
+
+    def prefix_blocks(self, kind: Kind, body: dict[str, Any]) -> list[int]:
+        """The prompt's prefix-block hashes for cache-affinity routing: 512-token blocks
+        of its token ids (given as ids, or from the tokenizer), else blocks of its text
+        (:func:`~tokenfleet.routing.affinity.text_blocks`)."""
+        prompt = body.get("prompt") if kind == "completion" else None
+        if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+            return prompt_blocks(prompt)
+        texts = prompt_texts(kind, body)
+        if isinstance(texts, int):  # a batch of token-id prompts: no one prefix
+            return []
+        if self._tok is None:
+            return text_blocks(texts)
+        ids = [i for e in self._tok.encode_batch(texts, add_special_tokens=False)
+               for i in e.ids]
+        return prompt_blocks(ids)
 
     def count(self, kind: Kind, body: dict[str, Any]) -> int:
         texts = prompt_texts(kind, body)

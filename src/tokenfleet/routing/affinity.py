@@ -39,10 +39,11 @@ if TYPE_CHECKING:  # the workload package loads NumPy and Polars; routing stays 
 # Mooncake trace (frontier-lab example, 600 s, benchmarks/RESULTS.md): with a 50% floor
 # the large tier's simulated hit rate is 24.2%, with any one block 23.3%, with 5% 27.1%.
 MAX_LOAD_GAP = 0.5
+PREFIX_BLOCK_TOKENS = 512  # the Mooncake trace's block size; vLLM's default is 16
 MIN_MATCH = 0.05
 
 
-def prompt_blocks(token_ids: Sequence[int], block_tokens: int = 512) -> list[int]:
+def prompt_blocks(token_ids: Sequence[int], block_tokens: int = PREFIX_BLOCK_TOKENS) -> list[int]:
     """Chained hashes of a prompt's whole ``block_tokens`` blocks (the Mooncake
     ``hash_ids`` convention: block ``j``'s hash covers blocks ``0..j``, so two prompts
     share block ``j`` only if they share everything before it); the gateway's way to
@@ -57,6 +58,23 @@ def prompt_blocks(token_ids: Sequence[int], block_tokens: int = 512) -> list[int
         chunk = token_ids[j * block_tokens:(j + 1) * block_tokens]
         h.update(b"".join(int(t).to_bytes(4, "little", signed=False) for t in chunk))
         out.append(int.from_bytes(h.copy().digest(), "little") >> 1)  # fits an int64
+    return out
+
+
+def text_blocks(texts: Sequence[str], block_chars: int = 4 * PREFIX_BLOCK_TOKENS) -> list[int]:
+    """Chained hashes of a prompt's whole ``block_chars``-character blocks: the gateway's
+    stand-in for :func:`prompt_blocks` when it has no tokenizer (``block_chars`` is 512
+    tokens at its estimate of 4 characters per token). Two prompts that share their
+    first ``k`` blocks of text share their first ``k`` hashes, as with token blocks; the
+    texts are joined with a separator so message boundaries count."""
+    import hashlib
+
+    text = "\x1e".join(texts).encode("utf-8", "surrogatepass")
+    out: list[int] = []
+    h = hashlib.blake2b(digest_size=8)
+    for j in range(len(text) // block_chars):
+        h.update(text[j * block_chars:(j + 1) * block_chars])
+        out.append(int.from_bytes(h.copy().digest(), "little") >> 1)
     return out
 
 

@@ -246,10 +246,11 @@ class PrefixAffinity(_Policy):
     equals in turn. A request without hashes (or ``choose_many``, which carries none)
     is routed by load, as ``jsq``.
 
-    Not in ``POLICIES``: the gateway's router (``route/router.py``) calls ``choose``,
-    which carries no blocks; wiring it means passing ``routing.affinity.prompt_blocks``
-    of each request's token ids to ``choose_prefix``. The simulator applies the same
-    rule per lane (``sim/prefix_cache.py``).
+    The gateway (``route/router.py``) passes each request's blocks
+    (``routing.affinity.prompt_blocks`` of its token ids, or ``text_blocks`` of its text
+    without a tokenizer) to ``choose_prefix`` and applies the same rule again over the
+    chosen pool's backends; the simulator applies it per engine lane
+    (``sim/prefix_cache.py``).
     """
 
     name = "prefix-affinity"
@@ -304,6 +305,7 @@ POLICIES: dict[str, Callable[[], RoutingPolicy]] = {
     JoinShortestQueue.name: JoinShortestQueue,
     LeastKV.name: LeastKV,
     CostAwareSpill.name: CostAwareSpill,
+    PrefixAffinity.name: PrefixAffinity,
 }
 
 
