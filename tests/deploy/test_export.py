@@ -223,3 +223,45 @@ def test_helm_values_use_the_charts_keys_and_the_plans_numbers(vendor_plan: Plan
         assert s["replicaCount"] == u.replicas and s["requestGPU"] == u.chips_per_replica
         assert s["vllmConfig"]["tensorParallelSize"] == u.layout.tp
         engines.check_flags("vllm", s["vllmConfig"]["extraArgs"])
+
+
+def test_trtllm_config_keys_are_documented_and_carry_the_plan(vendor_plan: Plan) -> None:
+    """The --config YAML of every TRT-LLM launch uses only the LLM-API fields in the
+    checked-in table, sets the KV dtype the plan priced, and the launch script points at
+    the file export writes next to it."""
+    result = export_plan(vendor_plan, ["trtllm"])
+    written = {f.path: f.text for f in result.files}
+    seen = 0
+    for p in result.pools:
+        launch = p.launches.get("trtllm")
+        if launch is None:
+            continue
+        seen += 1
+        assert launch.config_yaml is not None
+        engines.check_config("trtllm", launch.config_yaml)
+        kv = launch.config_yaml["kv_cache_config"]
+        assert isinstance(kv, dict)
+        assert kv["dtype"] == engines.TRTLLM_KV_DTYPE.get(p.target.unit.kv_precision, "auto")
+        assert ("enable_attention_dp" in launch.config_yaml) == (p.target.unit.layout.dp > 1)
+        script = written[f"engines/trtllm/{p.name}.sh"]
+        conf = f"engines/trtllm/{p.name}.{engines.TRTLLM_CONFIG_NAME}"
+        assert conf in written
+        assert f'CONFIG="$(dirname "$0")/{p.name}.{engines.TRTLLM_CONFIG_NAME}"' in script
+        assert '--config "$CONFIG"' in script
+    assert seen >= 1
+
+
+def test_an_undocumented_trtllm_config_key_or_value_is_refused() -> None:
+    with pytest.raises(TokenfleetError, match="kv_cache_config.enable_reuse"):
+        engines.check_config("trtllm", {"kv_cache_config": {"enable_reuse": True}})
+    with pytest.raises(TokenfleetError, match="kv_cache_config.dtype='int4'"):
+        engines.check_config("trtllm", {"kv_cache_config": {"dtype": "int4"}})
+    engines.check_config("trtllm", {"kv_cache_config": {"dtype": "fp8"},
+                                    "enable_attention_dp": True})
+
+
+def test_config_key_table_names_a_source_for_every_key() -> None:
+    for name, table in engines.flag_tables().items():
+        for key, src in table.config_keys.items():
+            assert src in table.sources and "@" in table.sources[src], (name, key)
+        assert set(table.config_values) <= set(table.config_keys), name
