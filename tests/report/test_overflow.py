@@ -52,7 +52,8 @@ def test_sweep_report_fits_at_1400px(tmp_path: Path) -> None:
         "set:supply.maia-200.price": [3.0, 4.0, 5.0], "growth": [1.0, 1.5],
         "fail": ["none", "vendor=NVIDIA", "vendor=Microsoft"]})
     rows = [{"point": i, "status": "ok", "set:supply.maia-200.price": p, "growth": g,
-             "fail": f, "chat.slo_attainment": 0.99 - 0.01 * i, "cost_usd": 10.0 + i,
+             "fail": f, "chat.slo_attainment": 0.99 - 0.01 * i, "chat.slo_target": 0.99,
+             "cost_usd": 10.0 + i,
              "plan_usd_per_month": 1e6 + 1e4 * i}
             for i, (p, g, f) in enumerate((p, g, f) for p in (3.0, 4.0, 5.0)
                                           for g in (1.0, 1.5)
@@ -60,7 +61,9 @@ def test_sweep_report_fits_at_1400px(tmp_path: Path) -> None:
                                                     "vendor=Microsoft"))]
     _, html_path = write_sweep(rows, spec, tmp_path / "sweep.parquet")
     assert overflows(html_path, tmp_path) == []
-    assert "plan $/month" in html_path.read_text()
+    text = html_path.read_text()
+    assert "plan $/month" in text
+    assert 'id="sweep-facets"' in text and "SLO target 99%" in text
 
 
 def test_tokens_per_dollar_by_chip_by_hand(plan: Plan) -> None:

@@ -172,8 +172,13 @@ def run_point(spec: GridSpec, point: dict[str, Any]) -> dict[str, Any]:
         "usd_per_million_output_tokens": s.usd_per_million_output_tokens,
         "sim_duration_s": s.sim_duration_s, "sim_wall_s": s.wall_s,
     }
+    # each tier's attainment target, as `plan --verify` holds it: the stricter of its
+    # two SLO percentiles (the sweep report draws it as the SLO line)
+    targets = {t.name: min(t.slo_ttft_percentile, t.slo_tpot_percentile) / 100
+               for t in plan.tiers}
     for name, t in s.tiers.items():
         row[f"{name}.slo_attainment"] = t.slo_attainment
+        row[f"{name}.slo_target"] = targets.get(name)
         row[f"{name}.ttft_p99_s"] = t.ttft_s.p99
         row[f"{name}.tpot_p99_s"] = t.tpot_s.p99
     row["point_wall_s"] = time.perf_counter() - t0
