@@ -14,7 +14,7 @@ def _row(i: int, price: float, growth: float, fail: str, chat: float, large: flo
     return {"point": i, "status": status, PRICE: price, "growth": growth, "fail": fail,
             "chat.slo_attainment": chat, "chat.slo_target": 0.99,
             "large.slo_attainment": large, "large.slo_target": 0.9,
-            "plan_usd_per_month": usd}
+            "plan_usd_per_month": usd, "plan_fleet_usd_per_month": usd / 2}
 
 
 def test_price_goes_along_x_growth_in_rows_failure_in_columns() -> None:
@@ -39,6 +39,7 @@ def test_each_cell_holds_its_points_worst_tier_and_target() -> None:
     # point 0: large (0.97) is below chat (0.995); large is held to 0.9
     assert (a.points, a.worst_tier, a.worst_attainment, a.target) == ([0], "large", 0.97, 0.9)
     assert a.meets_slo is True and a.plan_usd_per_month == 1.0e6
+    assert a.fleet_usd_per_month == 0.5e6
     assert (b.worst_tier, b.worst_attainment, b.meets_slo) == ("large", 0.95, True)
     (c,) = fx.cell("1.5", "vendor=NVIDIA")
     assert (c.worst_tier, c.worst_attainment, c.meets_slo) == ("large", 0.85, False)
@@ -54,3 +55,4 @@ def test_a_fourth_axis_folds_into_the_worst_of_its_values() -> None:
     assert cell.points == [0, 1]
     assert (cell.worst_tier, cell.worst_attainment, cell.target) == ("chat", 0.96, 0.99)
     assert cell.meets_slo is False and cell.plan_usd_per_month == 1.1e6
+    assert cell.fleet_usd_per_month == 0.55e6

@@ -16,6 +16,7 @@ from tokenfleet.sim.sweep_facets import SweepFacets, sweep_facets
 PANEL_HEIGHT_PX = 230
 MAX_FACET_COLS = 4
 COST_COLOUR = "#7f7f7f"
+LIST_COLOUR = "#E69F00"
 OK_COLOUR = "#009E73"
 MISS_COLOUR = "#D55E00"
 
@@ -61,6 +62,12 @@ def facet_figure(fx: SweepFacets) -> Figure:
                         marker_color=COST_COLOUR, showlegend=first, legendgroup="cost",
                         hovertemplate="%{x}: $%{y:,.0f}/month<extra></extra>",
                         row=i, col=j, secondary_y=False)
+            if any(k.fleet_usd_per_month is not None for k in cells):
+                fig.add_bar(x=x, y=[k.fleet_usd_per_month for k in cells],
+                            name="its chips at list price", marker_color=LIST_COLOUR,
+                            showlegend=first, legendgroup="fleet",
+                            hovertemplate="%{x}: $%{y:,.0f}/month at list<extra></extra>",
+                            row=i, col=j, secondary_y=False)
             colours = [MISS_COLOUR if k.meets_slo is False else OK_COLOUR for k in cells]
             fig.add_scatter(x=x, y=[k.worst_attainment for k in cells], mode="markers+lines",
                             name="worst tier's SLO attainment", showlegend=first,
@@ -82,14 +89,16 @@ def facet_figure(fx: SweepFacets) -> Figure:
                              title_text="attainment" if j == n_cols else None)
     fig.update_xaxes(title_text=esc(_short(fx.x_axis)), row=n_rows)
     fig.update_layout(template="plotly_white", height=PANEL_HEIGHT_PX * n_rows + 150,
+                      barmode="group",
                       title={"text": "Plan $/month and SLO attainment, faceted", "x": 0.01},
                       legend={"orientation": "h", "y": 1.06, "yanchor": "bottom", "x": 0.0},
                       margin={"l": 80, "r": 80, "t": 110, "b": 60})
     fig.update_annotations(font_size=12)
     dropped = fx.cols[n_cols:]
     caption = (f"Rows: {_short(fx.row_axis) or '-'}; columns: {_short(fx.col_axis) or '-'}; "
-               f"x: {_short(fx.x_axis) or '-'}. Bars: the point's plan, USD per month; dots: "
-               "the lowest SLO attainment of any tier, orange where that tier misses its own "
+               f"x: {_short(fx.x_axis) or '-'}. Bars: the point's plan, USD per month (grey: the "
+               "bill; orange: its chips at list price, which move while a bill sits at a "
+               "commitment's minimum); dots: the lowest SLO attainment of any tier, orange where that tier misses its own "
                "target (its SLO percentile); dashed: the strictest tier's target.")
     if fx.folded_axes:
         caption += (f" Each panel keeps the worst over {', '.join(fx.folded_axes)} (highest "

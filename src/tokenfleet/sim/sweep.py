@@ -169,6 +169,8 @@ def run_point(spec: GridSpec, point: dict[str, Any]) -> dict[str, Any]:
         "requests": s.requests, "completed": s.completed, "retried": s.retried,
         "rejected": s.rejected, "cost_usd": s.cost_usd, "energy_kwh": s.energy_kwh,
         "plan_usd_per_month": plan.cost.usd_per_month,
+        # its chips at list price: what moves while a bill sits at a commitment's minimum
+        "plan_fleet_usd_per_month": plan.cost.fleet_usd_per_month,
         "usd_per_million_output_tokens": s.usd_per_million_output_tokens,
         "sim_duration_s": s.sim_duration_s, "sim_wall_s": s.wall_s,
     }

@@ -30,6 +30,8 @@ class FacetCell(BaseModel):
     plan_usd_per_month: float | None = Field(
         description="the point's plan, USD per month (the highest when several points "
                     "share the cell)")
+    fleet_usd_per_month: float | None = Field(
+        None, description="its chips at list price (the highest in the cell)")
     worst_attainment: float | None = Field(
         description="the lowest SLO attainment of any tier at any of the cell's points")
     worst_tier: str | None
@@ -120,11 +122,14 @@ def sweep_facets(rows: Sequence[dict[str, Any]], axes: Sequence[str]) -> SweepFa
     cells = []
     for (row, col, x), members in groups.items():
         costs = [c for m in members if (c := _finite(m.get("plan_usd_per_month"))) is not None]
+        fleet = [c for m in members
+                 if (c := _finite(m.get("plan_fleet_usd_per_month"))) is not None]
         worst = min((_worst_tier(m) for m in members),
                     key=lambda w: math.inf if w[0] is None else w[0])
         cells.append(FacetCell(row=row, col=col, x=x,
                                points=[int(m.get("point", -1)) for m in members],
                                plan_usd_per_month=max(costs) if costs else None,
+                               fleet_usd_per_month=max(fleet) if fleet else None,
                                worst_attainment=worst[0], worst_tier=worst[1],
                                target=worst[2]))
     targets = [t for r in ok for k, v in r.items()
