@@ -265,3 +265,30 @@ def test_config_key_table_names_a_source_for_every_key() -> None:
         for key, src in table.config_keys.items():
             assert src in table.sources and "@" in table.sources[src], (name, key)
         assert set(table.config_values) <= set(table.config_keys), name
+
+
+def test_a_trtllm_pool_mounts_its_config_from_a_configmap(vendor_plan: Plan) -> None:
+    """A pool the plan runs on TRT-LLM: its Deployment (or LeaderWorkerSet) reads --config
+    from a ConfigMap export writes next to it, and every document passes the schemas."""
+    nvidia = [u.model_copy(update={"engine": "trtllm"}) for u in vendor_plan.units
+              if u.vendor == "NVIDIA"]
+    plan = vendor_plan.model_copy(update={"units": nvidia})
+    result = export_plan(plan, ["k8s"])
+    assert nvidia and all(p.engine.engine == "trtllm" for p in result.pools)
+    for f in result.files:
+        if not f.path.startswith("k8s/"):
+            continue
+        docs = list(yaml.safe_load_all(f.text))
+        for d in docs:
+            _validate_k8s(d)
+        cm, work = docs[0], docs[1]
+        assert cm["kind"] == "ConfigMap"
+        conf = yaml.safe_load(cm["data"][engines.TRTLLM_CONFIG_NAME])
+        engines.check_config("trtllm", conf)
+        spec = (work["spec"]["template"]["spec"] if work["kind"] == "Deployment" else
+                work["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"])
+        vol = next(v for v in spec["volumes"] if "configMap" in v)
+        assert vol["configMap"]["name"] == cm["metadata"]["name"]
+        mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == vol["name"])
+        cmd = " ".join(spec["containers"][0]["command"])
+        assert f"--config {mount['mountPath']}/{engines.TRTLLM_CONFIG_NAME}" in cmd

@@ -170,7 +170,8 @@ def _k8s(p: PoolExport) -> str:
     launch = p.launches[p.engine.engine]
     work = (m.leader_worker_set(p.target, launch) if p.target.nodes_per_replica > 1
             else m.deployment(p.target, launch))
-    return _dump_all([work, m.service(p.target)])
+    config = m.engine_config_map(p.target, launch)
+    return _dump_all([*([config] if config else []), work, m.service(p.target)])
 
 
 def _backends(pools: list[PoolExport]) -> str:
