@@ -98,8 +98,9 @@ def facet_figure(fx: SweepFacets) -> Figure:
     caption = (f"Rows: {_short(fx.row_axis) or '-'}; columns: {_short(fx.col_axis) or '-'}; "
                f"x: {_short(fx.x_axis) or '-'}. Bars: the point's plan, USD per month (grey: the "
                "bill; orange: its chips at list price, which move while a bill sits at a "
-               "commitment's minimum); dots: the lowest SLO attainment of any tier, orange where that tier misses its own "
-               "target (its SLO percentile); dashed: the strictest tier's target.")
+               "commitment's minimum); dots: the lowest SLO attainment of any tier, orange "
+               "where that tier misses its own target (its SLO percentile); dashed: the "
+               "strictest tier's target.")
     if fx.folded_axes:
         caption += (f" Each panel keeps the worst over {', '.join(fx.folded_axes)} (highest "
                     "cost, lowest attainment).")
