@@ -5,7 +5,8 @@ README).
     python scripts/report_screenshots.py      # needs `chromium` (scripts/ci-system-deps.sh)
 
 Runs: tokenfleet plan examples/frontier-lab.yaml; tokenfleet simulate plan.json
---scenario examples/frontier-lab.yaml --duration 300; tokenfleet sweep on a 2 x 2 grid.
+--scenario examples/frontier-lab.yaml --duration 300; tokenfleet sweep on a 2 x 2 x 2 grid
+(Maia 200 price x growth, re-planned; each replayed with NVIDIA up and down).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "screenshots"
 TF = str(Path(sys.executable).parent / "tokenfleet")
-GRID = """plan: plan.json
-traffic: {duration: 120}
+# re-plans each point (price x growth), then replays it with a vendor down or not: the
+# sweep page's faceted view (growth x failure panels, price along x)
+GRID = """scenario: {scenario}
+traffic: {{scenario: true, duration: 60}}
 grid:
+  set:supply.maia-200.price: [4.0, 6.0]
   growth: [1.0, 1.5]
   fail: [none, vendor=NVIDIA]
 """
@@ -49,11 +53,11 @@ def main() -> None:
         run(TF, "plan", str(ROOT / "examples/frontier-lab.yaml"), "--out", "plan.json", cwd=w)
         run(TF, "simulate", "plan.json", "--scenario", str(ROOT / "examples/frontier-lab.yaml"),
             "--duration", "300", "--out", "sim", cwd=w)
-        (w / "grid.yaml").write_text(GRID)
+        (w / "grid.yaml").write_text(GRID.format(scenario=ROOT / "examples/frontier-lab.yaml"))
         run(TF, "sweep", "grid.yaml", "--out", "sweep.parquet", "--workers", "2", cwd=w)
-        shot(w / "plan.html", OUT / "plan-report.png", 3000, w)
+        shot(w / "plan.html", OUT / "plan-report.png", 3800, w)
         shot(w / "sim/report.html", OUT / "simulation-report.png", 2400, w)
-        shot(w / "sweep.html", OUT / "sweep-report.png", 1000, w)
+        shot(w / "sweep.html", OUT / "sweep-report.png", 1700, w)
 
 
 if __name__ == "__main__":

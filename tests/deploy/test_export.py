@@ -223,3 +223,72 @@ def test_helm_values_use_the_charts_keys_and_the_plans_numbers(vendor_plan: Plan
         assert s["replicaCount"] == u.replicas and s["requestGPU"] == u.chips_per_replica
         assert s["vllmConfig"]["tensorParallelSize"] == u.layout.tp
         engines.check_flags("vllm", s["vllmConfig"]["extraArgs"])
+
+
+def test_trtllm_config_keys_are_documented_and_carry_the_plan(vendor_plan: Plan) -> None:
+    """The --config YAML of every TRT-LLM launch uses only the LLM-API fields in the
+    checked-in table, sets the KV dtype the plan priced, and the launch script points at
+    the file export writes next to it."""
+    result = export_plan(vendor_plan, ["trtllm"])
+    written = {f.path: f.text for f in result.files}
+    seen = 0
+    for p in result.pools:
+        launch = p.launches.get("trtllm")
+        if launch is None:
+            continue
+        seen += 1
+        assert launch.config_yaml is not None
+        engines.check_config("trtllm", launch.config_yaml)
+        kv = launch.config_yaml["kv_cache_config"]
+        assert isinstance(kv, dict)
+        assert kv["dtype"] == engines.TRTLLM_KV_DTYPE.get(p.target.unit.kv_precision, "auto")
+        assert ("enable_attention_dp" in launch.config_yaml) == (p.target.unit.layout.dp > 1)
+        script = written[f"engines/trtllm/{p.name}.sh"]
+        conf = f"engines/trtllm/{p.name}.{engines.TRTLLM_CONFIG_NAME}"
+        assert conf in written
+        assert f'CONFIG="$(dirname "$0")/{p.name}.{engines.TRTLLM_CONFIG_NAME}"' in script
+        assert '--config "$CONFIG"' in script
+    assert seen >= 1
+
+
+def test_an_undocumented_trtllm_config_key_or_value_is_refused() -> None:
+    with pytest.raises(TokenfleetError, match="kv_cache_config.enable_reuse"):
+        engines.check_config("trtllm", {"kv_cache_config": {"enable_reuse": True}})
+    with pytest.raises(TokenfleetError, match="kv_cache_config.dtype='int4'"):
+        engines.check_config("trtllm", {"kv_cache_config": {"dtype": "int4"}})
+    engines.check_config("trtllm", {"kv_cache_config": {"dtype": "fp8"},
+                                    "enable_attention_dp": True})
+
+
+def test_config_key_table_names_a_source_for_every_key() -> None:
+    for name, table in engines.flag_tables().items():
+        for key, src in table.config_keys.items():
+            assert src in table.sources and "@" in table.sources[src], (name, key)
+        assert set(table.config_values) <= set(table.config_keys), name
+
+
+def test_a_trtllm_pool_mounts_its_config_from_a_configmap(vendor_plan: Plan) -> None:
+    """A pool the plan runs on TRT-LLM: its Deployment (or LeaderWorkerSet) reads --config
+    from a ConfigMap export writes next to it, and every document passes the schemas."""
+    nvidia = [u.model_copy(update={"engine": "trtllm"}) for u in vendor_plan.units
+              if u.vendor == "NVIDIA"]
+    plan = vendor_plan.model_copy(update={"units": nvidia})
+    result = export_plan(plan, ["k8s"])
+    assert nvidia and all(p.engine.engine == "trtllm" for p in result.pools)
+    for f in result.files:
+        if not f.path.startswith("k8s/"):
+            continue
+        docs = list(yaml.safe_load_all(f.text))
+        for d in docs:
+            _validate_k8s(d)
+        cm, work = docs[0], docs[1]
+        assert cm["kind"] == "ConfigMap"
+        conf = yaml.safe_load(cm["data"][engines.TRTLLM_CONFIG_NAME])
+        engines.check_config("trtllm", conf)
+        spec = (work["spec"]["template"]["spec"] if work["kind"] == "Deployment" else
+                work["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"])
+        vol = next(v for v in spec["volumes"] if "configMap" in v)
+        assert vol["configMap"]["name"] == cm["metadata"]["name"]
+        mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == vol["name"])
+        cmd = " ".join(spec["containers"][0]["command"])
+        assert f"--config {mount['mountPath']}/{engines.TRTLLM_CONFIG_NAME}" in cmd

@@ -7,6 +7,13 @@ from pathlib import Path
 
 from tokenfleet.perf.unit import Layout
 from tokenfleet.plan.schema import Plan
+from tokenfleet.plan.tradeoffs import (
+    FrontierPoint,
+    SensitivityPoint,
+    Tradeoffs,
+    mark_efficient,
+)
+from tokenfleet.report.plan_charts import tradeoff_figures
 from tokenfleet.report.plan_html import write_plan_report
 
 from .overflow import overflows
@@ -52,7 +59,8 @@ def test_sweep_report_fits_at_1400px(tmp_path: Path) -> None:
         "set:supply.maia-200.price": [3.0, 4.0, 5.0], "growth": [1.0, 1.5],
         "fail": ["none", "vendor=NVIDIA", "vendor=Microsoft"]})
     rows = [{"point": i, "status": "ok", "set:supply.maia-200.price": p, "growth": g,
-             "fail": f, "chat.slo_attainment": 0.99 - 0.01 * i, "cost_usd": 10.0 + i,
+             "fail": f, "chat.slo_attainment": 0.99 - 0.01 * i, "chat.slo_target": 0.99,
+             "cost_usd": 10.0 + i,
              "plan_usd_per_month": 1e6 + 1e4 * i}
             for i, (p, g, f) in enumerate((p, g, f) for p in (3.0, 4.0, 5.0)
                                           for g in (1.0, 1.5)
@@ -60,7 +68,9 @@ def test_sweep_report_fits_at_1400px(tmp_path: Path) -> None:
                                                     "vendor=Microsoft"))]
     _, html_path = write_sweep(rows, spec, tmp_path / "sweep.parquet")
     assert overflows(html_path, tmp_path) == []
-    assert "plan $/month" in html_path.read_text()
+    text = html_path.read_text()
+    assert "plan $/month" in text
+    assert 'id="sweep-facets"' in text and "SLO target 99%" in text
 
 
 def test_tokens_per_dollar_by_chip_by_hand(plan: Plan) -> None:
@@ -72,3 +82,39 @@ def test_tokens_per_dollar_by_chip_by_hand(plan: Plan) -> None:
     bar = tokens_per_usd_fig(plan).figure.data[0]
     got = dict(zip(bar.x, bar.y, strict=True))
     assert abs(got["h100-sxm"] - 1.35) < 1e-9
+
+
+def _tradeoffs() -> Tradeoffs:
+    frontier = [FrontierPoint(confidence=q, usd_per_month=usd, fleet_usd_per_month=fleet,
+                              worst_tier_holds=h, worst_tier="chat", efficient=e)
+                for q, usd, fleet, h, e in ((0.5, 43_140.0, 30_000.0, 0.4, False),
+                                            (0.9, 43_140.0, 35_040.0, 0.88, False),
+                                            (0.99, 50_000.0, 50_000.0, 0.97, True))]
+    frontier = mark_efficient(frontier)
+    sens = [SensitivityPoint(input=i, factor=k, usd_per_month=u, fleet_usd_per_month=f,
+                             change=None if u is None else u / 43_140.0 - 1)
+            for i, k, u, f in (("price", 0.8, 43_140.0, 28_032.0),
+                               ("price", 1.2, 44_808.0, 42_048.0),
+                               ("growth", 0.8, 40_000.0, 30_000.0),
+                               ("growth", 1.25, None, None),
+                               ("uncertainty", 0.5, 43_140.0, 33_000.0),
+                               ("uncertainty", 1.5, 47_000.0, 40_000.0))]
+    return Tradeoffs(base_usd_per_month=43_140.0, base_fleet_usd_per_month=35_040.0,
+                     confidence=0.9, frontier=frontier, sensitivity=sens, solves=9)
+
+
+def test_plan_report_with_tradeoff_charts_fits_at_1400px(plan: Plan, tmp_path: Path) -> None:
+    assert tradeoff_figures(plan) == []  # no tradeoffs in plan.json: no charts
+    plan = plan.model_copy(update={"tradeoffs": _tradeoffs()})
+    figs = {f.id: f for f in tradeoff_figures(plan)}
+    assert set(figs) == {"fig-frontier", "fig-sensitivity"}
+    bill, fleet = (figs["fig-frontier"].figure.data[i] for i in (1, 0))
+    assert list(bill.x) == [43_140.0, 43_140.0, 50_000.0]
+    assert list(fleet.x) == [30_000.0, 35_040.0, 50_000.0]
+    # 0.9 is as cheap as 0.5 and surer; 0.99 is the surest: both efficient, 0.5 not
+    assert list(bill.marker.color)[0] == "white" and list(bill.marker.color)[1] != "white"
+    assert "q = " not in figs["fig-frontier"].caption
+    assert "No feasible plan: traffic ×1.25" in figs["fig-sensitivity"].caption
+    out = tmp_path / "plan.html"
+    write_plan_report(plan, out)
+    assert overflows(out, tmp_path) == []

@@ -145,6 +145,11 @@ def test_sweep_locally(two_vendor_plan, tmp_path: Path) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 2 and ok[0]["cost_usd"] < ok[1]["cost_usd"]
     assert all("matches no pool" in r["error"] for r in rows if r["status"] != "ok")
+    # each tier's attainment target rides along for the report's SLO line
+    targets = {t.name: min(t.slo_ttft_percentile, t.slo_tpot_percentile) / 100
+               for t in two_vendor_plan.tiers}
+    assert all(ok[0][f"{name}.slo_target"] == v for name, v in targets.items())
+    assert ok[0]["plan_fleet_usd_per_month"] == two_vendor_plan.cost.fleet_usd_per_month
     paths = write_sweep(rows, spec, tmp_path / "out.parquet")
     assert pl.read_parquet(paths[0]).height == 4 and paths[1].exists()
     bad = tmp_path / "bad.yaml"

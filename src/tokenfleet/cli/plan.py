@@ -348,6 +348,7 @@ def _verified(sc: Scenario, base: Path, cat: Catalog, gate: Gate,
             == {u.pool: u.replicas for u in plan.units})
     if not same:  # the re-solve is deterministic; keep the verified fleet if not
         plan.baselines, plan.constraints = final.baselines, final.constraints
+        plan.tradeoffs = final.tradeoffs
         plan.notes.append("baselines and constraint prices come from a re-solve that "
                           "picked a different fleet of the same cost bound")
         return plan

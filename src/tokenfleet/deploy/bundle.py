@@ -19,6 +19,7 @@ import yaml
 from tokenfleet.deploy import manifests as m
 from tokenfleet.deploy.backends import PoolBackendsEntry, backends_yaml
 from tokenfleet.deploy.engines import (
+    TRTLLM_CONFIG_NAME,
     LaunchArgs,
     flag_tables,
     launch_args,
@@ -144,11 +145,21 @@ def _pool_export(unit: PlanUnit, opts: ExportOptions, catalog: Any, formats: lis
     return PoolExport(unit.pool, t.name, choice, launches, t, notes)
 
 
+def config_file_name(p: PoolExport) -> str:
+    """The engine config file written next to the pool's launch script."""
+    return f"{p.name}.{TRTLLM_CONFIG_NAME}"
+
+
 def _script(p: PoolExport, launch: LaunchArgs) -> str:
     lines = ["#!/bin/sh", f"# pool {p.pool}: {p.target.unit.replicas} replica(s) of "
              f"{p.target.unit.chips_per_replica} x {p.target.unit.accelerator}; one replica:",
-             *[f"# note: {n}" for n in launch.notes], f"exec {launch.shell()}", ""]
-    return "\n".join(lines)
+             *[f"# note: {n}" for n in launch.notes]]
+    cmd = launch.shell()
+    if launch.config_yaml is not None:
+        # the config file lies next to this script, wherever it is run from
+        lines.append(f'CONFIG="$(dirname "$0")/{config_file_name(p)}"')
+        cmd = cmd.replace(f"--config {TRTLLM_CONFIG_NAME}", '--config "$CONFIG"')
+    return "\n".join([*lines, f"exec {cmd}", ""])
 
 
 def _dump_all(docs: list[dict[str, Any]]) -> str:
@@ -159,7 +170,8 @@ def _k8s(p: PoolExport) -> str:
     launch = p.launches[p.engine.engine]
     work = (m.leader_worker_set(p.target, launch) if p.target.nodes_per_replica > 1
             else m.deployment(p.target, launch))
-    return _dump_all([work, m.service(p.target)])
+    config = m.engine_config_map(p.target, launch)
+    return _dump_all([*([config] if config else []), work, m.service(p.target)])
 
 
 def _backends(pools: list[PoolExport]) -> str:
@@ -217,7 +229,7 @@ def export_plan(plan: Plan, formats: list[str] | None = None,
                 files.append(ExportedFile(f"engines/{eng}/{p.name}.sh", _script(p, launch),
                                           executable=True))
                 if launch.config_yaml is not None:
-                    files.append(ExportedFile(f"engines/{eng}/{p.name}.extra-llm-api-config.yaml",
+                    files.append(ExportedFile(f"engines/{eng}/{config_file_name(p)}",
                                               yaml.safe_dump(launch.config_yaml, sort_keys=False)))
         if "k8s" in formats:
             files.append(ExportedFile(f"k8s/{p.name}.yaml", _k8s(p)))

@@ -25,6 +25,8 @@ from tokenfleet.perf.engines import engine_profile
 from tokenfleet.plan.schema import PlanUnit
 
 SERVE_PORT = 8000
+# the --config file trtllm-serve is given; `export` writes it next to the launch script
+TRTLLM_CONFIG_NAME = "extra-llm-api-config.yaml"
 
 
 class FlagTable(BaseModel):
@@ -35,6 +37,10 @@ class FlagTable(BaseModel):
     sources: dict[str, str]
     version: str
     flags: dict[str, str]
+    # keys of a config file the engine reads (TRT-LLM's --config YAML), dotted for
+    # nested sections, and the values a key accepts where the engine lists them
+    config_keys: dict[str, str] = {}
+    config_values: dict[str, list[str]] = {}
 
     def source_of(self, flag: str) -> str:
         return self.sources[self.flags[flag]]
@@ -53,6 +59,37 @@ def check_flags(family: str, argv: list[str]) -> None:
     if unknown:
         raise TokenfleetError(f"{family}: flag(s) {', '.join(unknown)} are not in the "
                               f"documented table deploy/data/engine_flags.yaml")
+
+
+def _dotted(config: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the leaves of a nested config."""
+    out: dict[str, object] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_config(family: str, config: dict[str, object]) -> None:
+    """Raise when ``config`` (an engine's config file) holds a key the documented table
+    lacks, or a value outside the values the table lists for its key."""
+    table = flag_tables()[family]
+    leaves = _dotted(config)
+    unknown = sorted(k for k in leaves if k not in table.config_keys)
+    if unknown:
+        raise TokenfleetError(f"{family}: config key(s) {', '.join(unknown)} are not in the "
+                              f"documented table deploy/data/engine_flags.yaml")
+    for key, allowed in table.config_values.items():
+        if key in leaves and str(leaves[key]) not in allowed:
+            raise TokenfleetError(f"{family}: config {key}={leaves[key]!r} is not one of "
+                                  f"{', '.join(allowed)} (deploy/data/engine_flags.yaml)")
+
+
+# The plan's KV-cache precision -> TRT-LLM's kv_cache_config.dtype ("auto" reads the
+# checkpoint's own precision, which is what bf16/fp16 KV means for an unquantized model).
+TRTLLM_KV_DTYPE = {"fp8": "fp8", "fp4": "nvfp4"}
 
 
 @dataclass(frozen=True)
@@ -187,18 +224,21 @@ def trtllm_args(s: EngineSettings) -> LaunchArgs:
           "--max_seq_len", str(s.max_model_len),
           "--kv_cache_free_gpu_memory_fraction",
           str(engine_profile("trtllm").memory_fraction),
-          "--config", "extra-llm-api-config.yaml"]
-    config: dict[str, object] = {"kv_cache_config": {"enable_block_reuse": True}}
+          "--config", TRTLLM_CONFIG_NAME]
+    # block reuse is TRT-LLM's prefix caching; the KV dtype is the one the plan priced
+    config: dict[str, object] = {"kv_cache_config": {
+        "enable_block_reuse": True, "dtype": TRTLLM_KV_DTYPE.get(s.kv_precision, "auto")}}
     if s.dp > 1:
         config["enable_attention_dp"] = True
     notes = ["trtllm-serve names the model by its path: set `model:` in backends.yaml to "
              f"{s.model_ref!r} for this pool",
-             "weights and KV-cache precision come from the (ModelOpt) checkpoint's "
-             f"quantization config: serve a {s.precision} checkpoint with "
-             f"{s.kv_precision} KV cache",
-             "extra-llm-api-config.yaml keys (kv_cache_config.enable_block_reuse, "
-             "enable_attention_dp) are LLM-API options, not checked against the flag table"]
+             "weight precision comes from the (ModelOpt) checkpoint's quantization config: "
+             f"serve a {s.precision} checkpoint; the KV-cache dtype is set in the --config "
+             "file (kv_cache_config.dtype)",
+             "--config keys are checked against the LLM-API fields in "
+             "deploy/data/engine_flags.yaml (trtllm.config_keys)"]
     check_flags("trtllm", a)
+    check_config("trtllm", config)
     return LaunchArgs("trtllm", "trtllm", a, config_yaml=config, notes=notes)
 
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tokenfleet.deploy.engines import SERVE_PORT, LaunchArgs
+from tokenfleet.deploy.engines import SERVE_PORT, TRTLLM_CONFIG_NAME, LaunchArgs
 from tokenfleet.deploy.platforms import ChipPlatform, VendorPlatform
 from tokenfleet.plan.schema import PlanUnit
 
@@ -116,7 +116,38 @@ def _annotations(t: PoolTarget) -> dict[str, str]:
             "tokenfleet.io/usd-per-hour": f"{u.usd_per_hour:.2f}"}
 
 
-def _container(t: PoolTarget, command: list[str], probe: bool) -> dict[str, Any]:
+# where a pod finds its engine's config file (TRT-LLM's --config), from a ConfigMap
+ENGINE_CONFIG_DIR = "/etc/tokenfleet"
+ENGINE_CONFIG_VOLUME = "engine-config"
+
+
+def config_map_name(t: PoolTarget) -> str:
+    return t.name[:56] + "-config"
+
+
+def engine_config_map(t: PoolTarget, launch: LaunchArgs) -> dict[str, Any] | None:
+    """The engine's config file as a ConfigMap, or None when its launch has none."""
+    import yaml
+
+    if launch.config_yaml is None:
+        return None
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": config_map_name(t), "namespace": t.namespace,
+                         "labels": _labels(t), "annotations": _annotations(t)},
+            "data": {TRTLLM_CONFIG_NAME: yaml.safe_dump(launch.config_yaml, sort_keys=False)}}
+
+
+def pod_argv(launch: LaunchArgs) -> list[str]:
+    """The launch's argv inside a pod: a --config file is read from the mounted ConfigMap."""
+    if launch.config_yaml is None or "--config" not in launch.argv:
+        return list(launch.argv)
+    a = list(launch.argv)
+    a[a.index("--config") + 1] = f"{ENGINE_CONFIG_DIR}/{TRTLLM_CONFIG_NAME}"
+    return a
+
+
+def _container(t: PoolTarget, command: list[str], probe: bool,
+               config: bool = False) -> dict[str, Any]:
     chips = str(t.chips_per_pod)
     c: dict[str, Any] = {
         "name": "engine", "image": t.image, "command": command,
@@ -124,6 +155,9 @@ def _container(t: PoolTarget, command: list[str], probe: bool) -> dict[str, Any]
         "resources": {"limits": {t.resource: chips}, "requests": {t.resource: chips}},
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
     }
+    if config:
+        c["volumeMounts"].append({"name": ENGINE_CONFIG_VOLUME, "mountPath": ENGINE_CONFIG_DIR,
+                                  "readOnly": True})
     if probe:
         # vLLM and SGLang serve /health; loading weights takes minutes, hence the delay.
         c["readinessProbe"] = {"httpGet": {"path": "/health", "port": SERVE_PORT},
@@ -131,10 +165,15 @@ def _container(t: PoolTarget, command: list[str], probe: bool) -> dict[str, Any]
     return c
 
 
-def _pod_spec(t: PoolTarget, command: list[str], probe: bool = True) -> dict[str, Any]:
+def _pod_spec(t: PoolTarget, command: list[str], probe: bool = True,
+              config: bool = False) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    if config:
+        volumes.append({"name": ENGINE_CONFIG_VOLUME,
+                        "configMap": {"name": config_map_name(t)}})
     return {"nodeSelector": dict(t.node_selector),
-            "containers": [_container(t, command, probe)],
-            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]}
+            "containers": [_container(t, command, probe, config)],
+            "volumes": volumes}
 
 
 def deployment(t: PoolTarget, launch: LaunchArgs) -> dict[str, Any]:
@@ -147,7 +186,8 @@ def deployment(t: PoolTarget, launch: LaunchArgs) -> dict[str, Any]:
             "replicas": t.unit.replicas,
             "selector": {"matchLabels": _selector(t)},
             "template": {"metadata": {"labels": _labels(t)},
-                         "spec": _pod_spec(t, launch.argv)},
+                         "spec": _pod_spec(t, pod_argv(launch),
+                                           config=launch.config_yaml is not None)},
         },
     }
 
@@ -157,7 +197,8 @@ def leader_worker_set(t: PoolTarget, launch: LaunchArgs) -> dict[str, Any]:
     server over a Ray cluster that the workers join (vLLM's multi-node recipe)."""
     import shlex
 
-    serve = " ".join(shlex.quote(a) for a in launch.argv)
+    serve = " ".join(shlex.quote(a) for a in pod_argv(launch))
+    config = launch.config_yaml is not None
     leader = ["sh", "-c", f"ray start --head --port=6379 && {serve}"]
     worker = ["sh", "-c", "ray start --address=$(LWS_LEADER_ADDRESS):6379 --block"]
     return {
@@ -169,7 +210,7 @@ def leader_worker_set(t: PoolTarget, launch: LaunchArgs) -> dict[str, Any]:
             "leaderWorkerTemplate": {
                 "size": t.nodes_per_replica,
                 "leaderTemplate": {"metadata": {"labels": _labels(t)},
-                                   "spec": _pod_spec(t, leader)},
+                                   "spec": _pod_spec(t, leader, config=config)},
                 "workerTemplate": {"metadata": {"labels": _labels(t)},
                                    "spec": _pod_spec(t, worker, probe=False)},
             },

@@ -16,6 +16,7 @@ from tokenfleet.perf.estimate import Provenance
 from tokenfleet.perf.precision import KV_BYTES, PRECISIONS
 from tokenfleet.perf.unit import Layout
 from tokenfleet.plan.economics import PlanEconomics
+from tokenfleet.plan.tradeoffs import Tradeoffs
 from tokenfleet.workload.buckets import SizeBuckets
 
 PLAN_VERSION = 1
@@ -329,6 +330,10 @@ class Plan(_Model):
     economics: PlanEconomics | None = Field(
         None, description="unit costs, vendor shares by spend/chips/tokens, pool roles "
                           "(tokenfleet.plan.economics.plan_economics)")
+    tradeoffs: Tradeoffs | None = Field(
+        None, description="the bill re-solved at other confidence levels (cost-assurance "
+                          "frontier) and with prices, traffic or uncertainty moved "
+                          "(tokenfleet.plan.tradeoffs); solved with the baselines")
 
     def pools_for(self, tier: str) -> list[PlanUnit]:
         return [u for u in self.units if u.tier == tier]

@@ -285,4 +285,7 @@ def plan_figures(plan: Plan) -> list[Figure]:
             power_fig(plan), token_cost_fig(plan, tiers), vendor_share_fig(plan),
             tokens_per_usd_fig(plan), constraints_fig(plan)]
     figs.append(baselines_fig(plan))
+    from tokenfleet.report.plan_charts import tradeoff_figures  # it imports this module
+
+    figs += tradeoff_figures(plan)
     return figs

@@ -169,11 +169,18 @@ def run_point(spec: GridSpec, point: dict[str, Any]) -> dict[str, Any]:
         "requests": s.requests, "completed": s.completed, "retried": s.retried,
         "rejected": s.rejected, "cost_usd": s.cost_usd, "energy_kwh": s.energy_kwh,
         "plan_usd_per_month": plan.cost.usd_per_month,
+        # its chips at list price: what moves while a bill sits at a commitment's minimum
+        "plan_fleet_usd_per_month": plan.cost.fleet_usd_per_month,
         "usd_per_million_output_tokens": s.usd_per_million_output_tokens,
         "sim_duration_s": s.sim_duration_s, "sim_wall_s": s.wall_s,
     }
+    # each tier's attainment target, as `plan --verify` holds it: the stricter of its
+    # two SLO percentiles (the sweep report draws it as the SLO line)
+    targets = {t.name: min(t.slo_ttft_percentile, t.slo_tpot_percentile) / 100
+               for t in plan.tiers}
     for name, t in s.tiers.items():
         row[f"{name}.slo_attainment"] = t.slo_attainment
+        row[f"{name}.slo_target"] = targets.get(name)
         row[f"{name}.ttft_p99_s"] = t.ttft_s.p99
         row[f"{name}.tpot_p99_s"] = t.tpot_s.p99
     row["point_wall_s"] = time.perf_counter() - t0
