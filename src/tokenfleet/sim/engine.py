@@ -284,6 +284,19 @@ class Simulator:
         self.pf_tail = np.full(n, -1, dtype=np.int64)
         self.fin_slots: list[np.ndarray] = []  # prompts whose last chunk is in this round
         self.fin_lanes: list[np.ndarray] = []
+        # The same arrays as the kernels take them (views: no copies).
+        self.ln = kernels.Lanes(
+            clock=self.clock, up=self.up, wait_head=self.wait_head, n_seqs=self.n_seqs,
+            n_wait=self.n_wait, blocked=self.blocked, step=self.step,
+            prefilling=self.prefilling, kv=self.kv, kv_cap=self.kv_cap,
+            watermark=self.watermark, n_dec=self.n_dec, dec_ctx=self.dec_ctx,
+            outstanding=self.outstanding, max_seqs=self.max_seqs, budget=self.budget,
+            busy=self.busy, pre_tok=self.pre_tok, pre_att=self.pre_att, q_head=self.q_head,
+            q_tail=self.q_tail, pf_head=self.pf_head, pf_tail=self.pf_tail,
+            far_next=self.far_next, ring_from=self.ring_from)
+        self.ring = kernels.Ring(n=self.ring_nf, ctx=self.ring_cf, shift=self.ring_shift,
+                                 mask=self.ring_mask, length=self.ring_len)
+        self.all_lanes = np.arange(n, dtype=np.int64)
         self.price = np.array([p.unit.usd_per_chip_hour for p in pools])
         self.preempt = np.zeros(len(pools), dtype=np.int64)
 
@@ -509,21 +522,24 @@ class Simulator:
         slots = np.concatenate(self.fin_slots) if len(self.fin_slots) > 1 else self.fin_slots[0]
         lanes = np.concatenate(self.fin_lanes) if len(self.fin_lanes) > 1 else self.fin_lanes[0]
         self.fin_slots, self.fin_lanes = [], []
-        code = kernels.enter_decode(slots, lanes, self.clock, self.step, self.sl, self.n_dec,
-                                    self.dec_ctx, self.kv, self.n_seqs, self.outstanding,
-                                    self.blocked, self.ring_nf, self.ring_cf, self.ring_shift,
-                                    self.ring_mask, self.ring_len)
+        code = kernels.enter_decode(slots, lanes, self.ln, self.sl, self.ring)
         if not code.any():
             return
         ends = code == 1
         if ends.any():
             self._finish(slots[ends], self.clock[lanes[ends]])
-        far = np.flatnonzero(code == 2)
-        for slot, r in zip(slots[far].tolist(), lanes[far].tolist(), strict=True):
+        far = code == 2
+        if far.any():
+            self._push_far(slots[far], lanes[far])
+
+    def _push_far(self, slots: np.ndarray, lanes: np.ndarray) -> None:
+        """Decoding sequences whose last step is beyond the ring's reach wait in their
+        lane's heap until it comes near (long answers)."""
+        for slot, r in zip(slots.tolist(), lanes.tolist(), strict=True):
             heappush(self.far[r], (int(self.sl.done[slot]), slot))
             self.far_next[r] = self.far[r][0][0]
             self.sl.state[slot] = _DECODING_FAR
-        self.n_far += int(far.size)
+        self.n_far += int(slots.size)
 
     def _bring_near(self, lanes: np.ndarray, stp: np.ndarray) -> None:
         """Move completions that came within the ring's reach into it (long answers)."""
@@ -545,26 +561,8 @@ class Simulator:
         prompts and on admissions (compiled: :func:`~tokenfleet.sim.kernels.schedule`;
         the rare paths here)."""
         while True:
-            status, fin, fin_lane, stuck, left, pre, att, self.aseq = kernels.schedule(lanes, t,
-                                                                                       self.budget,
-                                                                                       self.pre_tok,
-                                                                                       self.pre_att,
-                                                                                       self.q_head,
-                                                                                       self.q_tail,
-                                                                                       self.sl,
-                                                                                       self.aseq,
-                                                                                       self.n_seqs,
-                                                                                       self.max_seqs,
-                                                                                       self.n_wait,
-                                                                                       self.kv,
-                                                                                       self.kv_cap,
-                                                                                       self.n_dec,
-                                                                                       self.watermark,
-                                                                                       self.wait_head,
-                                                                                       self.blocked,
-                                                                                       self.pf_head,
-                                                                                       self.pf_tail,
-                                                                                       self.prefilling)
+            status, fin, fin_lane, stuck, left, pre, att, self.aseq = kernels.schedule(
+                lanes, t, self.ln, self.sl, self.aseq)
             if status != kernels.SCHEDULE_PREEMPT:
                 break
             over = self.kv[lanes] + self.n_dec[lanes] > self.kv_cap[lanes]
@@ -638,12 +636,8 @@ class Simulator:
         the KV blocks (less the watermark, once anything runs) allow; the first that
         does not fit for KV blocks the lane until something leaves."""
         at = np.flatnonzero(adm)
-        fin, fin_lane, self.aseq = kernels.admit(lanes[at], t[at], at, left, pre, att, self.q_head,
-                                                 self.q_tail, self.sl, self.aseq, self.n_seqs,
-                                                 self.max_seqs, self.n_wait, self.kv, self.kv_cap,
-                                                 self.n_dec, self.watermark, self.budget,
-                                                 self.wait_head, self.blocked, self.pf_head,
-                                                 self.pf_tail, self.prefilling)
+        fin, fin_lane, self.aseq = kernels.admit(lanes[at], t[at], at, left, pre, att, self.ln,
+                                                 self.sl, self.aseq)
         if fin.size:
             self.fin_slots.append(fin)
             self.fin_lanes.append(fin_lane)
@@ -703,33 +697,35 @@ class Simulator:
 
     def _advance(self, end: float) -> None:
         """Rounds until every lane's clock reaches ``end`` or it runs out of work: the
-        compiled :func:`~tokenfleet.sim.kernels.rounds` runs them while no lane needs
-        the scheduler, which runs here, one round at a time, when some do."""
-        work = (self.n_seqs > 0) | ((self.wait_head < end) & ~self.blocked)
-        idx = np.flatnonzero(work & self.up & (self.clock < end))
+        compiled :func:`~tokenfleet.sim.kernels.advance` runs them (scheduler included)
+        while no lane needs the Python side; the rare paths (preemption, a lane stuck
+        with partial prompts, completions beyond the ring) run here, then it goes on."""
         cost = self.cost
-        while idx.size:
-            # Only lanes of the last round can have work: routing comes before the
-            # rounds, and a lane without sequences changes only when it is scheduled.
-            status, idx, clk, stp, slow, lane, step, when, count = kernels.rounds(
-                idx, end, self.n_far, self.far_next, self.ring_len, self.clock,
-                self.wait_head, self.n_seqs, self.blocked, self.step, self.prefilling,
-                self.kv, self.kv_cap, self.n_dec, self.dec_ctx, self.outstanding,
-                self.ring_nf, self.ring_cf, self.ring_shift, self.ring_mask, self.ring_from,
-                cost.table, cost.sliding, cost.moe, self.busy, self.pre_tok, self.pre_att)
-            if lane.size:
-                self._completed(lane, step, when, count)
-            if status == kernels.ROUNDS_FAR:
+        idx = self.all_lanes
+        check_up = True
+        while True:
+            (status, idx, clk, slow, done, nd, ended, ended_t, far, far_lane,
+             self.aseq) = kernels.advance(idx, check_up, end, self.n_far, self.aseq, self.ln,
+                                          self.sl, self.ring, cost.table, cost.sliding,
+                                          cost.moe)
+            check_up = False
+            if nd:
+                self._completed(done.lane[:nd], done.step[:nd], done.when[:nd],
+                                done.count[:nd])
+            if ended.size:
+                self._finish(ended, ended_t)
+            if status == kernels.ADVANCE_DONE:
+                return
+            if status == kernels.ADVANCE_FAR:
                 near = self.far_next[idx] - self.step[idx] < self.ring_len
                 self._bring_near(idx[near], self.step[idx[near]])
-            elif status == kernels.ROUNDS_SLOW:
+            elif status == kernels.ADVANCE_SLOW:
                 self._schedule(idx[slow], clk[slow])
-                kernels.round_end(idx, cost.table, cost.sliding, cost.moe, self.clock,
-                                  self.busy, self.step, self.n_dec, self.dec_ctx, self.kv,
-                                  self.pre_tok, self.pre_att, self.n_seqs, self.wait_head,
-                                  self.blocked)
+                kernels.round_end(idx, cost.table, cost.sliding, cost.moe, self.ln)
                 if self.fin_slots:
                     self._enter_decode()
+            else:  # ADVANCE_FAR_PUSH
+                self._push_far(far, far_lane)
 
     # ---- shocks -------------------------------------------------------------------------
 
