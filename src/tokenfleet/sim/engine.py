@@ -199,6 +199,11 @@ class Simulator:
         self._build_slots()
         tier_idx = {t: i for i, t in enumerate(self.tier_names)}
         self.key_tier = np.array([tier_idx[k.tier] for k in workload.keys], dtype=np.int64)
+        # Contiguous columns: a window's slices of them keep one array type (kernels.Direct).
+        self.w_key = np.ascontiguousarray(workload.key)
+        self.w_inp = np.ascontiguousarray(workload.input_tokens)
+        self.w_out = np.ascontiguousarray(workload.output_tokens)
+        self.w_arrival = np.ascontiguousarray(workload.arrival_s)
         self.pool_first_arr = np.array([p.first_lane for p in pools], dtype=np.int64)
         self.pool_lanes_arr = np.array([p.lanes for p in pools], dtype=np.int64)
         self.chips_per_replica = np.array([p.unit.chips_per_replica for p in pools], float)
@@ -297,6 +302,12 @@ class Simulator:
         self.ring = kernels.Ring(n=self.ring_nf, ctx=self.ring_cf, shift=self.ring_shift,
                                  mask=self.ring_mask, length=self.ring_len)
         self.all_lanes = np.arange(n, dtype=np.int64)
+        # The kernels called once or more per routing window, without Numba's per-call
+        # type dispatch (see kernels.Direct; their arguments' types never change).
+        self._k_advance = kernels.Direct(kernels.advance)
+        self._k_pool_load = kernels.Direct(kernels.pool_load)
+        self._k_place = kernels.Direct(kernels.place)
+        self._k_arrive = kernels.Direct(kernels.arrive)
         self.price = np.array([p.unit.usd_per_chip_hour for p in pools])
         self.preempt = np.zeros(len(pools), dtype=np.int64)
 
@@ -362,11 +373,10 @@ class Simulator:
             self.up_kv_cap = self._per_pool(np.add, np.where(up, self.kv_cap, 0.0))
             router.set_health(up_lanes.tolist(), (up_lanes // self.lanes_per_replica).tolist(),
                               (self.price * self.chips_per_replica).tolist())
-        running, queued, kv_used = kernels.pool_load(self.pool_first_arr, self.pool_lanes_arr,
-                                                     self.up, self.n_seqs, self.n_wait, self.kv)
-        router.set_load(running.tolist(), queued.tolist(),
-                        np.divide(kv_used, self.up_kv_cap, out=np.ones(self.n_pools),
-                                  where=self.up_kv_cap > 0).tolist())
+        running, queued, kv_frac = self._k_pool_load(self.pool_first_arr, self.pool_lanes_arr,
+                                                     self.up, self.n_seqs, self.n_wait, self.kv,
+                                                     self.up_kv_cap)
+        router.set_load(running.tolist(), queued.tolist(), kv_frac.tolist())
 
     # ---- routing ---------------------------------------------------------------------
 
@@ -392,7 +402,7 @@ class Simulator:
             if not slots.size:
                 return
         att = self.prefill_att
-        lanes = kernels.place(slots, picks, self.outstanding, self.pool_first_arr,
+        lanes = self._k_place(slots, picks, self.outstanding, self.pool_first_arr,
                               self.pool_lanes_arr, self.routed, self.sl, self.q_head, self.q_tail,
                               self.n_wait, self.wait_head, att.coef, att.full, att.sliding,
                               att.window)
@@ -406,15 +416,15 @@ class Simulator:
     def _arrive(self, i: int, j: int) -> None:
         """Requests ``i..j-1`` of the workload arrive in this window."""
         self._refresh_states()
-        w = self.w
         m = j - i
-        keys = w.key[i:j]
-        inp = w.input_tokens[i:j]
-        out = w.output_tokens[i:j]
-        arrival = w.arrival_s[i:j]
+        keys = self.w_key[i:j]
+        inp = self.w_inp[i:j]
+        out = self.w_out[i:j]
+        arrival = self.w_arrival[i:j]
         self.in_system += m
         s = self._alloc(m)
-        kernels.arrive(s, i, arrival, inp, out, keys, self.key_tier, self.tiers.arrived, self.sl)
+        self._k_arrive(s, int(i), arrival, inp, out, keys, self.key_tier, self.tiers.arrived,
+                       self.sl)
         picks = self.router.pick_window(keys, inp + out)
         # A request turned away at the door leaves at its arrival time.
         self._dispatch(s, picks, arrival)
@@ -705,9 +715,9 @@ class Simulator:
         check_up = True
         while True:
             (status, idx, clk, slow, done, nd, ended, ended_t, far, far_lane,
-             self.aseq) = kernels.advance(idx, check_up, end, self.n_far, self.aseq, self.ln,
-                                          self.sl, self.ring, cost.table, cost.sliding,
-                                          cost.moe)
+             self.aseq) = self._k_advance(idx, check_up, float(end), int(self.n_far),
+                                          int(self.aseq), self.ln, self.sl, self.ring,
+                                          cost.table, cost.sliding, cost.moe)
             check_up = False
             if nd:
                 self._completed(done.lane[:nd], done.step[:nd], done.when[:nd],

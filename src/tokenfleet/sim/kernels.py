@@ -20,10 +20,33 @@ Units: seconds, tokens.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
+
+class Direct:
+    """A compiled kernel called through its machine-code entry point for the argument
+    types of its first call.
+
+    Numba's dispatcher works out the type of every argument on every call; for a named
+    tuple of arrays it does so in Python, ~10 µs for the engine's :class:`Lanes`,
+    :class:`Slots` and :class:`Ring` together, and the engine calls its per-window
+    kernels with the same types tens of thousands of times per simulated hour
+    (``benchmarks/RESULTS.md``, "Simulator speed on the example's full hour"). The
+    entry point does not check types, so every later call must pass the types of the
+    first: the engine's arrays keep their dtypes for the whole run, and its scalars
+    are passed as ``float`` / ``int`` / ``bool`` explicitly."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.entry: Any = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.entry is None:
+            self.entry = self.kernel.compile(tuple(self.kernel.typeof_pyval(a) for a in args))
+        return self.entry(*args)
+
 
 # What a slot of the engine's request table holds.
 SLOT_STATES = FREE, WAITING, PREFILLING, DECODING, DECODING_FAR, DONE = range(6)
@@ -637,20 +660,25 @@ def round_end(idx, table, sliding, moe, ln):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def pool_load(pool_first, pool_lanes, up, n_seqs, n_wait, kv):  # pragma: no cover - compiled
-    """Per pool: sequences running, requests waiting, and KV tokens held on lanes that
-    are up (the router's view of the pool)."""
+def pool_load(pool_first, pool_lanes, up, n_seqs, n_wait, kv, up_kv_cap
+              ):  # pragma: no cover - compiled
+    """Per pool: sequences running, requests waiting, and the fraction of the KV tokens
+    of its lanes that are up (``up_kv_cap``) held on them, 1 when none is up (the
+    router's view of the pool)."""
     n = pool_first.size
     running = np.zeros(n, np.int64)
     queued = np.zeros(n, np.int64)
-    kv_used = np.zeros(n)
+    kv_frac = np.ones(n)
     for p in range(n):
+        kv_used = 0.0
         for r in range(pool_first[p], pool_first[p] + pool_lanes[p]):
             running[p] += n_seqs[r]
             queued[p] += n_wait[r]
             if up[r]:
-                kv_used[p] += kv[r]
-    return running, queued, kv_used
+                kv_used += kv[r]
+        if up_kv_cap[p] > 0:
+            kv_frac[p] = kv_used / up_kv_cap[p]
+    return running, queued, kv_frac
 
 
 @njit(cache=True, nogil=True)
