@@ -24,10 +24,14 @@ number of lanes.
 
 * waiting queues (and each lane's partial prompts) are linked lists through the slots;
   routing appends a window's arrivals to the lanes, admission walks each queue's head;
-* rounds in which no lane needs its scheduler (nothing waiting that may be admitted, no
-  partial prompt, no KV overflow) run inside one compiled call; a round in which some do
-  comes back here for the scheduler (compiled too; preemption and a lane stuck without
-  free KV are the rare paths in Python), then the round's iterations;
+* a window's rounds run inside one compiled call (:func:`~tokenfleet.sim.kernels.advance`:
+  completions leaving, the scheduler, the iterations, prompts entering decode); it comes
+  back here only for the rare paths — a round that may need preemption or has a lane
+  stuck with partial prompts and no free KV (that round's scheduling runs here), and
+  completions beyond the ring's reach — then goes on. The example's traffic has a few
+  requests per window, so the cost of a window (routing, one call per kernel; see
+  :class:`~tokenfleet.sim.kernels.Direct`) is what sets the speed there, not the cost of
+  a request;
 * a decoding sequence's last step is known when it starts decoding, so each lane keeps
   a ring of "sequences (and context) leaving at step s": an iteration subtracts its
   step's entry, and the requests themselves are measured, all together, at the next
@@ -721,7 +725,7 @@ class Simulator:
             check_up = False
             if nd:
                 self._completed(done.lane[:nd], done.step[:nd], done.when[:nd],
-                                done.count[:nd])
+                                done.n[:nd])
             if ended.size:
                 self._finish(ended, ended_t)
             if status == kernels.ADVANCE_DONE:

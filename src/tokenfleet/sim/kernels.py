@@ -4,11 +4,14 @@ The engine advances every busy lane by one iteration per *round*; the bookkeepin
 round (completions leaving, admissions from the waiting queues, prompts that finished
 entering decode, routed requests joining queues) is a few operations per lane, and as
 NumPy array programs it cost dozens of small calls per round whatever the number of
-lanes. Here each is the plain per-lane loop an engine runs, compiled with Numba: one
-call per round, work proportional to what actually happens.
+lanes. Here each is the plain per-lane loop an engine runs, compiled with Numba, and
+:func:`advance` runs all the rounds of a routing window in one call: work proportional
+to what actually happens, one call from Python per window.
 
-Each function takes the engine's arrays (lane arrays indexed by lane, slot arrays by
-slot) and updates them in place with the engine loop's rules — the engine-equivalence
+Each function takes the engine's arrays — lane arrays as :class:`Lanes`, slot arrays as
+:class:`Slots`, the completion ring as :class:`Ring` (named tuples of arrays: Numba
+takes each as one argument, and :class:`Direct` calls avoid the cost of typing them on
+every call) — and updates them in place with the engine loop's rules — the engine-equivalence
 tests (``tests/sim/test_engine_equivalence.py``) compare every run against the previous
 one-request-at-a-time engine. Rare paths (preemption, a lane stuck with partial prompts
 and no free KV, completions beyond the ring's reach) stay in Python; the kernels report
@@ -24,6 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
+
 
 class Direct:
     """A compiled kernel called through its machine-code entry point for the argument
@@ -420,10 +424,10 @@ def _needs_python(lanes, ln, sl):  # pragma: no cover - compiled
         r = lanes[a]
         if ln.kv[r] + ln.n_dec[r] > ln.kv_cap[r]:
             return True
-        if ln.prefilling[r] and ln.n_dec[r] == 0:
-            if (int(ln.kv_cap[r] - ln.kv[r] - ln.n_dec[r]) <= 0 or ln.budget[r] <= 0
-                    or sl.need[ln.pf_head[r]] <= 0):
-                return True
+        if ln.prefilling[r] and ln.n_dec[r] == 0 and (
+                int(ln.kv_cap[r] - ln.kv[r] - ln.n_dec[r]) <= 0 or ln.budget[r] <= 0
+                or sl.need[ln.pf_head[r]] <= 0):
+            return True
     return False
 
 
@@ -465,7 +469,7 @@ def _begin(idx, ln, ring, done, nd):  # pragma: no cover - compiled
             done.lane[nd] = r
             done.step[nd] = s
             done.when[nd] = t
-            done.count[nd] = c
+            done.n[nd] = c
             nd += 1
         slow[a] = (ln.prefilling[r] or (wh <= t and not ln.blocked[r])
                    or kv[r] + n_dec[r] > ln.kv_cap[r])
@@ -473,13 +477,13 @@ def _begin(idx, ln, ring, done, nd):  # pragma: no cover - compiled
 
 
 class Done(NamedTuple):
-    """Completions in a round: ``count`` decoding sequences left lane ``lane`` at the
-    start of its iteration ``step`` (time ``when``)."""
+    """Completions in a round: ``n`` decoding sequences left lane ``lane`` at the start
+    of its iteration ``step`` (time ``when``)."""
 
     lane: np.ndarray
     step: np.ndarray
     when: np.ndarray
-    count: np.ndarray
+    n: np.ndarray
 
 
 @njit(cache=True, nogil=True)
@@ -497,7 +501,7 @@ def _room(done, nd, more):  # pragma: no cover - compiled
         return done
     size = max(2 * done.lane.size, nd + more)
     return Done(_grown(done.lane, nd, size), _grown(done.step, nd, size),
-                _grown(done.when, nd, size), _grown(done.count, nd, size))
+                _grown(done.when, nd, size), _grown(done.n, nd, size))
 
 
 # What :func:`advance` stopped for: every lane reached the window's end or ran out of
