@@ -7,6 +7,7 @@ the CLI around it.
     python benchmarks/sim_example.py --plan plan.json --repeat 3 # three runs: each, median
     python benchmarks/sim_example.py --plan plan.json --duration 900 --profile
     python benchmarks/sim_example.py                             # plans the example first
+    python benchmarks/sim_example.py --plan plan3x.json --set tiers.small.traffic.growth=3
 
 ``--plan`` takes a plan of the example (``tokenfleet plan examples/frontier-lab.yaml``
 writes one); without it the example is planned here (verification included, ~1 min).
@@ -65,10 +66,15 @@ def main() -> None:
                     help="replay only the first this many seconds (default: the full hour)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--profile", action="store_true", help="one run under cProfile")
+    ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                    help="scenario override, as `tokenfleet plan --set` (e.g. "
+                         "tiers.small.traffic.growth=3: plan with the same overrides)")
     args = ap.parse_args()
+    if args.set and not args.plan:
+        ap.error("--set needs --plan (a plan made with the same --set)")
     plan = (Plan.model_validate(json.loads(args.plan.read_text())) if args.plan
             else example_plan())
-    w = scenario_traffic(plan, str(SCENARIO), None, 0)
+    w = scenario_traffic(plan, str(SCENARIO), None, 0, args.set)
     if args.duration is not None:
         w = w.subset(w.arrival_s < args.duration, f"{w.source} [0, {args.duration:g} s)")
     replicas = sum(u.replicas for u in plan.units)
