@@ -722,6 +722,9 @@ class Simulator:
              self.aseq) = self._k_advance(idx, check_up, float(end), int(self.n_far),
                                           int(self.aseq), self.ln, self.sl, self.ring,
                                           cost.table, cost.sliding, cost.moe)
+            # From here on only lanes of the last round can have work: routing came
+            # before the rounds, and a lane without sequences changes only when it is
+            # scheduled.
             check_up = False
             if nd:
                 self._completed(done.lane[:nd], done.step[:nd], done.when[:nd],
