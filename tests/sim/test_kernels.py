@@ -144,3 +144,25 @@ def test_the_compiled_round_hands_back_every_round_that_needs_python(seed: int) 
     hand_back = kernels._needs_python(idx, lanes, sl)
     status = kernels.schedule(idx, np.zeros(n), lanes, sl, 0)[0]
     assert hand_back or status == kernels.SCHEDULED
+
+
+def test_direct_calls_answer_as_the_dispatcher() -> None:
+    """``kernels.Direct`` calls the machine code Numba's dispatcher would pick for the
+    first call's argument types (it relies on ``Dispatcher.compile`` handing back that
+    entry point: a Numba upgrade that changes it fails here, not silently)."""
+    first = np.array([0, 2, 5], dtype=np.int64)
+    lanes = np.array([2, 3, 0], dtype=np.int64)
+    up = np.array([True, False, True, True, True])
+    n_seqs = np.array([1, 2, 3, 4, 5], dtype=np.int64)
+    n_wait = np.array([0, 1, 0, 2, 0], dtype=np.int64)
+    kv = np.array([10.0, 20.0, 30.0, 40.0, 50.0])
+    cap = np.array([100.0, 300.0, 0.0])
+    direct = kernels.Direct(kernels.pool_load)
+    for _ in range(2):  # resolved on the first call, reused on the second
+        got = direct(first, lanes, up, n_seqs, n_wait, kv, cap)
+        want = kernels.pool_load(first, lanes, up, n_seqs, n_wait, kv, cap)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+    assert callable(direct.entry)
+    assert got[0].tolist() == [3, 12, 0] and got[1].tolist() == [1, 2, 0]
+    assert got[2].tolist() == [0.1, 120.0 / 300.0, 1.0]
