@@ -99,3 +99,70 @@ def test_coefficient_rows_are_named_in_the_table_order() -> None:
     from tokenfleet.sim.stepcost import COEFFS
 
     assert [getattr(kernels, name.upper()) for name in COEFFS] == list(range(len(COEFFS)))
+
+
+def _lanes(n: int, **cols: np.ndarray) -> kernels.Lanes:
+    dtypes = {"up": bool, "blocked": bool, "prefilling": bool, "n_seqs": np.int64,
+              "n_wait": np.int64, "step": np.int64, "n_dec": np.int64,
+              "max_seqs": np.int64, "budget": np.int64, "q_head": np.int64,
+              "q_tail": np.int64, "pf_head": np.int64, "pf_tail": np.int64,
+              "far_next": np.int64, "ring_from": np.int64}
+    base = {f: np.zeros(n, dtypes.get(f, np.float64)) for f in kernels.Lanes._fields}
+    base.update(q_head=np.full(n, -1), q_tail=np.full(n, -1), pf_head=np.full(n, -1),
+                pf_tail=np.full(n, -1), wait_head=np.full(n, np.inf))
+    base.update(cols)
+    return kernels.Lanes(**base)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_compiled_round_hands_back_every_round_that_needs_python(seed: int) -> None:
+    """``advance`` runs the scheduler itself only where ``_needs_python`` says no; then
+    ``schedule`` must finish (no preemption, no stuck lane) on any lane state: KV near
+    or over capacity, budgets down to zero, partial prompts with nothing decoding."""
+    rng = np.random.default_rng(seed)
+    n = 6
+    cap = rng.integers(200, 400, n).astype(float)
+    n_dec = rng.integers(0, 3, n)
+    # KV free: none (stuck if nothing decodes), a little, plenty; one lane over in some.
+    kv = cap - n_dec - rng.choice([0.0, 0.0, 1.0, 40.0, 150.0], n)
+    if seed % 4 == 0:
+        r = rng.integers(n)
+        kv[r] = cap[r] + 5.0
+    lanes = _lanes(n, kv_cap=cap, kv=kv, n_dec=n_dec,
+                   budget=rng.integers(0, 300, n), max_seqs=np.full(n, 8),
+                   watermark=np.full(n, 10.0))
+    m = 4 * n
+    cols = {f: np.zeros(m, kernels.SLOT_DTYPES[f]) for f in kernels.Slots._fields}
+    cols["need"] = rng.integers(1, 300, m)
+    sl = kernels.Slots(**cols)
+    for r in range(n):  # up to three partial prompts per lane
+        for s in range(4 * r, 4 * r + int(rng.integers(0, 4))):
+            kernels.pf_push(r, s, lanes.pf_head, lanes.pf_tail, sl)
+            lanes.prefilling[r] = True
+        lanes.n_seqs[r] = n_dec[r] + lanes.prefilling[r]
+    idx = np.arange(n, dtype=np.int64)
+    hand_back = kernels._needs_python(idx, lanes, sl)
+    status = kernels.schedule(idx, np.zeros(n), lanes, sl, 0)[0]
+    assert hand_back or status == kernels.SCHEDULED
+
+
+def test_direct_calls_answer_as_the_dispatcher() -> None:
+    """``kernels.Direct`` calls the machine code Numba's dispatcher would pick for the
+    first call's argument types (it relies on ``Dispatcher.compile`` handing back that
+    entry point: a Numba upgrade that changes it fails here, not silently)."""
+    first = np.array([0, 2, 5], dtype=np.int64)
+    lanes = np.array([2, 3, 0], dtype=np.int64)
+    up = np.array([True, False, True, True, True])
+    n_seqs = np.array([1, 2, 3, 4, 5], dtype=np.int64)
+    n_wait = np.array([0, 1, 0, 2, 0], dtype=np.int64)
+    kv = np.array([10.0, 20.0, 30.0, 40.0, 50.0])
+    cap = np.array([100.0, 300.0, 0.0])
+    direct = kernels.Direct(kernels.pool_load)
+    for _ in range(2):  # resolved on the first call, reused on the second
+        got = direct(first, lanes, up, n_seqs, n_wait, kv, cap)
+        want = kernels.pool_load(first, lanes, up, n_seqs, n_wait, kv, cap)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+    assert callable(direct.entry)
+    assert got[0].tolist() == [3, 12, 0] and got[1].tolist() == [1, 2, 0]
+    assert got[2].tolist() == [0.1, 120.0 / 300.0, 1.0]

@@ -24,10 +24,14 @@ number of lanes.
 
 * waiting queues (and each lane's partial prompts) are linked lists through the slots;
   routing appends a window's arrivals to the lanes, admission walks each queue's head;
-* rounds in which no lane needs its scheduler (nothing waiting that may be admitted, no
-  partial prompt, no KV overflow) run inside one compiled call; a round in which some do
-  comes back here for the scheduler (compiled too; preemption and a lane stuck without
-  free KV are the rare paths in Python), then the round's iterations;
+* a window's rounds run inside one compiled call (:func:`~tokenfleet.sim.kernels.advance`:
+  completions leaving, the scheduler, the iterations, prompts entering decode); it comes
+  back here only for the rare paths — a round that may need preemption or has a lane
+  stuck with partial prompts and no free KV (that round's scheduling runs here), and
+  completions beyond the ring's reach — then goes on. The example's traffic has a few
+  requests per window, so the cost of a window (routing, one call per kernel; see
+  :class:`~tokenfleet.sim.kernels.Direct`) is what sets the speed there, not the cost of
+  a request;
 * a decoding sequence's last step is known when it starts decoding, so each lane keeps
   a ring of "sequences (and context) leaving at step s": an iteration subtracts its
   step's entry, and the requests themselves are measured, all together, at the next
@@ -200,6 +204,11 @@ class Simulator:
         self._build_slots()
         tier_idx = {t: i for i, t in enumerate(self.tier_names)}
         self.key_tier = np.array([tier_idx[k.tier] for k in workload.keys], dtype=np.int64)
+        # Contiguous columns: a window's slices of them keep one array type (kernels.Direct).
+        self.w_key = np.ascontiguousarray(workload.key)
+        self.w_inp = np.ascontiguousarray(workload.input_tokens)
+        self.w_out = np.ascontiguousarray(workload.output_tokens)
+        self.w_arrival = np.ascontiguousarray(workload.arrival_s)
         self.pool_first_arr = np.array([p.first_lane for p in pools], dtype=np.int64)
         self.pool_lanes_arr = np.array([p.lanes for p in pools], dtype=np.int64)
         self.chips_per_replica = np.array([p.unit.chips_per_replica for p in pools], float)
@@ -287,6 +296,25 @@ class Simulator:
         self.pf_tail = np.full(n, -1, dtype=np.int64)
         self.fin_slots: list[np.ndarray] = []  # prompts whose last chunk is in this round
         self.fin_lanes: list[np.ndarray] = []
+        # The same arrays as the kernels take them (views: no copies).
+        self.ln = kernels.Lanes(
+            clock=self.clock, up=self.up, wait_head=self.wait_head, n_seqs=self.n_seqs,
+            n_wait=self.n_wait, blocked=self.blocked, step=self.step,
+            prefilling=self.prefilling, kv=self.kv, kv_cap=self.kv_cap,
+            watermark=self.watermark, n_dec=self.n_dec, dec_ctx=self.dec_ctx,
+            outstanding=self.outstanding, max_seqs=self.max_seqs, budget=self.budget,
+            busy=self.busy, pre_tok=self.pre_tok, pre_att=self.pre_att, q_head=self.q_head,
+            q_tail=self.q_tail, pf_head=self.pf_head, pf_tail=self.pf_tail,
+            far_next=self.far_next, ring_from=self.ring_from)
+        self.ring = kernels.Ring(n=self.ring_nf, ctx=self.ring_cf, shift=self.ring_shift,
+                                 mask=self.ring_mask, length=self.ring_len)
+        self.all_lanes = np.arange(n, dtype=np.int64)
+        # The kernels called once or more per routing window, without Numba's per-call
+        # type dispatch (see kernels.Direct; their arguments' types never change).
+        self._k_advance = kernels.Direct(kernels.advance)
+        self._k_pool_load = kernels.Direct(kernels.pool_load)
+        self._k_place = kernels.Direct(kernels.place)
+        self._k_arrive = kernels.Direct(kernels.arrive)
         self.price = np.array([p.unit.usd_per_chip_hour for p in pools])
         self.preempt = np.zeros(len(pools), dtype=np.int64)
 
@@ -352,11 +380,10 @@ class Simulator:
             self.up_kv_cap = self._per_pool(np.add, np.where(up, self.kv_cap, 0.0))
             router.set_health(up_lanes.tolist(), (up_lanes // self.lanes_per_replica).tolist(),
                               (self.price * self.chips_per_replica).tolist())
-        running, queued, kv_used = kernels.pool_load(self.pool_first_arr, self.pool_lanes_arr,
-                                                     self.up, self.n_seqs, self.n_wait, self.kv)
-        router.set_load(running.tolist(), queued.tolist(),
-                        np.divide(kv_used, self.up_kv_cap, out=np.ones(self.n_pools),
-                                  where=self.up_kv_cap > 0).tolist())
+        running, queued, kv_frac = self._k_pool_load(self.pool_first_arr, self.pool_lanes_arr,
+                                                     self.up, self.n_seqs, self.n_wait, self.kv,
+                                                     self.up_kv_cap)
+        router.set_load(running.tolist(), queued.tolist(), kv_frac.tolist())
 
     # ---- routing ---------------------------------------------------------------------
 
@@ -386,7 +413,7 @@ class Simulator:
         prefer = (self.prefix.prefer(slots, picks, self.sl.rid, self.sl.key,
                                      self.sl.inp[slots] + self.sl.out[slots], self.outstanding)
                   if self.prefix is not None else np.full(slots.size, -1, np.int64))
-        lanes = kernels.place(slots, picks, prefer, self.outstanding, self.pool_first_arr,
+        lanes = self._k_place(slots, picks, prefer, self.outstanding, self.pool_first_arr,
                               self.pool_lanes_arr, self.routed, self.sl, self.q_head, self.q_tail,
                               self.n_wait, self.wait_head, att.coef, att.full, att.sliding,
                               att.window)
@@ -400,15 +427,15 @@ class Simulator:
     def _arrive(self, i: int, j: int) -> None:
         """Requests ``i..j-1`` of the workload arrive in this window."""
         self._refresh_states()
-        w = self.w
         m = j - i
-        keys = w.key[i:j]
-        inp = w.input_tokens[i:j]
-        out = w.output_tokens[i:j]
-        arrival = w.arrival_s[i:j]
+        keys = self.w_key[i:j]
+        inp = self.w_inp[i:j]
+        out = self.w_out[i:j]
+        arrival = self.w_arrival[i:j]
         self.in_system += m
         s = self._alloc(m)
-        kernels.arrive(s, i, arrival, inp, out, keys, self.key_tier, self.tiers.arrived, self.sl)
+        self._k_arrive(s, int(i), arrival, inp, out, keys, self.key_tier, self.tiers.arrived,
+                       self.sl)
         picks = self.router.pick_window(keys, inp + out)
         # A request turned away at the door leaves at its arrival time.
         self._dispatch(s, picks, arrival)
@@ -516,21 +543,24 @@ class Simulator:
         slots = np.concatenate(self.fin_slots) if len(self.fin_slots) > 1 else self.fin_slots[0]
         lanes = np.concatenate(self.fin_lanes) if len(self.fin_lanes) > 1 else self.fin_lanes[0]
         self.fin_slots, self.fin_lanes = [], []
-        code = kernels.enter_decode(slots, lanes, self.clock, self.step, self.sl, self.n_dec,
-                                    self.dec_ctx, self.kv, self.n_seqs, self.outstanding,
-                                    self.blocked, self.ring_nf, self.ring_cf, self.ring_shift,
-                                    self.ring_mask, self.ring_len)
+        code = kernels.enter_decode(slots, lanes, self.ln, self.sl, self.ring)
         if not code.any():
             return
         ends = code == 1
         if ends.any():
             self._finish(slots[ends], self.clock[lanes[ends]])
-        far = np.flatnonzero(code == 2)
-        for slot, r in zip(slots[far].tolist(), lanes[far].tolist(), strict=True):
+        far = code == 2
+        if far.any():
+            self._push_far(slots[far], lanes[far])
+
+    def _push_far(self, slots: np.ndarray, lanes: np.ndarray) -> None:
+        """Decoding sequences whose last step is beyond the ring's reach wait in their
+        lane's heap until it comes near (long answers)."""
+        for slot, r in zip(slots.tolist(), lanes.tolist(), strict=True):
             heappush(self.far[r], (int(self.sl.done[slot]), slot))
             self.far_next[r] = self.far[r][0][0]
             self.sl.state[slot] = _DECODING_FAR
-        self.n_far += int(far.size)
+        self.n_far += int(slots.size)
 
     def _bring_near(self, lanes: np.ndarray, stp: np.ndarray) -> None:
         """Move completions that came within the ring's reach into it (long answers)."""
@@ -552,26 +582,8 @@ class Simulator:
         prompts and on admissions (compiled: :func:`~tokenfleet.sim.kernels.schedule`;
         the rare paths here)."""
         while True:
-            status, fin, fin_lane, stuck, left, pre, att, self.aseq = kernels.schedule(lanes, t,
-                                                                                       self.budget,
-                                                                                       self.pre_tok,
-                                                                                       self.pre_att,
-                                                                                       self.q_head,
-                                                                                       self.q_tail,
-                                                                                       self.sl,
-                                                                                       self.aseq,
-                                                                                       self.n_seqs,
-                                                                                       self.max_seqs,
-                                                                                       self.n_wait,
-                                                                                       self.kv,
-                                                                                       self.kv_cap,
-                                                                                       self.n_dec,
-                                                                                       self.watermark,
-                                                                                       self.wait_head,
-                                                                                       self.blocked,
-                                                                                       self.pf_head,
-                                                                                       self.pf_tail,
-                                                                                       self.prefilling)
+            status, fin, fin_lane, stuck, left, pre, att, self.aseq = kernels.schedule(
+                lanes, t, self.ln, self.sl, self.aseq)
             if status != kernels.SCHEDULE_PREEMPT:
                 break
             over = self.kv[lanes] + self.n_dec[lanes] > self.kv_cap[lanes]
@@ -645,12 +657,8 @@ class Simulator:
         the KV blocks (less the watermark, once anything runs) allow; the first that
         does not fit for KV blocks the lane until something leaves."""
         at = np.flatnonzero(adm)
-        fin, fin_lane, self.aseq = kernels.admit(lanes[at], t[at], at, left, pre, att, self.q_head,
-                                                 self.q_tail, self.sl, self.aseq, self.n_seqs,
-                                                 self.max_seqs, self.n_wait, self.kv, self.kv_cap,
-                                                 self.n_dec, self.watermark, self.budget,
-                                                 self.wait_head, self.blocked, self.pf_head,
-                                                 self.pf_tail, self.prefilling)
+        fin, fin_lane, self.aseq = kernels.admit(lanes[at], t[at], at, left, pre, att, self.ln,
+                                                 self.sl, self.aseq)
         if fin.size:
             self.fin_slots.append(fin)
             self.fin_lanes.append(fin_lane)
@@ -710,33 +718,38 @@ class Simulator:
 
     def _advance(self, end: float) -> None:
         """Rounds until every lane's clock reaches ``end`` or it runs out of work: the
-        compiled :func:`~tokenfleet.sim.kernels.rounds` runs them while no lane needs
-        the scheduler, which runs here, one round at a time, when some do."""
-        work = (self.n_seqs > 0) | ((self.wait_head < end) & ~self.blocked)
-        idx = np.flatnonzero(work & self.up & (self.clock < end))
+        compiled :func:`~tokenfleet.sim.kernels.advance` runs them (scheduler included)
+        while no lane needs the Python side; the rare paths (preemption, a lane stuck
+        with partial prompts, completions beyond the ring) run here, then it goes on."""
         cost = self.cost
-        while idx.size:
-            # Only lanes of the last round can have work: routing comes before the
-            # rounds, and a lane without sequences changes only when it is scheduled.
-            status, idx, clk, stp, slow, lane, step, when, count = kernels.rounds(
-                idx, end, self.n_far, self.far_next, self.ring_len, self.clock,
-                self.wait_head, self.n_seqs, self.blocked, self.step, self.prefilling,
-                self.kv, self.kv_cap, self.n_dec, self.dec_ctx, self.outstanding,
-                self.ring_nf, self.ring_cf, self.ring_shift, self.ring_mask, self.ring_from,
-                cost.table, cost.sliding, cost.moe, self.busy, self.pre_tok, self.pre_att)
-            if lane.size:
-                self._completed(lane, step, when, count)
-            if status == kernels.ROUNDS_FAR:
+        idx = self.all_lanes
+        check_up = True
+        while True:
+            (status, idx, clk, slow, done, nd, ended, ended_t, far, far_lane,
+             self.aseq) = self._k_advance(idx, check_up, float(end), int(self.n_far),
+                                          int(self.aseq), self.ln, self.sl, self.ring,
+                                          cost.table, cost.sliding, cost.moe)
+            # From here on only lanes of the last round can have work: routing came
+            # before the rounds, and a lane without sequences changes only when it is
+            # scheduled.
+            check_up = False
+            if nd:
+                self._completed(done.lane[:nd], done.step[:nd], done.when[:nd],
+                                done.n[:nd])
+            if ended.size:
+                self._finish(ended, ended_t)
+            if status == kernels.ADVANCE_DONE:
+                return
+            if status == kernels.ADVANCE_FAR:
                 near = self.far_next[idx] - self.step[idx] < self.ring_len
                 self._bring_near(idx[near], self.step[idx[near]])
-            elif status == kernels.ROUNDS_SLOW:
+            elif status == kernels.ADVANCE_SLOW:
                 self._schedule(idx[slow], clk[slow])
-                kernels.round_end(idx, cost.table, cost.sliding, cost.moe, self.clock,
-                                  self.busy, self.step, self.n_dec, self.dec_ctx, self.kv,
-                                  self.pre_tok, self.pre_att, self.n_seqs, self.wait_head,
-                                  self.blocked)
+                kernels.round_end(idx, cost.table, cost.sliding, cost.moe, self.ln)
                 if self.fin_slots:
                     self._enter_decode()
+            else:  # ADVANCE_FAR_PUSH
+                self._push_far(far, far_lane)
 
     # ---- shocks -------------------------------------------------------------------------
 

@@ -4,11 +4,14 @@ The engine advances every busy lane by one iteration per *round*; the bookkeepin
 round (completions leaving, admissions from the waiting queues, prompts that finished
 entering decode, routed requests joining queues) is a few operations per lane, and as
 NumPy array programs it cost dozens of small calls per round whatever the number of
-lanes. Here each is the plain per-lane loop an engine runs, compiled with Numba: one
-call per round, work proportional to what actually happens.
+lanes. Here each is the plain per-lane loop an engine runs, compiled with Numba, and
+:func:`advance` runs all the rounds of a routing window in one call: work proportional
+to what actually happens, one call from Python per window.
 
-Each function takes the engine's arrays (lane arrays indexed by lane, slot arrays by
-slot) and updates them in place with the engine loop's rules — the engine-equivalence
+Each function takes the engine's arrays — lane arrays as :class:`Lanes`, slot arrays as
+:class:`Slots`, the completion ring as :class:`Ring` (named tuples of arrays: Numba
+takes each as one argument, and :class:`Direct` calls avoid the cost of typing them on
+every call) — and updates them in place with the engine loop's rules — the engine-equivalence
 tests (``tests/sim/test_engine_equivalence.py``) compare every run against the previous
 one-request-at-a-time engine. Rare paths (preemption, a lane stuck with partial prompts
 and no free KV, completions beyond the ring's reach) stay in Python; the kernels report
@@ -20,10 +23,34 @@ Units: seconds, tokens.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
+
+
+class Direct:
+    """A compiled kernel called through its machine-code entry point for the argument
+    types of its first call.
+
+    Numba's dispatcher works out the type of every argument on every call; for a named
+    tuple of arrays it does so in Python, ~10 µs for the engine's :class:`Lanes`,
+    :class:`Slots` and :class:`Ring` together, and the engine calls its per-window
+    kernels with the same types tens of thousands of times per simulated hour
+    (``benchmarks/RESULTS.md``, "Simulator speed on the example's full hour"). The
+    entry point does not check types, so every later call must pass the types of the
+    first: the engine's arrays keep their dtypes for the whole run, and its scalars
+    are passed as ``float`` / ``int`` / ``bool`` explicitly."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.entry: Any = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.entry is None:
+            self.entry = self.kernel.compile(tuple(self.kernel.typeof_pyval(a) for a in args))
+        return self.entry(*args)
+
 
 # What a slot of the engine's request table holds.
 SLOT_STATES = FREE, WAITING, PREFILLING, DECODING, DECODING_FAR, DONE = range(6)
@@ -68,6 +95,51 @@ SLOT_DTYPES: dict[str, type] = {
     "admit": _F, "att": _F, "retries": _I,
 }
 
+
+
+class Lanes(NamedTuple):
+    """The engine's per-lane state: one array per column, indexed by lane (one engine
+    instance). The engine keeps the same arrays as attributes; this tuple is how the
+    kernels take them (Numba takes it as one argument)."""
+
+    clock: np.ndarray  # start of the lane's next iteration, s
+    up: np.ndarray  # bool: not failed
+    wait_head: np.ndarray  # ready time of the waiting queue's head (inf: empty), s
+    n_seqs: np.ndarray  # sequences admitted (prefilling or decoding)
+    n_wait: np.ndarray  # requests in the waiting queue
+    blocked: np.ndarray  # bool: the queue head waits for a departure
+    step: np.ndarray  # iterations run
+    prefilling: np.ndarray  # bool: has partial prompts
+    kv: np.ndarray  # KV tokens held
+    kv_cap: np.ndarray  # KV tokens the lane holds at most
+    watermark: np.ndarray  # KV tokens kept free when admitting beside running sequences
+    n_dec: np.ndarray  # sequences decoding
+    dec_ctx: np.ndarray  # their total context, tokens
+    outstanding: np.ndarray  # requests routed here and not finished (inf: down)
+    max_seqs: np.ndarray  # batch size limit
+    budget: np.ndarray  # tokens per iteration (decodes plus prompt chunks)
+    busy: np.ndarray  # seconds spent in iterations
+    pre_tok: np.ndarray  # prompt tokens of the iteration about to run
+    pre_att: np.ndarray  # their attention FLOPs
+    q_head: np.ndarray  # waiting queue (linked through Slots.next), -1: empty
+    q_tail: np.ndarray
+    pf_head: np.ndarray  # partial prompts (linked through Slots.pnext), -1: none
+    pf_tail: np.ndarray
+    far_next: np.ndarray  # nearest completion step beyond the ring's reach
+    ring_from: np.ndarray  # completions before this step have left
+
+
+class Ring(NamedTuple):
+    """Completions ahead, per lane and step: ``n`` sequences leave lane ``r`` at step
+    ``s`` with total context ``ctx``, at flat index ``(r << shift) | (s & mask)``."""
+
+    n: np.ndarray
+    ctx: np.ndarray
+    shift: int
+    mask: int
+    length: int
+
+
 # Rows of the step-cost coefficient table, in the order of
 # :data:`tokenfleet.sim.stepcost.COEFFS` (``tests/sim/test_kernels.py`` holds them equal).
 (C_GEMM, C_LM, M_WEIGHTS, C_MOE, MOE_HALF, M_EXPERT, MOE_E, MOE_KEEP, MOE_ROUTED, C_DEC,
@@ -96,12 +168,12 @@ def _sift_down(heap, n, i, o):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def enter_decode(slots, lanes, clock, step, sl, n_dec, dec_ctx, kv, n_seqs, outstanding, blocked,
-                 ring_nf, ring_cf, ring_shift, ring_mask, ring_len):  # pragma: no cover - compiled
+def enter_decode(slots, lanes, ln, sl, ring):  # pragma: no cover - compiled
     """Prompts whose last chunk ran in the iteration that just ended: that iteration
     produced their next token. Those with nothing left to generate leave their lane
     (code 1); the others decode from the next iteration on, their last step entered in
     the completion ring, or (code 2) beyond its reach, for the caller's per-lane heap."""
+    kv, n_dec, dec_ctx = ln.kv, ln.n_dec, ln.dec_ctx
     code = np.zeros(slots.size, np.int8)
     for i in range(slots.size):
         s = slots[i]
@@ -109,17 +181,17 @@ def enter_decode(slots, lanes, clock, step, sl, n_dec, dec_ctx, kv, n_seqs, outs
         gen = sl.gen[s] + 1
         sl.gen[s] = gen
         if sl.first[s] < 0:
-            sl.first[s] = clock[r]
+            sl.first[s] = ln.clock[r]
         out = sl.out[s]
         if gen >= out:
             # One-token answers (or a recompute that had one token left) end here.
             kv[r] -= sl.kvh[s]
-            n_seqs[r] -= 1
-            outstanding[r] -= 1
-            blocked[r] = False
+            ln.n_seqs[r] -= 1
+            ln.outstanding[r] -= 1
+            ln.blocked[r] = False
             code[i] = 1
             continue
-        st = step[r]
+        st = ln.step[r]
         n_dec[r] += 1
         dec_ctx[r] += sl.inp[s] + gen
         kv[r] += 1
@@ -129,12 +201,12 @@ def enter_decode(slots, lanes, clock, step, sl, n_dec, dec_ctx, kv, n_seqs, outs
         done = st + out - gen
         sl.done[s] = done
         sl.state[s] = DECODING
-        if done - st >= ring_len:
+        if done - st >= ring.length:
             code[i] = 2
         else:
-            at = (r << ring_shift) | (done & ring_mask)
-            ring_nf[at] += 1
-            ring_cf[at] += sl.inp[s] + out
+            at = (r << ring.shift) | (done & ring.mask)
+            ring.n[at] += 1
+            ring.ctx[at] += sl.inp[s] + out
     return code
 
 
@@ -150,8 +222,7 @@ def pf_push(r, s, pf_head, pf_tail, sl):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def continue_prefill(lanes, pos, left, pre, att, pf_head, pf_tail, sl, kv, kv_cap, n_dec,
-                     prefilling):  # pragma: no cover - compiled
+def continue_prefill(lanes, pos, left, pre, att, ln, sl):  # pragma: no cover - compiled
     """Partial prompts of each lane ``lanes[a]`` take their next chunks, oldest first,
     within the token budget ``left[pos[a]]`` and the free KV blocks (no watermark: they
     are already admitted); the tokens and attention FLOPs go to ``pre`` / ``att``.
@@ -159,6 +230,7 @@ def continue_prefill(lanes, pos, left, pre, att, pf_head, pf_tail, sl, kv, kv_ca
     Returns the prompts that are now whole and their lanes (off the queue), and the
     positions ``a`` of lanes that could move none of their partial prompts while
     nothing decodes (stuck: the caller frees KV for them)."""
+    pf_head, kv, n_dec = ln.pf_head, ln.kv, ln.n_dec
     total = 0
     for a in range(lanes.size):
         s = pf_head[lanes[a]]
@@ -173,7 +245,7 @@ def continue_prefill(lanes, pos, left, pre, att, pf_head, pf_tail, sl, kv, kv_ca
     for a in range(lanes.size):
         r = lanes[a]
         p = pos[a]
-        free = int(kv_cap[r] - kv[r] - n_dec[r])
+        free = int(ln.kv_cap[r] - kv[r] - n_dec[r])
         took = 0
         s = pf_head[r]
         # Every chunk before the first cut prompt is whole: after a cut, the budget or
@@ -193,11 +265,11 @@ def continue_prefill(lanes, pos, left, pre, att, pf_head, pf_tail, sl, kv, kv_ca
             s = sl.pnext[s]
         pf_head[r] = s
         if s < 0:
-            pf_tail[r] = -1
+            ln.pf_tail[r] = -1
         kv[r] += took
         left[p] -= took
         pre[p] += took
-        prefilling[r] = s >= 0
+        ln.prefilling[r] = s >= 0
         if took == 0 and n_dec[r] == 0 and s >= 0:
             stuck[n_stuck] = a
             n_stuck += 1
@@ -205,9 +277,7 @@ def continue_prefill(lanes, pos, left, pre, att, pf_head, pf_tail, sl, kv, kv_ca
 
 
 @njit(cache=True, nogil=True)
-def admit(lanes, t, pos, left, pre, att, q_head, q_tail, sl, aseq, n_seqs, max_seqs, n_wait, kv,
-          kv_cap, n_dec, watermark, budget, wait_head, blocked, pf_head, pf_tail,
-          prefilling):  # pragma: no cover - compiled
+def admit(lanes, t, pos, left, pre, att, ln, sl, aseq):  # pragma: no cover - compiled
     """Admit waiting requests of each lane ``lanes[a]`` (iteration start ``t[a]``) in
     queue order while the token budget ``left[pos[a]]``, the batch size and the KV
     blocks (less the watermark once anything runs) allow; the first that does not fit
@@ -217,6 +287,7 @@ def admit(lanes, t, pos, left, pre, att, q_head, q_tail, sl, aseq, n_seqs, max_s
     A request that got only part of its prompt (only the last one admitted into a
     lane can) joins the lane's queue of partial prompts. Returns the admitted requests
     that got their whole prompt, their lanes, and the next admission number."""
+    n_seqs, max_seqs, n_wait, kv = ln.n_seqs, ln.max_seqs, ln.n_wait, ln.kv
     cap = 0
     for a in range(lanes.size):
         cap += min(n_wait[lanes[a]], max(max_seqs[lanes[a]] - n_seqs[lanes[a]], 0))
@@ -227,9 +298,9 @@ def admit(lanes, t, pos, left, pre, att, q_head, q_tail, sl, aseq, n_seqs, max_s
         r = lanes[a]
         p = pos[a]
         ta = t[a]
-        s = q_head[r]
+        s = ln.q_head[r]
         n = n_seqs[r]
-        room = kv_cap[r] - kv[r] - n_dec[r]
+        room = ln.kv_cap[r] - kv[r] - ln.n_dec[r]
         taken = 0.0
         while s >= 0:
             # The engine loop's stopping rules, in its order: budget or batch full; not
@@ -240,9 +311,9 @@ def admit(lanes, t, pos, left, pre, att, q_head, q_tail, sl, aseq, n_seqs, max_s
                 break
             need = sl.need[s]
             c = min(need, left[p])
-            free = room - taken - (watermark[r] if n > 0 else 0.0)
+            free = room - taken - (ln.watermark[r] if n > 0 else 0.0)
             if c > free:
-                blocked[r] = True
+                ln.blocked[r] = True
                 break
             if sl.admit[s] < 0:
                 sl.admit[s] = ta
@@ -263,20 +334,20 @@ def admit(lanes, t, pos, left, pre, att, q_head, q_tail, sl, aseq, n_seqs, max_s
                 got_lane[m] = r
                 m += 1
             else:
-                pf_push(r, s, pf_head, pf_tail, sl)
-                prefilling[r] = True
+                pf_push(r, s, ln.pf_head, ln.pf_tail, sl)
+                ln.prefilling[r] = True
             s = sl.next[s]
         n_seqs[r] = n
-        q_head[r] = s
+        ln.q_head[r] = s
         if s < 0:
-            q_tail[r] = -1
-            wait_head[r] = np.inf
+            ln.q_tail[r] = -1
+            ln.wait_head[r] = np.inf
         else:
             # The queue head now, and whether the lane waits for a departure (full
             # batch, or no token budget beside its decodes).
-            wait_head[r] = sl.ready[s]
-            if sl.ready[s] <= ta and (n >= max_seqs[r] or budget[r] <= n_dec[r]):
-                blocked[r] = True
+            ln.wait_head[r] = sl.ready[s]
+            if sl.ready[s] <= ta and (n >= max_seqs[r] or ln.budget[r] <= ln.n_dec[r]):
+                ln.blocked[r] = True
     return got[:m], got_lane[:m], aseq
 
 
@@ -286,9 +357,7 @@ SCHEDULED, SCHEDULE_PREEMPT, SCHEDULE_STUCK = 0, 1, 2
 
 
 @njit(cache=True, nogil=True)
-def schedule(lanes, t, budget, pre_tok, pre_att, q_head, q_tail, sl, aseq, n_seqs, max_seqs,
-             n_wait, kv, kv_cap, n_dec, watermark, wait_head, blocked, pf_head, pf_tail,
-             prefilling):  # pragma: no cover - compiled
+def schedule(lanes, t, ln, sl, aseq):  # pragma: no cover - compiled
     """The scheduler at the start of an iteration of each of ``lanes`` (clocks ``t``;
     completions already left): the token budget beside the decodes goes to partial
     prompts (:func:`continue_prefill`), then to admissions (:func:`admit`); each lane's
@@ -307,60 +376,69 @@ def schedule(lanes, t, budget, pre_tok, pre_att, q_head, q_tail, sl, aseq, n_seq
     n_pf = 0
     for a in range(n):
         r = lanes[a]
-        if kv[r] + n_dec[r] > kv_cap[r]:
+        if ln.kv[r] + ln.n_dec[r] > ln.kv_cap[r]:
             return SCHEDULE_PREEMPT, empty, empty, empty, left, pre, att, aseq
-        left[a] = budget[r] - n_dec[r]
-        n_pf += prefilling[r]
+        left[a] = ln.budget[r] - ln.n_dec[r]
+        n_pf += ln.prefilling[r]
     fin = empty
     fin_lane = empty
     if n_pf:
         at = np.empty(n_pf, np.int64)
         j = 0
         for a in range(n):
-            if prefilling[lanes[a]]:
+            if ln.prefilling[lanes[a]]:
                 at[j] = a
                 j += 1
-        fin, fin_lane, stuck = continue_prefill(lanes[at], at, left, pre, att, pf_head, pf_tail,
-                                                sl, kv, kv_cap, n_dec, prefilling)
+        fin, fin_lane, stuck = continue_prefill(lanes[at], at, left, pre, att, ln, sl)
         if stuck.size:
             return SCHEDULE_STUCK, fin, fin_lane, at[stuck], left, pre, att, aseq
     n_adm = 0
     for a in range(n):
-        n_adm += n_wait[lanes[a]] > 0 and left[a] > 0
+        n_adm += ln.n_wait[lanes[a]] > 0 and left[a] > 0
     if n_adm:
         pos = np.empty(n_adm, np.int64)
         j = 0
         for a in range(n):
-            if n_wait[lanes[a]] > 0 and left[a] > 0:
+            if ln.n_wait[lanes[a]] > 0 and left[a] > 0:
                 pos[j] = a
                 j += 1
-        got, got_lane, aseq = admit(lanes[pos], t[pos], pos, left, pre, att, q_head, q_tail, sl,
-                                    aseq, n_seqs, max_seqs, n_wait, kv, kv_cap, n_dec, watermark,
-                                    budget, wait_head, blocked, pf_head, pf_tail, prefilling)
+        got, got_lane, aseq = admit(lanes[pos], t[pos], pos, left, pre, att, ln, sl, aseq)
         if fin.size:
             fin = np.concatenate((fin, got))
             fin_lane = np.concatenate((fin_lane, got_lane))
         else:
             fin, fin_lane = got, got_lane
     for a in range(n):
-        pre_tok[lanes[a]] = pre[a]
-        pre_att[lanes[a]] = att[a]
+        ln.pre_tok[lanes[a]] = pre[a]
+        ln.pre_att[lanes[a]] = att[a]
     return SCHEDULED, fin, fin_lane, empty, left, pre, att, aseq
 
 
-# What :func:`rounds` stopped for.
-ROUNDS_DONE, ROUNDS_FAR, ROUNDS_SLOW = 0, 1, 2
+@njit(cache=True, nogil=True)
+def _needs_python(lanes, ln, sl):  # pragma: no cover - compiled
+    """Whether :func:`schedule` might stop for the Python side on ``lanes``: a lane's KV
+    overflows (preemption), or a lane with partial prompts and nothing decoding might
+    move none of them (stuck: no free KV, no budget, or nothing left to take). A
+    superset of both: when it says no, ``schedule`` runs to the end."""
+    for a in range(lanes.size):
+        r = lanes[a]
+        if ln.kv[r] + ln.n_dec[r] > ln.kv_cap[r]:
+            return True
+        if ln.prefilling[r] and ln.n_dec[r] == 0 and (
+                int(ln.kv_cap[r] - ln.kv[r] - ln.n_dec[r]) <= 0 or ln.budget[r] <= 0
+                or sl.need[ln.pf_head[r]] <= 0):
+            return True
+    return False
 
 
 @njit(cache=True, nogil=True)
-def _begin(idx, clock, wait_head, n_seqs, blocked, step, prefilling, kv, kv_cap, n_dec,
-           dec_ctx, outstanding, ring_nf, ring_cf, ring_shift, ring_mask, ring_from,
-           done_lane, done_step, done_when, done_cnt, nd):  # pragma: no cover - compiled
+def _begin(idx, ln, ring, done, nd):  # pragma: no cover - compiled
     """Start a round of lanes ``idx``: each at its iteration start (an idle lane jumps
     to its queue head's arrival), the completions due at this step leave (recorded
-    from ``nd`` on in the ``done_*`` buffers, which must have room for ``idx.size``
-    more). Returns the clocks, the steps, which lanes need the scheduler (a partial
-    prompt, a request ready to admit, or KV overflow) and the new ``nd``."""
+    in ``done`` from row ``nd`` on, which must have room for ``idx.size`` more).
+    Returns the clocks, the steps, which lanes need the scheduler (a partial prompt, a
+    request ready to admit, or KV overflow) and the new ``nd``."""
+    clock, kv, n_dec = ln.clock, ln.kv, ln.n_dec
     n = idx.size
     clk = np.empty(n)
     stp = np.empty(n, np.int64)
@@ -368,92 +446,153 @@ def _begin(idx, clock, wait_head, n_seqs, blocked, step, prefilling, kv, kv_cap,
     for a in range(n):
         r = idx[a]
         t = clock[r]
-        wh = wait_head[r]
-        if n_seqs[r] == 0 and wh > t:
+        wh = ln.wait_head[r]
+        if ln.n_seqs[r] == 0 and wh > t:
             t = wh
             clock[r] = t
         clk[a] = t
-        s = step[r]
+        s = ln.step[r]
         stp[a] = s
-        ring_from[r] = s + 1  # every completion before this step is done
-        at = (r << ring_shift) | (s & ring_mask)
-        c = ring_nf[at]
+        ln.ring_from[r] = s + 1  # every completion before this step is done
+        at = (r << ring.shift) | (s & ring.mask)
+        c = ring.n[at]
         if c:
-            ctx = ring_cf[at]  # the leaving sequences' contexts (and KV) at the end
-            ring_nf[at] = 0
-            ring_cf[at] = 0
+            ctx = ring.ctx[at]  # the leaving sequences' contexts (and KV) at the end
+            ring.n[at] = 0
+            ring.ctx[at] = 0
             n_dec[r] -= c
-            dec_ctx[r] -= ctx
+            ln.dec_ctx[r] -= ctx
             kv[r] -= ctx
-            n_seqs[r] -= c
-            outstanding[r] -= c
-            blocked[r] = False
-            done_lane[nd] = r
-            done_step[nd] = s
-            done_when[nd] = t
-            done_cnt[nd] = c
+            ln.n_seqs[r] -= c
+            ln.outstanding[r] -= c
+            ln.blocked[r] = False
+            done.lane[nd] = r
+            done.step[nd] = s
+            done.when[nd] = t
+            done.n[nd] = c
             nd += 1
-        slow[a] = (prefilling[r] or (wh <= t and not blocked[r])
-                   or kv[r] + n_dec[r] > kv_cap[r])
+        slow[a] = (ln.prefilling[r] or (wh <= t and not ln.blocked[r])
+                   or kv[r] + n_dec[r] > ln.kv_cap[r])
     return clk, stp, slow, nd
 
 
-@njit(cache=True, nogil=True)
-def rounds(cand, end, n_far, far_next, ring_len, clock, wait_head, n_seqs, blocked, step,
-           prefilling, kv, kv_cap, n_dec, dec_ctx, outstanding, ring_nf, ring_cf,
-           ring_shift, ring_mask, ring_from, table, sliding, moe, busy, pre_tok, pre_att
-           ):  # pragma: no cover - compiled
-    """Rounds of the lanes of ``cand`` with work before ``end`` (sequences, or a waiting
-    request that is not blocked) for as long as none needs the Python side: every lane
-    runs one iteration per round; sequences due leave at its start.
+class Done(NamedTuple):
+    """Completions in a round: ``n`` decoding sequences left lane ``lane`` at the start
+    of its iteration ``step`` (time ``when``)."""
 
-    Stops (status) when no lane has work left (``ROUNDS_DONE``); before a round in
-    which a lane has completions beyond the ring coming within its reach
-    (``ROUNDS_FAR``, nothing of the round done); or after the start of a round in
-    which some lane needs the scheduler (``ROUNDS_SLOW``: the caller schedules those
-    and ends the round). Returns the status, the round's lanes, their clocks and
-    steps, which need the scheduler, and the completions so far as (lane, step, time,
-    count)."""
-    cap = 4 * cand.size + 16
-    done_lane = np.empty(cap, np.int64)
-    done_step = np.empty(cap, np.int64)
-    done_when = np.empty(cap)
-    done_cnt = np.empty(cap, np.int64)
+    lane: np.ndarray
+    step: np.ndarray
+    when: np.ndarray
+    n: np.ndarray
+
+
+@njit(cache=True, nogil=True)
+def _grown(a, n, size):  # pragma: no cover - compiled
+    """``a`` with its first ``n`` entries kept, ``size`` long."""
+    out = np.empty(size, a.dtype)
+    out[:n] = a[:n]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _room(done, nd, more):  # pragma: no cover - compiled
+    """``done`` with room for ``more`` rows after the first ``nd``."""
+    if nd + more <= done.lane.size:
+        return done
+    size = max(2 * done.lane.size, nd + more)
+    return Done(_grown(done.lane, nd, size), _grown(done.step, nd, size),
+                _grown(done.when, nd, size), _grown(done.n, nd, size))
+
+
+# What :func:`advance` stopped for: every lane reached the window's end or ran out of
+# work; completions beyond the ring came within its reach (before a round); a round
+# needs the Python side's scheduler (after its start); prompts that entered decode
+# finish beyond the ring's reach (after a round).
+ADVANCE_DONE, ADVANCE_FAR, ADVANCE_SLOW, ADVANCE_FAR_PUSH = 0, 1, 2, 3
+
+
+@njit(cache=True, nogil=True)
+def _working(cand, end, ln, check_up):  # pragma: no cover - compiled
+    """The lanes of ``cand`` with work before ``end``: sequences, or a waiting request
+    that is not blocked (and up, with ``check_up``)."""
+    idx = np.empty(cand.size, np.int64)
+    n = 0
+    for a in range(cand.size):
+        r = cand[a]
+        if (ln.clock[r] < end and (ln.n_seqs[r] > 0 or (ln.wait_head[r] < end
+                                                         and not ln.blocked[r]))
+                and (not check_up or ln.up[r])):
+            idx[n] = r
+            n += 1
+    return idx[:n]
+
+
+@njit(cache=True, nogil=True)
+def advance(cand, check_up, end, n_far, aseq, ln, sl, ring, table, sliding, moe
+            ):  # pragma: no cover - compiled
+    """Rounds of the lanes of ``cand`` with work before ``end`` until none has any:
+    every lane runs one iteration per round (sequences due leave at its start; the
+    scheduler admits; prompts whose last chunk ran enter decode), for as long as none
+    needs the Python side (``check_up``: also drop lanes that are down).
+
+    Returns (status, the round's lanes, their clocks, which need the scheduler — for
+    ``ADVANCE_SLOW`` —, the completions as :class:`Done` rows and their number, the
+    requests that finished right after their prompt and when, the prompts that
+    entered decode beyond the ring's reach and their lanes, the next admission
+    number). ``ADVANCE_FAR`` stops before a round (nothing of it done); ``ADVANCE_SLOW``
+    after a round's start, its scheduling, iteration and decode entries left to the
+    caller; ``ADVANCE_FAR_PUSH`` after a whole round."""
+    size = 4 * cand.size + 16
+    done = Done(np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size),
+                np.empty(size, np.int64))
     nd = 0
+    ended = np.empty(16, np.int64)
+    ended_t = np.empty(16)
+    n_end = 0
+    empty_i = np.empty(0, np.int64)
+    idx = _working(cand, end, ln, check_up)
     while True:
-        idx = np.empty(cand.size, np.int64)
-        n = 0
-        for a in range(cand.size):
-            r = cand[a]
-            if clock[r] < end and (n_seqs[r] > 0 or (wait_head[r] < end and not blocked[r])):
-                idx[n] = r
-                n += 1
-        idx = idx[:n]
-        status = ROUNDS_DONE if n == 0 else ROUNDS_SLOW
-        if n and n_far:
-            for a in range(n):
-                if far_next[idx[a]] - step[idx[a]] < ring_len:
-                    status = ROUNDS_FAR
+        status = ADVANCE_DONE if idx.size == 0 else ADVANCE_SLOW
+        if idx.size and n_far:
+            for a in range(idx.size):
+                if ln.far_next[idx[a]] - ln.step[idx[a]] < ring.length:
+                    status = ADVANCE_FAR
                     break
-        if status != ROUNDS_SLOW:
-            return (status, idx, np.empty(0), np.empty(0, np.int64), np.empty(0, np.bool_),
-                    done_lane[:nd], done_step[:nd], done_when[:nd], done_cnt[:nd])
-        if nd + n > done_lane.size:
-            grow = max(2 * done_lane.size, nd + n)
-            done_lane = np.concatenate((done_lane[:nd], np.empty(grow - nd, np.int64)))
-            done_step = np.concatenate((done_step[:nd], np.empty(grow - nd, np.int64)))
-            done_when = np.concatenate((done_when[:nd], np.empty(grow - nd)))
-            done_cnt = np.concatenate((done_cnt[:nd], np.empty(grow - nd, np.int64)))
-        clk, stp, slow, nd = _begin(
-            idx, clock, wait_head, n_seqs, blocked, step, prefilling, kv, kv_cap, n_dec,
-            dec_ctx, outstanding, ring_nf, ring_cf, ring_shift, ring_mask, ring_from,
-            done_lane, done_step, done_when, done_cnt, nd)
+        if status != ADVANCE_SLOW:
+            return (status, idx, np.empty(0), np.empty(0, np.bool_), done, nd,
+                    ended[:n_end], ended_t[:n_end], empty_i, empty_i, aseq)
+        done = _room(done, nd, idx.size)
+        clk, stp, slow, nd = _begin(idx, ln, ring, done, nd)
+        fin = empty_i
+        fin_lane = empty_i
         if slow.any():
-            return (ROUNDS_SLOW, idx, clk, stp, slow, done_lane[:nd], done_step[:nd],
-                    done_when[:nd], done_cnt[:nd])
-        round_end(idx, table, sliding, moe, clock, busy, step, n_dec, dec_ctx, kv, pre_tok,
-                  pre_att, n_seqs, wait_head, blocked)
-        cand = idx
+            lanes = idx[slow]
+            t = clk[slow]
+            if _needs_python(lanes, ln, sl):
+                return (ADVANCE_SLOW, idx, clk, slow, done, nd, ended[:n_end],
+                        ended_t[:n_end], empty_i, empty_i, aseq)
+            st, fin, fin_lane, _, _, _, _, aseq = schedule(lanes, t, ln, sl, aseq)
+            if st != SCHEDULED:
+                raise AssertionError("schedule stopped where _needs_python said it would not")
+        round_end(idx, table, sliding, moe, ln)
+        if fin.size:
+            code = enter_decode(fin, fin_lane, ln, sl, ring)
+            n_far_new = 0
+            for i in range(fin.size):
+                if code[i] == 1:
+                    if n_end == ended.size:
+                        ended = _grown(ended, n_end, 2 * n_end)
+                        ended_t = _grown(ended_t, n_end, 2 * n_end)
+                    ended[n_end] = fin[i]
+                    ended_t[n_end] = ln.clock[fin_lane[i]]
+                    n_end += 1
+                elif code[i] == 2:
+                    n_far_new += 1
+            if n_far_new:
+                far = code == 2
+                return (ADVANCE_FAR_PUSH, idx, clk, slow, done, nd, ended[:n_end],
+                        ended_t[:n_end], fin[far], fin_lane[far], aseq)
+        idx = _working(idx, end, ln, False)
 
 
 @njit(cache=True, nogil=True)
@@ -498,47 +637,52 @@ def iteration_times(table, idx, decode, context, prefill, prefill_attention, sli
 
 
 @njit(cache=True, nogil=True)
-def round_end(idx, table, sliding, moe, clock, busy, step, n_dec, dec_ctx, kv, pre_tok,
-              pre_att, n_seqs, wait_head, blocked):  # pragma: no cover - compiled
+def round_end(idx, table, sliding, moe, ln):  # pragma: no cover - compiled
     """Run the round's iteration on every lane of ``idx`` that has something to run:
     its decodes plus the prompt tokens the scheduler gave it. A lane with nothing (its
     last sequences left, or admission is blocked) waits, blocked if requests are
     waiting for it."""
+    clock, pre_tok, pre_att = ln.clock, ln.pre_tok, ln.pre_att
     for a in range(idx.size):
         r = idx[a]
-        dec = n_dec[r]
+        dec = ln.n_dec[r]
         pre = pre_tok[r]
         if dec == 0 and pre == 0:
-            if n_seqs[r] == 0 and wait_head[r] <= clock[r]:
-                blocked[r] = True
+            if ln.n_seqs[r] == 0 and ln.wait_head[r] <= clock[r]:
+                ln.blocked[r] = True
             continue
         decf = float(dec)
-        ctx = dec_ctx[r] / max(decf, 1.0)
+        ctx = ln.dec_ctx[r] / max(decf, 1.0)
         dt = iteration_s(table, r, decf, ctx, pre, pre_att[r], sliding, moe)
         clock[r] += dt
-        busy[r] += dt
-        step[r] += 1
-        dec_ctx[r] += decf
-        kv[r] += decf
+        ln.busy[r] += dt
+        ln.step[r] += 1
+        ln.dec_ctx[r] += decf
+        ln.kv[r] += decf
         pre_tok[r] = 0.0
         pre_att[r] = 0.0
 
 
 @njit(cache=True, nogil=True)
-def pool_load(pool_first, pool_lanes, up, n_seqs, n_wait, kv):  # pragma: no cover - compiled
-    """Per pool: sequences running, requests waiting, and KV tokens held on lanes that
-    are up (the router's view of the pool)."""
+def pool_load(pool_first, pool_lanes, up, n_seqs, n_wait, kv, up_kv_cap
+              ):  # pragma: no cover - compiled
+    """Per pool: sequences running, requests waiting, and the fraction of the KV tokens
+    of its lanes that are up (``up_kv_cap``) held on them, 1 when none is up (the
+    router's view of the pool)."""
     n = pool_first.size
     running = np.zeros(n, np.int64)
     queued = np.zeros(n, np.int64)
-    kv_used = np.zeros(n)
+    kv_frac = np.ones(n)
     for p in range(n):
+        kv_used = 0.0
         for r in range(pool_first[p], pool_first[p] + pool_lanes[p]):
             running[p] += n_seqs[r]
             queued[p] += n_wait[r]
             if up[r]:
-                kv_used[p] += kv[r]
-    return running, queued, kv_used
+                kv_used += kv[r]
+        if up_kv_cap[p] > 0:
+            kv_frac[p] = kv_used / up_kv_cap[p]
+    return running, queued, kv_frac
 
 
 @njit(cache=True, nogil=True)
