@@ -148,7 +148,7 @@ def _oracle(policy: str, pools: list[PoolState], rng: random.Random, turn: int) 
         return None
     if policy == "round-robin":
         return healthy[turn % len(healthy)]
-    if policy == "jsq":
+    if policy in ("jsq", "prefix-affinity"):  # prefix-affinity without blocks: by load
         return least_loaded(healthy)
     assert policy == "least-kv"
     least = min(pools[i].kv_used for i in healthy)
