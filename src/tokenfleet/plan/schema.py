@@ -15,6 +15,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.estimate import Provenance
 from tokenfleet.perf.precision import KV_BYTES, PRECISIONS
 from tokenfleet.perf.unit import Layout
+from tokenfleet.plan.day_schema import DayPlan
 from tokenfleet.plan.economics import PlanEconomics
 from tokenfleet.workload.buckets import SizeBuckets
 
@@ -301,6 +302,9 @@ class Plan(_Model):
     economics: PlanEconomics | None = Field(
         None, description="unit costs, vendor shares by spend/chips/tokens, pool roles "
                           "(tokenfleet.plan.economics.plan_economics)")
+    day: DayPlan | None = Field(
+        None, description="`plan --over-day`: reserved/committed base plus on-demand and "
+                          "spot layers per period of the day (tokenfleet.plan.day)")
 
     def pools_for(self, tier: str) -> list[PlanUnit]:
         return [u for u in self.units if u.tier == tier]
