@@ -43,6 +43,7 @@ import yaml
 
 from tokenfleet.catalog.loader import Catalog
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.perf.unit import Layout
 from tokenfleet.plan.billing import bill_usd
 from tokenfleet.plan.candidates import Candidate, CandidateSet
 from tokenfleet.plan.day_schema import DayPeriod, DayPlan, DayPool, Layer
@@ -59,7 +60,7 @@ from tokenfleet.plan.milp import (
     fixed_monthly_cost,
 )
 from tokenfleet.plan.scenario import Scenario, SpotMarket
-from tokenfleet.plan.schema import Plan
+from tokenfleet.plan.schema import BucketCapacity, BucketSplit, Plan, PlanUnit
 from tokenfleet.plan.whatrows import add_whatif_rows
 from tokenfleet.workload.day import DayProfile, bundled_profiles, resolve_profile
 
@@ -149,6 +150,7 @@ class _DayVars:
     base: dict[int, int] = field(default_factory=dict)  # offer index -> var (reserved)
     hourly: dict[tuple[int, int], int] = field(default_factory=dict)  # (offer, period) -> var
     od: dict[str, int] = field(default_factory=dict)
+    x: list[dict[tuple[str, str], int]] = field(default_factory=list)  # routing per period
 
     def held(self, i: int, h: int) -> int:
         return self.base[i] if i in self.base else self.hourly[(i, h)]
@@ -278,8 +280,24 @@ def _peak_start(plan: Plan, offs: list[_Offer], v: _DayVars) -> dict[str, float]
     return start
 
 
+@dataclass
+class DaySolution:
+    """The day plan, and each period's fleet as a :class:`Plan` the simulator replays."""
+
+    plan: DayPlan
+    sc: Scenario
+    cs: CandidateSet
+    offs: list[_Offer]
+    v: _DayVars
+    sol: Solution
+    peak: Plan
+
+    def period_plan(self, h: int) -> Plan:
+        return period_plan(self, h)
+
+
 def plan_day(sc: Scenario, cs: CandidateSet, peak: Plan, base: Path, catalog: Catalog,
-             time_limit_s: float | None = None) -> DayPlan:
+             time_limit_s: float | None = None) -> DaySolution:
     """The cheapest day: one MILP over every period of the tiers' day profiles."""
     profiles = day_profiles(sc, base)
     periods = len(next(iter(profiles.values())).multipliers)
@@ -294,13 +312,14 @@ def plan_day(sc: Scenario, cs: CandidateSet, peak: Plan, base: Path, catalog: Ca
     drop = frozenset({"min-share"} if drops else set())
     mults = [{t: profiles[t].multipliers[h] for t in profiles} for h in range(periods)]
     for h in range(periods):
-        _period_rows(sc, cs, offs, v, h, mults[h], drop)
+        v.x.append(_period_rows(sc, cs, offs, v, h, mults[h], drop)[1])
     _contract_rows(sc, offs, v, period_h)
     sol = _solve(v, sc.mip_gap, time_limit_s or sc.time_limit_s, peak, offs)
     if not sol.ok:
         raise TokenfleetError(f"scenario '{sc.name}': no day plan ({sol.message}); the "
                               "peak-hour plan held all day should be one: report this")
-    return _assemble(sc, cs, offs, v, sol, profiles, mults, peak, drops)
+    return DaySolution(_assemble(sc, cs, offs, v, sol, profiles, mults, peak, drops),
+                       sc, cs, offs, v, sol, peak)
 
 
 def _solve(v: _DayVars, gap: float, limit_s: float, peak: Plan, offs: list[_Offer]
@@ -364,7 +383,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars,
             accelerator=c.accelerator.id, vendor=c.vendor, cloud=c.cloud, region=c.region,
             layer=o.layer, chips_per_replica=c.count, usd_per_chip_hour=price or 0.0,
             interruption_per_hour=o.interruption_per_hour, replicas=_replicas(v, sol, i)))
-    need = defaultdict(float)
+    need: dict[str, float] = defaultdict(float)
     for d in cs.demands:
         need[d.tier] += d.rate_per_s * (1 + sc.headroom)
     rows = []
@@ -430,3 +449,60 @@ def _bill(sc: Scenario, offs: list[_Offer], pools: list[DayPool], period_h: floa
     return bill_usd(metered, {k.name: k.fixed_usd_per_month for k in sc.contracts},
                     prepaid, prepaid_used).usd
 
+
+
+def _unit(o: _Offer, replicas: int, sc: Scenario) -> PlanUnit:
+    """A pool of the period's fleet, as the peak planner writes one (a spot pool is
+    priced at its spot price and carries the ``#spot`` id)."""
+    c = o.cand
+    e0 = next(iter(c.estimates.values()))
+    price = o.spot_usd_per_chip_hour if o.layer == "spot" else c.usd_per_chip_hour
+    assert price is not None
+    return PlanUnit(
+        pool=c.id + (SPOT_SUFFIX if o.layer == "spot" else ""), tier=c.tier, model=e0.model,
+        accelerator=c.accelerator.id, vendor=c.vendor, cloud=c.cloud, region=c.region,
+        precision=c.precision, kv_precision=e0.kv_precision, engine=e0.engine,
+        layout=e0.layout or Layout(), chips_per_replica=c.count, replicas=replicas,
+        chips=replicas * c.count,
+        price_kind="reserved" if o.layer == "reserved" else "on_demand",
+        usd_per_chip_hour=price, usd_per_hour=price * c.count * replicas,
+        watts=c.watts * replicas,
+        capacity=[BucketCapacity(bucket=b, requests_per_s=cap,
+                                 requests_per_s_point=e.requests_per_s or 0.0,
+                                 output_tokens_per_s=e.output_tokens_per_s or 0.0,
+                                 concurrency=e.concurrency or 0.0, ttft_s=e.ttft_s or 0.0,
+                                 tpot_s=e.tpot_s or 0.0)
+                  for b, cap in c.capacity.items() for e in [c.estimates[b]]],
+        provenance=e0.provenance, uncertainty=c.uncertainty,
+        prepaid=sc.supply[c.supply_index].prepaid)
+
+
+def period_plan(ds: DaySolution, h: int) -> Plan:
+    """Period ``h``'s fleet (every layer's replicas) with the day program's routing
+    split; tiers, limits and buckets as in the peak-hour plan."""
+    x = ds.sol.x
+    assert x is not None
+    reps = [_replicas(ds.v, ds.sol, i)[h] for i in range(len(ds.offs))]
+    units = [_unit(o, r, ds.sc) for o, r in zip(ds.offs, reps, strict=True) if r]
+    mult = ds.plan.periods[h].multiplier
+    splits = []
+    for d in ds.cs.demands:
+        served: dict[str, float] = {}
+        for i, o in enumerate(ds.offs):
+            j = ds.v.x[h].get((o.cand.id, d.bucket))
+            if j is None or reps[i] == 0:
+                continue
+            # a pool and its spot layer share the routed rate by the capacity they hold
+            held = {k: reps[k] * (1 - q.interruption_per_hour)
+                    for k, q in enumerate(ds.offs) if q.cand is o.cand}
+            tag = o.cand.id + (SPOT_SUFFIX if o.layer == "spot" else "")
+            served[tag] = float(x[j]) * held[i] / (sum(held.values()) or 1.0)
+        tot = sum(served.values())
+        splits.append(BucketSplit(
+            tier=d.tier, bucket=d.bucket, input_len=d.input_len, output_len=d.output_len,
+            peak_requests_per_s=d.rate_per_s * mult[d.tier] * (1 + ds.sc.headroom),
+            shares={k: s / tot for k, s in served.items() if tot and s > 1e-9 * tot}))
+    return ds.peak.model_copy(update={
+        "units": units, "traffic_split": splits, "baselines": [], "constraints": [],
+        "verification": None, "day": None, "economics": None, "risk": None,
+        "scenario": f"{ds.peak.scenario} @ {ds.plan.periods[h].start}"})
