@@ -31,13 +31,16 @@ is one feasible day plan and starts the solver, so the day plan never costs more
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from functools import cache
 from pathlib import Path
 
+import highspy
 import numpy as np
 import yaml
 
@@ -48,13 +51,12 @@ from tokenfleet.plan.billing import bill_usd
 from tokenfleet.plan.candidates import Candidate, CandidateSet
 from tokenfleet.plan.day_schema import DayPeriod, DayPlan, DayPool, Layer
 from tokenfleet.plan.milp import (
-    DIVE_SHARE,
     Program,
     Solution,
     _Build,
     _capacity_rows,
     _demand_rows,
-    _dive,
+    _highs_model,
     _n_minus_1_rows,
     _vendor_share_rows,
     fixed_monthly_cost,
@@ -164,31 +166,45 @@ def _monthly_usd(sc: Scenario, o: _Offer, period_h: float, whole_day: bool) -> f
     return price * o.cand.count * hours
 
 
-def _variables(sc: Scenario, cs: CandidateSet, offs: list[_Offer], periods: int,
-               period_h: float) -> _DayVars:
+def _variables(sc: Scenario, offs: list[_Offer], hours: list[int], period_h: float,
+               fixed_base: dict[int, int] | None = None,
+               contract_price: dict[str, float] | None = None) -> _DayVars:
+    """Replica counts per layer (with their monthly cost) for ``hours``. A period's own
+    program (the decomposition in :func:`_solve`) gets the reserved counts fixed and a
+    price per committed dollar instead of the commitment rows."""
     p = Program()
-    v = _DayVars(p, periods)
+    v = _DayVars(p, len(hours))
     for i, o in enumerate(offs):
         s = sc.supply[o.cand.supply_index]
         cap = s.max_chips // o.cand.count
         if o.layer == "reserved":
             usd = 0.0 if s.prepaid else _monthly_usd(sc, o, period_h, True)
+            lo = hi = fixed_base[i] if fixed_base is not None else None
             v.base[i] = p.var(f"base[{o.cand.id}]", (0.0 if o.contract else usd) + EPS * usd,
-                              0, cap, integer=True)
+                              lo or 0, cap if hi is None else hi, integer=True)
             continue
         usd = _monthly_usd(sc, o, period_h, False)
+        if o.contract is None:
+            obj = usd
+        elif contract_price is None:
+            obj = 0.0  # paid through the commitment row
+        else:
+            obj = contract_price[o.contract] * usd * (1 - _discount(sc, o.contract))
         tag = o.cand.id + (SPOT_SUFFIX if o.layer == "spot" else "")
-        for h in range(periods):
-            v.hourly[(i, h)] = p.var(f"{o.layer}[{h}][{tag}]",
-                                     (0.0 if o.contract else usd) + EPS * usd, 0, cap,
+        for h in hours:
+            v.hourly[(i, h)] = p.var(f"{o.layer}[{h}][{tag}]", obj + EPS * usd, 0, cap,
                                      integer=True)
-    for k in sc.contracts:
-        v.od[k.name] = p.var(f"od[{k.name}]", 1.0)
-    fixed = fixed_monthly_cost(sc)
-    if fixed:
-        p.var("committed", fixed, 1.0, 1.0)
-    del cs
+    if contract_price is None:
+        for k in sc.contracts:
+            v.od[k.name] = p.var(f"od[{k.name}]", 1.0)
+        fixed = fixed_monthly_cost(sc)
+        if fixed:
+            p.var("committed", fixed, 1.0, 1.0)
     return v
+
+
+def _discount(sc: Scenario, contract: str) -> float:
+    return next(k.discount for k in sc.contracts if k.name == contract)
 
 
 def _period_demand(cs: CandidateSet, mult: dict[str, float]) -> CandidateSet:
@@ -247,7 +263,8 @@ def _chip_rows(sc: Scenario, offs: list[_Offer], v: _DayVars, h: int) -> None:
         v.p.row(f"[{h}] fleet power", "fleet-power", fleet, ub=sc.max_power_mw * 1e6)
 
 
-def _contract_rows(sc: Scenario, offs: list[_Offer], v: _DayVars, period_h: float) -> None:
+def _contract_rows(sc: Scenario, offs: list[_Offer], v: _DayVars, period_h: float,
+                   hours: list[int]) -> None:
     """A month of usage under each commitment, beyond it paid as ``od``."""
     for k in sc.contracts:
         coefs: dict[int, float] = {v.od[k.name]: -1.0}
@@ -257,7 +274,7 @@ def _contract_rows(sc: Scenario, offs: list[_Offer], v: _DayVars, period_h: floa
             if i in v.base:
                 coefs[v.base[i]] = _monthly_usd(sc, o, period_h, True) * (1 - k.discount)
             else:
-                for h in range(v.periods):
+                for h in hours:
                     coefs[v.hourly[(i, h)]] = (_monthly_usd(sc, o, period_h, False)
                                                * (1 - k.discount))
         v.p.row(f"contract {k.name}", "contract", coefs, ub=k.fixed_usd_per_month)
@@ -307,14 +324,12 @@ def plan_day(sc: Scenario, cs: CandidateSet, peak: Plan, base: Path, catalog: Ca
         for o in offs:
             if o.layer == "on_demand":
                 o.layer = "reserved"  # held all day at its price
-    v = _variables(sc, cs, offs, periods, period_h)
     drops = ["min-share"] if sc.policy.min_share else []
-    drop = frozenset({"min-share"} if drops else set())
     mults = [{t: profiles[t].multipliers[h] for t in profiles} for h in range(periods)]
-    for h in range(periods):
-        v.x.append(_period_rows(sc, cs, offs, v, h, mults[h], drop)[1])
-    _contract_rows(sc, offs, v, period_h)
-    sol = _solve(v, sc.mip_gap, time_limit_s or sc.time_limit_s, peak, offs)
+    spec = _Spec(sc, cs, offs, mults, period_h,
+                 frozenset({"min-share"} if drops else set()))
+    v = spec.build(list(range(periods)))
+    sol = _solve(spec, v, time_limit_s or sc.time_limit_s, peak)
     if not sol.ok:
         raise TokenfleetError(f"scenario '{sc.name}': no day plan ({sol.message}); the "
                               "peak-hour plan held all day should be one: report this")
@@ -322,27 +337,103 @@ def plan_day(sc: Scenario, cs: CandidateSet, peak: Plan, base: Path, catalog: Ca
                        sc, cs, offs, v, sol, peak)
 
 
-def _solve(v: _DayVars, gap: float, limit_s: float, peak: Plan, offs: list[_Offer]
-           ) -> Solution:
-    """HiGHS from the better of two starts: a dive on the LP relaxation (rounding up
-    hour by hour) and the peak-hour plan held all day (which HiGHS completes)."""
+@dataclass
+class _Spec:
+    """What a day program is built from; :meth:`build` makes the whole day's program
+    or one period's."""
+
+    sc: Scenario
+    cs: CandidateSet
+    offs: list[_Offer]
+    mults: list[dict[str, float]]
+    period_h: float
+    drop: frozenset[str]
+
+    def build(self, hours: list[int], fixed_base: dict[int, int] | None = None,
+              contract_price: dict[str, float] | None = None) -> _DayVars:
+        v = _variables(self.sc, self.offs, hours, self.period_h, fixed_base, contract_price)
+        for h in hours:
+            v.x.append(_period_rows(self.sc, self.cs, self.offs, v, h, self.mults[h],
+                                    self.drop)[1])
+        if contract_price is None:
+            _contract_rows(self.sc, self.offs, v, self.period_h, hours)
+        return v
+
+
+def _solve(spec: _Spec, v: _DayVars, limit_s: float, peak: Plan) -> Solution:
+    """The day program, decomposed by period.
+
+    Periods are tied together only by the reserved counts (held all day) and the
+    commitments (a month of usage). So: solve the whole day's LP relaxation (its value
+    is a lower bound on the day's bill); fix each reserved count at its LP value
+    rounded up, price a committed dollar at the LP's dual of its commitment row (0
+    while the commitment has room, 1 once usage spills past it); then solve each
+    period's own MILP (the peak program's size). Their union is a feasible day plan;
+    its gap is measured against the LP bound. When that fails, or does not beat the
+    peak-hour plan held all day, the whole-day MILP is solved from the better start."""
     t0 = time.perf_counter()
     p = v.p
     a = p.matrix()
-    integer = np.asarray(p.integer, bool)
-    dive = _dive(p, a, integer, deadline=t0 + DIVE_SHARE * limit_s)
     cost = np.asarray(p.cost, float)
-    peak_start = _peak_start(peak, offs, v)
-    peak_usd = sum(cost[i] * peak_start.get(nm, 0.0) for i, nm in enumerate(p.names)
-                   if nm in peak_start) + sum(cost[i] for i, nm in enumerate(p.names)
-                                              if nm == "committed")
-    if dive is not None and float(cost @ dive) <= peak_usd:
-        start = {nm: float(dive[i]) for i, nm in enumerate(p.names)}
-    else:
-        start = peak_start
-    sol = p.solve(gap, max(limit_s - (time.perf_counter() - t0), 1.0), start_by_name=start)
-    sol.seconds = time.perf_counter() - t0
-    return sol
+    h = _highs_model(p, a, None)
+    h.setOptionValue("time_limit", limit_s)
+    h.run()
+    x = None
+    if h.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+        bound = float(h.getInfo().objective_function_value)
+        x = _decomposed(spec, v, np.asarray(h.getSolution().col_value),
+                        np.asarray(h.getSolution().row_dual), t0 + limit_s)
+    peak_start = _peak_start(peak, spec.offs, v)
+    peak_usd = sum(cost[j] * peak_start.get(nm, 1.0 if nm == "committed" else 0.0)
+                   for j, nm in enumerate(p.names))
+    if x is None or float(cost @ x) > peak_usd:
+        sol = p.solve(spec.sc.mip_gap, max(limit_s - (time.perf_counter() - t0), 1.0),
+                      start_by_name=peak_start)
+        sol.seconds = time.perf_counter() - t0
+        return sol
+    obj = float(cost @ x)
+    gap = max(obj - bound, 0.0) / obj if obj else 0.0
+    return Solution(status=0 if gap <= spec.sc.mip_gap else 1,
+                    message=f"decomposed by period, {gap:.2%} above the day's LP bound",
+                    x=x, objective=obj, gap=gap, seconds=time.perf_counter() - t0,
+                    activity=a @ x, bound=bound)
+
+
+def _decomposed(spec: _Spec, v: _DayVars, x_lp: np.ndarray, duals: np.ndarray,
+                deadline: float) -> np.ndarray | None:
+    """A whole-day point from one MILP per period (see :func:`_solve`), or None."""
+    p = v.p
+    fixed = {i: int(math.ceil(x_lp[j] - 1e-6)) for i, j in v.base.items()}
+    price = {}
+    for r, dual in zip(p.rows, duals, strict=True):
+        if r.family == "contract":
+            price[r.name.removeprefix("contract ")] = min(max(abs(float(dual)), 0.0), 1.0)
+    index = {nm: j for j, nm in enumerate(p.names)}
+    x = np.zeros(len(p.names))
+    for i, j in v.base.items():
+        x[j] = fixed[i]
+    if "committed" in index:
+        x[index["committed"]] = 1.0
+    hours = list(range(v.periods))
+    progs = [spec.build([hh], fixed, price).p for hh in hours]
+    # HiGHS releases the GIL: periods solve side by side, sharing what is left of the
+    # budget (each stops at the scenario's gap or its share of the time)
+    workers = max(1, min(os.cpu_count() or 1, 4))
+    each_s = max((deadline - time.perf_counter()) * workers / len(hours), 1.0)
+    with ThreadPoolExecutor(workers) as pool:
+        sols = list(pool.map(lambda q: q.solve(spec.sc.mip_gap, each_s), progs))
+    for q, sol in zip(progs, sols, strict=True):
+        if not sol.ok:
+            return None
+        assert sol.x is not None
+        for nm, val in zip(q.names, sol.x, strict=True):
+            if nm in index:
+                x[index[nm]] = val
+    for k, j in v.od.items():
+        row = next(r for r in p.rows if r.name == f"contract {k}")
+        used = sum(c * x[col] for col, c in row.coefs.items() if col != j)
+        x[j] = max(used - row.ub, 0.0)
+    return x
 
 
 def _replicas(v: _DayVars, sol: Solution, i: int) -> list[int]:
