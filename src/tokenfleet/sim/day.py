@@ -68,8 +68,9 @@ def thin(w: Workload, keep: dict[str, float], seed: int) -> Workload:
 def spot_failures(day: DayPlan, h: int, window_s: float, seed: int) -> list[Failure]:
     """Seeded spot reclaims in period ``h``: per spot pool, its expected losses
     (replicas x hourly rate) rounded up or down at random with the right mean (the
-    Binomial's mean without its luck of drawing none), each down from a uniform time in the window to its end (cumulative
-    ``replicas=POOL:k`` failures: the engine takes out the first k replicas)."""
+    Binomial's mean without its luck of drawing none), each down from a uniform time
+    in the window to its end (cumulative ``replicas=POOL:k`` failures: the engine
+    takes out the first k replicas)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B07, h]))
     out = []
     for pl in day.pools:
