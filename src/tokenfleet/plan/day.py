@@ -443,21 +443,24 @@ def _replicas(v: _DayVars, sol: Solution, i: int) -> list[int]:
     return [int(round(sol.x[v.hourly[(i, h)]])) for h in range(v.periods)]
 
 
-def _tier_capacity(cs: CandidateSet, pools: list[DayPool], offs: list[_Offer], h: int
-                   ) -> dict[str, float]:
-    """Requests/s each tier's pools serve at the tier's bucket mix in period ``h``."""
-    rate: dict[str, dict[str, float]] = defaultdict(dict)
-    for d in cs.demands:
-        rate[d.tier][d.bucket] = d.rate_per_s
-    out: dict[str, float] = defaultdict(float)
+def _tier_capacity(v: _DayVars, sol: Solution, pools: list[DayPool], offs: list[_Offer],
+                   h: int, demand: dict[str, float]) -> dict[str, float]:
+    """Requests/s each tier's pools serve in period ``h`` along the day program's
+    routing: the demand over the share of held replica-time it uses (spot held at
+    1 - interruption), i.e. the routing scaled up until the tier's pools are full."""
+    assert sol.x is not None
+    held: dict[str, float] = defaultdict(float)
+    used: dict[str, float] = defaultdict(float)
+    seen = set()
     for pool, o in zip(pools, offs, strict=True):
-        r = pool.replicas[h] * (1.0 - o.interruption_per_hour)
-        mix = rate[o.cand.tier]
-        total = sum(mix.values()) or 1.0
-        secs = sum(mix.get(b, 0.0) / total / cap for b, cap in o.cand.capacity.items())
-        if r and secs:
-            out[o.cand.tier] += r / secs
-    return out
+        c = o.cand
+        held[c.tier] += pool.replicas[h] * (1.0 - o.interruption_per_hour)
+        if c.id in seen:
+            continue  # a pool's base and spot layers share its routing
+        seen.add(c.id)
+        used[c.tier] += sum(float(sol.x[v.x[h][(c.id, b)]]) / cap
+                            for b, cap in c.capacity.items())
+    return {t: demand[t] * held[t] / used[t] if used[t] > 1e-12 else 0.0 for t in demand}
 
 
 def _assemble(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars,
@@ -487,7 +490,8 @@ def _assemble(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars,
         rows.append(DayPeriod(
             period=h, start=next(iter(profiles.values())).label(h), multiplier=mults[h],
             demand_requests_per_s={t: need[t] * mults[h][t] for t in need},
-            capacity_requests_per_s=dict(_tier_capacity(cs, pools, offs, h)),
+            capacity_requests_per_s=_tier_capacity(
+                v, sol, pools, offs, h, {t: need[t] * mults[h][t] for t in need}),
             chips=dict(chips), usd_per_hour={k: round(x, 4) for k, x in usd.items()}))
     month = _bill(sc, offs, pools, period_h)
     days = sc.hours_per_month / 24.0

@@ -55,16 +55,17 @@ class Traffic(_M):
         p = self.day_profile
         try:
             if isinstance(p, str) and p not in bundled_profiles():
-                raise ValueError(f"unknown profile '{p}'; bundled: "
+                raise ValueError(f"day_profile: unknown profile '{p}'; bundled: "
                                  f"{', '.join(sorted(bundled_profiles()))}, or give 24 "
                                  "numbers or {trace: FILE}")
             if isinstance(p, list):
                 profile_from_values(p, "scenario", "day_profile")
             if isinstance(p, dict) and set(p) - {"trace", "format", "periods"}:
-                raise ValueError(f"keys {sorted(set(p) - {'trace', 'format', 'periods'})} "
+                raise ValueError(f"day_profile: keys "
+                                 f"{sorted(set(p) - {'trace', 'format', 'periods'})} "
                                  "not allowed; give {trace: FILE, format: ..., periods: 24}")
         except TokenfleetError as e:
-            raise ValueError(str(e).removeprefix("day_profile: ")) from None
+            raise ValueError(str(e)) from None
         return self
 
     @model_validator(mode="after")

@@ -45,9 +45,9 @@ from tokenfleet.sim.verify import tier_check
 
 
 def representative_periods(day: DayPlan) -> list[tuple[int, str]]:
-    """(period, why): peak demand, trough demand, most spot replicas (distinct)."""
+    """(period, why): peak demand, trough demand, most spot chips (distinct)."""
     total = [sum(p.demand_requests_per_s.values()) for p in day.periods]
-    spot = [sum(pl.replicas[h] for pl in day.pools if pl.layer == "spot")
+    spot = [sum(pl.replicas[h] * pl.chips_per_replica for pl in day.pools if pl.layer == "spot")
             for h in range(len(day.periods))]
     picks: dict[int, list[str]] = {}
     picks.setdefault(int(np.argmax(total)), []).append("peak")
