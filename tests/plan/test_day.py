@@ -118,3 +118,32 @@ def test_day_plan_is_cheaper_than_peak_and_meets_slos_with_spot_reclaims(small) 
             assert c.requests > 0
             assert (c.ttft_attainment or 0) >= c.target_ttft
             assert (c.tpot_attainment or 0) >= c.target_tpot
+
+
+def test_report_plots_capacity_against_demand_and_layer_costs(small) -> None:
+    from tokenfleet.report.plan_html import render_plan_report
+
+    sc, base, cs, peak = small
+    ds = plan_day(sc, cs, peak, base, CAT, 20)
+    html = render_plan_report(peak.model_copy(update={"day": ds.plan}))
+    assert "fig-day-capacity" in html and "fig-day-layers" in html
+    assert "Over the day" in html and "peak-hour plan held all day" in html
+    assert "fig-day-capacity" not in render_plan_report(peak)
+
+
+@pytest.mark.slow
+def test_example_day_is_cheaper_than_its_peak_plan_and_holds_in_a_simulated_day(
+        tmp_path: Path) -> None:
+    """The bundled day example end to end, as README shows it (verified peak plan,
+    then the day and its simulated day); ~2 min on 2 cores."""
+    out = tmp_path / "plan.json"
+    main_args = ["plan", str(ROOT / "examples/frontier-lab-day.yaml"), "--over-day",
+                 "--out", str(out), "--report", "-"]
+    main(main_args)  # exits (non-zero) only on an error
+    from tokenfleet.plan.schema import Plan
+
+    plan = Plan.model_validate_json(out.read_text())
+    assert plan.day is not None and plan.day.simulation is not None
+    assert plan.day.usd_per_month < plan.cost.usd_per_month
+    assert plan.day.simulation.met
+    assert sum(p.spot_lost for p in plan.day.simulation.periods) > 0
