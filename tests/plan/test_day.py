@@ -39,6 +39,24 @@ def test_bundled_profiles_peak_at_one_and_swing_within_the_cited_range() -> None
     assert profile_from_values([2.0] * 48, "x").period_h == 0.5
 
 
+def test_profile_from_a_day_long_trace_counts_arrivals_per_hour() -> None:
+    import numpy as np
+
+    from tokenfleet.workload.day import profile_from_trace
+    from tokenfleet.workload.trace import Trace
+
+    # 10 requests in every hour, 40 in hour 14: the profile is 0.25 everywhere else
+    hours = [h for h in range(24) for _ in range(40 if h == 14 else 10)]
+    arrival = np.sort(np.array(hours, float) * 3600 + 1800)
+    n = len(arrival)
+    tr = Trace(arrival, np.ones(n, np.int64), np.ones(n, np.int64), source="synthetic")
+    p = profile_from_trace(tr)
+    assert p.multipliers[14] == 1.0 and set(p.multipliers) == {1.0, 0.25}
+    with pytest.raises(TokenfleetError, match="spans 1.0 h; a day profile needs"):
+        profile_from_trace(Trace(arrival[:20], np.ones(20, np.int64), np.ones(20, np.int64),
+                                 source="short"))
+
+
 @pytest.mark.parametrize("bad, msg", [
     ([1.0] * 23, "23 values; give one per hour or finer: 24, 48, 72, 96"),
     ([1.0] * 23 + [-1.0], "value 23 is -1.0; multipliers must be finite numbers >= 0"),

@@ -520,8 +520,7 @@ def _assumptions(sc: Scenario, profiles: dict[str, DayProfile]) -> list[str]:
     out.append("spot and on-demand capacity come from the same supply caps as the base")
     out.append("spot is billed at its price outside any commitment; a reserved count is "
                "held (and billed) all day")
-    if not math.isclose(sc.hours_per_month % 24, 0) and sc.hours_per_month:
-        out.append(f"a month is {sc.hours_per_month / 24:.4g} identical days")
+    out.append(f"a month is {sc.hours_per_month / 24:.4g} identical days")
     return out
 
 
