@@ -125,8 +125,9 @@ def simulate_day(day: DayPlan, period_plan: Callable[[int], Plan], scenario: str
         tiers={t: {"ttft": a[1] / a[0] if a[0] else None, "tpot": a[2] / a[0] if a[0] else None}
                for t, a in within.items()},
         met=all(c.met for p in periods for c in p.tiers),
-        method=("representative periods (peak, trough, most spot), each replayed for "
-                f"{window_s:g} s of the tier traffic thinned to the period's rate, with each "
-                "spot replica reclaimed at its hourly rate at a uniform time in the window"),
+        method=("representative periods (peak, trough, most spot chips), each replayed for "
+                f"{window_s:g} s of the tier traffic thinned to the period's rate, with "
+                "replicas x hourly interruption rate of each spot pool (rounded at random) "
+                "reclaimed at uniform times in the window"),
         reproduce=f"tokenfleet plan {scenario} --over-day --day-window {window_s:g} "
                   f"--day-seed {seed}")
