@@ -24,8 +24,12 @@ Each period's demand is the peak-hour demand (plus headroom) times the tier's
 multiplier, and every constraint of the peak-hour program holds in every period:
 demand, capacity, vendor share and N-1 (the peak program's own row builders,
 :mod:`tokenfleet.plan.milp`, applied per period), supply and power (on all chips held,
-spot included), and commitments over the whole month. The peak-hour plan held all day
-is one feasible day plan and starts the solver, so the day plan never costs more.
+spot included), and commitments over the whole month (min-share floors are left out
+and listed in ``drops``). The program is solved by period (:func:`_solve`: the whole
+day's LP relaxation sets the reserved counts and the price of a committed dollar, then
+each period is its own MILP); the peak-hour plan held all day is one feasible day plan,
+and when the decomposed plan is not cheaper than it, the whole-day MILP is solved
+starting from it, so the day plan never costs more.
 """
 
 from __future__ import annotations
