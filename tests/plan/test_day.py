@@ -90,6 +90,17 @@ def test_flat_day_without_spot_costs_the_peak_plan(small) -> None:
     assert all(p.layer != "spot" for p in day.pools)
 
 
+def test_spot_that_is_mostly_reclaimed_is_not_bought(small) -> None:
+    """At 95 % reclaimed per hour a spot replica holds 5 % of its capacity for ~21 % of
+    the on-demand price: dearer per request than any other layer."""
+    sc, base, cs, peak = small
+    markets = {"aws": {"interruption_per_hour": 0.95}}
+    sc2 = sc.model_copy(update={"day": sc.day.model_validate({"spot_markets": markets})})
+    day = plan_day(sc2, cs, peak, base, CAT, 20).plan
+    assert not any(p.layer == "spot" for p in day.pools)
+    assert "aws 95%/h" in day.spot_rule
+
+
 def test_day_plan_matches_hourly_peak_solves_when_hours_are_independent(small) -> None:
     """Without reserved capacity, commitments or spot the hours do not interact: the day
     plan's bill is the sum of the peak program solved on each hour's demand alone."""

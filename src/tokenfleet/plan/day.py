@@ -514,7 +514,10 @@ def _assemble(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars,
                   "its capacity, in demand and N-1 rows alike" + (
                       f" ({', '.join(spot)})" if spot else " (no spot market offered)"),
         assumptions=_assumptions(sc, profiles),
-        drops=drops, solver_status=sol.message, mip_gap=sol.gap,
+        drops=drops, solver_status=sol.message + (
+            "; DEARER than the peak-hour plan held all day (the solver did not complete "
+            "that start within its time)" if month > peak.cost.usd_per_month * (1 + 1e-9)
+            + 0.01 else ""), mip_gap=sol.gap,
         seconds=round(sol.seconds, 3))
 
 
