@@ -251,6 +251,19 @@ def plan_cmd(
     band: Annotated[bool, typer.Option(
         help="with a comparison, re-solve both sides at the ends of the estimates' "
              "uncertainty bands for a band on the saving")] = True,
+    over_day: Annotated[bool, typer.Option(
+        "--over-day", help="also plan the day: a reserved/committed base plus on-demand "
+                           "and spot capacity per hour over each tier's traffic.day_profile "
+                           "(default: the bundled 'weekday' assumption), one integer program "
+                           "over the hours; spot counts at (1 - its interruption rate); "
+                           "then simulate the peak, trough and most-spot hours with spot "
+                           "reclaims (plan.json 'day')")] = False,
+    day_window: Annotated[float, typer.Option(
+        help="--over-day: seconds of traffic replayed per simulated hour")] = 300.0,
+    day_seed: Annotated[int, typer.Option(
+        help="--over-day: seed of the simulated day's spot reclaims and resampling")] = 0,
+    day_time_limit: Annotated[float, typer.Option(
+        help="--over-day: seconds for the day program (it reports its gap)")] = 20.0,
 ) -> None:
     """The cheapest multi-vendor fleet that meets every SLO and policy.
 
@@ -291,13 +304,26 @@ def plan_cmd(
         def step(label: str, i: int, n: int) -> None:
             tick(i, n, label)
 
+        kept: dict = {}
         if verify_:
             plan = _verified(sc, base, cat, gate, step, baselines, str(scenario),
                              VerifyOptions(window_s=verify_window,
-                                           outage_window_s=outage_window))
+                                           outage_window_s=outage_window), kept)
+        elif over_day:  # plan_scenario's two steps, keeping the candidates for the day
+            from tokenfleet.plan.planner import prepare, solve_plan
+
+            kept["cs"] = prepare(sc, base, cat, None, gate, step)
+            plan = solve_plan(sc, kept["cs"], sc.name, cat, progress=step,
+                              compare_policies=baselines)
         else:
             plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
                                  progress=step, compare_policies=baselines)
+        if over_day:
+            from tokenfleet.cli.plan_day import add_day
+
+            tick(0, 0, "planning the day")
+            plan = add_day(plan, sc, kept["cs"], base, cat, str(scenario), day_window,
+                           day_seed, day_time_limit)
         tick(0, 0, "planning the other side")
         cmp = whatif.comparison(plan, w, base, cat, versus, band)
     plan = plan.model_copy(update={"economics": plan_economics(plan)})
@@ -322,18 +348,24 @@ def plan_cmd(
         whatif.print_scale(w.scale, out_console)
     if cmp is not None:
         whatif.print_comparison(cmp, out_console)
+    if plan.day is not None:
+        from tokenfleet.cli.plan_day import print_day
+
+        print_day(plan.day, out_console)
     err.print(f"wrote {out}" + (f" and {html_path}" if html_path else ""))
 
 
 def _verified(sc: Scenario, base: Path, cat: Catalog, gate: Gate,
               step: Callable[[str, int, int], None], baselines: bool, scenario: str,
-              opts: VerifyOptions) -> Plan:
+              opts: VerifyOptions, kept: dict | None = None) -> Plan:
     """Plan, verify by simulation (re-sizing and re-solving), then price the constraints
     and solve the baselines once, on the capacities the simulation settled on."""
     from tokenfleet.plan.planner import prepare, solve_plan
     from tokenfleet.sim.verify import verify
 
     cs = prepare(sc, base, cat, None, gate, step)
+    if kept is not None:
+        kept["cs"] = cs  # --over-day plans the day over the same candidates
 
     def solve(scale: dict[str, float]) -> Plan:
         return solve_plan(sc, cs, sc.name, cat, scale=scale, compare_policies=False)

@@ -41,6 +41,32 @@ class Traffic(_M):
     rate_per_s: float | None = Field(None, gt=0, description="peak request rate (no trace)")
     mix: list[LengthMix] | None = Field(None, description="length mix (no trace)")
     growth: float = Field(1.0, gt=0, description="traffic growth factor applied on top")
+    day_profile: str | list[float] | dict[str, Any] | None = Field(
+        None, description="rate over the day for `plan --over-day`: a bundled profile name "
+                          "(weekday, flat; workload/data/day_profiles.yaml), 24/48/72/96 "
+                          "multipliers (hourly or finer, normalised to the busiest), or "
+                          "{trace: FILE} (arrivals per hour of a day-long trace); the peak "
+                          "period is the rate planned above")
+
+    @model_validator(mode="after")
+    def _day_profile(self) -> Traffic:
+        from tokenfleet.workload.day import bundled_profiles, profile_from_values
+
+        p = self.day_profile
+        try:
+            if isinstance(p, str) and p not in bundled_profiles():
+                raise ValueError(f"day_profile: unknown profile '{p}'; bundled: "
+                                 f"{', '.join(sorted(bundled_profiles()))}, or give 24 "
+                                 "numbers or {trace: FILE}")
+            if isinstance(p, list):
+                profile_from_values(p, "scenario", "day_profile")
+            if isinstance(p, dict) and set(p) - {"trace", "format", "periods"}:
+                raise ValueError(f"day_profile: keys "
+                                 f"{sorted(set(p) - {'trace', 'format', 'periods'})} "
+                                 "not allowed; give {trace: FILE, format: ..., periods: 24}")
+        except TokenfleetError as e:
+            raise ValueError(str(e)) from None
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> Traffic:
@@ -267,6 +293,29 @@ class Policy(_M):
     n_minus_1: NMinusOne | None = None
 
 
+class SpotMarket(_M):
+    """Spot capacity in one cloud, for `plan --over-day` (overrides plan/data/spot.yaml)."""
+
+    interruption_per_hour: float | None = Field(
+        None, ge=0, lt=1, description="probability a spot replica is reclaimed within an "
+                                      "hour; the day plan counts spot capacity at (1 - this)")
+    price_fraction: float | None = Field(
+        None, gt=0, le=1, description="spot price as a fraction of the supply's on-demand "
+                                      "price (used where the catalog has no spot price)")
+    accelerators: list[str] | None = Field(
+        None, description="chips sold as spot in this cloud (default: every chip; [] none)")
+
+
+class DayPlanning(_M):
+    """`plan --over-day`: which layers may serve the hours above the base."""
+
+    on_demand: bool = Field(True, description="rent on-demand capacity by the hour")
+    spot: bool = Field(True, description="rent spot capacity by the hour (interruptions "
+                                         "counted and simulated)")
+    spot_markets: dict[str, SpotMarket] = Field(
+        default_factory=dict, description="cloud -> spot rate and price overrides")
+
+
 class Buckets(_M):
     input_edges: list[float] = Field(default_factory=lambda: [0, 512, 2048, 8192, math.inf])
     output_edges: list[float] = Field(default_factory=lambda: [0, 128, 512, math.inf])
@@ -292,6 +341,8 @@ class Scenario(_M):
     regions: list[Region] = []
     contracts: list[Contract] = []
     policy: Policy = Field(default_factory=Policy)
+    day: DayPlanning = Field(default_factory=DayPlanning,
+                             description="layers for `plan --over-day`")
     mip_gap: float = Field(
         0.01, gt=0, description="relative optimality gap (of the monthly bill) to stop at")
     time_limit_s: float = Field(30.0, gt=0, description="solver time limit per solve, s")

@@ -15,6 +15,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.estimate import Provenance
 from tokenfleet.perf.precision import KV_BYTES, PRECISIONS
 from tokenfleet.perf.unit import Layout
+from tokenfleet.plan.day_schema import DayPlan
 from tokenfleet.plan.economics import PlanEconomics
 from tokenfleet.plan.tradeoffs import Tradeoffs
 from tokenfleet.workload.buckets import SizeBuckets
@@ -334,6 +335,9 @@ class Plan(_Model):
         None, description="the bill re-solved at other confidence levels (cost-assurance "
                           "frontier) and with prices, traffic or uncertainty moved "
                           "(tokenfleet.plan.tradeoffs); solved with the baselines")
+    day: DayPlan | None = Field(
+        None, description="`plan --over-day`: reserved/committed base plus on-demand and "
+                          "spot layers per period of the day (tokenfleet.plan.day)")
 
     def pools_for(self, tier: str) -> list[PlanUnit]:
         return [u for u in self.units if u.tier == tier]

@@ -1,0 +1,133 @@
+"""A simulated day: replay representative periods of a day plan with spot losses.
+
+Replaying 24 hours of traffic for every plan would take minutes, so this replays the
+periods that decide whether the day plan holds (a cheaper approximation, stated in
+the result):
+
+* the peak period (most demand), the trough (least), and the period holding the most
+  spot replicas (the one most exposed to interruptions);
+* each for ``window_s`` seconds of every tier's scenario traffic (the trace the plan
+  was sized on, scaled as the planner scales it), thinned to the period's multiplier
+  per tier (each request kept with that probability: a resample at the period's
+  rate that keeps the trace's burst shape);
+* through that period's fleet (every layer) with the day program's routing split;
+* with spot interruptions: replicas x its cloud's hourly interruption rate of each
+  spot pool are reclaimed (rounded at random to a whole replica; an hour's losses
+  squeezed into the window, so the replay is harsher than the hour), each at a
+  uniform time in the window, and stay down
+  (seeded, :mod:`tokenfleet.sim.shocks` failures ``replicas=POOL:N``).
+
+Attainment per tier and SLO is the share of arrived requests within it (rejected and
+failed requests are misses, :func:`tokenfleet.sim.verify.tier_check`); the day's
+figure pools every simulated request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from tokenfleet.errors import TokenfleetError
+from tokenfleet.plan.day_schema import (
+    DayPlan,
+    DaySimPeriod,
+    DaySimTier,
+    DaySimulation,
+)
+from tokenfleet.plan.schema import Plan
+from tokenfleet.sim.engine import SimOptions, Simulator, auto_sample_s
+from tokenfleet.sim.fleet import build_fleet
+from tokenfleet.sim.results import summarize
+from tokenfleet.sim.shocks import Failure
+from tokenfleet.sim.traffic import Workload, scenario_traffic
+from tokenfleet.sim.verify import tier_check
+
+
+def representative_periods(day: DayPlan) -> list[tuple[int, str]]:
+    """(period, why): peak demand, trough demand, most spot chips (distinct)."""
+    total = [sum(p.demand_requests_per_s.values()) for p in day.periods]
+    spot = [sum(pl.replicas[h] * pl.chips_per_replica for pl in day.pools if pl.layer == "spot")
+            for h in range(len(day.periods))]
+    picks: dict[int, list[str]] = {}
+    picks.setdefault(int(np.argmax(total)), []).append("peak")
+    picks.setdefault(int(np.argmin(total)), []).append("trough")
+    if max(spot) > 0:
+        picks.setdefault(int(np.argmax(spot)), []).append("most spot")
+    return [(h, ", ".join(why)) for h, why in sorted(picks.items())]
+
+
+def thin(w: Workload, keep: dict[str, float], seed: int) -> Workload:
+    """Keep each request of tier t with probability ``keep[t]`` (<= 1)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xDA7]))
+    p_key = np.array([min(keep.get(k.tier, 1.0), 1.0) for k in w.keys])
+    mask = rng.random(len(w)) < p_key[w.key] if len(w) else np.zeros(0, bool)
+    return w.subset(mask, f"{w.source} thinned")
+
+
+def spot_failures(day: DayPlan, h: int, window_s: float, seed: int) -> list[Failure]:
+    """Seeded spot reclaims in period ``h``: per spot pool, its expected losses
+    (replicas x hourly rate) rounded up or down at random with the right mean (the
+    Binomial's mean without its luck of drawing none), each down from a uniform time
+    in the window to its end (cumulative ``replicas=POOL:k`` failures: the engine
+    takes out the first k replicas)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B07, h]))
+    out = []
+    for pl in day.pools:
+        r = pl.replicas[h]
+        if pl.layer != "spot" or r == 0:
+            continue
+        expected = r * pl.interruption_per_hour
+        lost = int(expected) + int(rng.random() < expected - int(expected))
+        for k, t in enumerate(np.sort(rng.random(lost) * window_s), start=1):
+            out.append(Failure("replicas", pl.pool, k, float(t), None,
+                               f"replicas={pl.pool}:{k}@t={t:.0f}"))
+    return out
+
+
+def simulate_day(day: DayPlan, period_plan: Callable[[int], Plan], scenario: str,
+                 window_s: float = 300.0, seed: int = 0) -> DaySimulation:
+    """Replay the representative periods of ``day`` (see the module docstring)."""
+    periods = []
+    within: dict[str, list[float]] = {}
+    for h, why in representative_periods(day):
+        plan = period_plan(h)
+        w = scenario_traffic(plan, scenario, window_s, seed)
+        w = w.subset(w.arrival_s < window_s, f"{w.source} [0, {window_s:g} s)")
+        w = thin(w, day.periods[h].multiplier, seed + h)
+        if len(w) == 0:
+            raise TokenfleetError(f"{scenario}: no requests in the first {window_s:g} s")
+        fails = spot_failures(day, h, window_s, seed)
+        opt = SimOptions(seed=seed, sample_s=auto_sample_s(w.duration_s, SimOptions().sync_s),
+                         max_time_s=w.duration_s + 7 * 86400.0)
+        rec = Simulator(build_fleet(plan, None), w, opt, fails, []).run()
+        summ = summarize(rec)
+        tiers = []
+        for t in plan.tiers:
+            if not int(rec.tiers.arrived[rec.tiers.row(t.name)]):
+                continue
+            c = tier_check(rec, t, None, summ)
+            tiers.append(DaySimTier(
+                tier=t.name, requests=c.requests, ttft_attainment=c.ttft_attainment,
+                tpot_attainment=c.tpot_attainment, target_ttft=t.slo_ttft_percentile / 100,
+                target_tpot=t.slo_tpot_percentile / 100, met=c.met))
+            acc = within.setdefault(t.name, [0.0, 0.0, 0.0])
+            acc[0] += c.requests
+            acc[1] += (c.ttft_attainment or 0.0) * c.requests
+            acc[2] += (c.tpot_attainment or 0.0) * c.requests
+        periods.append(DaySimPeriod(
+            period=h, start=day.periods[h].start, why=why,
+            spot_replicas=sum(pl.replicas[h] for pl in day.pools if pl.layer == "spot"),
+            spot_lost=len(fails),
+            tiers=tiers))
+    return DaySimulation(
+        window_s=window_s, seed=seed, periods=periods,
+        tiers={t: {"ttft": a[1] / a[0] if a[0] else None, "tpot": a[2] / a[0] if a[0] else None}
+               for t, a in within.items()},
+        met=all(c.met for p in periods for c in p.tiers),
+        method=("representative periods (peak, trough, most spot chips), each replayed for "
+                f"{window_s:g} s of the tier traffic thinned to the period's rate, with "
+                "replicas x hourly interruption rate of each spot pool (rounded at random) "
+                "reclaimed at uniform times in the window"),
+        reproduce=f"tokenfleet plan {scenario} --over-day --day-window {window_s:g} "
+                  f"--day-seed {seed}")
