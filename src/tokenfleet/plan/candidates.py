@@ -24,6 +24,14 @@ from tokenfleet.perf.estimate import Estimate, Query, estimate, layout_screen
 from tokenfleet.perf.operating import OperatingPoint
 from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.unit import Layout, layouts_for
+from tokenfleet.plan.disagg import (
+    Half,
+    default_estimate_fn,
+    demand_by_bucket,
+    half_capacity,
+    pair_link_gbps,
+    rank_halves,
+)
 from tokenfleet.plan.risk import confidence_factor
 from tokenfleet.plan.scenario import Scenario, Supply, Tier
 from tokenfleet.plan.tail import binding_percentile, tail_rate_factor
@@ -64,6 +72,10 @@ class Candidate:
     capacity: dict[str, float]  # derated
     estimates: dict[str, Estimate]
     uncertainty: float
+    # disaggregated serving (plan/disagg.py): "prefill" or "decode" half of pair ``pair``
+    role: str = "both"
+    pair: str | None = None
+    link_basis: str = ""  # prefill half: the KV link it is priced on
 
     @property
     def vendor(self) -> str:
@@ -86,6 +98,8 @@ class CandidateSet:
     # (for a bucket: the reason at the largest unit size tried)
     rejected: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
     precision_notes: dict[str, list[str]] = field(default_factory=dict)
+    # disaggregated pairs: pair id -> (prefill candidate id, decode candidate id)
+    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def tier_demand(tier: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
@@ -167,6 +181,7 @@ class _Models:
         self.screener = cache(self._screener)
         self.screen = cache(self._screen)
         self.est = cache(self._est)
+        self.role_est = default_estimate_fn(self.catalog, self.cal)
 
     def query(self, accel: str, layout: Layout, precision: str, d: Demand,
               ttft_only: bool = False) -> Query:
@@ -239,6 +254,9 @@ def build_candidates(
     if progress:
         progress(len(jobs), len(jobs))
     _prune_dominated(cs)
+    if sc.disaggregation != "off":
+        for t in sc.tiers:
+            add_pairs(cs, models, t, precision_gate)
     return cs
 
 
@@ -381,3 +399,77 @@ def _prune_dominated(cs: CandidateSet, keep_per_group: int = 1) -> None:
             chosen.append(smallest)
         keep.extend(chosen)
     cs.candidates = keep
+
+
+def _halves(cs: CandidateSet, models: _Models, t: Tier, role: str,
+            gate: Callable[[Tier, str], tuple[bool, str]] | None) -> list[Half]:
+    """Every (supply entry, precision, size) option of one role for tier ``t``, priced
+    on the chip's own scale-out link (ranking only; pairs re-price prefill on theirs)."""
+    model = models.catalog.model(t.model)
+    mine = [d for d in cs.demands if d.tier == t.name]
+    est = models.role_est
+    out: list[Half] = []
+    for i, s in enumerate(models.sc.supply):
+        if t.regions is not None and s.region not in t.regions:
+            continue
+        accel = models.catalog.accelerator(s.accelerator)
+        price, kind = _price(s, accel)
+        for prec in t.precisions:
+            if not _precision_allowed(cs, t, accel, prec, gate):
+                continue
+            smallest: int | None = None
+            for n in s.counts or default_counts(accel):
+                if n > s.max_chips or (smallest is not None and n > 2 * smallest):
+                    continue
+                if not layouts_for(model, n, accel, t.engine):
+                    continue
+                h = Half(t.name, role, i, s, accel, prec, n, price, kind, 0.0)
+                gbps = accel.scaleout_gbps / 2 if role == "prefill" else None
+                h.capacity, h.estimates, h.uncertainty = half_capacity(
+                    est, t, h, mine, gbps, lambda e: _derated(models, t, e))
+                if h.capacity:
+                    smallest = smallest or n
+                    out.append(h)
+    return out
+
+
+def _derated(models: _Models, t: Tier, e: Estimate) -> float:
+    u = e.uncertainty.relative if e.uncertainty else 0.0
+    assert e.requests_per_s is not None
+    return e.requests_per_s * tail_factor(t, e) * risk_factor(models.sc, u)
+
+
+def add_pairs(cs: CandidateSet, models: _Models, t: Tier,
+              gate: Callable[[Tier, str], tuple[bool, str]] | None = None) -> None:
+    """Disaggregated candidates of tier ``t`` (:mod:`tokenfleet.plan.disagg`): the
+    cheapest prefill and decode options crossed, each pair's prefill half priced on the
+    link to its decode half; both halves of a pair are candidates of their own."""
+    demand = demand_by_bucket(cs.demands, t.name)
+    mine = [d for d in cs.demands if d.tier == t.name]
+    pre = rank_halves(_halves(cs, models, t, "prefill", gate), demand)
+    dec = rank_halves(_halves(cs, models, t, "decode", gate), demand)
+    for p in pre:
+        for d in dec:
+            gbps, basis = pair_link_gbps(p.accelerator, p.supply, p.count, d.accelerator,
+                                         d.supply, d.count)
+            caps, ests, band = half_capacity(models.role_est, t, p, mine, gbps,
+                                             lambda e: _derated(models, t, e))
+            both = sorted(set(caps) & set(d.capacity))
+            if not both:
+                continue
+            pair = (f"{t.name}/pd/{p.accelerator.id}@{p.supply.cloud}/{p.supply.region}/"
+                    f"{p.precision}/x{p.count}+{d.accelerator.id}@{d.supply.cloud}/"
+                    f"{d.supply.region}/{d.precision}/x{d.count}")
+            ids = []
+            for h, hc, he, hb in ((p, caps, ests, band),
+                                  (d, d.capacity, d.estimates, d.uncertainty)):
+                cid = f"{pair}/{h.role}"
+                ids.append(cid)
+                cs.candidates.append(Candidate(
+                    id=cid, tier=t.name, supply_index=h.supply_index,
+                    accelerator=h.accelerator, cloud=h.supply.cloud, region=h.supply.region,
+                    precision=h.precision, count=h.count, usd_per_chip_hour=h.usd_per_chip_hour,
+                    price_kind=h.price_kind, capacity={b: hc[b] for b in both},
+                    estimates={b: he[b] for b in both}, uncertainty=hb, role=h.role,
+                    pair=pair, link_basis=basis if h.role == "prefill" else ""))
+            cs.pairs[pair] = (ids[0], ids[1])
