@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tokenfleet.catalog.schema import Accelerator
-from tokenfleet.perf.disagg import link_between
+from tokenfleet.perf.disagg import pair_link
 from tokenfleet.perf.estimate import Estimate, Query, estimate
 from tokenfleet.plan.scenario import Supply, Tier
 
@@ -80,9 +80,8 @@ def role_query(t: Tier, accel: str, count: int, precision: str, input_len: int,
 def pair_link_gbps(p: Accelerator, p_supply: Supply, p_count: int, d: Accelerator,
                    d_supply: Supply, d_count: int) -> tuple[float, str]:
     """(GB/s per chip one direction, basis) of the KV link between two halves."""
-    same = (p.id == d.id and p_supply.cloud == d_supply.cloud
-            and p_supply.region == d_supply.region and p_count + d_count <= p.scaleup_domain)
-    link = link_between(p, d, same_domain=same)
+    link = pair_link(p, (p_supply.cloud, p_supply.region), p_count,
+                     d, (d_supply.cloud, d_supply.region), d_count)
     return link.gb_per_s_per_chip, link.basis
 
 
