@@ -80,9 +80,34 @@ def _sub_plan(plan: Plan, units: list[PlanUnit], shares: dict[str, dict[str, flo
     return plan.model_copy(update={"units": units, "traffic_split": splits})
 
 
-def assign_paths(plan: Plan, w: Workload, seed: int) -> np.ndarray:
+def _down_paths(plan: Plan, f: Failure) -> set[tuple[str, str]]:
+    """(tier, path) that failure ``f`` takes down whole: a pair when either half loses
+    every replica; a tier's aggregated path when all its aggregated pools do."""
+    def gone(u: PlanUnit) -> bool:
+        return f.replicas_of(u) >= u.replicas
+
+    out = {(pre.tier, k) for k, (pre, dec) in pairs_of(plan).items() if gone(pre) or gone(dec)}
+    for t in plan.tiers:
+        agg = [u for u in plan.units if u.tier == t.name and u.role == "both"]
+        if agg and all(gone(u) for u in agg):
+            out.add((t.name, AGGREGATED))
+    return out
+
+
+def _draw(mix: dict[str, float], n: int, rng: np.random.Generator) -> np.ndarray:
+    names = sorted(k for k, v in mix.items() if v > 0)
+    if not names:
+        return np.full(n, AGGREGATED, dtype=object)
+    p = np.array([mix[k] for k in names])
+    return np.asarray(names, dtype=object)[rng.choice(len(names), n, p=p / p.sum())]
+
+
+def assign_paths(plan: Plan, w: Workload, seed: int, failures: list[Failure] | None = None
+                 ) -> np.ndarray:
     """Per request: the pair id it is served by, or ``AGGREGATED`` — drawn by the plan's
-    shares of its (tier, bucket); a bucket the plan does not split takes its tier's mix."""
+    shares of its (tier, bucket); a bucket the plan does not split takes its tier's mix.
+    A request arriving while its path is down (``failures``) is drawn again among its
+    tier's paths that are up, as the gateway re-routes around a dead pool."""
     decode_pair = {d.pool: k for k, (_, d) in pairs_of(plan).items()}
     by_key: dict[tuple[str, str], dict[str, float]] = {}
     by_tier: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -95,15 +120,22 @@ def assign_paths(plan: Plan, w: Workload, seed: int) -> np.ndarray:
         by_key[(s.tier, s.bucket)] = mix
     rng = np.random.default_rng(seed)
     out = np.full(len(w), AGGREGATED, dtype=object)
+    tier_of = np.array([k.tier for k in w.keys], dtype=object)[w.key] if len(w) else \
+        np.zeros(0, dtype=object)
     for k, key in enumerate(w.keys):
         idx = np.flatnonzero(w.key == k)
-        mix = by_key.get((key.tier, key.bucket)) or by_tier.get(key.tier) or {}
-        total = sum(mix.values())
-        if not idx.size or total <= 0:
-            continue
-        names = sorted(mix)
-        p = np.array([mix[n] for n in names]) / total
-        out[idx] = np.asarray(names, dtype=object)[rng.choice(len(names), idx.size, p=p)]
+        if idx.size:
+            out[idx] = _draw(by_key.get((key.tier, key.bucket)) or by_tier.get(key.tier) or {},
+                             idx.size, rng)
+    for f in failures or []:
+        down = _down_paths(plan, f)
+        end = np.inf if f.end is None else f.end
+        during = (w.arrival_s >= f.start) & (w.arrival_s < end)
+        for tier, path in down:
+            hit = np.flatnonzero(during & (tier_of == tier) & (out == path))
+            alive = {p: v for p, v in by_tier.get(tier, {}).items() if (tier, p) not in down}
+            if hit.size and alive:
+                out[hit] = _draw(alive, hit.size, rng)
     return out
 
 
@@ -222,7 +254,7 @@ def run_plan(plan: Plan, w: Workload, opt: SimOptions, failures: list[Failure] |
         return Simulator(fleet, w, opt, failures, prices).run()
     catalog = catalog or load_catalog()
     cal = cal or load_fit()
-    path = assign_paths(plan, w, opt.seed)
+    path = assign_paths(plan, w, opt.seed, failures)
     # the departure-bin width the engine picks for the whole replay (Simulator.__init__)
     span = max(w.duration_s, opt.sync_s)
     fine_s = opt.sync_s * max(1, int(np.ceil(span / (opt.sync_s * 100_000))))
