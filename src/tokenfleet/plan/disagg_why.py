@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from tokenfleet.plan.candidates import Candidate, CandidateSet, Demand
-from tokenfleet.plan.milp import Formulation, Solution, solve_fleet
+from tokenfleet.plan.milp import Formulation, Solution, polish, solve_fleet
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.plan.schema import Baseline, Plan
 
@@ -59,6 +59,8 @@ def explain_disaggregation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formul
     if not tiers:
         return
     g, s2 = solve_fleet(sc, cs, candidates=[c for c in cs.candidates if c.pair is None])
+    if s2.ok and (sc.contracts or any(x.prepaid for x in sc.supply)):
+        g, s2 = polish(sc, cs, g, s2)  # as the plan was: least list spend at its bill
     agg = _chosen(g, s2) if s2.ok else []
     with_h, agg_h = _tier_usd_per_h(chosen), _tier_usd_per_h(agg)
     hours = sc.hours_per_month
@@ -80,8 +82,11 @@ def explain_disaggregation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formul
                          f"{d.accelerator.id} x{d.count} ({d.vendor}, {d.cloud})")
         if s2.ok and agg_h.get(t.name):
             save = (agg_h[t.name] - with_h[t.name]) * hours
-            why = (f"saves {save:,.0f} USD/month ({save / (agg_h[t.name] * hours):.0%}) on "
-                   f"this tier vs the best aggregated-only plan under the same constraints")
+            why = (f"{'saves' if save >= 0 else 'costs'} {abs(save):,.0f} USD/month at list "
+                   f"({abs(save) / (agg_h[t.name] * hours):.0%}) "
+                   f"{'' if save >= 0 else 'more '}on this tier vs the best aggregated-only "
+                   f"plan under the same constraints (bill {plan.cost.usd_per_month:,.0f} vs "
+                   f"{bill(g, s2):,.0f} USD/month)")
         else:
             why = "no aggregated-only plan meets the constraints"
         dec = _busiest(chosen, t.name, ("decode",))

@@ -33,6 +33,7 @@ from tokenfleet.plan.milp import (
     Formulation,
     Solution,
     fixed_monthly_cost,
+    polish,
     served_by,
     solve_fleet,
 )
@@ -235,6 +236,8 @@ def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
                               "mip_gap, or shrink the supply list")
     if not sol.ok:
         raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
+    if sc.contracts or any(s.prepaid for s in sc.supply):  # a bill flat over some fleets
+        f, sol = polish(sc, cs, f, sol)
     total = bill(sc, f, sol)
 
     constraints = (price_constraints(sc, cs, f, sol, total, bill, progress) if compare_policies
