@@ -12,6 +12,7 @@ import pytest
 from tokenfleet.catalog import load_catalog
 from tokenfleet.perf.disagg import link_between, prompt_kv_bytes, transfer_s
 from tokenfleet.perf.precision import get_precision
+from tokenfleet.plan import candidates
 from tokenfleet.plan.candidates import CandidateSet
 from tokenfleet.plan.check import check_plan, max_served_fraction, pool_load
 from tokenfleet.plan.milp import complete_pairs, solve_fleet
@@ -92,8 +93,28 @@ def test_short_prompts_stay_aggregated() -> None:
 
 @cache
 def _mixed_candidates() -> tuple[Scenario, CandidateSet]:
+    """Every pair of the cheapest halves, unscreened: here no mixed pair is cheaper than
+    the best same-vendor option, so the screen would leave none (that is its job)."""
     sc = _scenario("deepseek-r1", 30, 12000, 400, 20.0, 0.1, [H200, MI355X])
-    return sc, prepare(sc, Path("."), CAT)
+    candidates.PAIR_SCREEN = False
+    try:
+        return sc, prepare(sc, Path("."), CAT)
+    finally:
+        candidates.PAIR_SCREEN = True
+
+
+def test_the_screen_keeps_pairs_that_can_pay_only() -> None:
+    sc = _scenario("deepseek-r1", 30, 12000, 400, 20.0, 0.1, [H200, MI355X])
+    screened = prepare(sc, Path("."), CAT)
+    _, every = _mixed_candidates()
+    assert set(screened.pairs) < set(every.pairs)
+    by_id = {c.id: c for c in screened.candidates}
+    agg = [c for c in screened.candidates if c.pair is None]
+    for p_id, d_id in screened.pairs.values():
+        p, d = by_id[p_id], by_id[d_id]
+        assert any(p.usd_per_hour / p.capacity[b] + d.usd_per_hour / d.capacity[b]
+                   < min(c.usd_per_hour / c.capacity[b] for c in agg if b in c.capacity)
+                   for b in p.capacity)
 
 
 def test_mixed_vendor_pair_is_a_candidate_costed_on_the_scale_out_link() -> None:

@@ -443,11 +443,13 @@ def add_pairs(cs: CandidateSet, models: _Models, t: Tier,
               gate: Callable[[Tier, str], tuple[bool, str]] | None = None) -> None:
     """Disaggregated candidates of tier ``t`` (:mod:`tokenfleet.plan.disagg`): the
     cheapest prefill and decode options crossed, each pair's prefill half priced on the
-    link to its decode half; both halves of a pair are candidates of their own."""
+    link to its decode half; both halves of a pair are candidates of their own. With
+    ``PAIR_SCREEN``, only pairs that can pay are kept (:func:`_screen_pairs`)."""
     demand = demand_by_bucket(cs.demands, t.name)
     mine = [d for d in cs.demands if d.tier == t.name]
     pre = rank_halves(_halves(cs, models, t, "prefill", gate), demand)
     dec = rank_halves(_halves(cs, models, t, "decode", gate), demand)
+    made: list[tuple[str, Candidate, Candidate]] = []
     for p in pre:
         for d in dec:
             gbps, basis = pair_link_gbps(p.accelerator, p.supply, p.count, d.accelerator,
@@ -460,16 +462,59 @@ def add_pairs(cs: CandidateSet, models: _Models, t: Tier,
             pair = (f"{t.name}/pd/{p.accelerator.id}@{p.supply.cloud}/{p.supply.region}/"
                     f"{p.precision}/x{p.count}+{d.accelerator.id}@{d.supply.cloud}/"
                     f"{d.supply.region}/{d.precision}/x{d.count}")
-            ids = []
-            for h, hc, he, hb in ((p, caps, ests, band),
-                                  (d, d.capacity, d.estimates, d.uncertainty)):
-                cid = f"{pair}/{h.role}"
-                ids.append(cid)
-                cs.candidates.append(Candidate(
-                    id=cid, tier=t.name, supply_index=h.supply_index,
-                    accelerator=h.accelerator, cloud=h.supply.cloud, region=h.supply.region,
-                    precision=h.precision, count=h.count, usd_per_chip_hour=h.usd_per_chip_hour,
-                    price_kind=h.price_kind, capacity={b: hc[b] for b in both},
-                    estimates={b: he[b] for b in both}, uncertainty=hb, role=h.role,
-                    pair=pair, link_basis=basis if h.role == "prefill" else ""))
-            cs.pairs[pair] = (ids[0], ids[1])
+            halves = [Candidate(
+                id=f"{pair}/{h.role}", tier=t.name, supply_index=h.supply_index,
+                accelerator=h.accelerator, cloud=h.supply.cloud, region=h.supply.region,
+                precision=h.precision, count=h.count, usd_per_chip_hour=h.usd_per_chip_hour,
+                price_kind=h.price_kind, capacity={b: hc[b] for b in both},
+                estimates={b: he[b] for b in both}, uncertainty=hb, role=h.role,
+                pair=pair, link_basis=basis if h.role == "prefill" else "")
+                for h, hc, he, hb in ((p, caps, ests, band),
+                                      (d, d.capacity, d.estimates, d.uncertainty))]
+            made.append((pair, halves[0], halves[1]))
+    if PAIR_SCREEN:
+        made = _screen_pairs(made, [c for c in cs.candidates if c.tier == t.name], demand)
+    for pair, hp, hd in made:
+        cs.candidates.extend([hp, hd])
+        cs.pairs[pair] = (hp.id, hd.id)
+
+
+PAIR_SCREEN = True
+
+
+def _pair_usd_per_req(hp: Candidate, hd: Candidate, b: str) -> float:
+    return (hp.usd_per_hour / hp.capacity[b] + hd.usd_per_hour / hd.capacity[b]) / 3600
+
+
+def _screen_pairs(made: list[tuple[str, Candidate, Candidate]], agg: list[Candidate],
+                  demand: dict[str, float]) -> list[tuple[str, Candidate, Candidate]]:
+    """Pairs worth the MILP's time (each adds two pools and their N-1 routing copies):
+    the cheapest pair for the tier's mix, and for each bucket the cheapest pair there,
+    each only where it costs less per request than the tier's cheapest aggregated
+    option for that bucket (or the tier has none). A heuristic screen, like
+    ``_prune_dominated``: supply, power and policies could still favour a pair left out."""
+    best_agg: dict[str, float] = {}
+    for c in agg:
+        for b, cap in c.capacity.items():
+            best_agg[b] = min(best_agg.get(b, float("inf")), c.usd_per_hour / cap / 3600)
+
+    def beats(m: tuple[str, Candidate, Candidate], b: str) -> bool:
+        return _pair_usd_per_req(m[1], m[2], b) < best_agg.get(b, float("inf"))
+
+    def mix(m: tuple[str, Candidate, Candidate]) -> tuple[int, float]:
+        served = [b for b in demand if b in m[1].capacity]
+        return (len(demand) - len(served),
+                sum(demand[b] * _pair_usd_per_req(m[1], m[2], b) for b in served))
+
+    keep: dict[str, tuple[str, Candidate, Candidate]] = {}
+    if made:
+        m = min(made, key=mix)
+        if any(beats(m, b) for b in m[1].capacity):
+            keep[m[0]] = m
+    for b in demand:
+        on_b = [m for m in made if b in m[1].capacity]
+        if on_b:
+            m = min(on_b, key=lambda m: _pair_usd_per_req(m[1], m[2], b))
+            if beats(m, b):
+                keep[m[0]] = m
+    return list(keep.values())
