@@ -17,10 +17,10 @@ How a pair is priced (``perf/techniques.py``, roles ``prefill`` and ``decode``):
   long prefills sharing the batch — why disaggregation wins for long prompts and not for
   short ones (where the aggregated unit's TPOT is hardly hit and a second pool, with its
   own rounding and per-step overhead, is pure cost);
-* the TTFT SLO is split: the prefill pool (its queueing, compute and the handover) gets
-  ``PREFILL_TTFT_SHARE`` of it and the decode pool's join (one step) the rest; the TPOT
-  SLO is the decode pool's alone. The bucket's long-prompt tail must prefill within the
-  prefill share too, as for aggregated units.
+* the TTFT SLO is split: the decode pool's join gets two TPOT-bound steps
+  (:func:`decode_ttft_s`), the prefill pool (its queueing, compute and the handover) the
+  rest; the TPOT SLO is the decode pool's alone. The bucket's long-prompt tail must
+  prefill within the prefill share too, as for aggregated units.
 """
 
 from __future__ import annotations
@@ -34,9 +34,18 @@ from tokenfleet.perf.disagg import pair_link
 from tokenfleet.perf.estimate import Estimate, Query, estimate
 from tokenfleet.plan.scenario import Supply, Tier
 
-# A prefill pool's TTFT (queue + prompt compute + KV handover) may use this share of the
-# tier's TTFT SLO; the decode pool's join (about one decode step) gets the rest.
-PREFILL_TTFT_SHARE = 0.9
+# The decode pool's share of a tier's TTFT SLO: joining the running batch and one step,
+# which the TPOT bound caps at two of its steps (``DECODE_JOIN_STEPS``); without a TPOT
+# bound, ``DECODE_TTFT_SHARE`` of the TTFT SLO. The prefill pool (queue, prompt compute,
+# KV handover) gets the rest, and at least half.
+DECODE_JOIN_STEPS = 2.0
+DECODE_TTFT_SHARE = 0.1
+
+
+def decode_ttft_s(slo_ttft_s: float, slo_tpot_s: float | None) -> float:
+    """The decode pool's TTFT budget within a tier's TTFT SLO (see above)."""
+    join = DECODE_JOIN_STEPS * slo_tpot_s if slo_tpot_s else DECODE_TTFT_SHARE * slo_ttft_s
+    return min(join, 0.5 * slo_ttft_s)
 # Halves kept per tier and role (cheapest for the tier's demand mix): pairs are their
 # cross product, so the MILP grows by at most TOP_PER_ROLE**2 pairs per tier.
 TOP_PER_ROLE = 3
@@ -69,7 +78,8 @@ def role_query(t: Tier, accel: str, count: int, precision: str, input_len: int,
     """The estimate query of one half (the SLO split of the module docstring)."""
     ttft = t.slo.ttft_s
     if ttft is not None:
-        ttft = ttft * (PREFILL_TTFT_SHARE if role == "prefill" else 1 - PREFILL_TTFT_SHARE)
+        join = decode_ttft_s(ttft, t.slo.tpot_s)
+        ttft = ttft - join if role == "prefill" else join
     return Query.model_construct(
         model=t.model, accelerator=accel, count=count, precision=precision, engine=t.engine,
         input_len=input_len, output_len=output_len, slo_ttft=ttft,
