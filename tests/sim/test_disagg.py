@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tokenfleet.catalog import load_catalog
 from tokenfleet.plan.schema import Plan
@@ -111,3 +113,22 @@ def test_a_dead_pair_sends_its_requests_to_the_aggregated_pools() -> None:
     assert (paths[~during] == "t/pd").any()
     s = simulate(plan, w, failures=[amd_down]).summary
     _conserved(s, len(w), int(w.output_tokens.sum()), int(w.input_tokens.sum()))
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(share=st.floats(0.0, 1.0), load=st.floats(0.2, 3.0), seed=st.integers(0, 50),
+       down=st.sampled_from(["", "vendor=AMD@t=5..20", "vendor=NVIDIA@t=10..25"]))
+def test_conservation_holds_for_any_split_load_and_outage(share: float, load: float,
+                                                          seed: int, down: str) -> None:
+    """Any share of the tier on the pair, any load (overload included), any outage of
+    either half's vendor: each request ends once, completed or rejected."""
+    plan = _pair_plan(agg_share=share)
+    peak = sum(x.peak_requests_per_s for x in plan.traffic_split)
+    w = planned_traffic(plan, 30, rate_per_s=load * peak, seed=seed)
+    res = simulate(plan, w, failures=[parse_failure(down)] if down else None,
+                   options=SimOptions(seed=seed, max_time_s=600.0))
+    s = res.summary
+    assert s.requests == len(w)
+    assert s.completed + s.rejected == s.requests
+    assert sum(t.completed + t.rejected for t in s.tiers.values()) == len(w)
+    assert s.checks.conservation_ok
