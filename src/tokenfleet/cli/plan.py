@@ -85,7 +85,7 @@ def print_plan(plan: Plan, console: Console) -> None:
         t.add_row(u.tier, u.accelerator, f"{u.cloud}/{u.region}", u.precision, lay,
                   str(u.replicas), str(u.chips), _money(u.usd_per_hour * 730),
                   f"{u.watts / 1e3:,.0f}", f"{u.provenance} ±{u.uncertainty:.0%}",
-                  roles.get(u.pool, ""))
+                  roles.get(u.pool, "") + ("" if u.role == "both" else f" {u.role}"))
     console.print(t)
     _print_tiers(plan, console)
     for tier in plan.tiers:
@@ -93,6 +93,8 @@ def print_plan(plan: Plan, console: Console) -> None:
             console.print(f"  {tier.name}: {n}")
         if tier.prefix_cache is not None:
             console.print(f"  {tier.name}: {prefix_cache_line(tier.prefix_cache)}")
+        if tier.disaggregation:
+            console.print(f"  {tier.name}: disaggregated prefill/decode: {tier.disaggregation}")
     _print_shares_power_contracts(plan, console)
     _print_constraints(plan, console)
     for n in plan.notes:

@@ -96,6 +96,10 @@ def print_summary(s: SimSummary, console: Console) -> None:
                   f"{_pct(pr.kv_occupancy_mean)}/{_pct(pr.kv_occupancy_max)}",
                   f"{pr.queue_max:,.0f}", f"{pr.preemptions:,}", f"{pr.cost_usd:,.2f}")
     console.print(p)
+    if any(pr.role != "both" for pr in s.pools.values()):
+        console.print("prefill/decode pools (disaggregated pairs): each pool's TTFT is its own "
+                      "stage's; a tier's TTFT spans the prefill, the KV handover and joining "
+                      "the decode batch")
 
 
 def _run_with_progress(plan: Plan, w: Workload, show: bool, **kw) -> SimResult:

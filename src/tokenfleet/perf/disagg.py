@@ -73,6 +73,16 @@ def link_between(prefill: Accelerator, decode: Accelerator, same_domain: bool = 
                 f"({prefill.id} {prefill.scaleout_gbps:g}, {decode.id} {decode.scaleout_gbps:g})")
 
 
+def pair_link(prefill: Accelerator, prefill_where: tuple[str, str], prefill_chips: int,
+              decode: Accelerator, decode_where: tuple[str, str], decode_chips: int) -> Link:
+    """The link between a prefill and a decode unit of a disaggregated pair, placed at
+    ``(cloud, region)``: scale-up when both are one chip kind in one place and together
+    fit one scale-up domain (e.g. two units inside one NVL72 rack), else scale-out."""
+    same = (prefill.id == decode.id and prefill_where == decode_where
+            and prefill_chips + decode_chips <= prefill.scaleup_domain)
+    return link_between(prefill, decode, same_domain=same)
+
+
 def custom_link(gb_per_s_per_chip: float, latency_s: float = SCALEOUT_LATENCY_S) -> Link:
     if not (gb_per_s_per_chip > 0 and math.isfinite(gb_per_s_per_chip)):
         raise TokenfleetError(f"KV link bandwidth must be a positive GB/s, got {gb_per_s_per_chip}")

@@ -24,6 +24,14 @@ from tokenfleet.perf.estimate import Estimate, Query, estimate, layout_screen
 from tokenfleet.perf.operating import OperatingPoint
 from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.unit import Layout, layouts_for
+from tokenfleet.plan.disagg import (
+    Half,
+    default_estimate_fn,
+    demand_by_bucket,
+    half_capacity,
+    pair_link_gbps,
+    rank_halves,
+)
 from tokenfleet.plan.risk import confidence_factor
 from tokenfleet.plan.scenario import Scenario, Supply, Tier
 from tokenfleet.plan.schema import TierPrefixCache
@@ -65,6 +73,10 @@ class Candidate:
     capacity: dict[str, float]  # derated
     estimates: dict[str, Estimate]
     uncertainty: float
+    # disaggregated serving (plan/disagg.py): "prefill" or "decode" half of pair ``pair``
+    role: str = "both"
+    pair: str | None = None
+    link_basis: str = ""  # prefill half: the KV link it is priced on
 
     @property
     def vendor(self) -> str:
@@ -89,6 +101,8 @@ class CandidateSet:
     precision_notes: dict[str, list[str]] = field(default_factory=dict)
     # tier -> prefix caching priced into its candidates (plan/prefix.py)
     prefix_cache: dict[str, TierPrefixCache] = field(default_factory=dict)
+    # disaggregated pairs: pair id -> (prefill candidate id, decode candidate id)
+    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def tier_demand(tier: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
@@ -171,6 +185,7 @@ class _Models:
         self.screener = cache(self._screener)
         self.screen = cache(self._screen)
         self.est = cache(self._est)
+        self.role_est = default_estimate_fn(self.catalog, self.cal)
 
     def query(self, accel: str, layout: Layout, precision: str, d: Demand,
               ttft_only: bool = False) -> Query:
@@ -246,6 +261,9 @@ def build_candidates(
     if progress:
         progress(len(jobs), len(jobs))
     _prune_dominated(cs)
+    if sc.disaggregation != "off":
+        for t in sc.tiers:
+            add_pairs(cs, models, t, precision_gate)
     return cs
 
 
@@ -388,3 +406,122 @@ def _prune_dominated(cs: CandidateSet, keep_per_group: int = 1) -> None:
             chosen.append(smallest)
         keep.extend(chosen)
     cs.candidates = keep
+
+
+def _halves(cs: CandidateSet, models: _Models, t: Tier, role: str,
+            gate: Callable[[Tier, str], tuple[bool, str]] | None) -> list[Half]:
+    """Every (supply entry, precision, size) option of one role for tier ``t``, priced
+    on the chip's own scale-out link (ranking only; pairs re-price prefill on theirs)."""
+    model = models.catalog.model(t.model)
+    mine = [d for d in cs.demands if d.tier == t.name]
+    est = models.role_est
+    out: list[Half] = []
+    for i, s in enumerate(models.sc.supply):
+        if t.regions is not None and s.region not in t.regions:
+            continue
+        accel = models.catalog.accelerator(s.accelerator)
+        price, kind = _price(s, accel)
+        for prec in t.precisions:
+            if not _precision_allowed(cs, t, accel, prec, gate):
+                continue
+            smallest: int | None = None
+            for n in s.counts or default_counts(accel):
+                if n > s.max_chips or (smallest is not None and n > 2 * smallest):
+                    continue
+                if not layouts_for(model, n, accel, t.engine):
+                    continue
+                h = Half(t.name, role, i, s, accel, prec, n, price, kind, 0.0)
+                gbps = accel.scaleout_gbps / 2 if role == "prefill" else None
+                h.capacity, h.estimates, h.uncertainty = half_capacity(
+                    est, t, h, mine, gbps, lambda e: _derated(models, t, e))
+                if h.capacity:
+                    smallest = smallest or n
+                    out.append(h)
+    return out
+
+
+def _derated(models: _Models, t: Tier, e: Estimate) -> float:
+    u = e.uncertainty.relative if e.uncertainty else 0.0
+    assert e.requests_per_s is not None
+    return e.requests_per_s * tail_factor(t, e) * risk_factor(models.sc, u)
+
+
+def add_pairs(cs: CandidateSet, models: _Models, t: Tier,
+              gate: Callable[[Tier, str], tuple[bool, str]] | None = None) -> None:
+    """Disaggregated candidates of tier ``t`` (:mod:`tokenfleet.plan.disagg`): the
+    cheapest prefill and decode options crossed, each pair's prefill half priced on the
+    link to its decode half; both halves of a pair are candidates of their own. With
+    ``PAIR_SCREEN``, only pairs that can pay are kept (:func:`_screen_pairs`)."""
+    demand = demand_by_bucket(cs.demands, t.name)
+    mine = [d for d in cs.demands if d.tier == t.name]
+    pre = rank_halves(_halves(cs, models, t, "prefill", gate), demand)
+    dec = rank_halves(_halves(cs, models, t, "decode", gate), demand)
+    made: list[tuple[str, Candidate, Candidate]] = []
+    for p in pre:
+        for d in dec:
+            gbps, basis = pair_link_gbps(p.accelerator, p.supply, p.count, d.accelerator,
+                                         d.supply, d.count)
+            caps, ests, band = half_capacity(models.role_est, t, p, mine, gbps,
+                                             lambda e: _derated(models, t, e))
+            both = sorted(set(caps) & set(d.capacity))
+            if not both:
+                continue
+            pair = (f"{t.name}/pd/{p.accelerator.id}@{p.supply.cloud}/{p.supply.region}/"
+                    f"{p.precision}/x{p.count}+{d.accelerator.id}@{d.supply.cloud}/"
+                    f"{d.supply.region}/{d.precision}/x{d.count}")
+            halves = [Candidate(
+                id=f"{pair}/{h.role}", tier=t.name, supply_index=h.supply_index,
+                accelerator=h.accelerator, cloud=h.supply.cloud, region=h.supply.region,
+                precision=h.precision, count=h.count, usd_per_chip_hour=h.usd_per_chip_hour,
+                price_kind=h.price_kind, capacity={b: hc[b] for b in both},
+                estimates={b: he[b] for b in both}, uncertainty=hb, role=h.role,
+                pair=pair, link_basis=basis if h.role == "prefill" else "")
+                for h, hc, he, hb in ((p, caps, ests, band),
+                                      (d, d.capacity, d.estimates, d.uncertainty))]
+            made.append((pair, halves[0], halves[1]))
+    if PAIR_SCREEN:
+        made = _screen_pairs(made, [c for c in cs.candidates if c.tier == t.name], demand)
+    for pair, hp, hd in made:
+        cs.candidates.extend([hp, hd])
+        cs.pairs[pair] = (hp.id, hd.id)
+
+
+PAIR_SCREEN = True
+
+
+def _pair_usd_per_req(hp: Candidate, hd: Candidate, b: str) -> float:
+    return (hp.usd_per_hour / hp.capacity[b] + hd.usd_per_hour / hd.capacity[b]) / 3600
+
+
+def _screen_pairs(made: list[tuple[str, Candidate, Candidate]], agg: list[Candidate],
+                  demand: dict[str, float]) -> list[tuple[str, Candidate, Candidate]]:
+    """Pairs worth the MILP's time (each adds two pools and their N-1 routing copies):
+    the cheapest pair for the tier's mix, and for each bucket the cheapest pair there,
+    each only where it costs less per request than the tier's cheapest aggregated
+    option for that bucket (or the tier has none). A heuristic screen, like
+    ``_prune_dominated``: supply, power and policies could still favour a pair left out."""
+    best_agg: dict[str, float] = {}
+    for c in agg:
+        for b, cap in c.capacity.items():
+            best_agg[b] = min(best_agg.get(b, float("inf")), c.usd_per_hour / cap / 3600)
+
+    def beats(m: tuple[str, Candidate, Candidate], b: str) -> bool:
+        return _pair_usd_per_req(m[1], m[2], b) < best_agg.get(b, float("inf"))
+
+    def mix(m: tuple[str, Candidate, Candidate]) -> tuple[int, float]:
+        served = [b for b in demand if b in m[1].capacity]
+        return (len(demand) - len(served),
+                sum(demand[b] * _pair_usd_per_req(m[1], m[2], b) for b in served))
+
+    keep: dict[str, tuple[str, Candidate, Candidate]] = {}
+    if made:
+        m = min(made, key=mix)
+        if any(beats(m, b) for b in m[1].capacity):
+            keep[m[0]] = m
+    for b in demand:
+        on_b = [m for m in made if b in m[1].capacity]
+        if on_b:
+            m = min(on_b, key=lambda m: _pair_usd_per_req(m[1], m[2], b))
+            if beats(m, b):
+                keep[m[0]] = m
+    return list(keep.values())

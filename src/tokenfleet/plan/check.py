@@ -44,18 +44,21 @@ def pool_load(plan: Plan) -> dict[str, float | None]:
     A value above 1 means the plan overloads the pool at the low end of its band.
     """
     units = {u.pool: u for u in plan.units}
+    prefill_of = prefill_halves(plan)
     busy: dict[str, float] = defaultdict(float)
     broken: set[str] = set()
     for s in plan.traffic_split:
-        for pool, share in s.shares.items():
-            u = units.get(pool)
-            if u is None or u.tier != s.tier:
-                continue  # reported by the checks, not a load
-            cap = u.capacity_for(s.bucket)
-            if cap is None or cap.requests_per_s <= 0:
-                broken.add(pool)
-                continue
-            busy[pool] += share * s.peak_requests_per_s / cap.requests_per_s
+        for routed, share in s.shares.items():
+            # a decode half's requests are prefilled by its pair's prefill half first
+            for pool in (routed, *([prefill_of[routed]] if routed in prefill_of else [])):
+                u = units.get(pool)
+                if u is None or u.tier != s.tier:
+                    continue  # reported by the checks, not a load
+                cap = u.capacity_for(s.bucket)
+                if cap is None or cap.requests_per_s <= 0:
+                    broken.add(pool)
+                    continue
+                busy[pool] += share * s.peak_requests_per_s / cap.requests_per_s
     out: dict[str, float | None] = {}
     for p, u in units.items():
         if p in broken:
@@ -65,6 +68,13 @@ def pool_load(plan: Plan) -> dict[str, float | None]:
             # (no replicas: only traffic routed to it makes a load, an infinite one)
             out[p] = b / u.replicas if u.replicas else (math.inf if b > 0 else None)
     return out
+
+
+def prefill_halves(plan: Plan) -> dict[str, str]:
+    """Decode pool -> the prefill pool of its disaggregated pair."""
+    pre = {u.pair: u.pool for u in plan.units if u.role == "prefill" and u.pair}
+    return {u.pool: pre[u.pair] for u in plan.units
+            if u.role == "decode" and u.pair in pre}
 
 
 def power_vs_cap(plan: Plan) -> list[tuple[str, float, float | None]]:
@@ -99,7 +109,12 @@ def max_served_fraction(plan: Plan, without: set[str]) -> float:
     """Largest f such that every bucket gets f x its peak (without headroom) from the
     pools not in ``without``, re-routing freely within each pool's capacity (an LP)."""
     headroom = plan.limits.headroom
-    pools = [u for u in plan.units if u.pool not in without]
+    prefill_of = prefill_halves(plan)
+    units = {u.pool: u for u in plan.units}
+    # a pair is gone when either half is; prefill halves carry their decode half's
+    # requests (rows below), so only routable pools get routing variables
+    pools = [u for u in plan.units if u.pool not in without and u.role != "prefill"
+             and prefill_of.get(u.pool) not in without]
     splits = plan.traffic_split
     # variables: f, then z[pool, split] for each pool able to serve the split's bucket
     idx: list[tuple[int, int]] = []
@@ -126,6 +141,16 @@ def max_served_fraction(plan: Plan, without: set[str]) -> float:
                 row[1 + k] = 1.0 / cap.requests_per_s
         a_ub.append(row)
         b_ub.append(float(u.replicas))
+        if u.pool in prefill_of:  # its prefill half: the same requests, its capacity
+            pre = units[prefill_of[u.pool]]
+            row = np.zeros(nv)
+            for k, (ii, j) in enumerate(idx):
+                cap = pre.capacity_for(splits[j].bucket)
+                if ii == i:
+                    row[1 + k] = 1.0 / cap.requests_per_s if cap and cap.requests_per_s > 0 \
+                        else 1e9
+            a_ub.append(row)
+            b_ub.append(float(pre.replicas))
     c = np.zeros(nv)
     c[0] = -1.0
     res = solve_lp(c, csr_array(np.asarray(a_ub)), np.full(len(b_ub), -np.inf),

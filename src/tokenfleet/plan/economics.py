@@ -66,6 +66,9 @@ def _per(x_usd_per_s: float, per_s: float, scale: float) -> float | None:
 
 def pool_roles(plan: Plan) -> dict[str, Literal["active", "standby"]]:
     used = {p for s in plan.traffic_split for p, sh in s.shares.items() if sh > _ACTIVE_SHARE}
+    # a prefill half takes the requests its pair's decode half is routed
+    used |= {u.pool for u in plan.units for d in plan.units
+             if u.role == "prefill" and d.role == "decode" and d.pair == u.pair and d.pool in used}
     return {u.pool: "active" if u.pool in used else "standby" for u in plan.units}
 
 

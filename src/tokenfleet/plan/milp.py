@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import highspy
 import numpy as np
@@ -265,9 +265,11 @@ def formulate(
     N-1 resilience is modelled exactly (a copy of the routing per failure group) for the
     groups in ``n1_exact`` (all groups when None), and by the cuts ``n1_cuts`` (see
     :mod:`tokenfleet.plan.n1`) otherwise. One builder per constraint family below."""
-    b = _variables(sc, cs, candidates if candidates is not None else cs.candidates, drop)
+    cands = complete_pairs(candidates if candidates is not None else cs.candidates)
+    b = _variables(sc, cs, cands, drop)
     _demand_rows(b)
     _capacity_rows(b)
+    _pair_rows(b)
     _supply_rows(b)
     _power_rows(b)
     _contract_rows(b)
@@ -318,13 +320,29 @@ def _variables(sc: Scenario, cs: CandidateSet, cands: list[Candidate],
     return _Build(sc, cs, cands, p, n, x, od, drop)
 
 
+def complete_pairs(cands: Sequence[Candidate]) -> list[Candidate]:
+    """``cands`` less the halves of disaggregated pairs whose other half is not among
+    them (a baseline restricted to one vendor or chip keeps whole pairs only)."""
+    halves: dict[str, int] = defaultdict(int)
+    for c in cands:
+        if c.pair is not None:
+            halves[c.pair] += 1
+    return [c for c in cands if c.pair is None or halves[c.pair] == 2]
+
+
+def served_by(c: Candidate) -> bool:
+    """Whether routing to ``c`` serves requests (aggregated or decode pools; a prefill
+    half carries the same requests as its decode half, by the pair rows)."""
+    return c.role != "prefill"
+
+
 def _demand_rows(b: _Build) -> None:
     """Each (tier, bucket) served exactly its peak plus headroom (equality keeps the
     shares meaningful)."""
     for d in b.cs.demands:
         need = d.rate_per_s * (1 + b.sc.headroom)
         coefs = {b.x[(c.id, d.bucket)]: 1.0 for c in b.cands
-                 if c.tier == d.tier and (c.id, d.bucket) in b.x}
+                 if c.tier == d.tier and (c.id, d.bucket) in b.x and served_by(c)}
         b.p.row(f"demand {d.tier}/{d.bucket}", "demand", coefs, need, need,
                 f"{need:.3g} req/s at peak incl. {b.sc.headroom:.0%} headroom")
 
@@ -335,6 +353,25 @@ def _capacity_rows(b: _Build) -> None:
         coefs = {b.x[(c.id, bk)]: 1.0 / cap for bk, cap in c.capacity.items()}
         coefs[b.n[c.id]] = -1.0
         b.p.row(f"capacity {c.id}", "capacity", coefs, ub=0.0)
+
+
+def _pair_rows(b: _Build) -> None:
+    """A disaggregated pair's prefill half prefills exactly the requests its decode half
+    decodes, bucket by bucket (their replica counts then set the P:D ratio)."""
+    for p, d in _pairs_of(b.cands):
+        for bk in p.capacity:
+            if (d.id, bk) in b.x:
+                b.p.row(f"pair {p.pair}/{bk}", "pair",
+                        {b.x[(p.id, bk)]: 1.0, b.x[(d.id, bk)]: -1.0}, 0.0, 0.0)
+
+
+def _pairs_of(cands: Sequence[Candidate]) -> list[tuple[Candidate, Candidate]]:
+    """(prefill, decode) candidates of every whole pair among ``cands``."""
+    by: dict[str, dict[str, Candidate]] = defaultdict(dict)
+    for c in cands:
+        if c.pair is not None:
+            by[c.pair][c.role] = c
+    return [(h["prefill"], h["decode"]) for h in by.values() if len(h) == 2]
 
 
 def _supply_rows(b: _Build) -> None:
@@ -389,9 +426,11 @@ def _vendor_share_rows(b: _Build) -> None:
             for c in b.cands:
                 w = c.usd_per_hour * b.sc.hours_per_month
                 share[b.n[c.id]] += w * ((1.0 if c.vendor == v else 0.0) - cap)
-        else:
+        else:  # output tokens: made where requests are decoded
             for (cid, bk), j in b.x.items():
                 c = by_id[cid]
+                if not served_by(c):
+                    continue
                 w = out_len[(c.tier, bk)]
                 share[j] += w * ((1.0 if c.vendor == v else 0.0) - cap)
         b.p.row(f"vendor-share {v}", "vendor-share", dict(share), ub=0.0,
@@ -422,12 +461,18 @@ def _n_minus_1_rows(b: _Build, n1_exact: Collection[str] | None,
 
 
 def _n_minus_1_copy(b: _Build, g: str, by: str, fraction: float) -> None:
-    """The routing re-solved without group ``g``: its own demand and capacity rows."""
-    rest = [c for c in b.cands if group_of(c, by) != g]
+    """The routing re-solved without group ``g``: its own demand and capacity rows (a
+    pair with either half in ``g`` is gone whole)."""
+    rest = complete_pairs([c for c in b.cands if group_of(c, by) != g])
     y = {(c.id, bk): b.p.var(f"y[{g}][{c.id},{bk}]") for c in rest for bk in c.capacity}
+    for p, dc in _pairs_of(rest):
+        for bk in p.capacity:
+            if (dc.id, bk) in y:
+                b.p.row(f"n-1 pair without {g}: {p.pair}/{bk}", "n-1-capacity",
+                        {y[(p.id, bk)]: 1.0, y[(dc.id, bk)]: -1.0}, 0.0, 0.0)
     for d in b.cs.demands:
         coefs = {y[(c.id, d.bucket)]: 1.0 for c in rest
-                 if c.tier == d.tier and (c.id, d.bucket) in y}
+                 if c.tier == d.tier and (c.id, d.bucket) in y and served_by(c)}
         b.p.row(f"n-1 without {by} {g}: {d.tier}/{d.bucket}", "n-1", coefs,
                 lb=d.rate_per_s * fraction, detail=f"{fraction:.0%} of peak without {g}")
     for c in rest:
@@ -494,9 +539,14 @@ def solve_fleet(
     asks for the exact formulation or the program is elastic (infeasibility reports
     need every N-1 row explicitly)."""
     pol = sc.policy
-    cands = candidates if candidates is not None else cs.candidates
+    cands = complete_pairs(candidates if candidates is not None else cs.candidates)
+    candidates = cands
     n1 = pol.n_minus_1
     method = n1.method if n1 is not None else "exact"
+    if any(c.pair is not None for c in cands):
+        # the cuts of plan/n1.py price each pool on its own; a pair's capacity needs
+        # both halves, which only the exact routing copy models
+        method = "exact"
     if n1 is not None and method == "auto":
         by = n1.by
         copies = sum(len(c.capacity) for c in cands) * len({group_of(c, by) for c in cands})
@@ -602,3 +652,49 @@ def _make_elastic(p: Program) -> None:
         r.slack, r.scale = s, scale
         # ≤ rows: allow exceeding the bound; ≥ and == rows: allow falling short
         r.coefs[s] = -1.0 if r.family in ("supply", "power", "vendor-share") else 1.0
+
+
+POLISH_SLACK_USD = 1.0  # the polished plan's bill may exceed the optimum by this much
+
+
+def polish(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution
+           ) -> tuple[Formulation, Solution]:
+    """At the optimal bill, the fleet with the least list spend.
+
+    Under a take-or-pay commitment the bill is flat until usage passes the commitment,
+    so every fleet inside it is optimal and the solver stops at the first one within
+    ``mip_gap`` of the bill (the objective's tie-breaker on list spend is far smaller
+    than that gap). A second solve minimises list spend with the bill held at its
+    optimum (plus ``POLISH_SLACK_USD``), started from the plan found. Only for the cost
+    objective, and kept only when it is cheaper at list and meets N-1 exactly."""
+    if sc.objective != "cost" or not sol.ok or sol.x is None or sol.objective is None:
+        return f, sol
+    p = f.program
+    hours = sc.hours_per_month
+    list_cost = [0.0] * len(p.cost)
+    for c in f.cands:
+        list_cost[f.n[c.id]] = c.usd_per_hour * hours
+    x0 = sol.x
+    spend0 = float(np.dot(list_cost, x0))
+    p2 = Program(cost=list_cost, lower=list(p.lower), upper=list(p.upper),
+                 integer=list(p.integer), names=list(p.names), rows=list(p.rows))
+    p2.row("polish: bill at its optimum", "polish",
+           {j: v for j, v in enumerate(p.cost) if v}, ub=sol.objective + POLISH_SLACK_USD)
+    sol2 = p2.solve(sc.mip_gap, sc.time_limit_s,
+                    start_by_name=dict(zip(p.names, x0.tolist(), strict=True)))
+    if not sol2.ok or sol2.x is None or float(np.dot(list_cost, sol2.x)) >= spend0 - 1e-6:
+        return f, sol
+    n1 = sc.policy.n_minus_1
+    if n1 is not None and not any(c.pair is not None for c in f.cands):
+        groups = {g: [c.id for c in f.cands if group_of(c, n1.by) == g]
+                  for g in sorted({group_of(c, n1.by) for c in f.cands})}
+        reps = {c.id: float(round(sol2.x[f.n[c.id]])) for c in f.cands}
+        if violated(f.cands, reps, cs.demands, groups, n1.min_fraction):
+            return f, sol  # the program held N-1 by cuts only; keep the checked plan
+    sol2.objective = float(np.dot(p.cost, sol2.x))
+    sol2.gap = sol.gap  # of the bill, as the first solve proved it
+    sol2.bound = sol.bound
+    sol2.message = f"{sol.message}; then the least list spend at that bill"
+    sol2.rounds = sol.rounds + 1
+    sol2.seconds += sol.seconds
+    return replace(f, program=p2), sol2

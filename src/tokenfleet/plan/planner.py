@@ -27,11 +27,14 @@ from tokenfleet.plan.candidates import (
 )
 from tokenfleet.plan.check import check_plan
 from tokenfleet.plan.contracts import enrich
+from tokenfleet.plan.disagg_why import explain_disaggregation
 from tokenfleet.plan.milp import (
     POLICY_FAMILIES,
     Formulation,
     Solution,
     fixed_monthly_cost,
+    polish,
+    served_by,
     solve_fleet,
 )
 from tokenfleet.plan.prefix import with_prefix_caching
@@ -249,6 +252,8 @@ def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
                               "mip_gap, or shrink the supply list")
     if not sol.ok:
         raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
+    if sc.contracts or any(s.prepaid for s in sc.supply):  # a bill flat over some fleets
+        f, sol = polish(sc, cs, f, sol)
     total = bill(sc, f, sol)
 
     constraints = (price_constraints(sc, cs, f, sol, total, bill, progress) if compare_policies
@@ -261,6 +266,7 @@ def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
         if progress:
             progress("re-solving for the cost-assurance frontier and sensitivities", 0, 0)
         plan.tradeoffs = plan_tradeoffs(sc, cs, plan.cost)
+    explain_disaggregation(plan, sc, cs, f, sol, lambda g, s2: bill(sc, g, s2))
     enrich(plan, sc)  # contracts as signed, vendor shares by basis, energy (plan.contracts)
     # Verify with code that shares nothing with the MILP (tokenfleet.plan.check).
     violations = check_plan(plan, sc, catalog)
@@ -458,13 +464,14 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
                                      ttft_s=e.ttft_s or 0.0, tpot_s=e.tpot_s or 0.0)
                       for b, cap in c.capacity.items() for e in [c.estimates[b]]],
             provenance=any_est.provenance, uncertainty=c.uncertainty,
-            prepaid=sc.supply[c.supply_index].prepaid))
+            prepaid=sc.supply[c.supply_index].prepaid, role=c.role, pair=c.pair,
+            kv_link=c.link_basis or None))
     splits = []
     tokens_by_vendor: dict[str, float] = defaultdict(float)
     tier_tokens: dict[str, float] = defaultdict(float)
     for d in cs.demands:
         served = {c.id: float(x[f.x[(c.id, d.bucket)]]) for c, _ in chosen
-                  if c.tier == d.tier and (c.id, d.bucket) in f.x}
+                  if c.tier == d.tier and (c.id, d.bucket) in f.x and served_by(c)}
         tot = sum(served.values())
         shares = {k: v / tot for k, v in served.items() if v > 1e-9 * max(tot, 1)}
         splits.append(BucketSplit(tier=d.tier, bucket=d.bucket, input_len=d.input_len,

@@ -92,13 +92,15 @@ def _merge(cs: CandidateSet, part: CandidateSet, tiers: set[str]) -> CandidateSe
     """``cs`` with the candidates and demand of ``tiers`` taken from ``part``."""
     keep_rej = {k: v for k, v in cs.rejected.items() if k[0] not in tiers}
     notes = {k: v for k, v in cs.precision_notes.items() if k not in tiers}
+    old = {c.id for c in cs.candidates if c.tier in tiers}
+    pairs = {k: v for k, v in cs.pairs.items() if v[0] not in old} | part.pairs
     return replace(
         cs,
         demands=[d for d in cs.demands if d.tier not in tiers] + part.demands,
         candidates=[c for c in cs.candidates if c.tier not in tiers] + part.candidates,
         rejected={**keep_rej, **part.rejected},
         precision_notes={**notes, **part.precision_notes},
-        prefix_cache=dict(cs.prefix_cache))
+        prefix_cache=dict(cs.prefix_cache), pairs=pairs)
 
 
 def with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Catalog,

@@ -335,6 +335,9 @@ class Scenario(_M):
         None, ge=0.5, lt=1,
         description="probability each pool has at least the capacity the plan counts on, "
                     "given the model's held-out error for its chip (default 0.9)")
+    disaggregation: Literal["auto", "off"] = Field(
+        "auto", description="auto: the planner may serve a tier by a prefill pool plus a "
+                            "decode pool (plan/disagg.py) where cheaper; off: aggregated only")
     buckets: Buckets = Field(default_factory=Buckets)
     tiers: list[Tier] = Field(min_length=1)
     supply: list[Supply] = Field(min_length=1)

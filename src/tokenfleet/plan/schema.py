@@ -75,6 +75,13 @@ class PlanUnit(_Model):
     provenance: Provenance
     uncertainty: float = Field(description="± held-out error of its estimate (p90), which "
                                            "the scenario's confidence turns into a margin")
+    role: Literal["both", "prefill", "decode"] = Field(
+        "both", description="both: aggregated serving; prefill/decode: one half of a "
+                            "disaggregated pair (the decode half is routed to; its prefill "
+                            "half takes the same requests first)")
+    pair: str | None = Field(None, description="disaggregated pair id (both halves share it)")
+    kv_link: str | None = Field(None, description="prefill half: the link its prompts' KV "
+                                                  "caches take to the decode half")
 
     def capacity_for(self, bucket: str) -> BucketCapacity | None:
         return next((c for c in self.capacity if c.bucket == bucket), None)
@@ -135,6 +142,9 @@ class TierSummary(_Model):
     precision_notes: list[str] = []
     prefix_cache: TierPrefixCache | None = Field(
         None, description="prefix caching priced in (tiers whose trace has prefix hashes)")
+    disaggregation: str | None = Field(
+        None, description="why the tier is served by prefill/decode pairs (its saving vs "
+                          "the best aggregated-only plan), or None: aggregated")
 
 
 class Cost(_Model):

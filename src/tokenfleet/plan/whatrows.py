@@ -62,7 +62,7 @@ def add_whatif_rows(p: Program, sc: Scenario, cs: CandidateSet, cands: Sequence[
         coefs: dict[int, float] = defaultdict(float)
         for (cid, b), j in x.items():
             c = by_id[cid]
-            if c.tier != m.tier:
+            if c.tier != m.tier or c.role == "prefill":  # tokens are made where decoded
                 continue
             w = out_len[(c.tier, b)]
             coefs[j] += w * ((1.0 if c.vendor == vendor else 0.0) - m.min_fraction)

@@ -129,11 +129,13 @@ def _tiers_table(plan: Plan) -> str:
             esc(t.name), esc(t.model), num(t.slo_ttft_s, 3), num(t.slo_tpot_s, 3),
             num(t.peak_requests_per_s, 1), num(t.output_tokens_per_s, 0),
             usd(t.usd_per_million_output_tokens, 3), esc(", ".join(t.precisions) or "—"),
-            "<br>".join(esc(n) for n in t.precision_notes) or "—"])
+            "<br>".join(esc(n) for n in t.precision_notes
+                        + ([f"disaggregated prefill/decode: {t.disaggregation}"]
+                           if t.disaggregation else [])) or "—"])
     return table([("tier", False), ("model", False), ("SLO TTFT, s", True),
                   ("SLO TPOT, s", True), ("peak demand, req/s", True),
                   ("output at peak, tok/s", True), ("$ / M output tokens", True),
-                  ("precisions used", False), ("precision notes", False)], rows)
+                  ("precisions used", False), ("precision and serving notes", False)], rows)
 
 
 def _prefix_cache_table(plan: Plan) -> str:
@@ -175,7 +177,8 @@ def _pools_table(plan: Plan) -> str:
             usd(u.usd_per_hour * hours), num(u.watts / 1e3, 1),
             "—" if load is None else (f"<span class=\"warn\">{load:.0%}</span>"
                                       if load > 1.001 else f"{load:.0%}"),
-            _badge(u.provenance, u.uncertainty), esc(roles.get(u.pool, "—"))])
+            _badge(u.provenance, u.uncertainty),
+            esc(roles.get(u.pool, "—") + ("" if u.role == "both" else f", {u.role} half"))])
     return table([("pool: tier / chip / cloud / region / precision / chips", False),
                   ("chip (vendor)", False), ("cloud/region", False), ("precision", False),
                   ("layout", False), ("replicas", True), ("chips / replica", True),

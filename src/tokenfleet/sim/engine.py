@@ -228,6 +228,8 @@ class Simulator:
         span = max(workload.duration_s, self.opt.sync_s)
         self.fine_s = self.opt.sync_s * max(1, math.ceil(span / (self.opt.sync_s * 100_000)))
         self.inv_fine = 1.0 / self.fine_s
+        # sim/disagg.py: per workload request, (first-token time, completion time), or None
+        self.request_log: np.ndarray | None = None
 
     # ---- state ------------------------------------------------------------------------
 
@@ -528,6 +530,8 @@ class Simulator:
             out = self.sl.out[slots]
             tpot = perf_metrics.tpot(first, t, out)
             e2e = perf_metrics.e2e(arrival, t)
+            if self.request_log is not None:
+                self.request_log[self.sl.rid[slots]] = np.stack([first, t], axis=1)
             self.buf.add(self.sl.tier[slots], self.sl.pool[slots],
                          perf_metrics.ttft(arrival, first), tpot, e2e,
                          self.sl.admit[slots] - arrival, out, self.sl.inp[slots])

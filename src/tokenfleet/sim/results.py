@@ -91,6 +91,9 @@ class PoolResult(BaseModel):
     energy_kwh: float
     prefix_cache_hit_rate: float | None = Field(
         None, description="prompt tokens this pool served from its prefix caches / looked up")
+    role: str = Field("both", description="both, or the prefill / decode half of a "
+                                          "disaggregated pair (sim/disagg.py): its latencies "
+                                          "are its own stage's, its tokens its own run's")
 
 
 class LittleCheck(BaseModel):
@@ -322,7 +325,7 @@ def summarize(rec: RunRecord, limits: PlanLimits | None = None,
             preemptions=rec.preemptions[pid],
             output_tokens_per_s=float(g.output_tokens[i]) / span,
             cost_usd=cost, energy_kwh=energy, prefix_cache_hit_rate=_hit_rate(rec, pool=pid),
-        )
+            role=info.unit.role)
     # Little's law, measured independently of the sojourn bookkeeping: the number in
     # the system sampled at every fine-bin boundary (from arrival and departure times).
     n_in = _in_system_fine(rec)

@@ -19,6 +19,7 @@ from tokenfleet.catalog.loader import Catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration
 from tokenfleet.plan.schema import Plan
+from tokenfleet.sim.disagg import has_pairs, run_plan
 from tokenfleet.sim.engine import RunRecord, SimOptions, Simulator, auto_sample_s
 from tokenfleet.sim.fleet import EngineConfig, build_fleet
 from tokenfleet.sim.results import SimSummary, merge_records, summarize, timeseries
@@ -88,9 +89,8 @@ def simulate(plan: Plan, workload: Workload, *, failures: list[Failure] | None =
     if opt.max_time_s is None:
         opt = replace(opt, max_time_s=workload.duration_s + 7 * 86400.0)
     t0 = time.perf_counter()
-    if workers <= 1:
-        fleet = build_fleet(plan, engine, catalog=catalog, cal=cal)
-        rec = Simulator(fleet, workload, opt, failures, prices).run()
+    if workers <= 1 or has_pairs(plan):  # prefill/decode pairs: composed runs, here
+        rec = run_plan(plan, workload, opt, failures, prices, engine, catalog, cal)
     else:
         build_fleet(plan, engine, catalog=catalog, cal=cal)  # validate before shipping
         parts = independent_parts(plan, workload)

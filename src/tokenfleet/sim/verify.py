@@ -43,8 +43,8 @@ from tokenfleet.plan.schema import (
     TierSummary,
     Verification,
 )
-from tokenfleet.sim.engine import RunRecord, SimOptions, Simulator, auto_sample_s
-from tokenfleet.sim.fleet import build_fleet
+from tokenfleet.sim.disagg import run_plan
+from tokenfleet.sim.engine import RunRecord, SimOptions, auto_sample_s
 from tokenfleet.sim.metrics import count_within
 from tokenfleet.sim.results import SimSummary, summarize
 from tokenfleet.sim.shocks import Failure, parse_failure
@@ -95,7 +95,7 @@ def _run(plan: Plan, w: Workload, failures: list[Failure], admission: str, seed:
     opt = SimOptions(seed=seed, admission=admission,
                      sample_s=auto_sample_s(w.duration_s, SimOptions().sync_s),
                      max_time_s=w.duration_s + 7 * 86400.0)
-    return Simulator(build_fleet(plan, None), w, opt, failures, []).run()
+    return run_plan(plan, w, opt, failures, [])
 
 
 Job = tuple[list[Failure], str]  # failures, admission

@@ -1,0 +1,99 @@
+"""Why a plan serves a tier by disaggregated prefill/decode pairs: the same scenario
+re-solved without any pair (every other constraint kept), and each such tier's spend in
+both plans, with what changed in the pools that do the work."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+from tokenfleet.plan.candidates import Candidate, CandidateSet, Demand
+from tokenfleet.plan.milp import Formulation, Solution, polish, solve_fleet
+from tokenfleet.plan.scenario import Scenario
+from tokenfleet.plan.schema import Baseline, Plan
+
+
+def _chosen(f: Formulation, sol: Solution) -> list[tuple[Candidate, int]]:
+    assert sol.x is not None
+    return [(c, int(round(sol.x[f.n[c.id]]))) for c in f.cands if round(sol.x[f.n[c.id]]) > 0]
+
+
+def _tier_usd_per_h(chosen: list[tuple[Candidate, int]]) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for c, reps in chosen:
+        out[c.tier] += c.usd_per_hour * reps
+    return out
+
+
+def _busiest(chosen: list[tuple[Candidate, int]], tier: str, roles: tuple[str, ...]
+             ) -> Candidate | None:
+    mine = [(c, r) for c, r in chosen if c.tier == tier and c.role in roles]
+    return max(mine, key=lambda cr: cr[1] * cr[0].count)[0] if mine else None
+
+
+def _mechanics(d: Demand, dec: Candidate, pre: Candidate, agg: Candidate | None) -> str:
+    """Decode batch and TPOT of the pair against the aggregated unit's, at one bucket."""
+    ed, ep = dec.estimates.get(d.bucket), pre.estimates.get(d.bucket)
+    if ed is None or ep is None:
+        return ""
+    text = (f"at {d.input_len} in / {d.output_len} out the decode pool runs "
+            f"{ed.concurrency or 0:.0f} sequences per unit at TPOT {(ed.tpot_s or 0) * 1e3:.0f}"
+            f" ms, {ed.requests_per_s or 0:.2f} req/s per unit")
+    ea = agg.estimates.get(d.bucket) if agg else None
+    if agg is not None and ea is not None:
+        text += (f", where the aggregated {agg.accelerator.id} x{agg.count} (its steps also "
+                 f"carry {d.input_len}-token prompt chunks) runs {ea.concurrency or 0:.0f} "
+                 f"at TPOT {(ea.tpot_s or 0) * 1e3:.0f} ms, {ea.requests_per_s or 0:.2f} "
+                 "req/s per unit")
+    link = f"; KV handover {(ep.kv_transfer_s or 0) * 1e3:.1f} ms on {pre.link_basis}"
+    return text + link
+
+
+def explain_disaggregation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formulation,
+                           sol: Solution, bill: Callable[[Formulation, Solution], float]
+                           ) -> None:
+    """Fill ``TierSummary.disaggregation`` of every tier the plan serves by pairs and add
+    the aggregated-only plan as a baseline (one more solve, only when pairs are used)."""
+    chosen = _chosen(f, sol)
+    tiers = sorted({c.tier for c, _ in chosen if c.pair is not None})
+    if not tiers:
+        return
+    g, s2 = solve_fleet(sc, cs, candidates=[c for c in cs.candidates if c.pair is None])
+    if s2.ok and (sc.contracts or any(x.prepaid for x in sc.supply)):
+        g, s2 = polish(sc, cs, g, s2)  # as the plan was: least list spend at its bill
+    agg = _chosen(g, s2) if s2.ok else []
+    with_h, agg_h = _tier_usd_per_h(chosen), _tier_usd_per_h(agg)
+    hours = sc.hours_per_month
+    plan.baselines.append(Baseline(
+        name="aggregated serving only", usd_per_month=bill(g, s2) if s2.ok else None,
+        feasible=s2.ok, note="the same constraints, no prefill/decode pairs", drops=[]))
+    for t in plan.tiers:
+        if t.name not in tiers:
+            continue
+        pairs = sorted({c.pair for c, _ in chosen if c.tier == t.name and c.pair})
+        reps = {c.id: r for c, r in chosen}
+        parts = []
+        for pid in pairs:
+            p_id, d_id = cs.pairs[pid]
+            p = next(c for c, _ in chosen if c.id == p_id)
+            d = next(c for c, _ in chosen if c.id == d_id)
+            parts.append(f"prefill {reps[p_id]}x {p.accelerator.id} x{p.count} "
+                         f"({p.vendor}, {p.cloud}) : decode {reps[d_id]}x "
+                         f"{d.accelerator.id} x{d.count} ({d.vendor}, {d.cloud})")
+        if s2.ok and agg_h.get(t.name):
+            save = (agg_h[t.name] - with_h[t.name]) * hours
+            why = (f"{'saves' if save >= 0 else 'costs'} {abs(save):,.0f} USD/month at list "
+                   f"({abs(save) / (agg_h[t.name] * hours):.0%}) "
+                   f"{'' if save >= 0 else 'more '}on this tier vs the best aggregated-only "
+                   f"plan under the same constraints (bill {plan.cost.usd_per_month:,.0f} vs "
+                   f"{bill(g, s2):,.0f} USD/month)")
+        else:
+            why = "no aggregated-only plan meets the constraints"
+        dec = _busiest(chosen, t.name, ("decode",))
+        pre = next(c for c, _ in chosen if dec is not None and c.id == cs.pairs[dec.pair][0]) \
+            if dec is not None and dec.pair else None
+        big = max((d for d in cs.demands if d.tier == t.name),
+                  key=lambda d: d.rate_per_s * d.input_len)
+        how = (_mechanics(big, dec, pre, _busiest(agg, t.name, ("both",)))
+               if dec is not None and pre is not None else "")
+        t.disaggregation = "; ".join(x for x in ("; ".join(parts), why, how) if x)

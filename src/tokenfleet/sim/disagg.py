@@ -1,0 +1,277 @@
+"""Disaggregated prefill/decode pairs in the simulator: two engine runs composed.
+
+A plan unit with ``role`` prefill or decode is one half of a pair (``PlanUnit.pair``).
+The traffic a plan routes to a pair's decode pool is first prefilled by its prefill
+pool, then its KV cache crosses the link between them, then it decodes:
+
+1. requests are split between the aggregated pools and the pairs by the plan's shares
+   (per tier and size bucket; seeded, so a replay is reproducible);
+2. aggregated pools: one ordinary run;
+3. each pair's prefill pool runs its requests as prompt + 1 token (the engine's own
+   continuous batching with chunked prefill, KV limits and failures); the time its
+   first token is out, plus the KV handover on the pair's link
+   (:func:`tokenfleet.perf.disagg.pair_link`: bytes / bandwidth + latency), is the
+   request's arrival at the decode pool;
+4. the decode pool runs them with their KV present: admission takes the prompt's KV
+   blocks (so memory and preemption are real) but the prompt costs no compute and no
+   token budget (:class:`DecodeSimulator`); the decode pool then makes the other
+   output tokens;
+5. the records merge: per request TTFT = decode-pool first token - arrival (prefill
+   queue and compute, handover, joining the decode batch), TPOT from the decode run;
+   every request is counted once as arrived (prefill run) and once as completed or
+   rejected (where it ended); each pool keeps its own load, busy time and series.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+
+import numpy as np
+
+from tokenfleet.catalog.loader import Catalog, load_catalog
+from tokenfleet.perf import metrics as perf_metrics
+from tokenfleet.perf.calibration import Calibration, load_fit
+from tokenfleet.perf.disagg import pair_link, prompt_kv_bytes, transfer_s
+from tokenfleet.plan.schema import BucketSplit, Plan, PlanUnit
+from tokenfleet.sim.engine import RunRecord, SimOptions, Simulator
+from tokenfleet.sim.fleet import EngineConfig, Fleet, build_fleet
+from tokenfleet.sim.metrics import GroupStats
+from tokenfleet.sim.results import merge_records
+from tokenfleet.sim.shocks import Failure, PriceChange
+from tokenfleet.sim.traffic import Workload
+
+AGGREGATED = "aggregated"
+# A decode pool's token budget: prompts arrive as KV, so the budget (which bounds the
+# prompt chunk one iteration computes) must not hold their admission back.
+NO_BUDGET = 1 << 40
+
+
+def pairs_of(plan: Plan) -> dict[str, tuple[PlanUnit, PlanUnit]]:
+    """pair id -> (prefill unit, decode unit), for every whole pair of the plan."""
+    halves: dict[str, dict[str, PlanUnit]] = defaultdict(dict)
+    for u in plan.units:
+        if u.pair is not None and u.role in ("prefill", "decode"):
+            halves[u.pair][u.role] = u
+    return {k: (h["prefill"], h["decode"]) for k, h in halves.items() if len(h) == 2}
+
+
+def has_pairs(plan: Plan) -> bool:
+    return any(u.role != "both" for u in plan.units)
+
+
+class DecodeSimulator(Simulator):
+    """The engine on decode pools: admitted prompts take their KV blocks but no
+    compute (their KV cache came from the prefill pool)."""
+
+    def _schedule(self, lanes: np.ndarray, t: np.ndarray) -> None:
+        super()._schedule(lanes, t)
+        self.pre_tok[lanes] = 0.0
+        self.pre_att[lanes] = 0.0
+
+
+def _sub_plan(plan: Plan, units: list[PlanUnit], shares: dict[str, dict[str, float]]
+              ) -> Plan:
+    """``plan`` with only ``units`` and, per ``tier/bucket``, the given shares."""
+    splits = [BucketSplit(tier=s.tier, bucket=s.bucket, input_len=s.input_len,
+                          output_len=s.output_len, peak_requests_per_s=s.peak_requests_per_s,
+                          shares=shares.get(f"{s.tier}/{s.bucket}", {}))
+              for s in plan.traffic_split]
+    return plan.model_copy(update={"units": units, "traffic_split": splits})
+
+
+def _down_paths(plan: Plan, f: Failure) -> set[tuple[str, str]]:
+    """(tier, path) that failure ``f`` takes down whole: a pair when either half loses
+    every replica; a tier's aggregated path when all its aggregated pools do."""
+    def gone(u: PlanUnit) -> bool:
+        return f.replicas_of(u) >= u.replicas
+
+    out = {(pre.tier, k) for k, (pre, dec) in pairs_of(plan).items() if gone(pre) or gone(dec)}
+    for t in plan.tiers:
+        agg = [u for u in plan.units if u.tier == t.name and u.role == "both"]
+        if agg and all(gone(u) for u in agg):
+            out.add((t.name, AGGREGATED))
+    return out
+
+
+def _draw(mix: dict[str, float], n: int, rng: np.random.Generator) -> np.ndarray:
+    names = sorted(k for k, v in mix.items() if v > 0)
+    if not names:
+        return np.full(n, AGGREGATED, dtype=object)
+    p = np.array([mix[k] for k in names])
+    return np.asarray(names, dtype=object)[rng.choice(len(names), n, p=p / p.sum())]
+
+
+def assign_paths(plan: Plan, w: Workload, seed: int, failures: list[Failure] | None = None
+                 ) -> np.ndarray:
+    """Per request: the pair id it is served by, or ``AGGREGATED`` — drawn by the plan's
+    shares of its (tier, bucket); a bucket the plan does not split takes its tier's mix.
+    A request arriving while its path is down (``failures``) is drawn again among its
+    tier's paths that are up, as the gateway re-routes around a dead pool."""
+    decode_pair = {d.pool: k for k, (_, d) in pairs_of(plan).items()}
+    by_key: dict[tuple[str, str], dict[str, float]] = {}
+    by_tier: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for s in plan.traffic_split:
+        mix: dict[str, float] = defaultdict(float)
+        for pool, share in s.shares.items():
+            path = decode_pair.get(pool, AGGREGATED)
+            mix[path] += share
+            by_tier[s.tier][path] += share * s.peak_requests_per_s
+        by_key[(s.tier, s.bucket)] = mix
+    rng = np.random.default_rng(seed)
+    out = np.full(len(w), AGGREGATED, dtype=object)
+    tier_of = np.array([k.tier for k in w.keys], dtype=object)[w.key] if len(w) else \
+        np.zeros(0, dtype=object)
+    for k, key in enumerate(w.keys):
+        idx = np.flatnonzero(w.key == k)
+        if idx.size:
+            out[idx] = _draw(by_key.get((key.tier, key.bucket)) or by_tier.get(key.tier) or {},
+                             idx.size, rng)
+    for f in failures or []:
+        down = _down_paths(plan, f)
+        end = np.inf if f.end is None else f.end
+        during = (w.arrival_s >= f.start) & (w.arrival_s < end)
+        for tier, path in down:
+            hit = np.flatnonzero(during & (tier_of == tier) & (out == path))
+            alive = {p: v for p, v in by_tier.get(tier, {}).items() if (tier, p) not in down}
+            if hit.size and alive:
+                out[hit] = _draw(alive, hit.size, rng)
+    return out
+
+
+def _workload(w: Workload, idx: np.ndarray, arrival: np.ndarray | None = None,
+              out: np.ndarray | None = None, source: str = "") -> tuple[Workload, np.ndarray]:
+    """Requests ``idx`` of ``w`` (new arrival times / outputs where given), by arrival,
+    and the order that sorted them."""
+    arr = w.arrival_s[idx] if arrival is None else arrival
+    order = np.argsort(arr, kind="stable")
+    sel = idx[order]
+    prefix = w.prefix_of(sel) if arrival is None else {}  # KV handed over: no cache lookups
+    return Workload(arr[order], w.input_tokens[sel],
+                    (w.output_tokens[sel] if out is None else out[order]), w.key[sel], w.keys,
+                    source or w.source, **prefix), order
+
+
+def _run(sim: Simulator, fine_s: float, log: bool) -> tuple[RunRecord, np.ndarray | None]:
+    # one departure-bin width for every part, so their counts add up when merged
+    sim.fine_s, sim.inv_fine = fine_s, 1.0 / fine_s
+    if log:
+        sim.request_log = np.full((len(sim.w), 2), np.nan)
+    rec = sim.run()
+    return rec, sim.request_log
+
+
+def handover_s(pre: PlanUnit, dec: PlanUnit, prompt_tokens: np.ndarray, catalog: Catalog
+               ) -> np.ndarray:
+    """Seconds each prompt's KV takes from ``pre`` to ``dec`` (the planner's link)."""
+    link = pair_link(catalog.accelerator(pre.accelerator), (pre.cloud, pre.region),
+                     pre.chips_per_replica, catalog.accelerator(dec.accelerator),
+                     (dec.cloud, dec.region), dec.chips_per_replica)
+    model = catalog.model(pre.model)
+    chips = pre.layout.tp * pre.layout.pp
+    lengths, inv = np.unique(prompt_tokens, return_inverse=True)
+    per = np.array([transfer_s(prompt_kv_bytes(model, int(n), pre.kv_precision), link, chips)
+                    for n in lengths])
+    return per[inv] if per.size else np.zeros(0)
+
+
+def _run_pair(plan: Plan, pid: str, pre: PlanUnit, dec: PlanUnit, w: Workload,
+              idx: np.ndarray, opt: SimOptions, failures: list[Failure],
+              prices: list[PriceChange], engine: EngineConfig | None, catalog: Catalog,
+              cal: Calibration, fine_s: float) -> list[RunRecord]:
+    """The prefill run, then the decode run, of the requests ``idx`` of pair ``pid``."""
+    tier = pre.tier
+    share = {f"{s.tier}/{s.bucket}": {pre.pool: 1.0} for s in plan.traffic_split
+             if s.tier == tier}
+    sel = idx[np.argsort(w.arrival_s[idx], kind="stable")]
+    w_pre, _ = _workload(w, sel, out=np.ones(sel.size, np.int64),
+                         source=f"{w.source} [prefill {pid}]")
+    fleet = build_fleet(_sub_plan(plan, [pre], share), engine, catalog=catalog, cal=cal)
+    rec_pre, log_pre = _run(Simulator(fleet, w_pre, opt, failures, prices), fine_s, True)
+    assert log_pre is not None
+    ok = ~np.isnan(log_pre[:, 0])
+    move = handover_s(pre, dec, w.input_tokens[sel[ok]], catalog)
+    at_decode = log_pre[ok, 0] + move
+    share_d = {k: {dec.pool: 1.0} for k in share}
+    fleet_d = build_fleet(_sub_plan(plan, [dec], share_d), engine, catalog=catalog, cal=cal)
+    for p in fleet_d.pools:
+        p.max_batched_tokens = NO_BUDGET
+    w_dec, order = _workload(w, sel[ok], arrival=at_decode, source=f"{w.source} [decode {pid}]")
+    rec_dec, log_dec = _run(DecodeSimulator(fleet_d, w_dec, opt, failures, prices), fine_s,
+                            True)
+    assert log_dec is not None
+    orig = sel[ok][order]  # workload rows of the decode run's requests
+    return _compose(plan, w, rec_pre, log_pre, rec_dec, log_dec, orig, float(move.sum()))
+
+
+def _compose(plan: Plan, w: Workload, rec_pre: RunRecord, log_pre: np.ndarray,
+             rec_dec: RunRecord, log_dec: np.ndarray, orig: np.ndarray, move_s: float
+             ) -> list[RunRecord]:
+    """The two runs of a pair as records that merge into one count per request."""
+    names = rec_pre.tier_names
+    done = ~np.isnan(log_dec[:, 1])
+    rows = orig[done]
+    first, last = log_dec[done, 0], log_dec[done, 1]
+    arrival = w.arrival_s[rows]
+    out = w.output_tokens[rows]
+    tier_i = {n: i for i, n in enumerate(names)}
+    group = np.array([tier_i[w.keys[k].tier] for k in w.key[rows]], dtype=np.int64)
+    slo_ttft = np.array([t.slo_ttft_s if t.slo_ttft_s is not None else np.inf
+                         for t in plan.tiers])
+    slo_tpot = np.array([t.slo_tpot_s if t.slo_tpot_s is not None else np.inf
+                         for t in plan.tiers])
+    ttft = perf_metrics.ttft(arrival, first)
+    tpot = perf_metrics.tpot(first, last, out)
+    values = {"ttft": ttft, "tpot": tpot, "e2e": perf_metrics.e2e(arrival, last),
+              "queue": np.full(rows.size, np.nan)}
+    met = perf_metrics.meets_slo(ttft, tpot, slo_ttft[group], slo_tpot[group]).astype(np.int64)
+    tiers = GroupStats.empty(names)
+    tiers.add(group, values, met, out, w.input_tokens[rows])
+    for a in ("arrived", "rejected", "retried", "shed"):
+        getattr(tiers, a)[:] = getattr(rec_pre.tiers, a) + (
+            getattr(rec_dec.tiers, a) if a != "arrived" else 0)
+    # a prefilled request leaves the prefill run to go on; only its rejections depart
+    ends = log_pre[~np.isnan(log_pre[:, 1]), 1]
+    dep = rec_pre.departures_fine.copy()
+    gone = np.bincount((ends / rec_pre.fine_s).astype(np.int64), minlength=dep.size)
+    dep[:gone.size] -= gone[:dep.size]
+    pre = replace(rec_pre, tiers=GroupStats.empty(names), completed=0, departures_fine=dep,
+                  sojourn_s=rec_pre.sojourn_s + move_s)
+    dec = replace(rec_dec, tiers=tiers, requests=0,
+                  arrivals_fine=np.zeros_like(rec_dec.arrivals_fine))
+    return [pre, dec]
+
+
+def run_plan(plan: Plan, w: Workload, opt: SimOptions, failures: list[Failure] | None = None,
+             prices: list[PriceChange] | None = None, engine: EngineConfig | None = None,
+             catalog: Catalog | None = None, cal: Calibration | None = None,
+             fleet: Fleet | None = None) -> RunRecord:
+    """One replay of ``plan``: the engine alone when every pool is aggregated, else the
+    composed runs of the module docstring (merged into one record)."""
+    failures, prices = list(failures or []), list(prices or [])
+    if not has_pairs(plan):
+        fleet = fleet or build_fleet(plan, engine, catalog=catalog, cal=cal)
+        return Simulator(fleet, w, opt, failures, prices).run()
+    catalog = catalog or load_catalog()
+    cal = cal or load_fit()
+    path = assign_paths(plan, w, opt.seed, failures)
+    # the departure-bin width the engine picks for the whole replay (Simulator.__init__)
+    span = max(w.duration_s, opt.sync_s)
+    fine_s = opt.sync_s * max(1, int(np.ceil(span / (opt.sync_s * 100_000))))
+    recs: list[RunRecord] = []
+    agg = [u for u in plan.units if u.role == "both"]
+    agg_idx = np.flatnonzero(path == AGGREGATED)
+    if agg:
+        pools = {u.pool for u in agg}
+        shares = {f"{s.tier}/{s.bucket}": {p: v for p, v in s.shares.items() if p in pools}
+                  for s in plan.traffic_split}
+        sub, _ = _workload(w, agg_idx, source=w.source)
+        fl = build_fleet(_sub_plan(plan, agg, shares), engine, catalog=catalog, cal=cal)
+        recs.append(_run(Simulator(fl, sub, opt, failures, prices), fine_s, False)[0])
+    for pid, (pre, dec) in sorted(pairs_of(plan).items()):
+        idx = np.flatnonzero(path == pid)
+        recs.extend(_run_pair(plan, pid, pre, dec, w, idx, opt, failures, prices, engine,
+                              catalog, cal, fine_s))
+    rec = merge_records(recs)
+    rec.source = w.source
+    return rec

@@ -1,0 +1,134 @@
+"""Disaggregated prefill/decode pairs in the simulator (sim/disagg.py): every request
+and token counted once, TTFT carries the prefill run and the KV handover, decode pools
+do no prompt compute, failures re-route around a dead pair, and replays repeat."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tokenfleet.catalog import load_catalog
+from tokenfleet.plan.schema import Plan
+from tokenfleet.sim.disagg import assign_paths, handover_s, pairs_of, run_plan
+from tokenfleet.sim.engine import SimOptions
+from tokenfleet.sim.quickplan import QuickPool, TierSpec, quick_plan
+from tokenfleet.sim.results import summarize
+from tokenfleet.sim.run import simulate
+from tokenfleet.sim.shocks import parse_failure
+from tokenfleet.sim.traffic import planned_traffic
+
+from .conftest import fixed_workload
+
+CAT = load_catalog()
+
+
+def _pair_plan(agg_share: float = 0.5) -> Plan:
+    """llama-3.1-8b: two aggregated H100 replicas, and a pair (prefill on one MI300X,
+    AMD; decode on one H100, NVIDIA) taking ``1 - agg_share`` of the traffic."""
+    p = quick_plan([TierSpec("t", "llama-3.1-8b", 2.0, 0.05, [(2000, 200, 1.0)])],
+                   [QuickPool("t", "h100-sxm", 2, count=1),
+                    QuickPool("t", "mi300x", 1, count=1, cloud="tensorwave"),
+                    QuickPool("t", "h100-sxm", 1, count=1, region="region-2")],
+                   load=0.5)
+    agg, pre, dec = p.units
+    pre = pre.model_copy(update={"role": "prefill", "pair": "t/pd", "pool": "t/pd/prefill"})
+    dec = dec.model_copy(update={"role": "decode", "pair": "t/pd", "pool": "t/pd/decode"})
+    splits = [s.model_copy(update={"shares": {agg.pool: agg_share, dec.pool: 1 - agg_share}})
+              for s in p.traffic_split]
+    return p.model_copy(update={"units": [agg, pre, dec], "traffic_split": splits})
+
+
+def _conserved(s, n: int, out_tokens: int, in_tokens: int) -> None:
+    assert s.requests == n
+    assert s.completed + s.rejected == s.requests
+    assert sum(t.requests for t in s.tiers.values()) == n
+    assert sum(t.completed + t.rejected for t in s.tiers.values()) == n
+    if s.rejected == 0:
+        t = s.tiers["t"]
+        assert t.output_tokens_per_s * s.sim_duration_s == pytest.approx(out_tokens, rel=1e-6)
+    del in_tokens
+    assert s.checks.conservation_ok
+
+
+def test_requests_and_tokens_are_conserved_with_a_pair() -> None:
+    plan = _pair_plan()
+    w = planned_traffic(plan, 60, seed=3)
+    res = simulate(plan, w)
+    s = res.summary
+    _conserved(s, len(w), int(w.output_tokens.sum()), int(w.input_tokens.sum()))
+    pools = s.pools
+    pre, dec = pools["t/pd/prefill"], pools["t/pd/decode"]
+    # every request the pair took was prefilled once and decoded once
+    assert pre.completed == dec.completed > 0
+    assert pre.completed + pools[plan.units[0].pool].completed == s.completed
+    # the record's own token counts: the decode pool made every pair request's tokens
+    r = res.record
+    i = r.tiers.row("t")
+    assert int(r.tiers.output_tokens[i]) == int(w.output_tokens.sum())
+    assert int(r.tiers.input_tokens[i]) == int(w.input_tokens.sum())
+    assert int(r.tiers.arrived[i]) == len(w)
+
+
+def test_ttft_includes_prefill_and_handover_and_decode_does_no_prompt_work() -> None:
+    plan = _pair_plan(agg_share=0.0)
+    arrivals = np.arange(40) * 0.5  # light load: no queueing anywhere
+    w = fixed_workload(plan, arrivals, 2000, 100)
+    rec = run_plan(plan, w, SimOptions())
+    s = summarize(rec)
+    pre, dec = pairs_of(plan)["t/pd"]
+    move = float(handover_s(pre, dec, np.array([2000]), CAT)[0])
+    assert move > 0
+    # end to end TTFT >= the prefill run's TTFT plus the handover
+    assert s.tiers["t"].ttft_s.p50 >= s.pools[pre.pool].ttft_s.p50 + move - 1e-9
+    # the decode pool joins a request within one decode step: no 2000-token prefill
+    assert s.pools[dec.pool].ttft_s.p99 < 0.5 * s.pools[pre.pool].ttft_s.p50
+    # its busy time is decode steps only: less than the same replica serving the same
+    # requests aggregated (prefilling them too)
+    alone = plan.model_copy(update={
+        "units": [dec.model_copy(update={"role": "both", "pair": None})],
+        "traffic_split": [x.model_copy(update={"shares": {dec.pool: 1.0}})
+                          for x in plan.traffic_split]})
+    both = run_plan(alone, w, SimOptions())
+    assert rec.busy_s[dec.pool] < 0.95 * both.busy_s[dec.pool]
+
+
+def test_same_replay_twice_gives_the_same_answer() -> None:
+    plan = _pair_plan()
+    w = planned_traffic(plan, 30, seed=5)
+    a = summarize(run_plan(plan, w, SimOptions(seed=2)))
+    b = summarize(run_plan(plan, w, SimOptions(seed=2)))
+    assert a.model_dump(exclude={"wall_s", "simulated_requests_per_s"}) == \
+        b.model_dump(exclude={"wall_s", "simulated_requests_per_s"})
+
+
+def test_a_dead_pair_sends_its_requests_to_the_aggregated_pools() -> None:
+    plan = _pair_plan()
+    w = planned_traffic(plan, 60, seed=4)
+    amd_down = parse_failure("vendor=AMD@t=10..40")  # the prefill half
+    paths = assign_paths(plan, w, 0, [amd_down])
+    during = (w.arrival_s >= 10) & (w.arrival_s < 40)
+    assert (paths[during] == "aggregated").all()
+    assert (paths[~during] == "t/pd").any()
+    s = simulate(plan, w, failures=[amd_down]).summary
+    _conserved(s, len(w), int(w.output_tokens.sum()), int(w.input_tokens.sum()))
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(share=st.floats(0.0, 1.0), load=st.floats(0.2, 3.0), seed=st.integers(0, 50),
+       down=st.sampled_from(["", "vendor=AMD@t=5..20", "vendor=NVIDIA@t=10..25"]))
+def test_conservation_holds_for_any_split_load_and_outage(share: float, load: float,
+                                                          seed: int, down: str) -> None:
+    """Any share of the tier on the pair, any load (overload included), any outage of
+    either half's vendor: each request ends once, completed or rejected."""
+    plan = _pair_plan(agg_share=share)
+    peak = sum(x.peak_requests_per_s for x in plan.traffic_split)
+    w = planned_traffic(plan, 30, rate_per_s=load * peak, seed=seed)
+    res = simulate(plan, w, failures=[parse_failure(down)] if down else None,
+                   options=SimOptions(seed=seed, max_time_s=600.0))
+    s = res.summary
+    assert s.requests == len(w)
+    assert s.completed + s.rejected == s.requests
+    assert sum(t.completed + t.rejected for t in s.tiers.values()) == len(w)
+    assert s.checks.conservation_ok
