@@ -64,10 +64,12 @@ class DecodeSimulator(Simulator):
     """The engine on decode pools: admitted prompts take their KV blocks but no
     compute (their KV cache came from the prefill pool)."""
 
-    def _schedule(self, lanes: np.ndarray, t: np.ndarray) -> None:
-        super()._schedule(lanes, t)
-        self.pre_tok[lanes] = 0.0
-        self.pre_att[lanes] = 0.0
+    def _dispatch(self, slots: np.ndarray, picks: np.ndarray, when: np.ndarray) -> None:
+        super()._dispatch(slots, picks, when)
+        # The prompt's KV is taken in full at admission (``inp``), but none of it is
+        # computed here (it came from the prefill pool with the first token): the
+        # compiled scheduler spends no prompt compute or token budget on it.
+        self.sl.need[slots] = 0
 
 
 def _sub_plan(plan: Plan, units: list[PlanUnit], shares: dict[str, dict[str, float]]
