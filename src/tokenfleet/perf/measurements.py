@@ -13,6 +13,10 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenfleet.catalog.loader import Catalog
 
 DATA_FILE = "published_measurements.csv"
 # More measurements in new regimes (MoE/MLA, attention-DP, MLPerf v5.1), with the layout
@@ -290,9 +294,26 @@ def _row(i: int, r: dict[str, str], file: str) -> Point | Excluded:
         batching=(r.get("batching") or None), file=file)
 
 
-def load_points(path: Path | None = None) -> tuple[list[Point], list[Excluded]]:
+def _beyond_context(p: Point, catalog: Catalog) -> Excluded | None:
+    """A row whose lengths exceed the model's catalog context cannot be asked through
+    ``estimate`` (which refuses such queries, as a server would); the source ran the
+    model with extended positions (e.g. Neuron ``n_positions`` 8192 for Llama-2-7B)."""
+    ctx = catalog.model(p.model).max_context_tokens
+    if ctx is not None and p.input_len + p.output_len > ctx:
+        return Excluded(p.row, f"{p.file}: input {p.input_len} + output {p.output_len} "
+                               f"tokens is beyond {p.model}'s catalog context of {ctx}: "
+                               "estimate refuses the query")
+    return None
+
+
+def load_points(path: Path | None = None, catalog: Catalog | None = None
+                ) -> tuple[list[Point], list[Excluded]]:
     """Read the measurement CSVs (``path`` alone when given) and map every row to a
-    :class:`Point` or an :class:`Excluded`."""
+    :class:`Point` or an :class:`Excluded` (also rows beyond the model's context in
+    ``catalog``, default the bundled one)."""
+    from tokenfleet.catalog.loader import load_catalog
+
+    cat = catalog or load_catalog()
     points: list[Point] = []
     excluded: list[Excluded] = []
     files = [path] if path else [data_path(f) for f in DATA_FILES if data_path(f).exists()]
@@ -300,5 +321,12 @@ def load_points(path: Path | None = None) -> tuple[list[Point], list[Excluded]]:
         with open(f, newline="") as fh:
             for i, r in enumerate(csv.DictReader(fh), start=1):
                 got = _row(i, r, f.name)
-                (points if isinstance(got, Point) else excluded).append(got)  # type: ignore[arg-type]
+                if isinstance(got, Point):
+                    beyond = _beyond_context(got, cat)
+                    if beyond is None:
+                        points.append(got)
+                    else:
+                        excluded.append(beyond)
+                else:
+                    excluded.append(got)
     return points, excluded
