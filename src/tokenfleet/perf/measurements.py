@@ -53,6 +53,12 @@ ASSUMPTIONS = {
         "(tp = N / dp), experts over ep, as the engine runs them"
     ),
     "per_user_speed": "tokens/s per user at concurrency 1 is 1 / TPOT",
+    "mlperf_system": (
+        "MLPerf figures are a system's: the rules fix neither the engine instances nor "
+        "their layout, so they are asked with data_parallel=True (replicas of any layout "
+        "engines run count as one unit); every other source's figure is one engine "
+        "instance over the stated chips"
+    ),
 }
 
 ENGINES = ("trtllm", "vllm", "sglang", "jetstream", "neuron")
@@ -109,6 +115,9 @@ class Point:
     dp: int | None = None
     batching: str | None = None  # None: the engine's default
     file: str = DATA_FILE
+    # The figure is a whole system's: the submitter's harness runs as many engine
+    # instances (replicas) over the chips as it likes (MLPerf; see ASSUMPTIONS).
+    system: bool = False
 
     @property
     def key(self) -> str:
@@ -136,10 +145,16 @@ class Point:
                 q["batching"] = "static"
         elif self.mode == "slo":
             q["slo_ttft"], q["slo_tpot"] = self.slo_ttft, self.slo_tpot
+        if self.system:
+            # A deployment fact the source states, like its batching (not a layout): the
+            # figure is a system's, served by as many engine instances as the submitter
+            # chose; a user asks it with ``data_parallel=True``.
+            q["data_parallel"] = True
         if stated_layout:
             for k in ("tp", "pp", "ep", "dp"):
                 if getattr(self, k):
                     q[k] = getattr(self, k)
+
         return q
 
 
@@ -291,7 +306,7 @@ def _row(i: int, r: dict[str, str], file: str) -> Point | Excluded:
         concurrency=_int(r["concurrency"]), tp=lay["tp"], slo_ttft=slo[0] if slo else None,
         slo_tpot=slo[1] if slo else None, metric=metric, value=_value(r, metric),
         source=r["source"], pp=lay["pp"], ep=lay["ep"], dp=lay["dp"],
-        batching=(r.get("batching") or None), file=file)
+        batching=(r.get("batching") or None), file=file, system=r["metric"] in MLPERF)
 
 
 def _beyond_context(p: Point, catalog: Catalog) -> Excluded | None:

@@ -208,14 +208,17 @@ def _structural_layouts(model: ModelSpec, count: int) -> tuple[Layout, ...]:
 
 
 def as_engines_run(lo: Layout, count: int, accel: Accelerator, engine: EngineProfile,
-                   model: ModelSpec | None = None) -> bool:
+                   model: ModelSpec | None = None, replicas: bool | None = None) -> bool:
     """Whether engines run this layout on this chip: tensor parallel inside the scale-up
     domain, pipeline only when the unit spans domains (each stage inside one), expert
     parallel with dp > 1 (attention-DP) only where the engine has it and, by default,
     only for MLA models — the engines' recipes turn attention-DP on for DeepSeek-style
     MLA (whose latent KV every TP rank would otherwise hold whole: SGLang
     --enable-dp-attention, TRT-LLM enable_attention_dp, vLLM DP+EP docs) and serve GQA
-    MoE models (Qwen3, Llama 4, gpt-oss) tensor-parallel. Ask --dp/--ep to get it."""
+    MoE models (Qwen3, Llama 4, gpt-oss) tensor-parallel. Ask --dp/--ep to get it.
+    Plain replicas (dp > 1 without ep) only where one engine instance runs them
+    (``EngineProfile.replicas``), unless ``replicas`` says otherwise (a system of
+    several engine instances behind one load balancer, as MLPerf submissions run)."""
     domain = accel.scaleup_domain
     if lo.tp > domain:
         return False
@@ -223,18 +226,21 @@ def as_engines_run(lo: Layout, count: int, accel: Accelerator, engine: EnginePro
         return False
     if lo.ep > 1 and lo.dp > 1:
         return engine.attention_dp and (model is None or model.is_mla)
+    if lo.dp > 1:  # plain replicas inside one engine instance
+        return engine.replicas if replicas is None else replicas
     return True
 
 
 def layouts_for(model: ModelSpec, count: int, accel: Accelerator | None = None,
-                engine: str | None = None) -> list[Layout]:
+                engine: str | None = None, replicas: bool | None = None) -> list[Layout]:
     """Layouts of ``count`` chips worth considering for ``model``; with ``accel``, only
-    those engines run (:func:`as_engines_run`)."""
+    those engines run (:func:`as_engines_run`; ``replicas`` overrides the engine's
+    policy on plain data-parallel copies)."""
     out = list(_structural_layouts(model, count))
     if accel is None:
         return out
     prof = engine_profile(engine)
-    return [lo for lo in out if as_engines_run(lo, count, accel, prof, model)]
+    return [lo for lo in out if as_engines_run(lo, count, accel, prof, model, replicas)]
 
 
 @dataclass(frozen=True)
