@@ -138,6 +138,25 @@ def test_tp_inside_the_domain_and_pp_only_across_it():
                 if lo.ep > 1 and lo.dp > 1]
 
 
+def test_replicas_only_where_one_engine_instance_runs_them():
+    """TRT-LLM and Neuron run one model over all the chips they are given (data
+    parallelism is attention-DP for MoE only); vLLM and SGLang run --data-parallel-size
+    replicas; a system of instances (MLPerf) is asked with data_parallel=True."""
+    m, h200 = CAT.model("llama-3.1-70b"), CAT.accelerator("h200")
+    plain = [lo for lo in layouts_for(m, 8, h200, "trtllm") if lo.dp > 1]
+    assert not plain
+    assert any(lo.dp > 1 for lo in layouts_for(m, 8, h200, "vllm"))
+    assert any(lo.dp > 1 for lo in layouts_for(m, 8, h200, "trtllm", replicas=True))
+    assert not [lo for lo in layouts_for(m, 8, h200, "vllm", replicas=False) if lo.dp > 1]
+    q = dict(model="llama-3.1-70b", accelerator="h200", count=8, precision="fp8",
+             engine="trtllm", input_len=1000, output_len=1000)
+    one = estimate(Query(**q), cal=PRIORS)
+    assert one.fits and one.layout == Layout(8, 1, 1, 1)
+    system = estimate(Query(**q, data_parallel=True), cal=PRIORS)
+    assert system.fits and system.layout is not None and system.layout.dp > 1
+    assert system.output_tokens_per_s >= one.output_tokens_per_s
+
+
 def test_concurrency_is_the_whole_unit_and_limits_replicas():
     e = estimate(Query(model="llama-3-8b", accelerator="trainium1", count=16, precision="int8",
                        engine="neuron", input_len=128, output_len=128, concurrency=1), cal=PRIORS)
