@@ -18,7 +18,7 @@ from tokenfleet.perf import architecture as arch
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.estimate import Query, estimate
 from tokenfleet.perf.precision import get_precision
-from tokenfleet.perf.unit import Efficiency, Layout, UnitModel, layouts_for
+from tokenfleet.perf.unit import Efficiency, Layout, UnitModel, allreduce_steps, layouts_for
 
 CAT = load_catalog()
 EFF = Efficiency()
@@ -136,6 +136,23 @@ def test_tp_inside_the_domain_and_pp_only_across_it():
     q = CAT.model("qwen3-235b-a22b")
     assert not [lo for lo in layouts_for(q, 16, CAT.accelerator("trainium2"), "neuron")
                 if lo.ep > 1 and lo.dp > 1]
+
+
+def test_allreduce_latency_follows_the_scaleup_topology():
+    """Switched or fully meshed domains reach every chip in one step; rings, tori and
+    hypercubes pay 2 log2(n) steps (recursive doubling-halving), so a small-batch decode
+    step at tp16 on Trainium1 carries more collective latency than at tp8 on an H100."""
+    assert allreduce_steps(CAT.accelerator("h100-sxm"), 8) == 1
+    assert allreduce_steps(CAT.accelerator("mi300x"), 8) == 1
+    assert allreduce_steps(CAT.accelerator("trainium3"), 16) == 1  # NeuronSwitch
+    assert allreduce_steps(CAT.accelerator("trainium1"), 16) == 8
+    assert allreduce_steps(CAT.accelerator("inferentia2"), 12) == 8
+    assert allreduce_steps(CAT.accelerator("tpu-v6e"), 8) == 6
+    assert allreduce_steps(CAT.accelerator("tpu-v6e"), 2) == 1
+    trn = _unit("llama-3-8b", "trainium1", "bf16", Layout(16, 1, 1))
+    trn_fixed = trn.coeffs.fixed
+    flat = EFF.host_overhead_s + EFF.launch_gap_s_per_layer * 32
+    assert trn_fixed - flat == pytest.approx(2 * 32 * 8e-6 * 8)
 
 
 def test_replicas_only_where_one_engine_instance_runs_them():

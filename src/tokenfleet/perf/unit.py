@@ -87,6 +87,24 @@ A2A_LATENCY_S = {"scaleup": 30e-6, "scaleout": 100e-6}
 EP_IMBALANCE = 1.25
 
 
+# Scale-up fabrics without a switch or a full mesh: a message crosses several links.
+MULTI_HOP_WORDS = ("torus", "ring", "hypercube")
+
+
+def allreduce_steps(accel: Accelerator, group: int) -> int:
+    """Latency-bound steps of one small all-reduce over ``group`` chips of one scale-up
+    domain. Through a switch (NVSwitch, NeuronSwitch) or over a full mesh (xGMI, Maia's
+    tray) a one-shot all-reduce is one step. On a ring, torus or hypercube (Trainium1/2,
+    Inferentia2, TPU ICI) no chip reaches all the others in one hop, and the
+    latency-optimal algorithm for small messages, recursive doubling-halving, takes
+    2 log2(n) steps (AWS Neuron docs, "Intra-node collective communications": Ring,
+    Mesh, KangaRing and RDH algorithms; Thakur et al. 2005 for RDH's step count)."""
+    text = accel.scaleup.lower()
+    if group <= 2 or "switch" in text or not any(w in text for w in MULTI_HOP_WORDS):
+        return 1
+    return 2 * math.ceil(math.log2(group))
+
+
 def chip_class(accel: Accelerator) -> str:
     """'gpu', 'tpu' or 'asic' (Trainium, Inferentia, Maia): what runtime it runs."""
     if accel.vendor in ("NVIDIA", "AMD"):
@@ -455,7 +473,8 @@ class UnitModel:
         if lo.tp > 1:  # two all-reduces per layer (attention out, MLP out), ring
             bw, l1 = self._link(lo.tp)
             per_tok += 2 * layers * 2 * (lo.tp - 1) / lo.tp * act / bw
-            lat += 2 * layers * l1
+            steps = allreduce_steps(self.accel, lo.tp) if lo.tp <= self.accel.scaleup_domain else 1
+            lat += 2 * layers * l1 * steps
         moe_layers = self.n_moe_layers * self.stage_share
         if lo.ep > 1 and moe_layers:
             # Dispatch (FP8 where the math is FP8/FP4, as DeepEP and TRT-LLM do) and
