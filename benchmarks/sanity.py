@@ -112,7 +112,7 @@ def predicted(f: Figure, catalog) -> tuple[float, str]:  # noqa: ANN001 - Catalo
     rate = (e.requests_per_s * f.query["input_len"] if f.kind == "prefill"
             else e.output_tokens_per_s)
     units = f.query["count"] / 8 if f.per == "node" else f.query["count"]
-    lay = " ".join(f"{k}{v}" for k, v in (e.layout or {}).items() if v > 1) or "tp1"
+    lay = e.layout.short if e.layout else "tp1"
     return rate / units, f"{lay}, {e.provenance}"
 
 
