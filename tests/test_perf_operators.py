@@ -155,16 +155,17 @@ def test_allreduce_latency_follows_the_scaleup_topology():
     assert trn_fixed - flat == pytest.approx(2 * 32 * 8e-6 * 8)
 
 
-def test_replicas_only_where_one_engine_instance_runs_them():
-    """TRT-LLM and Neuron run one model over all the chips they are given (data
-    parallelism is attention-DP for MoE only); vLLM and SGLang run --data-parallel-size
-    replicas; a system of instances (MLPerf) is asked with data_parallel=True."""
+def test_a_unit_is_one_engine_instance_unless_replicas_are_asked():
+    """Engines run one model over the chips they are given by default (vLLM's and
+    SGLang's data parallelism defaults to 1; TRT-LLM's is attention-DP for MoE only);
+    a system of instances (MLPerf) is asked with data_parallel=True, and --dp still
+    fixes replicas."""
     m, h200 = CAT.model("llama-3.1-70b"), CAT.accelerator("h200")
     plain = [lo for lo in layouts_for(m, 8, h200, "trtllm") if lo.dp > 1]
     assert not plain
-    assert any(lo.dp > 1 for lo in layouts_for(m, 8, h200, "vllm"))
+    assert not [lo for lo in layouts_for(m, 8, h200, "vllm") if lo.dp > 1]
     assert any(lo.dp > 1 for lo in layouts_for(m, 8, h200, "trtllm", replicas=True))
-    assert not [lo for lo in layouts_for(m, 8, h200, "vllm", replicas=False) if lo.dp > 1]
+    assert any(lo.dp > 1 for lo in layouts_for(m, 8, h200, "vllm", replicas=True))
     q = dict(model="llama-3.1-70b", accelerator="h200", count=8, precision="fp8",
              engine="trtllm", input_len=1000, output_len=1000)
     one = estimate(Query(**q), cal=PRIORS)
@@ -172,6 +173,8 @@ def test_replicas_only_where_one_engine_instance_runs_them():
     system = estimate(Query(**q, data_parallel=True), cal=PRIORS)
     assert system.fits and system.layout is not None and system.layout.dp > 1
     assert system.output_tokens_per_s >= one.output_tokens_per_s
+    asked = estimate(Query(**q, tp=2, dp=4), cal=PRIORS)
+    assert asked.fits and asked.layout == Layout(2, 1, 4, 1)
 
 
 def test_concurrency_is_the_whole_unit_and_limits_replicas():

@@ -69,9 +69,9 @@ class Query(BaseModel):
     usd_per_hour: float | None = Field(None, gt=0, description="override $/chip-hour")
     data_parallel: bool | None = Field(
         None, description="consider layouts that replicate the model (dp > 1 without ep) "
-        "inside the unit: default where one engine instance runs replicas (vLLM, SGLang; not "
-        "TRT-LLM, Neuron, JetStream); true: a system of instances behind one load balancer "
-        "(as MLPerf submissions run); false: never")
+        "inside the unit: default no (one engine instance over all the chips, as engines run "
+        "with their defaults; --dp asks for replicas); true: a system of instances behind "
+        "one load balancer (as MLPerf submissions run); false: never")
     layout: Layout | None = Field(
         None, description="fix the layout {tp, pp, dp, ep} instead of searching for the best")
     tp: int | None = Field(None, ge=1, description="tensor-parallel size (rest chosen)")

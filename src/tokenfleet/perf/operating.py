@@ -171,10 +171,10 @@ def best_operating_point(
     ``layouts`` default: those engines run on this chip (``layouts_for`` with
     ``accel``). A layout with more dp ranks than the unit has sequences
     (``concurrency``) is not considered. ``data_parallel``: whether layouts that are
-    copies of a smaller unit (dp > 1 without expert parallelism) count — None: where
-    the engine runs them in one instance (vLLM, SGLang); True: also for the others (a
-    system of instances behind one load balancer); False: never, for callers that
-    choose replica counts themselves. When no layout works, the returned point has
+    copies of a smaller unit (dp > 1 without expert parallelism) count — None: the
+    engine's policy (``EngineProfile.replicas``: none by default); True: yes (a system
+    of instances behind one load balancer); False: never, for callers that choose
+    replica counts themselves. When no layout works, the returned point has
     ``fits=False`` and the reason of the layout that came closest (nearest to the SLO,
     else least memory per chip).
     """
