@@ -18,7 +18,14 @@ from tokenfleet.perf import architecture as arch
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.estimate import Query, estimate
 from tokenfleet.perf.precision import get_precision
-from tokenfleet.perf.unit import Efficiency, Layout, UnitModel, allreduce_steps, layouts_for
+from tokenfleet.perf.unit import (
+    Efficiency,
+    Layout,
+    UnitModel,
+    allreduce_steps,
+    kernels_per_layer,
+    layouts_for,
+)
 
 CAT = load_catalog()
 EFF = Efficiency()
@@ -136,6 +143,20 @@ def test_tp_inside_the_domain_and_pp_only_across_it():
     q = CAT.model("qwen3-235b-a22b")
     assert not [lo for lo in layouts_for(q, 16, CAT.accelerator("trainium2"), "neuron")
                 if lo.ep > 1 and lo.dp > 1]
+
+
+def test_launch_gaps_count_the_kernels_of_each_layer_kind():
+    """A dense layer is the prior's ~10 kernels; MoE (router, permute, grouped GEMMs,
+    combine) and MLA (the low-rank projections) layers launch more, so a small-batch
+    DeepSeek step carries more fixed time per layer than a Llama step."""
+    assert kernels_per_layer(CAT.model("llama-3.1-8b")) == 10.0
+    ds = CAT.model("deepseek-r1")
+    assert 20.0 < kernels_per_layer(ds) < 24.0  # 3 of its 61 layers are dense
+    assert 10.0 < kernels_per_layer(CAT.model("qwen3-235b-a22b")) <= 18.0
+    llama = _unit("llama-3.1-8b", "h100-sxm", "fp8", Layout(1, 1, 1))
+    deep = _unit("deepseek-r1", "h200", "fp8", Layout(8, 1, 1, 8))
+    assert (deep.coeffs.fixed - deep._collectives()[2] - EFF.host_overhead_s) / 61 > (
+        llama.coeffs.fixed - EFF.host_overhead_s) / 32 * 2
 
 
 def test_allreduce_latency_follows_the_scaleup_topology():

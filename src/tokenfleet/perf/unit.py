@@ -105,6 +105,25 @@ def allreduce_steps(accel: Accelerator, group: int) -> int:
     return 2 * math.ceil(math.log2(group))
 
 
+# Kernels one decoder layer launches (the launch-gap prior is per ~10 kernels of a dense
+# layer: 2 norms, QKV, rope, attention, O, gate-up, activation, down, residual). A MoE
+# layer adds the router GEMM, top-k, token permute (dispatch), two grouped GEMMs, their
+# activation, unpermute (combine) and the shared expert's GEMMs: ~8 more (vLLM's
+# fused_moe and TRT-LLM's MoE plugin launch this sequence). MLA adds the q_a/q_b and
+# kv_a/kv_b projections, their two norms and the latent split: ~6 more (DeepSeek-V3's
+# modeling code). Counted from the operators, not fitted.
+DENSE_LAYER_KERNELS = 10.0
+MOE_EXTRA_KERNELS = 8.0
+MLA_EXTRA_KERNELS = 6.0
+
+
+def kernels_per_layer(model: ModelSpec) -> float:
+    """Mean kernels per decoder layer of ``model`` (see DENSE_LAYER_KERNELS)."""
+    moe_share = arch.moe_layer_count(model) / max(model.num_layers, 1)
+    return (DENSE_LAYER_KERNELS + MOE_EXTRA_KERNELS * moe_share
+            + (MLA_EXTRA_KERNELS if model.is_mla else 0.0))
+
+
 def chip_class(accel: Accelerator) -> str:
     """'gpu', 'tpu' or 'asic' (Trainium, Inferentia, Maia): what runtime it runs."""
     if accel.vendor in ("NVIDIA", "AMD"):
@@ -404,6 +423,7 @@ class UnitModel:
         # The slowest stage holds ceil(layers / pp) layers (uneven split = bubble).
         self.layers_per_stage = float(math.ceil(m.num_layers / lo.pp))
         self.stage_share = self.layers_per_stage / m.num_layers
+        self.kernel_weight = kernels_per_layer(m) / DENSE_LAYER_KERNELS
         self.coeffs = self._coefficients()
 
     # ---- links --------------------------------------------------------------------
@@ -455,7 +475,8 @@ class UnitModel:
         full, sliding = arch.attention_layer_counts(m)
         window = float(m.sliding_window) if (sliding and m.sliding_window) else math.inf
         c_comm, c_a2a, lat = self._collectives()
-        fixed = eff.host_overhead_s + eff.launch_gap_s_per_layer * self.layers_per_stage + lat
+        fixed = (eff.host_overhead_s + eff.launch_gap_s_per_layer * self.layers_per_stage
+                 * self.kernel_weight + lat)
         return StepCoefficients(
             c_gemm=c_gemm, c_lm=c_lm, m_weights=m_weights, c_moe=c_moe, moe_half=moe_half,
             m_expert=m_expert, moe_e=moe_e, moe_keep=moe_keep, moe_routed=routed,
