@@ -17,6 +17,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf import architecture as arch
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.estimate import Query, estimate
+from tokenfleet.perf.measurements import load_points
 from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.unit import (
     Efficiency,
@@ -344,3 +345,18 @@ def test_attention_dp_waits_for_the_busiest_rank(conc, inp, out):
     assert coupled[0] >= averaged[0] - 1e-12
     tp = _unit("deepseek-r1", "h200", "fp8", Layout(8, 1, 1, 8))
     assert tp._busiest_prefill(pre, chunk) is None
+
+
+def test_every_calibration_row_can_be_asked_and_mlperf_rows_are_systems():
+    """Rows beyond the model's catalog context (which estimate refuses) are excluded with
+    the reason, so every used row is a query a user could ask; MLPerf figures are asked
+    as systems of instances (data_parallel=True) in both paths, other rows are not."""
+    points, excluded = load_points(catalog=CAT)
+    for p in points:
+        ctx = CAT.model(p.model).max_context_tokens
+        assert ctx is None or p.input_len + p.output_len <= ctx
+    assert any("beyond" in e.reason and "context" in e.reason for e in excluded)
+    mlperf = [p for p in points if p.source.startswith("mlcommons/")]
+    assert mlperf and all(p.system for p in mlperf)
+    assert all(p.query_fields(False).get("data_parallel") for p in mlperf)
+    assert not any(p.system for p in points if not p.source.startswith("mlcommons/"))
