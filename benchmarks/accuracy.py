@@ -52,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     cat = load_catalog()
-    points, excluded = load_points()
+    points, excluded = load_points(catalog=cat)
     cal, ev = run_fit(cat, points, loo=True)
     seconds = time.perf_counter() - t0
     priors = Calibration.of_efficiency(Efficiency())

@@ -96,11 +96,13 @@ FIGURES = [
            18471, "prefill", "gpu"),
     Figure("DeepSeek-R1 NVFP4 128K/8K on GB300 NVL72, P/D, MTP off, TPS/GPU (colocated here)",
            LMSYS_GB300, {**DS, "accelerator": "gb300", "count": 72, "precision": "fp4",
-                         "engine": "sglang", "input_len": 131072, "output_len": 8192},
+                         "engine": "sglang", "input_len": 131072, "output_len": 8192,
+                         "data_parallel": True},  # the rack runs several instances
            226.2, "mixed", "gpu"),
     Figure("DeepSeek-R1 NVFP4 128K/8K on GB200 NVL72, P/D, MTP off, TPS/GPU (colocated here)",
            LMSYS_GB300, {**DS, "accelerator": "gb200", "count": 72, "precision": "fp4",
-                         "engine": "sglang", "input_len": 131072, "output_len": 8192},
+                         "engine": "sglang", "input_len": 131072, "output_len": 8192,
+                         "data_parallel": True},  # the rack runs several instances
            147.9, "mixed", "gpu"),
 ]
 
@@ -112,7 +114,7 @@ def predicted(f: Figure, catalog) -> tuple[float, str]:  # noqa: ANN001 - Catalo
     rate = (e.requests_per_s * f.query["input_len"] if f.kind == "prefill"
             else e.output_tokens_per_s)
     units = f.query["count"] / 8 if f.per == "node" else f.query["count"]
-    lay = " ".join(f"{k}{v}" for k, v in (e.layout or {}).items() if v > 1) or "tp1"
+    lay = e.layout.short if e.layout else "tp1"
     return rate / units, f"{lay}, {e.provenance}"
 
 

@@ -17,8 +17,16 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf import architecture as arch
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.estimate import Query, estimate
+from tokenfleet.perf.measurements import load_points
 from tokenfleet.perf.precision import get_precision
-from tokenfleet.perf.unit import Efficiency, Layout, UnitModel, layouts_for
+from tokenfleet.perf.unit import (
+    Efficiency,
+    Layout,
+    UnitModel,
+    allreduce_steps,
+    kernels_per_layer,
+    layouts_for,
+)
 
 CAT = load_catalog()
 EFF = Efficiency()
@@ -136,6 +144,59 @@ def test_tp_inside_the_domain_and_pp_only_across_it():
     q = CAT.model("qwen3-235b-a22b")
     assert not [lo for lo in layouts_for(q, 16, CAT.accelerator("trainium2"), "neuron")
                 if lo.ep > 1 and lo.dp > 1]
+
+
+def test_launch_gaps_count_the_kernels_of_each_layer_kind():
+    """A dense layer is the prior's ~10 kernels; MoE (router, permute, grouped GEMMs,
+    combine) and MLA (the low-rank projections) layers launch more, so a small-batch
+    DeepSeek step carries more fixed time per layer than a Llama step."""
+    assert kernels_per_layer(CAT.model("llama-3.1-8b")) == 10.0
+    ds = CAT.model("deepseek-r1")
+    assert 20.0 < kernels_per_layer(ds) < 24.0  # 3 of its 61 layers are dense
+    assert 10.0 < kernels_per_layer(CAT.model("qwen3-235b-a22b")) <= 18.0
+    llama = _unit("llama-3.1-8b", "h100-sxm", "fp8", Layout(1, 1, 1))
+    deep = _unit("deepseek-r1", "h200", "fp8", Layout(8, 1, 1, 8))
+    assert (deep.coeffs.fixed - deep._collectives()[2] - EFF.host_overhead_s) / 61 > (
+        llama.coeffs.fixed - EFF.host_overhead_s) / 32 * 2
+
+
+def test_allreduce_latency_follows_the_scaleup_topology():
+    """Switched or fully meshed domains reach every chip in one step; rings, tori and
+    hypercubes pay 2 log2(n) steps (recursive doubling-halving), so a small-batch decode
+    step at tp16 on Trainium1 carries more collective latency than at tp8 on an H100."""
+    assert allreduce_steps(CAT.accelerator("h100-sxm"), 8) == 1
+    assert allreduce_steps(CAT.accelerator("mi300x"), 8) == 1
+    assert allreduce_steps(CAT.accelerator("trainium3"), 16) == 1  # NeuronSwitch
+    assert allreduce_steps(CAT.accelerator("trainium1"), 16) == 8
+    assert allreduce_steps(CAT.accelerator("inferentia2"), 12) == 8
+    assert allreduce_steps(CAT.accelerator("tpu-v6e"), 8) == 6
+    assert allreduce_steps(CAT.accelerator("tpu-v6e"), 2) == 1
+    trn = _unit("llama-3-8b", "trainium1", "bf16", Layout(16, 1, 1))
+    trn_fixed = trn.coeffs.fixed
+    flat = EFF.host_overhead_s + EFF.launch_gap_s_per_layer * 32
+    assert trn_fixed - flat == pytest.approx(2 * 32 * 8e-6 * 8)
+
+
+def test_a_unit_is_one_engine_instance_unless_replicas_are_asked():
+    """Engines run one model over the chips they are given by default (vLLM's and
+    SGLang's data parallelism defaults to 1; TRT-LLM's is attention-DP for MoE only);
+    a system of instances (MLPerf) is asked with data_parallel=True, and --dp still
+    fixes replicas."""
+    m, h200 = CAT.model("llama-3.1-70b"), CAT.accelerator("h200")
+    plain = [lo for lo in layouts_for(m, 8, h200, "trtllm") if lo.dp > 1]
+    assert not plain
+    assert not [lo for lo in layouts_for(m, 8, h200, "vllm") if lo.dp > 1]
+    assert any(lo.dp > 1 for lo in layouts_for(m, 8, h200, "trtllm", replicas=True))
+    assert any(lo.dp > 1 for lo in layouts_for(m, 8, h200, "vllm", replicas=True))
+    q = dict(model="llama-3.1-70b", accelerator="h200", count=8, precision="fp8",
+             engine="trtllm", input_len=1000, output_len=1000)
+    one = estimate(Query(**q), cal=PRIORS)
+    assert one.fits and one.layout == Layout(8, 1, 1, 1)
+    system = estimate(Query(**q, data_parallel=True), cal=PRIORS)
+    assert system.fits and system.layout is not None and system.layout.dp > 1
+    assert system.output_tokens_per_s >= one.output_tokens_per_s
+    asked = estimate(Query(**q, tp=2, dp=4), cal=PRIORS)
+    assert asked.fits and asked.layout == Layout(2, 1, 4, 1)
 
 
 def test_concurrency_is_the_whole_unit_and_limits_replicas():
@@ -284,3 +345,18 @@ def test_attention_dp_waits_for_the_busiest_rank(conc, inp, out):
     assert coupled[0] >= averaged[0] - 1e-12
     tp = _unit("deepseek-r1", "h200", "fp8", Layout(8, 1, 1, 8))
     assert tp._busiest_prefill(pre, chunk) is None
+
+
+def test_every_calibration_row_can_be_asked_and_mlperf_rows_are_systems():
+    """Rows beyond the model's catalog context (which estimate refuses) are excluded with
+    the reason, so every used row is a query a user could ask; MLPerf figures are asked
+    as systems of instances (data_parallel=True) in both paths, other rows are not."""
+    points, excluded = load_points(catalog=CAT)
+    for p in points:
+        ctx = CAT.model(p.model).max_context_tokens
+        assert ctx is None or p.input_len + p.output_len <= ctx
+    assert any("beyond" in e.reason and "context" in e.reason for e in excluded)
+    mlperf = [p for p in points if p.source.startswith("mlcommons/")]
+    assert mlperf and all(p.system for p in mlperf)
+    assert all(p.query_fields(False).get("data_parallel") for p in mlperf)
+    assert not any(p.system for p in points if not p.source.startswith("mlcommons/"))

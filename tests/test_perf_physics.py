@@ -40,11 +40,14 @@ def _unit(model: str, chip: str, prec: str, layout: Layout, kv: str | None = Non
 @given(models, chips, st.sampled_from([1, 2, 4, 8]), lens, lens)
 def test_more_chips_never_slower(model, chip, n, inp, out):
     """Doubling the chips can always run two copies of the smaller unit, so the best
-    offline throughput never drops."""
+    offline throughput of a system that may run copies (``data_parallel=True``; one
+    engine instance by default runs none) never drops."""
     m, a = CAT.model(model), CAT.accelerator(chip)
     prec = get_precision("fp8" if a.fp8_tflops else "bf16")
-    small = best_operating_point(m, a, prec, prec.default_kv, n, EFF, inp, out, "offline")
-    big = best_operating_point(m, a, prec, prec.default_kv, 2 * n, EFF, inp, out, "offline")
+    small = best_operating_point(m, a, prec, prec.default_kv, n, EFF, inp, out, "offline",
+                                 data_parallel=True)
+    big = best_operating_point(m, a, prec, prec.default_kv, 2 * n, EFF, inp, out, "offline",
+                               data_parallel=True)
     if small.fits:
         assert big.fits
         assert big.output_tokens_per_s >= small.output_tokens_per_s * (1 - 1e-9)

@@ -397,7 +397,7 @@ def run_fit(
     """Fit every group, then measure held-out errors. Deterministic."""
     catalog = catalog or load_catalog()
     if points is None:
-        points, _ = load_points()
+        points, _ = load_points(catalog=catalog)
     groups = fit_all(points, catalog, progress)
     cal = Calibration(groups, {}, {})
     rows: list[dict[str, Any]] = []

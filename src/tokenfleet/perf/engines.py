@@ -29,6 +29,15 @@ class EngineProfile:
     # Hides the expert all-to-all under the math of another micro-batch (SGLang's
     # --enable-two-batch-overlap, TRT-LLM's attention-DP overlap scheduler).
     overlaps_a2a: bool = False
+    # Whether a unit of this engine, run with its defaults, is several data-parallel
+    # replicas of the whole model (dense, or MoE without expert parallelism). No engine's
+    # default is: vLLM's --data-parallel-size and SGLang's --dp-size default to 1 (one
+    # instance, the chips split by --tensor-parallel-size / --tp, as their benchmark
+    # recipes run), TensorRT-LLM's data parallelism is attention-DP for MoE only (a dense
+    # model runs --tp_size x --pp_size), Neuron and JetStream compile one model over all
+    # the cores given. More copies are the planner's replicas; a query asks for them with
+    # --dp or ``data_parallel=True`` (a system of instances behind one load balancer).
+    replicas: bool = False
 
 
 ENGINE_PROFILES: dict[str, EngineProfile] = {
@@ -48,14 +57,17 @@ ENGINE_PROFILES: dict[str, EngineProfile] = {
         "NVIDIA/TensorRT-LLM docs/source/performance/performance-tuning-guide "
         "(max_batch_size 2048, max_num_tokens 8192 defaults; "
         "kv_cache_free_gpu_memory_fraction 0.9; GUARANTEED_NO_EVICT scheduler; "
-        "attention DP for MoE; overlap scheduler)", True),
+        "attention DP for MoE; overlap scheduler; no data parallelism for dense models)",
+        True),
     "neuron": EngineProfile(
         "neuron", "static", 256, 8192, False, True, 0.90, False,
         "aws-neuron/aws-neuron-sdk transformers-neuronx: static batches compiled per "
-        "batch size, KV slots allocated for the full sequence"),
+        "batch size, KV slots allocated for the full sequence; one model over all the "
+        "NeuronCores given (tp_degree)"),
     "jetstream": EngineProfile(
         "jetstream", "continuous", 256, 8192, False, True, 0.90, False,
-        "AI-Hypercomputer/JetStream: fixed decode slots (assumed 256 per instance)"),
+        "AI-Hypercomputer/JetStream: fixed decode slots (assumed 256 per instance); one "
+        "model sharded over the slice"),
 }
 
 DEFAULT_ENGINE = "vllm"  # a query that names no engine and has no calibration is run as vLLM

@@ -67,8 +67,11 @@ class Query(BaseModel):
     slo_tpot: float | None = Field(None, gt=0, description="mean TPOT bound, seconds")
     cloud: str | None = Field(None, description="price from this cloud (default: first listed)")
     usd_per_hour: float | None = Field(None, gt=0, description="override $/chip-hour")
-    data_parallel: bool = Field(
-        True, description="consider layouts that replicate the model (dp > 1) inside the unit")
+    data_parallel: bool | None = Field(
+        None, description="consider layouts that replicate the model (dp > 1 without ep) "
+        "inside the unit: default no (one engine instance over all the chips, as engines run "
+        "with their defaults; --dp asks for replicas); true: a system of instances behind "
+        "one load balancer (as MLPerf submissions run); false: never")
     layout: Layout | None = Field(
         None, description="fix the layout {tp, pp, dp, ep} instead of searching for the best")
     tp: int | None = Field(None, ge=1, description="tensor-parallel size (rest chosen)")

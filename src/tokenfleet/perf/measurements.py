@@ -13,6 +13,10 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenfleet.catalog.loader import Catalog
 
 DATA_FILE = "published_measurements.csv"
 # More measurements in new regimes (MoE/MLA, attention-DP, MLPerf v5.1), with the layout
@@ -49,6 +53,12 @@ ASSUMPTIONS = {
         "(tp = N / dp), experts over ep, as the engine runs them"
     ),
     "per_user_speed": "tokens/s per user at concurrency 1 is 1 / TPOT",
+    "mlperf_system": (
+        "MLPerf figures are a system's: the rules fix neither the engine instances nor "
+        "their layout, so they are asked with data_parallel=True (replicas of any layout "
+        "engines run count as one unit); every other source's figure is one engine "
+        "instance over the stated chips"
+    ),
 }
 
 ENGINES = ("trtllm", "vllm", "sglang", "jetstream", "neuron")
@@ -105,6 +115,9 @@ class Point:
     dp: int | None = None
     batching: str | None = None  # None: the engine's default
     file: str = DATA_FILE
+    # The figure is a whole system's: the submitter's harness runs as many engine
+    # instances (replicas) over the chips as it likes (MLPerf; see ASSUMPTIONS).
+    system: bool = False
 
     @property
     def key(self) -> str:
@@ -132,10 +145,16 @@ class Point:
                 q["batching"] = "static"
         elif self.mode == "slo":
             q["slo_ttft"], q["slo_tpot"] = self.slo_ttft, self.slo_tpot
+        if self.system:
+            # A deployment fact the source states, like its batching (not a layout): the
+            # figure is a system's, served by as many engine instances as the submitter
+            # chose; a user asks it with ``data_parallel=True``.
+            q["data_parallel"] = True
         if stated_layout:
             for k in ("tp", "pp", "ep", "dp"):
                 if getattr(self, k):
                     q[k] = getattr(self, k)
+
         return q
 
 
@@ -287,12 +306,29 @@ def _row(i: int, r: dict[str, str], file: str) -> Point | Excluded:
         concurrency=_int(r["concurrency"]), tp=lay["tp"], slo_ttft=slo[0] if slo else None,
         slo_tpot=slo[1] if slo else None, metric=metric, value=_value(r, metric),
         source=r["source"], pp=lay["pp"], ep=lay["ep"], dp=lay["dp"],
-        batching=(r.get("batching") or None), file=file)
+        batching=(r.get("batching") or None), file=file, system=r["metric"] in MLPERF)
 
 
-def load_points(path: Path | None = None) -> tuple[list[Point], list[Excluded]]:
+def _beyond_context(p: Point, catalog: Catalog) -> Excluded | None:
+    """A row whose lengths exceed the model's catalog context cannot be asked through
+    ``estimate`` (which refuses such queries, as a server would); the source ran the
+    model with extended positions (e.g. Neuron ``n_positions`` 8192 for Llama-2-7B)."""
+    ctx = catalog.model(p.model).max_context_tokens
+    if ctx is not None and p.input_len + p.output_len > ctx:
+        return Excluded(p.row, f"{p.file}: input {p.input_len} + output {p.output_len} "
+                               f"tokens is beyond {p.model}'s catalog context of {ctx}: "
+                               "estimate refuses the query")
+    return None
+
+
+def load_points(path: Path | None = None, catalog: Catalog | None = None
+                ) -> tuple[list[Point], list[Excluded]]:
     """Read the measurement CSVs (``path`` alone when given) and map every row to a
-    :class:`Point` or an :class:`Excluded`."""
+    :class:`Point` or an :class:`Excluded` (also rows beyond the model's context in
+    ``catalog``, default the bundled one)."""
+    from tokenfleet.catalog.loader import load_catalog
+
+    cat = catalog or load_catalog()
     points: list[Point] = []
     excluded: list[Excluded] = []
     files = [path] if path else [data_path(f) for f in DATA_FILES if data_path(f).exists()]
@@ -300,5 +336,12 @@ def load_points(path: Path | None = None) -> tuple[list[Point], list[Excluded]]:
         with open(f, newline="") as fh:
             for i, r in enumerate(csv.DictReader(fh), start=1):
                 got = _row(i, r, f.name)
-                (points if isinstance(got, Point) else excluded).append(got)  # type: ignore[arg-type]
+                if isinstance(got, Point):
+                    beyond = _beyond_context(got, cat)
+                    if beyond is None:
+                        points.append(got)
+                    else:
+                        excluded.append(beyond)
+                else:
+                    excluded.append(got)
     return points, excluded

@@ -158,7 +158,7 @@ def best_operating_point(
     slo_tpot: float | None = None,
     layouts: list[Layout] | None = None,
     reserve_full: bool | None = None,
-    data_parallel: bool = True,
+    data_parallel: bool | None = None,
     engine: str | None = None,
     batching: str | None = None,
     unit_of: Callable[[Layout], UnitModel] | None = None,
@@ -170,17 +170,19 @@ def best_operating_point(
 
     ``layouts`` default: those engines run on this chip (``layouts_for`` with
     ``accel``). A layout with more dp ranks than the unit has sequences
-    (``concurrency``) is not considered. ``data_parallel=False`` skips layouts that
-    are copies of a smaller unit (dp > 1 without expert parallelism), for callers that
-    choose replica counts themselves. When no layout works, the returned point has
+    (``concurrency``) is not considered. ``data_parallel``: whether layouts that are
+    copies of a smaller unit (dp > 1 without expert parallelism) count — None: the
+    engine's policy (``EngineProfile.replicas``: none by default); True: yes (a system
+    of instances behind one load balancer); False: never, for callers that choose
+    replica counts themselves. When no layout works, the returned point has
     ``fits=False`` and the reason of the layout that came closest (nearest to the SLO,
     else least memory per chip).
     """
     closest: OperatingPoint | None = None
-    candidates = layouts or layouts_for(model, count, accel, engine)
+    candidates = layouts or layouts_for(model, count, accel, engine, data_parallel)
     if not candidates:
         candidates = layouts_for(model, count)
-    if not data_parallel:  # plain replicas are the caller's business (the planner's)
+    if data_parallel is False:  # plain replicas are the caller's business (the planner's)
         candidates = [lo for lo in candidates if lo.dp == 1 or lo.ep > 1] or candidates
     if concurrency is not None and mode in ("concurrency", "static"):
         candidates = [lo for lo in candidates if lo.dp <= concurrency] or [

@@ -278,7 +278,7 @@ def best_technique_point(
     slo_ttft: float | None = None,
     slo_tpot: float | None = None,
     layouts: list[Layout] | None = None,
-    data_parallel: bool = True,
+    data_parallel: bool | None = None,
     engine: str | None = None,
     batching: str | None = None,
 ) -> OperatingPoint:

@@ -87,6 +87,43 @@ A2A_LATENCY_S = {"scaleup": 30e-6, "scaleout": 100e-6}
 EP_IMBALANCE = 1.25
 
 
+# Scale-up fabrics without a switch or a full mesh: a message crosses several links.
+MULTI_HOP_WORDS = ("torus", "ring", "hypercube")
+
+
+def allreduce_steps(accel: Accelerator, group: int) -> int:
+    """Latency-bound steps of one small all-reduce over ``group`` chips of one scale-up
+    domain. Through a switch (NVSwitch, NeuronSwitch) or over a full mesh (xGMI, Maia's
+    tray) a one-shot all-reduce is one step. On a ring, torus or hypercube (Trainium1/2,
+    Inferentia2, TPU ICI) no chip reaches all the others in one hop, and the
+    latency-optimal algorithm for small messages, recursive doubling-halving, takes
+    2 log2(n) steps (AWS Neuron docs, "Intra-node collective communications": Ring,
+    Mesh, KangaRing and RDH algorithms; Thakur et al. 2005 for RDH's step count)."""
+    text = accel.scaleup.lower()
+    if group <= 2 or "switch" in text or not any(w in text for w in MULTI_HOP_WORDS):
+        return 1
+    return 2 * math.ceil(math.log2(group))
+
+
+# Kernels one decoder layer launches (the launch-gap prior is per ~10 kernels of a dense
+# layer: 2 norms, QKV, rope, attention, O, gate-up, activation, down, residual). A MoE
+# layer adds the router GEMM, top-k, token permute (dispatch), two grouped GEMMs, their
+# activation, unpermute (combine) and the shared expert's GEMMs: ~8 more (vLLM's
+# fused_moe and TRT-LLM's MoE plugin launch this sequence). MLA adds the q_a/q_b and
+# kv_a/kv_b projections, their two norms and the latent split: ~6 more (DeepSeek-V3's
+# modeling code). Counted from the operators, not fitted.
+DENSE_LAYER_KERNELS = 10.0
+MOE_EXTRA_KERNELS = 8.0
+MLA_EXTRA_KERNELS = 6.0
+
+
+def kernels_per_layer(model: ModelSpec) -> float:
+    """Mean kernels per decoder layer of ``model`` (see DENSE_LAYER_KERNELS)."""
+    moe_share = arch.moe_layer_count(model) / max(model.num_layers, 1)
+    return (DENSE_LAYER_KERNELS + MOE_EXTRA_KERNELS * moe_share
+            + (MLA_EXTRA_KERNELS if model.is_mla else 0.0))
+
+
 def chip_class(accel: Accelerator) -> str:
     """'gpu', 'tpu' or 'asic' (Trainium, Inferentia, Maia): what runtime it runs."""
     if accel.vendor in ("NVIDIA", "AMD"):
@@ -208,14 +245,17 @@ def _structural_layouts(model: ModelSpec, count: int) -> tuple[Layout, ...]:
 
 
 def as_engines_run(lo: Layout, count: int, accel: Accelerator, engine: EngineProfile,
-                   model: ModelSpec | None = None) -> bool:
+                   model: ModelSpec | None = None, replicas: bool | None = None) -> bool:
     """Whether engines run this layout on this chip: tensor parallel inside the scale-up
     domain, pipeline only when the unit spans domains (each stage inside one), expert
     parallel with dp > 1 (attention-DP) only where the engine has it and, by default,
     only for MLA models — the engines' recipes turn attention-DP on for DeepSeek-style
     MLA (whose latent KV every TP rank would otherwise hold whole: SGLang
     --enable-dp-attention, TRT-LLM enable_attention_dp, vLLM DP+EP docs) and serve GQA
-    MoE models (Qwen3, Llama 4, gpt-oss) tensor-parallel. Ask --dp/--ep to get it."""
+    MoE models (Qwen3, Llama 4, gpt-oss) tensor-parallel. Ask --dp/--ep to get it.
+    Plain replicas (dp > 1 without ep) only where one engine instance runs them
+    (``EngineProfile.replicas``), unless ``replicas`` says otherwise (a system of
+    several engine instances behind one load balancer, as MLPerf submissions run)."""
     domain = accel.scaleup_domain
     if lo.tp > domain:
         return False
@@ -223,18 +263,21 @@ def as_engines_run(lo: Layout, count: int, accel: Accelerator, engine: EnginePro
         return False
     if lo.ep > 1 and lo.dp > 1:
         return engine.attention_dp and (model is None or model.is_mla)
+    if lo.dp > 1:  # plain replicas inside one engine instance
+        return engine.replicas if replicas is None else replicas
     return True
 
 
 def layouts_for(model: ModelSpec, count: int, accel: Accelerator | None = None,
-                engine: str | None = None) -> list[Layout]:
+                engine: str | None = None, replicas: bool | None = None) -> list[Layout]:
     """Layouts of ``count`` chips worth considering for ``model``; with ``accel``, only
-    those engines run (:func:`as_engines_run`)."""
+    those engines run (:func:`as_engines_run`; ``replicas`` overrides the engine's
+    policy on plain data-parallel copies)."""
     out = list(_structural_layouts(model, count))
     if accel is None:
         return out
     prof = engine_profile(engine)
-    return [lo for lo in out if as_engines_run(lo, count, accel, prof, model)]
+    return [lo for lo in out if as_engines_run(lo, count, accel, prof, model, replicas)]
 
 
 @dataclass(frozen=True)
@@ -380,6 +423,7 @@ class UnitModel:
         # The slowest stage holds ceil(layers / pp) layers (uneven split = bubble).
         self.layers_per_stage = float(math.ceil(m.num_layers / lo.pp))
         self.stage_share = self.layers_per_stage / m.num_layers
+        self.kernel_weight = kernels_per_layer(m) / DENSE_LAYER_KERNELS
         self.coeffs = self._coefficients()
 
     # ---- links --------------------------------------------------------------------
@@ -431,7 +475,8 @@ class UnitModel:
         full, sliding = arch.attention_layer_counts(m)
         window = float(m.sliding_window) if (sliding and m.sliding_window) else math.inf
         c_comm, c_a2a, lat = self._collectives()
-        fixed = eff.host_overhead_s + eff.launch_gap_s_per_layer * self.layers_per_stage + lat
+        fixed = (eff.host_overhead_s + eff.launch_gap_s_per_layer * self.layers_per_stage
+                 * self.kernel_weight + lat)
         return StepCoefficients(
             c_gemm=c_gemm, c_lm=c_lm, m_weights=m_weights, c_moe=c_moe, moe_half=moe_half,
             m_expert=m_expert, moe_e=moe_e, moe_keep=moe_keep, moe_routed=routed,
@@ -449,7 +494,8 @@ class UnitModel:
         if lo.tp > 1:  # two all-reduces per layer (attention out, MLP out), ring
             bw, l1 = self._link(lo.tp)
             per_tok += 2 * layers * 2 * (lo.tp - 1) / lo.tp * act / bw
-            lat += 2 * layers * l1
+            steps = allreduce_steps(self.accel, lo.tp) if lo.tp <= self.accel.scaleup_domain else 1
+            lat += 2 * layers * l1 * steps
         moe_layers = self.n_moe_layers * self.stage_share
         if lo.ep > 1 and moe_layers:
             # Dispatch (FP8 where the math is FP8/FP4, as DeepEP and TRT-LLM do) and
