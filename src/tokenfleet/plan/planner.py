@@ -180,12 +180,13 @@ def plan_scenario(
     precision_gate: Callable[[Tier, str], tuple[bool, str]] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     compare_policies: bool = True,
+    price_policies: bool = False,
 ) -> Plan:
     """Candidates, then the cheapest plan (:func:`solve_plan`)."""
     catalog = catalog or load_catalog()
     cs = prepare(sc, base, catalog, cal, precision_gate, progress)
     return solve_plan(sc, cs, name, catalog, progress=progress,
-                      compare_policies=compare_policies)
+                      compare_policies=compare_policies, price_policies=price_policies)
 
 
 def prepare(sc: Scenario, base: Path, catalog: Catalog, cal: Calibration | None = None,
@@ -222,9 +223,11 @@ def scaled(cs: CandidateSet, scale: Mapping[str, float]) -> CandidateSet:
 def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
                scale: Mapping[str, float] | None = None,
                progress: Callable[[str, int, int], None] | None = None,
-               compare_policies: bool = True) -> Plan:
+               compare_policies: bool = True, price_policies: bool = False) -> Plan:
     """The cheapest plan over ``cs`` (capacities scaled by ``scale``), its baselines
-    (the same capacities) and the price of each constraint, independently checked."""
+    (the same capacities) and the price of each constraint, independently checked.
+    Without ``compare_policies``, no baselines and no prices, except the policies' (one
+    re-solve each) with ``price_policies``."""
     cs = scaled(cs, scale or {})
     f, sol = solve_fleet(sc, cs)
     if sol.timed_out:
@@ -235,8 +238,13 @@ def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
         raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
     total = bill(sc, f, sol)
 
-    constraints = (price_constraints(sc, cs, f, sol, total, bill, progress) if compare_policies
-                   else _constraint_reports(sc, cs, f, sol, total, False, progress))
+    if compare_policies:
+        constraints = price_constraints(sc, cs, f, sol, total, bill, progress)
+    else:
+        constraints = _constraint_reports(sc, cs, f, sol, total, False, progress)
+        if price_policies:
+            constraints = [r for r in constraints if r.name not in POLICY_FAMILIES] + (
+                price_constraints(sc, cs, f, sol, total, bill, progress, policies_only=True))
     baselines = _baselines(sc, cs, total) if compare_policies else []
     plan = _assemble(sc, cs, f, sol, name, constraints, baselines, catalog)
     enrich(plan, sc)  # contracts as signed, vendor shares by basis, energy (plan.contracts)
@@ -261,8 +269,10 @@ def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Sol
     rows = [(r, float(sol.activity[i])) for i, r in enumerate(f.program.rows)
             if r.family in ("supply", "power", "contract")]
     policies = sorted({r.family for r in f.program.rows if r.family in POLICY_FAMILIES})
-    binding_caps = [r for r, act in rows
-                    if r.family != "contract" and act >= r.ub * (1 - ACTIVE) - 1e-9]
+    # a cap binds once it has no room for one more replica of its largest pool (an
+    # integer plan need not fill it to the last watt: tokenfleet.plan.prices)
+    binding_caps = [r for r, act in rows if r.family != "contract"
+                    and r.ub - act < max(r.coefs.values(), default=0.0) * (1 - 1e-9)]
     drops = [r.name for r in binding_caps] + policies if price_them else []
     count = 0
 
@@ -294,7 +304,8 @@ def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Sol
                        + (f", {wasted:,.0f} wasted" if wasted else "")))
             continue
         binding = r in binding_caps
-        marginal = saving(r.name) if binding and price_them else 0.0
+        # a binding cap nobody priced is "—", not "$0"
+        marginal = (saving(r.name) if price_them else None) if binding else 0.0
         unit, scale = ("MW", 1e6) if r.family == "power" else ("chips", 1.0)
         out.append(ConstraintReport(name=r.name, binding=binding,
                                     marginal_usd_per_month=marginal,

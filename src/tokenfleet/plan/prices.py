@@ -220,14 +220,18 @@ def _stepped(sc: Scenario, r: Row) -> tuple[Scenario, float] | None:
 
 
 def price_constraints(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution,
-                      total: float, bill: Bill, progress: Progress | None = None
-                      ) -> list[ConstraintReport]:
-    """A report per cap, commitment and policy with its price (see the module doc)."""
+                      total: float, bill: Bill, progress: Progress | None = None,
+                      policies_only: bool = False) -> list[ConstraintReport]:
+    """A report per cap, commitment and policy with its price (see the module doc).
+    ``policies_only``: the vendor share, N-1 and min-share floors alone (each one
+    re-solve, independent of the baselines and of the caps' screening), for a plan that
+    skips the rest (``plan --no-baselines``)."""
     assert sol.activity is not None and sol.x is not None
     ctx = _Ctx(sc, cs, f, sol, total, bill, _by_name(f, sol),
                deadline=time.perf_counter() + sc.time_limit_s)
+    wanted = POLICIES if policies_only else (*CAPS, *POLICIES, "contract")
     for i, r in enumerate(f.program.rows):
-        if r.family in CAPS or r.family in POLICIES or r.family == "contract":
+        if r.family in wanted:
             ctx.rows.setdefault(r.name, []).append((r, float(sol.activity[i])))
 
     def tight(name: str) -> bool:
@@ -242,7 +246,7 @@ def price_constraints(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solut
     floors = [n for n, rs in ctx.rows.items() if rs[0][0].family == MIN_SHARE]
 
     drops = {n: Job(n, sc, frozenset({n})) for n in tight_caps + policies + floors}
-    for k in sc.contracts:
+    for k in [] if policies_only else sc.contracts:
         drops[f"contract {k.name}"] = Job(
             f"contract {k.name}",
             sc.model_copy(update={"contracts": [c for c in sc.contracts if c is not k]}))
@@ -274,6 +278,20 @@ def price_constraints(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solut
             drops.update(more)
             steps.update(more_steps)
     return _reports(ctx, drops, steps, loose_price)
+
+
+def rebased(reports: list[ConstraintReport], shift_usd: float) -> list[ConstraintReport]:
+    """Prices measured against a plan whose bill is ``shift_usd`` below the plan they
+    are reported for (the same re-solves: what each saves is the reported plan's bill
+    minus the re-solve's, so every figure moves by the shift), floored at 0."""
+    def up(x: float | None) -> float | None:
+        return None if x is None else max(x + shift_usd, 0.0)
+
+    return [r.model_copy(update={
+        "marginal_usd_per_month": up(r.marginal_usd_per_month),
+        "price_low_usd_per_month": up(r.price_low_usd_per_month),
+        "price_high_usd_per_month": up(r.price_high_usd_per_month)})
+        if r.marginal_usd_per_month else r for r in reports]
 
 
 def _family_row(ctx: _Ctx, family: str) -> Row:
@@ -322,6 +340,8 @@ def _reports(ctx: _Ctx, drops: Mapping[str, Job], steps: Mapping[str, tuple[Job,
             out.append(report(name, f"{r.detail}; uses {shown}", unit, limit, used, tight))
     for k in sc.contracts:
         name = f"contract {k.name}"
+        if name not in ctx.rows:  # policies only
+            continue
         r, act = ctx.rows[name][0]
         assert ctx.sol.x is not None
         used = act + float(ctx.sol.x[f.od[k.name]])  # row: usage - od <= commitment
