@@ -1,24 +1,16 @@
 """What plan.json says about money and power beyond the bill: each commitment as
-signed and how much of it this plan uses, vendor shares by tokens, spend and chips,
-and energy (facility MW with each region's PUE, MWh per month, its cost)."""
+signed and how much of it this plan uses, the unit costs and vendor shares by spend,
+chips and tokens (``plan.economics``: one table), and energy (facility MW with each
+region's PUE, MWh per month, its cost)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
-from tokenfleet.plan.economics import vendor_shares as by_vendor
+from tokenfleet.plan.economics import plan_economics
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.plan.schema import Plan
-
-
-def vendor_shares(plan: Plan) -> dict[str, dict[str, float]]:
-    """Basis -> vendor -> share: tokens as the vendor cap counts them, spend and chips as
-    :func:`tokenfleet.plan.economics.vendor_shares` counts them (one computation)."""
-    econ = by_vendor(plan)
-    return {"tokens": dict(plan.vendor_share),
-            "spend": {v: s.spend for v, s in econ.items() if s.spend > 0},
-            "chips": {v: s.chips for v, s in econ.items() if s.chips > 0}}
 
 
 def energy(plan: Plan, sc: Scenario) -> dict[str, Any]:
@@ -82,6 +74,6 @@ def contract_use(plan: Plan, sc: Scenario) -> list[dict[str, Any]]:
 
 
 def enrich(plan: Plan, sc: Scenario) -> None:
-    plan.vendor_shares = vendor_shares(plan)
+    plan.economics = plan_economics(plan)
     plan.energy = energy(plan, sc)
     plan.contracts = contract_use(plan, sc)

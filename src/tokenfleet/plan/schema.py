@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.estimate import Provenance
@@ -284,8 +284,6 @@ class Plan(_Model):
     verification: Verification | None = None
     risk: Risk | None = None
     notes: list[str] = []
-    vendor_shares: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="basis (tokens, spend, chips) -> vendor -> share")
     energy: dict[str, Any] = Field(
         default_factory=dict, description="per region and in total: IT and facility MW "
                                           "(PUE), MWh per month, and its cost where priced")
@@ -304,6 +302,15 @@ class Plan(_Model):
 
     def pools_for(self, tier: str) -> list[PlanUnit]:
         return [u for u in self.units if u.tier == tier]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_vendor_share_table(cls, data: Any) -> Any:
+        # plans written before economics.vendor_share became the one table by spend,
+        # chips and tokens carried a copy as `vendor_shares`: read them, drop the copy
+        if isinstance(data, dict) and "vendor_shares" in data:
+            data = {k: v for k, v in data.items() if k != "vendor_shares"}
+        return data
 
 
 def load_plan(path: str | Path) -> Plan:
