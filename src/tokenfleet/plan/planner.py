@@ -17,7 +17,7 @@ from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.unit import Layout
-from tokenfleet.plan.billing import bill_usd
+from tokenfleet.plan.billing import bill_usd, metered_by_contract
 from tokenfleet.plan.candidates import (
     DEFAULT_CONFIDENCE,
     Candidate,
@@ -91,7 +91,7 @@ def cost_breakdown(sc: Scenario, chosen: list[tuple[Candidate, int]]) -> Cost:
     draws down that contract's minimum; usage beyond it, and usage no contract covers, is
     paid at list; commitments and prepaid blocks are paid whatever is used."""
     hours = sc.hours_per_month
-    metered: dict[str, float] = defaultdict(float)  # by contract; "" = under none
+    usage = []
     fleet = prepaid_used = 0.0
     for c, reps in chosen:
         spend = c.usd_per_hour * reps * hours
@@ -99,8 +99,8 @@ def cost_breakdown(sc: Scenario, chosen: list[tuple[Candidate, int]]) -> Cost:
         if sc.supply[c.supply_index].prepaid:
             prepaid_used += spend
             continue
-        k = sc.contract_for(c.accelerator.id, c.cloud, c.region)
-        metered[k.name if k else ""] += spend * (1 - k.discount) if k else spend
+        usage.append((c.accelerator.id, c.cloud, c.region, spend))
+    metered = metered_by_contract(usage, [k.terms for k in sc.contracts])  # "" = none
     b = bill_usd(metered, {k.name: k.fixed_usd_per_month for k in sc.contracts},
                  prepaid_monthly_usd(sc), prepaid_used)
     return Cost(usd_per_month=b.usd, fleet_usd_per_month=fleet,
@@ -499,9 +499,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
         power_mw={r.name: r.power_mw for r in sc.regions if r.power_mw is not None},
         supply_max_chips={f"{s.accelerator}@{s.cloud}/{s.region}": s.max_chips
                           for s in sc.supply},
-        contracts={k.name: ContractLimit(cloud=k.cloud,
-                                         committed_usd_per_month=k.fixed_usd_per_month)
-                   for k in sc.contracts},
+        contracts={k.name: ContractLimit.of(k.terms) for k in sc.contracts},
         residency={t.name: t.regions for t in sc.tiers if t.regions},
     )
     risk = _risk(sc, cs, chosen, f, x, None if sc.derate is not None else (

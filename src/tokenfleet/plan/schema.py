@@ -15,6 +15,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.estimate import Provenance
 from tokenfleet.perf.precision import KV_BYTES, PRECISIONS
 from tokenfleet.perf.unit import Layout
+from tokenfleet.plan.billing import Terms
 from tokenfleet.plan.economics import PlanEconomics
 from tokenfleet.workload.buckets import SizeBuckets
 
@@ -224,8 +225,29 @@ class NMinusOneLimit(_Model):
 
 
 class ContractLimit(_Model):
+    """A contract as the bill needs it (the simulator bills a window with it)."""
+
     cloud: str
-    committed_usd_per_month: float
+    committed_usd_per_month: float = Field(description="take-or-pay minimum (0: none)")
+    discount: float = Field(0.0, description="fraction off list on eligible usage")
+    volume_tiers: list[tuple[float, float]] = Field(
+        [], description="(above USD/month at list, discount): usage-stepped rates")
+    accelerators: list[str] | None = Field(None, description="eligible chips (None: all)")
+    regions: list[str] | None = Field(None, description="eligible regions (None: all)")
+
+    @classmethod
+    def of(cls, t: Terms) -> ContractLimit:
+        return cls(cloud=t.cloud, committed_usd_per_month=t.fixed_usd_per_month,
+                   discount=t.discount, volume_tiers=[tuple(x) for x in t.volume_tiers],
+                   accelerators=list(t.accelerators) if t.accelerators else None,
+                   regions=list(t.regions) if t.regions else None)
+
+    def terms(self, name: str) -> Terms:
+        return Terms(name=name, cloud=self.cloud,
+                     fixed_usd_per_month=self.committed_usd_per_month,
+                     discount=self.discount, volume_tiers=tuple(self.volume_tiers),
+                     accelerators=tuple(self.accelerators) if self.accelerators else None,
+                     regions=tuple(self.regions) if self.regions else None)
 
 
 class PlanLimits(_Model):
