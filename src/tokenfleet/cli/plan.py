@@ -280,7 +280,8 @@ def plan_cmd(
         if verify_:
             plan = _verified(sc, base, cat, gate, step, baselines, str(scenario),
                              VerifyOptions(window_s=verify_window,
-                                           outage_window_s=outage_window))
+                                           outage_window_s=outage_window,
+                                           overrides=tuple(set_ or [])))
         else:
             plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
                                  progress=step, compare_policies=baselines,
