@@ -111,14 +111,19 @@ def _objective_bound(s: Solution) -> float | None:
     return s.objective * (1 - s.gap)
 
 
-def _price(ctx: _Ctx, job: Job, meets: Callable[[Formulation, Solution], bool] | None
-           ) -> Price:
+def _price(ctx: _Ctx, job: Job, meets: Callable[[Formulation, Solution], bool] | None,
+           rebill: bool = False) -> Price:
     assert job.result is not None
     g, s2 = job.result
     if not s2.ok:
         # cannot happen for a relaxation started from a feasible plan, but say so if it does
         return Price(None, None, None, False, f"re-solve failed: {s2.message}")
     point = ctx.total - ctx.bill(job.sc, g, s2)
+    if rebill:
+        # dropping a commitment changes the bill, not what is feasible: the re-solve's
+        # fleet is a plan of the scenario too, and where it bills less than the plan
+        # under the commitment, that part of the saving is solver slack, not the price
+        point -= max(ctx.total - ctx.bill(ctx.sc, g, s2), 0.0)
     proved = s2.status == 0
     low = high = None
     if ctx.sc.objective == "cost":
@@ -316,7 +321,8 @@ def _reports(ctx: _Ctx, drops: Mapping[str, Job], steps: Mapping[str, tuple[Job,
 
     def report(name: str, detail: str, unit: str | None = None, limit: float | None = None,
                used: float | None = None, binding_hint: bool = False) -> ConstraintReport:
-        p = loose_price.get(name) or _price(ctx, drops[name], meets_for(name))
+        p = loose_price.get(name) or _price(ctx, drops[name], meets_for(name),
+                                            rebill=name.startswith("contract "))
         per_unit = step = None
         if name in steps and (p.point or 0.0) > 0:
             sj, step = steps[name]
