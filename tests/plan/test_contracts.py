@@ -64,8 +64,15 @@ def test_contract_power_cap_holds_and_energy_counts_pue():
     k = plan.contracts[0]
     assert k["minimum_usd_per_month"] == 2000 and 0 <= k["used_fraction"] <= 1
     assert k["power_mw"] == pytest.approx(azure_w / 1e6)
+    assert plan.economics is not None  # vendor shares by spend, chips, tokens: one table
     for basis in ("tokens", "spend", "chips"):
-        assert sum(plan.vendor_shares[basis].values()) == pytest.approx(1.0)
+        assert sum(getattr(s, basis) for s in plan.economics.vendor_share.values()
+                   ) == pytest.approx(1.0)
+    # a plan.json written with the old copy (`vendor_shares`) still reads
+    from tokenfleet.plan.schema import Plan
+
+    old = {**plan.model_dump(mode="json"), "vendor_shares": {"spend": {"x": 1.0}}}
+    assert "vendor_shares" not in Plan.model_validate(old).model_dump()
 
 
 def _brute(sc: Scenario, cs) -> float:
@@ -86,19 +93,40 @@ def _brute(sc: Scenario, cs) -> float:
             continue
         if not _routable(sc, cs, n):
             continue
-        covered = listed = 0.0
+        at_list = listed = 0.0
         for c, m in zip(cs.candidates, n, strict=True):
             spend = m * c.usd_per_hour * hours
             if k.eligible(c.accelerator.id, c.cloud, c.region):
-                covered += spend * (1 - k.discount)
+                at_list += spend
             else:
                 listed += spend
+        covered = _stepped_by_hand(at_list, k)
         minimum = k.committed_usd_per_month if k.take_or_pay else 0.0
         best = min(best, minimum + max(covered - minimum, 0.0) + listed)
     return best
 
 
+def _stepped_by_hand(at_list: float, k: Contract) -> float:
+    """Billed usage: each step's rate on the part of the usage inside the step."""
+    steps = [(0.0, k.discount)] + [(t.above_usd_per_month, t.discount)
+                                   for t in k.volume_tiers or []]
+    out = 0.0
+    for i, (start, rate) in enumerate(steps):
+        end = steps[i + 1][0] if i + 1 < len(steps) else float("inf")
+        if at_list > start:
+            out += (min(at_list, end) - start) * (1 - rate)
+    return out
+
+
+TIERS = [{"above_usd_per_month": 3000, "discount": 0.3},
+         {"above_usd_per_month": 6000, "discount": 0.6}]
+
+
 @pytest.mark.parametrize("terms", [
+    {"volume_tiers": TIERS},
+    {"volume_tiers": TIERS, "discount": 0.1, "take_or_pay": False},
+    {"volume_tiers": TIERS[1:], "committed_usd_per_month": 8000},
+    {"volume_tiers": [{"above_usd_per_month": 2500, "discount": 0.8}]},
     {"discount": 0.3},
     {"discount": 0.3, "take_or_pay": False},
     {"regions": ["r1"]},  # azure's pool is in r2: the commitment covers nothing
@@ -115,6 +143,9 @@ def test_contract_terms_match_enumeration(terms):
     f, sol = solve_fleet(sc, cs)
     assert sol.ok
     assert bill(sc, f, sol) == pytest.approx(_brute(sc, cs), rel=1e-6)
+    # and the program prices its plan as billed (a model of rising discounts without
+    # its binaries would fill the cheapest step first and under-price it)
+    assert sol.objective == pytest.approx(bill(sc, f, sol), rel=1e-4)
 
 
 def test_volume_discount_tier_follows_the_total_commitment():
@@ -128,3 +159,45 @@ def test_volume_discount_tier_follows_the_total_commitment():
     with pytest.raises(TokenfleetError, match="disagrees"):
         validate(Contract, {"name": "k", "cloud": "azure", "total_usd": 3e7,
                             "discount": 0.3, "discount_tiers": tiers}, "s.yaml", None)
+
+
+def test_volume_tiers_bill_each_step_at_its_rate():
+    from tokenfleet.plan.billing import contract_usage_usd
+
+    tiers = [(4.0, 0.2), (8.0, 0.5)]
+    assert contract_usage_usd(10.0, 0.1, tiers) == pytest.approx(4 * .9 + 4 * .8 + 2 * .5)
+    assert contract_usage_usd(3.0, 0.1, tiers) == pytest.approx(3 * .9)
+    # half a month: the thresholds halve too
+    assert contract_usage_usd(10.0, 0.1, tiers, 0.5) == pytest.approx(2 * .9 + 2 * .8
+                                                                       + 6 * .5)
+
+
+@pytest.mark.parametrize(("tiers", "discount", "msg"), [
+    ([{"above_usd_per_month": 5e6, "discount": 0.1},
+      {"above_usd_per_month": 2e6, "discount": 0.2}], 0.0, r"volume_tiers\[1\].*must be above"),
+    ([{"above_usd_per_month": 2e6, "discount": 0.1},
+      {"above_usd_per_month": 5e6, "discount": 0.05}], 0.0, r"volume_tiers\[1\].*never falls"),
+    ([{"above_usd_per_month": 2e6, "discount": 0.05}], 0.1, r"volume_tiers\[0\].*below"),
+    ([{"above_usd_per_month": 0, "discount": 0.05}], 0.0, "above_usd_per_month"),
+    ([{"above_usd_per_month": 1e6, "discount": 1.0}], 0.0, "discount"),
+])
+def test_bad_volume_tiers_are_one_line_errors(tiers, discount, msg):
+    with pytest.raises(TokenfleetError, match=msg) as e:
+        validate(Contract, {"name": "k", "cloud": "azure", "committed_usd_per_month": 1e6,
+                            "discount": discount, "volume_tiers": tiers}, "s.yaml", None)
+    assert "\n" not in str(e.value).strip() or "s.yaml" in str(e.value)
+
+
+def test_plan_json_carries_volume_tiers_and_bills_by_them():
+    d = _scenario().model_dump()
+    d["contracts"][0].update({"volume_tiers": TIERS, "take_or_pay": False})
+    d["mip_gap"] = 1e-9
+    sc = Scenario.model_validate(d)
+    plan, f, sol = _plan(sc)
+    k = plan.contracts[0]
+    assert [t["above_usd_per_month"] for t in k["volume_tiers"]] == [3000, 6000]
+    assert k["usage_usd_per_month"] == pytest.approx(
+        _stepped_by_hand(k["usage_at_list_usd_per_month"], sc.contracts[0]))
+    listed = sum(u.usd_per_hour * 730 for u in plan.units if u.cloud != "azure")
+    assert plan.cost.usd_per_month == pytest.approx(k["usage_usd_per_month"] + listed)
+    assert plan.limits.contracts["c"].volume_tiers == [(3000, 0.3), (6000, 0.6)]

@@ -163,3 +163,29 @@ def test_a_re_solve_out_of_time_reports_at_least_its_proved_bound(monkeypatch):
     assert r2.price_low_usd_per_month - eps <= r2.marginal_usd_per_month
     assert r2.marginal_usd_per_month <= r2.price_high_usd_per_month + eps
     assert r2.price_high_usd_per_month > r2.price_low_usd_per_month + 0.05 * total
+
+
+def test_no_baselines_still_prices_the_policies():
+    """`plan --no-baselines` skips the baselines and the caps' re-solves, but each policy
+    is one re-solve of its own: its price is reported (not '—'); a cap that binds is
+    reported binding and unpriced ('—'), never '$0'."""
+    from tokenfleet.plan.planner import solve_plan
+
+    from .test_planner import CAT, _with_estimates
+
+    sc = _scenario(max_vendor_share=0.45, n_minus_1={"by": "vendor", "min_fraction": 0.6})
+    cs = _cands(CAPS, PRICES)  # both bind; N-1 costs money (vendor share then does not)
+    _with_estimates(cs)
+    plan = solve_plan(sc, cs, "tiny", CAT, compare_policies=False, price_policies=True)
+    assert plan.baselines == []
+    total = plan.cost.usd_per_month
+    got = {r.name: r for r in plan.constraints}
+    for name in ("vendor-share", "n-1"):
+        diff, _ = _explicit(sc, cs, total, name)
+        assert got[name].marginal_usd_per_month == pytest.approx(diff, rel=1e-6, abs=1e-3)
+    assert any(got[n].marginal_usd_per_month for n in ("vendor-share", "n-1"))
+    caps = [r for r in plan.constraints if r.name.startswith(("power ", "supply "))]
+    assert caps and all(r.marginal_usd_per_month is None for r in caps if r.binding)
+    unpriced = solve_plan(sc, cs, "tiny", CAT, compare_policies=False)
+    assert all(r.marginal_usd_per_month is None for r in unpriced.constraints
+               if r.name in ("vendor-share", "n-1"))

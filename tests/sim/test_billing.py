@@ -57,3 +57,23 @@ def test_an_outage_never_lowers_the_bill(two_vendor_plan, fail, commit) -> None:
     assert down.cost_usd >= up.cost_usd * (1 - 1e-12)
     for pid, p in down.pools.items():  # reserved and failed replicas are billed in full
         assert p.cost_usd == pytest.approx(up.pools[pid].cost_usd, rel=1e-12)
+
+
+def test_window_bill_applies_the_contracts_discount_and_volume_tiers(two_vendor_plan) -> None:
+    """A contract with a discount and usage-stepped tiers bills a window as the plan
+    bills a month (plan.billing.contract_usage_usd, thresholds pro rata), and chips it
+    does not cover stay at list."""
+    p = two_vendor_plan.model_copy(deep=True)
+    amd = next(u for u in p.units if u.vendor == "AMD")
+    month_list = amd.usd_per_hour * 730.0  # the AMD pool all month at list
+    tiers = [(0.3 * month_list, 0.2), (0.6 * month_list, 0.5)]
+    p.limits = p.limits.model_copy(update={"hours_per_month": 730.0, "contracts": {
+        "amd-deal": ContractLimit(cloud=amd.cloud, committed_usd_per_month=0.0,
+                                  discount=0.1, volume_tiers=tiers,
+                                  accelerators=[amd.accelerator])}})
+    run = simulate(p, planned_traffic(p, 40, seed=3))
+    frac = period_fraction(billed_span_s(run.record), 730.0)
+    used = month_list * frac  # by hand: 30 % at 10 % off, 30 % at 20 % off, 40 % at 50 %
+    billed = used * (0.3 * 0.9 + 0.3 * 0.8 + 0.4 * 0.5)
+    others = sum(u.usd_per_hour * 730.0 * frac for u in p.units if u.pool != amd.pool)
+    assert run.summary.cost_usd == pytest.approx(billed + others, rel=1e-9)

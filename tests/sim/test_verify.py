@@ -110,3 +110,26 @@ def test_a_plan_that_cannot_be_resized_says_which_constraint(tmp_path: Path):
     again = solve(v.resized)
     assert {u.pool: u.replicas for u in again.units} == {
         u.pool: u.replicas for u in plan.units}
+
+
+def test_the_replay_is_of_the_scenario_with_its_set_edits(monkeypatch):
+    """A plan made with `--set tiers.X.traffic.scale=...` is checked on that traffic,
+    not on the file's (which would pass any plan sized for more)."""
+    import tokenfleet.sim.verify as v
+
+    seen = []
+
+    class _W:
+        arrival_s = __import__("numpy").zeros(3)
+        source = "w"
+
+        def subset(self, mask, label):
+            return [1, 2, 3]
+
+    def fake(plan, scenario, duration_s=None, seed=0, overrides=None):
+        seen.append(overrides)
+        return _W()
+
+    monkeypatch.setattr(v, "scenario_traffic", fake)
+    v._window(None, "s.yaml", 60.0, 0, ("tiers.chat.traffic.scale=6",))  # type: ignore[arg-type]
+    assert seen == [["tiers.chat.traffic.scale=6"]]

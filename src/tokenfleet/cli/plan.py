@@ -310,16 +310,18 @@ def plan_cmd(
         if verify_:
             plan = _verified(sc, base, cat, gate, step, baselines, str(scenario),
                              VerifyOptions(window_s=verify_window,
-                                           outage_window_s=outage_window), kept)
+                                           outage_window_s=outage_window,
+                                           overrides=tuple(set_ or [])), kept)
         elif over_day:  # plan_scenario's two steps, keeping the candidates for the day
             from tokenfleet.plan.planner import prepare, solve_plan
 
             kept["cs"] = prepare(sc, base, cat, None, gate, step)
             plan = solve_plan(sc, kept["cs"], sc.name, cat, progress=step,
-                              compare_policies=baselines)
+                              compare_policies=baselines, price_policies=True)
         else:
             plan = plan_scenario(sc, base, name=sc.name, catalog=cat, precision_gate=gate,
-                                 progress=step, compare_policies=baselines)
+                                 progress=step, compare_policies=baselines,
+                                 price_policies=True)
         if over_day:
             from tokenfleet.cli.plan_day import add_day
 
@@ -363,6 +365,7 @@ def _verified(sc: Scenario, base: Path, cat: Catalog, gate: Gate,
     """Plan, verify by simulation (re-sizing and re-solving), then price the constraints
     and solve the baselines once, on the capacities the simulation settled on."""
     from tokenfleet.plan.planner import prepare, solve_plan
+    from tokenfleet.plan.prices import rebased
     from tokenfleet.sim.verify import verify
 
     cs = prepare(sc, base, cat, None, gate, step)
@@ -373,18 +376,22 @@ def _verified(sc: Scenario, base: Path, cat: Catalog, gate: Gate,
         return solve_plan(sc, cs, sc.name, cat, scale=scale, compare_policies=False)
 
     plan = verify(solve({}), solve, scenario, opts, step)
-    if not baselines:
-        return plan
     v = plan.verification
     assert v is not None
-    final = solve_plan(sc, cs, sc.name, cat, scale=v.resized, progress=step)
+    # prices (and baselines) on the capacities the simulation settled on, so a price
+    # is this plan's bill minus the bill re-solved without the constraint
+    final = solve_plan(sc, cs, sc.name, cat, scale=v.resized, progress=step,
+                       compare_policies=baselines, price_policies=True)
     same = ({u.pool: u.replicas for u in final.units}
             == {u.pool: u.replicas for u in plan.units})
     if not same:  # the re-solve is deterministic; keep the verified fleet if not
-        plan.baselines, plan.constraints = final.baselines, final.constraints
+        shift = plan.cost.usd_per_month - final.cost.usd_per_month
+        plan.baselines = final.baselines
+        plan.constraints = rebased(final.constraints, shift)
         plan.tradeoffs = final.tradeoffs
-        plan.notes.append("baselines and constraint prices come from a re-solve that "
-                          "picked a different fleet of the same cost bound")
+        plan.notes.append(f"baselines and constraint prices come from a re-solve that "
+                          f"picked a different fleet (bill {shift:+,.0f} USD/month from "
+                          "this one's; prices moved by that difference)")
         return plan
     final.verification = v
     return final

@@ -1,24 +1,17 @@
 """What plan.json says about money and power beyond the bill: each commitment as
-signed and how much of it this plan uses, vendor shares by tokens, spend and chips,
-and energy (facility MW with each region's PUE, MWh per month, its cost)."""
+signed and how much of it this plan uses, the unit costs and vendor shares by spend,
+chips and tokens (``plan.economics``: one table), and energy (facility MW with each
+region's PUE, MWh per month, its cost)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
-from tokenfleet.plan.economics import vendor_shares as by_vendor
+from tokenfleet.plan.billing import contract_usage_usd
+from tokenfleet.plan.economics import plan_economics
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.plan.schema import Plan
-
-
-def vendor_shares(plan: Plan) -> dict[str, dict[str, float]]:
-    """Basis -> vendor -> share: tokens as the vendor cap counts them, spend and chips as
-    :func:`tokenfleet.plan.economics.vendor_shares` counts them (one computation)."""
-    econ = by_vendor(plan)
-    return {"tokens": dict(plan.vendor_share),
-            "spend": {v: s.spend for v, s in econ.items() if s.spend > 0},
-            "chips": {v: s.chips for v, s in econ.items() if s.chips > 0}}
 
 
 def energy(plan: Plan, sc: Scenario) -> dict[str, Any]:
@@ -47,10 +40,12 @@ def energy(plan: Plan, sc: Scenario) -> dict[str, Any]:
 
 def contract_use(plan: Plan, sc: Scenario) -> list[dict[str, Any]]:
     """Each contract's terms and this plan's use of its month's minimum: the usage of
-    the pools it covers (``Scenario.contract_for``), at its discount."""
+    the pools it covers (``Scenario.contract_for``), billed at its discount or volume
+    tiers (:func:`tokenfleet.plan.billing.contract_usage_usd`, the bill's formula)."""
     hours = sc.hours_per_month
     prepaid = {(s.accelerator, s.cloud, s.region) for s in sc.supply if s.prepaid}
-    usage: dict[str, float] = defaultdict(float)
+    at_list: dict[str, float] = defaultdict(float)  # eligible usage at list price
+    usage: dict[str, float] = defaultdict(float)  # what it is billed (discount, tiers)
     mw: dict[str, float] = defaultdict(float)
     pue = {r.name: r.pue for r in sc.regions}
     for u in plan.units:
@@ -58,10 +53,12 @@ def contract_use(plan: Plan, sc: Scenario) -> list[dict[str, Any]]:
         if k is None:
             continue
         if (u.accelerator, u.cloud, u.region) not in prepaid:
-            usage[k.name] += u.usd_per_hour * hours * (1 - k.discount)
+            at_list[k.name] += u.usd_per_hour * hours
         mw[k.name] += u.watts * pue.get(u.region, 1.0) / 1e6
     out = []
     for k in sc.contracts:
+        t = k.terms
+        usage[k.name] = contract_usage_usd(at_list[k.name], t.discount, t.volume_tiers)
         minimum = k.committed_usd_per_month
         used = min(usage[k.name], minimum)
         total = k.total_usd or (sum(k.yearly_minimum_usd) if k.yearly_minimum_usd else
@@ -71,6 +68,8 @@ def contract_use(plan: Plan, sc: Scenario) -> list[dict[str, Any]]:
             "total_usd": total, "yearly_minimum_usd": k.yearly_minimum_usd, "year": k.year,
             "take_or_pay": k.take_or_pay, "discount": k.discount,
             "discount_tiers": [t.model_dump() for t in k.discount_tiers or []],
+            "volume_tiers": [t.model_dump() for t in k.volume_tiers or []],
+            "usage_at_list_usd_per_month": at_list[k.name],
             "accelerators": k.accelerators, "regions": k.regions,
             "minimum_usd_per_month": minimum,
             "usage_usd_per_month": usage[k.name],
@@ -82,6 +81,6 @@ def contract_use(plan: Plan, sc: Scenario) -> list[dict[str, Any]]:
 
 
 def enrich(plan: Plan, sc: Scenario) -> None:
-    plan.vendor_shares = vendor_shares(plan)
+    plan.economics = plan_economics(plan)
     plan.energy = energy(plan, sc)
     plan.contracts = contract_use(plan, sc)

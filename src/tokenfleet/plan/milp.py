@@ -25,6 +25,7 @@ import numpy as np
 from scipy.sparse import csc_array
 
 from tokenfleet.plan import highs
+from tokenfleet.plan.billing import Terms
 from tokenfleet.plan.candidates import Candidate, CandidateSet, Demand
 from tokenfleet.plan.n1 import N1Cut, starting_cuts, violated
 from tokenfleet.plan.scenario import Scenario
@@ -406,10 +407,44 @@ def _contract_rows(b: _Build) -> None:
         members = [c for c in b.cands
                    if b.sc.contract_for(c.accelerator.id, c.cloud, c.region) is k
                    and not b.sc.supply[c.supply_index].prepaid]
-        coefs = {b.n[c.id]: c.usd_per_hour * hours * (1 - k.discount) for c in members}
+        if k.volume_tiers:
+            coefs = _volume_tier_terms(b, k.name, k.terms, members)
+        else:
+            coefs = {b.n[c.id]: c.usd_per_hour * hours * (1 - k.discount) for c in members}
         coefs[b.od[k.name]] = -1.0
         b.p.row(f"contract {k.name}", "contract", coefs, ub=k.fixed_usd_per_month,
                 detail=f"{k.committed_usd_per_month:,.0f} USD/month committed in {k.cloud}")
+
+
+def _volume_tier_terms(b: _Build, name: str, t: Terms, members: list[Candidate]
+                       ) -> dict[int, float]:
+    """The billed usage of a contract with volume tiers, exactly, as a sum over bands.
+
+    Usage at list L = sum_c price_c * n_c is split into bands s_0..s_m (s_i in [0, w_i],
+    band i from threshold a_i to a_{i+1}, a_0 = 0, the last one up to the most the
+    members can use); billed = sum_i (1 - d_i) s_i. Discounts rise with usage, so the
+    billed amount is concave in L: a solver free to pick bands would fill the cheap
+    upper bands first. A binary z_i per threshold keeps the order: s_{i-1} >= w_{i-1} z_i
+    (band i opens only once band i-1 is full) and s_i <= w_i z_i (the incremental
+    piecewise-linear model, exact for any rates). Returns the contract row's terms."""
+    hours = b.sc.hours_per_month
+    price = {c.id: c.usd_per_hour * hours for c in members}
+    most = sum(price[c.id] * b.p.upper[b.n[c.id]] for c in members)
+    edges = [0.0, *(a for a, _ in t.volume_tiers)]
+    rates = [t.discount, *(d for _, d in t.volume_tiers)]
+    widths = [max(min(hi, most) - lo, 0.0)
+              for lo, hi in zip(edges, [*edges[1:], max(most, edges[-1])], strict=True)]
+    s = [b.p.var(f"vol[{name}][{i}]", 0.0, 0.0, w) for i, w in enumerate(widths)]
+    link = {b.n[c.id]: -price[c.id] for c in members}
+    link.update({j: 1.0 for j in s})
+    b.p.row(f"contract {name}: usage by volume tier", "contract-volume", link, 0.0, 0.0)
+    for i in range(1, len(s)):
+        z = b.p.var(f"vol-open[{name}][{i}]", 0.0, 0.0, 1.0, integer=True)
+        b.p.row(f"contract {name}: tier {i - 1} full before tier {i}", "contract-volume",
+                {s[i - 1]: 1.0, z: -widths[i - 1]}, lb=0.0)
+        b.p.row(f"contract {name}: tier {i} only once open", "contract-volume",
+                {s[i]: 1.0, z: -max(widths[i], 1.0)}, ub=0.0)
+    return {j: 1.0 - r for j, r in zip(s, rates, strict=True)}
 
 
 def _vendor_share_rows(b: _Build) -> None:

@@ -17,7 +17,7 @@ from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.unit import Layout
-from tokenfleet.plan.billing import bill_usd
+from tokenfleet.plan.billing import bill_usd, metered_by_contract
 from tokenfleet.plan.candidates import (
     DEFAULT_CONFIDENCE,
     Candidate,
@@ -95,7 +95,7 @@ def cost_breakdown(sc: Scenario, chosen: list[tuple[Candidate, int]]) -> Cost:
     draws down that contract's minimum; usage beyond it, and usage no contract covers, is
     paid at list; commitments and prepaid blocks are paid whatever is used."""
     hours = sc.hours_per_month
-    metered: dict[str, float] = defaultdict(float)  # by contract; "" = under none
+    usage = []
     fleet = prepaid_used = 0.0
     for c, reps in chosen:
         spend = c.usd_per_hour * reps * hours
@@ -103,8 +103,8 @@ def cost_breakdown(sc: Scenario, chosen: list[tuple[Candidate, int]]) -> Cost:
         if sc.supply[c.supply_index].prepaid:
             prepaid_used += spend
             continue
-        k = sc.contract_for(c.accelerator.id, c.cloud, c.region)
-        metered[k.name if k else ""] += spend * (1 - k.discount) if k else spend
+        usage.append((c.accelerator.id, c.cloud, c.region, spend))
+    metered = metered_by_contract(usage, [k.terms for k in sc.contracts])  # "" = none
     b = bill_usd(metered, {k.name: k.fixed_usd_per_month for k in sc.contracts},
                  prepaid_monthly_usd(sc), prepaid_used)
     return Cost(usd_per_month=b.usd, fleet_usd_per_month=fleet,
@@ -184,12 +184,13 @@ def plan_scenario(
     precision_gate: Callable[[Tier, str], tuple[bool, str]] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     compare_policies: bool = True,
+    price_policies: bool = False,
 ) -> Plan:
     """Candidates, then the cheapest plan (:func:`solve_plan`)."""
     catalog = catalog or load_catalog()
     cs = prepare(sc, base, catalog, cal, precision_gate, progress)
     return solve_plan(sc, cs, name, catalog, progress=progress,
-                      compare_policies=compare_policies)
+                      compare_policies=compare_policies, price_policies=price_policies)
 
 
 def prepare(sc: Scenario, base: Path, catalog: Catalog, cal: Calibration | None = None,
@@ -241,9 +242,11 @@ def scaled(cs: CandidateSet, scale: Mapping[str, float]) -> CandidateSet:
 def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
                scale: Mapping[str, float] | None = None,
                progress: Callable[[str, int, int], None] | None = None,
-               compare_policies: bool = True) -> Plan:
+               compare_policies: bool = True, price_policies: bool = False) -> Plan:
     """The cheapest plan over ``cs`` (capacities scaled by ``scale``), its baselines
-    (the same capacities) and the price of each constraint, independently checked."""
+    (the same capacities) and the price of each constraint, independently checked.
+    Without ``compare_policies``, no baselines and no prices, except the policies' (one
+    re-solve each) with ``price_policies``."""
     cs = scaled(cs, scale or {})
     f, sol = solve_fleet(sc, cs)
     if sol.timed_out:
@@ -256,8 +259,13 @@ def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
         f, sol = polish(sc, cs, f, sol)
     total = bill(sc, f, sol)
 
-    constraints = (price_constraints(sc, cs, f, sol, total, bill, progress) if compare_policies
-                   else _constraint_reports(sc, cs, f, sol, total, False, progress))
+    if compare_policies:
+        constraints = price_constraints(sc, cs, f, sol, total, bill, progress)
+    else:
+        constraints = _constraint_reports(sc, cs, f, sol, total, False, progress)
+        if price_policies:
+            constraints = [r for r in constraints if r.name not in POLICY_FAMILIES] + (
+                price_constraints(sc, cs, f, sol, total, bill, progress, policies_only=True))
     baselines = _baselines(sc, cs, total) if compare_policies else []
     plan = _assemble(sc, cs, f, sol, name, constraints, baselines, catalog)
     if compare_policies:  # a dozen more solves on the same candidates, ~0.15 s each
@@ -289,8 +297,10 @@ def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Sol
     rows = [(r, float(sol.activity[i])) for i, r in enumerate(f.program.rows)
             if r.family in ("supply", "power", "contract")]
     policies = sorted({r.family for r in f.program.rows if r.family in POLICY_FAMILIES})
-    binding_caps = [r for r, act in rows
-                    if r.family != "contract" and act >= r.ub * (1 - ACTIVE) - 1e-9]
+    # a cap binds once it has no room for one more replica of its largest pool (an
+    # integer plan need not fill it to the last watt: tokenfleet.plan.prices)
+    binding_caps = [r for r, act in rows if r.family != "contract"
+                    and r.ub - act < max(r.coefs.values(), default=0.0) * (1 - 1e-9)]
     drops = [r.name for r in binding_caps] + policies if price_them else []
     count = 0
 
@@ -322,7 +332,8 @@ def _constraint_reports(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Sol
                        + (f", {wasted:,.0f} wasted" if wasted else "")))
             continue
         binding = r in binding_caps
-        marginal = saving(r.name) if binding and price_them else 0.0
+        # a binding cap nobody priced is "—", not "$0"
+        marginal = (saving(r.name) if price_them else None) if binding else 0.0
         unit, scale = ("MW", 1e6) if r.family == "power" else ("chips", 1.0)
         out.append(ConstraintReport(name=r.name, binding=binding,
                                     marginal_usd_per_month=marginal,
@@ -518,9 +529,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
         power_mw={r.name: r.power_mw for r in sc.regions if r.power_mw is not None},
         supply_max_chips={f"{s.accelerator}@{s.cloud}/{s.region}": s.max_chips
                           for s in sc.supply},
-        contracts={k.name: ContractLimit(cloud=k.cloud,
-                                         committed_usd_per_month=k.fixed_usd_per_month)
-                   for k in sc.contracts},
+        contracts={k.name: ContractLimit.of(k.terms) for k in sc.contracts},
         residency={t.name: t.regions for t in sc.tiers if t.regions},
     )
     risk = _risk(sc, cs, chosen, f, x, None if sc.derate is not None else (

@@ -45,6 +45,12 @@ POLICIES = ("vendor-share", "n-1", MIN_SHARE)
 STEP_SHARE = 0.01  # one point of share
 STEP_CAP = 0.1  # a cap's marginal price is measured on +10 % of it, per unit
 MIN_SOLVE_S = 1.0  # the least time a re-solve gets, even past the pricing budget
+# A re-solve starts from the plan, which is already within the plan's own gap of the
+# relaxed optimum whenever the constraint is worth less than that gap: stopped at the
+# same gap, it would return the plan and price the constraint $0. So re-solves close
+# the gap ten times further (still within the shared time budget; out of time, the
+# price is a proved range).
+RESOLVE_GAP_SHARE = 0.1
 
 
 @dataclass
@@ -84,8 +90,8 @@ def _solve_jobs(ctx: _Ctx, jobs: list[Job], progress: Progress | None, done0: in
         # starts late gets what is left (at least MIN_SOLVE_S) and, started from the plan,
         # always returns a plan; out of time, its price is "at least" its proved bound
         left = max(ctx.deadline - time.perf_counter(), MIN_SOLVE_S)
-        sc = j.sc if left >= j.sc.time_limit_s else j.sc.model_copy(
-            update={"time_limit_s": left})
+        sc = j.sc.model_copy(update={"time_limit_s": min(left, j.sc.time_limit_s),
+                                     "mip_gap": j.sc.mip_gap * RESOLVE_GAP_SHARE})
         return solve_fleet(sc, ctx.cs, drop=j.drop, start=ctx.start)
 
     workers = max(1, min(len(jobs), os.cpu_count() or 1, 4))
@@ -105,14 +111,19 @@ def _objective_bound(s: Solution) -> float | None:
     return s.objective * (1 - s.gap)
 
 
-def _price(ctx: _Ctx, job: Job, meets: Callable[[Formulation, Solution], bool] | None
-           ) -> Price:
+def _price(ctx: _Ctx, job: Job, meets: Callable[[Formulation, Solution], bool] | None,
+           rebill: bool = False) -> Price:
     assert job.result is not None
     g, s2 = job.result
     if not s2.ok:
         # cannot happen for a relaxation started from a feasible plan, but say so if it does
         return Price(None, None, None, False, f"re-solve failed: {s2.message}")
     point = ctx.total - ctx.bill(job.sc, g, s2)
+    if rebill:
+        # dropping a commitment changes the bill, not what is feasible: the re-solve's
+        # fleet is a plan of the scenario too, and where it bills less than the plan
+        # under the commitment, that part of the saving is solver slack, not the price
+        point -= max(ctx.total - ctx.bill(ctx.sc, g, s2), 0.0)
     proved = s2.status == 0
     low = high = None
     if ctx.sc.objective == "cost":
@@ -214,14 +225,18 @@ def _stepped(sc: Scenario, r: Row) -> tuple[Scenario, float] | None:
 
 
 def price_constraints(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution,
-                      total: float, bill: Bill, progress: Progress | None = None
-                      ) -> list[ConstraintReport]:
-    """A report per cap, commitment and policy with its price (see the module doc)."""
+                      total: float, bill: Bill, progress: Progress | None = None,
+                      policies_only: bool = False) -> list[ConstraintReport]:
+    """A report per cap, commitment and policy with its price (see the module doc).
+    ``policies_only``: the vendor share, N-1 and min-share floors alone (each one
+    re-solve, independent of the baselines and of the caps' screening), for a plan that
+    skips the rest (``plan --no-baselines``)."""
     assert sol.activity is not None and sol.x is not None
     ctx = _Ctx(sc, cs, f, sol, total, bill, _by_name(f, sol),
                deadline=time.perf_counter() + sc.time_limit_s)
+    wanted = POLICIES if policies_only else (*CAPS, *POLICIES, "contract")
     for i, r in enumerate(f.program.rows):
-        if r.family in CAPS or r.family in POLICIES or r.family == "contract":
+        if r.family in wanted:
             ctx.rows.setdefault(r.name, []).append((r, float(sol.activity[i])))
 
     def tight(name: str) -> bool:
@@ -236,7 +251,7 @@ def price_constraints(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solut
     floors = [n for n, rs in ctx.rows.items() if rs[0][0].family == MIN_SHARE]
 
     drops = {n: Job(n, sc, frozenset({n})) for n in tight_caps + policies + floors}
-    for k in sc.contracts:
+    for k in [] if policies_only else sc.contracts:
         drops[f"contract {k.name}"] = Job(
             f"contract {k.name}",
             sc.model_copy(update={"contracts": [c for c in sc.contracts if c is not k]}))
@@ -270,6 +285,20 @@ def price_constraints(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solut
     return _reports(ctx, drops, steps, loose_price)
 
 
+def rebased(reports: list[ConstraintReport], shift_usd: float) -> list[ConstraintReport]:
+    """Prices measured against a plan whose bill is ``shift_usd`` below the plan they
+    are reported for (the same re-solves: what each saves is the reported plan's bill
+    minus the re-solve's, so every figure moves by the shift), floored at 0."""
+    def up(x: float | None) -> float | None:
+        return None if x is None else max(x + shift_usd, 0.0)
+
+    return [r.model_copy(update={
+        "marginal_usd_per_month": up(r.marginal_usd_per_month),
+        "price_low_usd_per_month": up(r.price_low_usd_per_month),
+        "price_high_usd_per_month": up(r.price_high_usd_per_month)})
+        if r.marginal_usd_per_month else r for r in reports]
+
+
 def _family_row(ctx: _Ctx, family: str) -> Row:
     return next(rs[0][0] for rs in ctx.rows.values() if rs[0][0].family == family)
 
@@ -292,7 +321,8 @@ def _reports(ctx: _Ctx, drops: Mapping[str, Job], steps: Mapping[str, tuple[Job,
 
     def report(name: str, detail: str, unit: str | None = None, limit: float | None = None,
                used: float | None = None, binding_hint: bool = False) -> ConstraintReport:
-        p = loose_price.get(name) or _price(ctx, drops[name], meets_for(name))
+        p = loose_price.get(name) or _price(ctx, drops[name], meets_for(name),
+                                            rebill=name.startswith("contract "))
         per_unit = step = None
         if name in steps and (p.point or 0.0) > 0:
             sj, step = steps[name]
@@ -316,6 +346,8 @@ def _reports(ctx: _Ctx, drops: Mapping[str, Job], steps: Mapping[str, tuple[Job,
             out.append(report(name, f"{r.detail}; uses {shown}", unit, limit, used, tight))
     for k in sc.contracts:
         name = f"contract {k.name}"
+        if name not in ctx.rows:  # policies only
+            continue
         r, act = ctx.rows[name][0]
         assert ctx.sol.x is not None
         used = act + float(ctx.sol.x[f.od[k.name]])  # row: usage - od <= commitment

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.plan.billing import Terms
 from tokenfleet.yamlio import read_yaml, validate
 
 
@@ -172,6 +173,18 @@ class Region(_M):
                                 "chip-hour prices already include power: informational)")
 
 
+class VolumeTier(_M):
+    """A usage-stepped rate: the part of a month's eligible usage (at list price) above
+    ``above_usd_per_month`` is billed ``discount`` off list, up to the next tier's
+    threshold (as cloud price lists step a rate by monthly volume, each rate on the
+    volume within its step; the thresholds and rates of a negotiated deal are the
+    scenario's, an assumption unless the contract is at hand)."""
+
+    above_usd_per_month: float = Field(gt=0, description="threshold: eligible usage this "
+                                                         "month at list price, USD")
+    discount: float = Field(ge=0, lt=1, description="fraction off list on usage above it")
+
+
 class DiscountTier(_M):
     """Commit at least this much over the term, get this much off list."""
 
@@ -216,6 +229,12 @@ class Contract(_M):
     take_or_pay: bool = Field(
         True, description="the monthly minimum is paid whether used or not; false: only "
                           "usage is paid (a discount agreement without a minimum)")
+    volume_tiers: list[VolumeTier] | None = Field(
+        None, description="usage-stepped discounts: eligible usage above each threshold "
+                          "(USD/month at list) gets that tier's discount instead of "
+                          "`discount`, e.g. [{above_usd_per_month: 2.0e6, discount: 0.05}, "
+                          "{above_usd_per_month: 4.0e6, discount: 0.1}]; thresholds rise, "
+                          "discounts never fall")
 
     def eligible(self, accelerator: str, cloud: str, region: str) -> bool:
         return (cloud == self.cloud
@@ -226,6 +245,16 @@ class Contract(_M):
     def fixed_usd_per_month(self) -> float:
         """What the plan pays whatever it uses."""
         return self.committed_usd_per_month if self.take_or_pay else 0.0
+
+    @property
+    def terms(self) -> Terms:
+        """What billing needs (:mod:`tokenfleet.plan.billing`)."""
+        return Terms(name=self.name, cloud=self.cloud,
+                     fixed_usd_per_month=self.fixed_usd_per_month, discount=self.discount,
+                     volume_tiers=tuple((t.above_usd_per_month, t.discount)
+                                        for t in self.volume_tiers or []),
+                     accelerators=tuple(self.accelerators) if self.accelerators else None,
+                     regions=tuple(self.regions) if self.regions else None)
 
     @model_validator(mode="after")
     def _monthly(self) -> Contract:
@@ -260,7 +289,23 @@ class Contract(_M):
                 raise ValueError(f"discount {self.discount} disagrees with discount_tiers, "
                                  f"which give {tier} for a {total:,.0f} USD commitment")
             self.discount = tier
+        self._check_volume_tiers()
         return self
+
+    def _check_volume_tiers(self) -> None:
+        tiers = self.volume_tiers or []
+        for i, (a, b) in enumerate(zip(tiers, tiers[1:], strict=False)):
+            if b.above_usd_per_month <= a.above_usd_per_month:
+                raise ValueError(f"volume_tiers[{i + 1}].above_usd_per_month "
+                                 f"{b.above_usd_per_month:,.0f} must be above the tier "
+                                 f"before it ({a.above_usd_per_month:,.0f})")
+        prev = self.discount
+        for i, t in enumerate(tiers):
+            if t.discount < prev:
+                raise ValueError(f"volume_tiers[{i}].discount {t.discount:g} is below the "
+                                 f"discount before it ({prev:g}): a volume discount never "
+                                 "falls as usage grows")
+            prev = t.discount
 
 
 class NMinusOne(_M):

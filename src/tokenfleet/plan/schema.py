@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.estimate import Provenance
 from tokenfleet.perf.precision import KV_BYTES, PRECISIONS
 from tokenfleet.perf.unit import Layout
+from tokenfleet.plan.billing import Terms
 from tokenfleet.plan.day_schema import DayPlan
 from tokenfleet.plan.economics import PlanEconomics
 from tokenfleet.plan.tradeoffs import Tradeoffs
@@ -264,8 +265,29 @@ class NMinusOneLimit(_Model):
 
 
 class ContractLimit(_Model):
+    """A contract as the bill needs it (the simulator bills a window with it)."""
+
     cloud: str
-    committed_usd_per_month: float
+    committed_usd_per_month: float = Field(description="take-or-pay minimum (0: none)")
+    discount: float = Field(0.0, description="fraction off list on eligible usage")
+    volume_tiers: list[tuple[float, float]] = Field(
+        [], description="(above USD/month at list, discount): usage-stepped rates")
+    accelerators: list[str] | None = Field(None, description="eligible chips (None: all)")
+    regions: list[str] | None = Field(None, description="eligible regions (None: all)")
+
+    @classmethod
+    def of(cls, t: Terms) -> ContractLimit:
+        return cls(cloud=t.cloud, committed_usd_per_month=t.fixed_usd_per_month,
+                   discount=t.discount, volume_tiers=[tuple(x) for x in t.volume_tiers],
+                   accelerators=list(t.accelerators) if t.accelerators else None,
+                   regions=list(t.regions) if t.regions else None)
+
+    def terms(self, name: str) -> Terms:
+        return Terms(name=name, cloud=self.cloud,
+                     fixed_usd_per_month=self.committed_usd_per_month,
+                     discount=self.discount, volume_tiers=tuple(self.volume_tiers),
+                     accelerators=tuple(self.accelerators) if self.accelerators else None,
+                     regions=tuple(self.regions) if self.regions else None)
 
 
 class PlanLimits(_Model):
@@ -324,8 +346,6 @@ class Plan(_Model):
     verification: Verification | None = None
     risk: Risk | None = None
     notes: list[str] = []
-    vendor_shares: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="basis (tokens, spend, chips) -> vendor -> share")
     energy: dict[str, Any] = Field(
         default_factory=dict, description="per region and in total: IT and facility MW "
                                           "(PUE), MWh per month, and its cost where priced")
@@ -351,6 +371,15 @@ class Plan(_Model):
 
     def pools_for(self, tier: str) -> list[PlanUnit]:
         return [u for u in self.units if u.tier == tier]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_vendor_share_table(cls, data: Any) -> Any:
+        # plans written before economics.vendor_share became the one table by spend,
+        # chips and tokens carried a copy as `vendor_shares`: read them, drop the copy
+        if isinstance(data, dict) and "vendor_shares" in data:
+            data = {k: v for k, v in data.items() if k != "vendor_shares"}
+        return data
 
 
 def load_plan(path: str | Path) -> Plan:

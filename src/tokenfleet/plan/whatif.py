@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from tokenfleet.catalog.loader import Catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.plan.candidates import CandidateSet
+from tokenfleet.plan.economics import vendor_shares
 from tokenfleet.plan.milp import fixed_monthly_cost, solve_fleet
 from tokenfleet.plan.planner import bill, chosen_units
 from tokenfleet.plan.scenario import MinShare, Scenario
@@ -107,11 +108,8 @@ class Comparison(BaseModel):
 
 
 def spend_shares(plan: Plan) -> dict[str, float]:
-    by: dict[str, float] = defaultdict(float)
-    for u in plan.units:
-        by[u.vendor] += u.usd_per_hour
-    tot = sum(by.values()) or 1.0
-    return {v: s / tot for v, s in sorted(by.items())}
+    """Vendor -> share of the fleet's list value (plan.economics' computation)."""
+    return {v: s.spend for v, s in vendor_shares(plan).items()}
 
 
 def slo_margins(plan: Plan) -> dict[str, float]:

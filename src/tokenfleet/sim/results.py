@@ -25,7 +25,7 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from tokenfleet.perf.metrics import Latency, attainment
-from tokenfleet.plan.billing import bill_usd, period_fraction
+from tokenfleet.plan.billing import bill_usd, metered_by_contract, period_fraction
 from tokenfleet.plan.schema import PlanLimits
 from tokenfleet.sim.engine import SERIES_LEVELS, SERIES_TOTALS, RunRecord
 from tokenfleet.sim.fleet import PoolInfo
@@ -247,14 +247,11 @@ def window_bill_usd(rec: RunRecord, pool_usd: dict[str, float],
     if not limits:
         return sum(pool_usd.values())
     frac = period_fraction(billed_span_s(rec), limits.hours_per_month)
-    metered: dict[str, float] = {}
-    for pid, usd in pool_usd.items():
-        if pid not in prepaid:
-            cloud = rec.pool_info[pid].unit.cloud
-            metered[cloud] = metered.get(cloud, 0.0) + usd
-    commit: dict[str, float] = {}
-    for k in limits.contracts.values():
-        commit[k.cloud] = commit.get(k.cloud, 0.0) + k.committed_usd_per_month * frac
+    terms = [k.terms(name) for name, k in limits.contracts.items()]
+    units = {pid: rec.pool_info[pid].unit for pid in pool_usd if pid not in prepaid}
+    metered = metered_by_contract(((u.accelerator, u.cloud, u.region, pool_usd[pid])
+                                   for pid, u in units.items()), terms, frac)
+    commit = {t.name: t.fixed_usd_per_month * frac for t in terms}
     fixed_prepaid = limits.prepaid_usd_per_month * frac
     used_prepaid = sum(usd for pid, usd in pool_usd.items() if pid in prepaid)
     return bill_usd(metered, commit, max(fixed_prepaid, used_prepaid), used_prepaid).usd

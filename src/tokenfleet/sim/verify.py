@@ -65,6 +65,10 @@ class VerifyOptions:
     # can take several times the CPU time: the example takes 2 rounds, ~15 s of CPU
     deadline_s: float = 180.0
     workers: int | None = None  # processes for replays (default: up to 2 cores)
+    # the scenario's --set edits: the replay is of the traffic the plan was sized for
+    # (a `--set tiers.X.traffic.scale=...` plan replayed at the file's scale checks
+    # nothing)
+    overrides: tuple[str, ...] = ()
 
 
 @dataclass
@@ -80,8 +84,9 @@ def _key(pct: float) -> str:
     return "p50" if pct <= 50 else "p90" if pct <= 90 else "p99"
 
 
-def _window(plan: Plan, scenario: str, window_s: float, seed: int) -> Workload:
-    w = scenario_traffic(plan, scenario, window_s, seed)
+def _window(plan: Plan, scenario: str, window_s: float, seed: int,
+            overrides: tuple[str, ...] = ()) -> Workload:
+    w = scenario_traffic(plan, scenario, window_s, seed, list(overrides))
     cut = w.subset(w.arrival_s < window_s, f"{w.source} [0, {window_s:g} s)")
     if len(cut) == 0:
         raise TokenfleetError(f"{scenario}: no requests in the first {window_s:g} s")
@@ -244,7 +249,7 @@ def _loop(plan: Plan, solve: Callable[[dict[str, float]], Plan], scenario: str,
         rounds += 1
         if progress:
             progress("verifying by simulation", rounds, opts.max_rounds)
-        w = _window(plan, scenario, opts.window_s, opts.seed)
+        w = _window(plan, scenario, opts.window_s, opts.seed, opts.overrides)
         replays, up = _replay_all_up(plan, w, opts.seed, runner)
         missing = [t for t in plan.tiers if t.name in replays and not replays[t.name].check.met]
         outages = []
@@ -292,7 +297,7 @@ def _outages(plan: Plan, scenario: str, opts: VerifyOptions, n1: NMinusOneLimit,
     were down."""
     by = n1.by
     floor = n1.min_fraction
-    w = _window(plan, scenario, opts.outage_window_s, opts.seed)
+    w = _window(plan, scenario, opts.outage_window_s, opts.seed, opts.overrides)
     groups = sorted({str(getattr(u, by)) for u in plan.units if u.replicas})
     recs = runner.run(plan, w, [([parse_failure(f"{by}={v}")], "ttft") for v in groups],
                       opts.seed)
@@ -322,6 +327,10 @@ def _record(plan: Plan, replays: dict[str, _Replay], up: RunRecord, outages: lis
             met: bool, notes: list[str], scenario: str) -> Plan:
     usd = _bill(up, plan)
     by = plan.limits.n_minus_1.by if plan.limits.n_minus_1 else "vendor"
+    if opts.overrides:
+        notes = [*notes, "replayed the scenario with " + " ".join(
+            f"--set {o}" for o in opts.overrides) + " (simulate --scenario below replays "
+            "the file as written)"]
     reproduce = [f"tokenfleet simulate plan.json --scenario {scenario} --duration "
                  f"{opts.window_s:g} --seed {opts.seed} --json"]
     if outages:
