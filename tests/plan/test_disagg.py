@@ -77,9 +77,13 @@ def test_prefill_halves_are_loaded_by_their_decode_halves_traffic() -> None:
     for u in p.units:
         if u.role == "prefill":
             assert loads[u.pool] is not None and 0.5 < loads[u.pool] <= 1.0 + 1e-3
-    # losing a prefill half loses its pair: nothing left to serve this tier
+    # losing a prefill half loses its pair: what is left is what losing both halves
+    # leaves (the tier's aggregated units, if the plan bought any)
     pre = next(u for u in p.units if u.role == "prefill")
-    assert max_served_fraction(p, {pre.pool}) == pytest.approx(0.0, abs=1e-9)
+    dec = next(u for u in p.units if u.role == "decode" and u.pair == pre.pair)
+    without_pair = max_served_fraction(p, {pre.pool, dec.pool})
+    assert max_served_fraction(p, {pre.pool}) == pytest.approx(without_pair, abs=1e-9)
+    assert without_pair < 0.5
     assert max_served_fraction(p, set()) >= 1.0 - 1e-6
 
 
