@@ -292,3 +292,28 @@ def test_a_trtllm_pool_mounts_its_config_from_a_configmap(vendor_plan: Plan) -> 
         mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == vol["name"])
         cmd = " ".join(spec["containers"][0]["command"])
         assert f"--config {mount['mountPath']}/{engines.TRTLLM_CONFIG_NAME}" in cmd
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
+def test_a_disaggregated_pairs_halves_get_their_engines_pd_flags(vendor_plan: Plan,
+                                                                 engine: str) -> None:
+    base = vendor_plan.units[0]
+    halves = [base.model_copy(update={"pool": f"{base.pool}/{role}", "role": role,
+                                      "pair": "p1", "engine": engine})
+              for role in ("prefill", "decode")]
+    plan = vendor_plan.model_copy(update={"units": halves})
+    pools = {p.pool.rsplit("/", 1)[1]: p for p in export_plan(plan).pools}
+    assert set(pools) == {"prefill", "decode"}
+    for role, p in pools.items():
+        launch = p.launches[p.engine.engine]
+        argv, notes = launch.argv, " ".join(launch.notes)
+        assert f"{role} half of a disaggregated pair" in notes
+        if engine == "vllm":
+            cfg = json.loads(argv[argv.index("--kv-transfer-config") + 1])
+            assert cfg["kv_connector"] == "NixlConnector"
+            assert cfg["kv_role"] == {"prefill": "kv_producer", "decode": "kv_consumer"}[role]
+        elif engine == "sglang":
+            assert argv[argv.index("--disaggregation-mode") + 1] == role
+    aggregated = export_plan(vendor_plan.model_copy(update={"units": [base]})).pools[0]
+    assert not any("disaggregat" in a or "kv-transfer" in a
+                   for launch in aggregated.launches.values() for a in launch.argv)

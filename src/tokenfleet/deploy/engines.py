@@ -109,6 +109,7 @@ class EngineSettings:
     max_model_len: int
     port: int = SERVE_PORT
     moe: bool = False
+    role: str = "both"  # both | prefill | decode (a disaggregated pair's half)
 
 
 def max_seqs_per_rank(unit: PlanUnit) -> int:
@@ -129,7 +130,7 @@ def settings_for(unit: PlanUnit, model_ref: str, max_model_len: int, moe: bool
         dp=lay.dp, ep=lay.ep, precision=unit.precision,
         kv_precision=unit.kv_precision, max_seqs_per_rank=max_seqs_per_rank(unit),
         max_batched_tokens=engine_profile(unit.engine).max_num_batched_tokens,
-        max_model_len=max_model_len, moe=moe)
+        max_model_len=max_model_len, moe=moe, role=unit.role)
 
 
 @dataclass
@@ -181,6 +182,13 @@ def vllm_args(s: EngineSettings, engine: str = "vllm") -> LaunchArgs:
           "--max-num-batched-tokens", str(s.max_batched_tokens),
           "--max-model-len", str(s.max_model_len), "--enable-prefix-caching",
           "--gpu-memory-utilization", str(engine_profile("vllm").memory_fraction)]
+    if s.role != "both":  # one half of a disaggregated pair: KV handed over by NIXL
+        a += ["--kv-transfer-config", json.dumps(
+            {"kv_connector": "NixlConnector",
+             "kv_role": "kv_producer" if s.role == "prefill" else "kv_consumer",
+             "kv_load_failure_policy": "fail"}, separators=(",", ":"))]
+        notes.append(_pd_note(s.role, "vLLM (NixlConnector; set VLLM_NIXL_SIDE_CHANNEL_HOST "
+                                      "and _PORT per instance)"))
     if (n := _weights_note(s, "vLLM")) is not None:
         notes.append(n)
     check_flags("vllm", a)
@@ -207,6 +215,9 @@ def sglang_args(s: EngineSettings) -> LaunchArgs:
           "--mem-fraction-static", str(engine_profile("sglang").memory_fraction)]
     notes = ["prefix caching: SGLang's radix cache is on by default (--disable-radix-cache "
              "turns it off)"]
+    if s.role != "both":
+        a += ["--disaggregation-mode", s.role, "--disaggregation-transfer-backend", "nixl"]
+        notes.append(_pd_note(s.role, "SGLang (NIXL transfer backend; Mooncake is the other)"))
     if (n := _weights_note(s, "SGLang")) is not None:
         notes.append(n)
     check_flags("sglang", a)
@@ -237,9 +248,20 @@ def trtllm_args(s: EngineSettings) -> LaunchArgs:
              "file (kv_cache_config.dtype)",
              "--config keys are checked against the LLM-API fields in "
              "deploy/data/engine_flags.yaml (trtllm.config_keys)"]
+    if s.role != "both":
+        notes.append(_pd_note(s.role, "TensorRT-LLM: run the pair under `trtllm-serve "
+                                      "disaggregated` with a cache_transceiver_config in each "
+                                      "server's config"))
     check_flags("trtllm", a)
     check_config("trtllm", config)
     return LaunchArgs("trtllm", "trtllm", a, config_yaml=config, notes=notes)
+
+
+def _pd_note(role: str, how: str) -> str:
+    other = "decode" if role == "prefill" else "prefill"
+    return (f"{role} half of a disaggregated pair: its KV cache goes to (comes from) the "
+            f"pair's {other} pool over the plan's kv_link; {how}. The tokenfleet gateway "
+            "sends each request to the prefill pool first, then to the decode pool")
 
 
 def launch_args(engine: str, family: str, s: EngineSettings) -> LaunchArgs:
