@@ -71,6 +71,10 @@ class GatewayMetrics:
         self.ejections = Counter("tokenfleet_gateway_outlier_ejections", "Backends ejected by "
                                  "outlier detection (slow or failing)", ["pool", "backend"],
                                  registry=r)
+        self.prefill_hops = Counter(
+            "tokenfleet_gateway_prefill_hops", "Prompts sent to a disaggregated pair's "
+            "prefill pool before its decode pool, by outcome (ok, error)",
+            ["tier", "pool", "outcome"], registry=r)
         # Resolving label children costs a dict lookup plus locking; cache them.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
