@@ -48,9 +48,10 @@ async def _metrics(url: str) -> str:
         return await r.text()
 
 
-def _load(n_per_s: float, duration_s: float, seed: int) -> list:
+def _load(n_per_s: float, duration_s: float, seed: int, out_tokens: int = OUT_TOKENS
+          ) -> list:
     return schedule(None, {"chat": 1.0}, rate_per_s=n_per_s, duration_s=duration_s,
-                    input_tokens=PROMPT_TOKENS, output_tokens=OUT_TOKENS, seed=seed)
+                    input_tokens=PROMPT_TOKENS, output_tokens=out_tokens, seed=seed)
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streaming", "buffered"])
@@ -68,6 +69,8 @@ def test_pair_serves_end_to_end_prefill_then_decode(stream):
             result = await LoadGenerator(gw.url, stream=stream, timeout_s=30.0).run(reqs)
             pre, dec = await _stats(by[PRE].url), await _stats(by[DEC].url)
             metrics = await _metrics(gw.url)
+            async with aiohttp.ClientSession() as c, c.get(gw.url + "/v1/models") as r:
+                listed = (await r.json())["data"][0]["tokenfleet"]["pools"]
 
             s = summarize(result)
             assert s.requests == len(reqs) >= 5
@@ -81,6 +84,11 @@ def test_pair_serves_end_to_end_prefill_then_decode(stream):
             assert dec["completed"] == dec["kv_received"] == len(reqs)
             assert _metric(metrics, "tokenfleet_gateway_prefill_hops_total", pool=PRE,
                            outcome="ok") == len(reqs)
+            assert _metric(metrics, "tokenfleet_gateway_prefill_seconds_count",
+                           pool=PRE) == len(reqs)
+            # The tier lists the decode pool (routed to) with its prefill pool.
+            assert [(p["pool"], p["role"], p["prefill_pool"]["pool"]) for p in listed] == [
+                (DEC, "decode", PRE)]
             # The decode pool's TTFT is the KV handover and a decode step, not the
             # prompt's prefill, which the prefill pool spent.
             handover = handover_fn(plan.units[0], plan.units[1])(PROMPT_TOKENS)
@@ -164,5 +172,41 @@ def test_prefill_failures_lose_no_request(case):
             else:
                 # nothing else in the tier: the decode pool prefills the prompts itself
                 assert dec.engine.completed == len(reqs) and dec.kv_received == 0
+
+    asyncio.run(run())
+
+
+def test_decode_backend_dying_mid_stream_is_resumed_through_prefill():
+    """A decode backend crashes while streaming: each cut stream goes on at the other
+    decode backend, its continuation (prompt plus the text so far) prefilled first."""
+    async def run() -> None:
+        async with Stack() as st:
+            pre = await _fixed(st, "prefill")
+            dec = [await _fixed(st, "decode") for _ in range(2)]
+            _, gw = await start_gateway(st, _plan(), {"pools": {
+                PRE: {"backends": [pre.server.url]},
+                DEC: {"backends": [d.server.url for d in dec]}}})
+            reqs = _load(40.0, 1.0, seed=9, out_tokens=60)
+
+            async def kill_later() -> None:
+                await asyncio.sleep(0.5)
+                await dec[0].die()
+
+            killer = asyncio.create_task(kill_later())
+            result = await LoadGenerator(gw.url, stream=True, timeout_s=10.0).run(reqs)
+            await killer
+            metrics = await _metrics(gw.url)
+            s = summarize(result)
+            assert s.completed == s.requests == len(reqs) > 10
+            assert all(r.output_tokens == 60 for r in result.results)
+            resumed = _metric(metrics, "tokenfleet_gateway_stream_resumes_total",
+                              outcome="resumed")
+            assert resumed >= 1
+            # a prefill per request, and one more per continuation (and per attempt
+            # retried at another decode backend before its first token)
+            assert pre.kv_sent >= len(reqs) + resumed
+            assert _metric(metrics, "tokenfleet_gateway_prefill_hops_total",
+                           outcome="ok") == pre.kv_sent
+            assert dec[1].kv_received >= resumed
 
     asyncio.run(run())

@@ -463,6 +463,7 @@ class Gateway:
                 "region": p.unit.region, "usd_per_hour": p.unit.usd_per_hour,
                 "watts": p.unit.watts, "backends": len(p.backends),
                 "healthy_backends": sum(1 for b in p.backends if b.available(now)),
+                "role": p.unit.role, **self._prefill_info(p, now),
             } for p in tier.pools]
             data.append({"id": tier.name, "object": "model", "created": self.created,
                          "owned_by": "tokenfleet",
@@ -470,6 +471,16 @@ class Gateway:
                          "tokenfleet": {"model": tier.model, "slo_ttft_s": tier.slo_ttft_s,
                                         "slo_tpot_s": tier.slo_tpot_s, "pools": pools}})
         return _json(200, {"object": "list", "data": data})
+
+    def _prefill_info(self, pool: Pool, now: float) -> dict[str, Any]:
+        """A decode pool's prefill pool, for ``/v1/models``."""
+        pre = self.router.prefill_for.get(pool.name)
+        if pre is None:
+            return {}
+        return {"prefill_pool": {
+            "pool": pre.name, "accelerator": pre.unit.accelerator,
+            "usd_per_hour": pre.unit.usd_per_hour, "backends": len(pre.backends),
+            "healthy_backends": sum(1 for b in pre.backends if b.available(now))}}
 
     async def _health(self, request: web.Request) -> web.Response:
         now = time.monotonic()
@@ -814,6 +825,8 @@ class Gateway:
         target, headers = self._request_head(ctx, prefill, backend, now)
         backend.in_flight += 1
         backend.breaker.on_dispatch(now)
+        if backend.stats.trial:
+            backend.stats.trial_in_flight = True
         gauge = m.child(m.in_flight, ctx.tier.name, prefill.name)
         gauge.inc()
         upstream: UpstreamResponse | None = None
@@ -837,6 +850,11 @@ class Gateway:
                 raise _Retry("status_5xx" if upstream.status != 429 else "status_429",
                              f"HTTP {upstream.status} from prefill backend", upstream.status)
             verdict = True
+            # The answer is one token: its time is the backend's TTFT, for outlier
+            # detection among the prefill pool's backends.
+            took_s = time.monotonic() - now
+            m.child(m.prefill_seconds, ctx.tier.name, prefill.name).observe(took_s)
+            self._observe(backend, ttft_s=took_s)
             try:
                 kv = json.loads(answer).get("kv_transfer_params")
             except (ValueError, AttributeError):

@@ -75,6 +75,10 @@ class GatewayMetrics:
             "tokenfleet_gateway_prefill_hops", "Prompts sent to a disaggregated pair's "
             "prefill pool before its decode pool, by outcome (ok, error)",
             ["tier", "pool", "outcome"], registry=r)
+        self.prefill_seconds = Histogram(
+            "tokenfleet_gateway_prefill_seconds", "Prefill hops that succeeded: prompt "
+            "sent to the prefill pool until its answer (part of the client's TTFT)",
+            ["tier", "pool"], buckets=TTFT_BUCKETS_S, registry=r)
         # Resolving label children costs a dict lookup plus locking; cache them.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
