@@ -86,9 +86,10 @@ def test_pair_serves_end_to_end_prefill_then_decode(stream):
                            outcome="ok") == len(reqs)
             assert _metric(metrics, "tokenfleet_gateway_prefill_seconds_count",
                            pool=PRE) == len(reqs)
-            # The tier lists the decode pool (routed to) with its prefill pool.
-            assert [(p["pool"], p["role"], p["prefill_pool"]["pool"]) for p in listed] == [
-                (DEC, "decode", PRE)]
+            # The tier lists both halves (its cost is both pools'), the decode pool
+            # naming its prefill pool.
+            assert [(p["pool"], p["role"], p.get("prefill_pool")) for p in listed] == [
+                (DEC, "decode", PRE), (PRE, "prefill", None)]
             # The decode pool's TTFT is the KV handover and a decode step, not the
             # prompt's prefill, which the prefill pool spent.
             handover = handover_fn(plan.units[0], plan.units[1])(PROMPT_TOKENS)

@@ -463,8 +463,8 @@ class Gateway:
                 "region": p.unit.region, "usd_per_hour": p.unit.usd_per_hour,
                 "watts": p.unit.watts, "backends": len(p.backends),
                 "healthy_backends": sum(1 for b in p.backends if b.available(now)),
-                "role": p.unit.role, **self._prefill_info(p, now),
-            } for p in tier.pools]
+                "role": p.unit.role, **self._prefill_info(p),
+            } for p in self._tier_pools(tier)]
             data.append({"id": tier.name, "object": "model", "created": self.created,
                          "owned_by": "tokenfleet",
                          "max_context_tokens": self._contexts.get(tier.name),
@@ -472,15 +472,16 @@ class Gateway:
                                         "slo_tpot_s": tier.slo_tpot_s, "pools": pools}})
         return _json(200, {"object": "list", "data": data})
 
-    def _prefill_info(self, pool: Pool, now: float) -> dict[str, Any]:
-        """A decode pool's prefill pool, for ``/v1/models``."""
+    def _tier_pools(self, tier: TierRoutes) -> list[Pool]:
+        """The pools serving ``tier``: those routed to and their pairs' prefill pools
+        (which a client's bill covers too: ``loadtest`` adds up their $/h and W)."""
+        pre = [self.router.prefill_for[p.name] for p in tier.pools
+               if p.name in self.router.prefill_for]
+        return [*tier.pools, *pre]
+
+    def _prefill_info(self, pool: Pool) -> dict[str, str]:
         pre = self.router.prefill_for.get(pool.name)
-        if pre is None:
-            return {}
-        return {"prefill_pool": {
-            "pool": pre.name, "accelerator": pre.unit.accelerator,
-            "usd_per_hour": pre.unit.usd_per_hour, "backends": len(pre.backends),
-            "healthy_backends": sum(1 for b in pre.backends if b.available(now))}}
+        return {"prefill_pool": pre.name} if pre is not None else {}
 
     async def _health(self, request: web.Request) -> web.Response:
         now = time.monotonic()
