@@ -211,3 +211,26 @@ def test_decode_backend_dying_mid_stream_is_resumed_through_prefill():
             assert dec[1].kv_received >= resumed
 
     asyncio.run(run())
+
+
+def test_request_refused_by_prefill_is_answered_by_decode_pool():
+    """A prompt over the context limit: the prefill backend refuses it as the request's
+    fault (400), nothing is retried, and the client gets the decode pool's own 400."""
+    async def run() -> None:
+        async with Stack() as st:
+            pre = await _fixed(st, "prefill")
+            dec = await _fixed(st, "decode")
+            pre.max_context_tokens = dec.max_context_tokens = 1000
+            _, gw = await start_gateway(st, _plan(), {"pools": {
+                PRE: {"backends": [pre.server.url]}, DEC: {"backends": [dec.server.url]}}})
+            body = {"model": "chat", "prompt": "x" * (4 * PROMPT_TOKENS), "max_tokens": 4}
+            async with aiohttp.ClientSession() as s, \
+                    s.post(gw.url + "/v1/completions", json=body) as r:
+                assert r.status == 400
+                assert "context" in (await r.json())["error"]["message"]
+            metrics = await _metrics(gw.url)
+            assert _metric(metrics, "tokenfleet_gateway_prefill_hops_total",
+                           outcome="client_error") == 1
+            assert _metric(metrics, "tokenfleet_gateway_retries_total") == 0
+
+    asyncio.run(run())

@@ -152,8 +152,11 @@ def serve_cmd(
     async def start() -> None:
         await server.start()
         n = sum(len(p.backends) for p in gateway.router.pools.values())
+        pairs = len(gateway.router.prefill_for)
         typer.echo(f"tokenfleet gateway on {server.url}: {len(gateway.router.tiers)} tier(s), "
-                   f"{len(gateway.router.pools)} pool(s), {n} backend(s), policy "
+                   f"{len(gateway.router.pools)} pool(s)"
+                   + (f" ({pairs} prefill/decode pair(s))" if pairs else "")
+                   + f", {n} backend(s), policy "
                    f"{gateway.router.policy_name}, auth "
                    f"{'on (' + str(len(keys)) + ' keys)' if keys.enabled else 'off'}",
                    err=True)

@@ -805,7 +805,7 @@ class Gateway:
                 break
             tried.add(backend)
             try:
-                kv = await self._prefill_at(ctx, prefill, backend, body)
+                kv, outcome = await self._prefill_at(ctx, prefill, backend, body)
             except _Retry as e:
                 why = e.message
                 m.child(m.prefill_hops, tier, prefill.name, "error").inc()
@@ -813,13 +813,15 @@ class Gateway:
                 log.warning("request %s: prefill at %s (pool %s) failed: %s", ctx.request_id,
                             safe_url(backend.url), prefill.name, e.message)
                 continue
-            m.child(m.prefill_hops, tier, prefill.name, "ok").inc()
+            m.child(m.prefill_hops, tier, prefill.name, outcome).inc()
             return kv
         raise _Retry("prefill", f"prefill pool '{prefill.name}': {why}")
 
     async def _prefill_at(self, ctx: _Ctx, prefill: Pool, backend: Backend, body: bytes
-                          ) -> dict[str, Any] | None:
-        """One prefill request at one backend (see :meth:`_prefill`)."""
+                          ) -> tuple[dict[str, Any] | None, str]:
+        """One prefill request at one backend (see :meth:`_prefill`): its
+        ``kv_transfer_params`` and the hop's outcome (``ok``; ``client_error`` when the
+        backend refused the request as such)."""
         assert self._upstream is not None
         s, m = self.settings, self.metrics
         now = time.monotonic()
@@ -847,7 +849,7 @@ class Gateway:
                 if upstream.status not in _RETRY_STATUSES:
                     # The request's own fault: the decode backend answers it.
                     verdict = True
-                    return None
+                    return None, "client_error"
                 raise _Retry("status_5xx" if upstream.status != 429 else "status_429",
                              f"HTTP {upstream.status} from prefill backend", upstream.status)
             verdict = True
@@ -860,7 +862,7 @@ class Gateway:
                 kv = json.loads(answer).get("kv_transfer_params")
             except (ValueError, AttributeError):
                 kv = None
-            return kv if isinstance(kv, dict) else None
+            return (kv if isinstance(kv, dict) else None), "ok"
         finally:
             backend.in_flight -= 1
             gauge.dec()

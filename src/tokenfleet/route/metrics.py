@@ -73,7 +73,8 @@ class GatewayMetrics:
                                  registry=r)
         self.prefill_hops = Counter(
             "tokenfleet_gateway_prefill_hops", "Prompts sent to a disaggregated pair's "
-            "prefill pool before its decode pool, by outcome (ok, error)",
+            "prefill pool before its decode pool, by outcome (ok, error, client_error: refused "
+            "as the request's fault, which the decode pool then answers)",
             ["tier", "pool", "outcome"], registry=r)
         self.prefill_seconds = Histogram(
             "tokenfleet_gateway_prefill_seconds", "Prefill hops that succeeded: prompt "
