@@ -1,5 +1,7 @@
 """``tokenfleet emulate --plan plan.json`` without ``--pool``: every pool of the plan in
-this process, one port each, and the ``backends.yaml`` that points the gateway at them."""
+this process, one port each, and the ``backends.yaml`` that points the gateway at them
+(both halves of a disaggregated pair: the gateway sends the prompt to the prefill pool,
+then the request to the decode pool)."""
 
 from __future__ import annotations
 
@@ -55,13 +57,16 @@ def emulate_plan(plan_path: Path, host: str, port: int, backends_out: Path, max_
         if json_out:
             print(json.dumps({"backends_yaml": str(backends_out), "pools": [
                 {"pool": p.unit.pool, "url": p.url, "served_model": p.unit.model,
-                 "replicas": p.unit.replicas, "max_batch_per_replica": p.max_batch}
+                 "replicas": p.unit.replicas, "max_batch_per_replica": p.max_batch,
+                 "role": p.unit.role}
                 for p in running]}), flush=True)
         else:
             for p in running:
                 typer.echo(f"emulating {p.unit.pool} ({p.unit.replicas} x "
                            f"{p.unit.chips_per_replica} {p.unit.accelerator}) as "
-                           f"'{p.unit.model}' on {p.url}", err=True)
+                           f"'{p.unit.model}' on {p.url}"
+                           + (f" [{p.unit.role} half of a pair]" if p.unit.role != "both"
+                              else ""), err=True)
             typer.echo(f"wrote {backends_out}", err=True)
 
     async def stop() -> None:

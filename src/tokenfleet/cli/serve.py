@@ -152,8 +152,11 @@ def serve_cmd(
     async def start() -> None:
         await server.start()
         n = sum(len(p.backends) for p in gateway.router.pools.values())
+        pairs = len(gateway.router.prefill_for)
         typer.echo(f"tokenfleet gateway on {server.url}: {len(gateway.router.tiers)} tier(s), "
-                   f"{len(gateway.router.pools)} pool(s), {n} backend(s), policy "
+                   f"{len(gateway.router.pools)} pool(s)"
+                   + (f" ({pairs} prefill/decode pair(s))" if pairs else "")
+                   + f", {n} backend(s), policy "
                    f"{gateway.router.policy_name}, auth "
                    f"{'on (' + str(len(keys)) + ' keys)' if keys.enabled else 'off'}",
                    err=True)
@@ -228,8 +231,9 @@ def emulate_cmd(
     Example: tokenfleet emulate --plan plan.json --port 9100 --backends-out backends.yaml
     """
     from tokenfleet.plan.schema import load_plan
-    from tokenfleet.route.emulator import Emulator, Faults, PoolSpec, build_engine
+    from tokenfleet.route.emulator import Emulator, Faults, PoolSpec, Role, build_engine
     from tokenfleet.route.pace import Engine, FixedLatencyEngine, FixedPacing
+    from tokenfleet.route.plan_emulator import handover_fn, prefill_halves
     from tokenfleet.route.server import freeze_startup_heap, install_uvloop, raise_fd_limit
 
     if not _is_loopback(host):
@@ -240,6 +244,8 @@ def emulate_cmd(
     if (fixed_ttft is None) != (fixed_tpot is None):
         raise TokenfleetError("give both --fixed-ttft and --fixed-tpot, or neither")
     info: dict[str, object]
+    role: Role = "both"
+    handover: Callable[[int], float] | None = None  # decode half: KV handover seconds
     if plan is not None and pool is None:
         from tokenfleet.cli.emulate_plan import emulate_plan
 
@@ -257,6 +263,9 @@ def emulate_cmd(
             raise TokenfleetError(f"pool '{pool}' is not in {plan}; pools: "
                                   f"{', '.join(u.pool for u in p.units)}")
         spec = dataclasses.replace(PoolSpec.from_plan_unit(unit), max_batch=max_batch)
+        role = unit.role
+        pre = prefill_halves(p).get(unit.pool)
+        handover = handover_fn(pre, unit) if pre is not None else None
     else:
         if model is None or (accelerator is None and fixed_ttft is None):
             raise TokenfleetError("give --model and --accelerator (or --plan with --pool)")
@@ -274,8 +283,9 @@ def emulate_cmd(
                 "precision": unit_model.precision.name, "layout": unit_model.layout.model_dump(),
                 "max_batch_per_replica": eng.max_batch, "pacing": "model"}
     emulator = Emulator(eng, served_model or spec.model, faults, seed=seed,
-                        exit_on_die=True, info=info,
-                        max_context_tokens=_context_of(spec.model))
+                        exit_on_die=True, info={**info, "role": role},
+                        max_context_tokens=_context_of(spec.model), role=role,
+                        handover_s=handover)
     install_uvloop()
     raise_fd_limit()
     freeze_startup_heap()

@@ -192,14 +192,21 @@ def check_against_plan(backends: BackendsFile, plan: Plan, source: str = "backen
         raise TokenfleetError(
             f"{source}: pool(s) {', '.join(repr(p) for p in unknown)} are not in the plan; "
             f"plan pools: {', '.join(known) or 'none'}")
+    # A pair's prefill pool serves no request alone: a tier needs a routable pool.
     missing_tiers = [t.name for t in plan.tiers
-                     if not any(u.pool in backends.pools for u in plan.pools_for(t.name))]
+                     if not any(u.pool in backends.pools and u.role != "prefill"
+                                for u in plan.pools_for(t.name))]
     if missing_tiers:
         raise TokenfleetError(
             f"{source}: tier(s) {', '.join(missing_tiers)} have no backend; add at least one "
             f"pool of each tier under 'pools:'")
     warnings = [f"plan pool '{u.pool}' has no backends: its share of traffic goes to the "
-                f"tier's other pools" for u in plan.units if u.pool not in backends.pools]
+                f"tier's other pools" for u in plan.units
+                if u.pool not in backends.pools and u.role != "prefill"]
+    decode_of = {u.pair: u.pool for u in plan.units if u.role == "decode" and u.pair}
+    warnings += [f"prefill pool '{u.pool}' has no backends: its pair's decode pool "
+                 f"'{decode_of.get(u.pair or '', '?')}' prefills the prompts itself"
+                 for u in plan.units if u.role == "prefill" and u.pool not in backends.pools]
     for pool, spec in backends.pools.items():
         if spec.api_key_env and spec.api_key_env not in os.environ:
             warnings.append(f"pool '{pool}': environment variable {spec.api_key_env} is not "

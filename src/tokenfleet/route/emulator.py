@@ -11,6 +11,17 @@ Faults can be injected at start-up or at run time through ``POST /admin/faults``
 engine step, *error_rate* answers that fraction of requests with HTTP 500 before any
 token, *die* drops every connection at once and stops listening, like a process
 that crashed. Bind it to loopback: the admin endpoint has no authentication.
+
+Disaggregated serving (``role``), in the shape of vLLM's KV-connector requests:
+
+* a *prefill* emulator runs the prompt and answers one token, whatever ``max_tokens``
+  asks (a prefill engine hands the rest to a decode engine); a non-streamed answer
+  carries ``kv_transfer_params`` saying where the KV cache waits
+  (``do_remote_prefill: true``, the engine id, the request id, the prompt tokens);
+* a *decode* emulator given those ``kv_transfer_params`` waits the KV handover time of
+  its pair's link (``handover_s``, from :mod:`tokenfleet.perf.disagg`) and then joins
+  the running batch with no prompt to compute. Without them it prefills the prompt
+  itself, as a decode engine that got no KV cache does.
 """
 
 from __future__ import annotations
@@ -21,8 +32,9 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -47,6 +59,8 @@ from tokenfleet.route.pace import (
     default_max_batch,
 )
 from tokenfleet.route.server import RunningServer
+
+Role = Literal["both", "prefill", "decode"]
 
 # Text of generated tokens: plain ASCII words, so they go into JSON without escaping.
 _WORDS = (" the", " fleet", " routes", " tokens", " to", " the", " cheapest", " pool")
@@ -151,8 +165,13 @@ class Emulator:
     def __init__(self, engine: Engine | FixedLatencyEngine, served_model: str,
                  faults: Faults | None = None, seed: int = 0, exit_on_die: bool = False,
                  info: dict[str, Any] | None = None,
-                 max_context_tokens: int | None = None) -> None:
+                 max_context_tokens: int | None = None, role: Role = "both",
+                 handover_s: Callable[[int], float] | None = None) -> None:
         self.engine = engine
+        self.role: Role = role
+        # decode role: seconds the KV cache of a prompt of n tokens takes to arrive
+        self.handover_s = handover_s
+        self.engine_id = os.urandom(6).hex()
         self.served_model = served_model
         self.faults = faults or Faults()
         self.engine.slowdown = self.faults.slowdown
@@ -163,6 +182,12 @@ class Emulator:
         self.server: RunningServer | None = None
         self.errors_injected = 0
         self.rejected = 0
+        self.kv_sent = 0  # prefill role: answers that handed a KV cache on
+        self.kv_received = 0  # decode role: requests that arrived with their KV cache
+        # Time to first token inside this server (handover wait included), summed over
+        # requests: the part of TTFT a pool adds.
+        self.ttft_sum_s = 0.0
+        self.ttft_n = 0
         self._created = int(time.time())
 
     def make_app(self) -> web.Application:
@@ -230,7 +255,10 @@ class Emulator:
         return web.json_response({"running": e.running, "waiting": e.waiting,
                                   "completed": e.completed, "cancelled": e.cancelled,
                                   "errors_injected": self.errors_injected,
-                                  "rejected": self.rejected, **self.info})
+                                  "rejected": self.rejected, "role": self.role,
+                                  "kv_sent": self.kv_sent, "kv_received": self.kv_received,
+                                  "mean_ttft_s": self.ttft_sum_s / max(self.ttft_n, 1),
+                                  **self.info})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """vLLM's load gauges (see route.backend_metrics). KV use is approximated by
@@ -285,8 +313,18 @@ class Emulator:
             self.errors_injected += 1
             raise ApiError(500, "injected fault: internal server error", "server_error",
                            "injected_fault")
+        remote_kv = self._remote_kv(parsed)
+        wait_s = 0.0
+        if remote_kv:
+            self.kv_received += 1
+            if self.handover_s is not None:
+                # The KV cache crosses the pair's link before the sequence can join.
+                wait_s = self.handover_s(parsed.prompt_tokens)
+                await asyncio.sleep(wait_s)
+        # A prefill engine stops after the first token: the decode pool makes the rest.
+        max_tokens = 1 if self.role == "prefill" else parsed.output_tokens
         try:
-            seq = self.engine.submit(parsed.prompt_tokens, parsed.output_tokens)
+            seq = self.engine.submit(parsed.prompt_tokens, max_tokens, remote_kv=remote_kv)
         except Overloaded as e:
             self.rejected += 1
             raise ApiError(429, f"server overloaded: {e}", "rate_limit_error",
@@ -298,6 +336,19 @@ class Emulator:
         finally:
             if not seq.finished:
                 self.engine.cancel(seq)
+            if seq.t_first is not None:
+                self.ttft_sum_s += wait_s + seq.t_first - seq.t_submit
+                self.ttft_n += 1
+
+    def _remote_kv(self, parsed: ParsedRequest) -> bool:
+        """A decode emulator's request whose prompt KV a prefill pool computed."""
+        params = parsed.body.get("kv_transfer_params")
+        if params is None:
+            return False
+        if not isinstance(params, dict):
+            raise ApiError(400, "'kv_transfer_params' must be an object",
+                           param="kv_transfer_params")
+        return self.role == "decode" and params.get("do_remote_prefill") is True
 
     async def _complete(self, parsed: ParsedRequest, seq: Sequence) -> web.Response:
         seen = 0
@@ -318,6 +369,14 @@ class Emulator:
             obj = {"id": f"cmpl-{rid}", "object": "text_completion"}
         obj.update(created=int(time.time()), model=self.served_model, choices=[choice],
                    usage=usage)
+        if self.role == "prefill":
+            # Where the decode engine finds the KV cache (vLLM's NIXL connector answers
+            # with the same kind of record).
+            self.kv_sent += 1
+            obj["kv_transfer_params"] = {
+                "do_remote_prefill": True, "do_remote_decode": False,
+                "remote_engine_id": self.engine_id, "remote_request_id": rid,
+                "prompt_tokens": seq.prompt_tokens}
         return web.json_response(obj)
 
     async def _stream(self, request: web.Request, parsed: ParsedRequest, seq: Sequence

@@ -24,6 +24,17 @@ What happens to one request (see ``Gateway._proxy``):
    resume failed — an SSE ``error`` event. A client that disconnects cancels the
    upstream request (the connection to the backend is closed).
 
+A tier served by a disaggregated pair (``Router.prefill_for``) takes one hop more, in
+the shape of vLLM's disaggregated proxy and SGLang's PD router: when the chosen pool is
+a pair's decode half, the prompt first goes, non-streamed with ``max_tokens: 1``, to a
+backend of the pair's prefill pool, which computes its KV cache and answers where it
+waits (``kv_transfer_params``); then the original request, carrying those
+``kv_transfer_params``, goes to the decode backend, whose answer the client gets. A
+failed prefill is retried on another prefill backend; when the whole prefill pool fails
+the request fails over to another pool of the tier, and when there is none the decode
+pool serves it alone (it prefills the prompt itself). Hops are counted in
+``tokenfleet_gateway_prefill_hops_total{tier,pool,outcome}``.
+
 Slow backends are ejected by outlier detection (``route/outlier.py``); SIGTERM drains
 (:meth:`Gateway.drain`), SIGHUP and ``POST /admin/reload`` swap in new files
 (:meth:`Gateway.reload`).
@@ -184,6 +195,10 @@ class _Ctx:
     t_first: float | None = None
     events: int = 0
     limits: tuple[Bucket, ...] = ()
+    # Disaggregated pairs: decode pools whose prefill pool failed this request, and
+    # whether it now goes to a decode pool without the prefill hop (nothing else left).
+    prefill_failed: set[str] | None = None
+    skip_prefill: bool = False
 
 
 @dataclass(slots=True)
@@ -448,13 +463,25 @@ class Gateway:
                 "region": p.unit.region, "usd_per_hour": p.unit.usd_per_hour,
                 "watts": p.unit.watts, "backends": len(p.backends),
                 "healthy_backends": sum(1 for b in p.backends if b.available(now)),
-            } for p in tier.pools]
+                "role": p.unit.role, **self._prefill_info(p),
+            } for p in self._tier_pools(tier)]
             data.append({"id": tier.name, "object": "model", "created": self.created,
                          "owned_by": "tokenfleet",
                          "max_context_tokens": self._contexts.get(tier.name),
                          "tokenfleet": {"model": tier.model, "slo_ttft_s": tier.slo_ttft_s,
                                         "slo_tpot_s": tier.slo_tpot_s, "pools": pools}})
         return _json(200, {"object": "list", "data": data})
+
+    def _tier_pools(self, tier: TierRoutes) -> list[Pool]:
+        """The pools serving ``tier``: those routed to and their pairs' prefill pools
+        (which a client's bill covers too: ``loadtest`` adds up their $/h and W)."""
+        pre = [self.router.prefill_for[p.name] for p in tier.pools
+               if p.name in self.router.prefill_for]
+        return [*tier.pools, *pre]
+
+    def _prefill_info(self, pool: Pool) -> dict[str, str]:
+        pre = self.router.prefill_for.get(pool.name)
+        return {"prefill_pool": pre.name} if pre is not None else {}
 
     async def _health(self, request: web.Request) -> web.Response:
         now = time.monotonic()
@@ -630,6 +657,10 @@ class Gateway:
             choice = self.router.choose(tier, bucket, time.monotonic(), tried, failed_pool,
                                         blocks)
             if isinstance(choice, Verdict):
+                if self._serve_without_prefill(ctx, tried):
+                    failed_pool = None
+                    budget = max(budget, ctx.attempts + 1)
+                    continue
                 verdict = choice
                 break
             ctx.attempts += 1
@@ -665,7 +696,7 @@ class Gateway:
             except _Retry as e:
                 last = e
                 failed_pool = choice.pool
-                m.child(m.errors, tier.name, choice.pool.name, e.kind).inc()
+                self._note_failure(ctx, choice, e, tried)
                 log.warning("request %s: attempt %d at %s (pool %s) failed: %s", ctx.request_id,
                             ctx.attempts, safe_url(choice.backend.url), choice.pool.name,
                             e.message)
@@ -704,15 +735,143 @@ class Gateway:
         m.child(m.duration, tier.name, pool_label).observe(time.monotonic() - ctx.t0)
         return _error_response(err, ctx.request_id)
 
-    def _upstream_body(self, ctx: _Ctx, pool: Pool) -> bytes:
+    def _note_failure(self, ctx: _Ctx, choice: Choice, e: _Retry, tried: set[Backend]
+                      ) -> None:
+        m = self.metrics
+        if e.kind == "prefill":
+            # The pair's prefill pool is down: its decode pool is no use for now; fail
+            # over to another pool of the tier.
+            ctx.prefill_failed = (ctx.prefill_failed or set()) | {choice.pool.name}
+            tried.update(choice.pool.backends)
+        m.child(m.errors, ctx.tier.name, choice.pool.name, e.kind).inc()
+
+    def _serve_without_prefill(self, ctx: _Ctx, tried: set[Backend]) -> bool:
+        """No pool is left and a pair's prefill pool failed this request: let the decode
+        pools it excluded take it without the prefill hop (a decode engine that gets no
+        KV cache prefills the prompt itself): slower, but answered. False when that was
+        done already or no prefill failed."""
+        if not ctx.prefill_failed or ctx.skip_prefill:
+            return False
+        ctx.skip_prefill = True
+        for name in ctx.prefill_failed:
+            pool = self.router.pools.get(name)
+            if pool is not None:
+                tried.difference_update(pool.backends)
+        log.warning("request %s: no pool left after prefill failures; decode pool(s) %s "
+                    "prefill it themselves", ctx.request_id, ", ".join(sorted(ctx.prefill_failed)))
+        return True
+
+    def _upstream_body(self, ctx: _Ctx, pool: Pool, kv: dict[str, Any] | None = None
+                       ) -> bytes:
+        """The body sent to ``pool``; ``kv``: the prefill pool's ``kv_transfer_params``
+        (a decode pool's request)."""
         if ctx.delivered is not None and ctx.resp is not None and ctx.resp.prepared:
             body = continuation_body(ctx.parsed, pool.upstream_model, ctx.delivered)
             assert body is not None  # checked before resuming
-            return body
-        if pool.upstream_model == ctx.parsed.model:
+            if kv is None:
+                return body
+            obj, strict = load_json(body)
+            return dump_json({**obj, "kv_transfer_params": kv}, strict)
+        if pool.upstream_model == ctx.parsed.model and kv is None:
             return ctx.raw
-        return dump_json({**ctx.parsed.body, "model": pool.upstream_model},
-                         ctx.parsed.strict_json)
+        extra: dict[str, Any] = {"model": pool.upstream_model}
+        if kv is not None:
+            extra["kv_transfer_params"] = kv
+        return dump_json({**ctx.parsed.body, **extra}, ctx.parsed.strict_json)
+
+    def _prefill_body(self, ctx: _Ctx, prefill: Pool) -> bytes:
+        """The prompt as a prefill request: one token, not streamed, asking the engine
+        to keep the KV cache for a remote decode (vLLM's KV-connector fields)."""
+        obj, strict = load_json(self._upstream_body(ctx, prefill))
+        obj = {k: v for k, v in obj.items() if k != "stream_options"}
+        obj.update(stream=False, max_tokens=1,
+                   kv_transfer_params={"do_remote_decode": True, "do_remote_prefill": False})
+        if "max_completion_tokens" in obj:
+            obj["max_completion_tokens"] = 1
+        return dump_json(obj, strict)
+
+    async def _prefill(self, ctx: _Ctx, prefill: Pool) -> dict[str, Any] | None:
+        """The prefill hop of a disaggregated pair: the prompt on a backend of
+        ``prefill`` (another one after a failure); returns the ``kv_transfer_params``
+        its answer carries (None: the decode pool prefills itself). Raises
+        :class:`_Retry` (kind ``prefill``) when no prefill backend could do it."""
+        m, tier = self.metrics, ctx.tier.name
+        body = self._prefill_body(ctx, prefill)
+        tried: set[Backend] = set()
+        why = "no prefill backend available"
+        for _ in range(self.settings.max_attempts):
+            backend = prefill.pick_backend(time.monotonic(), tried)
+            if backend is None:
+                break
+            tried.add(backend)
+            try:
+                kv, outcome = await self._prefill_at(ctx, prefill, backend, body)
+            except _Retry as e:
+                why = e.message
+                m.child(m.prefill_hops, tier, prefill.name, "error").inc()
+                m.child(m.errors, tier, prefill.name, e.kind).inc()
+                log.warning("request %s: prefill at %s (pool %s) failed: %s", ctx.request_id,
+                            safe_url(backend.url), prefill.name, e.message)
+                continue
+            m.child(m.prefill_hops, tier, prefill.name, outcome).inc()
+            return kv
+        raise _Retry("prefill", f"prefill pool '{prefill.name}': {why}")
+
+    async def _prefill_at(self, ctx: _Ctx, prefill: Pool, backend: Backend, body: bytes
+                          ) -> tuple[dict[str, Any] | None, str]:
+        """One prefill request at one backend (see :meth:`_prefill`): its
+        ``kv_transfer_params`` and the hop's outcome (``ok``; ``client_error`` when the
+        backend refused the request as such)."""
+        assert self._upstream is not None
+        s, m = self.settings, self.metrics
+        now = time.monotonic()
+        target, headers = self._request_head(ctx, prefill, backend, now)
+        backend.in_flight += 1
+        backend.breaker.on_dispatch(now)
+        if backend.stats.trial:
+            backend.stats.trial_in_flight = True
+        gauge = m.child(m.in_flight, ctx.tier.name, prefill.name)
+        gauge.inc()
+        upstream: UpstreamResponse | None = None
+        verdict: bool | None = False
+        try:
+            try:
+                upstream = await self._upstream.post(
+                    target, headers, body, connect_timeout=s.connect_timeout_s,
+                    read_timeout=s.first_byte_timeout_s, deadline=ctx.deadline)
+                answer = await upstream.read()
+            except (TimeoutError, UpstreamError) as e:
+                raise _Retry("connect", f"prefill request failed: {e or type(e).__name__}"
+                             ) from None
+            if upstream.status == 429:
+                verdict = None  # alive, only busy
+            if upstream.status != 200:
+                if upstream.status not in _RETRY_STATUSES:
+                    # The request's own fault: the decode backend answers it.
+                    verdict = True
+                    return None, "client_error"
+                raise _Retry("status_5xx" if upstream.status != 429 else "status_429",
+                             f"HTTP {upstream.status} from prefill backend", upstream.status)
+            verdict = True
+            # The answer is one token: its time is the backend's TTFT, for outlier
+            # detection among the prefill pool's backends.
+            took_s = time.monotonic() - now
+            m.child(m.prefill_seconds, ctx.tier.name, prefill.name).observe(took_s)
+            self._observe(backend, ttft_s=took_s)
+            try:
+                kv = json.loads(answer).get("kv_transfer_params")
+            except (ValueError, AttributeError):
+                kv = None
+            return (kv if isinstance(kv, dict) else None), "ok"
+        finally:
+            backend.in_flight -= 1
+            gauge.dec()
+            if upstream is not None:
+                if verdict is True:
+                    upstream.release()
+                else:
+                    upstream.close()
+            self._judge(backend, verdict)
 
     async def _attempt(self, ctx: _Ctx, choice: Choice) -> web.StreamResponse:
         """One try at one backend. Raises :class:`_Retry` when it failed before
@@ -720,6 +879,10 @@ class Gateway:
         assert self._upstream is not None
         pool, backend = choice.pool, choice.backend
         m, tier = self.metrics, ctx.tier.name
+        prefill = None if ctx.skip_prefill else self.router.prefill_for.get(pool.name)
+        # The prefill hop first (disaggregated pair); the decode backend's clock, which
+        # outlier detection reads, starts when it gets the request.
+        kv = await self._prefill(ctx, prefill) if prefill is not None else None
         now = time.monotonic()
         target, headers = self._request_head(ctx, pool, backend, now)
         backend.in_flight += 1
@@ -732,7 +895,7 @@ class Gateway:
         upstream: UpstreamResponse | None = None
         verdict: bool | None = None  # True ok, False failure, None no judgement
         try:
-            upstream = await self._post(ctx, pool, backend, target, headers)
+            upstream = await self._post(ctx, pool, backend, target, headers, kv)
             resp: web.StreamResponse
             verdict, resp = await self._answer(ctx, pool, backend, upstream, now)
             return resp
@@ -776,7 +939,7 @@ class Gateway:
         return target, headers
 
     async def _post(self, ctx: _Ctx, pool: Pool, backend: Backend, target: Target,
-                    headers: bytes) -> UpstreamResponse:
+                    headers: bytes, kv: dict[str, Any] | None = None) -> UpstreamResponse:
         """Send the request and wait for the response headers. A failure raises
         :class:`_Retry` or (timed out) :class:`ApiError`; the caller judges both as the
         backend's failure."""
@@ -785,7 +948,7 @@ class Gateway:
         try:
             return await self._upstream.post(
                 target, headers,
-                self._upstream_body(ctx, pool), connect_timeout=s.connect_timeout_s,
+                self._upstream_body(ctx, pool, kv), connect_timeout=s.connect_timeout_s,
                 read_timeout=s.first_byte_timeout_s, deadline=ctx.deadline)
         except ConnectTimeout:
             raise _Retry("connect", f"connect timeout after {s.connect_timeout_s} s"

@@ -71,6 +71,15 @@ class GatewayMetrics:
         self.ejections = Counter("tokenfleet_gateway_outlier_ejections", "Backends ejected by "
                                  "outlier detection (slow or failing)", ["pool", "backend"],
                                  registry=r)
+        self.prefill_hops = Counter(
+            "tokenfleet_gateway_prefill_hops", "Prompts sent to a disaggregated pair's "
+            "prefill pool before its decode pool, by outcome (ok, error, client_error: refused "
+            "as the request's fault, which the decode pool then answers)",
+            ["tier", "pool", "outcome"], registry=r)
+        self.prefill_seconds = Histogram(
+            "tokenfleet_gateway_prefill_seconds", "Prefill hops that succeeded: prompt "
+            "sent to the prefill pool until its answer (part of the client's TTFT)",
+            ["tier", "pool"], buckets=TTFT_BUCKETS_S, registry=r)
         # Resolving label children costs a dict lookup plus locking; cache them.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

@@ -81,10 +81,14 @@ class Sequence:
     """One request inside the engine; ``generated`` grows as steps complete."""
 
     __slots__ = ("prompt_tokens", "max_tokens", "generated", "finished", "cancelled",
-                 "replica", "t_submit", "t_first")
+                 "replica", "t_submit", "t_first", "remote_kv")
 
-    def __init__(self, prompt_tokens: int, max_tokens: int, t_submit: float) -> None:
+    def __init__(self, prompt_tokens: int, max_tokens: int, t_submit: float,
+                 remote_kv: bool = False) -> None:
         self.prompt_tokens = prompt_tokens
+        # The prompt's KV cache came from a prefill pool (disaggregated serving): the
+        # sequence joins the batch as a decoding one, with no prompt to compute.
+        self.remote_kv = remote_kv
         self.max_tokens = max_tokens
         self.generated = 0
         self.finished = False
@@ -171,8 +175,9 @@ class Engine:
     def waiting(self) -> int:
         return sum(len(r.waiting) for r in self._replicas)
 
-    def submit(self, prompt_tokens: int, max_tokens: int) -> Sequence:
-        """Queue a request on the least-loaded replica; raises :class:`Overloaded`."""
+    def submit(self, prompt_tokens: int, max_tokens: int, remote_kv: bool = False) -> Sequence:
+        """Queue a request on the least-loaded replica; raises :class:`Overloaded`.
+        ``remote_kv``: its prompt's KV cache is already computed (by a prefill pool)."""
         if self._stopped:
             raise Overloaded("engine stopped")
         if max_tokens < 1:
@@ -182,7 +187,8 @@ class Engine:
         # the queue beyond the slots is full too.
         if self.running + self.waiting >= self.max_batch * len(self._replicas) + self.max_queue:
             raise Overloaded(f"{self.running} running, {self.waiting} waiting")
-        s = Sequence(max(prompt_tokens, 1), max_tokens, asyncio.get_running_loop().time())
+        s = Sequence(max(prompt_tokens, 1), max_tokens, asyncio.get_running_loop().time(),
+                     remote_kv)
         s.replica = r
         r.waiting.append(s)
         r.wake.set()
@@ -221,12 +227,17 @@ class Engine:
                 s = r.waiting.popleft()
                 if not s.cancelled:
                     new.append(s)
+            # A sequence whose KV came from a prefill pool decodes in its first step
+            # (its prompt costs attention context, not compute); the others prefill.
+            joined = [s for s in new if s.remote_kv]
+            fresh = [s for s in new if not s.remote_kv]
             decode = r.running
-            prefill = sum(s.prompt_tokens for s in new)
-            ctx = (sum(s.prompt_tokens + s.generated for s in decode) / len(decode)
-                   if decode else 0.0)
-            plen = prefill / len(new) if new else 1.0
-            dt = self.pacing.iteration_s(len(decode), ctx, prefill, plen) * self.slowdown
+            stepping = decode + joined
+            prefill = sum(s.prompt_tokens for s in fresh)
+            ctx = (sum(s.prompt_tokens + s.generated for s in stepping) / len(stepping)
+                   if stepping else 0.0)
+            plen = prefill / len(fresh) if fresh else 1.0
+            dt = self.pacing.iteration_s(len(stepping), ctx, prefill, plen) * self.slowdown
             # Absolute deadlines keep the pace when the event loop wakes a little late;
             # after a long stall (more than one step behind) do not rush to catch up.
             next_t += dt
@@ -307,14 +318,16 @@ class FixedLatencyEngine:
     def waiting(self) -> int:
         return 0
 
-    def submit(self, prompt_tokens: int, max_tokens: int) -> Sequence:
+    def submit(self, prompt_tokens: int, max_tokens: int, remote_kv: bool = False) -> Sequence:
+        """``remote_kv`` is accepted for the interface and ignored: fixed pacing has no
+        prompt compute to skip."""
         if self._stopped:
             raise Overloaded("engine stopped")
         if max_tokens < 1:
             raise TokenfleetError("max_tokens must be >= 1")
         if self._in_flight >= self.max_in_flight:
             raise Overloaded(f"{self._in_flight} requests in flight")
-        s = Sequence(max(prompt_tokens, 1), max_tokens, time.perf_counter())
+        s = Sequence(max(prompt_tokens, 1), max_tokens, time.perf_counter(), remote_kv)
         self._in_flight += 1
         self._live.add(s)
         return s

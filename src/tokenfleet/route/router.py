@@ -8,6 +8,11 @@ snapshots. Inside a pool the least-loaded available backend is used. After a fai
 the request goes to another backend of the same pool, else to the next-cheapest pool
 with headroom (the ``cost-spill`` policy).
 
+Disaggregated pairs: the plan routes a pair's requests to its decode half (its prefill
+half's share is the same requests, taken first). The prefill pool is therefore not
+among a tier's routable pools; :attr:`Router.prefill_for` maps each decode pool to the
+prefill pool the gateway sends the prompt to first.
+
 Nothing here does I/O: the gateway feeds in health and in-flight counts, so the
 logic is tested without sockets. Times are seconds on ``time.monotonic``.
 """
@@ -229,9 +234,17 @@ class Router:
             self.pools[name] = Pool(unit, pool_backends, spec.model or unit.model, key,
                                     spec.health_path or settings.health.path,
                                     settings.prefix_cache_tokens // PREFIX_BLOCK_TOKENS)
+        # decode pool -> its pair's prefill pool (when both have backends)
+        self.prefill_for: dict[str, Pool] = {}
+        prefill_units = {u.pair: u for u in plan.units if u.role == "prefill" and u.pair}
+        for u in plan.units:
+            pre = prefill_units.get(u.pair) if u.role == "decode" and u.pair else None
+            if pre is not None and u.pool in self.pools and pre.pool in self.pools:
+                self.prefill_for[u.pool] = self.pools[pre.pool]
         self.tiers: dict[str, TierRoutes] = {}
         for t in plan.tiers:
-            pools = [self.pools[u.pool] for u in plan.pools_for(t.name) if u.pool in self.pools]
+            pools = [self.pools[u.pool] for u in plan.pools_for(t.name)
+                     if u.pool in self.pools and u.role != "prefill"]
             shares: dict[str, dict[str, float]] = {}
             weighted: dict[str, float] = {}
             for s in plan.traffic_split:
