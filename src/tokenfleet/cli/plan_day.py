@@ -21,16 +21,20 @@ LAYER_NAMES = {"reserved": "reserved", "committed": "committed", "on_demand": "o
 
 
 def add_day(plan: Plan, sc: Scenario, cs: CandidateSet, base: Path, cat: Catalog,
-            scenario: str, window_s: float, seed: int, time_limit_s: float) -> Plan:
+            scenario: str, window_s: float, seed: int, time_limit_s: float,
+            spot_loss: str = "expected") -> Plan:
     """Plan the day over the capacities the peak plan settled on (its verification's
-    re-sizing), simulate it, and attach both as ``plan.day``."""
+    re-sizing), simulate it (``spot_loss``: expected or covered reclaims), and attach
+    both as ``plan.day``."""
     from tokenfleet.plan.day import plan_day
     from tokenfleet.plan.planner import scaled
     from tokenfleet.sim.day import simulate_day
 
+
     resized = plan.verification.resized if plan.verification else {}
     ds = plan_day(sc, scaled(cs, resized), plan, base, cat, time_limit_s)
-    ds.plan.simulation = simulate_day(ds.plan, ds.period_plan, scenario, window_s, seed)
+    ds.plan.simulation = simulate_day(ds.plan, ds.period_plan, scenario, window_s, seed,
+                                      "covered" if spot_loss == "covered" else "expected")
     plan.day = ds.plan
     return plan
 
