@@ -73,6 +73,7 @@ from tokenfleet.plan.milp import (
     _n_minus_1_rows,
     _vendor_share_rows,
     fixed_monthly_cost,
+    served_by,
 )
 from tokenfleet.plan.scenario import Scenario, SpotMarket
 from tokenfleet.plan.schema import BucketCapacity, BucketSplit, Plan, PlanUnit
@@ -131,7 +132,9 @@ def offers(sc: Scenario, cands: list[Candidate], catalog: Catalog) -> list[_Offe
         else:
             layer = "on_demand"
         out.append(_Offer(c, layer, k.name if k and not s.prepaid else None))
-        m = spot_market(sc, c.cloud) if sc.day.spot else None
+        # a pair's halves are held on-demand/reserved only: the simulator composes a pair
+        # from one prefill and one decode unit, so a pair has no spot layer
+        m = spot_market(sc, c.cloud) if sc.day.spot and c.pair is None else None
         if m is None or (m.accelerators is not None and c.accelerator.id not in m.accelerators):
             continue
         listed = c.accelerator.price(c.cloud, "spot")
@@ -639,7 +642,8 @@ def _unit(o: _Offer, replicas: int, sc: Scenario) -> PlanUnit:
                                  tpot_s=e.tpot_s or 0.0)
                   for b, cap in c.capacity.items() for e in [c.estimates[b]]],
         provenance=e0.provenance, uncertainty=c.uncertainty,
-        prepaid=sc.supply[c.supply_index].prepaid)
+        prepaid=sc.supply[c.supply_index].prepaid, role=c.role, pair=c.pair,
+        kv_link=c.link_basis or None)
 
 
 def period_plan(ds: DaySolution, h: int) -> Plan:
@@ -655,8 +659,9 @@ def period_plan(ds: DaySolution, h: int) -> Plan:
         served: dict[str, float] = {}
         for i, o in enumerate(ds.offs):
             j = ds.v.x[h].get((o.cand.id, d.bucket))
-            if j is None or reps[i] == 0:
-                continue
+            # buckets are named alike in every tier: only the tier's own pools serve it
+            if j is None or reps[i] == 0 or o.cand.tier != d.tier or not served_by(o.cand):
+                continue  # a prefill half carries its decode half's requests, not a share
             # a pool and its spot layer share the routed rate by the capacity they hold
             # with the planned reclaims gone: the spot layer then still carries its
             # share after losing reclaim_covered replicas

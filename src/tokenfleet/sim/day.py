@@ -45,8 +45,8 @@ from tokenfleet.plan.day_schema import (
     DaySimulation,
 )
 from tokenfleet.plan.schema import Plan
-from tokenfleet.sim.engine import SimOptions, Simulator, auto_sample_s
-from tokenfleet.sim.fleet import build_fleet
+from tokenfleet.sim.disagg import run_plan
+from tokenfleet.sim.engine import SimOptions, auto_sample_s
 from tokenfleet.sim.results import summarize
 from tokenfleet.sim.shocks import Failure
 from tokenfleet.sim.traffic import Workload, scenario_traffic
@@ -136,7 +136,7 @@ def simulate_day(day: DayPlan, period_plan: Callable[[int], Plan], scenario: str
         fails = spot_failures(day, h, window_s, seed, spot_loss)
         opt = SimOptions(seed=seed, sample_s=auto_sample_s(w.duration_s, SimOptions().sync_s),
                          max_time_s=w.duration_s + 7 * 86400.0)
-        rec = Simulator(build_fleet(plan, None), w, opt, fails, []).run()
+        rec = run_plan(plan, w, opt, fails, [])  # composes disaggregated pairs
         summ = summarize(rec)
         tiers = []
         for t in plan.tiers:
