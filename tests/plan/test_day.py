@@ -176,6 +176,24 @@ def test_each_pool_carries_its_routed_load_with_its_covered_spot_reclaims_gone(s
             assert busy <= (u.replicas - lost) * (1 + 1e-6) + 1e-9, (h, u.pool, busy)
 
 
+def test_period_routing_stays_within_each_tier() -> None:
+    """Two tiers share bucket names; a period's split routes each tier's bucket only to
+    that tier's pools (its model), never to another tier's."""
+    sc, base = load_scenario(SMALL)
+    t2 = sc.tiers[0].model_copy(deep=True, update={"name": "chat"})
+    sc2 = sc.model_copy(update={"tiers": [sc.tiers[0], t2]})
+    cs = prepare(sc2, base, CAT)
+    peak = solve_plan(sc2, cs, sc2.name, CAT, compare_policies=False)
+    ds = plan_day(sc2, cs, peak, base, CAT, 20)
+    tier_of = {p.pool: p.tier for p in ds.plan.pools}
+    for h in (0, 14):
+        splits = ds.period_plan(h).traffic_split
+        assert {s.tier for s in splits} == {"code", "chat"}
+        for s in splits:
+            assert s.shares and all(tier_of[k] == s.tier for k in s.shares), (h, s)
+            assert sum(s.shares.values()) == pytest.approx(1.0)
+
+
 def test_simulated_day_meets_slos_with_one_replica_of_every_spot_pool_reclaimed(
         small) -> None:
     """Reclaims by design, not by luck: every period replayed (seeded) with the plan's

@@ -37,20 +37,20 @@ from typing import Literal
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.plan.day import reclaim_covered
+from tokenfleet.plan.day import SPOT_SUFFIX, reclaim_covered
 from tokenfleet.plan.day_schema import (
     DayPlan,
     DaySimPeriod,
     DaySimTier,
     DaySimulation,
 )
-from tokenfleet.plan.schema import Plan
+from tokenfleet.plan.schema import Plan, TierSummary
 from tokenfleet.sim.disagg import run_plan
 from tokenfleet.sim.engine import SimOptions, auto_sample_s
-from tokenfleet.sim.results import summarize
+from tokenfleet.sim.results import SimSummary, summarize
 from tokenfleet.sim.shocks import Failure
 from tokenfleet.sim.traffic import Workload, scenario_traffic
-from tokenfleet.sim.verify import tier_check
+from tokenfleet.sim.verify import SHRINK_MAX, _pool_percentiles, _shrink, tier_check
 
 SpotLoss = Literal["expected", "covered"]
 
@@ -115,11 +115,36 @@ def spot_failures(day: DayPlan, h: int, window_s: float, seed: int,
     return out
 
 
+def _note_shrink(shrink: dict[str, float], summ: SimSummary, t: TierSummary) -> None:
+    """Capacity factors for missing tier ``t``: each pool whose own SLO percentile
+    missed, by its miss (:func:`tokenfleet.sim.verify._shrink`, keyed by candidate pool
+    id; a spot layer counts for its pool), the smallest over the replayed periods; when
+    no pool missed on its own, the whole tier (``tier:NAME``) by the least step. Unlike
+    the peak verification, no tier-wide factor on top: the day program re-routes every
+    hour, and a tier-wide cut compounds over rounds into fleets far dearer than the
+    peak plan."""
+    found = False
+    for pid, (ttft, tpot) in _pool_percentiles(summ, t).items():
+        f = min(x for x in (_shrink(ttft, t.slo_ttft_s), _shrink(tpot, t.slo_tpot_s), 1.0)
+                if x is not None)
+        if f < 1.0:
+            k = pid.removesuffix(SPOT_SUFFIX)
+            shrink[k] = min(shrink.get(k, 1.0), f)
+            found = True
+    if not found:
+        key = f"tier:{t.name}"
+        shrink[key] = min(shrink.get(key, 1.0), SHRINK_MAX)
+
+
 def simulate_day(day: DayPlan, period_plan: Callable[[int], Plan], scenario: str,
                  window_s: float = 300.0, seed: int = 0, spot_loss: SpotLoss = "expected",
-                 only: list[int] | None = None) -> DaySimulation:
+                 only: list[int] | None = None,
+                 shrink: dict[str, float] | None = None) -> DaySimulation:
     """Replay the representative periods of ``day`` (see the module docstring), or
-    the periods ``only`` (each tagged with its representative reasons, if any)."""
+    the periods ``only`` (each tagged with its representative reasons, if any).
+    ``shrink``, when given, gets candidate pool id -> capacity factor for each pool
+    (a spot layer counts for its pool) whose own SLO percentile missed in a tier that
+    missed and ``tier:NAME`` for the tier (:func:`_note_shrink`)."""
     periods = []
     within: dict[str, list[float]] = {}
     picks = representative_periods(day)
@@ -143,6 +168,8 @@ def simulate_day(day: DayPlan, period_plan: Callable[[int], Plan], scenario: str
             if not int(rec.tiers.arrived[rec.tiers.row(t.name)]):
                 continue
             c = tier_check(rec, t, None, summ)
+            if shrink is not None and not c.met:
+                _note_shrink(shrink, summ, t)
             tiers.append(DaySimTier(
                 tier=t.name, requests=c.requests, ttft_attainment=c.ttft_attainment,
                 tpot_attainment=c.tpot_attainment, target_ttft=t.slo_ttft_percentile / 100,
