@@ -11,11 +11,11 @@ import pytest
 from tokenfleet.catalog import load_catalog
 from tokenfleet.cli.app import main
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.plan.day import day_profiles, plan_day
+from tokenfleet.plan.day import day_profiles, plan_day, reclaim_covered, uncovered_chance
 from tokenfleet.plan.milp import solve_fleet
 from tokenfleet.plan.planner import bill, prepare, solve_plan
 from tokenfleet.plan.scenario import load_scenario
-from tokenfleet.sim.day import simulate_day
+from tokenfleet.sim.day import reclaim_share, representative_periods, simulate_day
 from tokenfleet.workload.day import bundled_profiles, profile_from_values
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,6 +147,76 @@ def test_day_plan_is_cheaper_than_peak_and_meets_slos_with_spot_reclaims(small) 
             assert c.requests > 0
             assert (c.ttft_attainment or 0) >= c.target_ttft
             assert (c.tpot_attainment or 0) >= c.target_tpot
+
+
+def test_covered_reclaims_are_the_expected_losses_rounded_up_at_least_one() -> None:
+    assert [reclaim_covered(n, 0.05) for n in (0, 1, 2, 20, 21, 40)] == [0, 1, 1, 1, 2, 2]
+    assert reclaim_covered(3, 0.9) == 3  # never more than are held
+    # two replicas at 20 %/h, one covered: both go with probability 0.2^2
+    assert uncovered_chance(2, 0.2, 1.0) == pytest.approx(0.04)
+    assert uncovered_chance(1, 0.2, 1.0) == 0.0
+
+
+def test_each_pool_carries_its_routed_load_with_its_covered_spot_reclaims_gone(small) -> None:
+    """The spot rule in the solved plan: in every period, every pool of the period's
+    fleet (a spot layer less its covered reclaims, at least one whole replica) has the
+    capacity at the SLO percentile for the rate the day program routes to it."""
+    sc, base, cs, peak = small
+    ds = plan_day(sc, cs, peak, base, CAT, 20)
+    rate = {p.pool: p.interruption_per_hour for p in ds.plan.pools if p.layer == "spot"}
+    assert rate and "at least one" in ds.plan.spot_rule
+    for h in range(ds.plan.periods_per_day):
+        plan = ds.period_plan(h)
+        for u in plan.units:
+            lost = reclaim_covered(u.replicas, rate[u.pool]) if u.pool in rate else 0
+            assert lost >= (1 if u.pool in rate else 0)
+            cap = {c.bucket: c.requests_per_s for c in u.capacity}
+            busy = sum(s.peak_requests_per_s * s.shares.get(u.pool, 0.0) / cap[s.bucket]
+                       for s in plan.traffic_split if u.pool in s.shares)
+            assert busy <= (u.replicas - lost) * (1 + 1e-6) + 1e-9, (h, u.pool, busy)
+
+
+def test_period_routing_stays_within_each_tier() -> None:
+    """Two tiers share bucket names; a period's split routes each tier's bucket only to
+    that tier's pools (its model), never to another tier's."""
+    sc, base = load_scenario(SMALL)
+    t2 = sc.tiers[0].model_copy(deep=True, update={"name": "chat"})
+    sc2 = sc.model_copy(update={"tiers": [sc.tiers[0], t2]})
+    cs = prepare(sc2, base, CAT)
+    peak = solve_plan(sc2, cs, sc2.name, CAT, compare_policies=False)
+    ds = plan_day(sc2, cs, peak, base, CAT, 20)
+    tier_of = {p.pool: p.tier for p in ds.plan.pools}
+    for h in (0, 14):
+        splits = ds.period_plan(h).traffic_split
+        assert {s.tier for s in splits} == {"code", "chat"}
+        for s in splits:
+            assert s.shares and all(tier_of[k] == s.tier for k in s.shares), (h, s)
+            assert sum(s.shares.values()) == pytest.approx(1.0)
+
+
+def test_simulated_day_meets_slos_with_one_replica_of_every_spot_pool_reclaimed(
+        small) -> None:
+    """Reclaims by design, not by luck: every period replayed (seeded) with the plan's
+    covered reclaims (here one whole replica of each spot pool, from the window's start),
+    the worst period (largest share of chips reclaimed) among them; every tier still
+    meets its SLO percentiles."""
+    sc, base, cs, peak = small
+    ds = plan_day(sc, cs, peak, base, CAT, 20)
+    day = ds.plan
+    worst = max(range(day.periods_per_day), key=lambda h: reclaim_share(day, h))
+    assert any(h == worst and "largest reclaim share" in why
+               for h, why in representative_periods(day))
+    sim = simulate_day(day, ds.period_plan, str(SMALL), window_s=60.0, seed=3,
+                       spot_loss="covered", only=list(range(day.periods_per_day)))
+    assert len(sim.periods) == day.periods_per_day and "covered reclaims" in sim.method
+    for p in sim.periods:
+        pools = [pl for pl in day.pools if pl.layer == "spot" and pl.replicas[p.period]]
+        assert pools and p.spot_lost == len(pools)  # 20 %/h of <= 5 replicas: one each
+        for c in p.tiers:
+            assert c.requests > 0
+            assert (c.ttft_attainment or 0) >= c.target_ttft, (p.start, c)
+            assert (c.tpot_attainment or 0) >= c.target_tpot, (p.start, c)
+    assert sim.met
 
 
 def test_report_plots_capacity_against_demand_and_layer_costs(small) -> None:

@@ -257,15 +257,20 @@ def plan_cmd(
         "--over-day", help="also plan the day: a reserved/committed base plus on-demand "
                            "and spot capacity per hour over each tier's traffic.day_profile "
                            "(default: the bundled 'weekday' assumption), one integer program "
-                           "over the hours; spot counts at (1 - its interruption rate); "
-                           "then simulate the peak, trough and most-spot hours with spot "
-                           "reclaims (plan.json 'day')")] = False,
+                           "over the hours; each pool holds its load with its spot layer's "
+                           "expected reclaims rounded up (at least one replica) gone; "
+                           "then simulate the peak, trough and most-exposed hours with "
+                           "spot reclaims (plan.json 'day')")] = False,
     day_window: Annotated[float, typer.Option(
         help="--over-day: seconds of traffic replayed per simulated hour")] = 300.0,
     day_seed: Annotated[int, typer.Option(
         help="--over-day: seed of the simulated day's spot reclaims and resampling")] = 0,
     day_time_limit: Annotated[float, typer.Option(
         help="--over-day: seconds for the day program (it reports its gap)")] = 20.0,
+    day_spot_loss: Annotated[str, typer.Option(
+        help="--over-day: simulated spot reclaims: 'expected' (each pool's expected share, "
+             "rounded at random) or 'covered' (what the plan covers: at least one replica "
+             "of every spot pool, down all window)")] = "expected",
 ) -> None:
     """The cheapest multi-vendor fleet that meets every SLO and policy.
 
@@ -292,6 +297,8 @@ def plan_cmd(
     if explain_schema_:
         print(explain_schema())
         return
+    if day_spot_loss not in ("expected", "covered"):
+        raise TokenfleetError(f"--day-spot-loss {day_spot_loss!r}: allowed: expected, covered")
     if scenario is None:
         raise TokenfleetError("give a scenario file, e.g. examples/frontier-lab.yaml "
                               "(or --explain-schema)")
@@ -327,7 +334,7 @@ def plan_cmd(
 
             tick(0, 0, "planning the day")
             plan = add_day(plan, sc, kept["cs"], base, cat, str(scenario), day_window,
-                           day_seed, day_time_limit)
+                           day_seed, day_time_limit, day_spot_loss)
         tick(0, 0, "planning the other side")
         cmp = whatif.comparison(plan, w, base, cat, versus, band)
     plan = plan.model_copy(update={"economics": plan_economics(plan)})

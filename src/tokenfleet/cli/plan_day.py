@@ -4,7 +4,7 @@ simulated day, and their console tables."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from rich.console import Console
 from rich.table import Table
@@ -12,7 +12,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from tokenfleet.catalog.loader import Catalog
     from tokenfleet.plan.candidates import CandidateSet
-    from tokenfleet.plan.day_schema import DayPlan
+    from tokenfleet.plan.day_schema import DayPlan, DaySimulation
     from tokenfleet.plan.scenario import Scenario
     from tokenfleet.plan.schema import Plan
 
@@ -20,19 +20,58 @@ LAYER_NAMES = {"reserved": "reserved", "committed": "committed", "on_demand": "o
                "spot": "spot"}
 
 
+DAY_ROUNDS = 4  # day plans simulated at most (re-sizing the pools that missed between)
+
+
 def add_day(plan: Plan, sc: Scenario, cs: CandidateSet, base: Path, cat: Catalog,
-            scenario: str, window_s: float, seed: int, time_limit_s: float) -> Plan:
+            scenario: str, window_s: float, seed: int, time_limit_s: float,
+            spot_loss: str = "expected") -> Plan:
     """Plan the day over the capacities the peak plan settled on (its verification's
-    re-sizing), simulate it, and attach both as ``plan.day``."""
+    re-sizing), simulate it (``spot_loss``: expected or covered reclaims), and attach
+    both as ``plan.day``. The day program may pick pools the peak plan's verification
+    never replayed (spot chips, other pairs), so as that verification does: when a
+    period misses, the pools that missed are re-sized and the day re-planned, up to
+    DAY_ROUNDS plans; the first that meets its SLOs is kept, else the one closest to
+    them, with its simulated day (which says it missed)."""
     from tokenfleet.plan.day import plan_day
     from tokenfleet.plan.planner import scaled
     from tokenfleet.sim.day import simulate_day
 
-    resized = plan.verification.resized if plan.verification else {}
-    ds = plan_day(sc, scaled(cs, resized), plan, base, cat, time_limit_s)
-    ds.plan.simulation = simulate_day(ds.plan, ds.period_plan, scenario, window_s, seed)
+    scale = dict(plan.verification.resized) if plan.verification else {}
+    loss: Literal["expected", "covered"] = "covered" if spot_loss == "covered" else "expected"
+    by_day: dict[str, float] = {}
+    best = None
+    for rounds in range(1, DAY_ROUNDS + 1):
+        ds = plan_day(sc, scaled(cs, scale), plan, base, cat, time_limit_s)
+        shrink: dict[str, float] = {}
+        sim = simulate_day(ds.plan, ds.period_plan, scenario, window_s, seed, loss,
+                           shrink=shrink)
+        ds.plan.simulation = sim
+        if best is None or _shortfall(sim) < _shortfall(best[0].plan.simulation):
+            best = (ds, rounds)
+        if sim.met or rounds == DAY_ROUNDS or ds.plan.usd_per_month > plan.cost.usd_per_month:
+            break  # met, out of rounds, or re-sizing made the day dearer than the peak
+        for k, f in shrink.items():
+            scale[k] = scale.get(k, 1.0) * f
+            by_day[k] = by_day.get(k, 1.0) * f
+    assert best is not None
+    ds, kept = best
+    if rounds > 1:
+        ds.plan.solver_status += (f"; day plan {kept} of the {rounds} simulated (the one "
+                                  "closest to its SLOs), re-sizing pools the simulated day "
+                                  "found slower than modelled: " + ", ".join(
+                                      f"{k} x{v:.2f}" for k, v in sorted(by_day.items())))
     plan.day = ds.plan
     return plan
+
+
+def _shortfall(sim: DaySimulation | None) -> float:
+    """How far a simulated day falls short of its SLO percentiles, summed (0 when met)."""
+    if sim is None:
+        return float("inf")
+    return sum(max(c.target_ttft - (c.ttft_attainment or 0.0), 0.0)
+               + max(c.target_tpot - (c.tpot_attainment or 0.0), 0.0)
+               for p in sim.periods for c in p.tiers)
 
 
 def _m(x: float) -> str:

@@ -15,10 +15,19 @@ candidates: the same per-replica capacities, no new performance-model calls):
 * ``spot``: where the cloud sells the chip as spot (plan/data/spot.yaml, overridable
   under ``day.spot_markets``): replicas per period at the spot price.
 
-Spot rule: a spot replica counts at (1 - its cloud's interruption rate per hour) of a
-replica's capacity, in the demand rows and in the N-1 rows alike; the simulated day
-(:mod:`tokenfleet.sim.day`) takes that share of spot replicas down in each replayed
-window.
+Spot rule (robust, not expected): in every period each pool must carry its routed load
+at the SLO percentile with ``z`` of its spot replicas reclaimed, where ``z`` is the
+period's expected losses (replicas x its cloud's interruption rate per hour) rounded up
+to whole replicas, and at least one as soon as any spot replica is held
+(:func:`_reclaim_var`: an integer ``z >= rate * spot`` and ``z >= spot / M``; the
+pool's capacity counts ``held - z``). It holds for every spot pool at once and in the
+demand rows and the N-1 rows alike; so a reclaim of one whole replica from each spot
+pool, or of its expected share rounded either way, leaves every pool within its SLO
+capacity, however few spot replicas a pool holds (the (1 - rate) discount it replaces
+was an expectation: with two spot replicas one reclaim takes half). More reclaims than
+``z`` in one period are not covered; the plan states the largest chance of that
+(:func:`uncovered_chance`). The simulated day (:mod:`tokenfleet.sim.day`) replays the
+expected share, or exactly ``z`` per pool (``spot_loss="covered"``).
 
 Each period's demand is the peak-hour demand (plus headroom) times the tier's
 multiplier, and every constraint of the peak-hour program holds in every period:
@@ -64,6 +73,7 @@ from tokenfleet.plan.milp import (
     _n_minus_1_rows,
     _vendor_share_rows,
     fixed_monthly_cost,
+    served_by,
 )
 from tokenfleet.plan.scenario import Scenario, SpotMarket
 from tokenfleet.plan.schema import BucketCapacity, BucketSplit, Plan, PlanUnit
@@ -122,7 +132,9 @@ def offers(sc: Scenario, cands: list[Candidate], catalog: Catalog) -> list[_Offe
         else:
             layer = "on_demand"
         out.append(_Offer(c, layer, k.name if k and not s.prepaid else None))
-        m = spot_market(sc, c.cloud) if sc.day.spot else None
+        # a pair's halves are held on-demand/reserved only: the simulator composes a pair
+        # from one prefill and one decode unit, so a pair has no spot layer
+        m = spot_market(sc, c.cloud) if sc.day.spot and c.pair is None else None
         if m is None or (m.accelerators is not None and c.accelerator.id not in m.accelerators):
             continue
         listed = c.accelerator.price(c.cloud, "spot")
@@ -229,7 +241,9 @@ def _period_rows(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars
         coefs = {n[c.id]: 1.0}
         for i, o in enumerate(offs):
             if o.cand is c:
-                coefs[v.held(i, h)] = -(1.0 - o.interruption_per_hour)
+                coefs[v.held(i, h)] = -1.0
+                if o.layer == "spot":
+                    coefs[_reclaim_var(p, o, v.held(i, h), h)] = 1.0
         p.row(f"[{h}] held {c.id}", "held", coefs, 0.0, 0.0)
     b = _Build(sc, _period_demand(cs, mult), cands, p, n, x, v.od, drop)
     first = len(p.rows)
@@ -242,6 +256,39 @@ def _period_rows(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars
         r.name = f"[{h}] {r.name}"
     _chip_rows(sc, offs, v, h)
     return n, x
+
+
+def _reclaim_var(p: Program, o: _Offer, held: int, h: int) -> int:
+    """Spot replicas of ``o`` counted as reclaimed in period ``h``: an integer ``z`` with
+    ``z >= rate * held`` (the period's expected losses, rounded up to whole replicas by
+    integrality) and ``z >= held / M`` (M the layer's replica cap: at least one whole
+    replica as soon as any is held). The pool's capacity rows then see ``held - z``
+    spot replicas, so the routed load still fits with any ``z`` of them gone."""
+    big_m = max(p.upper[held], 1.0)
+    z = p.var(f"reclaim[{h}][{o.cand.id}{SPOT_SUFFIX}]", 0.0, 0, big_m, integer=True)
+    p.row(f"[{h}] reclaim rate {o.cand.id}", "spot", {z: 1.0, held: -o.interruption_per_hour},
+          lb=0.0)
+    p.row(f"[{h}] reclaim one {o.cand.id}", "spot", {z: 1.0, held: -1.0 / big_m}, lb=0.0)
+    return z
+
+
+def reclaim_covered(replicas: int, interruption_per_hour: float) -> int:
+    """Spot replicas a pool of ``replicas`` is planned to lose in a period and still
+    carry its load: the expected losses rounded up, at least one (0 when none held);
+    the least ``z`` of :func:`_reclaim_var`."""
+    if replicas <= 0:
+        return 0
+    return min(replicas, max(1, math.ceil(replicas * interruption_per_hour - 1e-6)))
+
+
+def uncovered_chance(replicas: int, interruption_per_hour: float, period_h: float) -> float:
+    """Chance that more than :func:`reclaim_covered` of ``replicas`` spot replicas are
+    reclaimed within one period: each independently with probability
+    1 - (1 - rate)^period_h (a Binomial tail)."""
+    k = reclaim_covered(replicas, interruption_per_hour)
+    q = 1.0 - (1.0 - interruption_per_hour) ** period_h
+    return max(0.0, 1.0 - sum(math.comb(replicas, j) * q**j * (1 - q) ** (replicas - j)
+                              for j in range(k + 1)))
 
 
 def _chip_rows(sc: Scenario, offs: list[_Offer], v: _DayVars, h: int) -> None:
@@ -450,21 +497,45 @@ def _replicas(v: _DayVars, sol: Solution, i: int) -> list[int]:
 def _tier_capacity(v: _DayVars, sol: Solution, pools: list[DayPool], offs: list[_Offer],
                    h: int, demand: dict[str, float]) -> dict[str, float]:
     """Requests/s each tier's pools serve in period ``h`` along the day program's
-    routing: the demand over the share of held replica-time it uses (spot held at
-    1 - interruption), i.e. the routing scaled up until the tier's pools are full."""
+    routing: the demand over the share of held replica-time it uses (a spot layer
+    held less its :func:`reclaim_covered` replicas), i.e. the routing scaled up until
+    the tier's pools are full."""
     assert sol.x is not None
     held: dict[str, float] = defaultdict(float)
     used: dict[str, float] = defaultdict(float)
     seen = set()
     for pool, o in zip(pools, offs, strict=True):
         c = o.cand
-        held[c.tier] += pool.replicas[h] * (1.0 - o.interruption_per_hour)
+        held[c.tier] += _held_after_reclaims(o, pool.replicas[h])
         if c.id in seen:
             continue  # a pool's base and spot layers share its routing
         seen.add(c.id)
         used[c.tier] += sum(float(sol.x[v.x[h][(c.id, b)]]) / cap
                             for b, cap in c.capacity.items())
     return {t: demand[t] * held[t] / used[t] if used[t] > 1e-12 else 0.0 for t in demand}
+
+
+def _held_after_reclaims(o: _Offer, replicas: int) -> float:
+    if o.layer != "spot":
+        return float(replicas)
+    return float(replicas - reclaim_covered(replicas, o.interruption_per_hour))
+
+
+def _spot_rule(offs: list[_Offer], pools: list[DayPool], period_h: float) -> str:
+    """The rule as plan output states it, with the largest chance per pool and period
+    that more is reclaimed than the plan covers."""
+    spot = sorted({f"{o.cand.cloud} {o.interruption_per_hour:.0%}/h" for o in offs
+                   if o.layer == "spot"})
+    rule = ("each period, every pool still carries its routed load at the SLO percentile "
+            "with its spot layer's expected reclaims rounded up to whole replicas, at least "
+            "one, gone (ceil(rate x replicas), min 1, per spot pool, all pools at once), in "
+            "demand and N-1 rows alike")
+    if not spot:
+        return rule + " (no spot market offered)"
+    tail = max((uncovered_chance(r, pl.interruption_per_hour, period_h)
+                for pl in pools if pl.layer == "spot" for r in pl.replicas if r), default=0.0)
+    return (f"{rule} ({', '.join(spot)}); largest chance that a spot pool loses more in "
+            f"one period: {tail:.2%} (binomial at the hourly rate)")
 
 
 def _assemble(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars,
@@ -501,8 +572,6 @@ def _assemble(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars,
     days = sc.hours_per_month / 24.0
     layer_day = {k: sum(r.usd_per_hour.get(k, 0.0) for r in rows) * period_h
                  for k in ("reserved", "committed", "on_demand", "spot")}
-    spot = sorted({f"{o.cand.cloud} {o.interruption_per_hour:.0%}/h" for o in offs
-                   if o.layer == "spot"})
     return DayPlan(
         periods_per_day=periods, period_h=period_h,
         profiles={t: p.source for t, p in profiles.items()}, pools=[p for p in pools
@@ -510,9 +579,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars,
         periods=rows, layer_usd_per_day=layer_day, usd_per_day=month / days,
         usd_per_month=month, peak_plan_usd_per_month=peak.cost.usd_per_month,
         saving_usd_per_month=peak.cost.usd_per_month - month,
-        spot_rule="a spot replica counts at (1 - its cloud's interruption rate per hour) of "
-                  "its capacity, in demand and N-1 rows alike" + (
-                      f" ({', '.join(spot)})" if spot else " (no spot market offered)"),
+        spot_rule=_spot_rule(offs, pools, period_h),
         assumptions=_assumptions(sc, profiles),
         drops=drops, solver_status=sol.message + (
             "; DEARER than the peak-hour plan held all day (the solver did not complete "
@@ -575,7 +642,8 @@ def _unit(o: _Offer, replicas: int, sc: Scenario) -> PlanUnit:
                                  tpot_s=e.tpot_s or 0.0)
                   for b, cap in c.capacity.items() for e in [c.estimates[b]]],
         provenance=e0.provenance, uncertainty=c.uncertainty,
-        prepaid=sc.supply[c.supply_index].prepaid)
+        prepaid=sc.supply[c.supply_index].prepaid, role=c.role, pair=c.pair,
+        kv_link=c.link_basis or None)
 
 
 def period_plan(ds: DaySolution, h: int) -> Plan:
@@ -591,10 +659,13 @@ def period_plan(ds: DaySolution, h: int) -> Plan:
         served: dict[str, float] = {}
         for i, o in enumerate(ds.offs):
             j = ds.v.x[h].get((o.cand.id, d.bucket))
-            if j is None or reps[i] == 0:
-                continue
+            # buckets are named alike in every tier: only the tier's own pools serve it
+            if j is None or reps[i] == 0 or o.cand.tier != d.tier or not served_by(o.cand):
+                continue  # a prefill half carries its decode half's requests, not a share
             # a pool and its spot layer share the routed rate by the capacity they hold
-            held = {k: reps[k] * (1 - q.interruption_per_hour)
+            # with the planned reclaims gone: the spot layer then still carries its
+            # share after losing reclaim_covered replicas
+            held = {k: _held_after_reclaims(q, reps[k])
                     for k, q in enumerate(ds.offs) if q.cand is o.cand}
             tag = o.cand.id + (SPOT_SUFFIX if o.layer == "spot" else "")
             served[tag] = float(x[j]) * held[i] / (sum(held.values()) or 1.0)

@@ -30,7 +30,8 @@ class DayPool(_Model):
     chips_per_replica: int
     usd_per_chip_hour: float
     interruption_per_hour: float = Field(0.0, description="spot only: share of replicas "
-                                         "reclaimed per hour, counted off its capacity")
+                                         "reclaimed per hour; the plan counts the pool "
+                                         "with ceil(rate x replicas), at least one, gone")
     replicas: list[int] = Field(description="per period")
 
 
@@ -40,8 +41,8 @@ class DayPeriod(_Model):
     multiplier: dict[str, float] = Field(description="tier -> rate / peak-hour rate")
     demand_requests_per_s: dict[str, float] = Field(description="tier -> demand incl. headroom")
     capacity_requests_per_s: dict[str, float] = Field(
-        description="tier -> what its pools serve at the tier's bucket mix (spot at 1 - its "
-                    "interruption rate)")
+        description="tier -> what its pools serve at the tier's bucket mix (each spot layer "
+                    "less its covered reclaims: ceil(rate x replicas), at least one)")
     chips: dict[str, int] = Field(description="layer -> chips held")
     usd_per_hour: dict[str, float] = Field(description="layer -> spend at list (committed: "
                                            "drawn from the commitment)")
