@@ -52,6 +52,9 @@ def main(plan_path: str, scenario: str, duration_s: float, affinity: bool) -> No
                  if pc else ""))
         for p in pools:
             sim = res.summary.pools[p.id].prefix_cache_hit_rate
+            if sim is None or p.kv_tokens is None:  # a decode half: its KV is handed over
+                print(f"  {p.id}: no cache lookups (decode half of a pair)")
+                continue
             print(f"  {p.id}: {p.lanes} lanes of {p.kv_tokens / 1e6:.1f}M KV tokens; "
                   f"simulated {sim:.1%}; offline, one lane-sized cache "
                   f"{reuse.hit_rate(p.kv_tokens // 512):.1%}")

@@ -96,18 +96,49 @@ def _down_paths(plan: Plan, f: Failure) -> set[tuple[str, str]]:
     return out
 
 
-def _draw(mix: dict[str, float], n: int, rng: np.random.Generator) -> np.ndarray:
+def _draw(mix: dict[str, float], n: int, rng: np.random.Generator,
+          u: np.ndarray | None = None) -> np.ndarray:
+    """``n`` paths drawn by ``mix``; with ``u`` (uniforms in [0, 1), one per request)
+    by inverse CDF of those instead of fresh draws."""
     names = sorted(k for k, v in mix.items() if v > 0)
     if not names:
         return np.full(n, AGGREGATED, dtype=object)
     p = np.array([mix[k] for k in names])
-    return np.asarray(names, dtype=object)[rng.choice(len(names), n, p=p / p.sum())]
+    if u is None:
+        return np.asarray(names, dtype=object)[rng.choice(len(names), n, p=p / p.sum())]
+    cdf = np.cumsum(p / p.sum())
+    return np.asarray(names, dtype=object)[np.minimum(np.searchsorted(cdf, u, side="right"),
+                                                      len(names) - 1)]
+
+
+def _conversation_uniforms(w: Workload, rng: np.random.Generator) -> np.ndarray | None:
+    """One uniform per request; requests whose prompts open with the same prefix block
+    (a conversation's turns, in a trace with prefix hashes) share theirs, so they take
+    the same path wherever their buckets' mixes agree: a turn meets the KV cache its
+    predecessors left (a prefix-aware router keeps a conversation on one pool the same
+    way). None without prefix hashes."""
+    if w.prefix_row is None or w.prefix_offsets is None or w.prefix_hashes is None:
+        return None
+    u = rng.random(len(w))
+    rows = w.prefix_row
+    has = rows >= 0
+    has[has] = np.diff(w.prefix_offsets)[rows[has]] > 0
+    first = w.prefix_hashes[w.prefix_offsets[rows[has]]]
+    # a fixed hash of the opening block -> [0, 1): splitmix64's finalizer, vectorized
+    z = first.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    u[has] = (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return u
 
 
 def assign_paths(plan: Plan, w: Workload, seed: int, failures: list[Failure] | None = None
                  ) -> np.ndarray:
     """Per request: the pair id it is served by, or ``AGGREGATED`` — drawn by the plan's
-    shares of its (tier, bucket); a bucket the plan does not split takes its tier's mix.
+    shares of its (tier, bucket), one draw per conversation where the trace carries
+    prefix hashes; a bucket the plan does not split takes its tier's mix.
     A request arriving while its path is down (``failures``) is drawn again among its
     tier's paths that are up, as the gateway re-routes around a dead pool."""
     decode_pair = {d.pool: k for k, (_, d) in pairs_of(plan).items()}
@@ -121,6 +152,7 @@ def assign_paths(plan: Plan, w: Workload, seed: int, failures: list[Failure] | N
             by_tier[s.tier][path] += share * s.peak_requests_per_s
         by_key[(s.tier, s.bucket)] = mix
     rng = np.random.default_rng(seed)
+    conv = _conversation_uniforms(w, rng)
     out = np.full(len(w), AGGREGATED, dtype=object)
     tier_of = np.array([k.tier for k in w.keys], dtype=object)[w.key] if len(w) else \
         np.zeros(0, dtype=object)
@@ -128,7 +160,7 @@ def assign_paths(plan: Plan, w: Workload, seed: int, failures: list[Failure] | N
         idx = np.flatnonzero(w.key == k)
         if idx.size:
             out[idx] = _draw(by_key.get((key.tier, key.bucket)) or by_tier.get(key.tier) or {},
-                             idx.size, rng)
+                             idx.size, rng, None if conv is None else conv[idx])
     for f in failures or []:
         down = _down_paths(plan, f)
         end = np.inf if f.end is None else f.end
