@@ -62,8 +62,8 @@ class VerifyOptions:
     seed: int = 0
     n_minus_1: bool = True
     # stop re-sizing after this long (the plan says so); generous, as a shared machine
-    # can take several times the CPU time: the example takes 2 rounds, ~15 s of CPU
-    deadline_s: float = 180.0
+    # can take several times the CPU time (the example: ~25 s of CPU a round)
+    deadline_s: float = 600.0
     workers: int | None = None  # processes for replays (default: up to 2 cores)
     # the scenario's --set edits: the replay is of the traffic the plan was sized for
     # (a `--set tiers.X.traffic.scale=...` plan replayed at the file's scale checks
