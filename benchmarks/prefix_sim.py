@@ -1,7 +1,8 @@
 """Simulated prefix-cache hit rates of a plan against the exact offline count.
 
     tokenfleet plan examples/frontier-lab.yaml --out plan.json
-    PYTHONPATH=src python benchmarks/prefix_sim.py plan.json examples/frontier-lab.yaml [600] [--no-affinity]
+    PYTHONPATH=src python benchmarks/prefix_sim.py plan.json examples/frontier-lab.yaml \
+        [600] [--no-affinity]
 
 Simulates the scenario's traffic (first DURATION seconds) through the plan and prints,
 per tier whose trace carries prefix hashes and per pool: the simulated hit rate (per-lane
