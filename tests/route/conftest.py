@@ -4,9 +4,11 @@ in-process servers (emulated pools, gateway) on ephemeral loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Callable
 
+import aiohttp
 import pytest
 
 from tokenfleet.plan.schema import (
@@ -116,3 +118,17 @@ async def wait_for(pred: Callable[[], bool], timeout_s: float = 5.0) -> None:
         if loop.time() > end:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+async def read_sse(r: aiohttp.ClientResponse) -> tuple[list[dict], bool]:
+    """The parsed ``data:`` events of a streamed answer, and whether ``[DONE]`` came."""
+    events, done = [], False
+    async for line in r.content:
+        line = line.strip()
+        if line.startswith(b"data:"):
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                done = True
+            else:
+                events.append(json.loads(payload))
+    return events, done

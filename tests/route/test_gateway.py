@@ -5,7 +5,6 @@ timeouts, disconnects, health and metrics."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections import Counter
 
@@ -19,6 +18,7 @@ from .conftest import (
     OTHER_BUCKET,
     Stack,
     make_plan,
+    read_sse,
     start_fixed_backend,
     start_gateway,
     unit,
@@ -44,17 +44,9 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: dict
                   ) -> tuple[int, dict, list[dict], bool]:
     """POST a streaming request; return status, headers, parsed events, saw [DONE]."""
     async with session.post(url, json=body) as r:
-        events, done = [], False
         if r.status != 200:
             return r.status, dict(r.headers), [await r.json()], False
-        async for line in r.content:
-            line = line.strip()
-            if line.startswith(b"data:"):
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    done = True
-                else:
-                    events.append(json.loads(payload))
+        events, done = await read_sse(r)
         return r.status, dict(r.headers), events, done
 
 

@@ -17,7 +17,15 @@ from tokenfleet.route.openai_api import parse_request
 from tokenfleet.route.pace import FixedLatencyEngine, FixedPacing
 from tokenfleet.route.resume import Delivered, continuation_body, rewrite_usage, split_events
 
-from .conftest import BUCKET, Stack, make_plan, start_fixed_backend, start_gateway, unit
+from .conftest import (
+    BUCKET,
+    Stack,
+    make_plan,
+    read_sse,
+    start_fixed_backend,
+    start_gateway,
+    unit,
+)
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -35,15 +43,7 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: dict, **kw
     async with session.post(url, json=body, **kw) as r:
         if r.status != 200:
             return r.status, [await r.json()], False  # every error is a JSON body
-        events, done = [], False
-        async for line in r.content:
-            line = line.strip()
-            if line.startswith(b"data:"):
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    done = True
-                else:
-                    events.append(json.loads(payload))
+        events, done = await read_sse(r)
         return r.status, events, done
 
 
