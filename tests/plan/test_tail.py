@@ -28,6 +28,25 @@ def test_higher_percentiles_and_smaller_batches_cost_more_capacity(c):
     assert tail_rate_factor(c, 99) <= tail_rate_factor(c * 4, 99) + 1e-9
 
 
+def _bisected(c: float, pct: float, burst: float) -> float:
+    """Reference: bisection on the occupancy quantile (the definition)."""
+    lo, hi = 0.0, c
+    if occupancy_quantile(hi, pct, burst) <= c:
+        return 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if occupancy_quantile(mid, pct, burst) <= c else (lo, mid)
+    return max(lo / c, 0.05)
+
+
+@settings(max_examples=80, deadline=None)
+@given(c=st.floats(0.5, 5000), pct=st.sampled_from([50.0, 90.0, 95.0, 99.0, 99.9]),
+       burst=st.sampled_from([1.0, 1.5, 4.0]))
+def test_closed_form_matches_the_bisection_reference(c, pct, burst):
+    assert tail_rate_factor(c, pct, burst) == pytest.approx(_bisected(c, pct, burst),
+                                                            rel=1e-6, abs=1e-9)
+
+
 def test_known_values():
     # a steady batch of 100: p90 of Poisson(L) <= 100 at L ~ 87.6
     assert tail_rate_factor(100, 90) == pytest.approx(0.876, abs=0.01)

@@ -12,7 +12,9 @@ window late. So the plan is checked the way ``tokenfleet simulate`` checks it:
    the SLO's percentile;
 2. with N-1 on, replay ``outage_window_s`` seconds with each group (vendor, region or
    cloud) down, shedding like the gateway (``--admission ttft``); a tier passes when
-   at least ``min_fraction`` of its arrived requests finish within both SLOs;
+   at least ``min_fraction`` of its arrived requests finish within both SLOs (these
+   replays run beside step 1 where a second core is free, and count once every tier
+   holds in step 1: until then the re-solve moves other tiers' pools too);
 3. every pool of a missing tier whose own percentile misses (all of the tier's
    surviving pools when none does alone) has its modelled capacity scaled down, and
    the MILP re-solves under every constraint; repeat until all pass, or the rounds
@@ -21,7 +23,7 @@ window late. So the plan is checked the way ``tokenfleet simulate`` checks it:
 
 Each replay is the whole fleet in one process, as ``tokenfleet simulate`` runs it, so
 the commands in ``Verification.reproduce`` give the recorded figures; the outage
-replays run in parallel processes.
+replays run in worker processes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from tokenfleet.errors import TokenfleetError
@@ -93,6 +95,22 @@ def _window(plan: Plan, scenario: str, window_s: float, seed: int,
     return cut
 
 
+class _Windows:
+    """The replayed traffic, read once per window length: it depends on the plan only
+    through its tiers and size buckets, which every re-solve of one scenario keeps
+    (reading and scaling the traces took ~2.5 s a round on the example)."""
+
+    def __init__(self, scenario: str, opts: VerifyOptions) -> None:
+        self.scenario, self.opts = scenario, opts
+        self._cache: dict[float, Workload] = {}
+
+    def get(self, plan: Plan, window_s: float) -> Workload:
+        if window_s not in self._cache:
+            self._cache[window_s] = _window(plan, self.scenario, window_s, self.opts.seed,
+                                            self.opts.overrides)
+        return self._cache[window_s]
+
+
 def _run(plan: Plan, w: Workload, failures: list[Failure], admission: str, seed: int
          ) -> RunRecord:
     """One replay of the whole fleet, exactly as ``tokenfleet simulate`` runs it (one
@@ -112,22 +130,25 @@ def _job(args: tuple[str, Workload, Job, int]) -> RunRecord:
 
 
 class _Runner:
-    """Replays in worker processes (forked: the compiled kernels come along), one per
-    core: the outage replays are independent of each other."""
+    """The outage replays in worker processes (forked: the compiled kernels come
+    along), started before the all-up replay so that they run beside it: the main
+    process replays every group up while the others replay each group down. One core:
+    none started, the outages run after the all-up replay (and only when it passes)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.pool: ProcessPoolExecutor | None = None
 
-    def run(self, plan: Plan, w: Workload, jobs: list[Job], seed: int) -> list[RunRecord]:
-        if self.workers <= 1 or len(jobs) <= 1:
-            return [_run(plan, w, f, a, seed) for f, a in jobs]
-        if self.pool is None:
-            self.pool = ProcessPoolExecutor(self.workers,
+    def start(self, plan: Plan, w: Workload, jobs: list[Job], seed: int
+              ) -> list[Future[RunRecord]] | None:
+        """The jobs started in the background, or None (one core: run them later)."""
+        if self.workers <= 1 or not jobs:
+            return None
+        if self.pool is None:  # the main process replays too: one core is taken
+            self.pool = ProcessPoolExecutor(max(self.workers - 1, 1),
                                             mp_context=multiprocessing.get_context("fork"))
         text = plan.model_dump_json()
-        futures = [self.pool.submit(_job, (text, w, job, seed)) for job in jobs]
-        return [f.result() for f in futures]
+        return [self.pool.submit(_job, (text, w, job, seed)) for job in jobs]
 
     def close(self) -> None:
         if self.pool is not None:
@@ -209,9 +230,9 @@ def _resize(plan: Plan, t: TierSummary, rep: _Replay, scale: dict[str, float],
     return hit
 
 
-def _replay_all_up(plan: Plan, w: Workload, seed: int, runner: _Runner
+def _replay_all_up(plan: Plan, w: Workload, seed: int
                    ) -> tuple[dict[str, _Replay], RunRecord]:
-    rec = runner.run(plan, w, [([], "none")], seed)[0]
+    rec = _run(plan, w, [], "none", seed)
     summ = summarize(rec)
     out = {}
     for t in plan.tiers:
@@ -243,21 +264,26 @@ def _loop(plan: Plan, solve: Callable[[dict[str, float]], Plan], scenario: str,
     scale: dict[str, float] = {}
     outages: list[Outage] = []
     notes: list[str] = []
+    windows = _Windows(scenario, opts)
     rounds = 0
     met = False
     while True:
         rounds += 1
         if progress:
             progress("verifying by simulation", rounds, opts.max_rounds)
-        w = _window(plan, scenario, opts.window_s, opts.seed, opts.overrides)
-        replays, up = _replay_all_up(plan, w, opts.seed, runner)
+        w = windows.get(plan, opts.window_s)
+        outs = _Outages(plan, windows.get(plan, opts.outage_window_s), opts, n1,
+                        runner) if n1 else None
+        replays, up = _replay_all_up(plan, w, opts.seed)
         missing = [t for t in plan.tiers if t.name in replays and not replays[t.name].check.met]
         outages = []
-        if not missing and n1:
-            outages, short = _outages(plan, scenario, opts, n1, runner)
-            missing_n1 = short
-        else:
-            missing_n1 = []
+        missing_n1: list[tuple[TierSummary, set[str], _Replay]] = []
+        if outs is not None and not missing:
+            # (while some tier misses with every group up, the re-solve moves pools of
+            # other tiers too, so outages are re-sized for only once all hold)
+            outages, missing_n1 = outs.collect()
+        elif outs is not None:
+            outs.cancel()
         if not missing and not missing_n1:
             met = True
             break
@@ -290,31 +316,44 @@ def _why_not(missing: list[TierSummary], missing_n1: list, rounds: int,
             + "; raise max rounds, or relax the SLO, N-1 or supply that binds")
 
 
-def _outages(plan: Plan, scenario: str, opts: VerifyOptions, n1: NMinusOneLimit,
-             runner: _Runner) -> tuple[list[Outage], list[tuple[TierSummary, set[str], _Replay]]]:
+class _Outages:
     """Replays with each group down (shedding as the gateway does), as ``simulate
-    --fail-each`` runs them; which tiers break the N-1 promise, with the pools that
-    were down."""
-    by = n1.by
-    floor = n1.min_fraction
-    w = _window(plan, scenario, opts.outage_window_s, opts.seed, opts.overrides)
-    groups = sorted({str(getattr(u, by)) for u in plan.units if u.replicas})
-    recs = runner.run(plan, w, [([parse_failure(f"{by}={v}")], "ttft") for v in groups],
-                      opts.seed)
-    out, short = [], []
-    for v, rec in zip(groups, recs, strict=True):
-        down = {u.pool for u in plan.units if str(getattr(u, by)) == v}
-        checks = []
-        summ = summarize(rec)
-        for t in plan.tiers:
-            if not int(rec.tiers.arrived[rec.tiers.row(t.name)]):
-                continue
-            chk = tier_check(rec, t, floor, summ)
-            checks.append(chk)
-            if not chk.met:
-                short.append((t, down, _Replay({}, chk, _pool_percentiles(summ, t))))
-        out.append(Outage(down=f"{by}={v}", tiers=checks, usd=_bill(rec, plan)))
-    return out, short
+    --fail-each`` runs them: started in the background where a core is free
+    (:class:`_Runner`), collected after the all-up replay."""
+
+    def __init__(self, plan: Plan, w: Workload, opts: VerifyOptions, n1: NMinusOneLimit,
+                 runner: _Runner) -> None:
+        self.plan, self.n1, self.seed, self.w = plan, n1, opts.seed, w
+        self.groups = sorted({str(getattr(u, n1.by)) for u in plan.units if u.replicas})
+        self.jobs: list[Job] = [([parse_failure(f"{n1.by}={v}")], "ttft")
+                                for v in self.groups]
+        self.futures = runner.start(plan, self.w, self.jobs, opts.seed)
+
+    def cancel(self) -> None:
+        """Not needed this round: drop what has not started (what runs, finishes)."""
+        for f in self.futures or []:
+            f.cancel()
+
+    def collect(self) -> tuple[list[Outage], list[tuple[TierSummary, set[str], _Replay]]]:
+        """The outages, and which tiers break the N-1 promise with the pools that were
+        down."""
+        recs = ([f.result() for f in self.futures] if self.futures is not None else
+                [_run(self.plan, self.w, f, a, self.seed) for f, a in self.jobs])
+        plan, by = self.plan, self.n1.by
+        out, short = [], []
+        for v, rec in zip(self.groups, recs, strict=True):
+            down = {u.pool for u in plan.units if str(getattr(u, by)) == v}
+            checks = []
+            summ = summarize(rec)
+            for t in plan.tiers:
+                if not int(rec.tiers.arrived[rec.tiers.row(t.name)]):
+                    continue
+                chk = tier_check(rec, t, self.n1.min_fraction, summ)
+                checks.append(chk)
+                if not chk.met:
+                    short.append((t, down, _Replay({}, chk, _pool_percentiles(summ, t))))
+            out.append(Outage(down=f"{by}={v}", tiers=checks, usd=_bill(rec, plan)))
+        return out, short
 
 
 def _bill(rec: RunRecord, plan: Plan) -> float:
