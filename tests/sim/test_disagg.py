@@ -103,6 +103,39 @@ def test_same_replay_twice_gives_the_same_answer() -> None:
         b.model_dump(exclude={"wall_s", "simulated_requests_per_s"})
 
 
+def _same(a: object, b: object) -> None:
+    """Equal, floats to rounding (a merge adds the parts' sums in another order)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        for k in a:
+            _same(a[k], b[k])
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _same(x, y)
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-15, nan_ok=True)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("pairs", [True, False])
+def test_parts_in_worker_processes_give_the_one_process_answer(pairs: bool) -> None:
+    two = quick_plan([TierSpec("a", "llama-3.1-8b", 2.0, 0.05, [(2000, 200, 1.0)]),
+                      TierSpec("b", "llama-3.1-8b", 1.0, 0.05, [(500, 100, 1.0)])],
+                     [QuickPool("a", "h100-sxm", 2, count=1),
+                      QuickPool("b", "mi300x", 1, count=1, cloud="tensorwave")], load=0.6)
+    plan = _pair_plan() if pairs else two
+    w = planned_traffic(plan, 40, seed=7)
+    opt = SimOptions(seed=1)
+    fail = [parse_failure("vendor=AMD@t=10..20")]
+    skip = {"wall_s", "simulated_requests_per_s"}
+    one = summarize(run_plan(plan, w, opt, fail)).model_dump(mode="json", exclude=skip)
+    many = summarize(run_plan(plan, w, opt, fail, workers=2)).model_dump(mode="json",
+                                                                      exclude=skip)
+    _same(one, many)
+
+
 def test_a_dead_pair_sends_its_requests_to_the_aggregated_pools() -> None:
     plan = _pair_plan()
     w = planned_traffic(plan, 60, seed=4)

@@ -18,6 +18,8 @@ draws it.
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -125,23 +127,27 @@ def plan_tradeoffs(sc: Scenario, cs: CandidateSet, base: Cost) -> Tradeoffs:
     from tokenfleet.plan.planner import _risk, chosen_units, cost_breakdown
     from tokenfleet.plan.whatif import scaled
 
-    solves = 0
-
     def cost(s: Scenario, c: CandidateSet) -> tuple[Cost | None, Any]:
-        nonlocal solves
-        solves += 1
         f, sol = solve_fleet(s, c)
         return (cost_breakdown(s, chosen_units(f, sol)), (f, sol)) if sol.ok else (None, None)
 
+    # every solve is independent: in threads (HiGHS releases the GIL), on every core
+    qs = [] if sc.derate is not None else list(CONFIDENCES)
+    moves = [(name, k, move(k)) for name, factors, move in (
+        ("price", PRICE_FACTORS, lambda k: _priced(cs, k)),
+        ("growth", GROWTH_FACTORS, lambda k: scaled(cs, k)),
+        ("uncertainty", BAND_FACTORS, lambda k: _band_scaled(sc, cs, k))) for k in factors]
+    jobs = [(sc.model_copy(update={"confidence": q}), _at_confidence(sc, cs, q)) for q in qs]
+    jobs += [(sc, c) for _, _, c in moves]
+    with ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1, 4))) as pool:
+        results = list(pool.map(lambda j: cost(*j), jobs))
+    solves = len(jobs)
     notes = []
     frontier = []
     if sc.derate is not None:
         notes.append("the scenario sets a fixed derate, not a confidence: no frontier")
     else:
-        for q in CONFIDENCES:
-            s = sc.model_copy(update={"confidence": q})
-            c = _at_confidence(sc, cs, q)
-            bill, fs = cost(s, c)
+        for q, (s, c), (bill, fs) in zip(qs, jobs, results, strict=False):
             worst: tuple[float | None, str | None] = (None, None)
             if fs is not None:
                 f, sol = fs
@@ -156,17 +162,12 @@ def plan_tradeoffs(sc: Scenario, cs: CandidateSet, base: Cost) -> Tradeoffs:
                                           efficient=False))
         frontier = mark_efficient(frontier)
     sens = []
-    for name, factors, move in (
-            ("price", PRICE_FACTORS, lambda k: _priced(cs, k)),
-            ("growth", GROWTH_FACTORS, lambda k: scaled(cs, k)),
-            ("uncertainty", BAND_FACTORS, lambda k: _band_scaled(sc, cs, k))):
-        for k in factors:
-            bill, _ = cost(sc, move(k))
-            sens.append(SensitivityPoint(
-                input=name, factor=k, usd_per_month=bill and bill.usd_per_month,
-                fleet_usd_per_month=bill and bill.fleet_usd_per_month,
-                change=None if bill is None or not base.usd_per_month
-                else bill.usd_per_month / base.usd_per_month - 1))
+    for (name, k, _), (bill, _) in zip(moves, results[len(qs):], strict=True):
+        sens.append(SensitivityPoint(
+            input=name, factor=k, usd_per_month=bill and bill.usd_per_month,
+            fleet_usd_per_month=bill and bill.fleet_usd_per_month,
+            change=None if bill is None or not base.usd_per_month
+            else bill.usd_per_month / base.usd_per_month - 1))
     from tokenfleet.plan.candidates import DEFAULT_CONFIDENCE
 
     return Tradeoffs(base_usd_per_month=base.usd_per_month,

@@ -24,8 +24,12 @@ pool, then its KV cache crosses the link between them, then it decodes:
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
@@ -279,33 +283,76 @@ def _compose(plan: Plan, w: Workload, rec_pre: RunRecord, log_pre: np.ndarray,
 def run_plan(plan: Plan, w: Workload, opt: SimOptions, failures: list[Failure] | None = None,
              prices: list[PriceChange] | None = None, engine: EngineConfig | None = None,
              catalog: Catalog | None = None, cal: Calibration | None = None,
-             fleet: Fleet | None = None) -> RunRecord:
+             fleet: Fleet | None = None, workers: int = 1) -> RunRecord:
     """One replay of ``plan``: the engine alone when every pool is aggregated, else the
-    composed runs of the module docstring (merged into one record)."""
+    composed runs of the module docstring (merged into one record).
+
+    ``workers`` > 1: the independent parts (each tier's aggregated pools, each pair) run
+    in that many forked processes; they share no pool and no request, so the merged
+    record is the one a single process gives (tests/sim/test_disagg.py checks it)."""
     failures, prices = list(failures or []), list(prices or [])
-    if not has_pairs(plan):
+    if not has_pairs(plan) and workers <= 1:
         fleet = fleet or build_fleet(plan, engine, catalog=catalog, cal=cal)
         return Simulator(fleet, w, opt, failures, prices).run()
     catalog = catalog or load_catalog()
     cal = cal or load_fit()
+    if workers > 1:
+        opt = replace(opt, progress=None)  # parts finish out of order
     path = assign_paths(plan, w, opt.seed, failures)
     # the departure-bin width the engine picks for the whole replay (Simulator.__init__)
     span = max(w.duration_s, opt.sync_s)
     fine_s = opt.sync_s * max(1, int(np.ceil(span / (opt.sync_s * 100_000))))
-    recs: list[RunRecord] = []
+    parts: list[tuple[int, Callable[[], list[RunRecord]]]] = []  # (requests, run)
     agg = [u for u in plan.units if u.role == "both"]
     agg_idx = np.flatnonzero(path == AGGREGATED)
-    if agg:
-        pools = {u.pool for u in agg}
+    tier_of = np.array([k.tier for k in w.keys] or [""], dtype=object)[w.key]
+    groups = ([[u for u in agg if u.tier == t.name] for t in plan.tiers] if workers > 1
+              else [agg])
+    for units in (g for g in groups if g):
+        pools = {u.pool for u in units}
+        tiers = {u.tier for u in units}
+        idx = agg_idx[np.isin(tier_of[agg_idx], list(tiers))] if workers > 1 else agg_idx
         shares = {f"{s.tier}/{s.bucket}": {p: v for p, v in s.shares.items() if p in pools}
                   for s in plan.traffic_split}
-        sub, _ = _workload(w, agg_idx, source=w.source)
-        fl = build_fleet(_sub_plan(plan, agg, shares), engine, catalog=catalog, cal=cal)
-        recs.append(_run(Simulator(fl, sub, opt, failures, prices), fine_s, False)[0])
+        sub, _ = _workload(w, idx, source=w.source)
+        fl = build_fleet(_sub_plan(plan, units, shares), engine, catalog=catalog, cal=cal)
+        sim = Simulator(fl, sub, opt, failures, prices)
+        parts.append((idx.size, partial(_run_agg, sim, fine_s)))
     for pid, (pre, dec) in sorted(pairs_of(plan).items()):
         idx = np.flatnonzero(path == pid)
-        recs.extend(_run_pair(plan, pid, pre, dec, w, idx, opt, failures, prices, engine,
-                              catalog, cal, fine_s))
-    rec = merge_records(recs)
+        parts.append((idx.size, partial(_run_pair, plan, pid, pre, dec, w, idx, opt, failures,
+                                        prices, engine, catalog, cal, fine_s)))
+    rec = merge_records(run_parts_forked(parts, workers))
     rec.source = w.source
     return rec
+
+
+def _run_agg(sim: Simulator, fine_s: float) -> list[RunRecord]:
+    return [_run(sim, fine_s, False)[0]]
+
+
+_PARTS: list[tuple[int, Callable[[], list[RunRecord]]]] = []
+
+
+def _call_part(i: int) -> list[RunRecord]:
+    return _PARTS[i][1]()
+
+
+def run_parts_forked(parts: list[tuple[int, Callable[[], list[RunRecord]]]], workers: int
+                     ) -> list[RunRecord]:
+    """Every part's records in the parts' order; with ``workers`` > 1, in forked
+    processes (they inherit the parts, so only the records travel), the largest parts
+    (by requests) first."""
+    if workers <= 1 or len(parts) <= 1:
+        return [r for _, run in parts for r in run()]
+    global _PARTS
+    _PARTS = parts
+    try:
+        order = sorted(range(len(parts)), key=lambda i: -parts[i][0])
+        with ProcessPoolExecutor(min(workers, len(parts)),
+                                 mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = {i: pool.submit(_call_part, i) for i in order}
+            out = [futures[i].result() for i in range(len(parts))]
+    finally:
+        _PARTS = []
+    return [r for rs in out for r in rs]

@@ -12,18 +12,18 @@ window late. So the plan is checked the way ``tokenfleet simulate`` checks it:
    the SLO's percentile;
 2. with N-1 on, replay ``outage_window_s`` seconds with each group (vendor, region or
    cloud) down, shedding like the gateway (``--admission ttft``); a tier passes when
-   at least ``min_fraction`` of its arrived requests finish within both SLOs (these
-   replays run beside step 1 where a second core is free, and count once every tier
-   holds in step 1: until then the re-solve moves other tiers' pools too);
+   at least ``min_fraction`` of its arrived requests finish within both SLOs (once
+   every tier holds in step 1: until then the re-solve moves other tiers' pools too);
 3. every pool of a missing tier whose own percentile misses (all of the tier's
    surviving pools when none does alone) has its modelled capacity scaled down, and
    the MILP re-solves under every constraint; repeat until all pass, or the rounds
    run out, or a constraint (supply, power, ...) makes the re-sized plan infeasible,
    which the notes name.
 
-Each replay is the whole fleet in one process, as ``tokenfleet simulate`` runs it, so
-the commands in ``Verification.reproduce`` give the recorded figures; the outage
-replays run in worker processes.
+Each replay is the whole fleet as ``tokenfleet simulate`` runs it, so the commands in
+``Verification.reproduce`` give the recorded figures; the replays use every core (up
+to two by default): the all-up replay's independent parts (tiers, prefill/decode pairs)
+and the outage replays run in worker processes.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from tokenfleet.errors import TokenfleetError
@@ -111,14 +111,15 @@ class _Windows:
         return self._cache[window_s]
 
 
-def _run(plan: Plan, w: Workload, failures: list[Failure], admission: str, seed: int
-         ) -> RunRecord:
-    """One replay of the whole fleet, exactly as ``tokenfleet simulate`` runs it (one
-    process, default engine and routing window), so its figures reproduce."""
+def _run(plan: Plan, w: Workload, failures: list[Failure], admission: str, seed: int,
+         workers: int = 1) -> RunRecord:
+    """One replay of the whole fleet as ``tokenfleet simulate`` runs it (default engine
+    and routing window), so its figures reproduce; ``workers``: processes for its
+    independent parts (the same record)."""
     opt = SimOptions(seed=seed, admission=admission,
                      sample_s=auto_sample_s(w.duration_s, SimOptions().sync_s),
                      max_time_s=w.duration_s + 7 * 86400.0)
-    return run_plan(plan, w, opt, failures, [])
+    return run_plan(plan, w, opt, failures, [], workers=workers)
 
 
 Job = tuple[list[Failure], str]  # failures, admission
@@ -130,25 +131,23 @@ def _job(args: tuple[str, Workload, Job, int]) -> RunRecord:
 
 
 class _Runner:
-    """The outage replays in worker processes (forked: the compiled kernels come
-    along), started before the all-up replay so that they run beside it: the main
-    process replays every group up while the others replay each group down. One core:
-    none started, the outages run after the all-up replay (and only when it passes)."""
+    """Replays on every core: the all-up replay's independent parts (tiers, pairs) in
+    forked processes (:func:`~tokenfleet.sim.disagg.run_plan`), the outage replays
+    each in a worker process (forked: the compiled kernels come along)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.pool: ProcessPoolExecutor | None = None
 
-    def start(self, plan: Plan, w: Workload, jobs: list[Job], seed: int
-              ) -> list[Future[RunRecord]] | None:
-        """The jobs started in the background, or None (one core: run them later)."""
-        if self.workers <= 1 or not jobs:
-            return None
-        if self.pool is None:  # the main process replays too: one core is taken
-            self.pool = ProcessPoolExecutor(max(self.workers - 1, 1),
+    def run(self, plan: Plan, w: Workload, jobs: list[Job], seed: int) -> list[RunRecord]:
+        if self.workers <= 1 or len(jobs) <= 1:
+            return [_run(plan, w, f, a, seed, self.workers) for f, a in jobs]
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(self.workers,
                                             mp_context=multiprocessing.get_context("fork"))
         text = plan.model_dump_json()
-        return [self.pool.submit(_job, (text, w, job, seed)) for job in jobs]
+        futures = [self.pool.submit(_job, (text, w, job, seed)) for job in jobs]
+        return [f.result() for f in futures]
 
     def close(self) -> None:
         if self.pool is not None:
@@ -230,9 +229,9 @@ def _resize(plan: Plan, t: TierSummary, rep: _Replay, scale: dict[str, float],
     return hit
 
 
-def _replay_all_up(plan: Plan, w: Workload, seed: int
+def _replay_all_up(plan: Plan, w: Workload, seed: int, runner: _Runner
                    ) -> tuple[dict[str, _Replay], RunRecord]:
-    rec = _run(plan, w, [], "none", seed)
+    rec = runner.run(plan, w, [([], "none")], seed)[0]
     summ = summarize(rec)
     out = {}
     for t in plan.tiers:
@@ -272,18 +271,15 @@ def _loop(plan: Plan, solve: Callable[[dict[str, float]], Plan], scenario: str,
         if progress:
             progress("verifying by simulation", rounds, opts.max_rounds)
         w = windows.get(plan, opts.window_s)
-        outs = _Outages(plan, windows.get(plan, opts.outage_window_s), opts, n1,
-                        runner) if n1 else None
-        replays, up = _replay_all_up(plan, w, opts.seed)
+        replays, up = _replay_all_up(plan, w, opts.seed, runner)
         missing = [t for t in plan.tiers if t.name in replays and not replays[t.name].check.met]
         outages = []
         missing_n1: list[tuple[TierSummary, set[str], _Replay]] = []
-        if outs is not None and not missing:
+        if n1 and not missing:
             # (while some tier misses with every group up, the re-solve moves pools of
-            # other tiers too, so outages are re-sized for only once all hold)
-            outages, missing_n1 = outs.collect()
-        elif outs is not None:
-            outs.cancel()
+            # other tiers too, so outages are replayed once all hold)
+            outages, missing_n1 = _outages(plan, windows.get(plan, opts.outage_window_s),
+                                           opts.seed, n1, runner)
         if not missing and not missing_n1:
             met = True
             break
@@ -316,44 +312,28 @@ def _why_not(missing: list[TierSummary], missing_n1: list, rounds: int,
             + "; raise max rounds, or relax the SLO, N-1 or supply that binds")
 
 
-class _Outages:
+def _outages(plan: Plan, w: Workload, seed: int, n1: NMinusOneLimit, runner: _Runner
+             ) -> tuple[list[Outage], list[tuple[TierSummary, set[str], _Replay]]]:
     """Replays with each group down (shedding as the gateway does), as ``simulate
-    --fail-each`` runs them: started in the background where a core is free
-    (:class:`_Runner`), collected after the all-up replay."""
-
-    def __init__(self, plan: Plan, w: Workload, opts: VerifyOptions, n1: NMinusOneLimit,
-                 runner: _Runner) -> None:
-        self.plan, self.n1, self.seed, self.w = plan, n1, opts.seed, w
-        self.groups = sorted({str(getattr(u, n1.by)) for u in plan.units if u.replicas})
-        self.jobs: list[Job] = [([parse_failure(f"{n1.by}={v}")], "ttft")
-                                for v in self.groups]
-        self.futures = runner.start(plan, self.w, self.jobs, opts.seed)
-
-    def cancel(self) -> None:
-        """Not needed this round: drop what has not started (what runs, finishes)."""
-        for f in self.futures or []:
-            f.cancel()
-
-    def collect(self) -> tuple[list[Outage], list[tuple[TierSummary, set[str], _Replay]]]:
-        """The outages, and which tiers break the N-1 promise with the pools that were
-        down."""
-        recs = ([f.result() for f in self.futures] if self.futures is not None else
-                [_run(self.plan, self.w, f, a, self.seed) for f, a in self.jobs])
-        plan, by = self.plan, self.n1.by
-        out, short = [], []
-        for v, rec in zip(self.groups, recs, strict=True):
-            down = {u.pool for u in plan.units if str(getattr(u, by)) == v}
-            checks = []
-            summ = summarize(rec)
-            for t in plan.tiers:
-                if not int(rec.tiers.arrived[rec.tiers.row(t.name)]):
-                    continue
-                chk = tier_check(rec, t, self.n1.min_fraction, summ)
-                checks.append(chk)
-                if not chk.met:
-                    short.append((t, down, _Replay({}, chk, _pool_percentiles(summ, t))))
-            out.append(Outage(down=f"{by}={v}", tiers=checks, usd=_bill(rec, plan)))
-        return out, short
+    --fail-each`` runs them; which tiers break the N-1 promise, with the pools that
+    were down."""
+    by = n1.by
+    groups = sorted({str(getattr(u, by)) for u in plan.units if u.replicas})
+    recs = runner.run(plan, w, [([parse_failure(f"{by}={v}")], "ttft") for v in groups], seed)
+    out, short = [], []
+    for v, rec in zip(groups, recs, strict=True):
+        down = {u.pool for u in plan.units if str(getattr(u, by)) == v}
+        checks = []
+        summ = summarize(rec)
+        for t in plan.tiers:
+            if not int(rec.tiers.arrived[rec.tiers.row(t.name)]):
+                continue
+            chk = tier_check(rec, t, n1.min_fraction, summ)
+            checks.append(chk)
+            if not chk.met:
+                short.append((t, down, _Replay({}, chk, _pool_percentiles(summ, t))))
+        out.append(Outage(down=f"{by}={v}", tiers=checks, usd=_bill(rec, plan)))
+    return out, short
 
 
 def _bill(rec: RunRecord, plan: Plan) -> float:
