@@ -15,6 +15,7 @@ from tokenfleet.errors import TokenfleetError
 
 if TYPE_CHECKING:
     from tokenfleet.catalog.loader import Catalog
+    from tokenfleet.plan.candidates import CandidateSet
     from tokenfleet.plan.scenario import Scenario, Tier
     from tokenfleet.plan.schema import Plan, TierPrefixCache
     from tokenfleet.sim.verify import VerifyOptions
@@ -370,19 +371,14 @@ def _verified(sc: Scenario, base: Path, cat: Catalog, gate: Gate,
               step: Callable[[str, int, int], None], baselines: bool, scenario: str,
               opts: VerifyOptions, kept: dict | None = None) -> Plan:
     """Plan, verify by simulation (re-sizing and re-solving), then price the constraints
-    and solve the baselines once, on the capacities the simulation settled on."""
-    from tokenfleet.plan.planner import prepare, solve_plan
+    and solve the baselines once, on the capacities the simulation settled on; a binding
+    cap is then priced by planning without it the same way (:func:`_replanned_caps`)."""
+    from tokenfleet.plan.planner import solve_plan
     from tokenfleet.plan.prices import rebased
-    from tokenfleet.sim.verify import verify
 
-    cs = prepare(sc, base, cat, None, gate, step)
+    cs, plan = _plan_and_verify(sc, base, cat, gate, step, scenario, opts)
     if kept is not None:
         kept["cs"] = cs  # --over-day plans the day over the same candidates
-
-    def solve(scale: dict[str, float]) -> Plan:
-        return solve_plan(sc, cs, sc.name, cat, scale=scale, compare_policies=False)
-
-    plan = verify(solve({}), solve, scenario, opts, step)
     v = plan.verification
     assert v is not None
     # prices (and baselines) on the capacities the simulation settled on, so a price
@@ -399,9 +395,75 @@ def _verified(sc: Scenario, base: Path, cat: Catalog, gate: Gate,
         plan.notes.append(f"baselines and constraint prices come from a re-solve that "
                           f"picked a different fleet (bill {shift:+,.0f} USD/month from "
                           "this one's; prices moved by that difference)")
-        return plan
-    final.verification = v
-    return final
+    else:
+        final.verification = v
+        plan = final
+    if baselines:
+        _replanned_caps(plan, sc, base, cat, gate, step, scenario, opts)
+    return plan
+
+
+def _plan_and_verify(sc: Scenario, base: Path, cat: Catalog, gate: Gate,
+                     step: Callable[[str, int, int], None], scenario: str,
+                     opts: VerifyOptions) -> tuple[CandidateSet, Plan]:
+    """Candidates, and the cheapest plan verified by simulation (no prices yet)."""
+    from tokenfleet.plan.planner import prepare, solve_plan
+    from tokenfleet.sim.verify import verify
+
+    cs = prepare(sc, base, cat, None, gate, step)
+
+    def solve(scale: dict[str, float]) -> Plan:
+        return solve_plan(sc, cs, sc.name, cat, scale=scale, compare_policies=False)
+
+    return cs, verify(solve({}), solve, scenario, opts, step)
+
+
+def _lifted(sc: Scenario, cap: str) -> Scenario | None:
+    """``sc`` without the power or supply cap named ``cap`` (a constraint report's
+    name), or None for any other constraint."""
+    out = sc.model_copy(deep=True)
+    for r in out.regions:
+        if cap == f"power {r.name}" and r.power_mw is not None:
+            r.power_mw = None
+            return out
+    hit = [s for s in out.supply if cap == f"supply {s.accelerator}@{s.cloud}/{s.region}"]
+    for s in hit:
+        s.max_chips = UNCAPPED_CHIPS
+    if hit:
+        return out
+    if cap == "fleet-power" and out.max_power_mw is not None:
+        out.max_power_mw = None
+        return out
+    return None
+
+
+UNCAPPED_CHIPS = 1_000_000
+
+
+def _replanned_caps(plan: Plan, sc: Scenario, base: Path, cat: Catalog, gate: Gate,
+                    step: Callable[[str, int, int], None], scenario: str,
+                    opts: VerifyOptions) -> None:
+    """Price each binding power or supply cap as a user measures it: plan the scenario
+    without the cap, verified by simulation like this plan, and take the difference of
+    the two bills. The re-solve of :mod:`tokenfleet.plan.prices` keeps this plan's
+    re-sizing, which belongs to the pools the cap forced; the fleet without the cap has
+    other pools and other re-sizing (a cap that moved a tier to slower chips costs
+    what those chips' verified capacity costs). One more plan per binding cap."""
+    for i, r in enumerate(plan.constraints):
+        lifted = _lifted(sc, r.name) if (r.marginal_usd_per_month or 0) > 0 else None
+        if lifted is None:
+            continue
+        step(f"pricing {r.name}: planning without it", 0, 0)
+        _, other = _plan_and_verify(lifted, base, cat, gate, step, scenario, opts)
+        saving = plan.cost.usd_per_month - other.cost.usd_per_month
+        kept_re = (f"; re-solved on this plan's capacities it saves "
+                   f"{r.marginal_usd_per_month:,.0f}")
+        plan.constraints[i] = r.model_copy(update={
+            "marginal_usd_per_month": max(saving, 0.0),
+            "price_low_usd_per_month": None, "price_high_usd_per_month": None,
+            "detail": (r.detail + "; " if r.detail else "") + (
+                f"priced by planning without it, verified by simulation "
+                f"({other.cost.usd_per_month:,.0f} USD/month)" + kept_re)})
 
 
 def register(app: typer.Typer) -> None:
