@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 try:  # recent Typer ships its own copy of click, and its classes derive from that copy
     from typer import _click as click
@@ -66,7 +66,32 @@ class _Summary(TyperCommand):
     """Stands in for a command while the top-level help lists it."""
 
 
-class LazyGroup(TyperGroup):
+class _HelpFlag(TyperOption):
+    """Typer's ``--help`` flag, read without pydantic when it is absent.
+
+    Typer (0.29) coerces a flag that was not given (``None``) through a pydantic
+    ``TypeAdapter``; a group's ``--help`` is absent whenever a subcommand's help is asked
+    for (``tokenfleet plan --help`` parses the root's flags first), so that import alone
+    cost ~0.1 s of every ``--help``. Absent means "no help": the callback sees ``False``
+    and does nothing, as it did with the coerced ``None``.
+    """
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
+        return super().process_value(ctx, False if value is None else value)
+
+
+class FastHelpGroup(TyperGroup):
+    """A Typer group whose ``--help`` flag is a :class:`_HelpFlag`; use it (``cls=``)
+    for every command group so that its subcommands' ``--help`` stays fast."""
+
+    def get_help_option(self, ctx: click.Context) -> TyperOption | None:
+        option = super().get_help_option(ctx)
+        if option is not None and type(option) is TyperOption:
+            option.__class__ = _HelpFlag  # same fields, one method overridden
+        return option
+
+
+class LazyGroup(FastHelpGroup):
     """A Typer group whose commands are imported on first use."""
 
     _listing = False

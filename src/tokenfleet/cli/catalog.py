@@ -1,21 +1,26 @@
-"""`tokenfleet catalog ...`: list and show what the bundled (and user) catalogs hold."""
+"""`tokenfleet catalog ...`: list and show what the bundled (and user) catalogs hold.
+
+The catalog loader (pydantic, YAML) is imported inside the commands, not here, so that
+``tokenfleet catalog --help`` stays fast."""
 
 from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import BaseModel
 from rich.table import Table
 
-from tokenfleet.catalog.loader import load_catalog
+from tokenfleet.cli.app import FastHelpGroup
 from tokenfleet.cli.terminal import console
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.perf.architecture import param_counts
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 catalog_app = typer.Typer(
+    cls=FastHelpGroup,
     help="What the catalogs hold: accelerators (specs, prices, sources) and models.",
     no_args_is_help=True,
 )
@@ -45,6 +50,9 @@ def list_(
     """List catalog entries. Figures marked * are assumptions (no public
     source).
     """
+    from tokenfleet.catalog.loader import load_catalog
+    from tokenfleet.perf.architecture import param_counts
+
     cat = load_catalog(catalog or [])
     out = console()
     if kind is Kind.accelerators:
@@ -93,6 +101,8 @@ def show(
     """Every field of one accelerator or model, with its sources and
     assumptions.
     """
+    from tokenfleet.catalog.loader import load_catalog
+
     cat = load_catalog(catalog or [])
     rec: BaseModel
     try:

@@ -152,7 +152,8 @@ def simulate_cmd(
     workers: Annotated[int, typer.Option(
         help="split independent tiers over this many Ray workers (1 = this process)")] = 1,
     address: Annotated[str | None, typer.Option(
-        help="Ray cluster to join (host:port or auto) instead of a local one")] = None,
+        help="Ray cluster to join (host:port or auto) instead of a local one; a cluster "
+             "with token authentication needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN")] = None,
     sync_s: Annotated[float | None, typer.Option(
         help="routing window, s: the router sees pool states this fresh (default: the "
              "simulator's, sim.engine.DEFAULT_SYNC_S)")] = None,
@@ -308,7 +309,9 @@ def sweep_cmd(
                                          help="what-if grid (see below)")],
     out: Annotated[Path, typer.Option(help="results table")] = Path("sweep.parquet"),
     address: Annotated[str | None, typer.Option(
-        help="Ray cluster to join (host:port or auto); default: a local Ray")] = None,
+        help="Ray cluster to join (host:port or auto); default: a local Ray. A cluster "
+             "with token authentication needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN "
+             "(see README, 'Sweeps on a Ray cluster')")] = None,
     workers: Annotated[int | None, typer.Option(
         help="local Ray CPUs (default: all cores)")] = None,
     resume: Annotated[bool, typer.Option(

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tokenfleet.cli.app import FastHelpGroup
 from tokenfleet.errors import TokenfleetError
 
 # The trace readers and statistics (numpy, polars) are imported inside the commands, so
@@ -220,7 +221,7 @@ def _print_prefix(file: Path, fmt: str | None, cache_tokens: str, as_json: bool)
 
 def register(app: typer.Typer) -> None:
     """Add the ``trace`` command group (``stats``, ``generate``) to ``app``."""
-    trace_app = typer.Typer(no_args_is_help=True)
+    trace_app = typer.Typer(no_args_is_help=True, cls=FastHelpGroup)
     app.add_typer(
         trace_app,
         name="trace",
