@@ -126,9 +126,11 @@ def _follow_caches(w: Workload, out: np.ndarray, tier_paths: dict[str, list[str]
     request there opens with the same block (a shared system prompt), so one draw per
     hash namespace sent a whole bucket down one path. A block every path holds (that
     system prompt) is no reason to move: only a run some path holds and another does
-    not is. The record of what a path holds never evicts (the paths' KV together is
-    far larger than one lane's; the lanes' own caches do evict). Deterministic: arrival
-    order, ties to the drawn path, then the first path by name."""
+    not is. A request may so follow its conversation to a path the plan gives none of
+    its size bucket: every path of a tier serves every size (the path's router spreads
+    it over its pools by load). The record of what a path holds never evicts (the paths'
+    KV together is far larger than one lane's; the lanes' own caches do evict).
+    Deterministic: arrival order, ties to the drawn path, then the first path by name."""
     if w.prefix_row is None or w.prefix_offsets is None or w.prefix_hashes is None:
         return out
     out = out.copy()
