@@ -8,8 +8,9 @@ Simulates the scenario's traffic (first DURATION seconds) through the plan and p
 per tier whose trace carries prefix hashes and per pool: the simulated hit rate (per-lane
 LRU caches in the lanes' free KV; cache-affinity routing, or the plan's split alone with
 ``--no-affinity``), and the exact offline LRU count on the same requests with one cache
-the size of one lane's KV and with one cache the size of the tier's whole KV (the cache
-size the plan buys: replicas x lanes x KV tokens per lane), plus what the plan priced in.
+the size of one lane's KV and with one cache the size of the tier's lookup KV (the cache
+size the plan buys: replicas x lanes x KV tokens per lane of its aggregated pools and
+prefill halves), plus what the plan priced in.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def main(plan_path: str, scenario: str, duration_s: float, affinity: bool) -> No
         if reuse is None:
             continue
         pools = [p for p in fleet.pools if p.unit.tier == tier]
-        total_kv = sum(p.kv_tokens * p.lanes for p in pools)
+        # the KV where prompts are looked up (a pair's decode half is handed the KV):
+        # the cache size the planner counts at (plan/prefix.py)
+        total_kv = sum(p.kv_tokens * p.lanes for p in pools if p.unit.role != "decode")
         pc = priced.get(tier)
         print(f"tier {tier}: {reuse.requests:,} requests; simulated hit rate "
               f"{tr.prefix_cache_hit_rate:.1%}; offline: unbounded "

@@ -62,3 +62,32 @@ def test_caching_makes_the_tier_cheaper_and_says_by_how_much(plan) -> None:
     assert pc.usd_per_month < pc.plain_usd_per_month
     assert pc.saving_usd_per_month == pytest.approx(pc.plain_usd_per_month - pc.usd_per_month)
     assert pc.bill_saving_usd_per_month == pytest.approx(pc.saving_usd_per_month, rel=1e-6)
+
+
+def test_the_cache_is_the_lookup_kv_of_the_fleet_as_written() -> None:
+    """plan.json's cache is the KV where prompts are looked up, counted at the units the
+    plan ends with: a pair's decode half (handed each prompt's KV) adds none, and more
+    replicas of a looking-up pool add theirs (plan/prefix.py, at_fleet)."""
+    import dataclasses
+
+    from tokenfleet.catalog import load_catalog
+    from tokenfleet.plan.planner import prepare
+    from tokenfleet.plan.prefix import at_fleet, candidate_kv_tokens
+
+    catalog = load_catalog()
+    cs = prepare(_scenario(20.0), Path("."), catalog)
+    pc = cs.prefix_cache["chat"]
+    reuse, cal = cs.prefix_reuse["chat"]
+    c = next(c for c in cs.candidates if c.tier == "chat")
+    kv = candidate_kv_tokens(c, catalog, cal)
+    assert kv > 0
+    dec = dataclasses.replace(c, id=c.id + "/decode", role="decode", pair="chat/pd")
+    assert candidate_kv_tokens(dec, catalog, cal) == 0
+    got = at_fleet(cs, [(c, 3), (dec, 5)], catalog)["chat"]
+    assert got.cache_tokens == 3 * kv // 512 * 512
+    assert got.hit_rate_at_plan_kv == pytest.approx(reuse.hit_rate(3 * kv // 512))
+    assert got.hit_rate == pc.hit_rate  # the rate priced in stays the fixed point's
+    more = at_fleet(cs, [(c, 30), (dec, 5)], catalog)["chat"]
+    assert more.cache_tokens == 30 * kv // 512 * 512
+    assert more.hit_rate_at_plan_kv >= got.hit_rate_at_plan_kv
+    assert at_fleet(cs, [(c, 3)], catalog)["chat"] == got

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tokenfleet.catalog import load_catalog
 from tokenfleet.plan.schema import Plan
-from tokenfleet.sim.disagg import assign_paths, handover_s, pairs_of, run_plan
+from tokenfleet.sim.disagg import AGGREGATED, assign_paths, handover_s, pairs_of, run_plan
 from tokenfleet.sim.engine import SimOptions
 from tokenfleet.sim.quickplan import QuickPool, TierSpec, quick_plan
 from tokenfleet.sim.results import summarize
@@ -165,3 +165,66 @@ def test_conservation_holds_for_any_split_load_and_outage(share: float, load: fl
     assert s.completed + s.rejected == s.requests
     assert sum(t.completed + t.rejected for t in s.tiers.values()) == len(w)
     assert s.checks.conservation_ok
+
+
+@pytest.fixture(scope="module")
+def mooncake_pair():
+    from tokenfleet.sim.traffic import label_trace
+    from tokenfleet.workload.readers import read_trace
+    from tokenfleet.workload.samples import sample_path
+
+    trace = read_trace(sample_path("mooncake_conversation"))
+    plan = _pair_plan()
+    return trace, plan, label_trace(plan, trace, tier="t")
+
+
+def test_paths_follow_the_cache_not_the_shared_first_block(mooncake_pair) -> None:
+    """Every Mooncake prompt opens with the same block (a system prompt): the split
+    between aggregated pools and pairs must not key on it (that sent the whole trace
+    down one path), while a conversation's turns (they share block 1 onwards) stay on
+    the path that holds their prefix (sim/disagg.py, _follow_caches)."""
+    trace, plan, w = mooncake_pair
+    assert np.unique(trace.prefix_hashes[trace.prefix_offsets[:-1]]).size == 1
+    paths = assign_paths(plan, w, 0).astype(str)
+    assert np.array_equal(paths, assign_paths(plan, w, 0).astype(str))  # deterministic
+    share = float(np.mean(paths == AGGREGATED))
+    assert 0.25 < share < 0.75, share  # the plan's 50/50, not one path
+    off = trace.prefix_offsets
+    conv = np.where(np.diff(off) > 1, trace.prefix_hashes[np.minimum(off[:-1] + 1,
+                                                                      off[-1] - 1)], -1)
+    first: dict[int, str] = {}
+    same = later = 0
+    for i in np.argsort(w.arrival_s, kind="stable"):
+        c = int(conv[w.prefix_row[i]])
+        if c < 0:
+            continue
+        if c in first:
+            later += 1
+            same += first[c] == paths[i]
+        else:
+            first[c] = paths[i]
+    assert later > 50 and same / later > 0.95, (same, later)
+
+
+def test_following_caches_between_paths_reaches_the_offline_count(mooncake_pair,
+                                                                  monkeypatch) -> None:
+    """With a pair and aggregated pools, the simulated hit rate comes within 5 points of
+    the exact offline count with one cache of the KV where prompts are looked up (the
+    aggregated lanes and the prefill half's: the planner's figure, plan/prefix.py), and
+    above what drawing each request's path by its bucket alone gives."""
+    import tokenfleet.sim.disagg as disagg
+    from tokenfleet.workload.prefix import prefix_reuse
+
+    trace, plan, w = mooncake_pair
+    on = simulate(plan, w)
+    s = on.summary
+    assert s.checks.conservation_ok and s.completed + s.rejected == s.requests == len(trace)
+    hit = s.tiers["t"].prefix_cache_hit_rate
+    kv = sum(p.unit.replicas * p.lanes_per_replica * p.kv_tokens_per_lane
+             for p in on.record.pool_info.values() if p.unit.role != "decode")
+    offline = prefix_reuse(trace).hit_rate(kv // 512)
+    assert hit <= offline + 1e-9
+    assert hit == pytest.approx(offline, abs=0.05), (hit, offline)
+    monkeypatch.setattr(disagg, "_follow_caches", lambda w, out, tier_paths: out)
+    drawn = simulate(plan, w).summary.tiers["t"].prefix_cache_hit_rate
+    assert hit > drawn + 0.02, (hit, drawn)

@@ -37,6 +37,7 @@ from tokenfleet.plan.scenario import Scenario, Supply, Tier
 from tokenfleet.plan.schema import TierPrefixCache
 from tokenfleet.plan.tail import binding_percentile, tail_rate_factor
 from tokenfleet.workload import SizeBuckets, read_trace
+from tokenfleet.workload.prefix import PrefixReuse
 from tokenfleet.workload.trace import Trace
 
 MAX_COUNT = 64
@@ -101,6 +102,9 @@ class CandidateSet:
     precision_notes: dict[str, list[str]] = field(default_factory=dict)
     # tier -> prefix caching priced into its candidates (plan/prefix.py)
     prefix_cache: dict[str, TierPrefixCache] = field(default_factory=dict)
+    # tier -> the exact offline count of its trace and the calibration its lanes' KV was
+    # sized with, so the final plan's figure is counted at the KV it buys (plan/prefix.py)
+    prefix_reuse: dict[str, tuple[PrefixReuse, Calibration]] = field(default_factory=dict)
     # disaggregated pairs: pair id -> (prefill candidate id, decode candidate id)
     pairs: dict[str, tuple[str, str]] = field(default_factory=dict)
 

@@ -37,7 +37,7 @@ from tokenfleet.plan.milp import (
     served_by,
     solve_fleet,
 )
-from tokenfleet.plan.prefix import with_prefix_caching
+from tokenfleet.plan.prefix import at_fleet, with_prefix_caching
 from tokenfleet.plan.prices import price_constraints
 from tokenfleet.plan.risk import shortfall_odds
 from tokenfleet.plan.scenario import Scenario, Tier
@@ -496,6 +496,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
     all_tokens = sum(tokens_by_vendor.values()) or 1.0
 
     cost = cost_breakdown(sc, chosen)
+    prefix = at_fleet(cs, chosen, catalog)  # counted at the KV this plan buys
 
     tiers = []
     for t in sc.tiers:
@@ -510,7 +511,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
             usd_per_million_output_tokens=spend_h / 3600 / toks * 1e6 if toks else 0.0,
             precisions=sorted({c.precision for c, _ in chosen if c.tier == t.name}),
             precision_notes=cs.precision_notes.get(t.name, []),
-            prefix_cache=cs.prefix_cache.get(t.name)))
+            prefix_cache=prefix.get(t.name)))
     power: dict[str, float] = defaultdict(float)
     for c, reps in chosen:
         power[c.region] += c.watts * reps / 1e6

@@ -1,18 +1,25 @@
 """Prefix caching in the planner: per tier whose trace carries prefix-block hashes, the
 hit rate the trace shows at the KV capacity the plan buys, priced into its candidates.
 
-**The cache size the plan buys** is the tier's KV capacity: over its pools, replicas x
-engine lanes (data-parallel ranks) x each lane's KV capacity in tokens (the memory left
-after weights and activations, :func:`lane_kv_tokens`, the simulator's figure too), in
-whole blocks of the trace's block size (512 tokens for Mooncake).
+**The cache size the plan buys** is the tier's KV capacity where prompts are looked up:
+over its aggregated pools and the prefill halves of its P/D pairs, replicas x engine
+lanes (data-parallel ranks) x each lane's KV capacity in tokens (the memory left after
+weights and activations, :func:`lane_kv_tokens`, the simulator's figure too), in whole
+blocks of the trace's block size (512 tokens for Mooncake). A pair's decode half is left
+out: it receives each prompt's KV from its prefill half and looks nothing up (as in
+Mooncake's and Dynamo's P/D serving, and ``sim/disagg.py``). The figure in plan.json is
+counted at the final plan's units (:func:`at_fleet`), not at an intermediate solve's.
 
 **The hit rate there** is the exact offline LRU count (``workload.prefix``) on the
 tier's trace as the simulator replays it (scaled by ``scale * growth``: copies are other
-users with their own hashes), with one cache of that size: what the tier's lanes reuse
-together when cache-affinity routing keeps a conversation on the lane holding its
-prefix (the simulator's default; it lands within about 1 point of this count on the
-example, benchmarks/RESULTS.md). Per-lane caches hold only their free KV, so a loaded
-fleet finds a little less.
+users with their own hashes), with one cache of that size. Why one cache describes a
+fleet of per-lane caches: cache-affinity routing keeps a conversation where its prefix is
+cached, between the aggregated pools and the pairs (``sim.disagg._follow_caches``) and
+between lanes (``sim.prefix_cache.LaneAffinity``), so a turn finds its earlier turns as
+in one cache. What the simulator still finds less: a window that starts with empty
+caches (the count here runs over the whole trace), affinity declined for load, and the
+turn whose lane evicted its prefix (a lane caches in its free KV). On the example
+(600 s window) it lands about 3 points below this figure (benchmarks/RESULTS.md).
 
 **Fixed point.** Caching lowers prefill work, so fewer units serve the tier, so less KV
 is bought, so the hit rate falls. :func:`with_prefix_caching` solves plain, counts the
@@ -62,7 +69,10 @@ def lane_kv_tokens(um: UnitModel) -> int:
 
 
 def candidate_kv_tokens(c: Candidate, catalog: Catalog, cal: Calibration) -> int:
-    """KV tokens one replica of candidate ``c`` holds (every lane)."""
+    """KV tokens one replica of candidate ``c`` holds for prefix lookups (every lane): 0
+    for a pair's decode half, which is handed each prompt's KV and looks nothing up."""
+    if c.role == "decode":
+        return 0
     e = next(iter(c.estimates.values()))
     if e.layout is None:
         return 0
@@ -100,7 +110,8 @@ def _merge(cs: CandidateSet, part: CandidateSet, tiers: set[str]) -> CandidateSe
         candidates=[c for c in cs.candidates if c.tier not in tiers] + part.candidates,
         rejected={**keep_rej, **part.rejected},
         precision_notes={**notes, **part.precision_notes},
-        prefix_cache=dict(cs.prefix_cache), pairs=pairs)
+        prefix_cache=dict(cs.prefix_cache), prefix_reuse=dict(cs.prefix_reuse),
+        pairs=pairs)
 
 
 def with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Catalog,
@@ -140,16 +151,51 @@ def with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Cat
         if any(c.id not in kv_per_replica for c, _k in chosen if c.tier == n):
             blocks = sum(candidate_kv_tokens(c, catalog, cal) * k for c, k in chosen
                          if c.tier == n) // r.block_tokens
+        out.prefix_reuse[n] = (r, cal)
         out.prefix_cache[n] = TierPrefixCache(
             hit_rate=hits[n], cache_tokens=blocks * r.block_tokens,
             hit_rate_at_plan_kv=r.hit_rate(blocks), block_tokens=r.block_tokens,
             unbounded_hit_rate=r.unbounded_hit_rate(), iterations=ITERATIONS,
-            method=(f"exact offline LRU count of the tier's trace as simulated (scaled, "
-                    f"{r.requests:,} requests) with one cache the size of the KV the "
-                    f"plan buys (replicas x lanes x each lane's KV after weights, in "
-                    f"{r.block_tokens}-token blocks); candidates re-priced at the rate "
-                    f"of the previous solve's fleet, {ITERATIONS} times"),
+            method=_method(r),
             plain_usd_per_month=plain_tier[n], usd_per_month=tier_usd,
             saving_usd_per_month=plain_tier[n] - tier_usd,
             bill_saving_usd_per_month=plain_usd - last_usd)
+    return out
+
+
+def _method(r: PrefixReuse) -> str:
+    return (f"exact offline LRU count of the tier's trace as simulated (scaled, "
+            f"{r.requests:,} requests) with one cache the size of the KV where the plan "
+            f"looks prompts up (aggregated pools and prefill halves of P/D pairs, not "
+            f"decode halves: replicas x lanes x each lane's KV after weights, in "
+            f"{r.block_tokens}-token blocks), counted at the final plan's units; one cache "
+            f"because cache-affinity routing keeps a conversation on the path and lane "
+            f"holding its prefix (simulate's per-lane caches land a few points below: its "
+            f"window starts cold); candidates re-priced at the rate of the previous "
+            f"solve's fleet, {ITERATIONS} times")
+
+
+def at_fleet(cs: CandidateSet, chosen: list[tuple[Candidate, int]], catalog: Catalog
+             ) -> dict[str, TierPrefixCache]:
+    """``cs.prefix_cache`` with ``cache_tokens`` and ``hit_rate_at_plan_kv`` counted at
+    the KV the final fleet ``chosen`` buys: the plan's later solves (verification, N-1
+    re-solves) may buy more or other units than the fixed point's last solve, and the
+    figure ``simulate`` is held to must describe the plan as written. The priced
+    ``hit_rate`` stays the fixed point's (the prices were solved with it)."""
+    out = dict(cs.prefix_cache)
+    memo: dict[str, int] = {}
+    for n, pc in cs.prefix_cache.items():
+        got = cs.prefix_reuse.get(n)
+        if got is None:
+            continue
+        r, cal = got
+        tokens = 0
+        for c, k in chosen:
+            if c.tier == n:
+                if c.id not in memo:
+                    memo[c.id] = candidate_kv_tokens(c, catalog, cal)
+                tokens += memo[c.id] * k
+        blocks = tokens // r.block_tokens
+        out[n] = pc.model_copy(update={"cache_tokens": blocks * r.block_tokens,
+                                       "hit_rate_at_plan_kv": r.hit_rate(blocks)})
     return out

@@ -109,8 +109,10 @@ class TierPrefixCache(_Model):
         description="the exact offline count at this plan's KV (cache_tokens): what "
                     "`simulate` should report for the tier, with cache-affinity routing")
     unbounded_hit_rate: float = Field(description="with a cache that never evicts")
-    cache_tokens: int = Field(description="KV tokens the plan buys for the tier "
-                                          "(replicas x lanes x KV per lane)")
+    cache_tokens: int = Field(description="KV tokens the plan buys for the tier where "
+                                          "prompts are looked up (aggregated pools and "
+                                          "prefill halves, not decode halves: replicas x "
+                                          "lanes x KV per lane), at the plan's final units")
     block_tokens: int = Field(description="tokens per prefix block of the trace")
     iterations: int = Field(description="fixed-point solves (price at the hit rate of the "
                                         "previous solve's KV)")

@@ -5,7 +5,8 @@ The traffic a plan routes to a pair's decode pool is first prefilled by its pref
 pool, then its KV cache crosses the link between them, then it decodes:
 
 1. requests are split between the aggregated pools and the pairs by the plan's shares
-   (per tier and size bucket; seeded, so a replay is reproducible);
+   (per tier and size bucket; seeded, so a replay is reproducible), then a request
+   whose prefix one path holds follows it (cache affinity between paths);
 2. aggregated pools: one ordinary run;
 3. each pair's prefill pool runs its requests as prompt + 1 token (the engine's own
    continuous batching with chunked prefill, KV limits and failures); the time its
@@ -38,6 +39,7 @@ from tokenfleet.perf import metrics as perf_metrics
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.disagg import pair_link, prompt_kv_bytes, transfer_s
 from tokenfleet.plan.schema import BucketSplit, Plan, PlanUnit
+from tokenfleet.routing.affinity import MIN_MATCH
 from tokenfleet.sim.engine import RunRecord, SimOptions, Simulator
 from tokenfleet.sim.fleet import EngineConfig, Fleet, build_fleet
 from tokenfleet.sim.metrics import GroupStats
@@ -100,49 +102,73 @@ def _down_paths(plan: Plan, f: Failure) -> set[tuple[str, str]]:
     return out
 
 
-def _draw(mix: dict[str, float], n: int, rng: np.random.Generator,
-          u: np.ndarray | None = None) -> np.ndarray:
-    """``n`` paths drawn by ``mix``; with ``u`` (uniforms in [0, 1), one per request)
-    by inverse CDF of those instead of fresh draws."""
+def _draw(mix: dict[str, float], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` paths drawn by ``mix``."""
     names = sorted(k for k, v in mix.items() if v > 0)
     if not names:
         return np.full(n, AGGREGATED, dtype=object)
     p = np.array([mix[k] for k in names])
-    if u is None:
-        return np.asarray(names, dtype=object)[rng.choice(len(names), n, p=p / p.sum())]
-    cdf = np.cumsum(p / p.sum())
-    return np.asarray(names, dtype=object)[np.minimum(np.searchsorted(cdf, u, side="right"),
-                                                      len(names) - 1)]
+    return np.asarray(names, dtype=object)[rng.choice(len(names), n, p=p / p.sum())]
 
 
-def _conversation_uniforms(w: Workload, rng: np.random.Generator) -> np.ndarray | None:
-    """One uniform per request; requests whose prompts open with the same prefix block
-    (a conversation's turns, in a trace with prefix hashes) share theirs, so they take
-    the same path wherever their buckets' mixes agree: a turn meets the KV cache its
-    predecessors left (a prefix-aware router keeps a conversation on one pool the same
-    way). None without prefix hashes."""
+def _follow_caches(w: Workload, out: np.ndarray, tier_paths: dict[str, list[str]]
+                   ) -> np.ndarray:
+    """``out`` (each request's drawn path) with every request whose prompt's leading
+    blocks some path holds longer than the tier's other paths moved to that path: the
+    rule of cache-affinity routing (``routing.affinity``: the longest cached leading
+    run, at least ``MIN_MATCH`` of the request's blocks) applied between the aggregated
+    pools and the pairs, as a prefix-aware router in front of P/D pools (llm-d's) does.
+
+    Why: the plan splits each size bucket over paths, and a conversation's turns grow
+    through the buckets; drawn per bucket, its long late turns (the ones with most to
+    reuse) went to a pair whose prefill caches never saw its early turns. Keying one
+    draw per conversation on the prompt's first block does not help on Mooncake: every
+    request there opens with the same block (a shared system prompt), so one draw per
+    hash namespace sent a whole bucket down one path. A block every path holds (that
+    system prompt) is no reason to move: only a run some path holds and another does
+    not is. A request may so follow its conversation to a path the plan gives none of
+    its size bucket: every path of a tier serves every size (the path's router spreads
+    it over its pools by load). The record of what a path holds never evicts (the paths'
+    KV together is far larger than one lane's; the lanes' own caches do evict).
+    Deterministic: arrival order, ties to the drawn path, then the first path by name."""
     if w.prefix_row is None or w.prefix_offsets is None or w.prefix_hashes is None:
-        return None
-    u = rng.random(len(w))
-    rows = w.prefix_row
-    has = rows >= 0
-    has[has] = np.diff(w.prefix_offsets)[rows[has]] > 0
-    first = w.prefix_hashes[w.prefix_offsets[rows[has]]]
-    # a fixed hash of the opening block -> [0, 1): splitmix64's finalizer, vectorized
-    z = first.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    u[has] = (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    return u
+        return out
+    out = out.copy()
+    offsets, hashes = w.prefix_offsets, w.prefix_hashes
+    tier_of = [k.tier for k in w.keys]
+    held: dict[str, dict[int, int]] = {t: {} for t, ps in tier_paths.items() if len(ps) > 1}
+    bit = {t: {p: 1 << j for j, p in enumerate(ps)} for t, ps in tier_paths.items()}
+    for i in np.argsort(w.arrival_s, kind="stable").tolist():
+        r = int(w.prefix_row[i])
+        tier = tier_of[int(w.key[i])]
+        seen = held.get(tier)
+        if r < 0 or seen is None or out[i] not in bit[tier]:
+            continue
+        blocks = hashes[offsets[r]:offsets[r + 1]].tolist()
+        if not blocks:
+            continue
+        every = (1 << len(bit[tier])) - 1
+        alive, run = every, 0
+        for h in blocks:
+            m = seen.get(h, 0) & alive
+            if not m:
+                break
+            alive, run = m, run + 1
+        if alive != every and run >= max(MIN_MATCH * len(blocks), 1.0) \
+                and not alive & bit[tier][out[i]]:
+            out[i] = next(p for p, b in bit[tier].items() if alive & b)
+        mine = bit[tier][out[i]]
+        for h in blocks:
+            seen[h] = seen.get(h, 0) | mine
+    return out
 
 
 def assign_paths(plan: Plan, w: Workload, seed: int, failures: list[Failure] | None = None
                  ) -> np.ndarray:
     """Per request: the pair id it is served by, or ``AGGREGATED`` — drawn by the plan's
-    shares of its (tier, bucket), one draw per conversation where the trace carries
-    prefix hashes; a bucket the plan does not split takes its tier's mix.
+    shares of its (tier, bucket), then, where the trace carries prefix hashes, moved to
+    the path that holds its prefix (:func:`_follow_caches`); a bucket the plan does not
+    split takes its tier's mix.
     A request arriving while its path is down (``failures``) is drawn again among its
     tier's paths that are up, as the gateway re-routes around a dead pool."""
     decode_pair = {d.pool: k for k, (_, d) in pairs_of(plan).items()}
@@ -156,7 +182,6 @@ def assign_paths(plan: Plan, w: Workload, seed: int, failures: list[Failure] | N
             by_tier[s.tier][path] += share * s.peak_requests_per_s
         by_key[(s.tier, s.bucket)] = mix
     rng = np.random.default_rng(seed)
-    conv = _conversation_uniforms(w, rng)
     out = np.full(len(w), AGGREGATED, dtype=object)
     tier_of = np.array([k.tier for k in w.keys], dtype=object)[w.key] if len(w) else \
         np.zeros(0, dtype=object)
@@ -164,7 +189,9 @@ def assign_paths(plan: Plan, w: Workload, seed: int, failures: list[Failure] | N
         idx = np.flatnonzero(w.key == k)
         if idx.size:
             out[idx] = _draw(by_key.get((key.tier, key.bucket)) or by_tier.get(key.tier) or {},
-                             idx.size, rng, None if conv is None else conv[idx])
+                             idx.size, rng)
+    out = _follow_caches(w, out, {t: sorted(p for p, v in m.items() if v > 0)
+                                  for t, m in by_tier.items()})
     for f in failures or []:
         down = _down_paths(plan, f)
         end = np.inf if f.end is None else f.end
