@@ -182,9 +182,11 @@ def _usd(x: float | None, spec: str = ".3f") -> str:
 
 def prefix_cache_line(pc: TierPrefixCache) -> str:
     """One line on a tier's prefix caching: the hit rate, how it was found, the saving."""
-    return (f"prefix caching on, hit rate {pc.hit_rate:.1%} (exact offline count of its "
-            f"trace at the {pc.cache_tokens / 1e6:,.1f}M KV tokens the plan buys; "
-            f"{pc.unbounded_hit_rate:.1%} with no eviction): the tier costs "
+    return (f"prefix caching on, priced at a {pc.hit_rate:.1%} hit rate (exact offline count "
+            f"of its trace at the KV of the previous solve's fleet; "
+            f"{pc.hit_rate_at_plan_kv:.1%} at the {pc.cache_tokens / 1e6:,.1f}M KV tokens "
+            f"this plan looks prompts up in, {pc.unbounded_hit_rate:.1%} with no eviction): "
+            f"the tier costs "
             f"{_money(pc.usd_per_month)}/month instead of {_money(pc.plain_usd_per_month)}, "
             f"saving {_money(pc.saving_usd_per_month)}; the plan's bill drops by "
             f"{_money(pc.bill_saving_usd_per_month)}"

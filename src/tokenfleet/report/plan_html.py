@@ -146,12 +146,14 @@ def _prefix_cache_table(plan: Plan) -> str:
         if pc is None:
             continue
         rows.append([esc(t.name), pct(pc.hit_rate), num(pc.cache_tokens / 1e6, 1),
-                     pct(pc.unbounded_hit_rate), usd(pc.plain_usd_per_month),
+                     pct(pc.hit_rate_at_plan_kv), pct(pc.unbounded_hit_rate),
+                     usd(pc.plain_usd_per_month),
                      usd(pc.usd_per_month), usd(pc.saving_usd_per_month),
                      usd(pc.bill_saving_usd_per_month), esc(pc.method)])
     if not rows:
         return "<p class=\"muted\">No tier's trace carries prefix hashes: no caching priced.</p>"
-    return table([("tier", False), ("hit rate priced in", True), ("KV bought, M tokens", True),
+    return table([("tier", False), ("hit rate priced in", True),
+                  ("lookup KV, M tokens", True), ("hit rate at that KV", True),
                   ("hit rate, no eviction", True), ("tier $/month without", True),
                   ("tier $/month with", True), ("tier saves $/month", True),
                   ("bill saves $/month", True), ("how the hit rate was obtained", False)],
