@@ -31,7 +31,9 @@ def test_cuts_meet_n1_and_match_the_exact_formulation(seed):
     results = {}
     for method in ("exact", "cuts"):
         sc, cs = synthetic(Size(3, 6, 3, 8, n_minus_1=method), seed)
-        sc = sc.model_copy(update={"mip_gap": 1e-4, "time_limit_s": 60})
+        # the two must agree within their proved gaps; 0.5 % keeps the test ~20 s (1e-4 took
+        # 160 s), the agreement check as strict relative to what each proves
+        sc = sc.model_copy(update={"mip_gap": 5e-3, "time_limit_s": 30})
         f, sol = solve_fleet(sc, cs)
         assert sol.ok, method
         assert violated(cs.candidates, _replicas(f, sol), cs.demands, _groups(cs.candidates),
