@@ -37,7 +37,7 @@ from tokenfleet.plan.milp import (
     served_by,
     solve_fleet,
 )
-from tokenfleet.plan.prefix import at_fleet, with_prefix_caching
+from tokenfleet.plan.prefix import at_fleet, tier_reuses, with_prefix_caching
 from tokenfleet.plan.prices import price_constraints
 from tokenfleet.plan.risk import shortfall_odds
 from tokenfleet.plan.scenario import Scenario, Tier
@@ -59,6 +59,7 @@ from tokenfleet.plan.schema import (
 )
 from tokenfleet.plan.whatrows import MIN_SHARE
 from tokenfleet.workload import SizeBuckets
+from tokenfleet.workload.prefix import PrefixReuse
 
 ACTIVE = 1e-6  # relative slack under which a ≤ row counts as binding
 
@@ -200,17 +201,24 @@ def prepare(sc: Scenario, base: Path, catalog: Catalog, cal: Calibration | None 
     cal = cal or load_fit()
     step = (lambda label: (lambda i, n: progress(label, i, n))) if progress else (
         lambda label: None)
-    cs = build_candidates(sc, base, catalog, cal, precision_gate, step("candidates"))
-    uncovered = [d for d in cs.demands
-                 if not any(c.tier == d.tier and d.bucket in c.capacity for c in cs.candidates)]
-    if uncovered:
-        raise Infeasible(f"scenario '{sc.name}' is infeasible:\n" + explain_infeasible(sc, cs))
-    return _with_prefix_caching(sc, base, cs, catalog, cal, precision_gate)
+    # the traces' offline prefix counts (reading and counting them, ~2.5 s on the example)
+    # beside the candidates: much of both runs without the GIL
+    with ThreadPoolExecutor(1) as pool:
+        reuse = pool.submit(tier_reuses, sc, base)
+        cs = build_candidates(sc, base, catalog, cal, precision_gate, step("candidates"))
+        uncovered = [d for d in cs.demands if not any(
+            c.tier == d.tier and d.bucket in c.capacity for c in cs.candidates)]
+        if uncovered:
+            raise Infeasible(f"scenario '{sc.name}' is infeasible:\n"
+                             + explain_infeasible(sc, cs))
+        return _with_prefix_caching(sc, base, cs, catalog, cal, precision_gate,
+                                    reuse.result())
 
 
 def _with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Catalog,
                          cal: Calibration,
-                         gate: Callable[[Tier, str], tuple[bool, str]] | None) -> CandidateSet:
+                         gate: Callable[[Tier, str], tuple[bool, str]] | None,
+                         reuse: dict[str, PrefixReuse] | None = None) -> CandidateSet:
     """Tiers whose trace has prefix hashes priced at the hit rate it shows at the KV the
     plan buys (plan/prefix.py: a fixed point of plain solves)."""
     def solve(c: CandidateSet) -> tuple[list[tuple[Candidate, int]], float] | None:
@@ -220,7 +228,7 @@ def _with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Ca
     return with_prefix_caching(
         sc, base, cs, catalog, cal,
         lambda sub, hits: build_candidates(sub, base, catalog, cal, gate,
-                                           prefix_hit_rates=hits), solve)
+                                           prefix_hit_rates=hits), solve, reuse)
 
 
 def scaled(cs: CandidateSet, scale: Mapping[str, float]) -> CandidateSet:

@@ -114,13 +114,21 @@ def _merge(cs: CandidateSet, part: CandidateSet, tiers: set[str]) -> CandidateSe
         pairs=pairs)
 
 
+def tier_reuses(sc: Scenario, base: Path) -> dict[str, PrefixReuse]:
+    """:func:`tier_reuse` of every tier whose trace carries prefix hashes."""
+    return {t.name: r for t in sc.tiers if (r := tier_reuse(t, base)) is not None}
+
+
 def with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Catalog,
-                        cal: Calibration, rebuild: Rebuild, solve: Solve) -> CandidateSet:
+                        cal: Calibration, rebuild: Rebuild, solve: Solve,
+                        reuse: dict[str, PrefixReuse] | None = None) -> CandidateSet:
     """``cs`` with the candidates of every tier whose trace carries prefix hashes priced
     at the hit rate its trace shows at the KV the plan buys (module docstring), and that
     hit rate, its method and saving in ``prefix_cache``. ``cs`` unchanged when no tier
-    has hashes or the plain problem has no solution (the caller explains that)."""
-    reuse = {t.name: r for t in sc.tiers if (r := tier_reuse(t, base)) is not None}
+    has hashes or the plain problem has no solution (the caller explains that).
+    ``reuse``: :func:`tier_reuses`, when the caller already has it."""
+    if reuse is None:
+        reuse = tier_reuses(sc, base)
     if not reuse:
         return cs
     first = solve(cs)
