@@ -25,7 +25,7 @@ ties broken by load then candidate order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the workload package loads NumPy and Polars; routing stays light
@@ -111,9 +111,19 @@ class PrefixIndex:
 
     def touch(self, target: int, blocks: Sequence[int]) -> None:
         """``blocks`` are now the most recently used of ``target`` (first one last)."""
-        self._forget(target, self.caches[target].touch(blocks))
-        owners = self._owners
         cache = self.caches[target]
+        evicted = cache.touch(blocks)
+        if evicted:
+            self._forget(target, evicted)
+        owners = self._owners
+        if len(blocks) <= cache.capacity_blocks:  # all of them stay (the most recent)
+            for h in blocks:
+                held = owners.get(h)
+                if held is None:
+                    owners[h] = {target}
+                else:
+                    held.add(target)
+            return
         for h in blocks:
             if h in cache:  # (a cache smaller than the prompt keeps only its head)
                 owners.setdefault(h, set()).add(target)
@@ -154,16 +164,27 @@ def pick_affine(matches: dict[int, int], candidates: Sequence[int], load: Sequen
     targets gives the least of all it could route to)."""
     if not matches or not candidates:
         return None
-    floor = max(min_match * n_blocks, 1.0)
     if least is None:
         least = min(load)
-    best: tuple[int, float, int] | None = None  # (-run, load, position)
+    return best_affine(((q, t, matches.get(t, 0), load[q]) for q, t in enumerate(candidates)),
+                       n_blocks, least, max_load_gap, min_match)
+
+
+def best_affine(items: Iterable[tuple[int, int, int, float]], n_blocks: int, least: float,
+                max_load_gap: float = MAX_LOAD_GAP, min_match: float = MIN_MATCH
+                ) -> int | None:
+    """The rule of :func:`pick_affine` over ``(order, target, run, load)`` items: the
+    target with the longest run of at least ``min_match`` of the ``n_blocks`` blocks
+    (one at least) whose load is within ``max_load_gap`` of ``least``; ties to the lower
+    load, then the lower ``order``. None when none qualifies."""
+    floor = max(min_match * n_blocks, 1.0)
+    bound = least + max_load_gap
+    best: tuple[int, float, int] | None = None  # (-run, load, order)
     pick = None
-    for q, t in enumerate(candidates):
-        run = matches.get(t, 0)
-        if run < floor or load[q] > least + max_load_gap:
+    for order, t, run, ld in items:
+        if run < floor or ld > bound:
             continue
-        key = (-run, load[q], q)
+        key = (-run, ld, order)
         if best is None or key < best:
             best, pick = key, t
     return pick

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenfleet.routing.affinity import MAX_LOAD_GAP, MIN_MATCH, PrefixIndex, pick_affine
+from tokenfleet.routing.affinity import MAX_LOAD_GAP, MIN_MATCH, PrefixIndex, best_affine
 from tokenfleet.sim.dispatch import KeyRouter
 from tokenfleet.sim.fleet import SimPool
 from tokenfleet.sim.traffic import Workload
@@ -198,11 +198,11 @@ class LaneAffinity:
         if not ok.size:
             return -1
         allowed = set(ok.tolist())
-        cand = sorted(t for t in matches if t in allowed)
-        if not cand:
-            return -1
-        lane = pick_affine(matches, cand, load[cand].tolist(), len(blocks),
-                           self.max_load_gap, self.min_match, least=float(load[ok].min()))
+        # pick_affine's rule over the matching lanes, ties to the lowest lane (one pass:
+        # no sort, no per-request NumPy gather; this runs for every request with hashes)
+        lane = best_affine(((t, t, run, float(load[t])) for t, run in matches.items()
+                            if t in allowed), len(blocks), float(load[ok].min()),
+                           self.max_load_gap, self.min_match)
         return -1 if lane is None else lane
 
 
