@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tokenfleet.catalog import load_catalog  # noqa: E402
+from tokenfleet.plan.gates import precision_gate  # noqa: E402
 from tokenfleet.plan.planner import prepare, solve_plan  # noqa: E402
 from tokenfleet.plan.scenario import load_scenario  # noqa: E402
 from tokenfleet.sim.verify import VerifyOptions, verify  # noqa: E402
@@ -49,7 +50,8 @@ def main() -> None:
     t_start, c_start = time.perf_counter(), cpu_s()
     sc, base = load_scenario(path)
     cat = load_catalog()
-    cs = prepare(sc, base, cat)
+    # as `tokenfleet plan` runs it: precisions gated by their sourced quality figures
+    cs = prepare(sc, base, cat, None, precision_gate(sc, base, str(path)))
     t, c = step("candidates", t_start, c_start)
 
     def solve(scale: dict[str, float]):
