@@ -332,13 +332,13 @@ def run_plan(plan: Plan, w: Workload, opt: SimOptions, failures: list[Failure] |
     parts: list[tuple[int, Callable[[], list[RunRecord]]]] = []  # (work, run)
     agg = [u for u in plan.units if u.role == "both"]
     agg_idx = np.flatnonzero(path == AGGREGATED)
-    tier_of = np.array([k.tier for k in w.keys] or [""], dtype=object)[w.key]
-    groups = ([[u for u in agg if u.tier == t.name] for t in plan.tiers] if workers > 1
-              else [agg])
-    for units in (g for g in groups if g):
+    groups = [(agg, agg_idx)] if agg else []
+    if workers > 1:  # one part per tier's aggregated pools: tiers share no pool
+        tier_of = np.array([k.tier for k in w.keys] or [""], dtype=object)[w.key[agg_idx]]
+        groups = [(units, agg_idx[tier_of == t.name]) for t in plan.tiers
+                  if (units := [u for u in agg if u.tier == t.name])]
+    for units, idx in groups:
         pools = {u.pool for u in units}
-        tiers = {u.tier for u in units}
-        idx = agg_idx[np.isin(tier_of[agg_idx], list(tiers))] if workers > 1 else agg_idx
         shares = {f"{s.tier}/{s.bucket}": {p: v for p, v in s.shares.items() if p in pools}
                   for s in plan.traffic_split}
         sub, _ = _workload(w, idx, source=w.source)
