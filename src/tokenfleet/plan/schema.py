@@ -83,6 +83,10 @@ class PlanUnit(_Model):
     pair: str | None = Field(None, description="disaggregated pair id (both halves share it)")
     kv_link: str | None = Field(None, description="prefill half: the link its prompts' KV "
                                                   "caches take to the decode half")
+    speculative: str | None = Field(
+        None, description="speculative decoding the pool runs (perf/speculative.py syntax, "
+                          "e.g. 'mtp:1:0.85' or 'fused:llama-3.2-1b:7:0.8'); None: plain "
+                          "decoding. Its capacity and latencies are priced with it")
 
     def capacity_for(self, bucket: str) -> BucketCapacity | None:
         return next((c for c in self.capacity if c.bucket == bucket), None)

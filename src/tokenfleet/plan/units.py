@@ -13,6 +13,8 @@ from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.precision import get_precision, kv_bytes
+from tokenfleet.perf.speculative import parse_speculation
+from tokenfleet.perf.techniques import Techniques, TechniqueUnit, check_draft
 from tokenfleet.perf.unit import Layout, UnitModel
 from tokenfleet.plan.schema import PlanUnit
 
@@ -24,9 +26,10 @@ def _plain(name: str) -> str:
 def unit_model(model: str, accelerator: str, precision: str, kv_precision: str | None,
                layout: Layout, engine: str | None, catalog: Catalog | None = None,
                cal: Calibration | None = None, where: Callable[[str], str] = _plain,
-               ) -> tuple[UnitModel, str | None]:
+               speculative: str | None = None) -> tuple[UnitModel, str | None]:
     """The performance model of one replica and the calibration group its efficiency
-    came from. ``kv_precision`` None: the precision's default KV format."""
+    came from. ``kv_precision`` None: the precision's default KV format; ``speculative``
+    (``perf/speculative.py`` syntax): a :class:`TechniqueUnit` that decodes with it."""
     catalog = catalog or load_catalog()
     cal = cal or load_fit()
     try:
@@ -44,7 +47,17 @@ def unit_model(model: str, accelerator: str, precision: str, kv_precision: str |
     except TokenfleetError as e:
         raise TokenfleetError(f"{where('precision')}: {e}") from None
     eff, group = cal.efficiency(accel, engine)
-    return UnitModel(spec, accel, prec, kv, layout, eff, engine), group
+    if not speculative:
+        return UnitModel(spec, accel, prec, kv, layout, eff, engine), group
+    try:
+        sp = parse_speculation(speculative)
+        draft = catalog.model(sp.draft_model) if sp.draft_model else None
+        if draft is not None:
+            check_draft(spec, draft)
+    except TokenfleetError as e:
+        raise TokenfleetError(f"{where('speculative')}: {e}") from None
+    tech = Techniques(speculation=sp, draft=draft)
+    return TechniqueUnit(spec, accel, prec, kv, layout, eff, tech, engine), group
 
 
 def plan_unit_model(unit: PlanUnit, catalog: Catalog | None = None,
@@ -56,4 +69,4 @@ def plan_unit_model(unit: PlanUnit, catalog: Catalog | None = None,
                               f"{unit.layout.chips} chips but chips_per_replica = "
                               f"{unit.chips_per_replica}")
     return unit_model(unit.model, unit.accelerator, unit.precision, unit.kv_precision,
-                      unit.layout, unit.engine, catalog, cal, where)
+                      unit.layout, unit.engine, catalog, cal, where, unit.speculative)
