@@ -86,7 +86,8 @@ def print_plan(plan: Plan, console: Console) -> None:
         t.add_row(u.tier, u.accelerator, f"{u.cloud}/{u.region}", u.precision, lay,
                   str(u.replicas), str(u.chips), _money(u.usd_per_hour * 730),
                   f"{u.watts / 1e3:,.0f}", f"{u.provenance} ±{u.uncertainty:.0%}",
-                  roles.get(u.pool, "") + ("" if u.role == "both" else f" {u.role}"))
+                  roles.get(u.pool, "") + ("" if u.role == "both" else f" {u.role}")
+                  + (f" spec {u.speculative}" if u.speculative else ""))
     console.print(t)
     _print_tiers(plan, console)
     for tier in plan.tiers:
@@ -96,6 +97,8 @@ def print_plan(plan: Plan, console: Console) -> None:
             console.print(f"  {tier.name}: {prefix_cache_line(tier.prefix_cache)}")
         if tier.disaggregation:
             console.print(f"  {tier.name}: disaggregated prefill/decode: {tier.disaggregation}")
+        if tier.speculative:
+            console.print(f"  {tier.name}: speculative decoding: {tier.speculative}")
     _print_shares_power_contracts(plan, console)
     _print_constraints(plan, console)
     for n in plan.notes:

@@ -23,6 +23,8 @@ from tokenfleet.perf.calibration import Calibration
 from tokenfleet.perf.estimate import Estimate, Query, estimate, layout_screen
 from tokenfleet.perf.operating import OperatingPoint
 from tokenfleet.perf.precision import get_precision
+from tokenfleet.perf.speculative import parse_speculation
+from tokenfleet.perf.techniques import check_draft
 from tokenfleet.perf.unit import Layout, layouts_for
 from tokenfleet.plan.disagg import (
     Half,
@@ -78,6 +80,7 @@ class Candidate:
     role: str = "both"
     pair: str | None = None
     link_basis: str = ""  # prefill half: the KV link it is priced on
+    speculative: str | None = None  # speculative decoding it runs (Tier.speculative)
 
     @property
     def vendor(self) -> str:
@@ -192,7 +195,7 @@ class _Models:
         self.role_est = default_estimate_fn(self.catalog, self.cal)
 
     def query(self, accel: str, layout: Layout, precision: str, d: Demand,
-              ttft_only: bool = False) -> Query:
+              ttft_only: bool = False, speculative: str | None = None) -> Query:
         t = self.tiers[d.tier]
         # Fields were validated with the scenario; skip re-validating thousands of
         # queries (model_construct still fills the defaults).
@@ -200,7 +203,7 @@ class _Models:
             model=t.model, accelerator=accel, count=layout.chips, precision=precision,
             engine=t.engine, input_len=d.input_len, output_len=d.output_len,
             slo_ttft=t.slo.ttft_s, slo_tpot=None if ttft_only else t.slo.tpot_s,
-            usd_per_hour=1.0, layout=layout,
+            usd_per_hour=1.0, layout=layout, speculative=speculative,
             prefix_hit_rate=self.prefix_hit_rates.get(d.tier, 0.0))
 
     def _screener(self, accel: str, layout: Layout, precision: str, tier: str,
@@ -223,8 +226,10 @@ class _Models:
             return op_tail
         return op
 
-    def _est(self, accel: str, layout: Layout, precision: str, d: Demand) -> Estimate:
-        return estimate(self.query(accel, layout, precision, d), self.catalog, self.cal)
+    def _est(self, accel: str, layout: Layout, precision: str, d: Demand,
+             speculative: str | None = None) -> Estimate:
+        return estimate(self.query(accel, layout, precision, d, speculative=speculative),
+                        self.catalog, self.cal)
 
 
 def tier_buckets(sc: Scenario) -> SizeBuckets:
@@ -250,6 +255,8 @@ def build_candidates(
         if not tier_d:
             raise TokenfleetError(f"tier '{t.name}': traffic has no requests")
         demands.extend(tier_d)
+    for t in sc.tiers:
+        _check_drafts(t, catalog)
     models = _Models(sc, catalog, cal, demands, prefix_hit_rates=prefix_hit_rates or {})
     cs = CandidateSet(demands, [])
     jobs = [(t, i, s) for t in sc.tiers for i, s in enumerate(sc.supply)]
@@ -269,6 +276,18 @@ def build_candidates(
         for t in sc.tiers:
             add_pairs(cs, models, t, precision_gate)
     return cs
+
+
+def _check_drafts(t: Tier, catalog: Catalog) -> None:
+    """Each draft model a tier's speculative settings name exists and can draft for it."""
+    for i, text in enumerate(t.speculative):
+        spec = parse_speculation(text)
+        if spec.draft_model is None:
+            continue
+        try:
+            check_draft(catalog.model(t.model), catalog.model(spec.draft_model))
+        except TokenfleetError as e:
+            raise TokenfleetError(f"tier '{t.name}': speculative[{i}] = '{text}': {e}") from None
 
 
 def _precision_allowed(cs: CandidateSet, t: Tier, accel: Accelerator, prec: str,
@@ -310,15 +329,30 @@ def _add_sizes(cs: CandidateSet, models: _Models, t: Tier, supply_index: int, s:
                               layouts_for(model, n, accel, t.engine), mine)
         if layout is None:
             continue
-        caps, ests = _capacities(models, t, accel, prec, layout, mine)
-        band = max((e.uncertainty.relative if e.uncertainty else 0.0) for e in ests.values())
         smallest_fit = smallest_fit or n
-        all_served = len(caps) == len(mine)
-        cs.candidates.append(Candidate(
-            id=f"{t.name}/{accel.id}/{s.cloud}/{s.region}/{prec}/x{n}", tier=t.name,
-            supply_index=supply_index, accelerator=accel, cloud=s.cloud, region=s.region,
-            precision=prec, count=n, usd_per_chip_hour=price, price_kind=kind,
-            capacity=caps, estimates=ests, uncertainty=band))
+        all_served = True
+        for spec in (None, *t.speculative):
+            caps, ests = _capacities(models, t, accel, prec, layout, mine, spec)
+            if spec is None:
+                all_served = len(caps) == len(mine)
+            if not ests:
+                continue
+            band = max((e.uncertainty.relative if e.uncertainty else 0.0)
+                       for e in ests.values())
+            cs.candidates.append(Candidate(
+                id=f"{t.name}/{accel.id}/{s.cloud}/{s.region}/{prec}/x{n}{_spec_tag(spec)}",
+                tier=t.name, supply_index=supply_index, accelerator=accel, cloud=s.cloud,
+                region=s.region, precision=prec, count=n, usd_per_chip_hour=price,
+                price_kind=kind, capacity=caps, estimates=ests, uncertainty=band,
+                speculative=spec))
+
+
+def _spec_tag(spec: str | None) -> str:
+    """Pool-id suffix of a speculative option: '/mtp', '/fused-llama-3.2-1b'."""
+    if spec is None:
+        return ""
+    parts = spec.split(":")
+    return "/" + "-".join(parts[:2] if parts[0] != "mtp" else parts[:1])
 
 
 def _best_layout(cs: CandidateSet, models: _Models, t: Tier, accel: Accelerator, prec: str,
@@ -344,14 +378,15 @@ def _best_layout(cs: CandidateSet, models: _Models, t: Tier, accel: Accelerator,
 
 
 def _capacities(models: _Models, t: Tier, accel: Accelerator, prec: str, layout: Layout,
-                mine: list[Demand]) -> tuple[dict[str, float], dict[str, Estimate]]:
-    """Requests/s per replica and bucket the plan counts on: the model's SLO-mode rate,
-    at the tier's SLO percentile (:mod:`tokenfleet.plan.tail`), derated by the
-    estimate's uncertainty band."""
+                mine: list[Demand], speculative: str | None = None
+                ) -> tuple[dict[str, float], dict[str, Estimate]]:
+    """Requests/s per replica and bucket the plan counts on: the model's SLO-mode rate
+    (decoding with ``speculative`` when given), at the tier's SLO percentile
+    (:mod:`tokenfleet.plan.tail`), derated by the estimate's uncertainty band."""
     caps: dict[str, float] = {}
     ests: dict[str, Estimate] = {}
     for d in mine:
-        e = models.est(accel.id, layout, prec, d)
+        e = models.est(accel.id, layout, prec, d, speculative)
         if e.fits and e.requests_per_s:
             u = e.uncertainty.relative if e.uncertainty else 0.0
             caps[d.bucket] = e.requests_per_s * tail_factor(t, e) * risk_factor(models.sc, u)
@@ -382,17 +417,20 @@ def tail_factor(t: Tier, e: Estimate) -> float:
 
 
 def _prune_dominated(cs: CandidateSet, keep_per_group: int = 1) -> None:
-    """Keep the MILP small: per (tier, supply entry), keep the unit options (precision x
-    size) that are cheapest for the tier's demand mix, plus the smallest one that
-    serves every bucket it can (fine-grained sizing matters for small demand)."""
+    """Keep the MILP small: per (tier, supply entry, speculative setting), keep the unit
+    options (precision x size) that are cheapest for the tier's demand mix, plus the
+    smallest one that serves every bucket it can (fine-grained sizing matters for small
+    demand)."""
     demand: dict[tuple[str, str], float] = defaultdict(float)
     for d in cs.demands:
         demand[(d.tier, d.bucket)] += d.rate_per_s
-    groups: dict[tuple[str, int], list[Candidate]] = defaultdict(list)
+    # Speculative options form their own groups, so plain decoding always keeps its
+    # best options too (the MILP chooses; plan/spec_why.py re-solves without them).
+    groups: dict[tuple[str, int, str | None], list[Candidate]] = defaultdict(list)
     for c in cs.candidates:
-        groups[(c.tier, c.supply_index)].append(c)
+        groups[(c.tier, c.supply_index, c.speculative)].append(c)
     keep: list[Candidate] = []
-    for (tier, _), group in groups.items():
+    for (tier, _, _), group in groups.items():
         buckets = {b for c in group for b in c.capacity}
 
         def score(c: Candidate, tier: str = tier, buckets: set[str] = buckets

@@ -57,6 +57,7 @@ from tokenfleet.plan.schema import (
     SolverInfo,
     TierSummary,
 )
+from tokenfleet.plan.spec_why import explain_speculation
 from tokenfleet.plan.whatrows import MIN_SHARE
 from tokenfleet.workload import SizeBuckets
 from tokenfleet.workload.prefix import PrefixReuse
@@ -283,6 +284,7 @@ def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
             progress("re-solving for the cost-assurance frontier and sensitivities", 0, 0)
         plan.tradeoffs = plan_tradeoffs(sc, cs, plan.cost)
     explain_disaggregation(plan, sc, cs, f, sol, lambda g, s2: bill(sc, g, s2))
+    explain_speculation(plan, sc, cs, f, sol, lambda g, s2: bill(sc, g, s2))
     enrich(plan, sc)  # contracts as signed, vendor shares by basis, energy (plan.contracts)
     # Verify with code that shares nothing with the MILP (tokenfleet.plan.check).
     violations = check_plan(plan, sc, catalog)
@@ -484,7 +486,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
                       for b, cap in c.capacity.items() for e in [c.estimates[b]]],
             provenance=any_est.provenance, uncertainty=c.uncertainty,
             prepaid=sc.supply[c.supply_index].prepaid, role=c.role, pair=c.pair,
-            kv_link=c.link_basis or None))
+            kv_link=c.link_basis or None, speculative=c.speculative))
     splits = []
     tokens_by_vendor: dict[str, float] = defaultdict(float)
     tier_tokens: dict[str, float] = defaultdict(float)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.perf.speculative import parse_speculation
 from tokenfleet.plan.billing import Terms
 from tokenfleet.yamlio import read_yaml, validate
 
@@ -142,6 +143,24 @@ class Tier(_M):
         description="quality tolerance: a precision below bf16 runs only where a published "
                     "figure (catalog quality_deltas.yaml) or a precision_rules report shows "
                     "it within max_loss")
+    speculative: list[str] = Field(
+        default_factory=list,
+        description="speculative decoding settings the planner may choose for this tier's "
+                    "pools, each priced as its own option beside plain decoding (it wins "
+                    "where the TPOT SLO holds the batch back): 'mtp[:k[:a]]' (the model's "
+                    "multi-token-prediction head, DeepSeek-V3/R1), 'draft:MODEL[:k[:a]]' or "
+                    "'fused:MODEL[:k[:a]]' (a smaller catalog model of the same vocabulary); "
+                    "k proposed tokens accepted at rate a (defaults: perf/speculative.py). "
+                    "Empty: plain decoding only")
+
+    @model_validator(mode="after")
+    def _check_speculative(self) -> Tier:
+        for i, text in enumerate(self.speculative):
+            try:
+                parse_speculation(text)
+            except TokenfleetError as e:
+                raise ValueError(f"speculative[{i}]: {e}") from None
+        return self
 
 
 class Supply(_M):

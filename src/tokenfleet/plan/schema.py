@@ -152,6 +152,9 @@ class TierSummary(_Model):
     disaggregation: str | None = Field(
         None, description="why the tier is served by prefill/decode pairs (its saving vs "
                           "the best aggregated-only plan), or None: aggregated")
+    speculative: str | None = Field(
+        None, description="the speculative decoding the tier's pools run and what it saves "
+                          "vs the best plan with plain decoding, or None: plain decoding")
 
 
 class Cost(_Model):

@@ -131,7 +131,9 @@ def _tiers_table(plan: Plan) -> str:
             usd(t.usd_per_million_output_tokens, 3), esc(", ".join(t.precisions) or "—"),
             "<br>".join(esc(n) for n in t.precision_notes
                         + ([f"disaggregated prefill/decode: {t.disaggregation}"]
-                           if t.disaggregation else [])) or "—"])
+                           if t.disaggregation else [])
+                        + ([f"speculative decoding: {t.speculative}"]
+                           if t.speculative else [])) or "—"])
     return table([("tier", False), ("model", False), ("SLO TTFT, s", True),
                   ("SLO TPOT, s", True), ("peak demand, req/s", True),
                   ("output at peak, tok/s", True), ("$ / M output tokens", True),
