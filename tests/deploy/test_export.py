@@ -145,7 +145,7 @@ def test_flag_table_names_a_source_for_every_flag() -> None:
         assert table.version, name
         for flag, key in table.flags.items():
             assert key in table.sources, (name, flag)
-            assert "@" in table.sources[key] or "docs" in table.sources[key]
+            assert "@" in table.sources[key], (name, flag)  # repo@commit:path
 
 
 def test_exports_engine_limits_match_the_performance_model(vendor_plan: Plan) -> None:

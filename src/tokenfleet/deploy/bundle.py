@@ -28,6 +28,7 @@ from tokenfleet.deploy.engines import (
 )
 from tokenfleet.deploy.platforms import EngineChoice, choose_engine, engines_for, load_platforms
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.perf.speculative import parse_speculation
 from tokenfleet.plan.schema import Plan, PlanUnit
 
 FORMATS = ("vllm", "sglang", "trtllm", "k8s", "llm-d", "helm", "backends")
@@ -122,19 +123,36 @@ def _target(unit: PlanUnit, opts: ExportOptions) -> m.PoolTarget:
                         chip=chip, resource=resource, node_selector=sel, notes=tuple(notes))
 
 
+def _model_ref(model_id: str, opts: ExportOptions, catalog: Any) -> str:
+    """Where the engine loads a catalog model from: ``--model-ref``, else the Hugging Face
+    repository of its config source, else the catalog id."""
+    return (opts.model_refs.get(model_id) or hf_repo(catalog.model(model_id).source)
+            or model_id)
+
+
+def _draft_ref(unit: PlanUnit, opts: ExportOptions, catalog: Any) -> str | None:
+    """The repository of the draft model the pool's speculation names (None: no draft)."""
+    if not unit.speculative:
+        return None
+    draft = parse_speculation(unit.speculative).draft_model
+    return _model_ref(draft, opts, catalog) if draft else None
+
+
 def _pool_export(unit: PlanUnit, opts: ExportOptions, catalog: Any, formats: list[str]
                  ) -> PoolExport:
     model = catalog.model(unit.model)
-    ref = opts.model_refs.get(unit.model) or hf_repo(model.source) or unit.model
+    ref = _model_ref(unit.model, opts, catalog)
     max_len = min(opts.max_model_len or model.max_context, model.max_context)
-    s = settings_for(unit, ref, max_len, moe=model.num_experts > 0)
+    s = settings_for(unit, ref, max_len, moe=model.num_experts > 0,
+                     draft_ref=_draft_ref(unit, opts, catalog))
     choice = choose_engine(unit.vendor, unit.engine)
     launches = {choice.engine: launch_args(choice.engine, choice.family, s)}
     for eng in engines_for(unit.vendor):
         if eng in formats and eng not in launches:
             launches[eng] = launch_args(eng, eng, s)
     t = _target(unit, opts)
-    notes = [choice.reason, *t.notes, speculative_note(),
+    notes = [choice.reason, *t.notes,
+             *([speculative_note(s.spec)] if s.spec is not None else []),
              f"max model length {max_len} tokens (the model's context"
              + (", capped by --max-model-len)" if opts.max_model_len else "; the plan does not "
                 "bound request length: lower it with --max-model-len to save KV memory)")]

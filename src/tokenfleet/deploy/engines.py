@@ -6,7 +6,8 @@ The numbers come from the plan, so the engine runs the unit the planner priced:
 parallel sizes from the pool's layout, weight and KV precision, a batch cap at the
 concurrency the planner sized the pool for (more sequences would break the TPOT SLO;
 they wait in the engine's queue instead), the token budget and memory fraction the
-performance model assumed.
+performance model assumed, and the speculative decoding (a draft model or the model's
+MTP head, k tokens proposed per step) the planner priced for the pool.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.engines import engine_profile
+from tokenfleet.perf.speculative import expected_tokens_per_step, parse_speculation
 from tokenfleet.plan.schema import PlanUnit
 
 SERVE_PORT = 8000
@@ -93,6 +95,24 @@ TRTLLM_KV_DTYPE = {"fp8": "fp8", "fp4": "nvfp4"}
 
 
 @dataclass(frozen=True)
+class SpecSettings:
+    """The speculative decoding a pool runs (``PlanUnit.speculative``, parsed): ``kind``
+    mtp (the checkpoint's MTP layers), draft (a smaller model run by the engine) or fused
+    (the same draft compiled into the target's step: AWS Neuron), ``k`` proposed tokens
+    per step, each accepted at ``acceptance`` as the planner assumed."""
+
+    kind: str
+    k: int
+    acceptance: float
+    draft_model: str | None = None  # catalog id
+    draft_ref: str | None = None  # Hugging Face repository or local path of the draft
+
+    @property
+    def tokens_per_step(self) -> float:
+        return expected_tokens_per_step(self.k, self.acceptance)
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     """What every engine is told about one pool (per replica, per data-parallel rank)."""
 
@@ -110,6 +130,7 @@ class EngineSettings:
     port: int = SERVE_PORT
     moe: bool = False
     role: str = "both"  # both | prefill | decode (a disaggregated pair's half)
+    spec: SpecSettings | None = None  # speculative decoding; None: plain decoding
 
 
 def max_seqs_per_rank(unit: PlanUnit) -> int:
@@ -122,15 +143,26 @@ def max_seqs_per_rank(unit: PlanUnit) -> int:
     return int(min(cap, max(8, 8 * math.ceil(per_rank / 8))))
 
 
-def settings_for(unit: PlanUnit, model_ref: str, max_model_len: int, moe: bool
-                 ) -> EngineSettings:
+def spec_settings(unit: PlanUnit, draft_ref: str | None = None) -> SpecSettings | None:
+    """``unit.speculative`` parsed; a draft model is named by ``draft_ref`` (its
+    repository) where given, else by its catalog id."""
+    if not unit.speculative:
+        return None
+    s = parse_speculation(unit.speculative)
+    ref = (draft_ref or s.draft_model) if s.draft_model else None
+    return SpecSettings(s.kind, s.k, s.acceptance, s.draft_model, ref)
+
+
+def settings_for(unit: PlanUnit, model_ref: str, max_model_len: int, moe: bool,
+                 draft_ref: str | None = None) -> EngineSettings:
     lay = unit.layout
     return EngineSettings(
         model_ref=model_ref, served_name=unit.model, tp=lay.tp, pp=lay.pp,
         dp=lay.dp, ep=lay.ep, precision=unit.precision,
         kv_precision=unit.kv_precision, max_seqs_per_rank=max_seqs_per_rank(unit),
         max_batched_tokens=engine_profile(unit.engine).max_num_batched_tokens,
-        max_model_len=max_model_len, moe=moe, role=unit.role)
+        max_model_len=max_model_len, moe=moe, role=unit.role,
+        spec=spec_settings(unit, draft_ref))
 
 
 @dataclass
@@ -189,10 +221,46 @@ def vllm_args(s: EngineSettings, engine: str = "vllm") -> LaunchArgs:
              "kv_load_failure_policy": "fail"}, separators=(",", ":"))]
         notes.append(_pd_note(s.role, "vLLM (NixlConnector; set VLLM_NIXL_SIDE_CHANNEL_HOST "
                                       "and _PORT per instance)"))
+    if s.spec is not None:
+        a += _vllm_spec_args(s.spec, s.pp, engine, notes)
     if (n := _weights_note(s, "vLLM")) is not None:
         notes.append(n)
     check_flags("vllm", a)
     return LaunchArgs(engine, "vllm", a, notes=notes)
+
+
+def _compact_json(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _vllm_spec_args(sp: SpecSettings, pp: int, engine: str, notes: list[str]) -> list[str]:
+    """``--speculative-config`` (SpeculativeConfig fields: method, model,
+    num_speculative_tokens) for the pool's speculation, and on Neuron the fused flag."""
+    if pp > 1:
+        notes.append("speculative decoding: vLLM's docs list pipeline parallelism as not "
+                     "composable with speculative decoding (vllm<=0.15.0); this pool has "
+                     f"pp={pp}")
+    if sp.kind == "mtp":
+        # the checkpoint's own MTP layers (DeepSeek-V3/R1: DeepSeekMTPModel); older
+        # releases spell the method "deepseek_mtp"
+        return ["--speculative-config",
+                _compact_json({"method": "mtp", "num_speculative_tokens": sp.k})]
+    if sp.kind == "fused" and engine == "vllm-neuron":
+        # NxD Inference fuses the draft into the target's compiled step; the method is
+        # detected from the draft model
+        notes.append("fused speculation: NxD Inference's vLLM integration as AWS documents "
+                     "it (Neuron vLLM fork, VLLM_USE_V1=0, Neuron SDK 2.26 DLC); the V1 "
+                     "vllm-neuron plugin documents EAGLE drafts only, so pin that image")
+        return ["--speculative-config",
+                _compact_json({"model": sp.draft_ref, "num_speculative_tokens": sp.k}),
+                "--override-neuron-config", _compact_json({"enable_fused_speculation": True})]
+    if sp.kind == "fused":
+        notes.append(f"fused speculation is AWS Neuron's; {engine} runs the draft "
+                     f"{sp.draft_model} as a separate draft model, whose steps cost more "
+                     "than the planner's fused pricing assumed")
+    notes.append("draft-model speculation needs vLLM > 0.10.0 (V1 engine)")
+    return ["--speculative-config", _compact_json(
+        {"method": "draft_model", "model": sp.draft_ref, "num_speculative_tokens": sp.k})]
 
 
 def sglang_args(s: EngineSettings) -> LaunchArgs:
@@ -218,10 +286,38 @@ def sglang_args(s: EngineSettings) -> LaunchArgs:
     if s.role != "both":
         a += ["--disaggregation-mode", s.role, "--disaggregation-transfer-backend", "nixl"]
         notes.append(_pd_note(s.role, "SGLang (NIXL transfer backend; Mooncake is the other)"))
+    if s.spec is not None:
+        a += _sglang_spec_args(s.spec)
+        if s.spec.kind == "mtp" and s.max_seqs_per_rank * s.dp > 48:
+            notes.append("SGLang's DeepSeek MTP captures CUDA graphs up to batch 48 by "
+                         "default (docs/basic_usage/deepseek_v3.md): add --cuda-graph-bs "
+                         "sizes up to --max-running-requests for larger decode batches")
     if (n := _weights_note(s, "SGLang")) is not None:
         notes.append(n)
     check_flags("sglang", a)
     return LaunchArgs("sglang", "sglang", a, notes=notes)
+
+
+def _sglang_spec_args(sp: SpecSettings) -> list[str]:
+    """DeepSeek MTP runs as SGLang's EAGLE algorithm on the checkpoint's MTP layers; a
+    smaller draft model as STANDALONE. One candidate per step (eagle-topk 1), so k steps
+    give k + 1 tokens to verify: the chain the planner priced."""
+    if sp.kind == "mtp":
+        a = ["--speculative-algorithm", "EAGLE"]
+    else:
+        a = ["--speculative-algorithm", "STANDALONE",
+             "--speculative-draft-model-path", str(sp.draft_ref)]
+    return a + ["--speculative-num-steps", str(sp.k), "--speculative-eagle-topk", "1",
+                "--speculative-num-draft-tokens", str(sp.k + 1)]
+
+
+def _trtllm_spec_config(sp: SpecSettings) -> dict[str, object]:
+    """The LLM-API ``speculative_config``: MTPDecodingConfig on the checkpoint's MTP
+    layers, DraftTargetDecodingConfig with the draft's repository otherwise."""
+    if sp.kind == "mtp":
+        return {"decoding_type": "MTP", "max_draft_len": sp.k}
+    return {"decoding_type": "Draft_Target", "max_draft_len": sp.k,
+            "speculative_model": sp.draft_ref}
 
 
 def trtllm_args(s: EngineSettings) -> LaunchArgs:
@@ -241,6 +337,8 @@ def trtllm_args(s: EngineSettings) -> LaunchArgs:
         "enable_block_reuse": True, "dtype": TRTLLM_KV_DTYPE.get(s.kv_precision, "auto")}}
     if s.dp > 1:
         config["enable_attention_dp"] = True
+    if s.spec is not None:
+        config["speculative_config"] = _trtllm_spec_config(s.spec)
     notes = ["trtllm-serve names the model by its path: set `model:` in backends.yaml to "
              f"{s.model_ref!r} for this pool",
              "weight precision comes from the (ModelOpt) checkpoint's quantization config: "
@@ -266,15 +364,43 @@ def _pd_note(role: str, how: str) -> str:
 
 def launch_args(engine: str, family: str, s: EngineSettings) -> LaunchArgs:
     if family == "vllm":
-        return vllm_args(s, engine)
+        return _with_spec_note(vllm_args(s, engine), s)
     if family == "sglang":
-        return sglang_args(s)
+        return _with_spec_note(sglang_args(s), s)
     if family == "trtllm":
-        return trtllm_args(s)
+        return _with_spec_note(trtllm_args(s), s)
     raise TokenfleetError(f"unknown engine family '{family}'")
 
 
-def speculative_note() -> str:
-    return ("speculative decoding: plan.json carries no speculative setting, so none is "
-            "set (vLLM: --speculative-config '" + json.dumps({"method": "eagle3"})
-            + "', SGLang: --speculative-algorithm)")
+def speculative_note(sp: SpecSettings) -> str:
+    """What the planner priced for the pool's speculation, in the terms the engines log,
+    so an operator can check the assumption on live traffic."""
+    what = ("the model's MTP head" if sp.kind == "mtp" else
+            f"draft model {sp.draft_model} ({sp.draft_ref})"
+            + (", fused into the target's step" if sp.kind == "fused" else ""))
+    mean_len = sp.tokens_per_step
+    return (f"speculative decoding: {what} proposes k={sp.k} token(s) per step; the plan "
+            f"priced this pool's TPOT and capacity at an acceptance rate of "
+            f"{sp.acceptance:g} per proposed token, i.e. a mean acceptance length of "
+            f"{mean_len:.2f} tokens per verify step and {(mean_len - 1) / sp.k:.0%} of "
+            "draft tokens accepted. Compare the engine's logged figures on live traffic "
+            "(each launch's notes say where): a lower rate means a slower pool than planned "
+            "(put the measured rate in the scenario tier's speculative entry and re-plan)")
+
+
+# Where each engine reports what its drafts achieve (accepted / drafted tokens).
+ACCEPTANCE_LOGS = {
+    "vllm": "vLLM logs 'Mean acceptance length' and 'Avg Draft acceptance rate' (Prometheus: "
+            "vllm:spec_decode_num_accepted_tokens / vllm:spec_decode_num_draft_tokens)",
+    "sglang": "SGLang's decode log prints 'accept len' (tokens per verify step)",
+    "trtllm": "trtllm-serve's iteration stats (/metrics) carry specDecodingStats "
+              "numAcceptedTokens / numDraftTokens",
+}
+
+
+def _with_spec_note(launch: LaunchArgs, s: EngineSettings) -> LaunchArgs:
+    if s.spec is not None:
+        launch.notes.append(
+            f"speculative decoding priced at mean acceptance length "
+            f"{s.spec.tokens_per_step:.2f}: {ACCEPTANCE_LOGS[launch.family]}")
+    return launch
