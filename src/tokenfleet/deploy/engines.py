@@ -241,8 +241,11 @@ def _vllm_spec_args(sp: SpecSettings, pp: int, engine: str, notes: list[str]) ->
                      "composable with speculative decoding (vllm<=0.15.0); this pool has "
                      f"pp={pp}")
     if sp.kind == "mtp":
-        # the checkpoint's own MTP layers (DeepSeek-V3/R1: DeepSeekMTPModel); older
-        # releases spell the method "deepseek_mtp"
+        # the checkpoint's own MTP layers (DeepSeek-V3/R1: DeepSeekMTPModel)
+        notes.append("vLLM releases before the unified method name take "
+                     '"method": "deepseek_mtp" for DeepSeek-V3/R1'
+                     + ("; with k > 1 vLLM reruns the checkpoint's MTP layer (DeepSeek-R1 "
+                        "ships one) and warns that acceptance may drop" if sp.k > 1 else ""))
         return ["--speculative-config",
                 _compact_json({"method": "mtp", "num_speculative_tokens": sp.k})]
     if sp.kind == "fused" and engine == "vllm-neuron":
