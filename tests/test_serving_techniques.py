@@ -143,6 +143,9 @@ def test_bad_draft_is_a_clear_error() -> None:
                        speculative="draft:mistral-7b"))
     with pytest.raises(ValidationError):
         Query(model="x", accelerator="y", speculative="eagle")
+    with pytest.raises(TokenfleetError, match="multi-token-prediction"):  # no MTP head
+        estimate(Query(model="llama-3.1-70b", accelerator="h100-sxm", count=4,
+                       speculative="mtp"))
 
 
 # ---- the checks ----------------------------------------------------------------

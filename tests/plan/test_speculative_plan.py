@@ -72,6 +72,9 @@ def test_bad_speculative_settings_name_the_field() -> None:
     with pytest.raises(TokenfleetError, match=r"tier 't': speculative\[0\].*no-such-model"):
         plan_scenario(_scenario("llama-3.3-70b", 0.03, ["draft:no-such-model"]), Path("."),
                       compare_policies=False)
+    with pytest.raises(TokenfleetError, match=r"speculative\[0\] = 'mtp'.*multi-token"):
+        plan_scenario(_scenario("llama-3.3-70b", 0.03, ["mtp"]), Path("."),
+                      compare_policies=False)
     with pytest.raises(TokenfleetError, match="vocabulary"):
         plan_scenario(_scenario("deepseek-r1", 0.03, ["draft:llama-3.2-1b"]), Path("."),
                       compare_policies=False)

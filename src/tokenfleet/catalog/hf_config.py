@@ -427,6 +427,7 @@ def model_from_hf_config(path: Path) -> ModelSpec:
         "max_context": max_context,
         "sliding_window": window,
         "attention_pattern": pattern,
+        "mtp_modules": cfg.opt_int("num_nextn_predict_layers", minimum=0) or 0,
         **mla,
         **moe,
     }

@@ -144,6 +144,9 @@ class ModelSpec(_Strict):
     first_dense_layers: int = 0
     moe_every: int = 1
 
+    mtp_modules: int = Field(0, ge=0, description="multi-token-prediction modules shipped "
+                             "with the weights (config.json num_nextn_predict_layers); "
+                             "'mtp' speculative decoding needs at least one")
     params_total_b: float | None = Field(None, description="published total parameters, 1e9")
     params_active_b: float | None = Field(None, description="published active parameters, 1e9")
 

@@ -98,6 +98,18 @@ class Techniques:
         return self.speculation.tokens_per_step if self.speculation else 1.0
 
 
+def check_speculation(target: ModelSpec, spec: Speculation, draft: ModelSpec | None) -> None:
+    """The target can run ``spec``: an MTP head shipped with its weights, or a draft of
+    its vocabulary (:func:`check_draft`)."""
+    if spec.kind == "mtp" and target.mtp_modules < 1:
+        raise TokenfleetError(
+            f"{target.id} ships no multi-token-prediction module (its config.json has no "
+            "num_nextn_predict_layers): 'mtp' speculation needs one; use "
+            "draft:MODEL or fused:MODEL with a smaller model of the same vocabulary")
+    if draft is not None:
+        check_draft(target, draft)
+
+
 def check_draft(target: ModelSpec, draft: ModelSpec) -> None:
     """A draft must share the target's vocabulary and be the smaller model."""
     if draft.vocab_size != target.vocab_size:
@@ -284,8 +296,8 @@ def best_technique_point(
 ) -> OperatingPoint:
     """:func:`~tokenfleet.perf.operating.best_operating_point` with each layout's unit a
     :class:`TechniqueUnit`: the same layout search, choice and reasons."""
-    if tech.speculation is not None and tech.draft is not None:
-        check_draft(model, tech.draft)
+    if tech.speculation is not None:
+        check_speculation(model, tech.speculation, tech.draft)
     return best_operating_point(
         model, accel, precision, kv_precision, count, eff, input_len, output_len, mode,
         concurrency, slo_ttft, slo_tpot, layouts=layouts, data_parallel=data_parallel,

@@ -24,7 +24,7 @@ from tokenfleet.perf.estimate import Estimate, Query, estimate, layout_screen
 from tokenfleet.perf.operating import OperatingPoint
 from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.speculative import parse_speculation
-from tokenfleet.perf.techniques import check_draft
+from tokenfleet.perf.techniques import check_speculation
 from tokenfleet.perf.unit import Layout, layouts_for
 from tokenfleet.plan.disagg import (
     Half,
@@ -256,7 +256,7 @@ def build_candidates(
             raise TokenfleetError(f"tier '{t.name}': traffic has no requests")
         demands.extend(tier_d)
     for t in sc.tiers:
-        _check_drafts(t, catalog)
+        _check_speculation(t, catalog)
     models = _Models(sc, catalog, cal, demands, prefix_hit_rates=prefix_hit_rates or {})
     cs = CandidateSet(demands, [])
     jobs = [(t, i, s) for t in sc.tiers for i, s in enumerate(sc.supply)]
@@ -278,14 +278,14 @@ def build_candidates(
     return cs
 
 
-def _check_drafts(t: Tier, catalog: Catalog) -> None:
-    """Each draft model a tier's speculative settings name exists and can draft for it."""
+def _check_speculation(t: Tier, catalog: Catalog) -> None:
+    """The tier's model can run each speculative setting it lists (an MTP head; a draft
+    model in the catalog, of its vocabulary)."""
     for i, text in enumerate(t.speculative):
         spec = parse_speculation(text)
-        if spec.draft_model is None:
-            continue
         try:
-            check_draft(catalog.model(t.model), catalog.model(spec.draft_model))
+            draft = catalog.model(spec.draft_model) if spec.draft_model else None
+            check_speculation(catalog.model(t.model), spec, draft)
         except TokenfleetError as e:
             raise TokenfleetError(f"tier '{t.name}': speculative[{i}] = '{text}': {e}") from None
 

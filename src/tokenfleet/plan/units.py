@@ -14,7 +14,7 @@ from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
 from tokenfleet.perf.precision import get_precision, kv_bytes
 from tokenfleet.perf.speculative import parse_speculation
-from tokenfleet.perf.techniques import Techniques, TechniqueUnit, check_draft
+from tokenfleet.perf.techniques import Techniques, TechniqueUnit, check_speculation
 from tokenfleet.perf.unit import Layout, UnitModel
 from tokenfleet.plan.schema import PlanUnit
 
@@ -52,8 +52,7 @@ def unit_model(model: str, accelerator: str, precision: str, kv_precision: str |
     try:
         sp = parse_speculation(speculative)
         draft = catalog.model(sp.draft_model) if sp.draft_model else None
-        if draft is not None:
-            check_draft(spec, draft)
+        check_speculation(spec, sp, draft)
     except TokenfleetError as e:
         raise TokenfleetError(f"{where('speculative')}: {e}") from None
     tech = Techniques(speculation=sp, draft=draft)
