@@ -118,8 +118,13 @@ def build_pool(unit: PlanUnit, i: int, engine: EngineConfig, catalog: Catalog,
     """Engine parameters of one plan unit; errors name the unit and field."""
     if unit.replicas < 0:
         raise TokenfleetError(f"{_field(plan_name, i, 'replicas')} = {unit.replicas} < 0")
-    um, group = plan_unit_model(
-        unit, catalog, cal, where=lambda f: f"{_field(plan_name, i, f)} (pool {unit.pool})")
+    where = lambda f: f"{_field(plan_name, i, f)} (pool {unit.pool})"  # noqa: E731
+    um, group = plan_unit_model(unit, catalog, cal, where=where)
+    if unit.role == "prefill" and unit.speculative:
+        # A prefill half does not decode (its decode half speculates): plain, as the
+        # performance model prices a prefill role (no drafter time or memory).
+        um, group = plan_unit_model(unit.model_copy(update={"speculative": None}), catalog,
+                                    cal, where=where)
     accel, prec, layout = um.accel, um.precision, um.layout
     if um.peak_flops <= 0:
         raise TokenfleetError(f"{_field(plan_name, i, 'precision')}: {accel.id} has no "
