@@ -22,8 +22,8 @@ from tokenfleet.sim import dispatch as dispatch_mod
 from tokenfleet.sim import engine as engine_mod
 from tokenfleet.sim.engine import SimOptions, Simulator, auto_sample_s
 from tokenfleet.sim.fleet import EngineConfig, build_fleet
-from tokenfleet.sim.results import summarize
 from tokenfleet.sim.quickplan import QuickPool, TierSpec, quick_plan
+from tokenfleet.sim.results import summarize
 from tokenfleet.sim.shocks import parse_failure
 from tokenfleet.sim.traffic import planned_traffic, scale_traffic
 

@@ -31,7 +31,6 @@ Units: seconds, tokens, FLOPs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -107,9 +106,9 @@ def _att_per_token_scale(unit: UnitModel) -> float:
 def pool_speculation(unit: UnitModel) -> PoolSpeculation:
     """The speculation of a pool's performance model (plain unless it is a
     :class:`TechniqueUnit` with a speculative setting)."""
-    spec = unit.tech.speculation if isinstance(unit, TechniqueUnit) else None
-    if spec is None:
+    if not isinstance(unit, TechniqueUnit) or unit.tech.speculation is None:
         return PoolSpeculation()
+    spec = unit.tech.speculation
     advance = max(round(spec.tokens_per_step / ADVANCE_QUANTUM) * ADVANCE_QUANTUM, 1.0)
     if unit.draft_unit is not None:
         draft = unit.draft_unit.coeffs
