@@ -13,6 +13,17 @@ KV block, the most recently admitted sequence is preempted and re-queued at the 
 iteration's length is the performance model's step time for exactly that batch
 (:mod:`tokenfleet.sim.stepcost`).
 
+Speculative decoding (a pool whose plan unit sets ``speculative``): every iteration of
+its lanes each decoding sequence verifies ``k`` proposed tokens and advances ``E``, the
+expected tokens per step ``(1 - a^(k+1)) / (1 - a)`` — a deterministic expectation, no
+random acceptance — so a sequence with ``n`` tokens to go leaves after ``ceil(n / E)``
+iterations, and its context and KV grow ``E`` per iteration (``E`` is a multiple of
+1/1024, so the lane's float sums stay exact). It takes ``1 + k`` tokens of the
+iteration's budget and ``E`` KV tokens of room; the iteration costs the target's step
+with the verify positions as prompt tokens at the sequence's context plus the
+drafter's steps (``kernels.speculative_s``, what ``TechniqueUnit`` charges). A
+preempted sequence recomputes the whole tokens it had (``gent + floor(E * grown)``).
+
 Lanes are independent between routing decisions, so the simulator advances them in
 *rounds*: every lane whose clock is inside the current synchronisation window runs one
 iteration. Requests live in *slots* (rows of per-request arrays, reused once a request
