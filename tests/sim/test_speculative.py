@@ -64,6 +64,42 @@ def test_a_lone_request_decodes_in_ceil_n_over_e_iterations(small_plan: Plan, ou
     assert sim.kv[0] == 0.0 and sim.dec_ctx[0] == 0.0 and sim.n_dec[0] == 0
 
 
+@pytest.mark.parametrize(("model", "accel", "count", "prec", "layout", "spec"), [
+    ("deepseek-r1", "h200", 8, "fp8", {"tp": 8, "ep": 8}, "mtp:2:0.8"),
+    ("llama-3.3-70b", "h100-sxm", 4, "auto", None, "draft:llama-3.2-1b"),
+    ("llama-3.3-70b", "h100-sxm", 4, "auto", {"tp": 2, "pp": 2}, "fused:llama-3.2-1b:7:0.8"),
+])
+def test_a_speculative_iteration_is_the_technique_units(model: str, accel: str, count: int,
+                                                        prec: str, layout: dict | None,
+                                                        spec: str) -> None:
+    """The compiled iteration of a speculative lane is ``TechniqueUnit``'s step (the
+    target's with the verify positions, plus ``drafter_s``): to 1e-9 for a decode-only
+    batch, and to 1e-3 with prompt tokens (the model prices them and the verify
+    positions at one rounded prompt length)."""
+    from tokenfleet.sim import kernels
+    from tokenfleet.sim.stepcost import FleetStepCost, prefill_attention_per_token
+
+    plan = one_pool_plan(model, accel, count, 1024, 256, precision=prec, speculative=spec)
+    if layout is not None:
+        plan = _with(plan, layout=Layout(**layout))
+    pool = build_fleet(plan).pools[0]
+    unit = pool.model
+    assert isinstance(unit, TechniqueUnit)
+    cost = FleetStepCost([pool.coeffs], np.zeros(1, np.int64), [pool.speculation], [unit])
+    k, pp = pool.speculation.verify, unit.layout.pp
+    for dec, ctx, pre, attn in ((16.0, 1500.0, 0.0, 1), (64.0, 900.0, 0.0, 1),
+                                (16.0, 1500.0, 2048.0, 1024)):
+        att = pre * prefill_attention_per_token(unit, attn)
+        got = kernels.speculative_s(cost.table, cost.spec, 0, dec, ctx, pre, att, k,
+                                    cost.sliding, cost.moe)
+        micro = np.array([dec / pp])
+        mixed = unit._mixed_len(pre / pp, micro * k, attn, ctx)
+        want = float((pp * unit.step_s(micro, ctx, pre / pp + micro * k, mixed)
+                      + unit.drafter_s(np.array([dec]), micro, ctx, np.array([pre]),
+                                       attn))[0])
+        assert got == pytest.approx(want, rel=1e-9 if pre == 0 else 1e-3)
+
+
 def test_requests_and_tokens_are_conserved() -> None:
     """An overloaded MTP pool (DeepSeek-R1) beside a plain one, with an outage: every
     request ends once, the completed ones carry exactly their output tokens, lanes end
