@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -157,3 +158,50 @@ def test_stop_cancels_everything():
             engine.submit(1, 1)
 
     asyncio.run(run())
+
+
+SPEC_DRAFT = PoolSpec(model="llama-3.3-70b", accelerator="h100-sxm", count=4,
+                      speculative="draft:llama-3.2-1b")
+
+
+def test_a_speculative_pool_paces_as_the_technique_unit():
+    """A plan unit's ``speculative`` reaches the emulator: at the model's steady-state
+    batch one step over E tokens per step is ``TechniqueUnit``'s TPOT, and a prefill
+    half does not speculate."""
+    from tokenfleet.perf.techniques import TechniqueUnit
+
+    engine, unit = build_engine(SPEC_DRAFT)
+    assert isinstance(unit, TechniqueUnit) and unit.layout.pp == 1
+    p = engine.pacing
+    e = p.tokens_per_step
+    assert e > 3.0 and engine.tokens_per_step == e
+    conc, inp, out = 16, 1024, 256
+    want = float(unit.continuous([conc], inp, out)["tpot_s"][0])
+    got = p.iteration_s(conc, inp + out / 2, round(conc * e * inp / out), inp) / e
+    assert got == pytest.approx(want, rel=0.01)
+    plain, _ = build_engine(PoolSpec(model="llama-3.3-70b", accelerator="h100-sxm", count=4))
+    assert got < 0.7 * plain.pacing.iteration_s(conc, inp + out / 2, 0, 1)
+    from tokenfleet.sim.quickplan import QuickPool, TierSpec, quick_plan
+
+    u = quick_plan([TierSpec("t", "llama-3.3-70b", None, None, [(inp, out, 1.0)])],
+                   [QuickPool("t", "h100-sxm", 1, count=4,
+                              speculative="draft:llama-3.2-1b")]).units[0]
+    assert PoolSpec.from_plan_unit(u).speculative == "draft:llama-3.2-1b:4:0.8"
+    pre = u.model_copy(update={"role": "prefill", "pair": "p"})
+    assert PoolSpec.from_plan_unit(pre).speculative is None
+
+
+def test_speculative_steps_give_e_tokens_each():
+    async def run() -> tuple[list[int], int, float]:
+        engine, _ = build_engine(SPEC_DRAFT)
+        engine.start()
+        seqs = [engine.submit(256, 20) for _ in range(4)]
+        await asyncio.gather(*(_drain(engine, s) for s in seqs))
+        steps = engine._replicas[0].steps
+        await engine.stop()
+        return [s.generated for s in seqs], steps, engine.tokens_per_step
+
+    generated, steps, e = asyncio.run(run())
+    assert generated == [20] * 4
+    # the prompt's step makes the first token, then E per step
+    assert steps == 1 + math.ceil(19 / e)

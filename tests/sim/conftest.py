@@ -25,9 +25,11 @@ def fixed_workload(plan: Plan, arrival: np.ndarray, inp: int, out: int,
 
 def one_pool_plan(model: str, accel: str, count: int, inp: int, out: int,
                   replicas: int = 1, slo_ttft: float | None = None,
-                  slo_tpot: float | None = None) -> Plan:
+                  slo_tpot: float | None = None, speculative: str | None = None,
+                  precision: str = "auto") -> Plan:
     return quick_plan([TierSpec("t", model, slo_ttft, slo_tpot, [(inp, out, 1.0)])],
-                      [QuickPool("t", accel, replicas, count=count)])
+                      [QuickPool("t", accel, replicas, count=count, precision=precision,
+                                 speculative=speculative)])
 
 
 @pytest.fixture(scope="session")

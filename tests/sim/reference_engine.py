@@ -7,6 +7,12 @@ the same inputs they must give the same answer (``test_engine_equivalence.py``).
 only change from the version that shipped: the requests of one routing window are
 routed key by key (each key's in arrival order) instead of in arrival order, as the
 vectorised engine routes them.
+
+Speculative pools (``PlanUnit.speculative``) follow the same rule as the engine, one
+request at a time: a decoding sequence gains ``E`` tokens per iteration (so one with
+``n`` left leaves after ``ceil(n / E)``), takes ``1 + k`` tokens of the budget and
+``E`` KV tokens of room per iteration; an iteration costs the target's step with the
+``k`` verify positions per sequence plus the drafter's steps (:meth:`_spec_s`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.routing.policies import PoolState, RoutingPolicy, get_policy
+from tokenfleet.sim import kernels
 from tokenfleet.sim.fleet import BLOCK_TOKENS, Fleet
 from tokenfleet.sim.metrics import GroupStats
 from tokenfleet.sim.shocks import Failure, PriceChange
@@ -137,7 +144,10 @@ class Simulator:
         self.lane_pool = np.concatenate(
             [np.full(p.lanes, p.index, dtype=np.int64) for p in pools]
         ) if pools else np.zeros(0, np.int64)
-        self.cost = FleetStepCost([p.coeffs for p in pools], self.lane_pool)
+        self.cost = FleetStepCost([p.coeffs for p in pools], self.lane_pool,
+                                  [p.speculation for p in pools], [p.model for p in pools])
+        self.verify = self.cost.verify  # per lane: k (0: plain)
+        self.adv = self.cost.advance  # per lane: E tokens per iteration (1.0: plain)
         self.pool_starts = np.array([p.first_lane for p in pools], dtype=np.int64)
         self._build_lanes()
         self._build_routing()
@@ -169,7 +179,8 @@ class Simulator:
         self.watermark = np.array(
             [self.fleet.engine.kv_watermark * p.kv_tokens for p in pools])[lane_of] \
             if n else np.zeros(0)
-        self.max_seqs = np.array([min(p.max_num_seqs, p.max_batched_tokens)
+        self.max_seqs = np.array([min(p.max_num_seqs,
+                                      p.max_batched_tokens // (1 + p.speculation.verify))
                                   for p in pools], dtype=np.int64)[lane_of] \
             if n else np.zeros(0, np.int64)
         self.budget = np.array([p.max_batched_tokens for p in pools],
@@ -376,10 +387,12 @@ class Simulator:
         self.next_done[r] = heap[0][0] if heap else NEVER
         cap = self.kv_cap[r]
         n_dec = int(self.n_dec[r])
-        while self.kv[r] + n_dec > cap and self.n_seqs[r] > 0:
+        e = float(self.adv[r])
+        k = int(self.verify[r])
+        while self.kv[r] + n_dec * e > cap and self.n_seqs[r] > 0:
             self._preempt_last(r, t)
             n_dec = int(self.n_dec[r])
-        budget = int(self.budget[r]) - n_dec
+        budget = int(self.budget[r]) - n_dec * (1 + k)
         kv = float(self.kv[r])
         pre = 0
         att = 0.0
@@ -388,7 +401,7 @@ class Simulator:
         while pq:
             keep = []
             for req in pq:
-                c = min(req.need, budget, int(cap - kv - n_dec))
+                c = min(req.need, budget, int(cap - kv - n_dec * e))
                 if c > 0:
                     kv += c
                     req.need -= c
@@ -417,7 +430,7 @@ class Simulator:
                 if req.ready > t:
                     break
                 c = min(req.need, budget)
-                free = cap - kv - n_dec - (reserve if n_seqs else 0.0)
+                free = cap - kv - n_dec * e - (reserve if n_seqs else 0.0)
                 if c > free:
                     self.blocked[r] = True
                     break
@@ -441,7 +454,8 @@ class Simulator:
                 att += c * a
                 (fin if req.need == 0 else pq).append(req)
             self.n_seqs[r] = n_seqs
-            if q and (n_seqs >= max_seqs or self.budget[r] <= n_dec) and q[0].ready <= t:
+            if q and (n_seqs >= max_seqs or self.budget[r] <= n_dec * (1 + k)
+                      ) and q[0].ready <= t:
                 # Full batch or token budget: nothing changes until a sequence leaves.
                 self.blocked[r] = True
             self.wait_head[r] = q[0].ready if q else np.inf
@@ -472,7 +486,8 @@ class Simulator:
             req.kv += 1
             req.enter = s
             req.gen_entry = req.gen
-            heapq.heappush(heap, (s + req.out - req.gen, req.id, req, req.epoch))
+            heapq.heappush(heap, (s + self._steps(r, req.out - req.gen), req.id, req,
+                                  req.epoch))
         if n_new:
             self.n_dec[r] += n_new
             self.dec_ctx[r] += ctx
@@ -486,12 +501,14 @@ class Simulator:
         pop = heapq.heappop
         n = 0
         ctx = 0
+        e = float(self.adv[r])
         while heap and heap[0][0] <= s:
-            _, _, req, ep = pop(heap)
+            d, _, req, ep = pop(heap)
             if ep != req.epoch:
                 continue  # preempted since it was scheduled
             n += 1
-            ctx += req.inp + req.out  # its context (and KV) at the end
+            # its context (and KV) at the end, as accumulated: inp + out when plain
+            ctx += req.inp + req.gen_entry + e * (d - req.enter)
             del running[req.id]
             b.tier.append(req.tier)
             b.pool.append(req.pool)
@@ -525,7 +542,7 @@ class Simulator:
 
     def _complete(self, r: int, req: Req, t: float, decoding: bool) -> None:
         if decoding:
-            grown = int(self.step[r]) - req.enter
+            grown = float(self.adv[r]) * (int(self.step[r]) - req.enter)
             self.n_dec[r] -= 1
             self.dec_ctx[r] -= req.inp + req.gen_entry + grown
             self.kv[r] -= req.kv + grown
@@ -551,10 +568,10 @@ class Simulator:
         """Recompute preemption of the most recently admitted sequence (vLLM's choice)."""
         _, req = self.running[r].popitem()
         if req.enter >= 0:
-            grown = int(self.step[r]) - req.enter
-            req.gen = req.gen_entry + grown
+            grown = float(self.adv[r]) * (int(self.step[r]) - req.enter)
+            req.gen = req.gen_entry + math.floor(grown)  # the whole tokens it had
             self.n_dec[r] -= 1
-            self.dec_ctx[r] -= req.inp + req.gen
+            self.dec_ctx[r] -= req.inp + req.gen_entry + grown
             self.kv[r] -= req.kv + grown
             req.enter = -1
         else:
@@ -587,7 +604,7 @@ class Simulator:
                 clock[idx] = clk
             slow = ((self.next_done[idx] <= self.step[idx]) | self.prefilling[idx]
                     | ((wh <= clk) & ~blocked[idx])
-                    | (self.kv[idx] + self.n_dec[idx] > self.kv_cap[idx]))
+                    | (self.kv[idx] + self.n_dec[idx] * self.adv[idx] > self.kv_cap[idx]))
             slow_idx = idx[slow]
             dec = self.n_dec[idx]
             if slow_idx.size:
@@ -611,11 +628,17 @@ class Simulator:
             decf = dec.astype(float)
             ctx = self.dec_ctx[idx] / np.maximum(decf, 1.0)
             dt = self.cost.iteration_s(idx, decf, ctx, pre, pre_att)
+            spec = np.flatnonzero(self.verify[idx] > 0)
+            for j in spec.tolist():
+                dt[j] = self._spec_s(int(idx[j]), float(decf[j]), float(ctx[j]),
+                                     float(np.broadcast_to(pre, idx.shape)[j]),
+                                     float(np.broadcast_to(pre_att, idx.shape)[j]))
+            grow = decf * self.adv[idx]
             clock[idx] += dt
             self.busy[idx] += dt
             self.step[idx] += 1
-            self.dec_ctx[idx] += decf
-            self.kv[idx] += decf
+            self.dec_ctx[idx] += grow
+            self.kv[idx] += grow
             if slow_idx.size:
                 self.pre_tok[slow_idx] = 0.0
                 self.pre_att[slow_idx] = 0.0
@@ -623,6 +646,47 @@ class Simulator:
                 fin, self.finishing = self.finishing, []
                 for r, reqs in fin:
                     self._enter_decode(r, reqs)
+
+    def _steps(self, r: int, left: int) -> int:
+        """Iterations a sequence with ``left`` tokens to go decodes on lane ``r``."""
+        e = float(self.adv[r])
+        return left if e == 1.0 else math.ceil(left / e)
+
+    def _spec_s(self, r: int, dec: float, ctx: float, pre: float, pre_att: float) -> float:
+        """One speculative iteration of lane ``r``: the target's step with ``k``
+        verify positions per decoding sequence (prompt tokens of a prompt ``2 ctx``
+        long), plus the drafter's first step (with the prompt tokens) and ``k - 1``
+        more over the decoding sequences."""
+        spec = self.cost.spec
+        att = spec.att[:, r]
+        k = int(self.verify[r])
+        n = 2.0 * ctx
+        pairs_full = n * (n + 1) / 2.0
+        pairs_sliding = pairs_full
+        w = att[kernels.V_WINDOW]
+        if w > 0 and n > w:
+            pairs_sliding = w * (w + 1) / 2.0 + (n - w) * w
+        per_tok = att[kernels.V_COEF] * (att[kernels.V_FULL] * pairs_full
+                                         + att[kernels.V_SLIDING] * pairs_sliding) / max(n, 1.0)
+        v = dec * k
+        one = np.array([r], dtype=np.int64)
+
+        def step(table: np.ndarray, d: float, p: float, a: float, sliding: bool,
+                 moe: bool) -> float:
+            return float(kernels.iteration_times(
+                table, one, np.array([d]), np.array([ctx]), np.array([p]), np.array([a]),
+                sliding, moe)[0])
+
+        t = step(self.cost.table, dec, pre + v, pre_att + v * per_tok, self.cost.sliding,
+                 self.cost.moe)
+        d_att = pre_att * att[kernels.D_ATT]
+        if dec > 0:
+            t += step(spec.draft, dec, pre, d_att, True, True)
+            if k > 1:
+                t += (k - 1) * step(spec.draft, dec, 0.0, 0.0, True, True)
+        elif pre > 0:
+            t += step(spec.draft, 0.0, pre, d_att, True, True)
+        return t
 
     # ---- shocks -------------------------------------------------------------------------
 

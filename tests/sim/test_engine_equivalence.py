@@ -7,7 +7,8 @@ recompute preemption, routing windows, failures — so every count, histogram, s
 time-series sample must agree (floating-point sums to 1e-9) in runs that exercise each
 of them: light and overloaded traffic under every policy, preemption under KV
 pressure, small token budgets (long prompts cut in chunks), outages and recoveries,
-completions beyond the completion ring's horizon, and a stop at ``max_time_s``.
+completions beyond the completion ring's horizon, a stop at ``max_time_s``, and
+speculative pools (a draft model, a fused draft, an MTP head) beside plain ones.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tokenfleet.sim import dispatch as dispatch_mod
 from tokenfleet.sim import engine as engine_mod
 from tokenfleet.sim.engine import SimOptions, Simulator, auto_sample_s
 from tokenfleet.sim.fleet import EngineConfig, build_fleet
+from tokenfleet.sim.quickplan import QuickPool, TierSpec, quick_plan
 from tokenfleet.sim.results import summarize
 from tokenfleet.sim.shocks import parse_failure
 from tokenfleet.sim.traffic import planned_traffic, scale_traffic
@@ -112,3 +114,40 @@ def test_window_grouping_by_lists_or_arrays_agree(two_vendor_plan, monkeypatch,
         opt = SimOptions(policy=policy, seed=3, sample_s=auto_sample_s(w.duration_s, 0.02))
         runs.append(Simulator(fleet, w, opt, [], []).run())
     _assert_equal_runs(*runs)
+
+
+def _speculative_plan():
+    """llama-3.1-8b on H100 with a Llama-3.2-1B draft, the same fused (k = 7) on MI300X,
+    and a plain H100 pool, in one tier."""
+    return quick_plan(
+        [TierSpec("chat", "llama-3.1-8b", 1.0, 0.05, [(1024, 128, 0.6), (300, 400, 0.4)])],
+        [QuickPool("chat", "h100-sxm", 3, count=1, speculative="draft:llama-3.2-1b"),
+         QuickPool("chat", "mi300x", 2, count=1, speculative="fused:llama-3.2-1b:7:0.7"),
+         QuickPool("chat", "h100-sxm", 2, count=1, region="region-2")],
+        load=0.6)
+
+
+@pytest.mark.parametrize("growth", [1.0, 3.0])
+def test_speculative_pools_beside_plain_ones(growth: float) -> None:
+    plan = _speculative_plan()
+    w = scale_traffic(planned_traffic(plan, 30, seed=8), growth, seed=8)
+    fails = [parse_failure("vendor=AMD@t=12..18")]
+    new, old = _both(plan, w, failures=fails, opt=SimOptions(policy="jsq", seed=1))
+    assert new.completed == len(w) and new.retried > 0
+    _assert_equal_runs(new, old)
+
+
+def test_speculative_preemption_and_small_budget(monkeypatch) -> None:
+    """KV pressure on an MTP pool (DeepSeek-R1), prompts in chunks beside the verify
+    positions, and answers beyond a 64-step ring."""
+    monkeypatch.setattr(engine_mod, "_RING_BYTES", 1)
+    plan = one_pool_plan("deepseek-r1", "h200", 8, 6000, 3000, speculative="mtp:2:0.8",
+                         precision="fp8")
+    w = fixed_workload(plan, np.linspace(0.0, 2.0, 400), 6000, 3000)
+    preempted = 0
+    for engine in (EngineConfig(max_num_seqs=1024), EngineConfig(max_batched_tokens=900)):
+        new, old = _both(plan, w, engine=engine)
+        assert new.completed == len(w)
+        preempted += sum(new.preemptions.values())
+        _assert_equal_runs(new, old)
+    assert preempted > 0

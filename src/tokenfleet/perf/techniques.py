@@ -153,6 +153,9 @@ class TechniqueUnit(UnitModel):
         layer = self.layout.pp / self.model.num_layers
         return self.weights_per_chip * layer, self.kv_seq_bytes_per_chip(held_len) * layer
 
+    def drafter_kv_seq_bytes_per_chip(self, seq_len: float) -> float:
+        return self._drafter_bytes(seq_len)[1]
+
     def memory(self, input_len: int, output_len: int, reserve_full: bool | None = None
                ) -> MemoryFit:
         out_len = 0 if self.tech.role == "prefill" else output_len

@@ -687,6 +687,11 @@ class UnitModel:
         """Seconds a drafter adds to a prompt's prefill (none here)."""
         return 0.0
 
+    def drafter_kv_seq_bytes_per_chip(self, seq_len: float) -> float:
+        """KV bytes per chip a speculative drafter keeps for a sequence of ``seq_len``
+        tokens beside the target's (none here)."""
+        return 0.0
+
     def static(self, batch: np.ndarray | int, input_len: int, output_len: int
                ) -> dict[str, np.ndarray]:
         """Static batching (all sequences start and end together), ``batch`` sequences

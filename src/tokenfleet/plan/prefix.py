@@ -59,10 +59,11 @@ Rebuild = Callable[[Scenario, dict[str, float]], CandidateSet]
 
 def lane_kv_tokens(um: UnitModel) -> int:
     """KV capacity of one engine lane (one data-parallel rank) in tokens, whole pages:
-    the memory left for the KV cache over one token's KV (full-attention tokens). The
-    simulator's lanes hold this much (``sim.fleet``)."""
+    the memory left for the KV cache over one token's KV (full-attention tokens; a
+    speculative drafter's weights are off the budget and its KV per token is added,
+    ``TechniqueUnit.memory``). The simulator's lanes hold this much (``sim.fleet``)."""
     mem = um.memory(1, 1)
-    per_token = um.kv_seq_bytes_per_chip(1.0)
+    per_token = um.kv_seq_bytes_per_chip(1.0) + um.drafter_kv_seq_bytes_per_chip(1.0)
     if not mem.fits or per_token <= 0:
         return 0
     return int(mem.kv_budget_per_chip // per_token) // KV_PAGE_TOKENS * KV_PAGE_TOKENS

@@ -123,12 +123,15 @@ class PoolSpec:
     layout: Layout | None = None
     engine: str | None = None
     max_batch: int | None = None  # per replica; None = what KV memory holds
+    speculative: str | None = None  # perf/speculative.py syntax (a plan unit's setting)
 
     @classmethod
     def from_plan_unit(cls, unit: PlanUnit) -> PoolSpec:
         return cls(model=unit.model, accelerator=unit.accelerator, replicas=unit.replicas,
                    count=unit.chips_per_replica, precision=unit.precision,
-                   kv_precision=unit.kv_precision, layout=unit.layout, engine=unit.engine)
+                   kv_precision=unit.kv_precision, layout=unit.layout, engine=unit.engine,
+                   # a prefill half does not decode (as the simulator runs it)
+                   speculative=unit.speculative if unit.role != "prefill" else None)
 
 
 def build_unit(spec: PoolSpec) -> UnitModel:
@@ -146,7 +149,7 @@ def build_unit(spec: PoolSpec) -> UnitModel:
                                   f"{spec.accelerator}: {e.reason or 'does not fit'}")
         precision, layout = e.precision, spec.layout or e.layout
     unit, _group = unit_model(spec.model, spec.accelerator, precision, spec.kv_precision,
-                              layout, spec.engine)
+                              layout, spec.engine, speculative=spec.speculative)
     return unit
 
 

@@ -8,6 +8,12 @@ same cost the simulator charges — so a live run and a simulated run of the sam
 are comparable. Alternatively :class:`FixedPacing` gives a fixed TTFT and TPOT, for
 benchmarks that need a backend of known, tiny latency.
 
+A unit that decodes speculatively (``TechniqueUnit`` with a speculation, a plan unit's
+``speculative``) steps as ``TechniqueUnit`` prices it — the target's step with ``k``
+verify positions per decoding sequence plus the drafter's — and gives every running
+sequence ``E`` tokens per step on average (the expected tokens per step, kept as a
+per-sequence fraction: deterministic, no random acceptance), as the simulator does.
+
 Units: seconds, tokens. Times are on the event loop's monotonic clock.
 """
 
@@ -24,6 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from tokenfleet.errors import TokenfleetError
+from tokenfleet.perf.techniques import TechniqueUnit
 from tokenfleet.perf.unit import UnitModel
 
 
@@ -51,6 +58,10 @@ class ModelPacing:
     def __init__(self, unit: UnitModel) -> None:
         self.unit = unit
         self.pp = unit.layout.pp
+        spec = unit.tech.speculation if isinstance(unit, TechniqueUnit) else None
+        self.verify = spec.k if spec is not None else 0
+        # output tokens a running sequence gains per step (speculative decoding: E)
+        self.tokens_per_step = spec.tokens_per_step if spec is not None else 1.0
 
     def iteration_s(self, decode: int, context: float, prefill_tokens: int,
                     prompt_len: float) -> float:
@@ -58,9 +69,21 @@ class ModelPacing:
         # Micro-batches of 1/pp of the batch, at least one token when anything decodes
         # (as UnitModel.continuous and the simulator's step cost do).
         dec = np.asarray([max(decode / pp, 1.0) if decode else 0.0])
-        t = self.unit.step_s(dec, max(context, 1.0), prefill_tokens / pp,
-                             max(int(round(prompt_len)), 1))
-        return float(t[0]) * pp
+        ctx = max(context, 1.0)
+        plen = max(int(round(prompt_len)), 1)
+        if not self.verify:
+            t = self.unit.step_s(dec, ctx, prefill_tokens / pp, plen)
+            return float(t[0]) * pp
+        # Speculative: the verify positions ride as prompt tokens at the sequences'
+        # context, then the drafter's steps (UnitModel.steady_state's pricing).
+        v = dec * self.verify
+        mixed = self.unit._mixed_len(prefill_tokens / pp, v, plen, ctx)
+        step_s = float(self.unit.step_s(dec, ctx, prefill_tokens / pp + v, mixed)[0]) * pp
+        if not decode:  # nothing to propose: the drafter only takes the prompts in
+            return step_s + self.unit.drafter_prefill_s(float(prefill_tokens), plen)
+        draft = self.unit.drafter_s(np.asarray([float(decode)]), dec, ctx,
+                                    np.asarray([float(prefill_tokens)]), plen)
+        return step_s + float(draft[0])
 
 
 @dataclass(frozen=True)
@@ -81,7 +104,7 @@ class Sequence:
     """One request inside the engine; ``generated`` grows as steps complete."""
 
     __slots__ = ("prompt_tokens", "max_tokens", "generated", "finished", "cancelled",
-                 "replica", "t_submit", "t_first", "remote_kv")
+                 "replica", "t_submit", "t_first", "remote_kv", "credit")
 
     def __init__(self, prompt_tokens: int, max_tokens: int, t_submit: float,
                  remote_kv: bool = False) -> None:
@@ -96,6 +119,7 @@ class Sequence:
         self.replica: _Replica | None = None
         self.t_submit = t_submit
         self.t_first: float | None = None
+        self.credit = 0.0  # fraction of a token gained (speculative steps give E each)
 
 
 class _Replica:
@@ -131,6 +155,7 @@ class Engine:
             raise TokenfleetError("engine: replicas and max_batch must be >= 1, "
                                   "max_queue >= 0")
         self.pacing = pacing
+        self.tokens_per_step = float(getattr(pacing, "tokens_per_step", 1.0))
         self.max_queue = max_queue
         self.slowdown = 1.0
         self._replicas = [_Replica(i, max_batch) for i in range(replicas)]
@@ -251,10 +276,17 @@ class Engine:
             r.steps += 1
             t = loop.time()
             still: list[Sequence] = []
+            gain = self.tokens_per_step
             for s in decode:
                 if s.cancelled:
                     continue
-                s.generated += 1
+                if gain == 1.0:
+                    s.generated += 1
+                else:  # speculative: E tokens per step on average, whole ones streamed
+                    s.credit += gain
+                    whole = math.floor(s.credit)
+                    s.credit -= whole
+                    s.generated = min(s.generated + whole, s.max_tokens)
                 if s.generated >= s.max_tokens:
                     s.finished = True
                     self.completed += 1

@@ -21,6 +21,11 @@ pool, then its KV cache crosses the link between them, then it decodes:
    queue and compute, handover, joining the decode batch), TPOT from the decode run;
    every request is counted once as arrived (prefill run) and once as completed or
    rejected (where it ended); each pool keeps its own load, busy time and series.
+
+A decode half with ``speculative`` set speculates in its run like an aggregated pool
+(its drafter has no prompt to prefill: the prompt's KV arrives with the request). A
+prefill half's ``speculative`` is not simulated: it does not decode, and the
+performance model prices a prefill role without the drafter too.
 """
 
 from __future__ import annotations

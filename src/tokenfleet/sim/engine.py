@@ -13,6 +13,17 @@ KV block, the most recently admitted sequence is preempted and re-queued at the 
 iteration's length is the performance model's step time for exactly that batch
 (:mod:`tokenfleet.sim.stepcost`).
 
+Speculative decoding (a pool whose plan unit sets ``speculative``): every iteration of
+its lanes each decoding sequence verifies ``k`` proposed tokens and advances ``E``, the
+expected tokens per step ``(1 - a^(k+1)) / (1 - a)`` — a deterministic expectation, no
+random acceptance — so a sequence with ``n`` tokens to go leaves after ``ceil(n / E)``
+iterations, and its context and KV grow ``E`` per iteration (``E`` is a multiple of
+1/1024, so the lane's float sums stay exact). It takes ``1 + k`` tokens of the
+iteration's budget and ``E`` KV tokens of room; the iteration costs the target's step
+with the verify positions as prompt tokens at the sequence's context plus the
+drafter's steps (``kernels.speculative_s``, what ``TechniqueUnit`` charges). A
+preempted sequence recomputes the whole tokens it had (``gent + floor(E * grown)``).
+
 Lanes are independent between routing decisions, so the simulator advances them in
 *rounds*: every lane whose clock is inside the current synchronisation window runs one
 iteration. Requests live in *slots* (rows of per-request arrays, reused once a request
@@ -193,7 +204,8 @@ class Simulator:
         self.lane_pool = np.concatenate(
             [np.full(p.lanes, p.index, dtype=np.int64) for p in pools]
         ) if pools else np.zeros(0, np.int64)
-        self.cost = FleetStepCost([p.coeffs for p in pools], self.lane_pool)
+        self.cost = FleetStepCost([p.coeffs for p in pools], self.lane_pool,
+                                  [p.speculation for p in pools], [p.model for p in pools])
         self.prefill_att = PrefillAttention([p.model for p in pools])
         self.pool_starts = np.array([p.first_lane for p in pools], dtype=np.int64)
         # Pools without lanes (0 replicas) have no segment to reduce over.
@@ -250,7 +262,9 @@ class Simulator:
         self.watermark = np.array(
             [self.fleet.engine.kv_watermark * p.kv_tokens for p in pools])[lane_of] \
             if n else np.zeros(0)
-        self.max_seqs = np.array([min(p.max_num_seqs, p.max_batched_tokens)
+        # A decoding sequence takes 1 + k tokens of the budget (k verify positions).
+        self.max_seqs = np.array([min(p.max_num_seqs,
+                                      p.max_batched_tokens // (1 + p.speculation.verify))
                                   for p in pools], dtype=np.int64)[lane_of] \
             if n else np.zeros(0, np.int64)
         self.budget = np.array([p.max_batched_tokens for p in pools],
@@ -280,7 +294,7 @@ class Simulator:
                             1 << max(6, fit.bit_length() - 1))
         self.ring_mask = self.ring_len - 1
         self.ring_n = np.zeros((n, self.ring_len), dtype=np.int64)
-        self.ring_ctx = np.zeros((n, self.ring_len), dtype=np.int64)
+        self.ring_ctx = np.zeros((n, self.ring_len))
         # Flat views, indexed lane * ring_len + step % ring_len (1-D indexing is cheaper).
         self.ring_nf = self.ring_n.reshape(-1)
         self.ring_cf = self.ring_ctx.reshape(-1)
@@ -307,7 +321,8 @@ class Simulator:
             outstanding=self.outstanding, max_seqs=self.max_seqs, budget=self.budget,
             busy=self.busy, pre_tok=self.pre_tok, pre_att=self.pre_att, q_head=self.q_head,
             q_tail=self.q_tail, pf_head=self.pf_head, pf_tail=self.pf_tail,
-            far_next=self.far_next, ring_from=self.ring_from)
+            far_next=self.far_next, ring_from=self.ring_from, verify=self.cost.verify,
+            advance=self.cost.advance)
         self.ring = kernels.Ring(n=self.ring_nf, ctx=self.ring_cf, shift=self.ring_shift,
                                  mask=self.ring_mask, length=self.ring_len)
         self.all_lanes = np.arange(n, dtype=np.int64)
@@ -566,6 +581,13 @@ class Simulator:
             self.sl.state[slot] = _DECODING_FAR
         self.n_far += int(slots.size)
 
+    def _leave_ctx(self, slot: int, r: int) -> float:
+        """The context (and KV) decoding ``slot`` takes off lane ``r`` when it leaves:
+        ``kernels.left_ctx``, what its entry and iterations added."""
+        steps = int(self.sl.done[slot]) - int(self.sl.enter[slot])
+        entered = int(self.sl.inp[slot]) + int(self.sl.gent[slot])
+        return entered + float(self.cost.advance[r]) * steps
+
     def _bring_near(self, lanes: np.ndarray, stp: np.ndarray) -> None:
         """Move completions that came within the ring's reach into it (long answers)."""
         for r, s in zip(lanes.tolist(), stp.tolist(), strict=True):
@@ -573,7 +595,7 @@ class Simulator:
             while h and h[0][0] - s < self.ring_len:
                 d, slot = heappop(h)
                 self.ring_n[r, d & self.ring_mask] += 1
-                self.ring_ctx[r, d & self.ring_mask] += int(self.sl.inp[slot] + self.sl.out[slot])
+                self.ring_ctx[r, d & self.ring_mask] += self._leave_ctx(slot, r)
                 self.sl.state[slot] = _DECODING
                 self.n_far -= 1
             self.far_next[r] = h[0][0] if h else NEVER
@@ -590,9 +612,11 @@ class Simulator:
                 lanes, t, self.ln, self.sl, self.aseq)
             if status != kernels.SCHEDULE_PREEMPT:
                 break
-            over = self.kv[lanes] + self.n_dec[lanes] > self.kv_cap[lanes]
+            adv = self.cost.advance
+            over = self.kv[lanes] + self.n_dec[lanes] * adv[lanes] > self.kv_cap[lanes]
             for r, tr in zip(lanes[over].tolist(), t[over].tolist(), strict=True):
-                while self.kv[r] + self.n_dec[r] > self.kv_cap[r] and self.n_seqs[r] > 0:
+                while (self.kv[r] + self.n_dec[r] * adv[r] > self.kv_cap[r]
+                       and self.n_seqs[r] > 0):
                     self._preempt_last(r, tr)
         if fin.size:
             self.fin_slots.append(fin)
@@ -683,17 +707,20 @@ class Simulator:
         slot = int(cand[np.argmax(self.sl.aseq[cand])])
         state = int(self.sl.state[slot])
         if state in (_DECODING, _DECODING_FAR):
+            # E tokens per iteration (1 on a plain lane): what the lane accumulated for
+            # it comes off; it recomputes the whole tokens it had.
+            e = float(self.cost.advance[r])
             grown = int(self.step[r]) - int(self.sl.enter[slot])
-            gen = int(self.sl.gent[slot]) + grown
-            self.sl.gen[slot] = gen
+            entered = int(self.sl.inp[slot]) + int(self.sl.gent[slot])
+            self.sl.gen[slot] = int(self.sl.gent[slot]) + math.floor(e * grown)
             self.n_dec[r] -= 1
-            self.dec_ctx[r] -= int(self.sl.inp[slot]) + gen
-            self.kv[r] -= int(self.sl.kvh[slot]) + grown
+            self.dec_ctx[r] -= entered + e * grown
+            self.kv[r] -= int(self.sl.kvh[slot]) + e * grown
             # Its completion is off.
             d = int(self.sl.done[slot])
             if state == _DECODING:
                 self.ring_n[r, d & self.ring_mask] -= 1
-                self.ring_ctx[r, d & self.ring_mask] -= int(self.sl.inp[slot] + self.sl.out[slot])
+                self.ring_ctx[r, d & self.ring_mask] -= self._leave_ctx(slot, r)
             else:
                 h = self.far[r]
                 h.remove((d, slot))
@@ -732,7 +759,7 @@ class Simulator:
             (status, idx, clk, slow, done, nd, ended, ended_t, far, far_lane,
              self.aseq) = self._k_advance(idx, check_up, float(end), int(self.n_far),
                                           int(self.aseq), self.ln, self.sl, self.ring,
-                                          cost.table, cost.sliding, cost.moe)
+                                          cost.table, cost.sliding, cost.moe, cost.spec)
             # From here on only lanes of the last round can have work: routing came
             # before the rounds, and a lane without sequences changes only when it is
             # scheduled.
@@ -749,7 +776,7 @@ class Simulator:
                 self._bring_near(idx[near], self.step[idx[near]])
             elif status == kernels.ADVANCE_SLOW:
                 self._schedule(idx[slow], clk[slow])
-                kernels.round_end(idx, cost.table, cost.sliding, cost.moe, self.ln)
+                kernels.round_end(idx, cost.table, cost.sliding, cost.moe, self.ln, cost.spec)
                 if self.fin_slots:
                     self._enter_decode()
             else:  # ADVANCE_FAR_PUSH

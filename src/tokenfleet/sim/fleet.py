@@ -21,7 +21,7 @@ from tokenfleet.perf.unit import UnitModel
 from tokenfleet.plan.prefix import KV_PAGE_TOKENS, lane_kv_tokens
 from tokenfleet.plan.schema import Plan, PlanUnit
 from tokenfleet.plan.units import plan_unit_model
-from tokenfleet.sim.stepcost import StageCoefficients
+from tokenfleet.sim.stepcost import PoolSpeculation, StageCoefficients, pool_speculation
 
 # vLLM's and TensorRT-LLM's default KV-cache page size, tokens per block.
 BLOCK_TOKENS = KV_PAGE_TOKENS
@@ -84,6 +84,9 @@ class SimPool:
     first_lane: int = 0  # index of the pool's first lane in the fleet arrays
     calibration_group: str | None = None
     notes: list[str] = field(default_factory=list)
+    # speculative decoding (PlanUnit.speculative): verify positions, tokens per
+    # iteration and the drafter's step coefficients; plain by default
+    speculation: PoolSpeculation = field(default_factory=PoolSpeculation)
 
     @property
     def id(self) -> str:
@@ -115,8 +118,13 @@ def build_pool(unit: PlanUnit, i: int, engine: EngineConfig, catalog: Catalog,
     """Engine parameters of one plan unit; errors name the unit and field."""
     if unit.replicas < 0:
         raise TokenfleetError(f"{_field(plan_name, i, 'replicas')} = {unit.replicas} < 0")
-    um, group = plan_unit_model(
-        unit, catalog, cal, where=lambda f: f"{_field(plan_name, i, f)} (pool {unit.pool})")
+    where = lambda f: f"{_field(plan_name, i, f)} (pool {unit.pool})"  # noqa: E731
+    um, group = plan_unit_model(unit, catalog, cal, where=where)
+    if unit.role == "prefill" and unit.speculative:
+        # A prefill half does not decode (its decode half speculates): plain, as the
+        # performance model prices a prefill role (no drafter time or memory).
+        um, group = plan_unit_model(unit.model_copy(update={"speculative": None}), catalog,
+                                    cal, where=where)
     accel, prec, layout = um.accel, um.precision, um.layout
     if um.peak_flops <= 0:
         raise TokenfleetError(f"{_field(plan_name, i, 'precision')}: {accel.id} has no "
@@ -128,7 +136,8 @@ def build_pool(unit: PlanUnit, i: int, engine: EngineConfig, catalog: Catalog,
                               f"{mem.reason}")
     # KV is tracked in full-attention tokens: for sliding-window layers this overstates
     # what long sequences hold, which errs towards preempting too early, never too late.
-    # (The planner sizes prefix caches with the same figure: plan/prefix.py.)
+    # (The planner sizes prefix caches with the same figure: plan/prefix.py.) A
+    # speculative pool's drafter takes its weights and its KV per token off it.
     kv_tokens = lane_kv_tokens(um)
     # The serving engine's own caps (perf.engines), as the estimate assumes them.
     max_seqs = engine.max_num_seqs or um.engine.max_num_seqs
@@ -141,6 +150,7 @@ def build_pool(unit: PlanUnit, i: int, engine: EngineConfig, catalog: Catalog,
         max_batched_tokens=budget, headroom_concurrency=headroom,
         usd_per_replica_hour=unit.usd_per_hour / replicas,
         watts_per_replica=unit.watts / replicas, calibration_group=group,
+        speculation=pool_speculation(um),
     )
 
 

@@ -23,6 +23,7 @@ Units: seconds, tokens.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -127,11 +128,15 @@ class Lanes(NamedTuple):
     pf_tail: np.ndarray
     far_next: np.ndarray  # nearest completion step beyond the ring's reach
     ring_from: np.ndarray  # completions before this step have left
+    verify: np.ndarray  # positions each decoding sequence verifies per iteration (0: plain)
+    advance: np.ndarray  # tokens a decoding sequence gains per iteration (1.0: plain)
 
 
 class Ring(NamedTuple):
     """Completions ahead, per lane and step: ``n`` sequences leave lane ``r`` at step
-    ``s`` with total context ``ctx``, at flat index ``(r << shift) | (s & mask)``."""
+    ``s`` with total context ``ctx`` (what their entries and iterations added to the
+    lane's ``dec_ctx`` and ``kv``: a float, as speculative lanes advance a fraction of a
+    token per iteration on average), at flat index ``(r << shift) | (s & mask)``."""
 
     n: np.ndarray
     ctx: np.ndarray
@@ -145,6 +150,22 @@ class Ring(NamedTuple):
 (C_GEMM, C_LM, M_WEIGHTS, C_MOE, MOE_HALF, M_EXPERT, MOE_E, MOE_KEEP, MOE_ROUTED, C_DEC,
  C_PRE, ATT_FULL, ATT_SLIDING, ATT_WINDOW, C_COMM, FIXED, C_SEQ, C_A2A, A2A_OVERLAP,
  PP) = range(20)
+# Rows of :attr:`Spec.att` (per lane): the target's prompt-attention constants (as
+# :func:`prefill_attention_per_token` takes them), which price the verify positions,
+# and the ratio of the drafter's prompt-attention FLOPs to the target's.
+V_COEF, V_FULL, V_SLIDING, V_WINDOW, D_ATT = range(5)
+
+
+class Spec(NamedTuple):
+    """Speculative decoding of the fleet's lanes (``tokenfleet.sim.stepcost``): the
+    drafter's step coefficients per lane (rows as the target's table; all zero on plain
+    lanes) and the constants of :data:`V_COEF`... per lane. ``on``: some lane
+    speculates (a plain fleet never reads the tables). How many positions a lane
+    verifies and how far it advances are :class:`Lanes` columns."""
+
+    on: bool
+    draft: np.ndarray
+    att: np.ndarray
 
 
 @njit(cache=True, nogil=True)
@@ -198,16 +219,35 @@ def enter_decode(slots, lanes, ln, sl, ring):  # pragma: no cover - compiled
         sl.kvh[s] += 1
         sl.enter[s] = st
         sl.gent[s] = gen
-        done = st + out - gen
+        steps = decode_steps(out - gen, ln.advance[r])
+        done = st + steps
         sl.done[s] = done
         sl.state[s] = DECODING
-        if done - st >= ring.length:
+        if steps >= ring.length:
             code[i] = 2
         else:
             at = (r << ring.shift) | (done & ring.mask)
             ring.n[at] += 1
-            ring.ctx[at] += sl.inp[s] + out
+            ring.ctx[at] += left_ctx(sl.inp[s] + gen, steps, ln.advance[r])
     return code
+
+
+@njit(cache=True, nogil=True)
+def decode_steps(left, advance):  # pragma: no cover - compiled
+    """Iterations a decoding sequence with ``left`` tokens to go stays: ``left`` on a
+    plain lane; ``ceil(left / E)`` on a speculative one, which gains ``E`` tokens per
+    iteration (the expected tokens per step; deterministic, no random acceptance)."""
+    if advance == 1.0:
+        return left
+    return int(math.ceil(left / advance))
+
+
+@njit(cache=True, nogil=True)
+def left_ctx(entered, steps, advance):  # pragma: no cover - compiled
+    """A decoding sequence's context (and KV) when it leaves after ``steps``
+    iterations, as the lane accumulated it: ``entered`` (prompt plus tokens at entry)
+    plus ``E`` per iteration (``inp + out`` on a plain lane)."""
+    return entered + advance * steps
 
 
 @njit(cache=True, nogil=True)
@@ -245,7 +285,7 @@ def continue_prefill(lanes, pos, left, pre, att, ln, sl):  # pragma: no cover - 
     for a in range(lanes.size):
         r = lanes[a]
         p = pos[a]
-        free = int(ln.kv_cap[r] - kv[r] - n_dec[r])
+        free = int(ln.kv_cap[r] - kv[r] - n_dec[r] * ln.advance[r])
         took = 0
         s = pf_head[r]
         # Every chunk before the first cut prompt is whole: after a cut, the budget or
@@ -300,7 +340,7 @@ def admit(lanes, t, pos, left, pre, att, ln, sl, aseq):  # pragma: no cover - co
         ta = t[a]
         s = ln.q_head[r]
         n = n_seqs[r]
-        room = ln.kv_cap[r] - kv[r] - ln.n_dec[r]
+        room = ln.kv_cap[r] - kv[r] - ln.n_dec[r] * ln.advance[r]
         taken = 0.0
         while s >= 0:
             # The engine loop's stopping rules, in its order: budget or batch full; not
@@ -346,7 +386,8 @@ def admit(lanes, t, pos, left, pre, att, ln, sl, aseq):  # pragma: no cover - co
             # The queue head now, and whether the lane waits for a departure (full
             # batch, or no token budget beside its decodes).
             ln.wait_head[r] = sl.ready[s]
-            if sl.ready[s] <= ta and (n >= max_seqs[r] or ln.budget[r] <= ln.n_dec[r]):
+            if sl.ready[s] <= ta and (n >= max_seqs[r]
+                                      or ln.budget[r] <= ln.n_dec[r] * (1 + ln.verify[r])):
                 ln.blocked[r] = True
     return got[:m], got_lane[:m], aseq
 
@@ -376,9 +417,10 @@ def schedule(lanes, t, ln, sl, aseq):  # pragma: no cover - compiled
     n_pf = 0
     for a in range(n):
         r = lanes[a]
-        if ln.kv[r] + ln.n_dec[r] > ln.kv_cap[r]:
+        if ln.kv[r] + ln.n_dec[r] * ln.advance[r] > ln.kv_cap[r]:
             return SCHEDULE_PREEMPT, empty, empty, empty, left, pre, att, aseq
-        left[a] = ln.budget[r] - ln.n_dec[r]
+        # every decoding sequence takes its own token and its verify positions
+        left[a] = ln.budget[r] - ln.n_dec[r] * (1 + ln.verify[r])
         n_pf += ln.prefilling[r]
     fin = empty
     fin_lane = empty
@@ -422,10 +464,10 @@ def _needs_python(lanes, ln, sl):  # pragma: no cover - compiled
     superset of both: when it says no, ``schedule`` runs to the end."""
     for a in range(lanes.size):
         r = lanes[a]
-        if ln.kv[r] + ln.n_dec[r] > ln.kv_cap[r]:
+        if ln.kv[r] + ln.n_dec[r] * ln.advance[r] > ln.kv_cap[r]:
             return True
         if ln.prefilling[r] and ln.n_dec[r] == 0 and (
-                int(ln.kv_cap[r] - ln.kv[r] - ln.n_dec[r]) <= 0 or ln.budget[r] <= 0
+                int(ln.kv_cap[r] - ln.kv[r]) <= 0 or ln.budget[r] <= 0
                 or sl.need[ln.pf_head[r]] <= 0):
             return True
     return False
@@ -472,7 +514,7 @@ def _begin(idx, ln, ring, done, nd):  # pragma: no cover - compiled
             done.n[nd] = c
             nd += 1
         slow[a] = (ln.prefilling[r] or (wh <= t and not ln.blocked[r])
-                   or kv[r] + n_dec[r] > ln.kv_cap[r])
+                   or kv[r] + n_dec[r] * ln.advance[r] > ln.kv_cap[r])
     return clk, stp, slow, nd
 
 
@@ -528,7 +570,7 @@ def _working(cand, end, ln, check_up):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def advance(cand, check_up, end, n_far, aseq, ln, sl, ring, table, sliding, moe
+def advance(cand, check_up, end, n_far, aseq, ln, sl, ring, table, sliding, moe, spec
             ):  # pragma: no cover - compiled
     """Rounds of the lanes of ``cand`` with work before ``end`` until none has any:
     every lane runs one iteration per round (sequences due leave at its start; the
@@ -574,7 +616,7 @@ def advance(cand, check_up, end, n_far, aseq, ln, sl, ring, table, sliding, moe
             st, fin, fin_lane, _, _, _, _, aseq = schedule(lanes, t, ln, sl, aseq)
             if st != SCHEDULED:
                 raise AssertionError("schedule stopped where _needs_python said it would not")
-        round_end(idx, table, sliding, moe, ln)
+        round_end(idx, table, sliding, moe, ln, spec)
         if fin.size:
             code = enter_decode(fin, fin_lane, ln, sl, ring)
             n_far_new = 0
@@ -637,11 +679,54 @@ def iteration_times(table, idx, decode, context, prefill, prefill_attention, sli
 
 
 @njit(cache=True, nogil=True)
-def round_end(idx, table, sliding, moe, ln):  # pragma: no cover - compiled
+def verify_attention_per_token(att, r, context):  # pragma: no cover - compiled
+    """Attention FLOPs of one verify position of a sequence at ``context`` on lane
+    ``r``: priced as ``UnitModel.steady_state`` prices them (``_mixed_len``), like a
+    prompt token of a prompt ``2 context`` long (whose tokens attend to ``context`` on
+    average), with :func:`_attention`'s operations."""
+    n = 2.0 * context
+    pairs_full = n * (n + 1) / 2.0
+    pairs_sliding = pairs_full
+    w = att[V_WINDOW, r]
+    if w > 0 and n > w:
+        pairs_sliding = w * (w + 1) / 2.0 + (n - w) * w
+    return att[V_COEF, r] * (att[V_FULL, r] * pairs_full
+                             + att[V_SLIDING, r] * pairs_sliding) / max(n, 1.0)
+
+
+@njit(cache=True, nogil=True)
+def speculative_s(table, spec, r, decode, context, prefill, prefill_attention, k, sliding,
+                  moe):  # pragma: no cover - compiled
+    """Seconds of one iteration of speculative lane ``r`` (as ``TechniqueUnit``
+    prices it): the target's step with each decoding sequence's ``k`` verify
+    positions riding as prompt tokens at its context, plus the drafter's ``k``
+    proposal steps over the decoding sequences, the first also prefilling the
+    iteration's prompt tokens (a draft model keeps its own KV of the prompt; an MTP
+    head is one more layer of the target). ``spec.draft`` holds the drafter's
+    coefficients: the draft unit's (no fixed per-step cost when ``fused``) or the
+    target's over its number of layers (MTP)."""
+    v = decode * k
+    t = iteration_s(table, r, decode, context, prefill + v,
+                    prefill_attention + v * verify_attention_per_token(spec.att, r, context),
+                    sliding, moe)
+    d_att = prefill_attention * spec.att[D_ATT, r]
+    if decode > 0:
+        t += iteration_s(spec.draft, r, decode, context, prefill, d_att, True, True)
+        if k > 1:
+            t += (k - 1) * iteration_s(spec.draft, r, decode, context, 0.0, 0.0, True, True)
+    elif prefill > 0:  # nothing to propose yet: the drafter only takes the prompts in
+        t += iteration_s(spec.draft, r, 0.0, context, prefill, d_att, True, True)
+    return t
+
+
+@njit(cache=True, nogil=True)
+def round_end(idx, table, sliding, moe, ln, spec):  # pragma: no cover - compiled
     """Run the round's iteration on every lane of ``idx`` that has something to run:
     its decodes plus the prompt tokens the scheduler gave it. A lane with nothing (its
     last sequences left, or admission is blocked) waits, blocked if requests are
-    waiting for it."""
+    waiting for it. Every decoding sequence gains one token per iteration, or ``E``
+    (``Lanes.advance``) on a speculative lane, its verify positions and drafter
+    priced by :func:`speculative_s`."""
     clock, pre_tok, pre_att = ln.clock, ln.pre_tok, ln.pre_att
     for a in range(idx.size):
         r = idx[a]
@@ -653,12 +738,18 @@ def round_end(idx, table, sliding, moe, ln):  # pragma: no cover - compiled
             continue
         decf = float(dec)
         ctx = ln.dec_ctx[r] / max(decf, 1.0)
-        dt = iteration_s(table, r, decf, ctx, pre, pre_att[r], sliding, moe)
+        if spec.on and ln.verify[r] > 0:
+            dt = speculative_s(table, spec, r, decf, ctx, pre, pre_att[r], ln.verify[r],
+                               sliding, moe)
+            grow = decf * ln.advance[r]
+        else:
+            dt = iteration_s(table, r, decf, ctx, pre, pre_att[r], sliding, moe)
+            grow = decf
         clock[r] += dt
         ln.busy[r] += dt
         ln.step[r] += 1
-        ln.dec_ctx[r] += decf
-        ln.kv[r] += decf
+        ln.dec_ctx[r] += grow
+        ln.kv[r] += grow
         pre_tok[r] = 0.0
         pre_att[r] = 0.0
 

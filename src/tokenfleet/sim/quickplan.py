@@ -56,13 +56,15 @@ class QuickPool:
     precision: str = "auto"
     engine: str | None = None
     notes: list[str] = field(default_factory=list)
+    speculative: str | None = None  # perf/speculative.py syntax: priced and simulated
 
 
 def _estimate(t: TierSpec, p: QuickPool, inp: int, out: int, count: int | None,
               catalog: Catalog, cal: Calibration) -> Estimate:
     q = Query(model=t.model, accelerator=p.accelerator, count=count or 1,
               precision=p.precision, engine=p.engine, input_len=inp, output_len=out,
-              slo_ttft=t.slo_ttft_s, slo_tpot=t.slo_tpot_s, cloud=p.cloud)
+              slo_ttft=t.slo_ttft_s, slo_tpot=t.slo_tpot_s, cloud=p.cloud,
+              speculative=p.speculative)
     e = estimate(q, catalog, cal) if count else best_count(q, catalog, cal)
     if not e.fits or not e.requests_per_s:
         raise TokenfleetError(f"{p.accelerator} cannot serve tier {t.name} "
@@ -113,7 +115,8 @@ def quick_plan(tiers: list[TierSpec], pools: list[QuickPool], load: float = 0.8,
             price_kind="on_demand", usd_per_chip_hour=usd_chip,
             usd_per_hour=usd_chip * count * p.replicas, watts=first.watts * p.replicas,
             capacity=capacity, provenance=first.provenance,
-            uncertainty=first.uncertainty.relative if first.uncertainty else 0.0))
+            uncertainty=first.uncertainty.relative if first.uncertainty else 0.0,
+            speculative=first.speculative))
         caps[pool_id] = {c.bucket: c.requests_per_s for c in capacity}
     splits: list[BucketSplit] = []
     summaries: list[TierSummary] = []
