@@ -56,9 +56,10 @@ def explain_speculation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formulati
                      f"{plan.cost.usd_per_month:,.0f} vs {bill(g, s2):,.0f} USD/month)")
         else:
             text += "; no plain-decoding plan meets the constraints"
-        busiest = max((c for c, _ in mine if c.speculative), key=lambda c: c.count)
+        busiest = max(((c, r) for c, r in mine if c.speculative),
+                      key=lambda cr: cr[0].count * cr[1])[0]
         e = max(busiest.estimates.values(), key=lambda e: e.requests_per_s or 0.0)
-        text += (f"; e.g. {busiest.accelerator.id} x{busiest.count} runs "
+        text += (f"; its largest pool, {busiest.accelerator.id} x{busiest.count}, runs "
                  f"{e.concurrency or 0:.0f} sequences per unit at TPOT "
                  f"{(e.tpot_s or 0) * 1e3:.0f} ms")
         t.speculative = text
