@@ -182,7 +182,8 @@ def _pools_table(plan: Plan) -> str:
             "—" if load is None else (f"<span class=\"warn\">{load:.0%}</span>"
                                       if load > 1.001 else f"{load:.0%}"),
             _badge(u.provenance, u.uncertainty),
-            esc(roles.get(u.pool, "—") + ("" if u.role == "both" else f", {u.role} half"))])
+            esc(roles.get(u.pool, "—") + ("" if u.role == "both" else f", {u.role} half")
+                + (f", speculative {u.speculative}" if u.speculative else ""))])
     return table([("pool: tier / chip / cloud / region / precision / chips", False),
                   ("chip (vendor)", False), ("cloud/region", False), ("precision", False),
                   ("layout", False), ("replicas", True), ("chips / replica", True),
