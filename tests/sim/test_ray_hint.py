@@ -3,6 +3,8 @@ setting to use."""
 
 from __future__ import annotations
 
+import pytest
+
 from tokenfleet.sim.distributed import ray_connect_hint
 
 
@@ -26,3 +28,20 @@ def test_hint_when_a_token_is_set_points_at_the_token_and_address() -> None:
 
 def test_no_hint_for_a_local_instance() -> None:
     assert ray_connect_hint("anything", None, {}) == ""
+
+
+def test_a_dead_address_is_refused_at_once() -> None:
+    import socket
+
+    from tokenfleet.errors import TokenfleetError
+    from tokenfleet.sim.distributed import ray_session, unreachable
+
+    with socket.socket() as s:  # a port nobody listens on: bind, then close
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert unreachable(f"127.0.0.1:{port}") is not None
+    assert unreachable("auto") is None
+    # refused by the pre-check (Ray itself would retry for minutes)
+    with (pytest.raises(TokenfleetError, match=f"nothing accepts connections at 127.0.0.1:{port}"),
+          ray_session(address=f"127.0.0.1:{port}")):
+        pass

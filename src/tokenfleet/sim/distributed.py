@@ -7,6 +7,7 @@ Ray is imported only here, so the rest of the simulator works without it.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -48,6 +49,20 @@ def ray_connect_hint(message: str, address: str | None, env: Mapping[str, str]) 
                if "authenticat" in message.lower() or "UNAUTHENTICATED" in message else ""))
 
 
+def unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing answers at ``address`` (``host:port`` or ``ray://host:port``), or None
+    when it accepts a TCP connection (or is not a host:port, e.g. ``auto``). Ray itself
+    retries a dead address for minutes before it gives up."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
+    except OSError as e:
+        return f"nothing accepts connections at {host}:{port} ({e.strerror or e})"
+
+
 @contextmanager
 def ray_session(workers: int | None = None, address: str | None = None) -> Iterator[Any]:
     """A Ray connection for the duration of the block.
@@ -68,6 +83,10 @@ def ray_session(workers: int | None = None, address: str | None = None) -> Itera
                               "configure_logging": False}
     if env:
         kwargs["runtime_env"] = env
+    if address and (why := unreachable(address)):
+        raise TokenfleetError(f"could not join the Ray cluster at {address}: {why}; start "
+                              "it with `ray start --head` there, or leave --address out to "
+                              "run on a local Ray instance")
     try:
         if address:
             ray.init(address=address, **kwargs)
