@@ -71,6 +71,7 @@ from tokenfleet.plan.milp import (
     _demand_rows,
     _highs_model,
     _n_minus_1_rows,
+    _pair_rows,
     _vendor_share_rows,
     fixed_monthly_cost,
     served_by,
@@ -249,6 +250,10 @@ def _period_rows(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars
     first = len(p.rows)
     _demand_rows(b)
     _capacity_rows(b)
+    # a pair's prefill half prefills what its decode half decodes: without this row the
+    # prefill half's routed rate is free (0), so its capacity never binds and a period
+    # holds one prefill replica for any load (the simulated day then queues there)
+    _pair_rows(b)
     _vendor_share_rows(b)
     _n_minus_1_rows(b, None, ())
     add_whatif_rows(p, sc, b.cs, cands, n, x, drop | {"fleet-power"})
