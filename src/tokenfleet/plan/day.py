@@ -31,7 +31,8 @@ expected share, or exactly ``z`` per pool (``spot_loss="covered"``).
 
 Each period's demand is the peak-hour demand (plus headroom) times the tier's
 multiplier, and every constraint of the peak-hour program holds in every period:
-demand, capacity, vendor share and N-1 (the peak program's own row builders,
+demand, capacity, disaggregated pairs (a prefill half prefills what its decode half
+decodes), vendor share and N-1 (the peak program's own row builders,
 :mod:`tokenfleet.plan.milp`, applied per period), supply and power (on all chips held,
 spot included), and commitments over the whole month (min-share floors are left out
 and listed in ``drops``). The program is solved by period (:func:`_solve`: the whole
@@ -231,9 +232,10 @@ def _period_demand(cs: CandidateSet, mult: dict[str, float]) -> CandidateSet:
 
 def _period_rows(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars, h: int,
                  mult: dict[str, float], drop: frozenset[str]) -> tuple[dict, dict]:
-    """Period ``h``: the peak program's demand, capacity, vendor-share, N-1 and what-if
-    rows over this period's demand, with each pool's replicas ``n`` the capacity its
-    layers hold (spot at 1 - interruption); supply and power over every chip held."""
+    """Period ``h``: the peak program's demand, capacity, pair, vendor-share, N-1 and
+    what-if rows over this period's demand, with each pool's replicas ``n`` the capacity its
+    layers hold (a spot layer less its reclaims, :func:`_reclaim_var`); supply and power
+    over every chip held."""
     p = v.p
     cands = cs.candidates
     n = {c.id: p.var(f"n[{h}][{c.id}]") for c in cands}
