@@ -74,6 +74,7 @@ from tokenfleet.plan.milp import (
     _n_minus_1_rows,
     _pair_rows,
     _vendor_share_rows,
+    complete_pairs,
     fixed_monthly_cost,
     served_by,
 )
@@ -377,6 +378,8 @@ def plan_day(sc: Scenario, cs: CandidateSet, peak: Plan, base: Path, catalog: Ca
     profiles = day_profiles(sc, base)
     periods = len(next(iter(profiles.values())).multipliers)
     period_h = 24.0 / periods
+    # whole pairs only, as the peak program builds them (a lone half cannot serve)
+    cs = dc_replace(cs, candidates=complete_pairs(cs.candidates))
     offs = offers(sc, cs.candidates, catalog)
     if not sc.day.on_demand:
         for o in offs:
