@@ -219,6 +219,59 @@ def test_simulated_day_meets_slos_with_one_replica_of_every_spot_pool_reclaimed(
     assert sim.met
 
 
+def _pd_day(tmp_path: Path) -> Path:
+    """DeepSeek-R1 agent traffic (12k-token prompts, 400 out) on H200, where the peak
+    plan serves through a disaggregated prefill/decode pair (tests/plan/test_disagg.py),
+    over the weekday profile, on-demand only (a pair has no spot layer)."""
+    p = tmp_path / "pd-day.yaml"
+    p.write_text("""name: pd-day
+headroom: 0.0
+tiers:
+  - name: t
+    model: deepseek-r1
+    precisions: [fp8]
+    traffic: {rate_per_s: 30, day_profile: weekday,
+              mix: [{input_len: 12000, output_len: 400, share: 1}]}
+    slo: {ttft_s: 20.0, tpot_s: 0.1, ttft_percentile: 99, tpot_percentile: 90}
+supply:
+  - {accelerator: h200, cloud: aws, region: us-east, max_chips: 512}
+day: {spot: false}
+""")
+    return p
+
+
+def test_pair_prefill_halves_carry_their_decode_halves_requests_every_period(
+        tmp_path: Path) -> None:
+    """The day program applies the peak program's pair rows: in every period, a pair's
+    prefill half prefills what its decode half decodes, so it holds the replicas for it
+    (pool_load <= 1, as for every pool). Without those rows the day held decode halves
+    with no prefill behind them (88 % "cheaper" than the peak plan, an impossible
+    fleet), and a simulated period queued at the prefill half."""
+    from tokenfleet.plan.check import pool_load, prefill_halves
+
+    path = _pd_day(tmp_path)
+    sc, base = load_scenario(path)
+    cs = prepare(sc, base, CAT)
+    peak = solve_plan(sc, cs, sc.name, CAT, compare_policies=False)
+    assert any(u.role == "prefill" for u in peak.units)  # the premise: a pair at peak
+    ds = plan_day(sc, cs, peak, base, CAT, 20)
+    assert ds.plan.usd_per_month <= peak.cost.usd_per_month * (1 + 1e-9)
+    pairs = 0
+    for h in range(ds.plan.periods_per_day):
+        plan = ds.period_plan(h)
+        routed = {k for s in plan.traffic_split for k in s.shares}
+        pre = prefill_halves(plan)
+        for u in plan.units:
+            if u.role == "decode" and u.pool in routed:
+                assert u.pool in pre, (h, u.pool)  # no decode half without its prefill
+                pairs += 1
+        for pool, load in pool_load(plan).items():
+            assert load is not None and load <= 1 + 1e-6, (h, pool, load)
+    assert pairs  # the day serves through the pair
+    sim = simulate_day(ds.plan, ds.period_plan, str(path), window_s=60.0, seed=0)
+    assert sim.met, sim.periods
+
+
 def test_report_plots_capacity_against_demand_and_layer_costs(small) -> None:
     from tokenfleet.report.plan_html import render_plan_report
 

@@ -31,7 +31,8 @@ expected share, or exactly ``z`` per pool (``spot_loss="covered"``).
 
 Each period's demand is the peak-hour demand (plus headroom) times the tier's
 multiplier, and every constraint of the peak-hour program holds in every period:
-demand, capacity, vendor share and N-1 (the peak program's own row builders,
+demand, capacity, disaggregated pairs (a prefill half prefills what its decode half
+decodes), vendor share and N-1 (the peak program's own row builders,
 :mod:`tokenfleet.plan.milp`, applied per period), supply and power (on all chips held,
 spot included), and commitments over the whole month (min-share floors are left out
 and listed in ``drops``). The program is solved by period (:func:`_solve`: the whole
@@ -71,7 +72,9 @@ from tokenfleet.plan.milp import (
     _demand_rows,
     _highs_model,
     _n_minus_1_rows,
+    _pair_rows,
     _vendor_share_rows,
+    complete_pairs,
     fixed_monthly_cost,
     served_by,
 )
@@ -230,9 +233,10 @@ def _period_demand(cs: CandidateSet, mult: dict[str, float]) -> CandidateSet:
 
 def _period_rows(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars, h: int,
                  mult: dict[str, float], drop: frozenset[str]) -> tuple[dict, dict]:
-    """Period ``h``: the peak program's demand, capacity, vendor-share, N-1 and what-if
-    rows over this period's demand, with each pool's replicas ``n`` the capacity its
-    layers hold (spot at 1 - interruption); supply and power over every chip held."""
+    """Period ``h``: the peak program's demand, capacity, pair, vendor-share, N-1 and
+    what-if rows over this period's demand, with each pool's replicas ``n`` the capacity its
+    layers hold (a spot layer less its reclaims, :func:`_reclaim_var`); supply and power
+    over every chip held."""
     p = v.p
     cands = cs.candidates
     n = {c.id: p.var(f"n[{h}][{c.id}]") for c in cands}
@@ -249,6 +253,10 @@ def _period_rows(sc: Scenario, cs: CandidateSet, offs: list[_Offer], v: _DayVars
     first = len(p.rows)
     _demand_rows(b)
     _capacity_rows(b)
+    # a pair's prefill half prefills what its decode half decodes: without this row the
+    # prefill half's routed rate is free (0), so its capacity never binds and a period
+    # holds one prefill replica for any load (the simulated day then queues there)
+    _pair_rows(b)
     _vendor_share_rows(b)
     _n_minus_1_rows(b, None, ())
     add_whatif_rows(p, sc, b.cs, cands, n, x, drop | {"fleet-power"})
@@ -370,6 +378,8 @@ def plan_day(sc: Scenario, cs: CandidateSet, peak: Plan, base: Path, catalog: Ca
     profiles = day_profiles(sc, base)
     periods = len(next(iter(profiles.values())).multipliers)
     period_h = 24.0 / periods
+    # whole pairs only, as the peak program builds them (a lone half cannot serve)
+    cs = dc_replace(cs, candidates=complete_pairs(cs.candidates))
     offs = offers(sc, cs.candidates, catalog)
     if not sc.day.on_demand:
         for o in offs:
