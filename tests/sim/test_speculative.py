@@ -180,8 +180,9 @@ def test_steady_state_matches_the_technique_unit(model: str, accel: str, count: 
 def test_the_drafter_takes_kv_memory() -> None:
     """A drafter's weights and KV come off the lane's KV capacity, the figure the
     planner sizes caches with too (plan/prefix.py)."""
-    plain = one_pool_plan("llama-3.3-70b", "h100-sxm", 4, 1024, 256)
-    for spec in ("draft:llama-3.2-1b", "mtp"):
+    for model, accel, chips, spec in (("llama-3.3-70b", "h100-sxm", 4, "draft:llama-3.2-1b"),
+                                      ("deepseek-r1", "h200", 8, "mtp")):
+        plain = one_pool_plan(model, accel, chips, 1024, 256)
         plan = _with(plain, speculative=spec)
         pool, base = build_fleet(plan).pools[0], build_fleet(plain).pools[0]
         assert 0 < pool.kv_tokens < base.kv_tokens

@@ -36,7 +36,7 @@ from tokenfleet.plan.disagg import (
 )
 from tokenfleet.plan.risk import confidence_factor
 from tokenfleet.plan.scenario import Scenario, Supply, Tier
-from tokenfleet.plan.schema import TierPrefixCache
+from tokenfleet.plan.schema import BucketCapacity, PlanUnit, TierPrefixCache
 from tokenfleet.plan.tail import binding_percentile, tail_rate_factor
 from tokenfleet.workload import SizeBuckets, read_trace
 from tokenfleet.workload.prefix import PrefixReuse
@@ -93,6 +93,31 @@ class Candidate:
     @property
     def watts(self) -> float:
         return self.accelerator.tdp_w * self.count
+
+    def plan_unit(self, replicas: int, prepaid: bool, pool: str | None = None,
+                  price_kind: str | None = None, usd_per_chip_hour: float | None = None
+                  ) -> PlanUnit:
+        """This option as a plan pool of ``replicas`` (the peak plan's; the day plan
+        overrides the id, price kind and price of its reserved and spot layers)."""
+        e0 = next(iter(self.estimates.values()))  # one layout per pool: all share it
+        price = self.usd_per_chip_hour if usd_per_chip_hour is None else usd_per_chip_hour
+        return PlanUnit(
+            pool=pool or self.id, tier=self.tier, model=e0.model,
+            accelerator=self.accelerator.id, vendor=self.vendor, cloud=self.cloud,
+            region=self.region, precision=self.precision, kv_precision=e0.kv_precision,
+            engine=e0.engine, layout=e0.layout or Layout(), chips_per_replica=self.count,
+            replicas=replicas, chips=replicas * self.count,
+            price_kind=price_kind or self.price_kind, usd_per_chip_hour=price,
+            usd_per_hour=price * self.count * replicas, watts=self.watts * replicas,
+            capacity=[BucketCapacity(bucket=b, requests_per_s=cap,
+                                     requests_per_s_point=e.requests_per_s or 0.0,
+                                     output_tokens_per_s=e.output_tokens_per_s or 0.0,
+                                     concurrency=e.concurrency or 0.0,
+                                     ttft_s=e.ttft_s or 0.0, tpot_s=e.tpot_s or 0.0)
+                      for b, cap in self.capacity.items() for e in [self.estimates[b]]],
+            provenance=e0.provenance, uncertainty=self.uncertainty, prepaid=prepaid,
+            role=self.role, pair=self.pair, kv_link=self.link_basis or None,
+            speculative=self.speculative)
 
 
 @dataclass

@@ -60,7 +60,6 @@ import yaml
 
 from tokenfleet.catalog.loader import Catalog
 from tokenfleet.errors import TokenfleetError
-from tokenfleet.perf.unit import Layout
 from tokenfleet.plan.billing import bill_usd
 from tokenfleet.plan.candidates import Candidate, CandidateSet
 from tokenfleet.plan.day_schema import DayPeriod, DayPlan, DayPool, Layer
@@ -79,7 +78,7 @@ from tokenfleet.plan.milp import (
     served_by,
 )
 from tokenfleet.plan.scenario import Scenario, SpotMarket
-from tokenfleet.plan.schema import BucketCapacity, BucketSplit, Plan, PlanUnit
+from tokenfleet.plan.schema import BucketSplit, Plan, PlanUnit
 from tokenfleet.plan.whatrows import add_whatif_rows
 from tokenfleet.workload.day import DayProfile, bundled_profiles, resolve_profile
 
@@ -633,27 +632,12 @@ def _unit(o: _Offer, replicas: int, sc: Scenario) -> PlanUnit:
     """A pool of the period's fleet, as the peak planner writes one (a spot pool is
     priced at its spot price and carries the ``#spot`` id)."""
     c = o.cand
-    e0 = next(iter(c.estimates.values()))
     price = o.spot_usd_per_chip_hour if o.layer == "spot" else c.usd_per_chip_hour
     assert price is not None
-    return PlanUnit(
-        pool=c.id + (SPOT_SUFFIX if o.layer == "spot" else ""), tier=c.tier, model=e0.model,
-        accelerator=c.accelerator.id, vendor=c.vendor, cloud=c.cloud, region=c.region,
-        precision=c.precision, kv_precision=e0.kv_precision, engine=e0.engine,
-        layout=e0.layout or Layout(), chips_per_replica=c.count, replicas=replicas,
-        chips=replicas * c.count,
-        price_kind="reserved" if o.layer == "reserved" else "on_demand",
-        usd_per_chip_hour=price, usd_per_hour=price * c.count * replicas,
-        watts=c.watts * replicas,
-        capacity=[BucketCapacity(bucket=b, requests_per_s=cap,
-                                 requests_per_s_point=e.requests_per_s or 0.0,
-                                 output_tokens_per_s=e.output_tokens_per_s or 0.0,
-                                 concurrency=e.concurrency or 0.0, ttft_s=e.ttft_s or 0.0,
-                                 tpot_s=e.tpot_s or 0.0)
-                  for b, cap in c.capacity.items() for e in [c.estimates[b]]],
-        provenance=e0.provenance, uncertainty=c.uncertainty,
-        prepaid=sc.supply[c.supply_index].prepaid, role=c.role, pair=c.pair,
-        kv_link=c.link_basis or None)
+    return c.plan_unit(replicas, sc.supply[c.supply_index].prepaid,
+                       pool=c.id + (SPOT_SUFFIX if o.layer == "spot" else ""),
+                       price_kind="reserved" if o.layer == "reserved" else "on_demand",
+                       usd_per_chip_hour=price)
 
 
 def period_plan(ds: DaySolution, h: int) -> Plan:

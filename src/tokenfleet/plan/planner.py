@@ -16,7 +16,6 @@ import numpy as np
 from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
-from tokenfleet.perf.unit import Layout
 from tokenfleet.plan.billing import bill_usd, metered_by_contract
 from tokenfleet.plan.candidates import (
     DEFAULT_CONFIDENCE,
@@ -43,7 +42,6 @@ from tokenfleet.plan.risk import shortfall_odds
 from tokenfleet.plan.scenario import Scenario, Tier
 from tokenfleet.plan.schema import (
     Baseline,
-    BucketCapacity,
     BucketSplit,
     ConstraintReport,
     ContractLimit,
@@ -51,7 +49,6 @@ from tokenfleet.plan.schema import (
     NMinusOneLimit,
     Plan,
     PlanLimits,
-    PlanUnit,
     PoolRisk,
     Risk,
     SolverInfo,
@@ -469,24 +466,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
     chosen = chosen_units(f, sol)
     units = []
     for c, reps in chosen:
-        any_est = next(iter(c.estimates.values()))
-        units.append(PlanUnit(
-            pool=c.id, tier=c.tier, model=any_est.model, accelerator=c.accelerator.id,
-            vendor=c.vendor, cloud=c.cloud, region=c.region, precision=c.precision,
-            kv_precision=any_est.kv_precision, engine=any_est.engine,
-            layout=any_est.layout or Layout(), chips_per_replica=c.count, replicas=reps,  # one
-            # layout per pool: the candidate's estimates all share it
-            chips=reps * c.count, price_kind=c.price_kind, usd_per_chip_hour=c.usd_per_chip_hour,
-            usd_per_hour=c.usd_per_hour * reps, watts=c.watts * reps,
-            capacity=[BucketCapacity(bucket=b, requests_per_s=cap,
-                                     requests_per_s_point=e.requests_per_s or 0.0,
-                                     output_tokens_per_s=e.output_tokens_per_s or 0.0,
-                                     concurrency=e.concurrency or 0.0,
-                                     ttft_s=e.ttft_s or 0.0, tpot_s=e.tpot_s or 0.0)
-                      for b, cap in c.capacity.items() for e in [c.estimates[b]]],
-            provenance=any_est.provenance, uncertainty=c.uncertainty,
-            prepaid=sc.supply[c.supply_index].prepaid, role=c.role, pair=c.pair,
-            kv_link=c.link_basis or None, speculative=c.speculative))
+        units.append(c.plan_unit(reps, sc.supply[c.supply_index].prepaid))
     splits = []
     tokens_by_vendor: dict[str, float] = defaultdict(float)
     tier_tokens: dict[str, float] = defaultdict(float)
