@@ -13,6 +13,7 @@ from tokenfleet.catalog import load_catalog
 from tokenfleet.plan.schema import Plan
 from tokenfleet.sim.disagg import AGGREGATED, assign_paths, handover_s, pairs_of, run_plan
 from tokenfleet.sim.engine import SimOptions
+from tokenfleet.sim.fleet import build_fleet
 from tokenfleet.sim.quickplan import QuickPool, TierSpec, quick_plan
 from tokenfleet.sim.results import summarize
 from tokenfleet.sim.run import simulate
@@ -92,6 +93,30 @@ def test_ttft_includes_prefill_and_handover_and_decode_does_no_prompt_work() -> 
                           for x in plan.traffic_split]})
     both = run_plan(alone, w, SimOptions())
     assert rec.busy_s[dec.pool] < 0.95 * both.busy_s[dec.pool]
+
+
+def test_the_decode_pool_holds_each_prompts_kv() -> None:
+    """Admission to a decode half takes the prompt's whole KV (it arrives computed):
+    occupancy is what its sequences hold, never negative, never above the capacity,
+    and it holds whole prompts."""
+    plan = _pair_plan(agg_share=0.0)
+    arrivals = np.arange(200) * 0.05  # 200 prompts of 6,000 tokens in 10 s
+    w = fixed_workload(plan, arrivals, 6000, 400)
+    rec = run_plan(plan, w, SimOptions())
+    s = summarize(rec)
+    _, dec = pairs_of(plan)["t/pd"]
+    d = s.pools[dec.pool]
+    assert d.completed == len(w)
+    assert d.kv_occupancy_mean is not None and d.kv_occupancy_max is not None
+    assert 0.0 < d.kv_occupancy_mean <= d.kv_occupancy_max <= 1.0 + 1e-9
+    # at its fullest it holds whole prompts: more than its decodes' growth alone could
+    assert d.kv_occupancy_max * dec_kv_tokens(plan, dec.pool) > 6000
+
+
+def dec_kv_tokens(plan: Plan, pool: str) -> float:
+    """KV tokens the pool holds at most (all its lanes)."""
+    p = build_fleet(plan).pool(pool)
+    return float(p.kv_tokens * p.lanes)
 
 
 def test_same_replay_twice_gives_the_same_answer() -> None:

@@ -106,7 +106,8 @@ def _lanes(n: int, **cols: np.ndarray) -> kernels.Lanes:
               "n_wait": np.int64, "step": np.int64, "n_dec": np.int64,
               "max_seqs": np.int64, "budget": np.int64, "q_head": np.int64,
               "q_tail": np.int64, "pf_head": np.int64, "pf_tail": np.int64,
-              "far_next": np.int64, "ring_from": np.int64, "verify": np.int64}
+              "far_next": np.int64, "ring_from": np.int64, "verify": np.int64,
+              "kv_arrives": bool}
     base = {f: np.zeros(n, dtypes.get(f, np.float64)) for f in kernels.Lanes._fields}
     base["advance"] = np.ones(n)  # plain lanes: one token per iteration
     base.update(q_head=np.full(n, -1), q_tail=np.full(n, -1), pf_head=np.full(n, -1),

@@ -72,15 +72,15 @@ def has_pairs(plan: Plan) -> bool:
 
 
 class DecodeSimulator(Simulator):
-    """The engine on decode pools: admitted prompts take their KV blocks but no
-    compute (their KV cache came from the prefill pool)."""
+    """The engine on decode pools: an admitted prompt takes its KV blocks in full (it
+    must fit, or the lane waits for a departure) but no compute or token budget (its
+    KV cache came from the prefill pool with the first token)."""
 
-    def _dispatch(self, slots: np.ndarray, picks: np.ndarray, when: np.ndarray) -> None:
-        super()._dispatch(slots, picks, when)
-        # The prompt's KV is taken in full at admission (``inp``), but none of it is
-        # computed here (it came from the prefill pool with the first token): the
-        # compiled scheduler spends no prompt compute or token budget on it.
-        self.sl.need[slots] = 0
+    def __init__(self, fleet: Fleet, workload: Workload, options: SimOptions | None = None,
+                 failures: list[Failure] | None = None,
+                 prices: list[PriceChange] | None = None) -> None:
+        super().__init__(fleet, workload, options, failures, prices)
+        self.ln.kv_arrives[:] = True
 
 
 def _sub_plan(plan: Plan, units: list[PlanUnit], shares: dict[str, dict[str, float]]

@@ -322,7 +322,7 @@ class Simulator:
             busy=self.busy, pre_tok=self.pre_tok, pre_att=self.pre_att, q_head=self.q_head,
             q_tail=self.q_tail, pf_head=self.pf_head, pf_tail=self.pf_tail,
             far_next=self.far_next, ring_from=self.ring_from, verify=self.cost.verify,
-            advance=self.cost.advance)
+            advance=self.cost.advance, kv_arrives=np.zeros(n, dtype=np.bool_))
         self.ring = kernels.Ring(n=self.ring_nf, ctx=self.ring_cf, shift=self.ring_shift,
                                  mask=self.ring_mask, length=self.ring_len)
         self.all_lanes = np.arange(n, dtype=np.int64)

@@ -130,6 +130,8 @@ class Lanes(NamedTuple):
     ring_from: np.ndarray  # completions before this step have left
     verify: np.ndarray  # positions each decoding sequence verifies per iteration (0: plain)
     advance: np.ndarray  # tokens a decoding sequence gains per iteration (1.0: plain)
+    kv_arrives: np.ndarray  # bool: prompts arrive as KV caches (a disaggregated decode
+    # half): admission takes their whole KV at once and no compute or token budget
 
 
 class Ring(NamedTuple):
@@ -350,7 +352,8 @@ def admit(lanes, t, pos, left, pre, att, ln, sl, aseq):  # pragma: no cover - co
             if sl.ready[s] > ta:
                 break
             need = sl.need[s]
-            c = min(need, left[p])
+            whole = ln.kv_arrives[r]
+            c = need if whole else min(need, left[p])
             free = room - taken - (ln.watermark[r] if n > 0 else 0.0)
             if c > free:
                 ln.blocked[r] = True
@@ -364,9 +367,10 @@ def admit(lanes, t, pos, left, pre, att, ln, sl, aseq):  # pragma: no cover - co
             aseq += 1
             kv[r] += c
             taken += c
-            left[p] -= c
-            pre[p] += c
-            att[p] += c * sl.att[s]
+            if not whole:
+                left[p] -= c
+                pre[p] += c
+                att[p] += c * sl.att[s]
             n_wait[r] -= 1
             n += 1
             if need == c:
