@@ -27,7 +27,7 @@ from scipy.sparse import csc_array
 from tokenfleet.plan import highs
 from tokenfleet.plan.billing import Terms
 from tokenfleet.plan.candidates import Candidate, CandidateSet, Demand
-from tokenfleet.plan.n1 import N1Cut, starting_cuts, violated
+from tokenfleet.plan.n1 import N1Check, N1Cut, starting_cuts, violated
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.plan.whatrows import add_whatif_rows
 
@@ -533,32 +533,36 @@ def _cut_coefs(cut: N1Cut, cands: Sequence[Candidate], n: dict[str, int], by: st
 
 def _lp_cuts(f: Formulation, cuts: list[N1Cut], groups: dict[str, list[str]], by: str,
              fraction: float, demands: Sequence[Demand], deadline: float,
-             max_rounds: int = 30) -> None:
+             max_rounds: int = 30) -> float:
     """Cut the LP relaxation until it meets N-1 (or rounds or time run out), appending
-    to ``cuts``. Each round adds the violated cuts as rows to the same HiGHS instance
-    and re-solves from the previous basis: far cheaper than MILP rounds, and since
-    N-1 only gets easier with more replicas, an integer plan rounded up from an LP
-    point that meets N-1 usually meets it too."""
+    to ``cuts``; returns the last LP optimum (-inf if none), a valid lower bound on the
+    full program since every cut is valid for it. Each round adds the violated cuts as
+    rows to the same HiGHS instance and re-solves from the previous basis: far cheaper
+    than MILP rounds, and since N-1 only gets easier with more replicas, an integer plan
+    rounded up from an LP point that meets N-1 usually meets it too."""
     cands = f.cands
     h = _highs_model(f.program, f.program.matrix(), None)
+    bound = -np.inf
     for _ in range(max_rounds):
         left = deadline - time.perf_counter()
         if left <= 0:
-            return
+            break
         h.setOptionValue("time_limit", h.getRunTime() + left)
         h.run()
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-            return  # infeasible or out of time: the MILP rounds will say
+            break  # infeasible or out of time: the MILP rounds will say
+        bound = max(bound, float(h.getInfo().objective_function_value))
         x = np.asarray(h.getSolution().col_value)
         bad = violated(cands, {c.id: float(x[f.n[c.id]]) for c in cands}, demands, groups,
                        fraction)
         if not bad:
-            return
+            break
         for chk in bad:
             cuts.append(chk.cut)
             row = _cut_coefs(chk.cut, cands, f.n, by)
             h.addRow(chk.cut.rhs, highspy.kHighsInf, len(row),
                      np.fromiter(row.keys(), np.int32), np.fromiter(row.values(), float))
+    return bound
 
 
 def solve_fleet(
@@ -592,81 +596,165 @@ def solve_fleet(
     by, fraction = n1.by, n1.min_fraction
     groups = {g: [c.id for c in cands if group_of(c, by) == g]
               for g in sorted({group_of(c, by) for c in cands})}
-    cuts = starting_cuts(cands, cs.demands, groups, fraction)
-    exact: set[str] = set()
-    seen: dict[tuple[str, str], int] = defaultdict(int)
+    loop = _CutLoop(sc, cs, cands, drop, groups, by, fraction,
+                    starting_cuts(cands, cs.demands, groups, fraction))
     t0 = time.perf_counter()
     deadline = t0 + sc.time_limit_s
-    _lp_cuts(formulate(sc, cs, candidates=cands, drop=drop, n1_exact=exact, n1_cuts=cuts),
-             cuts, groups, by, fraction, cs.demands, t0 + LP_CUTS_SHARE * sc.time_limit_s)
-    spent, rounds = time.perf_counter() - t0, 0
-    bound = -np.inf
-    last: dict[str, float] | None = None  # replicas of the last incumbent
+    loop.bound = _lp_cuts(loop.formulate(), loop.cuts, groups, by, fraction, cs.demands,
+                          t0 + LP_CUTS_SHARE * sc.time_limit_s)
+    sol: Solution | None = None
     while True:
-        rounds += 1
-        f = formulate(sc, cs, candidates=cands, drop=drop, n1_exact=exact, n1_cuts=cuts)
-        # A master whose incumbent still breaks N-1 is thrown away, so no round may
-        # take the whole budget; the round that passes keeps what HiGHS proved by then.
-        sol = f.program.solve(sc.mip_gap, max((deadline - time.perf_counter()) / 3, 1.0),
-                              start_by_name=start)
-        spent += sol.seconds
+        loop.rounds += 1
+        f = loop.formulate()
+        if start is None and loop.best is None:
+            f = loop.first_plan(f, deadline)
+        begin = loop.best_by_name() if loop.best is not None else start
+        left = deadline - REPAIR_SHARE * sc.time_limit_s - time.perf_counter()
+        sol = f.program.solve(sc.mip_gap, max(left, 1.0), heuristic_start=begin is None,
+                              start_by_name=begin)
         # Every master relaxes the full program: its proved bound bounds the optimum.
-        bound = max(bound, sol.bound if sol.bound is not None else -np.inf)
+        loop.bound = max(loop.bound, sol.bound if sol.bound is not None else -np.inf)
         if sol.x is None:
-            if sol.status == 1 and last is not None:
-                return _repair(sc, cs, cands, drop, cuts, exact, last, groups, fraction,
-                               bound, t0, rounds)
             break  # infeasible (so is the full program), or no plan in time at all
-        last = {c.id: float(round(sol.x[f.n[c.id]])) for c in cands}
-        bad = violated(cands, last, cs.demands, groups, fraction)
+        reps = loop.replicas(f, sol.x)
+        bad = violated(cands, reps, cs.demands, groups, fraction)
         if not bad:
+            loop.offer(f, sol.x, sol.message)
             break
+        loop.add(bad)
+        # A master whose incumbent breaks N-1 still tells where to look: the plan with
+        # replicas added to it until N-1 holds is a plan, and the next master's start.
+        loop.repair(reps, time.perf_counter() + max(sc.time_limit_s / 2, 1.0))
+        if deadline - time.perf_counter() < MIN_ROUND_SHARE * sc.time_limit_s:
+            break
+    return loop.result(sol, t0)
+
+
+REPAIR_SHARE = 0.1  # of the time limit, kept back from the master for a final repair
+MIN_ROUND_SHARE = 0.25  # a new master round needs at least this share of the time limit
+
+
+@dataclass
+class _CutLoop:
+    """Solving with N-1 by cuts: the cuts so far, the groups escalated to an exact
+    routing copy, the best bound proved by any master and the cheapest plan found that
+    meets N-1 exactly (with the formulation its ``x`` belongs to)."""
+
+    sc: Scenario
+    cs: CandidateSet
+    cands: list[Candidate]
+    drop: frozenset[str]
+    groups: dict[str, list[str]]
+    by: str
+    fraction: float
+    cuts: list[N1Cut]
+    exact: set[str] = field(default_factory=set)
+    seen: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    bound: float = -np.inf
+    rounds: int = 0
+    best: tuple[Formulation, np.ndarray, float, str] | None = None  # f, x, bill, how
+
+    def formulate(self) -> Formulation:
+        return formulate(self.sc, self.cs, candidates=self.cands, drop=self.drop,
+                         n1_exact=self.exact, n1_cuts=self.cuts)
+
+    def replicas(self, f: Formulation, x: np.ndarray) -> dict[str, float]:
+        return {c.id: float(round(x[f.n[c.id]])) for c in self.cands}
+
+    def add(self, bad: Sequence[N1Check]) -> None:
+        """The cuts a plan broke; a pair that keeps breaking gets its exact copy."""
         for chk in bad:
-            seen[(chk.group, chk.tier)] += 1
-            if seen[(chk.group, chk.tier)] >= MAX_CUTS_PER_PAIR:
-                exact.add(chk.group)
+            self.seen[(chk.group, chk.tier)] += 1
+            if self.seen[(chk.group, chk.tier)] >= MAX_CUTS_PER_PAIR:
+                self.exact.add(chk.group)
             else:
-                cuts.append(chk.cut)
-        if time.perf_counter() >= deadline:
-            return _repair(sc, cs, cands, drop, cuts, exact, last, groups, fraction, bound,
-                           t0, rounds)
-    sol.seconds, sol.rounds = spent, rounds
-    return f, sol
+                self.cuts.append(chk.cut)
+
+    def offer(self, f: Formulation, x: np.ndarray, how: str) -> None:
+        """Keep ``x`` (a plan meeting N-1) if it is the cheapest so far."""
+        bill = float(np.dot(f.program.cost, x))
+        if self.best is None or bill < self.best[2]:
+            self.best = (f, x, bill, how)
+
+    def best_by_name(self) -> dict[str, float]:
+        assert self.best is not None
+        f, x = self.best[0], self.best[1]
+        return dict(zip(f.program.names, x.tolist(), strict=True))
+
+    def first_plan(self, f: Formulation, deadline: float) -> Formulation:
+        """Dive on the master's LP for a first plan, add the cuts it breaks and repair
+        it, so the first MILP starts from a plan meeting N-1 (and has those cuts).
+        Returns the master to solve next."""
+        p = f.program
+        left = deadline - time.perf_counter()
+        x = _dive(p, p.matrix(), np.asarray(p.integer, bool),
+                  deadline=time.perf_counter() + DIVE_SHARE * left)
+        if x is None:
+            return f
+        reps = self.replicas(f, x)
+        bad = violated(self.cands, reps, self.cs.demands, self.groups, self.fraction)
+        if not bad:
+            self.offer(f, x, "diving heuristic")
+            return f
+        self.add(bad)
+        self.repair(reps, time.perf_counter() + max(self.sc.time_limit_s / 2, 1.0))
+        return self.formulate()
+
+    def repair(self, last: dict[str, float], deadline: float) -> bool:
+        """Add replicas to ``last`` until it meets N-1: dive (no branching) with every
+        replica count at least ``last``'s, adding the cuts each dive point breaks. N-1
+        only gets easier with more replicas, so this converges. Offers the plan found;
+        False if none was found by ``deadline``."""
+        while time.perf_counter() < deadline:
+            self.rounds += 1
+            f = self.formulate()
+            p = f.program
+            lower = np.zeros(len(p.cost))
+            for c in self.cands:
+                lower[f.n[c.id]] = last[c.id]
+            x = _dive(p, p.matrix(), np.asarray(p.integer, bool), deadline, lower=lower)
+            if x is None:
+                return False
+            last = self.replicas(f, x)
+            bad = violated(self.cands, last, self.cs.demands, self.groups, self.fraction)
+            if not bad:
+                self.offer(f, x, "time limit; N-1 met by adding replicas to the last "
+                           "incumbent")
+                return True
+            self.cuts.extend(chk.cut for chk in bad)
+        return False
+
+    def result(self, sol: Solution | None, t0: float) -> tuple[Formulation, Solution]:
+        """The cheapest plan meeting N-1, its gap against the best proved bound."""
+        seconds = time.perf_counter() - t0
+        if self.best is None:
+            if sol is None or sol.x is not None:  # a plan that breaks N-1 is no plan
+                sol = Solution(status=1, x=None, objective=None, gap=0.0, activity=None,
+                               seconds=seconds, message=f"time limit: no plan meeting "
+                               f"N-1 after {self.rounds} rounds")
+            sol.seconds, sol.rounds = seconds, self.rounds
+            return self.formulate(), sol
+        f, x, bill, how = self.best
+        gap = max((bill - self.bound) / abs(bill), 0.0) if np.isfinite(self.bound) and bill \
+            else 1.0
+        done = gap <= self.sc.mip_gap + 1e-9
+        return f, Solution(status=0 if done else 1,
+                           message="Optimal" if done else how, x=x, objective=bill,
+                           gap=gap, seconds=seconds, activity=f.program.matrix() @ x,
+                           rounds=self.rounds,
+                           bound=self.bound if np.isfinite(self.bound) else None)
 
 
 def _repair(sc: Scenario, cs: CandidateSet, cands: list[Candidate], drop: frozenset[str],
             cuts: list[N1Cut], exact: set[str], last: dict[str, float],
             groups: dict[str, list[str]], fraction: float, bound: float, t0: float,
             rounds: int) -> tuple[Formulation, Solution]:
-    """Out of time with a plan that breaks N-1: add replicas to it. Dive (no branching)
-    with every replica count at least the last incumbent's, adding the cuts each dive
-    point violates, until one meets N-1 exactly. N-1 only gets easier with more
-    replicas, so this converges; it may overrun the time limit by up to half of it."""
-    deadline = time.perf_counter() + max(sc.time_limit_s / 2, 1.0)
-    while time.perf_counter() < deadline:
-        rounds += 1
-        f = formulate(sc, cs, candidates=cands, drop=drop, n1_exact=exact, n1_cuts=cuts)
-        p = f.program
-        a = p.matrix()
-        lower = np.zeros(len(p.cost))
-        for c in cands:
-            lower[f.n[c.id]] = last[c.id]
-        x = _dive(p, a, np.asarray(p.integer, bool), deadline, lower=lower)
-        if x is None:
-            break
-        last = {c.id: float(round(x[f.n[c.id]])) for c in cands}
-        bad = violated(cands, last, cs.demands, groups, fraction)
-        if not bad:
-            obj = float(np.dot(p.cost, x))
-            gap = (obj - bound) / abs(obj) if np.isfinite(bound) and obj else 1.0
-            return f, Solution(status=1, message="time limit; N-1 met by adding replicas "
-                               "to the last incumbent", x=x, objective=obj, gap=max(gap, 0.0),
-                               seconds=time.perf_counter() - t0, activity=a @ x,
-                               rounds=rounds, bound=bound)
-        cuts.extend(chk.cut for chk in bad)
-    return f, Solution(status=1, x=None, objective=None, gap=0.0, activity=None,
-                       seconds=time.perf_counter() - t0, rounds=rounds,
-                       message=f"time limit: no plan meeting N-1 after {rounds} rounds")
+    """``last`` (a plan that breaks N-1) with replicas added until N-1 holds."""
+    n1 = sc.policy.n_minus_1
+    loop = _CutLoop(sc, cs, cands, drop, groups, n1.by if n1 is not None else "vendor",
+                    fraction, cuts, exact, bound=bound, rounds=rounds)
+    loop.repair(last, time.perf_counter() + max(sc.time_limit_s / 2, 1.0))
+    return loop.result(None, t0)
 
 
 def _make_elastic(p: Program) -> None:
