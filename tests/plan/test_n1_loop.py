@@ -14,7 +14,7 @@ import pytest
 from scipy.sparse import coo_array
 
 from tokenfleet.plan.highs import solve_lp
-from tokenfleet.plan.milp import _CutLoop, _dive, group_of, solve_fleet
+from tokenfleet.plan.milp import _CutLoop, _dive, _lp_cuts, group_of, solve_fleet
 from tokenfleet.plan.n1 import check_group, starting_cuts, violated
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -116,7 +116,7 @@ def test_first_plan_is_repaired_until_n1_holds():
     assert dive is not None
     dived = loop.replicas(f, dive)
     assert violated(cands, dived, cs.demands, groups, FRACTION), "needs a breaking dive"
-    loop.first_plan(f, time.perf_counter() + 30)
+    loop.first_plan(None, time.perf_counter() + 30)
     assert loop.best is not None
     fb, xb, bill, _ = loop.best
     _meets_rows(fb, xb)
@@ -137,3 +137,23 @@ def test_cut_short_run_returns_a_plan_meeting_n1_and_an_honest_gap():
     assert sol.objective == pytest.approx(float(np.dot(f.program.cost, sol.x)))
     assert sol.gap == pytest.approx(max((sol.objective - sol.bound) / sol.objective, 0.0))
     assert sol.bound <= sol.objective
+
+
+def test_neighbourhood_search_keeps_n1_and_never_raises_the_bill():
+    sc, cs = synthetic(Size(5, 10, 5, 12), 3)
+    cands = cs.candidates
+    groups = _groups(cands)
+    loop = _CutLoop(sc, cs, cands, frozenset(), groups, "vendor", FRACTION,
+                    starting_cuts(cands, cs.demands, groups, FRACTION))
+    cut_lp = _lp_cuts(loop.formulate(), loop.cuts, groups, "vendor", FRACTION, cs.demands,
+                      time.perf_counter() + 30)
+    assert cut_lp.replicas
+    dived = loop.first_plan(cut_lp.lp, time.perf_counter() + 30)
+    assert dived is not None and loop.best is not None
+    before = loop.best[2]
+    loop.rins(cut_lp.replicas, loop.replicas(*dived), time.perf_counter() + 10)
+    fb, xb, bill, _ = loop.best
+    assert bill <= before
+    _meets_rows(fb, xb)
+    assert violated(cands, loop.replicas(fb, xb), cs.demands, groups, FRACTION) == []
+    assert cut_lp.bound <= bill  # the cut LP's optimum bounds every plan

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import highspy
 import numpy as np
@@ -82,12 +83,14 @@ class Program:
         return csc_array((data, (ri, ci)), shape=(len(self.rows), len(self.cost)))
 
     def solve(self, mip_gap: float, time_limit: float, *, heuristic_start: bool = True,
-              start_by_name: Mapping[str, float] | None = None) -> Solution:
+              start_by_name: Mapping[str, float] | None = None,
+              stop_at: float | None = None) -> Solution:
         """Solve with HiGHS; with ``heuristic_start``, seed it with a plan found by
         diving on the LP relaxation (:func:`_dive`), which HiGHS's own heuristics do not
         always find on large fleets. ``start_by_name`` (variable name -> value) is a
         known feasible point instead, e.g. the plan itself when re-solving it with one
-        constraint relaxed (:mod:`tokenfleet.plan.prices`)."""
+        constraint relaxed (:mod:`tokenfleet.plan.prices`). ``stop_at`` stops the
+        search once it has a plan at most that dear (a bill known to be good enough)."""
         t0 = time.perf_counter()
         a = self.matrix()
         integer = np.asarray(self.integer, bool)
@@ -103,10 +106,20 @@ class Program:
             hs = highspy.HighsSolution()
             hs.col_value = list(start)
             h.setSolution(hs)
+        if stop_at is not None:
+            h.cbMipInterrupt.subscribe(_stop_at(stop_at))
         h.run()
         sol = _result(h, a, bool(integer.any()))
         sol.seconds = time.perf_counter() - t0
         return sol
+
+
+def _stop_at(bill: float) -> Callable[[Any], None]:
+    """A HiGHS MIP-interrupt callback: stop once the incumbent costs at most ``bill``."""
+    def check(e: Any) -> None:
+        if e.data_out.mip_primal_bound <= bill:
+            e.interrupt()
+    return check
 
 
 DIVE_SHARE = 0.6  # of the time limit, at most, for the diving heuristic (it is what
@@ -141,7 +154,8 @@ def _result(h: highspy.Highs, a: csc_array, is_mip: bool) -> Solution:
 
 
 def _dive(p: Program, a: csc_array, integer: np.ndarray, deadline: float,
-          max_rounds: int = 100, lower: np.ndarray | None = None) -> np.ndarray | None:
+          max_rounds: int = 100, lower: np.ndarray | None = None,
+          lp: highspy.Highs | None = None) -> np.ndarray | None:
     """A feasible point found by diving on the LP relaxation, or None.
 
     Each round rounds every fractional replica count up, as a new lower bound, and
@@ -149,9 +163,11 @@ def _dive(p: Program, a: csc_array, integer: np.ndarray, deadline: float,
     (and shrink). Rounding up is what demand, capacity and N-1 rows tolerate; where it
     would push a ≤ row (a supply or power cap) past its limit, the counts in that row
     round down instead, as an upper bound. On the largest plan_scale fleet this takes
-    ~25 warm LP re-solves (rounding to the nearest integer took over 40).
+    ~25 warm LP re-solves (rounding to the nearest integer took over 40). ``lp`` is
+    the program's LP relaxation already solved (its rows may be in another order, and
+    more ≥ rows do no harm), to dive from its basis rather than from scratch.
     """
-    h = _highs_model(p, a, None)
+    h = lp if lp is not None else _highs_model(p, a, None)
     lo, hi = np.asarray(p.lower, float).copy(), np.asarray(p.upper, float).copy()
     if lower is not None:
         lo = np.maximum(lo, lower)
@@ -533,16 +549,15 @@ def _cut_coefs(cut: N1Cut, cands: Sequence[Candidate], n: dict[str, int], by: st
 
 def _lp_cuts(f: Formulation, cuts: list[N1Cut], groups: dict[str, list[str]], by: str,
              fraction: float, demands: Sequence[Demand], deadline: float,
-             max_rounds: int = 30) -> float:
+             max_rounds: int = 30) -> _CutLp:
     """Cut the LP relaxation until it meets N-1 (or rounds or time run out), appending
-    to ``cuts``; returns the last LP optimum (-inf if none), a valid lower bound on the
-    full program since every cut is valid for it. Each round adds the violated cuts as
+    to ``cuts``. Each round adds the violated cuts as
     rows to the same HiGHS instance and re-solves from the previous basis: far cheaper
     than MILP rounds, and since N-1 only gets easier with more replicas, an integer plan
     rounded up from an LP point that meets N-1 usually meets it too."""
     cands = f.cands
     h = _highs_model(f.program, f.program.matrix(), None)
-    bound = -np.inf
+    out = _CutLp(h)
     for _ in range(max_rounds):
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -551,18 +566,33 @@ def _lp_cuts(f: Formulation, cuts: list[N1Cut], groups: dict[str, list[str]], by
         h.run()
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             break  # infeasible or out of time: the MILP rounds will say
-        bound = max(bound, float(h.getInfo().objective_function_value))
+        out.bound = max(out.bound, float(h.getInfo().objective_function_value))
         x = np.asarray(h.getSolution().col_value)
-        bad = violated(cands, {c.id: float(x[f.n[c.id]]) for c in cands}, demands, groups,
-                       fraction)
+        out.replicas = {c.id: float(x[f.n[c.id]]) for c in cands}
+        out.solved = True
+        bad = violated(cands, out.replicas, demands, groups, fraction)
         if not bad:
             break
+        out.solved = False  # rows added below
         for chk in bad:
             cuts.append(chk.cut)
             row = _cut_coefs(chk.cut, cands, f.n, by)
             h.addRow(chk.cut.rhs, highspy.kHighsInf, len(row),
                      np.fromiter(row.keys(), np.int32), np.fromiter(row.values(), float))
-    return bound
+    return out
+
+
+@dataclass
+class _CutLp:
+    """The LP relaxation cut by :func:`_lp_cuts`: its HiGHS instance, the last LP
+    optimum (a valid lower bound on the full program, every cut being valid for it)
+    and that optimum's replica counts; ``solved`` while the instance holds that optimum
+    (no rows added since)."""
+
+    lp: highspy.Highs
+    bound: float = -np.inf
+    replicas: dict[str, float] = field(default_factory=dict)
+    solved: bool = False
 
 
 def solve_fleet(
@@ -600,37 +630,41 @@ def solve_fleet(
                     starting_cuts(cands, cs.demands, groups, fraction))
     t0 = time.perf_counter()
     deadline = t0 + sc.time_limit_s
-    loop.bound = _lp_cuts(loop.formulate(), loop.cuts, groups, by, fraction, cs.demands,
-                          t0 + LP_CUTS_SHARE * sc.time_limit_s)
+    cut_lp = _lp_cuts(loop.formulate(), loop.cuts, groups, by, fraction, cs.demands,
+                      t0 + LP_CUTS_SHARE * sc.time_limit_s)
+    loop.bound = cut_lp.bound
+    rins_s = RINS_SHARE * sc.time_limit_s
+    if start is None:
+        dived = loop.first_plan(cut_lp.lp, deadline)
+        if dived is not None:
+            loop.rins(cut_lp.replicas, loop.replicas(*dived),
+                      min(time.perf_counter() + rins_s, deadline))
     sol: Solution | None = None
-    while True:
+    while not loop.good_enough():
+        if loop.rounds and deadline - time.perf_counter() < MIN_ROUND_SHARE * sc.time_limit_s:
+            break
         loop.rounds += 1
         f = loop.formulate()
-        if start is None and loop.best is None:
-            f = loop.first_plan(f, deadline)
         begin = loop.best_by_name() if loop.best is not None else start
         left = deadline - REPAIR_SHARE * sc.time_limit_s - time.perf_counter()
         sol = f.program.solve(sc.mip_gap, max(left, 1.0), heuristic_start=begin is None,
-                              start_by_name=begin)
+                              start_by_name=begin, stop_at=loop.stop_at())
         # Every master relaxes the full program: its proved bound bounds the optimum.
         loop.bound = max(loop.bound, sol.bound if sol.bound is not None else -np.inf)
         if sol.x is None:
             break  # infeasible (so is the full program), or no plan in time at all
-        reps = loop.replicas(f, sol.x)
-        bad = violated(cands, reps, cs.demands, groups, fraction)
-        if not bad:
-            loop.offer(f, sol.x, sol.message)
-            break
-        loop.add(bad)
         # A master whose incumbent breaks N-1 still tells where to look: the plan with
-        # replicas added to it until N-1 holds is a plan, and the next master's start.
-        loop.repair(reps, time.perf_counter() + max(sc.time_limit_s / 2, 1.0))
-        if deadline - time.perf_counter() < MIN_ROUND_SHARE * sc.time_limit_s:
+        # replicas added to it until N-1 holds is a plan, the next start, and the
+        # centre of a neighbourhood search with the cuts it broke.
+        if loop.keep_or_repair(f, sol.x, sol.message):
             break
+        loop.rins(cut_lp.replicas, loop.replicas(f, sol.x),
+                  min(time.perf_counter() + rins_s, deadline))
     return loop.result(sol, t0)
 
 
 REPAIR_SHARE = 0.1  # of the time limit, kept back from the master for a final repair
+RINS_SHARE = 0.25  # of the time limit, at most, for the neighbourhood search (_CutLoop.rins)
 MIN_ROUND_SHARE = 0.25  # a new master round needs at least this share of the time limit
 
 
@@ -681,24 +715,70 @@ class _CutLoop:
         f, x = self.best[0], self.best[1]
         return dict(zip(f.program.names, x.tolist(), strict=True))
 
-    def first_plan(self, f: Formulation, deadline: float) -> Formulation:
-        """Dive on the master's LP for a first plan, add the cuts it breaks and repair
-        it, so the first MILP starts from a plan meeting N-1 (and has those cuts).
-        Returns the master to solve next."""
+    def good_enough(self) -> bool:
+        """Whether the best plan is already within the MIP gap of the proved bound."""
+        stop = self.stop_at()
+        return self.best is not None and stop is not None and self.best[2] <= stop
+
+    def stop_at(self) -> float | None:
+        """The dearest bill within the MIP gap of the proved bound."""
+        if not np.isfinite(self.bound) or self.bound <= 0:
+            return None
+        return self.bound / (1.0 - min(self.sc.mip_gap, 0.5))
+
+    def first_plan(self, lp: highspy.Highs | None, deadline: float
+                   ) -> tuple[Formulation, np.ndarray] | None:
+        """Dive from the master's LP relaxation (``lp``: already solved with the
+        current cuts, or None) for a first plan, add the cuts it breaks and repair it,
+        so the MILP rounds start from a plan meeting N-1. Returns the dive's point and
+        the master it is a point of (None if it found no plan)."""
+        f = self.formulate()
         p = f.program
         left = deadline - time.perf_counter()
         x = _dive(p, p.matrix(), np.asarray(p.integer, bool),
-                  deadline=time.perf_counter() + DIVE_SHARE * left)
+                  deadline=time.perf_counter() + DIVE_SHARE * left, lp=lp)
         if x is None:
-            return f
+            return None
+        self.keep_or_repair(f, x, "diving heuristic")
+        return f, x
+
+    def keep_or_repair(self, f: Formulation, x: np.ndarray, how: str) -> bool:
+        """Offer ``x`` if it meets N-1 (True); else add the cuts it breaks and repair
+        it (False)."""
         reps = self.replicas(f, x)
         bad = violated(self.cands, reps, self.cs.demands, self.groups, self.fraction)
         if not bad:
-            self.offer(f, x, "diving heuristic")
-            return f
+            self.offer(f, x, how)
+            return True
         self.add(bad)
         self.repair(reps, time.perf_counter() + max(self.sc.time_limit_s / 2, 1.0))
-        return self.formulate()
+        return False
+
+    def rins(self, lp: Mapping[str, float], around: Mapping[str, float], deadline: float
+             ) -> None:
+        """Relaxation-induced neighbourhood search: the master with every replica count
+        on which the LP optimum ``lp`` and a plan ``around`` (which may break N-1)
+        agree held between that value and the best plan's (most pools: both leave them
+        empty), started from the best plan. A few hundred free counts instead of
+        thousands: HiGHS finds in seconds the plan that its own RINS, run only after
+        its long root cut loop, finds in tens."""
+        if self.best is None or not lp or deadline - time.perf_counter() < 1.0:
+            return
+        f = self.formulate()
+        p = f.program
+        best = self.replicas(self.best[0], self.best[1])
+        lower, upper = list(p.lower), list(p.upper)
+        for c in self.cands:
+            if abs(lp.get(c.id, 0.0) - around[c.id]) < 1e-6:
+                lower[f.n[c.id]] = min(around[c.id], best[c.id])
+                upper[f.n[c.id]] = max(around[c.id], best[c.id])
+        sub = Program(cost=p.cost, lower=lower, upper=upper, integer=p.integer,
+                      names=p.names, rows=p.rows)
+        sol = sub.solve(self.sc.mip_gap / 4, max(deadline - time.perf_counter(), 1.0),
+                        heuristic_start=False, start_by_name=self.best_by_name(),
+                        stop_at=self.stop_at())
+        if sol.x is not None:
+            self.keep_or_repair(f, sol.x, "time limit; plan from a neighbourhood search")
 
     def repair(self, last: dict[str, float], deadline: float) -> bool:
         """Add replicas to ``last`` until it meets N-1: dive (no branching) with every
