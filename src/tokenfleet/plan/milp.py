@@ -639,6 +639,9 @@ def solve_fleet(
         if dived is not None:
             loop.rins(cut_lp.replicas, loop.replicas(*dived),
                       min(time.perf_counter() + rins_s, deadline))
+            if loop.best is not None and not loop.good_enough():
+                loop.rins(cut_lp.replicas, loop.replicas(loop.best[0], loop.best[1]),
+                          min(time.perf_counter() + rins_s, deadline))
     sol: Solution | None = None
     while not loop.good_enough():
         if loop.rounds and deadline - time.perf_counter() < MIN_ROUND_SHARE * sc.time_limit_s:
