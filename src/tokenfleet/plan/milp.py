@@ -634,7 +634,10 @@ def solve_fleet(
                       t0 + LP_CUTS_SHARE * sc.time_limit_s)
     loop.bound = cut_lp.bound
     rins_s = RINS_SHARE * sc.time_limit_s
-    if start is None:
+    # Small masters close their gap quickly, and lower: the heuristics below, and
+    # stopping at the first plan within the gap of the LP bound, are for large ones.
+    large = len(cands) >= LARGE_MASTER_POOLS
+    if start is None and large:
         dived = loop.first_plan(cut_lp.lp, deadline)
         if dived is not None:
             loop.rins(cut_lp.replicas, loop.replicas(*dived),
@@ -643,15 +646,17 @@ def solve_fleet(
                 loop.rins(cut_lp.replicas, loop.replicas(loop.best[0], loop.best[1]),
                           min(time.perf_counter() + rins_s, deadline))
     sol: Solution | None = None
-    while not loop.good_enough():
-        if loop.rounds and deadline - time.perf_counter() < MIN_ROUND_SHARE * sc.time_limit_s:
+    masters = 0
+    while not (large or masters == 0) or not loop.good_enough():
+        if masters and deadline - time.perf_counter() < MIN_ROUND_SHARE * sc.time_limit_s:
             break
+        masters += 1
         loop.rounds += 1
         f = loop.formulate()
         begin = loop.best_by_name() if loop.best is not None else start
         left = deadline - REPAIR_SHARE * sc.time_limit_s - time.perf_counter()
         sol = f.program.solve(sc.mip_gap, max(left, 1.0), heuristic_start=begin is None,
-                              start_by_name=begin, stop_at=loop.stop_at())
+                              start_by_name=begin, stop_at=loop.stop_at() if large else None)
         # Every master relaxes the full program: its proved bound bounds the optimum.
         loop.bound = max(loop.bound, sol.bound if sol.bound is not None else -np.inf)
         if sol.x is None:
@@ -667,6 +672,7 @@ def solve_fleet(
 
 
 REPAIR_SHARE = 0.1  # of the time limit, kept back from the master for a final repair
+LARGE_MASTER_POOLS = 1_000  # candidate pools from which a master counts as large
 RINS_SHARE = 0.25  # of the time limit, at most, for the neighbourhood search (_CutLoop.rins)
 MIN_ROUND_SHARE = 0.25  # a new master round needs at least this share of the time limit
 
@@ -777,6 +783,7 @@ class _CutLoop:
                 upper[f.n[c.id]] = max(around[c.id], best[c.id])
         sub = Program(cost=p.cost, lower=lower, upper=upper, integer=p.integer,
                       names=p.names, rows=p.rows)
+        self.rounds += 1
         sol = sub.solve(self.sc.mip_gap / 4, max(deadline - time.perf_counter(), 1.0),
                         heuristic_start=False, start_by_name=self.best_by_name(),
                         stop_at=self.stop_at())
