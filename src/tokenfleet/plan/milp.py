@@ -606,7 +606,13 @@ def solve_fleet(
 ) -> tuple[Formulation, Solution]:
     """Formulate and solve; N-1 by cuts (:mod:`tokenfleet.plan.n1`) unless the scenario
     asks for the exact formulation or the program is elastic (infeasibility reports
-    need every N-1 row explicitly)."""
+    need every N-1 row explicitly).
+
+    By cuts: cut the LP relaxation until it meets N-1; on a large master, dive from it,
+    repair the dive to meet N-1 and search two RINS neighbourhoods around it, stopping
+    once a plan is within the MIP gap of the proved bound; otherwise solve masters from
+    the best plan, checking each incumbent per group (a broken one is repaired and
+    searched around with the cuts it broke). The plan returned always meets N-1."""
     pol = sc.policy
     cands = complete_pairs(candidates if candidates is not None else cs.candidates)
     candidates = cands
