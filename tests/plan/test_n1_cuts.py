@@ -38,9 +38,12 @@ def test_cuts_meet_n1_and_match_the_exact_formulation(seed):
         assert sol.ok, method
         assert violated(cs.candidates, _replicas(f, sol), cs.demands, _groups(cs.candidates),
                         0.7) == [], method
-        results[method] = (sol.objective, sol.gap)
-    (exact, g1), (cuts, g2) = results["exact"], results["cuts"]
+        results[method] = (sol.objective, sol.gap, sol.bound)
+    (exact, g1, b1), (cuts, g2, b2) = results["exact"], results["cuts"]
     assert cuts == pytest.approx(exact, rel=g1 + g2 + 1e-6)
+    # each proved bound bounds the other formulation's plan too (the same optimum)
+    assert b2 is not None and b2 <= exact * (1 + 1e-9)
+    assert b1 is not None and b1 <= cuts * (1 + 1e-9)
 
 
 def test_repair_adds_replicas_until_n1_holds():

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import highspy
 import numpy as np
@@ -27,7 +28,7 @@ from scipy.sparse import csc_array
 from tokenfleet.plan import highs
 from tokenfleet.plan.billing import Terms
 from tokenfleet.plan.candidates import Candidate, CandidateSet, Demand
-from tokenfleet.plan.n1 import N1Cut, starting_cuts, violated
+from tokenfleet.plan.n1 import N1Check, N1Cut, starting_cuts, violated
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.plan.whatrows import add_whatif_rows
 
@@ -82,12 +83,14 @@ class Program:
         return csc_array((data, (ri, ci)), shape=(len(self.rows), len(self.cost)))
 
     def solve(self, mip_gap: float, time_limit: float, *, heuristic_start: bool = True,
-              start_by_name: Mapping[str, float] | None = None) -> Solution:
+              start_by_name: Mapping[str, float] | None = None,
+              stop_at: float | None = None) -> Solution:
         """Solve with HiGHS; with ``heuristic_start``, seed it with a plan found by
         diving on the LP relaxation (:func:`_dive`), which HiGHS's own heuristics do not
         always find on large fleets. ``start_by_name`` (variable name -> value) is a
         known feasible point instead, e.g. the plan itself when re-solving it with one
-        constraint relaxed (:mod:`tokenfleet.plan.prices`)."""
+        constraint relaxed (:mod:`tokenfleet.plan.prices`). ``stop_at`` stops the
+        search once it has a plan at most that dear (a bill known to be good enough)."""
         t0 = time.perf_counter()
         a = self.matrix()
         integer = np.asarray(self.integer, bool)
@@ -103,10 +106,20 @@ class Program:
             hs = highspy.HighsSolution()
             hs.col_value = list(start)
             h.setSolution(hs)
+        if stop_at is not None:
+            h.cbMipInterrupt.subscribe(_stop_at(stop_at))
         h.run()
         sol = _result(h, a, bool(integer.any()))
         sol.seconds = time.perf_counter() - t0
         return sol
+
+
+def _stop_at(bill: float) -> Callable[[Any], None]:
+    """A HiGHS MIP-interrupt callback: stop once the incumbent costs at most ``bill``."""
+    def check(e: Any) -> None:
+        if e.data_out.mip_primal_bound <= bill:
+            e.interrupt()
+    return check
 
 
 DIVE_SHARE = 0.6  # of the time limit, at most, for the diving heuristic (it is what
@@ -141,7 +154,8 @@ def _result(h: highspy.Highs, a: csc_array, is_mip: bool) -> Solution:
 
 
 def _dive(p: Program, a: csc_array, integer: np.ndarray, deadline: float,
-          max_rounds: int = 100, lower: np.ndarray | None = None) -> np.ndarray | None:
+          max_rounds: int = 100, lower: np.ndarray | None = None,
+          lp: highspy.Highs | None = None) -> np.ndarray | None:
     """A feasible point found by diving on the LP relaxation, or None.
 
     Each round rounds every fractional replica count up, as a new lower bound, and
@@ -149,9 +163,11 @@ def _dive(p: Program, a: csc_array, integer: np.ndarray, deadline: float,
     (and shrink). Rounding up is what demand, capacity and N-1 rows tolerate; where it
     would push a ≤ row (a supply or power cap) past its limit, the counts in that row
     round down instead, as an upper bound. On the largest plan_scale fleet this takes
-    ~25 warm LP re-solves (rounding to the nearest integer took over 40).
+    ~25 warm LP re-solves (rounding to the nearest integer took over 40). ``lp`` is
+    the program's LP relaxation already solved (its rows may be in another order, and
+    more ≥ rows do no harm), to dive from its basis rather than from scratch.
     """
-    h = _highs_model(p, a, None)
+    h = lp if lp is not None else _highs_model(p, a, None)
     lo, hi = np.asarray(p.lower, float).copy(), np.asarray(p.upper, float).copy()
     if lower is not None:
         lo = np.maximum(lo, lower)
@@ -533,32 +549,50 @@ def _cut_coefs(cut: N1Cut, cands: Sequence[Candidate], n: dict[str, int], by: st
 
 def _lp_cuts(f: Formulation, cuts: list[N1Cut], groups: dict[str, list[str]], by: str,
              fraction: float, demands: Sequence[Demand], deadline: float,
-             max_rounds: int = 30) -> None:
+             max_rounds: int = 30) -> _CutLp:
     """Cut the LP relaxation until it meets N-1 (or rounds or time run out), appending
-    to ``cuts``. Each round adds the violated cuts as rows to the same HiGHS instance
-    and re-solves from the previous basis: far cheaper than MILP rounds, and since
-    N-1 only gets easier with more replicas, an integer plan rounded up from an LP
-    point that meets N-1 usually meets it too."""
+    to ``cuts``. Each round adds the violated cuts as
+    rows to the same HiGHS instance and re-solves from the previous basis: far cheaper
+    than MILP rounds, and since N-1 only gets easier with more replicas, an integer plan
+    rounded up from an LP point that meets N-1 usually meets it too."""
     cands = f.cands
     h = _highs_model(f.program, f.program.matrix(), None)
+    out = _CutLp(h)
     for _ in range(max_rounds):
         left = deadline - time.perf_counter()
         if left <= 0:
-            return
+            break
         h.setOptionValue("time_limit", h.getRunTime() + left)
         h.run()
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-            return  # infeasible or out of time: the MILP rounds will say
+            break  # infeasible or out of time: the MILP rounds will say
+        out.bound = max(out.bound, float(h.getInfo().objective_function_value))
         x = np.asarray(h.getSolution().col_value)
-        bad = violated(cands, {c.id: float(x[f.n[c.id]]) for c in cands}, demands, groups,
-                       fraction)
+        out.replicas = {c.id: float(x[f.n[c.id]]) for c in cands}
+        out.solved = True
+        bad = violated(cands, out.replicas, demands, groups, fraction)
         if not bad:
-            return
+            break
+        out.solved = False  # rows added below
         for chk in bad:
             cuts.append(chk.cut)
             row = _cut_coefs(chk.cut, cands, f.n, by)
             h.addRow(chk.cut.rhs, highspy.kHighsInf, len(row),
                      np.fromiter(row.keys(), np.int32), np.fromiter(row.values(), float))
+    return out
+
+
+@dataclass
+class _CutLp:
+    """The LP relaxation cut by :func:`_lp_cuts`: its HiGHS instance, the last LP
+    optimum (a valid lower bound on the full program, every cut being valid for it)
+    and that optimum's replica counts; ``solved`` while the instance holds that optimum
+    (no rows added since)."""
+
+    lp: highspy.Highs
+    bound: float = -np.inf
+    replicas: dict[str, float] = field(default_factory=dict)
+    solved: bool = False
 
 
 def solve_fleet(
@@ -572,7 +606,13 @@ def solve_fleet(
 ) -> tuple[Formulation, Solution]:
     """Formulate and solve; N-1 by cuts (:mod:`tokenfleet.plan.n1`) unless the scenario
     asks for the exact formulation or the program is elastic (infeasibility reports
-    need every N-1 row explicitly)."""
+    need every N-1 row explicitly).
+
+    By cuts: cut the LP relaxation until it meets N-1; on a large master, dive from it,
+    repair the dive to meet N-1 and search two RINS neighbourhoods around it, stopping
+    once a plan is within the MIP gap of the proved bound; otherwise solve masters from
+    the best plan, checking each incumbent per group (a broken one is repaired and
+    searched around with the cuts it broke). The plan returned always meets N-1."""
     pol = sc.policy
     cands = complete_pairs(candidates if candidates is not None else cs.candidates)
     candidates = cands
@@ -592,81 +632,225 @@ def solve_fleet(
     by, fraction = n1.by, n1.min_fraction
     groups = {g: [c.id for c in cands if group_of(c, by) == g]
               for g in sorted({group_of(c, by) for c in cands})}
-    cuts = starting_cuts(cands, cs.demands, groups, fraction)
-    exact: set[str] = set()
-    seen: dict[tuple[str, str], int] = defaultdict(int)
+    loop = _CutLoop(sc, cs, cands, drop, groups, by, fraction,
+                    starting_cuts(cands, cs.demands, groups, fraction))
     t0 = time.perf_counter()
     deadline = t0 + sc.time_limit_s
-    _lp_cuts(formulate(sc, cs, candidates=cands, drop=drop, n1_exact=exact, n1_cuts=cuts),
-             cuts, groups, by, fraction, cs.demands, t0 + LP_CUTS_SHARE * sc.time_limit_s)
-    spent, rounds = time.perf_counter() - t0, 0
-    bound = -np.inf
-    last: dict[str, float] | None = None  # replicas of the last incumbent
-    while True:
-        rounds += 1
-        f = formulate(sc, cs, candidates=cands, drop=drop, n1_exact=exact, n1_cuts=cuts)
-        # A master whose incumbent still breaks N-1 is thrown away, so no round may
-        # take the whole budget; the round that passes keeps what HiGHS proved by then.
-        sol = f.program.solve(sc.mip_gap, max((deadline - time.perf_counter()) / 3, 1.0),
-                              start_by_name=start)
-        spent += sol.seconds
-        # Every master relaxes the full program: its proved bound bounds the optimum.
-        bound = max(bound, sol.bound if sol.bound is not None else -np.inf)
-        if sol.x is None:
-            if sol.status == 1 and last is not None:
-                return _repair(sc, cs, cands, drop, cuts, exact, last, groups, fraction,
-                               bound, t0, rounds)
-            break  # infeasible (so is the full program), or no plan in time at all
-        last = {c.id: float(round(sol.x[f.n[c.id]])) for c in cands}
-        bad = violated(cands, last, cs.demands, groups, fraction)
-        if not bad:
+    cut_lp = _lp_cuts(loop.formulate(), loop.cuts, groups, by, fraction, cs.demands,
+                      t0 + LP_CUTS_SHARE * sc.time_limit_s)
+    loop.bound = cut_lp.bound
+    rins_s = RINS_SHARE * sc.time_limit_s
+    # Small masters close their gap quickly, and lower: the heuristics below, and
+    # stopping at the first plan within the gap of the LP bound, are for large ones.
+    large = len(cands) >= LARGE_MASTER_POOLS
+    if start is None and large:
+        dived = loop.first_plan(cut_lp.lp, deadline)
+        if dived is not None:
+            loop.rins(cut_lp.replicas, loop.replicas(*dived),
+                      min(time.perf_counter() + rins_s, deadline))
+            if loop.best is not None and not loop.good_enough():
+                loop.rins(cut_lp.replicas, loop.replicas(loop.best[0], loop.best[1]),
+                          min(time.perf_counter() + rins_s, deadline))
+    sol: Solution | None = None
+    masters = 0
+    while not (large or masters == 0) or not loop.good_enough():
+        if masters and deadline - time.perf_counter() < MIN_ROUND_SHARE * sc.time_limit_s:
             break
+        masters += 1
+        loop.rounds += 1
+        f = loop.formulate()
+        begin = loop.best_by_name() if loop.best is not None else start
+        left = deadline - REPAIR_SHARE * sc.time_limit_s - time.perf_counter()
+        sol = f.program.solve(sc.mip_gap, max(left, 1.0), heuristic_start=begin is None,
+                              start_by_name=begin, stop_at=loop.stop_at() if large else None)
+        # Every master relaxes the full program: its proved bound bounds the optimum.
+        loop.bound = max(loop.bound, sol.bound if sol.bound is not None else -np.inf)
+        if sol.x is None:
+            break  # infeasible (so is the full program), or no plan in time at all
+        # A master whose incumbent breaks N-1 still tells where to look: the plan with
+        # replicas added to it until N-1 holds is a plan, the next start, and the
+        # centre of a neighbourhood search with the cuts it broke.
+        if loop.keep_or_repair(f, sol.x, sol.message):
+            break
+        loop.rins(cut_lp.replicas, loop.replicas(f, sol.x),
+                  min(time.perf_counter() + rins_s, deadline))
+    return loop.result(sol, t0)
+
+
+REPAIR_SHARE = 0.1  # of the time limit, kept back from the master for a final repair
+LARGE_MASTER_POOLS = 1_000  # candidate pools from which a master counts as large
+RINS_SHARE = 0.25  # of the time limit, at most, for the neighbourhood search (_CutLoop.rins)
+MIN_ROUND_SHARE = 0.25  # a new master round needs at least this share of the time limit
+
+
+@dataclass
+class _CutLoop:
+    """Solving with N-1 by cuts: the cuts so far, the groups escalated to an exact
+    routing copy, the best bound proved by any master and the cheapest plan found that
+    meets N-1 exactly (with the formulation its ``x`` belongs to)."""
+
+    sc: Scenario
+    cs: CandidateSet
+    cands: list[Candidate]
+    drop: frozenset[str]
+    groups: dict[str, list[str]]
+    by: str
+    fraction: float
+    cuts: list[N1Cut]
+    exact: set[str] = field(default_factory=set)
+    seen: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    bound: float = -np.inf
+    rounds: int = 0
+    best: tuple[Formulation, np.ndarray, float, str] | None = None  # f, x, bill, how
+
+    def formulate(self) -> Formulation:
+        return formulate(self.sc, self.cs, candidates=self.cands, drop=self.drop,
+                         n1_exact=self.exact, n1_cuts=self.cuts)
+
+    def replicas(self, f: Formulation, x: np.ndarray) -> dict[str, float]:
+        return {c.id: float(round(x[f.n[c.id]])) for c in self.cands}
+
+    def add(self, bad: Sequence[N1Check]) -> None:
+        """The cuts a plan broke; a pair that keeps breaking gets its exact copy."""
         for chk in bad:
-            seen[(chk.group, chk.tier)] += 1
-            if seen[(chk.group, chk.tier)] >= MAX_CUTS_PER_PAIR:
-                exact.add(chk.group)
+            self.seen[(chk.group, chk.tier)] += 1
+            if self.seen[(chk.group, chk.tier)] >= MAX_CUTS_PER_PAIR:
+                self.exact.add(chk.group)
             else:
-                cuts.append(chk.cut)
-        if time.perf_counter() >= deadline:
-            return _repair(sc, cs, cands, drop, cuts, exact, last, groups, fraction, bound,
-                           t0, rounds)
-    sol.seconds, sol.rounds = spent, rounds
-    return f, sol
+                self.cuts.append(chk.cut)
+
+    def offer(self, f: Formulation, x: np.ndarray, how: str) -> None:
+        """Keep ``x`` (a plan meeting N-1) if it is the cheapest so far."""
+        bill = float(np.dot(f.program.cost, x))
+        if self.best is None or bill < self.best[2]:
+            self.best = (f, x, bill, how)
+
+    def best_by_name(self) -> dict[str, float]:
+        assert self.best is not None
+        f, x = self.best[0], self.best[1]
+        return dict(zip(f.program.names, x.tolist(), strict=True))
+
+    def good_enough(self) -> bool:
+        """Whether the best plan is already within the MIP gap of the proved bound."""
+        stop = self.stop_at()
+        return self.best is not None and stop is not None and self.best[2] <= stop
+
+    def stop_at(self) -> float | None:
+        """The dearest bill within the MIP gap of the proved bound."""
+        if not np.isfinite(self.bound) or self.bound <= 0:
+            return None
+        return self.bound / (1.0 - min(self.sc.mip_gap, 0.5))
+
+    def first_plan(self, lp: highspy.Highs | None, deadline: float
+                   ) -> tuple[Formulation, np.ndarray] | None:
+        """Dive from the master's LP relaxation (``lp``: already solved with the
+        current cuts, or None) for a first plan, add the cuts it breaks and repair it,
+        so the MILP rounds start from a plan meeting N-1. Returns the dive's point and
+        the master it is a point of (None if it found no plan)."""
+        f = self.formulate()
+        p = f.program
+        left = deadline - time.perf_counter()
+        x = _dive(p, p.matrix(), np.asarray(p.integer, bool),
+                  deadline=time.perf_counter() + DIVE_SHARE * left, lp=lp)
+        if x is None:
+            return None
+        self.keep_or_repair(f, x, "diving heuristic")
+        return f, x
+
+    def keep_or_repair(self, f: Formulation, x: np.ndarray, how: str) -> bool:
+        """Offer ``x`` if it meets N-1 (True); else add the cuts it breaks and repair
+        it (False)."""
+        reps = self.replicas(f, x)
+        bad = violated(self.cands, reps, self.cs.demands, self.groups, self.fraction)
+        if not bad:
+            self.offer(f, x, how)
+            return True
+        self.add(bad)
+        self.repair(reps, time.perf_counter() + max(self.sc.time_limit_s / 2, 1.0))
+        return False
+
+    def rins(self, lp: Mapping[str, float], around: Mapping[str, float], deadline: float
+             ) -> None:
+        """Relaxation-induced neighbourhood search: the master with every replica count
+        on which the LP optimum ``lp`` and a plan ``around`` (which may break N-1)
+        agree held between that value and the best plan's (most pools: both leave them
+        empty), started from the best plan. A few hundred free counts instead of
+        thousands: HiGHS finds in seconds the plan that its own RINS, run only after
+        its long root cut loop, finds in tens."""
+        if self.best is None or not lp or deadline - time.perf_counter() < 1.0:
+            return
+        f = self.formulate()
+        p = f.program
+        best = self.replicas(self.best[0], self.best[1])
+        lower, upper = list(p.lower), list(p.upper)
+        for c in self.cands:
+            if abs(lp.get(c.id, 0.0) - around[c.id]) < 1e-6:
+                lower[f.n[c.id]] = min(around[c.id], best[c.id])
+                upper[f.n[c.id]] = max(around[c.id], best[c.id])
+        sub = Program(cost=p.cost, lower=lower, upper=upper, integer=p.integer,
+                      names=p.names, rows=p.rows)
+        self.rounds += 1
+        sol = sub.solve(self.sc.mip_gap / 4, max(deadline - time.perf_counter(), 1.0),
+                        heuristic_start=False, start_by_name=self.best_by_name(),
+                        stop_at=self.stop_at())
+        if sol.x is not None:
+            self.keep_or_repair(f, sol.x, "time limit; plan from a neighbourhood search")
+
+    def repair(self, last: dict[str, float], deadline: float) -> bool:
+        """Add replicas to ``last`` until it meets N-1: dive (no branching) with every
+        replica count at least ``last``'s, adding the cuts each dive point breaks. N-1
+        only gets easier with more replicas, so this converges. Offers the plan found;
+        False if none was found by ``deadline``."""
+        while time.perf_counter() < deadline:
+            self.rounds += 1
+            f = self.formulate()
+            p = f.program
+            lower = np.zeros(len(p.cost))
+            for c in self.cands:
+                lower[f.n[c.id]] = last[c.id]
+            x = _dive(p, p.matrix(), np.asarray(p.integer, bool), deadline, lower=lower)
+            if x is None:
+                return False
+            last = self.replicas(f, x)
+            bad = violated(self.cands, last, self.cs.demands, self.groups, self.fraction)
+            if not bad:
+                self.offer(f, x, "time limit; N-1 met by adding replicas to the last "
+                           "incumbent")
+                return True
+            self.cuts.extend(chk.cut for chk in bad)
+        return False
+
+    def result(self, sol: Solution | None, t0: float) -> tuple[Formulation, Solution]:
+        """The cheapest plan meeting N-1, its gap against the best proved bound."""
+        seconds = time.perf_counter() - t0
+        if self.best is None:
+            if sol is None or sol.x is not None:  # a plan that breaks N-1 is no plan
+                sol = Solution(status=1, x=None, objective=None, gap=0.0, activity=None,
+                               seconds=seconds, message=f"time limit: no plan meeting "
+                               f"N-1 after {self.rounds} rounds")
+            sol.seconds, sol.rounds = seconds, self.rounds
+            return self.formulate(), sol
+        f, x, bill, how = self.best
+        gap = max((bill - self.bound) / abs(bill), 0.0) if np.isfinite(self.bound) and bill \
+            else 1.0
+        done = gap <= self.sc.mip_gap + 1e-9
+        return f, Solution(status=0 if done else 1,
+                           message="Optimal" if done else how, x=x, objective=bill,
+                           gap=gap, seconds=seconds, activity=f.program.matrix() @ x,
+                           rounds=self.rounds,
+                           bound=self.bound if np.isfinite(self.bound) else None)
 
 
 def _repair(sc: Scenario, cs: CandidateSet, cands: list[Candidate], drop: frozenset[str],
             cuts: list[N1Cut], exact: set[str], last: dict[str, float],
             groups: dict[str, list[str]], fraction: float, bound: float, t0: float,
             rounds: int) -> tuple[Formulation, Solution]:
-    """Out of time with a plan that breaks N-1: add replicas to it. Dive (no branching)
-    with every replica count at least the last incumbent's, adding the cuts each dive
-    point violates, until one meets N-1 exactly. N-1 only gets easier with more
-    replicas, so this converges; it may overrun the time limit by up to half of it."""
-    deadline = time.perf_counter() + max(sc.time_limit_s / 2, 1.0)
-    while time.perf_counter() < deadline:
-        rounds += 1
-        f = formulate(sc, cs, candidates=cands, drop=drop, n1_exact=exact, n1_cuts=cuts)
-        p = f.program
-        a = p.matrix()
-        lower = np.zeros(len(p.cost))
-        for c in cands:
-            lower[f.n[c.id]] = last[c.id]
-        x = _dive(p, a, np.asarray(p.integer, bool), deadline, lower=lower)
-        if x is None:
-            break
-        last = {c.id: float(round(x[f.n[c.id]])) for c in cands}
-        bad = violated(cands, last, cs.demands, groups, fraction)
-        if not bad:
-            obj = float(np.dot(p.cost, x))
-            gap = (obj - bound) / abs(obj) if np.isfinite(bound) and obj else 1.0
-            return f, Solution(status=1, message="time limit; N-1 met by adding replicas "
-                               "to the last incumbent", x=x, objective=obj, gap=max(gap, 0.0),
-                               seconds=time.perf_counter() - t0, activity=a @ x,
-                               rounds=rounds, bound=bound)
-        cuts.extend(chk.cut for chk in bad)
-    return f, Solution(status=1, x=None, objective=None, gap=0.0, activity=None,
-                       seconds=time.perf_counter() - t0, rounds=rounds,
-                       message=f"time limit: no plan meeting N-1 after {rounds} rounds")
+    """``last`` (a plan that breaks N-1) with replicas added until N-1 holds."""
+    n1 = sc.policy.n_minus_1
+    loop = _CutLoop(sc, cs, cands, drop, groups, n1.by if n1 is not None else "vendor",
+                    fraction, cuts, exact, bound=bound, rounds=rounds)
+    loop.repair(last, time.perf_counter() + max(sc.time_limit_s / 2, 1.0))
+    return loop.result(None, t0)
 
 
 def _make_elastic(p: Program) -> None:

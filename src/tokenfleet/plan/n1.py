@@ -94,7 +94,11 @@ def check_group(group: str, tier: str, members: set[str], cands: Sequence[Candid
     peak = _tier_demand(demands, tier)
     buckets = sorted(peak)
     bi = {b: i for i, b in enumerate(buckets)}
-    rest = [c for c in cands if c.tier == tier and c.id not in members]
+    # Pools without replicas serve nothing: their v_c costs nothing, so their rows never
+    # bind u and leaving them out gives the same optimum (and the same cut) from an LP
+    # a tenth the size (a plan uses few of its tier's pools).
+    rest = [c for c in cands if c.tier == tier and c.id not in members
+            and replicas.get(c.id, 0.0) > 0]
     nb, nc = len(buckets), len(rest)
     rows, cols, vals = [], [], []
     r = 0
@@ -106,7 +110,7 @@ def check_group(group: str, tier: str, members: set[str], cands: Sequence[Candid
             cols += [bi[b], nb + j]
             vals += [cap, -1.0]
             r += 1
-    cost = np.concatenate([np.zeros(nb), [max(replicas.get(c.id, 0.0), 0.0) for c in rest]])
+    cost = np.concatenate([np.zeros(nb), [replicas[c.id] for c in rest]])
     # rows: u_b cap_cb - v_c <= 0 for every (c, b), then sum_b u_b peak_b = 1
     rows.extend([r] * nb)
     cols.extend(range(nb))
