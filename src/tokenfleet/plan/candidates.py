@@ -497,13 +497,16 @@ def _halves(cs: CandidateSet, models: _Models, t: Tier, role: str,
                     continue
                 if not layouts_for(model, n, accel, t.engine):
                     continue
-                h = Half(t.name, role, i, s, accel, prec, n, price, kind, 0.0)
-                gbps = accel.scaleout_gbps / 2 if role == "prefill" else None
-                h.capacity, h.estimates, h.uncertainty = half_capacity(
-                    est, t, h, mine, gbps, lambda e: _derated(models, t, e))
-                if h.capacity:
-                    smallest = smallest or n
-                    out.append(h)
+                # a decode half may speculate (a prefill half makes one token a prompt)
+                for spec in (None, *(t.speculative if role == "decode" else ())):
+                    h = Half(t.name, role, i, s, accel, prec, n, price, kind, 0.0,
+                             speculative=spec)
+                    gbps = accel.scaleout_gbps / 2 if role == "prefill" else None
+                    h.capacity, h.estimates, h.uncertainty = half_capacity(
+                        est, t, h, mine, gbps, lambda e: _derated(models, t, e))
+                    if h.capacity:
+                        smallest = smallest or n
+                        out.append(h)
     return out
 
 
@@ -522,7 +525,10 @@ def add_pairs(cs: CandidateSet, models: _Models, t: Tier,
     demand = demand_by_bucket(cs.demands, t.name)
     mine = [d for d in cs.demands if d.tier == t.name]
     pre = rank_halves(_halves(cs, models, t, "prefill", gate), demand)
-    dec = rank_halves(_halves(cs, models, t, "decode", gate), demand)
+    decs = _halves(cs, models, t, "decode", gate)
+    # the best decode halves of each speculative setting (plain decoding's too)
+    dec = [h for spec in (None, *t.speculative)
+           for h in rank_halves([x for x in decs if x.speculative == spec], demand)]
     made: list[tuple[str, Candidate, Candidate]] = []
     for p in pre:
         for d in dec:
@@ -535,19 +541,24 @@ def add_pairs(cs: CandidateSet, models: _Models, t: Tier,
                 continue
             pair = (f"{t.name}/pd/{p.accelerator.id}@{p.supply.cloud}/{p.supply.region}/"
                     f"{p.precision}/x{p.count}+{d.accelerator.id}@{d.supply.cloud}/"
-                    f"{d.supply.region}/{d.precision}/x{d.count}")
+                    f"{d.supply.region}/{d.precision}/x{d.count}{_spec_tag(d.speculative)}")
             halves = [Candidate(
                 id=f"{pair}/{h.role}", tier=t.name, supply_index=h.supply_index,
                 accelerator=h.accelerator, cloud=h.supply.cloud, region=h.supply.region,
                 precision=h.precision, count=h.count, usd_per_chip_hour=h.usd_per_chip_hour,
                 price_kind=h.price_kind, capacity={b: hc[b] for b in both},
                 estimates={b: he[b] for b in both}, uncertainty=hb, role=h.role,
-                pair=pair, link_basis=basis if h.role == "prefill" else "")
+                pair=pair, link_basis=basis if h.role == "prefill" else "",
+                speculative=h.speculative)
                 for h, hc, he, hb in ((p, caps, ests, band),
                                       (d, d.capacity, d.estimates, d.uncertainty))]
             made.append((pair, halves[0], halves[1]))
     if PAIR_SCREEN:
-        made = _screen_pairs(made, [c for c in cs.candidates if c.tier == t.name], demand)
+        # per speculative setting of the decode half, as _prune_dominated groups them
+        agg = [c for c in cs.candidates if c.tier == t.name]
+        made = [m for spec in (None, *t.speculative) for m in _screen_pairs(
+            [m for m in made if m[2].speculative == spec],
+            [c for c in agg if c.speculative == spec], demand)]
     for pair, hp, hd in made:
         cs.candidates.extend([hp, hd])
         cs.pairs[pair] = (hp.id, hd.id)

@@ -70,12 +70,14 @@ class Half:
     capacity: dict[str, float] = field(default_factory=dict)
     estimates: dict[str, Estimate] = field(default_factory=dict)
     uncertainty: float = 0.0
+    speculative: str | None = None  # a decode half's speculative decoding (Tier.speculative)
 
 
 def role_query(t: Tier, accel: str, count: int, precision: str, input_len: int,
                output_len: int, role: str, link_gbps: float | None = None,
-               ttft_only: bool = False) -> Query:
-    """The estimate query of one half (the SLO split of the module docstring)."""
+               ttft_only: bool = False, speculative: str | None = None) -> Query:
+    """The estimate query of one half (the SLO split of the module docstring); a decode
+    half may decode with ``speculative``."""
     ttft = t.slo.ttft_s
     if ttft is not None:
         join = decode_ttft_s(ttft, t.slo.tpot_s)
@@ -84,7 +86,8 @@ def role_query(t: Tier, accel: str, count: int, precision: str, input_len: int,
         model=t.model, accelerator=accel, count=count, precision=precision, engine=t.engine,
         input_len=input_len, output_len=output_len, slo_ttft=ttft,
         slo_tpot=None if (role == "prefill" or ttft_only) else t.slo.tpot_s,
-        usd_per_hour=1.0, role=role, kv_link_gbps=link_gbps)  # type: ignore[arg-type]
+        usd_per_hour=1.0, role=role, kv_link_gbps=link_gbps,  # type: ignore[arg-type]
+        speculative=speculative if role == "decode" else None)
 
 
 def pair_link_gbps(p: Accelerator, p_supply: Supply, p_count: int, d: Accelerator,
@@ -137,7 +140,7 @@ def half_capacity(est: EstimateFn, t: Tier, h: Half, demands: list, link_gbps: f
     band = 0.0
     for d in demands:
         q = role_query(t, h.accelerator.id, h.count, h.precision, d.input_len, d.output_len,
-                       h.role, link_gbps)
+                       h.role, link_gbps, speculative=h.speculative)
         e = est(q)
         if not (e.fits and e.requests_per_s):
             continue

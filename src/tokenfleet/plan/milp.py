@@ -310,14 +310,16 @@ def _variables(sc: Scenario, cs: CandidateSet, cands: list[Candidate],
     for c in cands:
         s = sc.supply[c.supply_index]
         monthly = c.usd_per_hour * hours
+        # ... and plain decoding over speculative (one more thing to run and tune)
+        tie = eps * monthly * (2.0 if c.speculative else 1.0)
         if sc.objective == "energy":
-            obj = c.watts / 1e6 + eps * 1e-3 * monthly  # MW first; $ only breaks ties
+            obj = c.watts / 1e6 + 1e-3 * tie  # MW first; $ only breaks ties
         elif s.prepaid:  # paid for already (a constant below)
-            obj = eps * monthly
+            obj = tie
         else:
             # usage under a contract is paid through its row (minimum + overage, od)
             under = sc.contract_for(c.accelerator.id, c.cloud, c.region) is not None
-            obj = (0.0 if under else monthly) + eps * monthly
+            obj = (0.0 if under else monthly) + tie
         # Never more replicas than serving the tier's whole demand alone would take: a
         # valid bound that keeps branch-and-bound small.
         alone = sum(d.rate_per_s * (1 + sc.headroom) / c.capacity[d.bucket]

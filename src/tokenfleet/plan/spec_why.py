@@ -29,7 +29,9 @@ def explain_speculation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formulati
     tiers = sorted({c.tier for c, _ in chosen if c.speculative})
     if not tiers:
         return
-    g, s2 = solve_fleet(sc, cs, candidates=[c for c in cs.candidates if not c.speculative])
+    spec_pairs = {c.pair for c in cs.candidates if c.speculative and c.pair}
+    g, s2 = solve_fleet(sc, cs, candidates=[c for c in cs.candidates if not c.speculative
+                                            and c.pair not in spec_pairs])
     if s2.ok and (sc.contracts or any(x.prepaid for x in sc.supply)):
         g, s2 = polish(sc, cs, g, s2)  # as the plan was: least list spend at its bill
     plain = _chosen(g, s2) if s2.ok else []
