@@ -25,6 +25,19 @@ def _tier_usd_per_h(chosen: list[tuple[Candidate, int]]) -> dict[str, float]:
     return out
 
 
+def solve_without(sc: Scenario, cs: CandidateSet, keep: Callable[[Candidate], bool],
+                  bill: Callable[[Formulation, Solution], float], name: str, note: str
+                  ) -> tuple[Formulation, Solution, list[tuple[Candidate, int]], Baseline]:
+    """The scenario re-solved over the candidates ``keep`` accepts (every constraint
+    kept), polished as the plan was, its chosen pools and its baseline row."""
+    g, s2 = solve_fleet(sc, cs, candidates=[c for c in cs.candidates if keep(c)])
+    if s2.ok and (sc.contracts or any(x.prepaid for x in sc.supply)):
+        g, s2 = polish(sc, cs, g, s2)  # as the plan was: least list spend at its bill
+    base = Baseline(name=name, usd_per_month=bill(g, s2) if s2.ok else None,
+                    feasible=s2.ok, note=note, drops=[])
+    return g, s2, (_chosen(g, s2) if s2.ok else []), base
+
+
 def _busiest(chosen: list[tuple[Candidate, int]], tier: str, roles: tuple[str, ...]
              ) -> Candidate | None:
     mine = [(c, r) for c, r in chosen if c.tier == tier and c.role in roles]
@@ -58,15 +71,12 @@ def explain_disaggregation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formul
     tiers = sorted({c.tier for c, _ in chosen if c.pair is not None})
     if not tiers:
         return
-    g, s2 = solve_fleet(sc, cs, candidates=[c for c in cs.candidates if c.pair is None])
-    if s2.ok and (sc.contracts or any(x.prepaid for x in sc.supply)):
-        g, s2 = polish(sc, cs, g, s2)  # as the plan was: least list spend at its bill
-    agg = _chosen(g, s2) if s2.ok else []
+    g, s2, agg, base = solve_without(sc, cs, lambda c: c.pair is None, bill,
+                                     "aggregated serving only",
+                                     "the same constraints, no prefill/decode pairs")
+    plan.baselines.append(base)
     with_h, agg_h = _tier_usd_per_h(chosen), _tier_usd_per_h(agg)
     hours = sc.hours_per_month
-    plan.baselines.append(Baseline(
-        name="aggregated serving only", usd_per_month=bill(g, s2) if s2.ok else None,
-        feasible=s2.ok, note="the same constraints, no prefill/decode pairs", drops=[]))
     for t in plan.tiers:
         if t.name not in tiers:
             continue

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 from tokenfleet.perf.speculative import parse_speculation
 from tokenfleet.plan.candidates import CandidateSet
-from tokenfleet.plan.disagg_why import _chosen, _tier_usd_per_h
-from tokenfleet.plan.milp import Formulation, Solution, polish, solve_fleet
+from tokenfleet.plan.disagg_why import _chosen, _tier_usd_per_h, solve_without
+from tokenfleet.plan.milp import Formulation, Solution
 from tokenfleet.plan.scenario import Scenario
-from tokenfleet.plan.schema import Baseline, Plan
+from tokenfleet.plan.schema import Plan
 
 
 def explain_speculation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formulation,
@@ -30,16 +30,12 @@ def explain_speculation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formulati
     if not tiers:
         return
     spec_pairs = {c.pair for c in cs.candidates if c.speculative and c.pair}
-    g, s2 = solve_fleet(sc, cs, candidates=[c for c in cs.candidates if not c.speculative
-                                            and c.pair not in spec_pairs])
-    if s2.ok and (sc.contracts or any(x.prepaid for x in sc.supply)):
-        g, s2 = polish(sc, cs, g, s2)  # as the plan was: least list spend at its bill
-    plain = _chosen(g, s2) if s2.ok else []
+    g, s2, plain, base = solve_without(
+        sc, cs, lambda c: not c.speculative and c.pair not in spec_pairs, bill,
+        "plain decoding only", "the same constraints, no speculative decoding")
+    plan.baselines.append(base)
     with_h, plain_h = _tier_usd_per_h(chosen), _tier_usd_per_h(plain)
     hours = sc.hours_per_month
-    plan.baselines.append(Baseline(
-        name="plain decoding only", usd_per_month=bill(g, s2) if s2.ok else None,
-        feasible=s2.ok, note="the same constraints, no speculative decoding", drops=[]))
     for t in plan.tiers:
         if t.name not in tiers:
             continue
