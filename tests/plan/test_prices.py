@@ -189,3 +189,39 @@ def test_no_baselines_still_prices_the_policies():
     unpriced = solve_plan(sc, cs, "tiny", CAT, compare_policies=False)
     assert all(r.marginal_usd_per_month is None for r in unpriced.constraints
                if r.name in ("vendor-share", "n-1"))
+
+
+def test_a_closer_re_solve_cut_short_keeps_the_narrower_range(monkeypatch):
+    """The closer pass (a tenth of the gap) has REFINE_S at most; when it proves less than
+    the first pass did (here: it stops at a 10 % gap), the first pass's range stands."""
+    import tokenfleet.plan.prices as prices
+
+    real = prices.solve_fleet
+
+    def closer_cut_short(sc, *a, **kw):
+        f, s = real(sc, *a, **kw)
+        if sc.mip_gap < base.mip_gap:  # the closer pass only
+            s.status, s.bound = 1, s.objective * 0.9
+        return f, s
+
+    base = _scenario(max_vendor_share=0.7).model_copy(update={"mip_gap": 0.05})
+    cs = _cands(CAPS, PRICES)
+    f, sol = solve_fleet(base, cs)
+    total = bill(base, f, sol)
+    monkeypatch.setattr(prices, "SETTLED_SHARE", 1e9)  # the first pass alone
+    first = {r.name: r for r in price_constraints(base, cs, f, sol, total, bill)}
+    monkeypatch.setattr(prices, "solve_fleet", closer_cut_short)
+    monkeypatch.setattr(prices, "SETTLED_SHARE", 0.0)  # every binding price refines
+    monkeypatch.setattr(prices, "SETTLED_BILL", 0.0)
+    again = {r.name: r for r in price_constraints(base, cs, f, sol, total, bill)}
+    binding = [n for n, r in first.items() if r.binding]
+    assert binding
+    for name in binding:  # (a loose cap's price comes from the screen, not refined)
+        r = again[name]
+        assert r.price_low_usd_per_month is not None and r.price_high_usd_per_month is not None
+        assert first[name].price_low_usd_per_month is not None
+        assert first[name].price_high_usd_per_month is not None
+        width = r.price_high_usd_per_month - r.price_low_usd_per_month
+        width0 = (first[name].price_high_usd_per_month
+                  - first[name].price_low_usd_per_month)
+        assert width <= width0 + 1e-6, name
