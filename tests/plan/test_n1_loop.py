@@ -103,13 +103,20 @@ def _meets_rows(f, x, tol=1e-6):
     assert np.allclose(x[ints], np.round(x[ints]), atol=1e-6)
 
 
-def test_first_plan_is_repaired_until_n1_holds():
+def _cut_loop():
+    """The synthetic 5x10x5x12 fleet and an N-1 cut loop over it with only the starting
+    cuts."""
     sc, cs = synthetic(Size(5, 10, 5, 12), 3)
     cands = cs.candidates
     groups = _groups(cands)
-    # only the starting cuts: the dive point breaks N-1, so the repair has work to do
     loop = _CutLoop(sc, cs, cands, frozenset(), groups, "vendor", FRACTION,
                     starting_cuts(cands, cs.demands, groups, FRACTION))
+    return cs, cands, groups, loop
+
+
+def test_first_plan_is_repaired_until_n1_holds():
+    # only the starting cuts: the dive point breaks N-1, so the repair has work to do
+    cs, cands, groups, loop = _cut_loop()
     f = loop.formulate()
     p = f.program
     dive = _dive(p, p.matrix(), np.asarray(p.integer, bool), time.perf_counter() + 30)
@@ -140,11 +147,7 @@ def test_cut_short_run_returns_a_plan_meeting_n1_and_an_honest_gap():
 
 
 def test_neighbourhood_search_keeps_n1_and_never_raises_the_bill():
-    sc, cs = synthetic(Size(5, 10, 5, 12), 3)
-    cands = cs.candidates
-    groups = _groups(cands)
-    loop = _CutLoop(sc, cs, cands, frozenset(), groups, "vendor", FRACTION,
-                    starting_cuts(cands, cs.demands, groups, FRACTION))
+    cs, cands, groups, loop = _cut_loop()
     cut_lp = _lp_cuts(loop.formulate(), loop.cuts, groups, "vendor", FRACTION, cs.demands,
                       time.perf_counter() + 30)
     assert cut_lp.replicas

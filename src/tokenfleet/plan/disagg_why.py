@@ -27,15 +27,28 @@ def _tier_usd_per_h(chosen: list[tuple[Candidate, int]]) -> dict[str, float]:
 
 def solve_without(sc: Scenario, cs: CandidateSet, keep: Callable[[Candidate], bool],
                   bill: Callable[[Formulation, Solution], float], name: str, note: str
-                  ) -> tuple[Formulation, Solution, list[tuple[Candidate, int]], Baseline]:
+                  ) -> tuple[list[tuple[Candidate, int]], Baseline]:
     """The scenario re-solved over the candidates ``keep`` accepts (every constraint
-    kept), polished as the plan was, its chosen pools and its baseline row."""
+    kept), polished as the plan was: its chosen pools and its baseline row."""
     g, s2 = solve_fleet(sc, cs, candidates=[c for c in cs.candidates if keep(c)])
     if s2.ok and (sc.contracts or any(x.prepaid for x in sc.supply)):
         g, s2 = polish(sc, cs, g, s2)  # as the plan was: least list spend at its bill
     base = Baseline(name=name, usd_per_month=bill(g, s2) if s2.ok else None,
                     feasible=s2.ok, note=note, drops=[])
-    return g, s2, (_chosen(g, s2) if s2.ok else []), base
+    return (_chosen(g, s2) if s2.ok else []), base
+
+
+def saving_text(tier: str, with_h: dict[str, float], other_h: dict[str, float],
+                hours: float, other: str, bill_usd: float, base: Baseline) -> str:
+    """What serving ``tier`` as the plan does saves against the best ``other`` plan
+    (``base``, the same constraints), at list, per month."""
+    if base.usd_per_month is None or not other_h.get(tier):
+        return f"no {other} plan meets the constraints"
+    save = (other_h[tier] - with_h[tier]) * hours
+    return (f"{'saves' if save >= 0 else 'costs'} {abs(save):,.0f} USD/month at list "
+            f"({abs(save) / (other_h[tier] * hours):.0%}) {'' if save >= 0 else 'more '}"
+            f"on this tier vs the best {other} plan under the same constraints (bill "
+            f"{bill_usd:,.0f} vs {base.usd_per_month:,.0f} USD/month)")
 
 
 def _busiest(chosen: list[tuple[Candidate, int]], tier: str, roles: tuple[str, ...]
@@ -71,9 +84,9 @@ def explain_disaggregation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formul
     tiers = sorted({c.tier for c, _ in chosen if c.pair is not None})
     if not tiers:
         return
-    g, s2, agg, base = solve_without(sc, cs, lambda c: c.pair is None, bill,
-                                     "aggregated serving only",
-                                     "the same constraints, no prefill/decode pairs")
+    agg, base = solve_without(sc, cs, lambda c: c.pair is None, bill,
+                              "aggregated serving only",
+                              "the same constraints, no prefill/decode pairs")
     plan.baselines.append(base)
     with_h, agg_h = _tier_usd_per_h(chosen), _tier_usd_per_h(agg)
     hours = sc.hours_per_month
@@ -90,15 +103,8 @@ def explain_disaggregation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formul
             parts.append(f"prefill {reps[p_id]}x {p.accelerator.id} x{p.count} "
                          f"({p.vendor}, {p.cloud}) : decode {reps[d_id]}x "
                          f"{d.accelerator.id} x{d.count} ({d.vendor}, {d.cloud})")
-        if s2.ok and agg_h.get(t.name):
-            save = (agg_h[t.name] - with_h[t.name]) * hours
-            why = (f"{'saves' if save >= 0 else 'costs'} {abs(save):,.0f} USD/month at list "
-                   f"({abs(save) / (agg_h[t.name] * hours):.0%}) "
-                   f"{'' if save >= 0 else 'more '}on this tier vs the best aggregated-only "
-                   f"plan under the same constraints (bill {plan.cost.usd_per_month:,.0f} vs "
-                   f"{bill(g, s2):,.0f} USD/month)")
-        else:
-            why = "no aggregated-only plan meets the constraints"
+        why = saving_text(t.name, with_h, agg_h, hours, "aggregated-only",
+                          plan.cost.usd_per_month, base)
         dec = _busiest(chosen, t.name, ("decode",))
         pre = next(c for c, _ in chosen if dec is not None and c.id == cs.pairs[dec.pair][0]) \
             if dec is not None and dec.pair else None

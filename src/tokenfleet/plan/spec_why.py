@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from tokenfleet.perf.speculative import parse_speculation
 from tokenfleet.plan.candidates import CandidateSet
-from tokenfleet.plan.disagg_why import _chosen, _tier_usd_per_h, solve_without
+from tokenfleet.plan.disagg_why import _chosen, _tier_usd_per_h, saving_text, solve_without
 from tokenfleet.plan.milp import Formulation, Solution
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.plan.schema import Plan
@@ -30,7 +30,7 @@ def explain_speculation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formulati
     if not tiers:
         return
     spec_pairs = {c.pair for c in cs.candidates if c.speculative and c.pair}
-    g, s2, plain, base = solve_without(
+    plain, base = solve_without(
         sc, cs, lambda c: not c.speculative and c.pair not in spec_pairs, bill,
         "plain decoding only", "the same constraints, no speculative decoding")
     plan.baselines.append(base)
@@ -46,14 +46,8 @@ def explain_speculation(plan: Plan, sc: Scenario, cs: CandidateSet, f: Formulati
                          "expected)" for s in settings)
         share = spec_chips / max(sum(c.count * r for c, r in mine), 1)
         text = f"{runs} on {share:.0%} of the tier's chips"
-        if s2.ok and plain_h.get(t.name):
-            save = (plain_h[t.name] - with_h[t.name]) * hours
-            text += (f"; {'saves' if save >= 0 else 'costs'} {abs(save):,.0f} USD/month at "
-                     f"list ({abs(save) / (plain_h[t.name] * hours):.0%}) on this tier vs the "
-                     "best plain-decoding plan under the same constraints (bill "
-                     f"{plan.cost.usd_per_month:,.0f} vs {bill(g, s2):,.0f} USD/month)")
-        else:
-            text += "; no plain-decoding plan meets the constraints"
+        text += "; " + saving_text(t.name, with_h, plain_h, hours, "plain-decoding",
+                                   plan.cost.usd_per_month, base)
         busiest = max(((c, r) for c, r in mine if c.speculative),
                       key=lambda cr: cr[0].count * cr[1])[0]
         e = max(busiest.estimates.values(), key=lambda e: e.requests_per_s or 0.0)
