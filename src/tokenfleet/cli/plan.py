@@ -200,12 +200,15 @@ def prefix_cache_line(pc: TierPrefixCache) -> str:
 def _print_tiers(plan: Plan, console: Console) -> None:
     econ = {t.tier: t for t in plan.economics.tiers} if plan.economics else {}
     t = Table(title="Tiers (unit costs at peak demand, list prices)")
-    for col in ("tier", "model", "peak req/s", "out tok/s", "$/M in", "$/M out", "$/M blend",
-                "$/1k req", "Mtok/$", "precisions"):
+    for col in ("tier", "model", "peak req/s", "sized for", "out tok/s", "$/M in", "$/M out",
+                "$/M blend", "$/1k req", "Mtok/$", "precisions"):
         t.add_column(col, overflow="fold")
+    h = plan.limits.headroom
     for tier in plan.tiers:
         e = econ.get(tier.name)
-        t.add_row(tier.name, tier.model, f"{tier.peak_requests_per_s:,.1f}",
+        sized = (f"{tier.burst_factor:.2f}x peak (bursts)" if tier.burst_factor > 1 + h
+                 else f"{1 + h:.2f}x peak")
+        t.add_row(tier.name, tier.model, f"{tier.peak_requests_per_s:,.1f}", sized,
                   f"{tier.output_tokens_per_s:,.0f}",
                   _usd(e.usd_per_million_input_tokens if e else None),
                   _usd(e.usd_per_million_output_tokens if e else

@@ -37,8 +37,9 @@ from tokenfleet.plan.disagg import (
 from tokenfleet.plan.risk import confidence_factor
 from tokenfleet.plan.scenario import Scenario, Supply, Tier
 from tokenfleet.plan.schema import BucketCapacity, PlanUnit, TierPrefixCache
-from tokenfleet.plan.tail import binding_percentile, tail_rate_factor
+from tokenfleet.plan.tail import QUEUE_SHARE, binding_percentile, burst_factor, tail_rate_factor
 from tokenfleet.workload import SizeBuckets, read_trace
+from tokenfleet.workload.buckets import busiest_window
 from tokenfleet.workload.prefix import PrefixReuse
 from tokenfleet.workload.trace import Trace
 
@@ -57,6 +58,15 @@ class Demand:
     # prompt tokens at the tier's TTFT percentile within the bucket: the long prompts
     # a unit must still prefill within the TTFT SLO (0: the bucket has no spread known)
     input_len_tail: int = 0
+    # capacity the tier's bursts need, as a multiple of its peak-window rate
+    # (plan.tail.burst_factor; 1 for a rate and mix): the plan buys the larger of this
+    # and 1 + headroom
+    burst: float = 1.0
+
+    def need_per_s(self, headroom: float) -> float:
+        """Requests/s the plan provisions for this bucket: its peak with headroom, or
+        what the tier's bursts need at its TTFT percentile, whichever is more."""
+        return self.rate_per_s * max(1.0 + headroom, self.burst)
 
 
 @dataclass
@@ -146,6 +156,7 @@ def tier_demand(tier: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
             path = base / path
         trace = read_trace(path, format=t.format)
         tails = _tail_inputs(trace, buckets, float(tier.slo.ttft_percentile or 99))
+        burst = _trace_burst(tier, trace)
         for d in buckets.demand(trace, peak_window_s=t.peak_window_s):
             if d.count == 0 or d.rate_at_peak_per_s <= 0:
                 continue
@@ -153,7 +164,7 @@ def tier_demand(tier: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
                               max(int(round(d.mean_input_tokens or 0)), 1),
                               max(int(round(d.mean_output_tokens or 0)), 1),
                               d.rate_at_peak_per_s * t.scale * t.growth,
-                              tails.get(d.bucket.label, 0)))
+                              tails.get(d.bucket.label, 0), burst))
         return out
     assert t.rate_per_s is not None and t.mix
     total = sum(m.share for m in t.mix)
@@ -170,6 +181,19 @@ def tier_demand(tier: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
         out.append(Demand(tier.name, label, int(round(i_sum / w)), int(round(o_sum / w)),
                           t.rate_per_s * w * t.growth))
     return out
+
+
+def _trace_burst(tier: Tier, trace: Trace) -> float:
+    """The tier's burst factor (:func:`~tokenfleet.plan.tail.burst_factor`): the rate
+    that queues at most ``QUEUE_SHARE`` of the TTFT SLO at its percentile through the
+    trace's own arrivals, over the busiest window's rate (both at the tier's scale)."""
+    t = tier.traffic
+    if tier.slo.ttft_s is None or trace.is_empty:
+        return 1.0
+    scale = t.scale * t.growth
+    peak = busiest_window(trace.arrival_s, t.peak_window_s)[1] / t.peak_window_s * scale
+    return burst_factor(trace.arrival_s, peak, QUEUE_SHARE * tier.slo.ttft_s,
+                        float(tier.slo.ttft_percentile or 99), scale)
 
 
 def _tail_inputs(trace: Trace, buckets: SizeBuckets, percentile: float) -> dict[str, int]:
@@ -434,7 +458,7 @@ DEFAULT_CONFIDENCE = 0.9
 
 def tail_factor(t: Tier, e: Estimate) -> float:
     """Share of the steady SLO rate that keeps the tier's SLO percentile (Poisson
-    arrivals; bursts beyond Poisson are left to the simulation in the loop)."""
+    arrivals; the trace's own bursts are in the demand, :attr:`Demand.burst`)."""
     pct = binding_percentile(e.ttft_s, e.tpot_s, t.slo.ttft_s, t.slo.tpot_s,
                              float(t.slo.ttft_percentile or 99),
                              float(t.slo.tpot_percentile or 90))

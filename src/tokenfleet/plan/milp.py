@@ -322,7 +322,7 @@ def _variables(sc: Scenario, cs: CandidateSet, cands: list[Candidate],
             obj = (0.0 if under else monthly) + tie
         # Never more replicas than serving the tier's whole demand alone would take: a
         # valid bound that keeps branch-and-bound small.
-        alone = sum(d.rate_per_s * (1 + sc.headroom) / c.capacity[d.bucket]
+        alone = sum(d.need_per_s(sc.headroom) / c.capacity[d.bucket]
                     for d in cs.demands if d.tier == c.tier and d.bucket in c.capacity)
         ub = min(s.max_chips // c.count, int(np.ceil(alone)) + 1)
         n[c.id] = p.var(f"n[{c.id}]", obj, 0, ub, integer=True)
@@ -356,14 +356,16 @@ def served_by(c: Candidate) -> bool:
 
 
 def _demand_rows(b: _Build) -> None:
-    """Each (tier, bucket) served exactly its peak plus headroom (equality keeps the
-    shares meaningful)."""
+    """Each (tier, bucket) served exactly its peak plus headroom, or what the tier's
+    bursts need when that is more (equality keeps the shares meaningful)."""
     for d in b.cs.demands:
-        need = d.rate_per_s * (1 + b.sc.headroom)
+        need = d.need_per_s(b.sc.headroom)
         coefs = {b.x[(c.id, d.bucket)]: 1.0 for c in b.cands
                  if c.tier == d.tier and (c.id, d.bucket) in b.x and served_by(c)}
+        why = (f"{d.burst:.2f}x peak for the tier's bursts" if d.burst > 1 + b.sc.headroom
+               else f"at peak incl. {b.sc.headroom:.0%} headroom")
         b.p.row(f"demand {d.tier}/{d.bucket}", "demand", coefs, need, need,
-                f"{need:.3g} req/s at peak incl. {b.sc.headroom:.0%} headroom")
+                f"{need:.3g} req/s {why}")
 
 
 def _capacity_rows(b: _Build) -> None:

@@ -497,6 +497,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
             slo_tpot_s=t.slo.tpot_s, slo_ttft_percentile=float(t.slo.ttft_percentile or 99),
             slo_tpot_percentile=float(t.slo.tpot_percentile or 90),
             peak_requests_per_s=sum(d.rate_per_s for d in cs.demands if d.tier == t.name),
+            burst_factor=max((d.burst for d in cs.demands if d.tier == t.name), default=1.0),
             output_tokens_per_s=toks,
             usd_per_million_output_tokens=spend_h / 3600 / toks * 1e6 if toks else 0.0,
             precisions=sorted({c.precision for c, _ in chosen if c.tier == t.name}),

@@ -143,6 +143,10 @@ class TierSummary(_Model):
     slo_percentile: float | None = Field(
         None, description="older plans: one percentile for both bounds (read, not written)")
     peak_requests_per_s: float
+    burst_factor: float = Field(
+        1.0, description="capacity the tier's bursts need at its TTFT percentile, as a "
+                         "multiple of its peak-window rate (a fluid queue fed by its trace, "
+                         "plan.tail.burst_factor); the plan buys max(1 + headroom, this)")
     output_tokens_per_s: float = Field(description="at peak")
     usd_per_million_output_tokens: float
     precisions: list[str]

@@ -130,6 +130,9 @@ def _tiers_table(plan: Plan) -> str:
             num(t.peak_requests_per_s, 1), num(t.output_tokens_per_s, 0),
             usd(t.usd_per_million_output_tokens, 3), esc(", ".join(t.precisions) or "—"),
             "<br>".join(esc(n) for n in t.precision_notes
+                        + ([f"sized for its bursts: {t.burst_factor:.2f}x its peak-window "
+                            "rate (more than the headroom)"]
+                           if t.burst_factor > 1 + plan.limits.headroom else [])
                         + ([f"disaggregated prefill/decode: {t.disaggregation}"]
                            if t.disaggregation else [])
                         + ([f"speculative decoding: {t.speculative}"]
