@@ -277,3 +277,68 @@ def test_whole_simulation_matches_the_reference(monkeypatch) -> None:
         b = slow.summary.model_dump(exclude={"wall_s", "simulated_requests_per_s"})
         assert a == b
         assert sum(v[0] for v in fast.record.prefix_tokens.values()) > 0
+
+
+def _follow_caches_reference(w, out: np.ndarray, tier_paths: dict[str, list[str]]
+                             ) -> np.ndarray:
+    """``disagg._follow_caches`` as it was in Python, one request at a time (the rule
+    its docstring states); the compiled one must move the same requests."""
+    from tokenfleet.routing.affinity import MIN_MATCH
+
+    out = out.copy()
+    offsets, hashes = w.prefix_offsets, w.prefix_hashes
+    tier_of = [k.tier for k in w.keys]
+    held: dict[str, dict[int, int]] = {t: {} for t, ps in tier_paths.items() if len(ps) > 1}
+    bit = {t: {p: 1 << j for j, p in enumerate(ps)} for t, ps in tier_paths.items()}
+    for i in np.argsort(w.arrival_s, kind="stable").tolist():
+        r = int(w.prefix_row[i])
+        tier = tier_of[int(w.key[i])]
+        seen = held.get(tier)
+        if r < 0 or seen is None or out[i] not in bit[tier]:
+            continue
+        blocks = hashes[offsets[r]:offsets[r + 1]].tolist()
+        if not blocks:
+            continue
+        every = (1 << len(bit[tier])) - 1
+        alive, run = every, 0
+        for h in blocks:
+            m = seen.get(h, 0) & alive
+            if not m:
+                break
+            alive, run = m, run + 1
+        if alive != every and run >= max(MIN_MATCH * len(blocks), 1.0) \
+                and not alive & bit[tier][out[i]]:
+            out[i] = next(p for p, b in bit[tier].items() if alive & b)
+        mine = bit[tier][out[i]]
+        for h in blocks:
+            seen[h] = seen.get(h, 0) | mine
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_following_caches_between_paths_matches_the_reference(seed: int) -> None:
+    """Three tiers (three paths, one, two), paths drawn at random (some a tier does not
+    have), arrival ties, requests without hashes and with none at all; enough blocks
+    that the compiled record grows. Same path for every request."""
+    from tokenfleet.sim.disagg import _follow_caches
+    from tokenfleet.sim.traffic import RouteKey, Workload
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    base = _workload(rng, n)
+    # longer conversations too (a floor above one block), beyond the first table's size
+    extra = [int(x) for x in rng.integers(0, 3000, 4000)]
+    offsets = np.concatenate([base.prefix_offsets, base.prefix_offsets[-1] + [2000, 4000]])
+    hashes = np.concatenate([base.prefix_hashes.view(np.int64), extra]).view(np.uint64)
+    row = base.prefix_row.copy()
+    row[rng.integers(0, n, 40)] = rng.integers(offsets.size - 3, offsets.size - 1, 40)
+    keys = [RouteKey("a", "s"), RouteKey("a", "l"), RouteKey("b", "s"), RouteKey("c", "s")]
+    w = Workload(np.round(np.sort(rng.random(n)) * 50, 1), np.ones(n, np.int64),
+                 np.ones(n, np.int64), rng.integers(0, 4, n).astype(np.int32), keys, "t",
+                 prefix_row=row, prefix_offsets=offsets.astype(np.int64), prefix_hashes=hashes)
+    tier_paths = {"a": ["agg", "p1", "p2"], "b": ["agg"], "c": ["agg", "p2"]}
+    out = rng.choice(np.array(["agg", "p1", "p2", "zz"], dtype=object), n)
+    want = _follow_caches_reference(w, out, tier_paths)
+    got = _follow_caches(w, out, tier_paths)
+    assert got.tolist() == want.tolist()
+    assert (want != out).sum() > 50  # requests did move

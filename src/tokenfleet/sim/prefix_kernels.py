@@ -374,3 +374,73 @@ def contents(c: Caches, lane: int) -> list[int]:
         out.append(int(c.block[e]))
         e = int(c.nxt[e])
     return out
+
+
+@njit(cache=True)
+def follow_paths(order: np.ndarray, req_row: np.ndarray, req_tier: np.ndarray,
+                 path: np.ndarray, tier_paths: np.ndarray, offsets: np.ndarray,
+                 blocks: np.ndarray, min_match: float) -> np.ndarray:
+    """``disagg._follow_caches`` over requests ``order`` (arrival order; each with prefix
+    row ``req_row``, tier ``req_tier`` of ``tier_paths`` paths and drawn path index
+    ``path`` in it): the path index each ends on. Per (tier, block), the paths that
+    were sent it (bits), in an open-addressing table that grows, never evicts."""
+    out = path.copy()
+    size = 1 << 12
+    k_tier = np.full(size, -1, np.int64)
+    k_block = np.zeros(size, np.int64)
+    bits = np.zeros(size, np.int64)
+    used = 0
+    for q in range(order.size):
+        i = order[q]
+        t = req_tier[i]
+        a, b = offsets[req_row[i]], offsets[req_row[i] + 1]
+        if b == a:
+            continue
+        if 2 * (used + b - a) > size:  # keep the table at most half full
+            while 2 * (used + b - a) > size:
+                size *= 2
+            k_tier, k_block, bits = _rehashed(k_tier, k_block, bits, size)
+        every = (1 << tier_paths[t]) - 1
+        alive, run = every, 0
+        for j in range(a, b):
+            m = bits[_path_slot(k_tier, k_block, t, blocks[j])] & alive
+            if m == 0:
+                break
+            alive, run = m, run + 1
+        # a run every path holds (the shared system prompt) is no reason to move
+        if alive != every and run >= max(min_match * (b - a), 1.0) \
+                and (alive >> out[i]) & 1 == 0:
+            low = 0
+            while (alive >> low) & 1 == 0:
+                low += 1
+            out[i] = low  # the first path (by name) holding the run
+        mine = 1 << out[i]
+        for j in range(a, b):
+            s = _path_slot(k_tier, k_block, t, blocks[j])
+            if k_tier[s] < 0:
+                k_tier[s] = t
+                k_block[s] = blocks[j]
+                used += 1
+            bits[s] |= mine
+    return out
+
+
+@njit(cache=True)
+def _path_slot(k_tier: np.ndarray, k_block: np.ndarray, tier: int, block: int) -> int:
+    """The slot of ``(tier, block)``: its own, or the empty one it would take."""
+    mask = k_tier.size - 1
+    i = _slot(tier, block, mask)
+    while k_tier[i] >= 0 and (k_tier[i] != tier or k_block[i] != block):
+        i = (i + 1) & mask
+    return i
+
+
+@njit(cache=True)
+def _rehashed(k_tier: np.ndarray, k_block: np.ndarray, bits: np.ndarray, size: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    nt, nb, nv = np.full(size, -1, np.int64), np.zeros(size, np.int64), np.zeros(size, np.int64)
+    for s in range(k_tier.size):
+        if k_tier[s] >= 0:
+            d = _path_slot(nt, nb, k_tier[s], k_block[s])
+            nt[d], nb[d], nv[d] = k_tier[s], k_block[s], bits[s]
+    return nt, nb, nv
