@@ -27,7 +27,7 @@ def _arr(blocks: list[int]) -> np.ndarray:
 
 
 def _room(c: pk.Caches, n: int) -> pk.Caches:
-    return pk.grown(c, n) if c.lane.size - int(c.meta[pk.LIVE]) < n else c
+    return pk.grown(c, n) if pk.free_entries(c) < n else c
 
 
 def _same(c: pk.Caches, ref: PrefixIndex) -> None:
@@ -35,6 +35,9 @@ def _same(c: pk.Caches, ref: PrefixIndex) -> None:
         assert pk.contents(c, t) == list(cache._blocks)  # same blocks, same LRU order
         assert int(c.count[t]) == len(cache) and int(c.cap[t]) == cache.capacity_blocks
     assert int(c.meta[pk.LIVE]) == sum(len(x) for x in ref.caches)
+    # each block's owner list: the lanes holding it (PrefixIndex's inverted index)
+    for h in {h for x in ref.caches for h in x._blocks} | {10**15}:
+        assert pk.owners(c, h) == sorted(ref._owners.get(h, ()))
 
 
 blocks_st = st.lists(st.sampled_from(ALPHABET), max_size=10)
@@ -102,12 +105,13 @@ def test_many_operations_on_many_lanes_through_growth_and_deletions() -> None:
 
 
 def test_a_full_small_table_keeps_finding_what_it_holds() -> None:
-    """The smallest table (32 slots) at half load, for many insertions and evictions:
-    probe runs wrap past its end and deletions shift entries back across it; every
-    block a lane holds stays findable, and nothing else is found."""
+    """The smallest table (64 slots) at half load (16 entries, 16 owner-list heads),
+    for many insertions and evictions: probe runs wrap past its end and deletions shift
+    records back across it; every block a lane holds stays findable, nothing else is
+    found, and each block's owner list is the lanes holding it."""
     rng = np.random.default_rng(11)
     ref, c = PrefixIndex(2, 0), pk.new_caches(2, 16)
-    assert c.table.size == 32
+    assert c.table.shape[0] == 64
     for step in range(20000):
         t = int(rng.integers(2))
         if step % 3 == 0:
@@ -120,7 +124,9 @@ def test_a_full_small_table_keeps_finding_what_it_holds() -> None:
         for u in range(2):
             held = set(ref.caches[u]._blocks)
             assert [h for h in range(40) if pk.find(c, u, h) >= 0] == sorted(held)
-    assert c.table.size == 32  # never grew: the test stayed on the small table
+        for h in range(40):
+            assert pk.owners(c, h) == sorted(ref._owners.get(h, ()))
+    assert c.table.shape[0] == 64  # never grew: the test stayed on the small table
 
 
 def _affinity(rng: np.random.Generator, n_lanes: int, n_keys: int) -> LaneAffinity:
@@ -143,6 +149,7 @@ def test_choice_matches_lane_affinity(seed: int) -> None:
     key_off = np.concatenate([[0], np.cumsum([k.size for k in aff.key_lanes])]).astype(np.int64)
     key_lanes = np.concatenate(aff.key_lanes).astype(np.int64)
     chosen = 0
+    mark = np.zeros(n_lanes, bool)
     for _ in range(1500):
         t = int(rng.integers(n_lanes))
         cap = int(rng.integers(0, 30))
@@ -156,7 +163,8 @@ def test_choice_matches_lane_affinity(seed: int) -> None:
         k = int(rng.integers(len(aff.key_lanes)))
         want = aff.choose(ref, k, size, blocks, load)
         got = pk.choose(c, _arr(blocks), 0, n, key_lanes, key_off[k], key_off[k + 1],
-                        size, load, aff.lane_kv, aff.max_load_gap, aff.min_match)
+                        size, load, aff.lane_kv, aff.max_load_gap, aff.min_match, mark)
+        assert not mark.any()
         assert got == want
         chosen += want >= 0
         c = _room(c, n)

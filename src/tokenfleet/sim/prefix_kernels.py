@@ -36,7 +36,8 @@ import numpy as np
 from numba import njit
 
 FREE_HEAD, LIVE = 0, 1  # meta[...]
-_EMPTY = -1
+LANE, BLOCK, PRV, NXT, OPRV, ONXT = range(6)  # ent[e, ...]
+_LOW = (1 << 32) - 1
 
 
 class Caches(NamedTuple):
@@ -46,42 +47,44 @@ class Caches(NamedTuple):
     tail: np.ndarray   # int64[lanes]: most recently used entry, -1 when empty
     count: np.ndarray  # int64[lanes]: blocks held
     cap: np.ndarray    # int64[lanes]: capacity in blocks
-    lane: np.ndarray   # int64[entries]: the entry's lane, -1 when free
-    block: np.ndarray  # int64[entries]: the entry's block (hash)
-    prv: np.ndarray    # int64[entries]: next entry toward the lane's LRU end, -1 at it
-    nxt: np.ndarray    # int64[entries]: toward the MRU end (free list: the next free)
-    table: np.ndarray  # int64[power of two >= 2 x entries]: entry, -1 empty
+    # int64[entries, 6], one row per entry (one cache line): its LANE (-1 when free),
+    # BLOCK, the LRU neighbours PRV (toward the least recently used end; -1 at it) and
+    # NXT (toward the most recent; the free list's next), the owner-list neighbours
+    # OPRV and ONXT (the other entries of the same block)
+    ent: np.ndarray
+    # int64[power of two >= 4 x entries, 2]: per record its block and lane << 32 | entry;
+    # lane ``lanes`` (one past the last) marks a block's owner-list head. Empty: -1.
+    table: np.ndarray
     meta: np.ndarray   # int64[2]: FREE_HEAD, LIVE
 
 
 def new_caches(n_lanes: int, entries: int = 4096) -> Caches:
     """Empty caches of capacity 0 with room for ``entries`` blocks before growing."""
     entries = max(int(entries), 16)
+    ent = np.full((entries, 6), -1, np.int64)
     c = Caches(np.full(n_lanes, -1, np.int64), np.full(n_lanes, -1, np.int64),
-               np.zeros(n_lanes, np.int64), np.zeros(n_lanes, np.int64),
-               np.full(entries, -1, np.int64), np.zeros(entries, np.int64),
-               np.full(entries, -1, np.int64), np.full(entries, -1, np.int64),
-               np.full(_table_size(entries), -1, np.int64), np.zeros(2, np.int64))
+               np.zeros(n_lanes, np.int64), np.zeros(n_lanes, np.int64), ent,
+               np.full((_table_size(entries), 2), -1, np.int64), np.zeros(2, np.int64))
     _rebuild(c)
     return c
 
 
 def _table_size(entries: int) -> int:
-    return 1 << max(int(2 * entries - 1).bit_length(), 4)
+    # an entry's record and at most one owner-list head per entry: half full at most
+    return 1 << max(int(4 * entries - 1).bit_length(), 5)
+
+
+def free_entries(c: Caches) -> int:
+    return int(c.ent.shape[0] - c.meta[LIVE])
 
 
 def grown(c: Caches, need: int) -> Caches:
     """``c`` with room for at least ``need`` more blocks than it holds now."""
-    n = c.lane.size
+    n = c.ent.shape[0]
     size = max(2 * n, int(c.meta[LIVE]) + int(need))
-    extra = size - n
-
-    def more(a: np.ndarray, fill: int) -> np.ndarray:
-        return np.concatenate([a, np.full(extra, fill, np.int64)])
-
-    out = Caches(c.head, c.tail, c.count, c.cap, more(c.lane, -1), more(c.block, 0),
-                 more(c.prv, -1), more(c.nxt, -1), np.full(_table_size(size), -1, np.int64),
-                 c.meta)
+    ent = np.concatenate([c.ent, np.full((size - n, 6), -1, np.int64)])
+    out = Caches(c.head, c.tail, c.count, c.cap, ent,
+                 np.full((_table_size(size), 2), -1, np.int64), c.meta)
     _rebuild(out)
     return out
 
@@ -89,20 +92,19 @@ def grown(c: Caches, need: int) -> Caches:
 @njit(cache=True)
 def _rebuild(c: Caches) -> None:
     """The table and the free list again from the entries (after growing)."""
-    c.table[:] = _EMPTY
-    mask = c.table.size - 1
+    c.table[:] = -1
+    owners = c.head.size
     free = -1
     live = 0
-    for e in range(c.lane.size - 1, -1, -1):
-        if c.lane[e] < 0:
-            c.nxt[e] = free
+    for e in range(c.ent.shape[0] - 1, -1, -1):
+        if c.ent[e, LANE] < 0:
+            c.ent[e, NXT] = free
             free = e
             continue
         live += 1
-        i = _slot(c.lane[e], c.block[e], mask)
-        while c.table[i] >= 0:
-            i = (i + 1) & mask
-        c.table[i] = e
+        _put(c, c.ent[e, LANE], c.ent[e, BLOCK], e)
+        if c.ent[e, OPRV] < 0:
+            _put(c, owners, c.ent[e, BLOCK], e)
     c.meta[FREE_HEAD] = free
     c.meta[LIVE] = live
 
@@ -121,85 +123,127 @@ def _slot(lane: int, block: int, mask: int) -> int:
 
 
 @njit(cache=True)
-def find(c: Caches, lane: int, block: int) -> int:
-    """The entry of ``block`` in ``lane``'s cache, or -1."""
-    mask = c.table.size - 1
+def _probe(c: Caches, lane: int, block: int) -> int:
+    """The slot of record ``(lane, block)``, or the empty one it would take."""
+    mask = c.table.shape[0] - 1
     i = _slot(lane, block, mask)
     while True:
-        e = c.table[i]
-        if e < 0:
-            return -1
-        if c.block[e] == block and c.lane[e] == lane:
-            return e
+        v = c.table[i, 1]
+        if v < 0 or (c.table[i, 0] == block and (v >> 32) == lane):
+            return i
         i = (i + 1) & mask
 
 
 @njit(cache=True)
+def _put(c: Caches, lane: int, block: int, e: int) -> None:
+    i = _probe(c, lane, block)
+    c.table[i, 0] = block
+    c.table[i, 1] = (lane << 32) | e
+
+
+@njit(cache=True)
+def _delete(c: Caches, i: int) -> None:
+    """Empty slot ``i`` (backward shift: later records of its probe run move up)."""
+    mask = c.table.shape[0] - 1
+    j = i
+    while True:
+        j = (j + 1) & mask
+        v = c.table[j, 1]
+        if v < 0:
+            break
+        k = _slot(v >> 32, c.table[j, 0], mask)
+        # the record at j stays if its home k lies cyclically in (i, j]
+        if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
+            c.table[i, 0] = c.table[j, 0]
+            c.table[i, 1] = v
+            i = j
+    c.table[i, 1] = -1
+
+
+@njit(cache=True)
+def find(c: Caches, lane: int, block: int) -> int:
+    """The entry of ``block`` in ``lane``'s cache, or -1."""
+    v = c.table[_probe(c, lane, block), 1]
+    return -1 if v < 0 else v & _LOW
+
+
+@njit(cache=True)
+def _first_owner(c: Caches, block: int) -> int:
+    """The first entry of ``block``'s owner list (every lane holding it), or -1."""
+    v = c.table[_probe(c, c.head.size, block), 1]
+    return -1 if v < 0 else v & _LOW
+
+
+@njit(cache=True)
 def _unlink(c: Caches, e: int) -> None:
-    p, n, t = c.prv[e], c.nxt[e], c.lane[e]
+    p, n, t = c.ent[e, PRV], c.ent[e, NXT], c.ent[e, LANE]
     if p >= 0:
-        c.nxt[p] = n
+        c.ent[p, NXT] = n
     else:
         c.head[t] = n
     if n >= 0:
-        c.prv[n] = p
+        c.ent[n, PRV] = p
     else:
         c.tail[t] = p
 
 
 @njit(cache=True)
 def _push_mru(c: Caches, e: int) -> None:
-    t = c.lane[e]
+    t = c.ent[e, LANE]
     last = c.tail[t]
-    c.prv[e] = last
-    c.nxt[e] = -1
+    c.ent[e, PRV] = last
+    c.ent[e, NXT] = -1
     if last >= 0:
-        c.nxt[last] = e
+        c.ent[last, NXT] = e
     else:
         c.head[t] = e
     c.tail[t] = e
 
 
 @njit(cache=True)
-def _insert(c: Caches, lane: int, block: int) -> None:
+def _insert(c: Caches, lane: int, block: int, slot: int) -> None:
+    """``block`` enters ``lane`` (record slot ``slot``, from ``_probe``): most recent."""
     e = c.meta[FREE_HEAD]  # the caller made sure one is free
-    c.meta[FREE_HEAD] = c.nxt[e]
+    c.meta[FREE_HEAD] = c.ent[e, NXT]
     c.meta[LIVE] += 1
-    c.lane[e] = lane
-    c.block[e] = block
+    c.ent[e, LANE] = lane
+    c.ent[e, BLOCK] = block
     _push_mru(c, e)
     c.count[lane] += 1
-    mask = c.table.size - 1
-    i = _slot(lane, block, mask)
-    while c.table[i] >= 0:
-        i = (i + 1) & mask
-    c.table[i] = e
+    c.table[slot, 0] = block
+    c.table[slot, 1] = (lane << 32) | e
+    owners = c.head.size
+    j = _probe(c, owners, block)  # e heads the block's owner list
+    first = c.table[j, 1]
+    c.ent[e, OPRV] = -1
+    c.ent[e, ONXT] = -1
+    if first >= 0:
+        c.ent[e, ONXT] = first & _LOW
+        c.ent[first & _LOW, OPRV] = e
+    c.table[j, 0] = block
+    c.table[j, 1] = (owners << 32) | e
 
 
 @njit(cache=True)
 def _remove(c: Caches, e: int) -> None:
-    """Drop entry ``e`` (its lane's list, the table) and free it."""
+    """Drop entry ``e`` (its lane's list, its block's owners, the table) and free it."""
     _unlink(c, e)
-    c.count[c.lane[e]] -= 1
-    mask = c.table.size - 1
-    i = _slot(c.lane[e], c.block[e], mask)
-    while c.table[i] != e:
-        i = (i + 1) & mask
-    # backward-shift deletion: pull later entries of the probe run into the hole
-    j = i
-    while True:
-        j = (j + 1) & mask
-        f = c.table[j]
-        if f < 0:
-            break
-        k = _slot(c.lane[f], c.block[f], mask)
-        # f stays if its home k lies cyclically in (i, j]
-        if (i <= j and (k <= i or k > j)) or (i > j and k <= i and k > j):
-            c.table[i] = f
-            i = j
-    c.table[i] = _EMPTY
-    c.lane[e] = -1
-    c.nxt[e] = c.meta[FREE_HEAD]
+    lane, block = c.ent[e, LANE], c.ent[e, BLOCK]
+    c.count[lane] -= 1
+    p, n = c.ent[e, OPRV], c.ent[e, ONXT]
+    if n >= 0:
+        c.ent[n, OPRV] = p
+    if p >= 0:
+        c.ent[p, ONXT] = n
+    else:  # e headed the owner list
+        j = _probe(c, c.head.size, block)
+        if n >= 0:
+            c.table[j, 1] = (c.head.size << 32) | n
+        else:
+            _delete(c, j)
+    _delete(c, _probe(c, lane, block))  # probed after: the delete above may shift it
+    c.ent[e, LANE] = -1
+    c.ent[e, NXT] = c.meta[FREE_HEAD]
     c.meta[FREE_HEAD] = e
     c.meta[LIVE] -= 1
 
@@ -235,12 +279,13 @@ def touch(c: Caches, lane: int, blocks: np.ndarray, a: int, b: int) -> None:
     capacity). Needs ``b - a`` free entries."""
     for j in range(b - 1, a - 1, -1):
         h = blocks[j]
-        e = find(c, lane, h)
-        if e < 0:
-            _insert(c, lane, h)
-        elif c.tail[lane] != e:
-            _unlink(c, e)
-            _push_mru(c, e)
+        i = _probe(c, lane, h)
+        v = c.table[i, 1]
+        if v < 0:
+            _insert(c, lane, h, i)
+        elif c.tail[lane] != v & _LOW:
+            _unlink(c, v & _LOW)
+            _push_mru(c, v & _LOW)
     _evict(c, lane)
 
 
@@ -256,36 +301,53 @@ def serve(c: Caches, lane: int, blocks: np.ndarray, a: int, b: int, prompt_token
 @njit(cache=True)
 def choose(c: Caches, blocks: np.ndarray, a: int, b: int, lanes: np.ndarray, la: int, lb: int,
            size: float, load: np.ndarray, lane_kv: np.ndarray, max_load_gap: float,
-           min_match: float) -> int:
+           min_match: float, mark: np.ndarray) -> int:
     """``LaneAffinity.choose`` for a request of blocks ``blocks[a:b]`` (at least one)
     whose key may use ``lanes[la:lb]``: among those up (finite load) whose KV fits
     ``size``, the one with the longest leading run of at least ``max(min_match * n, 1)``
     blocks whose load is within ``max_load_gap`` of the least loaded of them; ties to
-    the lower load, then the lower lane. -1 when none qualifies."""
+    the lower load, then the lower lane. -1 when none qualifies. ``mark``: per lane,
+    scratch (left all False).
+
+    Not by asking every lane: a run of two or more is held only by lanes holding the
+    second block, few (a conversation's lanes), found through its owner list; only when
+    none of them qualifies can a run of one win, and then it is the least loaded (then
+    lowest) candidate holding the first block (probed only where it would be the best
+    so far)."""
     least = np.inf
-    ok = False
     for q in range(la, lb):
         t = lanes[q]
-        ld = load[t]
-        if np.isfinite(ld) and lane_kv[t] >= size:
-            ok = True
-            least = min(least, ld)
-    if not ok:
-        return -1
-    floor = max(min_match * (b - a), 1.0)
+        if np.isfinite(load[t]) and lane_kv[t] >= size:
+            least = min(least, load[t])
+    if least == np.inf:
+        return -1  # no lane up that fits (or all infinitely loaded: the same)
     bound = least + max_load_gap
-    pick, best_run, best_load = -1, 0, 0.0
-    for q in range(la, lb):
+    for q in range(la, lb):  # the candidates: allowed and within the load bound
         t = lanes[q]
-        ld = load[t]
-        if not (np.isfinite(ld) and lane_kv[t] >= size) or ld > bound:
-            continue
-        run = leading_run(c, t, blocks, a, b)
-        if run < floor:
-            continue
-        if (pick < 0 or run > best_run or (run == best_run and ld < best_load)
-                or (run == best_run and ld == best_load and t < pick)):
-            pick, best_run, best_load = t, run, ld
+        mark[t] = np.isfinite(load[t]) and lane_kv[t] >= size and load[t] <= bound
+    floor = max(min_match * (b - a), 1.0)
+    pick, best_run, best_load = -1, 0, 0.0
+    e = _first_owner(c, blocks[a + 1]) if b - a > 1 else -1
+    while e >= 0:
+        t = c.ent[e, LANE]
+        if mark[t]:
+            ld = load[t]
+            run = leading_run(c, t, blocks, a, b)
+            if run >= floor and (pick < 0 or run > best_run or (run == best_run and (
+                    ld < best_load or (ld == best_load and t < pick)))):
+                pick, best_run, best_load = t, run, ld
+        e = c.ent[e, ONXT]
+    if pick < 0 and floor <= 1.0:  # a run of one: the least loaded holding block 0
+        for q in range(la, lb):
+            t = lanes[q]
+            if not mark[t]:
+                continue
+            ld = load[t]
+            if (pick < 0 or ld < best_load or (ld == best_load and t < pick)) \
+                    and find(c, t, blocks[a]) >= 0:
+                pick, best_load = t, ld
+    for q in range(la, lb):
+        mark[lanes[q]] = False
     return pick
 
 
@@ -301,6 +363,7 @@ def prefer_window(c: Caches, slots: np.ndarray, picks: np.ndarray, s_rid: np.nda
     grows by one request) or -1."""
     out = np.full(slots.size, -1, np.int64)
     load = np.empty(0)
+    mark = np.zeros(c.head.size, np.bool_)
     for i in range(slots.size):
         if picks[i] < 0:
             continue
@@ -312,7 +375,7 @@ def prefer_window(c: Caches, slots: np.ndarray, picks: np.ndarray, s_rid: np.nda
             load = outstanding / lane_conc
         k = s_key[slots[i]]
         lane = choose(c, blocks, offsets[r], offsets[r + 1], key_lanes, key_off[k],
-                      key_off[k + 1], size[i], load, lane_kv, max_load_gap, min_match)
+                      key_off[k + 1], size[i], load, lane_kv, max_load_gap, min_match, mark)
         if lane >= 0:
             out[i] = lane
             picks[i] = lane_pool[lane]
@@ -334,7 +397,7 @@ def place_window(c: Caches, slots: np.ndarray, lanes: np.ndarray, s_rid: np.ndar
             r = row[s_rid[slots[k]]]
             if r >= 0:
                 need += offsets[r + 1] - offsets[r]
-    if need > c.lane.size - c.meta[LIVE]:
+    if need > c.ent.shape[0] - c.meta[LIVE]:
         return need
     for k in range(slots.size):
         s = slots[k]
@@ -371,8 +434,8 @@ def contents(c: Caches, lane: int) -> list[int]:
     out = []
     e = int(c.head[lane])
     while e >= 0:
-        out.append(int(c.block[e]))
-        e = int(c.nxt[e])
+        out.append(int(c.ent[e, BLOCK]))
+        e = int(c.ent[e, NXT])
     return out
 
 
@@ -444,3 +507,13 @@ def _rehashed(k_tier: np.ndarray, k_block: np.ndarray, bits: np.ndarray, size: i
             d = _path_slot(nt, nb, k_tier[s], k_block[s])
             nt[d], nb[d], nv[d] = k_tier[s], k_block[s], bits[s]
     return nt, nb, nv
+
+
+def owners(c: Caches, block: int) -> list[int]:
+    """The lanes holding ``block``, by its owner list (for tests)."""
+    out = []
+    e = int(_first_owner(c, block))
+    while e >= 0:
+        out.append(int(c.ent[e, LANE]))
+        e = int(c.ent[e, ONXT])
+    return sorted(out)
