@@ -33,7 +33,7 @@ def _room(c: pk.Caches, n: int) -> pk.Caches:
 def _same(c: pk.Caches, ref: PrefixIndex) -> None:
     for t, cache in enumerate(ref.caches):
         assert pk.contents(c, t) == list(cache._blocks)  # same blocks, same LRU order
-        assert int(c.count[t]) == len(cache) and int(c.cap[t]) == cache.capacity_blocks
+        assert int(c.n_held[t]) == len(cache) and int(c.cap[t]) == cache.capacity_blocks
     assert int(c.meta[pk.LIVE]) == sum(len(x) for x in ref.caches)
     # each block's owner list: the lanes holding it (PrefixIndex's inverted index)
     for h in {h for x in ref.caches for h in x._blocks} | {10**15}:

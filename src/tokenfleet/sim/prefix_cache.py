@@ -31,6 +31,11 @@ split and the least loaded lane) before ``kernels.place`` queues them, and calls
 * the tier's ``input_tokens`` (completed requests) then count the prompt tokens
   computed; prompt tokens served from the cache are counted here.
 
+The engine runs :class:`LanePrefixCaches`, compiled (``sim/prefix_kernels.py``: a
+window's requests in one call); :class:`ReferencePrefixCaches` is the same rule one
+request at a time over ``routing.affinity.PrefixIndex`` and :meth:`LaneAffinity.choose`
+(the gateway's structures), kept as the reference the tests hold the compiled one to.
+
 Counts per pool: prompt tokens looked up and tokens served from the cache (requests
 with prefix hashes only; a pool that saw none reports no hit rate).
 """

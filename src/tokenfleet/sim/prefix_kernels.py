@@ -13,19 +13,20 @@ same random operations and windows and asserts equal hits, choices and contents.
 
 Layout (:class:`Caches`, a named tuple of arrays so Numba takes it as one argument):
 
-* *entries* ``(lane, block)``, one per block a lane holds, in arrays; each lane's
-  entries form a doubly linked list from its least (``head``) to its most recently
-  used (``tail``) — the ordered dict of ``LruBlockCache``;
-* an open-addressing table (linear probing, deletion by backward shift) from
-  ``(lane, block)`` to its entry: "does lane ``t`` hold block ``h``" is one probe.
-  The block -> lanes index of ``PrefixIndex`` is not kept: the affinity choice probes
-  the request's allowed lanes instead (a tier's lanes, tens to hundreds), which is what
-  the index saved Python from, and the answer is the same (each lane's leading run);
-* free entries chain through ``nxt``; ``meta`` holds the free list's head and the
-  number of live entries. When a window could need more entries than are free, the
-  call changes nothing and returns how many it needs: :func:`grown` makes room.
+* *entries* ``(lane, block)``, one per block a lane holds, one row each; each lane's
+  entries form a doubly linked list from its least (``head``) to its most recently used
+  (``tail``) — the ordered dict of ``LruBlockCache``; each block's entries form a second
+  list, its *owners* (``PrefixIndex``'s block -> targets index);
+* one open-addressing table (linear probing, deletion by backward shift, records
+  inline so a probe reads one slot) from ``(lane, block)`` to its entry, and from
+  ``(lanes, block)`` (one past the last lane) to the head of the block's owner list;
+* free entries chain through the LRU links; ``meta`` holds the free list's head and
+  the number of live entries. When a window could need more entries than are free,
+  the call changes nothing and returns how many it needs: :func:`grown` makes room.
 
 Blocks are the workload's 64-bit chained hashes (as int64): no renumbering pass.
+:func:`follow_paths` is ``disagg._follow_caches`` (which path of a tier holds a
+request's prefix), compiled the same way.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Caches(NamedTuple):
 
     head: np.ndarray   # int64[lanes]: least recently used entry, -1 when empty
     tail: np.ndarray   # int64[lanes]: most recently used entry, -1 when empty
-    count: np.ndarray  # int64[lanes]: blocks held
+    n_held: np.ndarray  # int64[lanes]: blocks held
     cap: np.ndarray    # int64[lanes]: capacity in blocks
     # int64[entries, 6], one row per entry (one cache line): its LANE (-1 when free),
     # BLOCK, the LRU neighbours PRV (toward the least recently used end; -1 at it) and
@@ -83,7 +84,7 @@ def grown(c: Caches, need: int) -> Caches:
     n = c.ent.shape[0]
     size = max(2 * n, int(c.meta[LIVE]) + int(need))
     ent = np.concatenate([c.ent, np.full((size - n, 6), -1, np.int64)])
-    out = Caches(c.head, c.tail, c.count, c.cap, ent,
+    out = Caches(c.head, c.tail, c.n_held, c.cap, ent,
                  np.full((_table_size(size), 2), -1, np.int64), c.meta)
     _rebuild(out)
     return out
@@ -119,7 +120,7 @@ def _slot(lane: int, block: int, mask: int) -> int:
     x ^= x >> np.uint64(27)
     x *= np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(31)
-    return np.int64(x & np.uint64(mask))
+    return int(np.int64(x & np.uint64(mask)))
 
 
 @njit(cache=True)
@@ -209,7 +210,7 @@ def _insert(c: Caches, lane: int, block: int, slot: int) -> None:
     c.ent[e, LANE] = lane
     c.ent[e, BLOCK] = block
     _push_mru(c, e)
-    c.count[lane] += 1
+    c.n_held[lane] += 1
     c.table[slot, 0] = block
     c.table[slot, 1] = (lane << 32) | e
     owners = c.head.size
@@ -229,7 +230,7 @@ def _remove(c: Caches, e: int) -> None:
     """Drop entry ``e`` (its lane's list, its block's owners, the table) and free it."""
     _unlink(c, e)
     lane, block = c.ent[e, LANE], c.ent[e, BLOCK]
-    c.count[lane] -= 1
+    c.n_held[lane] -= 1
     p, n = c.ent[e, OPRV], c.ent[e, ONXT]
     if n >= 0:
         c.ent[n, OPRV] = p
@@ -250,7 +251,7 @@ def _remove(c: Caches, e: int) -> None:
 
 @njit(cache=True)
 def _evict(c: Caches, lane: int) -> None:
-    while c.count[lane] > c.cap[lane]:
+    while c.n_held[lane] > c.cap[lane]:
         _remove(c, c.head[lane])
 
 
