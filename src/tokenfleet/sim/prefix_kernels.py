@@ -461,12 +461,10 @@ def follow_paths(order: np.ndarray, req_row: np.ndarray, req_tier: np.ndarray,
     """``disagg._follow_caches`` over requests ``order`` (arrival order; each with prefix
     row ``req_row``, tier ``req_tier`` of ``tier_paths`` paths and drawn path index
     ``path`` in it): the path index each ends on. Per (tier, block), the paths that
-    were sent it (bits), in an open-addressing table that grows, never evicts."""
+    were sent it (bits), in an open-addressing table (one row per record: tier, block,
+    bits; tier -1 when empty) that grows, never evicts."""
     out = path.copy()
-    size = 1 << 12
-    k_tier = np.full(size, -1, np.int64)
-    k_block = np.zeros(size, np.int64)
-    bits = np.zeros(size, np.int64)
+    held = np.full((1 << 12, 3), -1, np.int64)
     used = 0
     for q in range(order.size):
         i = order[q]
@@ -474,14 +472,16 @@ def follow_paths(order: np.ndarray, req_row: np.ndarray, req_tier: np.ndarray,
         a, b = offsets[req_row[i]], offsets[req_row[i] + 1]
         if b == a:
             continue
-        if 2 * (used + b - a) > size:  # keep the table at most half full
+        if 2 * (used + b - a) > held.shape[0]:  # keep the table at most half full
+            size = held.shape[0]
             while 2 * (used + b - a) > size:
                 size *= 2
-            k_tier, k_block, bits = _rehashed(k_tier, k_block, bits, size)
+            held = _rehashed(held, size)
         every = (1 << tier_paths[t]) - 1
         alive, run = every, 0
         for j in range(a, b):
-            m = bits[_path_slot(k_tier, k_block, t, blocks[j])] & alive
+            s = _path_slot(held, t, blocks[j])
+            m = (held[s, 2] & alive) if held[s, 0] >= 0 else 0
             if m == 0:
                 break
             alive, run = m, run + 1
@@ -494,34 +494,34 @@ def follow_paths(order: np.ndarray, req_row: np.ndarray, req_tier: np.ndarray,
             out[i] = low  # the first path (by name) holding the run
         mine = 1 << out[i]
         for j in range(a, b):
-            s = _path_slot(k_tier, k_block, t, blocks[j])
-            if k_tier[s] < 0:
-                k_tier[s] = t
-                k_block[s] = blocks[j]
+            s = _path_slot(held, t, blocks[j])
+            if held[s, 0] < 0:
+                held[s, 0] = t
+                held[s, 1] = blocks[j]
+                held[s, 2] = 0
                 used += 1
-            bits[s] |= mine
+            held[s, 2] |= mine
     return out
 
 
 @njit(cache=True)
-def _path_slot(k_tier: np.ndarray, k_block: np.ndarray, tier: int, block: int) -> int:
-    """The slot of ``(tier, block)``: its own, or the empty one it would take."""
-    mask = k_tier.size - 1
+def _path_slot(held: np.ndarray, tier: int, block: int) -> int:
+    """The row of ``(tier, block)``: its own, or the empty one it would take."""
+    mask = held.shape[0] - 1
     i = _slot(tier, block, mask)
-    while k_tier[i] >= 0 and (k_tier[i] != tier or k_block[i] != block):
+    while held[i, 0] >= 0 and (held[i, 0] != tier or held[i, 1] != block):
         i = (i + 1) & mask
     return i
 
 
 @njit(cache=True)
-def _rehashed(k_tier: np.ndarray, k_block: np.ndarray, bits: np.ndarray, size: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    nt, nb, nv = np.full(size, -1, np.int64), np.zeros(size, np.int64), np.zeros(size, np.int64)
-    for s in range(k_tier.size):
-        if k_tier[s] >= 0:
-            d = _path_slot(nt, nb, k_tier[s], k_block[s])
-            nt[d], nb[d], nv[d] = k_tier[s], k_block[s], bits[s]
-    return nt, nb, nv
+def _rehashed(held: np.ndarray, size: int) -> np.ndarray:
+    out = np.full((size, 3), -1, np.int64)
+    for s in range(held.shape[0]):
+        if held[s, 0] >= 0:
+            d = _path_slot(out, held[s, 0], held[s, 1])
+            out[d, :] = held[s, :]
+    return out
 
 
 def owners(c: Caches, block: int) -> list[int]:
