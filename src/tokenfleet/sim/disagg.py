@@ -143,6 +143,8 @@ def _follow_caches(w: Workload, out: np.ndarray, tier_paths: dict[str, list[str]
     # Compiled (sim/prefix_kernels.follow_paths): only requests with hashes, of a tier
     # with paths to choose between, drawn to one of them, can move; as path indices.
     tiers = sorted(t for t, ps in tier_paths.items() if len(ps) > 1)
+    # each path one bit of an int64 (a tier has its aggregated pools and a few pairs)
+    assert all(len(tier_paths[t]) < 63 for t in tiers), "over 62 paths in one tier"
     pos = [{p: j for j, p in enumerate(tier_paths[t])} for t in tiers]
     key_tier = np.array([tiers.index(k.tier) if k.tier in tiers else -1 for k in w.keys],
                         dtype=np.int64)
