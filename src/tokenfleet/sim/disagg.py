@@ -362,13 +362,14 @@ def run_plan(plan: Plan, w: Workload, opt: SimOptions, failures: list[Failure] |
 
 def _work(w: Workload, idx: np.ndarray) -> int:
     """A part's expected cost, to start the dearest first: its requests, those with
-    prefix hashes counted PREFIX_WORK times (the cache and affinity bookkeeping is
-    per request in Python: on the example ~90 us against ~5-10 us for the rest)."""
+    prefix hashes counted PREFIX_WORK times (the cache and affinity bookkeeping, compiled
+    since sim/prefix_kernels.py, still costs about twice the rest of a request: on the
+    example's first 900 s under cProfile ~37 us a hashed request against ~21 us)."""
     hashed = int((w.prefix_row[idx] >= 0).sum()) if w.prefix_row is not None else 0
     return int(idx.size) + (PREFIX_WORK - 1) * hashed
 
 
-PREFIX_WORK = 15
+PREFIX_WORK = 3
 
 
 def _run_agg(sim: Simulator, fine_s: float) -> list[RunRecord]:
