@@ -111,3 +111,31 @@ def test_the_example_code_trace_is_sized_for_its_bursts():
     # the Mooncake traces are smooth at the 2 s and 60 s SLOs
     assert burst["small"] > 2.5
     assert burst["medium"] < 1.2 and burst["large"] < 1.2
+
+
+def test_a_burst_margin_is_capacity_not_traffic_in_vendor_shares():
+    """Served rates include the burst margin; vendor shares of traffic must not: the
+    plan's shares, the MILP's cap and the independent checker agree."""
+    from dataclasses import replace
+
+    from tokenfleet.perf.estimate import Query, estimate
+    from tokenfleet.plan.check import check_plan, vendor_shares
+    from tokenfleet.plan.planner import solve_plan
+
+    from .test_planner import CAPS, CAT, PRICES, _cands, _scenario
+
+    sc = _scenario(max_vendor_share=0.6)
+    cs = _cands(CAPS, PRICES)
+    # the short-prompt bucket's bursts need 1.8x its peak (headroom 0 here)
+    cs.demands[0] = replace(cs.demands[0], burst=1.8)
+    e = estimate(Query(model="llama-3.1-8b", accelerator="h100-sxm", precision="fp8",
+                       input_len=100, output_len=50))
+    for c in cs.candidates:
+        c.estimates = {b: e for b in c.capacity}
+    plan = solve_plan(sc, cs, "tiny", CAT, compare_policies=False)
+    assert plan.tiers[0].burst_factor == 1.8
+    assert check_plan(plan, sc) == []
+    shares = vendor_shares(plan)
+    for v, x in plan.vendor_share.items():
+        assert abs(shares[v] - x) < 1e-6
+        assert x <= 0.6 + 1e-6

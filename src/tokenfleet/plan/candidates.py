@@ -68,6 +68,12 @@ class Demand:
         what the tier's bursts need at its TTFT percentile, whichever is more."""
         return self.rate_per_s * max(1.0 + headroom, self.burst)
 
+    def traffic_per_need(self, headroom: float) -> float:
+        """Peak traffic (headroom included) per request/s provisioned: 1 unless bursts
+        set the need. What turns the MILP's served rates back into traffic, for shares
+        of traffic (a burst margin is capacity, not tokens anyone asked for)."""
+        return (1.0 + headroom) / max(1.0 + headroom, self.burst)
+
 
 @dataclass
 class Candidate:

@@ -474,7 +474,9 @@ def _vendor_share_rows(b: _Build) -> None:
     if cap is None or b.dropped("vendor-share", "vendor-share"):
         return
     by_id = {c.id: c for c in b.cands}
-    out_len = {(d.tier, d.bucket): d.output_len for d in b.cs.demands}
+    # output tokens per request/s served (served rates include any burst margin)
+    out_len = {(d.tier, d.bucket): d.output_len * d.traffic_per_need(b.sc.headroom)
+               for d in b.cs.demands}
     for v in sorted({c.vendor for c in b.cands}):
         share: dict[int, float] = defaultdict(float)
         if pol.vendor_share_basis == "spend":

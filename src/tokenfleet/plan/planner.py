@@ -481,7 +481,7 @@ def _assemble(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solution, nam
                                   shares=shares))
         for c, _ in chosen:
             v = served.get(c.id, 0.0)
-            tokens_by_vendor[c.vendor] += v * d.output_len
+            tokens_by_vendor[c.vendor] += v * d.output_len * d.traffic_per_need(sc.headroom)
         tier_tokens[d.tier] += d.rate_per_s * d.output_len
     all_tokens = sum(tokens_by_vendor.values()) or 1.0
 

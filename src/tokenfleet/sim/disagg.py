@@ -48,6 +48,7 @@ from tokenfleet.routing.affinity import MIN_MATCH
 from tokenfleet.sim.engine import RunRecord, SimOptions, Simulator
 from tokenfleet.sim.fleet import EngineConfig, Fleet, build_fleet
 from tokenfleet.sim.metrics import GroupStats
+from tokenfleet.sim.prefix_kernels import follow_paths
 from tokenfleet.sim.results import merge_records
 from tokenfleet.sim.shocks import Failure, PriceChange
 from tokenfleet.sim.traffic import Workload
@@ -139,32 +140,30 @@ def _follow_caches(w: Workload, out: np.ndarray, tier_paths: dict[str, list[str]
     if w.prefix_row is None or w.prefix_offsets is None or w.prefix_hashes is None:
         return out
     out = out.copy()
-    offsets, hashes = w.prefix_offsets, w.prefix_hashes
-    tier_of = [k.tier for k in w.keys]
-    held: dict[str, dict[int, int]] = {t: {} for t, ps in tier_paths.items() if len(ps) > 1}
-    bit = {t: {p: 1 << j for j, p in enumerate(ps)} for t, ps in tier_paths.items()}
-    for i in np.argsort(w.arrival_s, kind="stable").tolist():
-        r = int(w.prefix_row[i])
-        tier = tier_of[int(w.key[i])]
-        seen = held.get(tier)
-        if r < 0 or seen is None or out[i] not in bit[tier]:
-            continue
-        blocks = hashes[offsets[r]:offsets[r + 1]].tolist()
-        if not blocks:
-            continue
-        every = (1 << len(bit[tier])) - 1
-        alive, run = every, 0
-        for h in blocks:
-            m = seen.get(h, 0) & alive
-            if not m:
-                break
-            alive, run = m, run + 1
-        if alive != every and run >= max(MIN_MATCH * len(blocks), 1.0) \
-                and not alive & bit[tier][out[i]]:
-            out[i] = next(p for p, b in bit[tier].items() if alive & b)
-        mine = bit[tier][out[i]]
-        for h in blocks:
-            seen[h] = seen.get(h, 0) | mine
+    # Compiled (sim/prefix_kernels.follow_paths): only requests with hashes, of a tier
+    # with paths to choose between, drawn to one of them, can move; as path indices.
+    tiers = sorted(t for t, ps in tier_paths.items() if len(ps) > 1)
+    # each path one bit of an int64 (a tier has its aggregated pools and a few pairs)
+    assert all(len(tier_paths[t]) < 63 for t in tiers), "over 62 paths in one tier"
+    pos = [{p: j for j, p in enumerate(tier_paths[t])} for t in tiers]
+    key_tier = np.array([tiers.index(k.tier) if k.tier in tiers else -1 for k in w.keys],
+                        dtype=np.int64)
+    req_tier = key_tier[w.key] if len(w) else np.zeros(0, np.int64)
+    idx = np.flatnonzero((w.prefix_row >= 0) & (req_tier >= 0))
+    path = np.array([pos[t].get(p, -1) for t, p in zip(req_tier[idx].tolist(),
+                                                        out[idx].tolist(), strict=True)],
+                    dtype=np.int64)
+    idx, path = idx[path >= 0], path[path >= 0]
+    if not idx.size:
+        return out
+    new = follow_paths(np.argsort(w.arrival_s[idx], kind="stable").astype(np.int64),
+                       np.ascontiguousarray(w.prefix_row[idx], dtype=np.int64),
+                       np.ascontiguousarray(req_tier[idx]), path,
+                       np.array([len(tier_paths[t]) for t in tiers], dtype=np.int64),
+                       np.ascontiguousarray(w.prefix_offsets, dtype=np.int64),
+                       np.ascontiguousarray(w.prefix_hashes).view(np.int64), float(MIN_MATCH))
+    for q in np.flatnonzero(new != path).tolist():
+        out[idx[q]] = tier_paths[tiers[int(req_tier[idx[q]])]][int(new[q])]
     return out
 
 
@@ -363,13 +362,14 @@ def run_plan(plan: Plan, w: Workload, opt: SimOptions, failures: list[Failure] |
 
 def _work(w: Workload, idx: np.ndarray) -> int:
     """A part's expected cost, to start the dearest first: its requests, those with
-    prefix hashes counted PREFIX_WORK times (the cache and affinity bookkeeping is
-    per request in Python: on the example ~90 us against ~5-10 us for the rest)."""
+    prefix hashes counted PREFIX_WORK times (the cache and affinity bookkeeping, compiled
+    since sim/prefix_kernels.py, still costs about twice the rest of a request: on the
+    example's first 900 s under cProfile ~37 us a hashed request against ~21 us)."""
     hashed = int((w.prefix_row[idx] >= 0).sum()) if w.prefix_row is not None else 0
     return int(idx.size) + (PREFIX_WORK - 1) * hashed
 
 
-PREFIX_WORK = 15
+PREFIX_WORK = 3
 
 
 def _run_agg(sim: Simulator, fine_s: float) -> list[RunRecord]:

@@ -31,6 +31,11 @@ split and the least loaded lane) before ``kernels.place`` queues them, and calls
 * the tier's ``input_tokens`` (completed requests) then count the prompt tokens
   computed; prompt tokens served from the cache are counted here.
 
+The engine runs :class:`LanePrefixCaches`, compiled (``sim/prefix_kernels.py``: a
+window's requests in one call); :class:`ReferencePrefixCaches` is the same rule one
+request at a time over ``routing.affinity.PrefixIndex`` and :meth:`LaneAffinity.choose`
+(the gateway's structures), kept as the reference the tests hold the compiled one to.
+
 Counts per pool: prompt tokens looked up and tokens served from the cache (requests
 with prefix hashes only; a pool that saw none reports no hit rate).
 """
@@ -40,8 +45,10 @@ from __future__ import annotations
 import numpy as np
 
 from tokenfleet.routing.affinity import MAX_LOAD_GAP, MIN_MATCH, PrefixIndex, best_affine
+from tokenfleet.sim import prefix_kernels as pk
 from tokenfleet.sim.dispatch import KeyRouter
 from tokenfleet.sim.fleet import SimPool
+from tokenfleet.sim.kernels import Direct
 from tokenfleet.sim.traffic import Workload
 from tokenfleet.workload.prefix import PrefixReuse, prefix_reuse
 from tokenfleet.workload.trace import Trace, take_blocks
@@ -49,7 +56,78 @@ from tokenfleet.workload.trace import Trace, take_blocks
 
 class LanePrefixCaches:
     """The prefix caches of every lane, cache-affinity routing over them, and the hit
-    counts per pool."""
+    counts per pool: :class:`ReferencePrefixCaches`' rule, compiled
+    (``sim/prefix_kernels.py``), one call per routing window."""
+
+    def __init__(self, workload: Workload, lane_pool: np.ndarray, n_pools: int,
+                 affinity: LaneAffinity | None = None) -> None:
+        assert workload.prefix_row is not None
+        assert workload.prefix_offsets is not None and workload.prefix_hashes is not None
+        self.row = np.ascontiguousarray(workload.prefix_row, dtype=np.int64)
+        self.offsets = np.ascontiguousarray(workload.prefix_offsets, dtype=np.int64)
+        # the hashes as int64 (same bits): every kernel array is int64
+        self.blocks = np.ascontiguousarray(workload.prefix_hashes).view(np.int64)
+        self.block_tokens = int(workload.prefix_block_tokens)
+        self.lane_pool = np.ascontiguousarray(lane_pool, dtype=np.int64)
+        self.caches = pk.new_caches(int(lane_pool.size))
+        self.affinity = affinity
+        if affinity is not None:
+            sizes = [k.size for k in affinity.key_lanes]
+            self.key_off = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+            self.key_lanes = (np.concatenate(affinity.key_lanes).astype(np.int64) if sizes
+                              else np.zeros(0, np.int64))
+            self.lane_conc = np.ascontiguousarray(affinity.lane_conc, dtype=float)
+            self.lane_kv = np.ascontiguousarray(affinity.lane_kv, dtype=float)
+        self.hit_tokens = np.zeros(n_pools, np.int64)
+        self.prompt_tokens = np.zeros(n_pools, np.int64)
+        self.applied = np.zeros(self.row.size, np.int64)  # request -> hit taken off its prompt
+        self._prefer = Direct(pk.prefer_window)
+        self._place = Direct(pk.place_window)
+
+    @classmethod
+    def of(cls, workload: Workload, lane_pool: np.ndarray, n_pools: int,
+           affinity: LaneAffinity | None = None) -> LanePrefixCaches | None:
+        """The caches when the workload carries prefix hashes, else None (no caching)."""
+        return cls(workload, lane_pool, n_pools, affinity) if workload.has_prefix else None
+
+    def prefer(self, slots: np.ndarray, picks: np.ndarray, s_rid: np.ndarray,
+               s_key: np.ndarray, size: np.ndarray, outstanding: np.ndarray) -> np.ndarray:
+        """Cache-affinity routing: the lane for each routed request (``picks``: its pool,
+        rewritten to the chosen lane's pool), or -1 to leave it to ``kernels.place``
+        (the plan's pool, its least loaded lane). See :class:`LaneAffinity`."""
+        aff = self.affinity
+        if aff is None:
+            return np.full(slots.size, -1, np.int64)
+        return self._prefer(self.caches, slots, picks, s_rid, s_key, size, outstanding,
+                            self.row, self.offsets, self.blocks, self.key_off, self.key_lanes,
+                            self.lane_conc, self.lane_kv, self.lane_pool,
+                            float(aff.max_load_gap), float(aff.min_match))
+
+    def place(self, slots: np.ndarray, lanes: np.ndarray, s_rid: np.ndarray,
+              s_inp: np.ndarray, s_need: np.ndarray, kv_used: np.ndarray,
+              kv_cap: np.ndarray) -> None:
+        """Requests in ``slots`` were just queued on ``lanes`` (-1: not placed): look
+        their prompts up in those lanes' caches and take the hits off ``s_need``."""
+        while True:
+            need = self._place(self.caches, slots, lanes, s_rid, s_inp, s_need, kv_used,
+                               kv_cap, self.row, self.offsets, self.blocks, self.lane_pool,
+                               self.applied, self.hit_tokens, self.prompt_tokens,
+                               self.block_tokens)
+            if not need:
+                return
+            self.caches = pk.grown(self.caches, need)
+
+    def by_pool(self, pool_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """``{pool: (tokens served from cache, prompt tokens looked up)}``."""
+        return {pid: (int(self.hit_tokens[i]), int(self.prompt_tokens[i]))
+                for i, pid in enumerate(pool_ids)}
+
+
+class ReferencePrefixCaches:
+    """:class:`LanePrefixCaches` one request at a time in Python, over
+    ``routing.affinity.PrefixIndex`` and :meth:`LaneAffinity.choose`: the reference the
+    compiled caches are tested against (``tests/sim/test_prefix_kernels.py``), with the
+    same interface (an engine runs with either)."""
 
     def __init__(self, workload: Workload, lane_pool: np.ndarray, n_pools: int,
                  affinity: LaneAffinity | None = None) -> None:
@@ -69,7 +147,7 @@ class LanePrefixCaches:
 
     @classmethod
     def of(cls, workload: Workload, lane_pool: np.ndarray, n_pools: int,
-           affinity: LaneAffinity | None = None) -> LanePrefixCaches | None:
+           affinity: LaneAffinity | None = None) -> ReferencePrefixCaches | None:
         """The caches when the workload carries prefix hashes, else None (no caching)."""
         return cls(workload, lane_pool, n_pools, affinity) if workload.has_prefix else None
 
