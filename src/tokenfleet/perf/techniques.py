@@ -55,7 +55,7 @@ import numpy as np
 from tokenfleet.catalog.schema import Accelerator, ModelSpec
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.disagg import Link, link_between, prompt_kv_bytes, transfer_s
-from tokenfleet.perf.operating import OperatingPoint, best_operating_point
+from tokenfleet.perf.operating import OperatingPoint, UnitCache, best_operating_point
 from tokenfleet.perf.precision import Precision
 from tokenfleet.perf.speculative import Speculation
 from tokenfleet.perf.unit import (
@@ -296,14 +296,31 @@ def best_technique_point(
     data_parallel: bool | None = None,
     engine: str | None = None,
     batching: str | None = None,
+    units: UnitCache | None = None,
 ) -> OperatingPoint:
     """:func:`~tokenfleet.perf.operating.best_operating_point` with each layout's unit a
-    :class:`TechniqueUnit`: the same layout search, choice and reasons."""
+    :class:`TechniqueUnit`: the same layout search, choice and reasons (``units``: units
+    already built, :func:`technique_unit`)."""
     if tech.speculation is not None:
         check_speculation(model, tech.speculation, tech.draft)
     return best_operating_point(
         model, accel, precision, kv_precision, count, eff, input_len, output_len, mode,
         concurrency, slo_ttft, slo_tpot, layouts=layouts, data_parallel=data_parallel,
         engine=engine, batching=batching,
-        unit_of=lambda lo: TechniqueUnit(model, accel, precision, kv_precision, lo, eff, tech,
-                                         engine))
+        unit_of=lambda lo: technique_unit(model, accel, precision, kv_precision, lo, eff,
+                                          tech, engine, units))
+
+
+def technique_unit(model: ModelSpec, accel: Accelerator, precision: Precision,
+                   kv_precision: str, layout: Layout, eff: Efficiency, tech: Techniques,
+                   engine: str | None, units: UnitCache | None = None) -> TechniqueUnit:
+    """A :class:`TechniqueUnit`, from ``units`` when one was built of the same inputs."""
+    def make() -> TechniqueUnit:
+        return TechniqueUnit(model, accel, precision, kv_precision, layout, eff, tech, engine)
+    if units is None:
+        return make()
+    key = ("techniques", precision, kv_precision, layout, eff, engine, tech.prefix_hit_rate,
+           tech.speculation, tech.role, tech.kv_link)
+    unit = units.get((model, accel, tech.draft), key, make)
+    assert isinstance(unit, TechniqueUnit)
+    return unit

@@ -21,7 +21,7 @@ from tokenfleet.catalog.schema import Accelerator
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration
 from tokenfleet.perf.estimate import Estimate, Query, estimate, layout_screen
-from tokenfleet.perf.operating import OperatingPoint
+from tokenfleet.perf.operating import OperatingPoint, UnitCache
 from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.speculative import parse_speculation
 from tokenfleet.perf.techniques import check_speculation
@@ -222,12 +222,21 @@ class EstimateMemo:
         default_factory=dict)
     screeners: dict[QueryKey, Callable[[int, int], OperatingPoint] | None] = field(
         default_factory=dict)
+    units: UnitCache = field(default_factory=UnitCache)  # one unit, every bucket's shape
+    demands: dict[tuple[str, tuple, tuple, str], list[Demand]] = field(default_factory=dict)
+
+    def demand(self, t: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
+        """:func:`tier_demand`, once per tier (every field of it), buckets and base."""
+        k = (t.model_dump_json(), buckets.input_edges, buckets.output_edges, str(base))
+        if k not in self.demands:
+            self.demands[k] = tier_demand(t, buckets, base)
+        return list(self.demands[k])
 
     def estimate(self, q: Query) -> Estimate:
         k = query_key(q)
         e = self.estimates.get(k)
         if e is None:
-            e = self.estimates[k] = estimate(q, self.catalog, self.cal)
+            e = self.estimates[k] = estimate(q, self.catalog, self.cal, units=self.units)
         return e
 
     def screen(self, plain: Query, key: QueryKey, input_len: int, output_len: int
@@ -272,8 +281,7 @@ class _Models:
 
     def __post_init__(self) -> None:
         self.tiers = {t.name: t for t in self.sc.tiers}
-        if (self.memo is None or self.memo.catalog is not self.catalog
-                or self.memo.cal is not self.cal):
+        if self.memo is None:
             self.memo = EstimateMemo(self.catalog, self.cal)
         self.screener = cache(self._screener)
         self.screen = cache(self._screen)
@@ -342,9 +350,11 @@ def build_candidates(
     performance model's answers of earlier builds, of the same catalog and calibration,
     filled in here too)."""
     buckets = tier_buckets(sc)
+    memo = memo if memo is not None and memo.catalog is catalog and memo.cal is cal else (
+        EstimateMemo(catalog, cal))
     demands: list[Demand] = []
     for t in sc.tiers:
-        tier_d = tier_demand(t, buckets, base)
+        tier_d = memo.demand(t, buckets, base)
         if not tier_d:
             raise TokenfleetError(f"tier '{t.name}': traffic has no requests")
         demands.extend(tier_d)
