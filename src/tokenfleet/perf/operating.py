@@ -54,7 +54,7 @@ class UnitCache:
         self._built: dict[tuple, tuple[tuple, Any]] = {}
 
     def get(self, refs: tuple, key: tuple, make: Callable[[], T]) -> T:
-        k = (tuple(id(r) for r in refs), key)
+        k = (tuple(map(id, refs)), key)
         hit = self._built.get(k)
         if hit is None:
             hit = self._built[k] = (refs, make())

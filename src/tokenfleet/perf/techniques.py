@@ -138,6 +138,7 @@ class TechniqueUnit(UnitModel):
             self.draft_unit = UnitModel(tech.draft, accel, precision, kv_precision,
                                         Layout(dtp, 1, 1), eff, engine)
         self.link = tech.kv_link or link_between(accel, accel)
+        self._transfer_s: dict[int, float] = {}
 
     # ---- memory -------------------------------------------------------------------
 
@@ -181,8 +182,13 @@ class TechniqueUnit(UnitModel):
 
     def kv_transfer_s(self, input_len: int) -> float:
         """Seconds to hand one prompt's KV cache to the decode pool (prefill role)."""
-        kv = prompt_kv_bytes(self.model, input_len, self.kv_precision)
-        return transfer_s(kv, self.link, self.layout.tp * self.layout.pp)
+        # a unit is asked this per layout evaluation of a shape: count it once
+        got = self._transfer_s.get(input_len)
+        if got is None:
+            kv = prompt_kv_bytes(self.model, input_len, self.kv_precision)
+            got = self._transfer_s[input_len] = transfer_s(kv, self.link,
+                                                           self.layout.tp * self.layout.pp)
+        return got
 
     def _prefill_shape(self, input_len: int) -> tuple[float, int]:
         """(prompt tokens computed per request, prompt_len that prices their attention)."""

@@ -202,9 +202,13 @@ def default_counts(accel: Accelerator) -> list[int]:
 QueryKey = tuple
 
 
+_QUERY_FIELDS = tuple(Query.model_fields)
+
+
 def query_key(q: Query) -> QueryKey:
-    """Every field of ``q``, hashable: what a memo of ``estimate(q)`` is keyed on."""
-    return tuple(sorted(q.__dict__.items()))
+    """Every field of ``q`` (in the model's order), hashable: what a memo of
+    ``estimate(q)`` is keyed on."""
+    return tuple(map(q.__dict__.__getitem__, _QUERY_FIELDS))
 
 
 @dataclass
