@@ -70,10 +70,11 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(args.profile)
     d_cold, d_warm = digest(cold), digest(warm)
     text = json.dumps(d_warm, sort_keys=True)
+    sha = hashlib.sha256(text.encode()).hexdigest()[:16]
     print(f"prepare cold {t1 - t0:.2f} s (CPU {c1 - c0:.2f} s), warm {t2 - t1:.2f} s "
           f"(CPU {c2 - c1:.2f} s); "
           f"{len(warm.candidates)} candidates, {len(warm.pairs)} pairs; "
-          f"cold == warm: {d_cold == d_warm}; digest {hashlib.sha256(text.encode()).hexdigest()[:16]}")
+          f"cold == warm: {d_cold == d_warm}; digest {sha}")
     if args.dump:
         args.dump.write_text(text)
 

@@ -16,8 +16,8 @@ import numpy as np
 from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
-from tokenfleet.plan.billing import bill_usd, metered_by_contract
 from tokenfleet.plan import candidates as candidates_mod
+from tokenfleet.plan.billing import bill_usd, metered_by_contract
 from tokenfleet.plan.candidates import (
     DEFAULT_CONFIDENCE,
     Candidate,
@@ -215,21 +215,36 @@ def prepare(sc: Scenario, base: Path, catalog: Catalog, cal: Calibration | None 
         if uncovered:
             raise Infeasible(f"scenario '{sc.name}' is infeasible:\n"
                              + explain_infeasible(sc, cs))
+        # while the counts still run, the fixed point's first (plain) solve: HiGHS runs
+        # without the GIL (wasted when no trace has prefix hashes, but only time spent
+        # waiting anyway)
+        first = None if reuse.done() else [_plain_solve(sc, cs)]
         return _with_prefix_caching(sc, base, cs, catalog, cal, precision_gate,
-                                    reuse.result(), memo)
+                                    reuse.result(), memo, first)
+
+
+def _plain_solve(sc: Scenario, cs: CandidateSet
+                 ) -> tuple[list[tuple[Candidate, int]], float] | None:
+    """The chosen units and the bill of the cheapest plan over ``cs``, or None."""
+    f, sol = solve_fleet(sc, cs)
+    return (chosen_units(f, sol), bill(sc, f, sol)) if sol.ok else None
 
 
 def _with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Catalog,
                          cal: Calibration,
                          gate: Callable[[Tier, str], tuple[bool, str]] | None,
                          reuse: dict[str, PrefixReuse] | None = None,
-                         memo: EstimateMemo | None = None) -> CandidateSet:
+                         memo: EstimateMemo | None = None,
+                         first: list[tuple[list[tuple[Candidate, int]], float] | None]
+                         | None = None) -> CandidateSet:
     """Tiers whose trace has prefix hashes priced at the hit rate it shows at the KV the
     plan buys (plan/prefix.py: a fixed point of plain solves); ``memo``: the first
-    build's performance-model answers (``candidates.SHARED_MEMO``)."""
+    build's performance-model answers (``candidates.SHARED_MEMO``); ``first``: the
+    plain solve of ``cs`` when the caller has it (in a list: it may be None)."""
     def solve(c: CandidateSet) -> tuple[list[tuple[Candidate, int]], float] | None:
-        f, sol = solve_fleet(sc, c)
-        return (chosen_units(f, sol), bill(sc, f, sol)) if sol.ok else None
+        if c is cs and first:  # solved already (the same candidates, the same answer)
+            return first.pop()
+        return _plain_solve(sc, c)
 
     shared = memo if candidates_mod.SHARED_MEMO else None
     return with_prefix_caching(
