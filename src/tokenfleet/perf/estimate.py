@@ -423,8 +423,8 @@ def _with_techniques(e: Estimate, q: Query, r: _Resolved, op: OperatingPoint,
                  "speculative": t.speculation.label() if t.speculation else None,
                  "tokens_per_step": t.tokens_per_step if t.role != "prefill" else None}
     if t.role == "prefill":
-        unit = tech_mod.technique_unit(r.model, r.accel, get_precision(r.precision),
-                                       r.kv_precision, op.layout, r.eff, t, r.engine, units)
+        unit = tech_mod.technique_units(r.model, r.accel, get_precision(r.precision),
+                                        r.kv_precision, r.eff, t, r.engine, units)(op.layout)
         upd["kv_transfer_s"] = unit.kv_transfer_s(q.input_len)
         upd["tpot_s"] = None
         if e.requests_per_s is not None:

@@ -17,6 +17,7 @@ from tokenfleet.perf.precision import Precision
 from tokenfleet.perf.unit import Efficiency, Layout, MemoryFit, UnitModel, layouts_for
 
 T = TypeVar("T")
+U = TypeVar("U", bound=UnitModel)
 MODES = ("offline", "concurrency", "static", "slo")
 BATCHING = ("continuous", "static")
 # Layouts whose throughput is within this fraction of the best are equivalent; the
@@ -59,6 +60,25 @@ class UnitCache:
         if hit is None:
             hit = self._built[k] = (refs, make())
         return cast(T, hit[1])
+
+    def by_layout(self, refs: tuple, key: tuple) -> dict[Layout, UnitModel]:
+        """The units built of ``refs`` and ``key`` (every input but the layout), by
+        layout: one look-up of the long key per layout search, not one per layout."""
+        return self.get(refs, ("by layout", *key), dict)
+
+
+def unit_getter(units: dict[Layout, UnitModel] | None, make: Callable[[Layout], U]
+                ) -> Callable[[Layout], U]:
+    """``make``, through ``units`` (a :meth:`UnitCache.by_layout`) when given."""
+    if units is None:
+        return make
+
+    def get(lo: Layout) -> U:
+        u = units.get(lo)
+        if u is None:
+            u = units[lo] = make(lo)
+        return cast(U, u)
+    return get
 
 
 @lru_cache(maxsize=8192)
@@ -212,13 +232,10 @@ def best_operating_point(
         candidates = [lo for lo in candidates if lo.dp <= concurrency] or [
             min(candidates, key=lambda lo: lo.dp)]
     if unit_of is None:
-        def unit_of(lo: Layout) -> UnitModel:
-            def make() -> UnitModel:
-                return UnitModel(model, accel, precision, kv_precision, lo, eff, engine)
-            if units is None:
-                return make()
-            return units.get((model, accel), ("plain", precision, kv_precision, lo, eff,
-                                               engine), make)
+        unit_of = unit_getter(
+            None if units is None else units.by_layout(
+                (model, accel), ("plain", precision, kv_precision, eff, engine)),
+            lambda lo: UnitModel(model, accel, precision, kv_precision, lo, eff, engine))
     points = []
     for lo in candidates:
         unit = unit_of(lo)

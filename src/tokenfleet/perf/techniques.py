@@ -47,6 +47,7 @@ What the planner needs from here (not wired into ``plan/`` yet):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -55,7 +56,12 @@ import numpy as np
 from tokenfleet.catalog.schema import Accelerator, ModelSpec
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.disagg import Link, link_between, prompt_kv_bytes, transfer_s
-from tokenfleet.perf.operating import OperatingPoint, UnitCache, best_operating_point
+from tokenfleet.perf.operating import (
+    OperatingPoint,
+    UnitCache,
+    best_operating_point,
+    unit_getter,
+)
 from tokenfleet.perf.precision import Precision
 from tokenfleet.perf.speculative import Speculation
 from tokenfleet.perf.unit import (
@@ -313,20 +319,20 @@ def best_technique_point(
         model, accel, precision, kv_precision, count, eff, input_len, output_len, mode,
         concurrency, slo_ttft, slo_tpot, layouts=layouts, data_parallel=data_parallel,
         engine=engine, batching=batching,
-        unit_of=lambda lo: technique_unit(model, accel, precision, kv_precision, lo, eff,
-                                          tech, engine, units))
+        unit_of=technique_units(model, accel, precision, kv_precision, eff, tech, engine,
+                                units))
 
 
-def technique_unit(model: ModelSpec, accel: Accelerator, precision: Precision,
-                   kv_precision: str, layout: Layout, eff: Efficiency, tech: Techniques,
-                   engine: str | None, units: UnitCache | None = None) -> TechniqueUnit:
-    """A :class:`TechniqueUnit`, from ``units`` when one was built of the same inputs."""
-    def make() -> TechniqueUnit:
-        return TechniqueUnit(model, accel, precision, kv_precision, layout, eff, tech, engine)
-    if units is None:
-        return make()
-    key = ("techniques", precision, kv_precision, layout, eff, engine, tech.prefix_hit_rate,
-           tech.speculation, tech.role, tech.kv_link)
-    unit = units.get((model, accel, tech.draft), key, make)
-    assert isinstance(unit, TechniqueUnit)
-    return unit
+def technique_units(model: ModelSpec, accel: Accelerator, precision: Precision,
+                    kv_precision: str, eff: Efficiency, tech: Techniques,
+                    engine: str | None, units: UnitCache | None = None
+                    ) -> Callable[[Layout], TechniqueUnit]:
+    """Layout -> its :class:`TechniqueUnit`, from ``units`` when one was built of the
+    same inputs."""
+    return unit_getter(
+        None if units is None else units.by_layout(
+            (model, accel, tech.draft),
+            ("techniques", precision, kv_precision, eff, engine, tech.prefix_hit_rate,
+             tech.speculation, tech.role, tech.kv_link)),
+        lambda lo: TechniqueUnit(model, accel, precision, kv_precision, lo, eff, tech,
+                                 engine))
