@@ -201,8 +201,8 @@ def prepare(sc: Scenario, base: Path, catalog: Catalog, cal: Calibration | None 
     cal = cal or load_fit()
     step = (lambda label: (lambda i, n: progress(label, i, n))) if progress else (
         lambda label: None)
-    # the traces' offline prefix counts (reading and counting them, ~2.5 s on the example)
-    # beside the candidates: much of both runs without the GIL
+    # the traces' offline prefix counts (reading and counting them, ~1.7 s CPU on the
+    # example) beside the candidates: much of the counting runs without the GIL
     # the performance model's answers, shared by the prefix fixed point's re-builds
     # (most of their queries repeat: only prefill-side numbers move with the hit rate)
     memo = EstimateMemo(catalog, cal)

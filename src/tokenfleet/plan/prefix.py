@@ -26,7 +26,9 @@ is bought, so the hit rate falls. :func:`with_prefix_caching` solves plain, coun
 hit rate at the KV bought, re-prices the tier's candidates with it
 (``Query.prefix_hit_rate``, ``perf/techniques.py``) and solves again, ``ITERATIONS``
 times; the hit rate of the last fleet is the one priced in (reported as is, not
-averaged). The saving: the tier's spend in the plain solve minus in the last one, and
+averaged). The re-builds share the first build's performance-model answers
+(``candidates.EstimateMemo``, keyed on every field of each query): only the tier's
+queries at the new hit rate are estimated anew. The saving: the tier's spend in the plain solve minus in the last one, and
 the whole bill's (smaller where committed spend is paid whether used or not).
 """
 
