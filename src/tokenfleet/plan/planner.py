@@ -201,11 +201,11 @@ def prepare(sc: Scenario, base: Path, catalog: Catalog, cal: Calibration | None 
     cal = cal or load_fit()
     step = (lambda label: (lambda i, n: progress(label, i, n))) if progress else (
         lambda label: None)
-    # the traces' offline prefix counts (reading and counting them, ~1.7 s CPU on the
-    # example) beside the candidates: much of the counting runs without the GIL
     # the performance model's answers, shared by the prefix fixed point's re-builds
     # (most of their queries repeat: only prefill-side numbers move with the hit rate)
     memo = EstimateMemo(catalog, cal)
+    # the traces' offline prefix counts (reading and counting them, ~1.7 s CPU on the
+    # example) beside the candidates: much of the counting runs without the GIL
     with ThreadPoolExecutor(1) as pool:
         reuse = pool.submit(tier_reuses, sc, base)
         cs = build_candidates(sc, base, catalog, cal, precision_gate, step("candidates"),
@@ -218,7 +218,12 @@ def prepare(sc: Scenario, base: Path, catalog: Catalog, cal: Calibration | None 
         # while the counts still run, the fixed point's first (plain) solve: HiGHS runs
         # without the GIL (wasted when no trace has prefix hashes, but only time spent
         # waiting anyway)
-        first = None if reuse.done() else [_plain_solve(sc, cs)]
+        first = None
+        if not reuse.done():
+            try:
+                first = [_plain_solve(sc, cs)]
+            except TokenfleetError:  # said where it was said before: after the counts
+                first = None
         return _with_prefix_caching(sc, base, cs, catalog, cal, precision_gate,
                                     reuse.result(), memo, first)
 

@@ -28,8 +28,9 @@ hit rate at the KV bought, re-prices the tier's candidates with it
 times; the hit rate of the last fleet is the one priced in (reported as is, not
 averaged). The re-builds share the first build's performance-model answers
 (``candidates.EstimateMemo``, keyed on every field of each query): only the tier's
-queries at the new hit rate are estimated anew. The saving: the tier's spend in the plain solve minus in the last one, and
-the whole bill's (smaller where committed spend is paid whether used or not).
+queries at the new hit rate are estimated anew. The saving: the tier's spend in the
+plain solve minus in the last one, and the whole bill's (smaller where committed spend is
+paid whether used or not).
 """
 
 from __future__ import annotations
