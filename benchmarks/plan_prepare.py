@@ -5,24 +5,33 @@ the same candidates (ids, capacities, prices, estimates, pairs, rejections, pref
 cache figures) as before.
 
     .venv/bin/python benchmarks/plan_prepare.py [SCENARIO] [--set K=V ...] [--dump FILE]
-        [--profile N]
+        [--profile N] [--phases]
+
+``--phases``: also each phase alone (the first build, the traces' prefix counts: thread
+CPU) and a timeline of one more prepare (when each build, count and solve ran).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import hashlib
 import json
 import pstats
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenfleet.catalog.loader import load_catalog
-from tokenfleet.plan.candidates import CandidateSet
+from tokenfleet.perf.calibration import load_fit
+from tokenfleet.plan import planner
+from tokenfleet.plan.candidates import CandidateSet, build_candidates
 from tokenfleet.plan.gates import precision_gate
 from tokenfleet.plan.planner import prepare
-from tokenfleet.plan.scenario import load_scenario
+from tokenfleet.plan.prefix import tier_reuses
+from tokenfleet.plan.scenario import Scenario, load_scenario
 
 
 def digest(cs: CandidateSet) -> dict:
@@ -46,6 +55,35 @@ def digest(cs: CandidateSet) -> dict:
     }
 
 
+def phases(sc: Scenario, base: Path, cat, gate) -> None:  # noqa: ANN001
+    """Each phase alone (thread CPU), then the timeline of one prepare."""
+    cal = load_fit()
+    for name, run in (("first build", lambda: build_candidates(sc, base, cat, cal, gate)),
+                      ("prefix counts", lambda: tier_reuses(sc, base))):
+        t, c = time.perf_counter(), time.thread_time()
+        run()
+        print(f"{name} alone: wall {time.perf_counter() - t:.2f} s, "
+              f"CPU {time.thread_time() - c:.2f} s")
+    t0 = time.perf_counter()
+    log: list[str] = []
+
+    def timed(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def g(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            s = time.perf_counter()
+            out = f(*a, **k)
+            log.append(f"  {f.__name__:18s} {threading.current_thread().name[:10]:10s} "
+                       f"{s - t0:6.2f} -> {time.perf_counter() - t0:6.2f} s")
+            return out
+        return g
+
+    for name in ("build_candidates", "tier_reuses", "solve_fleet"):
+        setattr(planner, name, timed(getattr(planner, name)))
+    prepare(sc, base, cat, None, gate)
+    print(f"timeline of one more prepare ({time.perf_counter() - t0:.2f} s):")
+    print("\n".join(sorted(log, key=lambda x: float(x.split()[2]))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", nargs="?", default="examples/frontier-lab.yaml")
@@ -53,6 +91,8 @@ def main() -> None:
     parser.add_argument("--dump", type=Path, help="write the CandidateSet digest here")
     parser.add_argument("--profile", type=int, default=0,
                         help="profile the warm call, print the top N functions")
+    parser.add_argument("--phases", action="store_true",
+                        help="each phase alone, and the timeline of one more prepare")
     args = parser.parse_args()
     sc, base = load_scenario(args.scenario, args.set_)
     cat = load_catalog()
@@ -77,6 +117,8 @@ def main() -> None:
           f"cold == warm: {d_cold == d_warm}; digest {sha}")
     if args.dump:
         args.dump.write_text(text)
+    if args.phases:
+        phases(sc, base, cat, gate)
 
 
 if __name__ == "__main__":
