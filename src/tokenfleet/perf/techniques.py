@@ -312,7 +312,7 @@ def best_technique_point(
 ) -> OperatingPoint:
     """:func:`~tokenfleet.perf.operating.best_operating_point` with each layout's unit a
     :class:`TechniqueUnit`: the same layout search, choice and reasons (``units``: units
-    already built, :func:`technique_unit`)."""
+    already built, :func:`technique_units`)."""
     if tech.speculation is not None:
         check_speculation(model, tech.speculation, tech.draft)
     return best_operating_point(

@@ -227,14 +227,18 @@ class EstimateMemo:
     screeners: dict[QueryKey, Callable[[int, int], OperatingPoint] | None] = field(
         default_factory=dict)
     units: UnitCache = field(default_factory=UnitCache)  # one unit, every bucket's shape
-    demands: dict[tuple[str, tuple, tuple, str], list[Demand]] = field(default_factory=dict)
+    demands: dict[tuple[int, tuple, tuple, str], tuple[Tier, list[Demand]]] = field(
+        default_factory=dict)
 
     def demand(self, t: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
-        """:func:`tier_demand`, once per tier (every field of it), buckets and base."""
-        k = (t.model_dump_json(), buckets.input_edges, buckets.output_edges, str(base))
-        if k not in self.demands:
-            self.demands[k] = tier_demand(t, buckets, base)
-        return list(self.demands[k])
+        """:func:`tier_demand`, once per tier, buckets and base (the re-builds' scenario
+        holds the same tier objects; the tier is kept, so its id stays its own, and an
+        equal one is asked for besides)."""
+        k = (id(t), buckets.input_edges, buckets.output_edges, str(base))
+        got = self.demands.get(k)
+        if got is None or got[0] != t:
+            got = self.demands[k] = (t, tier_demand(t, buckets, base))
+        return list(got[1])
 
     def estimate(self, q: Query) -> Estimate:
         k = query_key(q)
