@@ -303,12 +303,13 @@ def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
                 price_constraints(sc, cs, f, sol, total, bill, progress, policies_only=True))
     baselines = _baselines(sc, cs, total) if compare_policies else []
     plan = _assemble(sc, cs, f, sol, name, constraints, baselines, catalog)
-    if compare_policies:  # a dozen more solves on the same candidates, ~0.15 s each
+    if compare_policies:  # 13 more solves on the same candidates, from this plan
+        from tokenfleet.plan.prices import solution_by_name
         from tokenfleet.plan.tradeoffs import plan_tradeoffs
 
         if progress:
             progress("re-solving for the cost-assurance frontier and sensitivities", 0, 0)
-        plan.tradeoffs = plan_tradeoffs(sc, cs, plan.cost)
+        plan.tradeoffs = plan_tradeoffs(sc, cs, plan.cost, solution_by_name(f, sol))
     explain_disaggregation(plan, sc, cs, f, sol, lambda g, s2: bill(sc, g, s2))
     explain_speculation(plan, sc, cs, f, sol, lambda g, s2: bill(sc, g, s2))
     enrich(plan, sc)  # contracts as signed, vendor shares by basis, energy (plan.contracts)
