@@ -28,6 +28,7 @@ from tokenfleet.perf.engines import DEFAULT_ENGINE, engine_profile
 from tokenfleet.perf.measurements import ENGINES
 from tokenfleet.perf.operating import (
     OperatingPoint,
+    UnitCache,
     best_operating_point,
     choose,
     evaluate_layout,
@@ -297,12 +298,14 @@ def _techniques(q: Query, catalog: Catalog) -> tech_mod.Techniques | None:
     return None if t.plain else t
 
 
-def _resolve(q: Query, catalog: Catalog, cal: Calibration) -> _Resolved:
+def _resolve(q: Query, catalog: Catalog, cal: Calibration, units: UnitCache | None = None
+             ) -> _Resolved:
     accel = catalog.accelerator(q.accelerator)
     precision = resolve_precision(accel, q.precision)
     kv_prec = q.kv_precision or get_precision(precision).default_kv
     kv_bytes(kv_prec)  # validates the name
-    b = cal.basis(accel, q.engine)
+    b = (cal.basis(accel, q.engine) if units is None
+         else units.get((cal, accel), ("basis", q.engine), lambda: cal.basis(accel, q.engine)))
     mode = ("slo" if (q.slo_ttft or q.slo_tpot) else
             "concurrency" if q.concurrency else "offline")
     engine = q.engine or (b.group.split("/")[1] if b.group else DEFAULT_ENGINE)
@@ -317,20 +320,21 @@ def _resolve(q: Query, catalog: Catalog, cal: Calibration) -> _Resolved:
                      _techniques(q, catalog))
 
 
-def _operating_point(q: Query, r: _Resolved) -> OperatingPoint:
+def _operating_point(q: Query, r: _Resolved, units: UnitCache | None = None
+                     ) -> OperatingPoint:
     if r.techniques is not None:  # serving techniques on: perf/techniques.py
         return tech_mod.best_technique_point(
             r.model, r.accel, get_precision(r.precision), r.kv_precision, q.count, r.eff,
             q.input_len, q.output_len, r.mode, r.techniques, q.concurrency, q.slo_ttft,
             q.slo_tpot, engine=r.engine, batching=r.batching,
             data_parallel=q.data_parallel,
-            layouts=[_layout(q.layout, q.count)] if q.layout else None)
+            layouts=[_layout(q.layout, q.count)] if q.layout else None, units=units)
     return best_operating_point(
         r.model, r.accel, get_precision(r.precision), r.kv_precision, q.count, r.eff,
         q.input_len, q.output_len, r.mode, q.concurrency, q.slo_ttft, q.slo_tpot,
         data_parallel=q.data_parallel,
         layouts=candidate_layouts(q, r.model, r.accel, r.engine), engine=r.engine,
-        batching=r.batching)
+        batching=r.batching, units=units)
 
 
 def operating_point(q: Query, catalog: Catalog | None = None, cal: Calibration | None = None
@@ -365,13 +369,15 @@ def layout_screen(q: Query, catalog: Catalog, cal: Calibration
     return at
 
 
-def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None = None
-             ) -> Estimate:
+def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None = None,
+             *, units: UnitCache | None = None) -> Estimate:
     """Estimate one unit. Raises TokenfleetError for unknown names; an impossible
-    combination (no FP4 on the chip, does not fit) is a result with ``fits=False``."""
+    combination (no FP4 on the chip, does not fit) is a result with ``fits=False``.
+    ``units``: units already built (a caller asking many request shapes of the same
+    units, over one catalog and calibration whose objects it does not change)."""
     catalog = catalog or load_catalog()
     cal = cal or load_fit()
-    r = _resolve(q, catalog, cal)
+    r = _resolve(q, catalog, cal, units)
     accel, group = r.accel, r.group
     notes: list[str] = []
     if q.engine and (group is None or not group.endswith("/" + q.engine)):
@@ -403,12 +409,13 @@ def estimate(q: Query, catalog: Catalog | None = None, cal: Calibration | None =
     if unsupported:
         return Estimate(**base, layout=None, fits=False, reason=unsupported, provenance=prov,
                         notes=notes)
-    op = _operating_point(q, r)
+    op = _operating_point(q, r, units)
     e = _from_op(base, op, prov, (band, upside), basis, notes, q, accel)
-    return _with_techniques(e, q, r, op) if r.techniques is not None else e
+    return _with_techniques(e, q, r, op, units) if r.techniques is not None else e
 
 
-def _with_techniques(e: Estimate, q: Query, r: _Resolved, op: OperatingPoint) -> Estimate:
+def _with_techniques(e: Estimate, q: Query, r: _Resolved, op: OperatingPoint,
+                     units: UnitCache | None = None) -> Estimate:
     """The technique fields of an estimate (and a prefill unit's TPOT is not its own)."""
     t = r.techniques
     assert t is not None
@@ -416,9 +423,8 @@ def _with_techniques(e: Estimate, q: Query, r: _Resolved, op: OperatingPoint) ->
                  "speculative": t.speculation.label() if t.speculation else None,
                  "tokens_per_step": t.tokens_per_step if t.role != "prefill" else None}
     if t.role == "prefill":
-        unit = tech_mod.TechniqueUnit(r.model, r.accel, get_precision(r.precision),
-                                      r.kv_precision, op.layout, r.eff, t,
-                                      r.engine)
+        unit = tech_mod.technique_units(r.model, r.accel, get_precision(r.precision),
+                                        r.kv_precision, r.eff, t, r.engine, units)(op.layout)
         upd["kv_transfer_s"] = unit.kv_transfer_s(q.input_len)
         upd["tpot_s"] = None
         if e.requests_per_s is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -15,6 +16,8 @@ from tokenfleet.catalog.schema import Accelerator, ModelSpec
 from tokenfleet.perf.precision import Precision
 from tokenfleet.perf.unit import Efficiency, Layout, MemoryFit, UnitModel, layouts_for
 
+T = TypeVar("T")
+U = TypeVar("U", bound=UnitModel)
 MODES = ("offline", "concurrency", "static", "slo")
 BATCHING = ("continuous", "static")
 # Layouts whose throughput is within this fraction of the best are equivalent; the
@@ -37,6 +40,45 @@ class OperatingPoint:
     violation: float = 0.0  # failed SLO: worst ratio of predicted to bound at concurrency 1
     why: str = ""  # why this layout was chosen
     batching: str = "continuous"
+
+
+class UnitCache:
+    """Units already built (and the calibration bases they are built with), for a caller
+    that evaluates the same units at many request shapes (the planner: one unit per
+    bucket of a tier). A unit is a pure function of what it is built from and never of
+    the shape, so one built unit serves every shape. Keyed on the model, chip (and
+    draft, calibration) objects by identity, which the cache holds so their ids stay
+    theirs (the caller must not change them in place while it uses the cache), and on
+    every other input by value."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple, tuple[tuple, Any]] = {}
+
+    def get(self, refs: tuple, key: tuple, make: Callable[[], T]) -> T:
+        k = (tuple(map(id, refs)), key)
+        hit = self._built.get(k)
+        if hit is None:
+            hit = self._built[k] = (refs, make())
+        return cast(T, hit[1])
+
+    def by_layout(self, refs: tuple, key: tuple) -> dict[Layout, UnitModel]:
+        """The units built of ``refs`` and ``key`` (every input but the layout), by
+        layout: one look-up of the long key per layout search, not one per layout."""
+        return self.get(refs, ("by layout", *key), dict)
+
+
+def unit_getter(units: dict[Layout, UnitModel] | None, make: Callable[[Layout], U]
+                ) -> Callable[[Layout], U]:
+    """``make``, through ``units`` (a :meth:`UnitCache.by_layout`) when given."""
+    if units is None:
+        return make
+
+    def get(lo: Layout) -> U:
+        u = units.get(lo)
+        if u is None:
+            u = units[lo] = make(lo)
+        return cast(U, u)
+    return get
 
 
 @lru_cache(maxsize=8192)
@@ -162,11 +204,13 @@ def best_operating_point(
     engine: str | None = None,
     batching: str | None = None,
     unit_of: Callable[[Layout], UnitModel] | None = None,
+    units: UnitCache | None = None,
 ) -> OperatingPoint:
     """The layout engines would run for this operating point (see :func:`choose`).
 
     ``unit_of`` builds the unit of a layout (default: a plain :class:`UnitModel`; the
-    serving techniques pass theirs).
+    serving techniques pass theirs). ``units``: plain units already built (callers
+    that ask many shapes of one unit; ``unit_of`` does its own caching).
 
     ``layouts`` default: those engines run on this chip (``layouts_for`` with
     ``accel``). A layout with more dp ranks than the unit has sequences
@@ -187,10 +231,14 @@ def best_operating_point(
     if concurrency is not None and mode in ("concurrency", "static"):
         candidates = [lo for lo in candidates if lo.dp <= concurrency] or [
             min(candidates, key=lambda lo: lo.dp)]
+    if unit_of is None:
+        unit_of = unit_getter(
+            None if units is None else units.by_layout(
+                (model, accel), ("plain", precision, kv_precision, eff, engine)),
+            lambda lo: UnitModel(model, accel, precision, kv_precision, lo, eff, engine))
     points = []
     for lo in candidates:
-        unit = (unit_of(lo) if unit_of is not None
-                else UnitModel(model, accel, precision, kv_precision, lo, eff, engine))
+        unit = unit_of(lo)
         op = evaluate_layout(unit, input_len, output_len, mode, concurrency, slo_ttft, slo_tpot,
                              reserve_full, batching)
         points.append(op)

@@ -47,6 +47,7 @@ What the planner needs from here (not wired into ``plan/`` yet):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -55,7 +56,12 @@ import numpy as np
 from tokenfleet.catalog.schema import Accelerator, ModelSpec
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.disagg import Link, link_between, prompt_kv_bytes, transfer_s
-from tokenfleet.perf.operating import OperatingPoint, best_operating_point
+from tokenfleet.perf.operating import (
+    OperatingPoint,
+    UnitCache,
+    best_operating_point,
+    unit_getter,
+)
 from tokenfleet.perf.precision import Precision
 from tokenfleet.perf.speculative import Speculation
 from tokenfleet.perf.unit import (
@@ -138,6 +144,7 @@ class TechniqueUnit(UnitModel):
             self.draft_unit = UnitModel(tech.draft, accel, precision, kv_precision,
                                         Layout(dtp, 1, 1), eff, engine)
         self.link = tech.kv_link or link_between(accel, accel)
+        self._transfer_s: dict[int, float] = {}
 
     # ---- memory -------------------------------------------------------------------
 
@@ -181,8 +188,13 @@ class TechniqueUnit(UnitModel):
 
     def kv_transfer_s(self, input_len: int) -> float:
         """Seconds to hand one prompt's KV cache to the decode pool (prefill role)."""
-        kv = prompt_kv_bytes(self.model, input_len, self.kv_precision)
-        return transfer_s(kv, self.link, self.layout.tp * self.layout.pp)
+        # a unit is asked this per layout evaluation of a shape: count it once
+        got = self._transfer_s.get(input_len)
+        if got is None:
+            kv = prompt_kv_bytes(self.model, input_len, self.kv_precision)
+            got = self._transfer_s[input_len] = transfer_s(kv, self.link,
+                                                           self.layout.tp * self.layout.pp)
+        return got
 
     def _prefill_shape(self, input_len: int) -> tuple[float, int]:
         """(prompt tokens computed per request, prompt_len that prices their attention)."""
@@ -296,14 +308,31 @@ def best_technique_point(
     data_parallel: bool | None = None,
     engine: str | None = None,
     batching: str | None = None,
+    units: UnitCache | None = None,
 ) -> OperatingPoint:
     """:func:`~tokenfleet.perf.operating.best_operating_point` with each layout's unit a
-    :class:`TechniqueUnit`: the same layout search, choice and reasons."""
+    :class:`TechniqueUnit`: the same layout search, choice and reasons (``units``: units
+    already built, :func:`technique_units`)."""
     if tech.speculation is not None:
         check_speculation(model, tech.speculation, tech.draft)
     return best_operating_point(
         model, accel, precision, kv_precision, count, eff, input_len, output_len, mode,
         concurrency, slo_ttft, slo_tpot, layouts=layouts, data_parallel=data_parallel,
         engine=engine, batching=batching,
-        unit_of=lambda lo: TechniqueUnit(model, accel, precision, kv_precision, lo, eff, tech,
-                                         engine))
+        unit_of=technique_units(model, accel, precision, kv_precision, eff, tech, engine,
+                                units))
+
+
+def technique_units(model: ModelSpec, accel: Accelerator, precision: Precision,
+                    kv_precision: str, eff: Efficiency, tech: Techniques,
+                    engine: str | None, units: UnitCache | None = None
+                    ) -> Callable[[Layout], TechniqueUnit]:
+    """Layout -> its :class:`TechniqueUnit`, from ``units`` when one was built of the
+    same inputs."""
+    return unit_getter(
+        None if units is None else units.by_layout(
+            (model, accel, tech.draft),
+            ("techniques", precision, kv_precision, eff, engine, tech.prefix_hit_rate,
+             tech.speculation, tech.role, tech.kv_link)),
+        lambda lo: TechniqueUnit(model, accel, precision, kv_precision, lo, eff, tech,
+                                 engine))

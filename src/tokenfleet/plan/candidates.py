@@ -21,14 +21,13 @@ from tokenfleet.catalog.schema import Accelerator
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration
 from tokenfleet.perf.estimate import Estimate, Query, estimate, layout_screen
-from tokenfleet.perf.operating import OperatingPoint
+from tokenfleet.perf.operating import OperatingPoint, UnitCache
 from tokenfleet.perf.precision import get_precision
 from tokenfleet.perf.speculative import parse_speculation
 from tokenfleet.perf.techniques import check_speculation
 from tokenfleet.perf.unit import Layout, layouts_for
 from tokenfleet.plan.disagg import (
     Half,
-    default_estimate_fn,
     demand_by_bucket,
     half_capacity,
     pair_link_gbps,
@@ -230,6 +229,81 @@ def default_counts(accel: Accelerator) -> list[int]:
     return sorted(counts)
 
 
+QueryKey = tuple
+
+
+_QUERY_FIELDS = tuple(Query.model_fields)
+
+
+def query_key(q: Query) -> QueryKey:
+    """Every field of ``q`` (in the model's order), hashable: what a memo of
+    ``estimate(q)`` is keyed on."""
+    return tuple(map(q.__dict__.__getitem__, _QUERY_FIELDS))
+
+
+@dataclass
+class EstimateMemo:
+    """The performance model's answers for one catalog and calibration, kept across the
+    builds of one :func:`~tokenfleet.plan.planner.prepare` (the prefix-caching fixed
+    point re-builds candidates at new hit rates: most queries repeat exactly). Keyed on
+    every field of the query; the catalog and calibration are the memo's own (a build
+    with others gets a fresh memo)."""
+
+    catalog: Catalog
+    cal: Calibration
+    estimates: dict[QueryKey, Estimate] = field(default_factory=dict)
+    screens: dict[tuple[QueryKey, int, int], OperatingPoint | None] = field(
+        default_factory=dict)
+    screeners: dict[QueryKey, Callable[[int, int], OperatingPoint] | None] = field(
+        default_factory=dict)
+    units: UnitCache = field(default_factory=UnitCache)  # one unit, every bucket's shape
+    demands: dict[tuple[int, tuple, tuple, str], tuple[Tier, list[Demand]]] = field(
+        default_factory=dict)
+
+    def demand(self, t: Tier, buckets: SizeBuckets, base: Path) -> list[Demand]:
+        """:func:`tier_demand`, once per tier, buckets and base (the re-builds' scenario
+        holds the same tier objects; the tier is kept, so its id stays its own, and an
+        equal one is asked for besides)."""
+        k = (id(t), buckets.input_edges, buckets.output_edges, str(base))
+        got = self.demands.get(k)
+        if got is None or got[0] != t:
+            got = self.demands[k] = (t, tier_demand(t, buckets, base))
+        return list(got[1])
+
+    def estimate(self, q: Query) -> Estimate:
+        k = query_key(q)
+        e = self.estimates.get(k)
+        if e is None:
+            e = self.estimates[k] = estimate(q, self.catalog, self.cal, units=self.units)
+        return e
+
+    def screen(self, plain: Query, key: QueryKey, input_len: int, output_len: int
+               ) -> OperatingPoint | None:
+        """:func:`~tokenfleet.perf.estimate.layout_screen` of ``plain`` (a
+        :func:`screen_query`, ``key`` its :func:`query_key`) at one shape."""
+        sk = (key, input_len, output_len)
+        if sk not in self.screens:
+            if key not in self.screeners:
+                self.screeners[key] = layout_screen(plain, self.catalog, self.cal)
+            at = self.screeners[key]
+            self.screens[sk] = at(input_len, output_len) if at else None
+        return self.screens[sk]
+
+
+def screen_query(q: Query) -> Query:
+    """``q`` as :func:`~tokenfleet.perf.estimate.layout_screen` reads it: that screen
+    builds a plain unit, so prefix hit rate and speculation do not change its answer
+    (the speculative setting is still checked by the estimate that follows)."""
+    if q.prefix_hit_rate == 0.0 and q.speculative is None:
+        return q
+    return q.model_copy(update={"prefix_hit_rate": 0.0, "speculative": None})
+
+
+# Whether prepare's builds share one EstimateMemo (False: each build its own, as a
+# check that sharing changes nothing: tests/plan/test_prepare_memo.py).
+SHARED_MEMO = True
+
+
 @dataclass
 class _Models:
     """The performance model as the candidate builder asks it (cached: the same chip in
@@ -241,13 +315,16 @@ class _Models:
     demands: list[Demand]
     tiers: dict[str, Tier] = field(default_factory=dict)
     prefix_hit_rates: Mapping[str, float] = field(default_factory=dict)  # plan/prefix.py
+    memo: EstimateMemo | None = None
 
     def __post_init__(self) -> None:
         self.tiers = {t.name: t for t in self.sc.tiers}
+        if self.memo is None:
+            self.memo = EstimateMemo(self.catalog, self.cal)
         self.screener = cache(self._screener)
         self.screen = cache(self._screen)
         self.est = cache(self._est)
-        self.role_est = default_estimate_fn(self.catalog, self.cal)
+        self.role_est = self.memo.estimate
 
     def query(self, accel: str, layout: Layout, precision: str, d: Demand,
               ttft_only: bool = False, speculative: str | None = None) -> Query:
@@ -262,29 +339,33 @@ class _Models:
             prefix_hit_rate=self.prefix_hit_rates.get(d.tier, 0.0))
 
     def _screener(self, accel: str, layout: Layout, precision: str, tier: str,
-                  ttft_only: bool = False) -> Callable[[int, int], OperatingPoint] | None:
+                  ttft_only: bool = False) -> tuple[Query, QueryKey]:
+        """The query a layout's screen is built from (the tier's first demand: the shape
+        is given per bucket) as the screen reads it, and its key."""
         first = next(d for d in self.demands if d.tier == tier)
-        return layout_screen(self.query(accel, layout, precision, first, ttft_only),
-                             self.catalog, self.cal)
+        plain = screen_query(self.query(accel, layout, precision, first, ttft_only))
+        return plain, query_key(plain)
 
     def _screen(self, accel: str, layout: Layout, precision: str, d: Demand
                 ) -> OperatingPoint | None:
-        at = self.screener(accel, layout, precision, d.tier)
-        op = at(d.input_len, d.output_len) if at else None
+        assert self.memo is not None
+        op = self.memo.screen(*self.screener(accel, layout, precision, d.tier),
+                              d.input_len, d.output_len)
         if op is None or not op.fits or d.input_len_tail <= d.input_len:
             return op
         # prompt-length spread: the bucket's long prompts must prefill within the TTFT
         # SLO too (their TPOT is the mean's business: a percentile SLO allows some)
-        tail = self.screener(accel, layout, precision, d.tier, True)
-        op_tail = tail(d.input_len_tail, d.output_len) if tail else None
+        op_tail = self.memo.screen(*self.screener(accel, layout, precision, d.tier, True),
+                                   d.input_len_tail, d.output_len)
         if op_tail is not None and not op_tail.fits:
             return op_tail
         return op
 
     def _est(self, accel: str, layout: Layout, precision: str, d: Demand,
              speculative: str | None = None) -> Estimate:
-        return estimate(self.query(accel, layout, precision, d, speculative=speculative),
-                        self.catalog, self.cal)
+        assert self.memo is not None
+        return self.memo.estimate(
+            self.query(accel, layout, precision, d, speculative=speculative))
 
 
 def tier_buckets(sc: Scenario) -> SizeBuckets:
@@ -300,19 +381,25 @@ def build_candidates(
     precision_gate: Callable[[Tier, str], tuple[bool, str]] | None = None,
     progress: Callable[[int, int], None] | None = None,
     prefix_hit_rates: Mapping[str, float] | None = None,
+    memo: EstimateMemo | None = None,
 ) -> CandidateSet:
     """Demand and every feasible candidate pool of the scenario (``prefix_hit_rates``:
-    tier -> prefix-cache hit rate priced in, ``plan/prefix.py``)."""
+    tier -> prefix-cache hit rate priced in, ``plan/prefix.py``; ``memo``: the
+    performance model's answers of earlier builds, of the same catalog and calibration,
+    filled in here too)."""
     buckets = tier_buckets(sc)
+    memo = memo if memo is not None and memo.catalog is catalog and memo.cal is cal else (
+        EstimateMemo(catalog, cal))
     demands: list[Demand] = []
     for t in sc.tiers:
-        tier_d = tier_demand(t, buckets, base)
+        tier_d = memo.demand(t, buckets, base)
         if not tier_d:
             raise TokenfleetError(f"tier '{t.name}': traffic has no requests")
         demands.extend(tier_d)
     for t in sc.tiers:
         _check_speculation(t, catalog)
-    models = _Models(sc, catalog, cal, demands, prefix_hit_rates=prefix_hit_rates or {})
+    models = _Models(sc, catalog, cal, demands, prefix_hit_rates=prefix_hit_rates or {},
+                     memo=memo)
     cs = CandidateSet(demands, [])
     jobs = [(t, i, s) for t in sc.tiers for i, s in enumerate(sc.supply)]
     for j, (t, i, s) in enumerate(jobs):

@@ -16,11 +16,13 @@ import numpy as np
 from tokenfleet.catalog.loader import Catalog, load_catalog
 from tokenfleet.errors import TokenfleetError
 from tokenfleet.perf.calibration import Calibration, load_fit
+from tokenfleet.plan import candidates as candidates_mod
 from tokenfleet.plan.billing import bill_usd, metered_by_contract
 from tokenfleet.plan.candidates import (
     DEFAULT_CONFIDENCE,
     Candidate,
     CandidateSet,
+    EstimateMemo,
     build_candidates,
     risk_factor,
 )
@@ -199,34 +201,61 @@ def prepare(sc: Scenario, base: Path, catalog: Catalog, cal: Calibration | None 
     cal = cal or load_fit()
     step = (lambda label: (lambda i, n: progress(label, i, n))) if progress else (
         lambda label: None)
-    # the traces' offline prefix counts (reading and counting them, ~2.5 s on the example)
-    # beside the candidates: much of both runs without the GIL
+    # the performance model's answers, shared by the prefix fixed point's re-builds
+    # (most of their queries repeat: only prefill-side numbers move with the hit rate)
+    memo = EstimateMemo(catalog, cal)
+    # the traces' offline prefix counts (reading and counting them, ~1.7 s CPU on the
+    # example) beside the candidates: much of the counting runs without the GIL
     with ThreadPoolExecutor(1) as pool:
         reuse = pool.submit(tier_reuses, sc, base)
-        cs = build_candidates(sc, base, catalog, cal, precision_gate, step("candidates"))
+        cs = build_candidates(sc, base, catalog, cal, precision_gate, step("candidates"),
+                              memo=memo)
         uncovered = [d for d in cs.demands if not any(
             c.tier == d.tier and d.bucket in c.capacity for c in cs.candidates)]
         if uncovered:
             raise Infeasible(f"scenario '{sc.name}' is infeasible:\n"
                              + explain_infeasible(sc, cs))
+        # while the counts still run, the fixed point's first (plain) solve: HiGHS runs
+        # without the GIL (wasted when no trace has prefix hashes, but only time spent
+        # waiting anyway)
+        first = None
+        if not reuse.done():
+            try:
+                first = [_plain_solve(sc, cs)]
+            except TokenfleetError:  # said where it was said before: after the counts
+                first = None
         return _with_prefix_caching(sc, base, cs, catalog, cal, precision_gate,
-                                    reuse.result())
+                                    reuse.result(), memo, first)
+
+
+def _plain_solve(sc: Scenario, cs: CandidateSet
+                 ) -> tuple[list[tuple[Candidate, int]], float] | None:
+    """The chosen units and the bill of the cheapest plan over ``cs``, or None."""
+    f, sol = solve_fleet(sc, cs)
+    return (chosen_units(f, sol), bill(sc, f, sol)) if sol.ok else None
 
 
 def _with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Catalog,
                          cal: Calibration,
                          gate: Callable[[Tier, str], tuple[bool, str]] | None,
-                         reuse: dict[str, PrefixReuse] | None = None) -> CandidateSet:
+                         reuse: dict[str, PrefixReuse] | None = None,
+                         memo: EstimateMemo | None = None,
+                         first: list[tuple[list[tuple[Candidate, int]], float] | None]
+                         | None = None) -> CandidateSet:
     """Tiers whose trace has prefix hashes priced at the hit rate it shows at the KV the
-    plan buys (plan/prefix.py: a fixed point of plain solves)."""
+    plan buys (plan/prefix.py: a fixed point of plain solves); ``memo``: the first
+    build's performance-model answers (``candidates.SHARED_MEMO``); ``first``: the
+    plain solve of ``cs`` when the caller has it (in a list: it may be None)."""
     def solve(c: CandidateSet) -> tuple[list[tuple[Candidate, int]], float] | None:
-        f, sol = solve_fleet(sc, c)
-        return (chosen_units(f, sol), bill(sc, f, sol)) if sol.ok else None
+        if c is cs and first:  # solved already (the same candidates, the same answer)
+            return first.pop()
+        return _plain_solve(sc, c)
 
+    shared = memo if candidates_mod.SHARED_MEMO else None
     return with_prefix_caching(
         sc, base, cs, catalog, cal,
         lambda sub, hits: build_candidates(sub, base, catalog, cal, gate,
-                                           prefix_hit_rates=hits), solve, reuse)
+                                           prefix_hit_rates=hits, memo=shared), solve, reuse)
 
 
 def scaled(cs: CandidateSet, scale: Mapping[str, float]) -> CandidateSet:
@@ -274,12 +303,13 @@ def solve_plan(sc: Scenario, cs: CandidateSet, name: str, catalog: Catalog, *,
                 price_constraints(sc, cs, f, sol, total, bill, progress, policies_only=True))
     baselines = _baselines(sc, cs, total) if compare_policies else []
     plan = _assemble(sc, cs, f, sol, name, constraints, baselines, catalog)
-    if compare_policies:  # a dozen more solves on the same candidates, ~0.15 s each
+    if compare_policies:  # 13 more solves on the same candidates, from this plan
+        from tokenfleet.plan.prices import solution_by_name
         from tokenfleet.plan.tradeoffs import plan_tradeoffs
 
         if progress:
             progress("re-solving for the cost-assurance frontier and sensitivities", 0, 0)
-        plan.tradeoffs = plan_tradeoffs(sc, cs, plan.cost)
+        plan.tradeoffs = plan_tradeoffs(sc, cs, plan.cost, solution_by_name(f, sol))
     explain_disaggregation(plan, sc, cs, f, sol, lambda g, s2: bill(sc, g, s2))
     explain_speculation(plan, sc, cs, f, sol, lambda g, s2: bill(sc, g, s2))
     enrich(plan, sc)  # contracts as signed, vendor shares by basis, energy (plan.contracts)

@@ -205,7 +205,8 @@ def _fleet_mw(f: Formulation, s: Solution) -> float:
     return sum(c.watts * round(float(s.x[f.n[c.id]])) for c in f.cands) / 1e6
 
 
-def _by_name(f: Formulation, s: Solution) -> dict[str, float]:
+def solution_by_name(f: Formulation, s: Solution) -> dict[str, float]:
+    """A solution as variable name -> value (a start for re-solves of the same program)."""
     assert s.x is not None
     return dict(zip(f.program.names, (float(v) for v in s.x), strict=True))
 
@@ -213,7 +214,7 @@ def _by_name(f: Formulation, s: Solution) -> dict[str, float]:
 def _row_holds(rows: list[tuple[Row, float]], f: Formulation, g: Formulation, s2: Solution,
                tol: float = 1e-6) -> bool:
     """Do the original rows hold at the re-solve's point (mapped by variable name)?"""
-    x2 = _by_name(g, s2)
+    x2 = solution_by_name(g, s2)
     names = f.program.names
     for r, _ in rows:
         act = sum(v * x2.get(names[j], 0.0) for j, v in r.coefs.items())
@@ -229,7 +230,7 @@ def _n1_holds(ctx: _Ctx, g: Formulation, s2: Solution) -> bool:
     n1 = ctx.sc.policy.n_minus_1
     if n1 is None:
         return True
-    x2 = _by_name(g, s2)
+    x2 = solution_by_name(g, s2)
     reps = {c.id: round(x2.get(f"n[{c.id}]", 0.0)) for c in ctx.f.cands}
     return not violated(ctx.f.cands, reps, ctx.cs.demands, ctx.f.groups, n1.min_fraction)
 
@@ -287,7 +288,7 @@ def price_constraints(sc: Scenario, cs: CandidateSet, f: Formulation, sol: Solut
     re-solve, independent of the baselines and of the caps' screening), for a plan that
     skips the rest (``plan --no-baselines``)."""
     assert sol.activity is not None and sol.x is not None
-    ctx = _Ctx(sc, cs, f, sol, total, bill, _by_name(f, sol),
+    ctx = _Ctx(sc, cs, f, sol, total, bill, solution_by_name(f, sol),
                deadline=time.perf_counter() + sc.time_limit_s)
     wanted = POLICIES if policies_only else (*CAPS, *POLICIES, "contract")
     for i, r in enumerate(f.program.rows):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -120,15 +121,18 @@ def mark_efficient(points: list[FrontierPoint]) -> list[FrontierPoint]:
     return out
 
 
-def plan_tradeoffs(sc: Scenario, cs: CandidateSet, base: Cost) -> Tradeoffs:
+def plan_tradeoffs(sc: Scenario, cs: CandidateSet, base: Cost,
+                   start: Mapping[str, float] | None = None) -> Tradeoffs:
     """The frontier and sensitivities of the plan solved on ``cs`` whose bill is
-    ``base`` (see the module)."""
+    ``base`` (see the module); ``start``: that plan's solution by variable name, where
+    each re-solve starts (a price move keeps it feasible, so HiGHS begins with an
+    incumbent; where a move makes it infeasible HiGHS drops it)."""
     from tokenfleet.plan.milp import solve_fleet
     from tokenfleet.plan.planner import _risk, chosen_units, cost_breakdown
     from tokenfleet.plan.whatif import scaled
 
     def cost(s: Scenario, c: CandidateSet) -> tuple[Cost | None, Any]:
-        f, sol = solve_fleet(s, c)
+        f, sol = solve_fleet(s, c, start=start)
         return (cost_breakdown(s, chosen_units(f, sol)), (f, sol)) if sol.ok else (None, None)
 
     # every solve is independent: in threads (HiGHS releases the GIL), on every core
