@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from tokenfleet.catalog.schema import Accelerator
 from tokenfleet.perf.disagg import pair_link
-from tokenfleet.perf.estimate import Estimate, Query, estimate
+from tokenfleet.perf.estimate import Estimate, Query
 from tokenfleet.plan.scenario import Supply, Tier
 
 # The decode pool's share of a tier's TTFT SLO: joining the running batch and one step,
@@ -117,17 +117,6 @@ class PairOption:
 
 
 EstimateFn = Callable[[Query], Estimate]
-
-
-def default_estimate_fn(catalog, cal) -> EstimateFn:  # noqa: ANN001 - Catalog, Calibration
-    cache: dict[str, Estimate] = {}
-
-    def fn(q: Query) -> Estimate:
-        k = repr(sorted(q.__dict__.items()))
-        if k not in cache:
-            cache[k] = estimate(q, catalog, cal)
-        return cache[k]
-    return fn
 
 
 def half_capacity(est: EstimateFn, t: Tier, h: Half, demands: list, link_gbps: float | None,
