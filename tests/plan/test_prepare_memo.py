@@ -16,7 +16,6 @@ from tokenfleet.perf.unit import Layout
 from tokenfleet.plan import candidates as candidates_mod
 from tokenfleet.plan.candidates import CandidateSet, EstimateMemo, query_key, screen_query
 from tokenfleet.plan.planner import prepare
-from tokenfleet.plan.prefix import hit_rate
 from tokenfleet.plan.scenario import Scenario
 from tokenfleet.workload.prefix import NEVER, prefix_reuse
 from tokenfleet.workload.readers import read_trace
@@ -124,4 +123,4 @@ def test_the_layout_screen_does_not_read_the_techniques() -> None:
 @pytest.mark.parametrize("blocks", [0, 1, 7, 100, 1000, 10**6, int(NEVER)])
 def test_hit_rate_without_the_sort_is_the_curve_exactly(blocks: int) -> None:
     r = prefix_reuse(read_trace(sample_path("mooncake_conversation")).scale_rate(3.0))
-    assert hit_rate(r, blocks) == r.hit_rate(blocks)
+    assert r.hit_rate(blocks) == r.curve([blocks])[0]

@@ -313,14 +313,12 @@ class _Models:
     catalog: Catalog
     cal: Calibration
     demands: list[Demand]
+    memo: EstimateMemo
     tiers: dict[str, Tier] = field(default_factory=dict)
     prefix_hit_rates: Mapping[str, float] = field(default_factory=dict)  # plan/prefix.py
-    memo: EstimateMemo | None = None
 
     def __post_init__(self) -> None:
         self.tiers = {t.name: t for t in self.sc.tiers}
-        if self.memo is None:
-            self.memo = EstimateMemo(self.catalog, self.cal)
         self.screener = cache(self._screener)
         self.screen = cache(self._screen)
         self.est = cache(self._est)
@@ -348,7 +346,6 @@ class _Models:
 
     def _screen(self, accel: str, layout: Layout, precision: str, d: Demand
                 ) -> OperatingPoint | None:
-        assert self.memo is not None
         op = self.memo.screen(*self.screener(accel, layout, precision, d.tier),
                               d.input_len, d.output_len)
         if op is None or not op.fits or d.input_len_tail <= d.input_len:
@@ -363,7 +360,6 @@ class _Models:
 
     def _est(self, accel: str, layout: Layout, precision: str, d: Demand,
              speculative: str | None = None) -> Estimate:
-        assert self.memo is not None
         return self.memo.estimate(
             self.query(accel, layout, precision, d, speculative=speculative))
 

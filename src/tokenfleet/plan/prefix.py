@@ -46,7 +46,7 @@ from tokenfleet.plan.candidates import Candidate, CandidateSet
 from tokenfleet.plan.scenario import Scenario, Tier
 from tokenfleet.plan.schema import TierPrefixCache
 from tokenfleet.plan.units import unit_model
-from tokenfleet.workload.prefix import NEVER, PrefixReuse, prefix_reuse
+from tokenfleet.workload.prefix import PrefixReuse, prefix_reuse
 from tokenfleet.workload.readers import read_trace
 
 ITERATIONS = 2
@@ -58,15 +58,6 @@ KV_PAGE_TOKENS = 16
 # One solve: the chosen units and the plan's bill in USD per month (None: infeasible).
 Solve = Callable[[CandidateSet], tuple[list[tuple[Candidate, int]], float] | None]
 Rebuild = Callable[[Scenario, dict[str, float]], CandidateSet]
-
-
-def hit_rate(r: PrefixReuse, capacity_blocks: int) -> float:
-    """``r.hit_rate(capacity_blocks)`` without its sort of every block reference (the
-    tokens of references a cache that size still reuses, summed: integers, so exactly
-    the same figure); the fixed point asks a few sizes of one count."""
-    if r.total_prompt_tokens == 0:
-        return 0.0
-    return float(r.tokens[r.depth < capacity_blocks].sum() / r.total_prompt_tokens)
 
 
 def lane_kv_tokens(um: UnitModel) -> int:
@@ -159,7 +150,7 @@ def with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Cat
                 kv_per_replica[c.id] = candidate_kv_tokens(c, catalog, cal)
         kv_blocks = {n: sum(kv_per_replica[c.id] * k for c, k in chosen if c.tier == n)
                      // r.block_tokens for n, r in reuse.items()}
-        hits = {n: min(hit_rate(r, kv_blocks[n]), MAX_HIT_RATE) for n, r in reuse.items()}
+        hits = {n: min(r.hit_rate(kv_blocks[n]), MAX_HIT_RATE) for n, r in reuse.items()}
         out = _merge(cs, rebuild(sub, hits), set(reuse))
         nxt = solve(out)
         if nxt is None:
@@ -175,8 +166,8 @@ def with_prefix_caching(sc: Scenario, base: Path, cs: CandidateSet, catalog: Cat
         out.prefix_reuse[n] = (r, cal)
         out.prefix_cache[n] = TierPrefixCache(
             hit_rate=hits[n], cache_tokens=blocks * r.block_tokens,
-            hit_rate_at_plan_kv=hit_rate(r, blocks), block_tokens=r.block_tokens,
-            unbounded_hit_rate=hit_rate(r, int(NEVER)), iterations=ITERATIONS,
+            hit_rate_at_plan_kv=r.hit_rate(blocks), block_tokens=r.block_tokens,
+            unbounded_hit_rate=r.unbounded_hit_rate(), iterations=ITERATIONS,
             method=_method(r),
             plain_usd_per_month=plain_tier[n], usd_per_month=tier_usd,
             saving_usd_per_month=plain_tier[n] - tier_usd,
@@ -218,5 +209,5 @@ def at_fleet(cs: CandidateSet, chosen: list[tuple[Candidate, int]], catalog: Cat
                 tokens += memo[c.id] * k
         blocks = tokens // r.block_tokens
         out[n] = pc.model_copy(update={"cache_tokens": blocks * r.block_tokens,
-                                       "hit_rate_at_plan_kv": hit_rate(r, blocks)})
+                                       "hit_rate_at_plan_kv": r.hit_rate(blocks)})
     return out

@@ -42,6 +42,8 @@ with prefix hashes only; a pool that saw none reports no hit rate).
 
 from __future__ import annotations
 
+from typing import Self
+
 import numpy as np
 
 from tokenfleet.routing.affinity import MAX_LOAD_GAP, MIN_MATCH, PrefixIndex, best_affine
@@ -54,7 +56,30 @@ from tokenfleet.workload.prefix import PrefixReuse, prefix_reuse
 from tokenfleet.workload.trace import Trace, take_blocks
 
 
-class LanePrefixCaches:
+class _PoolCounts:
+    """What the compiled caches and the reference share: built only for traffic with
+    prefix hashes, and the hits counted per pool."""
+
+    def __init__(self, workload: Workload, lane_pool: np.ndarray, n_pools: int,
+                 affinity: LaneAffinity | None = None) -> None:
+        self.hit_tokens = np.zeros(n_pools, np.int64)
+        self.prompt_tokens = np.zeros(n_pools, np.int64)
+
+    @classmethod
+    def of(cls, workload: Workload, lane_pool: np.ndarray, n_pools: int,
+           affinity: LaneAffinity | None = None) -> Self | None:
+        """The caches when the workload carries prefix hashes, else None (no caching)."""
+        if not workload.has_prefix:
+            return None
+        return cls(workload, lane_pool, n_pools, affinity)
+
+    def by_pool(self, pool_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """``{pool: (tokens served from cache, prompt tokens looked up)}``."""
+        return {pid: (int(self.hit_tokens[i]), int(self.prompt_tokens[i]))
+                for i, pid in enumerate(pool_ids)}
+
+
+class LanePrefixCaches(_PoolCounts):
     """The prefix caches of every lane, cache-affinity routing over them, and the hit
     counts per pool: :class:`ReferencePrefixCaches`' rule, compiled
     (``sim/prefix_kernels.py``), one call per routing window."""
@@ -78,17 +103,10 @@ class LanePrefixCaches:
                               else np.zeros(0, np.int64))
             self.lane_conc = np.ascontiguousarray(affinity.lane_conc, dtype=float)
             self.lane_kv = np.ascontiguousarray(affinity.lane_kv, dtype=float)
-        self.hit_tokens = np.zeros(n_pools, np.int64)
-        self.prompt_tokens = np.zeros(n_pools, np.int64)
+        super().__init__(workload, lane_pool, n_pools, affinity)
         self.applied = np.zeros(self.row.size, np.int64)  # request -> hit taken off its prompt
         self._prefer = Direct(pk.prefer_window)
         self._place = Direct(pk.place_window)
-
-    @classmethod
-    def of(cls, workload: Workload, lane_pool: np.ndarray, n_pools: int,
-           affinity: LaneAffinity | None = None) -> LanePrefixCaches | None:
-        """The caches when the workload carries prefix hashes, else None (no caching)."""
-        return cls(workload, lane_pool, n_pools, affinity) if workload.has_prefix else None
 
     def prefer(self, slots: np.ndarray, picks: np.ndarray, s_rid: np.ndarray,
                s_key: np.ndarray, size: np.ndarray, outstanding: np.ndarray) -> np.ndarray:
@@ -117,13 +135,9 @@ class LanePrefixCaches:
                 return
             self.caches = pk.grown(self.caches, need)
 
-    def by_pool(self, pool_ids: list[str]) -> dict[str, tuple[int, int]]:
-        """``{pool: (tokens served from cache, prompt tokens looked up)}``."""
-        return {pid: (int(self.hit_tokens[i]), int(self.prompt_tokens[i]))
-                for i, pid in enumerate(pool_ids)}
 
 
-class ReferencePrefixCaches:
+class ReferencePrefixCaches(_PoolCounts):
     """:class:`LanePrefixCaches` one request at a time in Python, over
     ``routing.affinity.PrefixIndex`` and :meth:`LaneAffinity.choose`: the reference the
     compiled caches are tested against (``tests/sim/test_prefix_kernels.py``), with the
@@ -141,15 +155,8 @@ class ReferencePrefixCaches:
         # (routing.affinity.PrefixIndex): the router sees what each engine holds.
         self.index = PrefixIndex(int(lane_pool.size), 0)
         self.affinity = affinity
-        self.hit_tokens = np.zeros(n_pools, np.int64)
-        self.prompt_tokens = np.zeros(n_pools, np.int64)
+        super().__init__(workload, lane_pool, n_pools, affinity)
         self.applied: dict[int, int] = {}  # request -> hit taken off its prompt
-
-    @classmethod
-    def of(cls, workload: Workload, lane_pool: np.ndarray, n_pools: int,
-           affinity: LaneAffinity | None = None) -> ReferencePrefixCaches | None:
-        """The caches when the workload carries prefix hashes, else None (no caching)."""
-        return cls(workload, lane_pool, n_pools, affinity) if workload.has_prefix else None
 
     def _blocks(self, rid: int) -> list[int] | None:
         r = int(self.row[rid])
@@ -217,10 +224,6 @@ class ReferencePrefixCaches:
                 self.applied[rid] = hit
                 self.hit_tokens[pool] += hit
 
-    def by_pool(self, pool_ids: list[str]) -> dict[str, tuple[int, int]]:
-        """``{pool: (tokens served from cache, prompt tokens looked up)}``."""
-        return {pid: (int(self.hit_tokens[i]), int(self.prompt_tokens[i]))
-                for i, pid in enumerate(pool_ids)}
 
 
 class LaneAffinity:

@@ -134,8 +134,13 @@ class PrefixReuse:
         return out
 
     def hit_rate(self, capacity_blocks: int) -> float:
-        """Fraction of all prompt tokens served from the cache."""
-        return float(self.curve(np.asarray([capacity_blocks]))[0])
+        """Fraction of all prompt tokens served from the cache: :meth:`curve` at one
+        size without its sort (the tokens of the references a cache that size still
+        reuses, summed: integers, so exactly the same figure; the planner's fixed point
+        asks a few sizes of one count of millions of references)."""
+        if self.total_prompt_tokens == 0:
+            return 0.0
+        return float(self.tokens[self.depth < capacity_blocks].sum() / self.total_prompt_tokens)
 
     def curve(self, capacity_blocks: npt.ArrayLike) -> FloatArray:
         """Hit rate at each cache size (blocks): the hit-rate-vs-size curve, exactly."""
